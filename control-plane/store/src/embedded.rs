@@ -1,0 +1,799 @@
+//! The embedded backend: a redb file, one writer thread with group commit, an in-memory
+//! fan-out of committed events, and the change log kept in redb for watch resumption.
+//!
+//! Writes are sent to the writer thread, which drains every pending request into one
+//! transaction and commits it with `Durability::Immediate` (one fsync for the batch) before
+//! answering any of them: an acknowledged write is on disk.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, stream};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::{Event, EventKind, KeyValue, LeaseId, Listing, Result, Revision, Store, StoreError, WatchStream};
+
+const KV: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("kv");
+const LOG: TableDefinition<'_, i64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<'_, &str, i64> = TableDefinition::new("meta");
+const LEASES: TableDefinition<'_, i64, i64> = TableDefinition::new("leases");
+
+const META_REVISION: &str = "revision";
+const META_COMPACTED: &str = "compacted";
+const META_NEXT_LEASE: &str = "next_lease";
+
+/// Most requests folded into one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// Tuning of the embedded store.
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// How many revisions of change history to keep for watches (older ones are compacted).
+    pub history: i64,
+    /// How often the writer checks for expired leases.
+    pub lease_tick: Duration,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            history: 100_000,
+            lease_tick: Duration::from_millis(100),
+        }
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Value layout in the `kv` table: create revision, mod revision, lease (0 = none), data.
+fn encode_kv(create: Revision, modified: Revision, lease: Option<LeaseId>, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + data.len());
+    out.extend_from_slice(&create.to_le_bytes());
+    out.extend_from_slice(&modified.to_le_bytes());
+    out.extend_from_slice(&lease.unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+fn read_i64(raw: &[u8], at: usize) -> Result<i64> {
+    raw.get(at..at + 8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(i64::from_le_bytes)
+        .ok_or_else(|| StoreError::Backend("corrupt record: too short".into()))
+}
+
+fn decode_kv(key: &str, raw: &[u8]) -> Result<KeyValue> {
+    let lease = read_i64(raw, 16)?;
+    Ok(KeyValue {
+        key: key.to_owned(),
+        create_revision: read_i64(raw, 0)?,
+        mod_revision: read_i64(raw, 8)?,
+        lease: (lease != 0).then_some(lease),
+        value: Bytes::copy_from_slice(&raw[24..]),
+    })
+}
+
+/// Log layout: kind byte, key length (u32), key, encoded kv (for deletes: the last value).
+fn encode_log(kind: EventKind, kv: &KeyValue) -> Vec<u8> {
+    let tag = match kind {
+        EventKind::Added => 0u8,
+        EventKind::Modified => 1,
+        EventKind::Deleted => 2,
+    };
+    let kvb = encode_kv(kv.create_revision, kv.mod_revision, kv.lease, &kv.value);
+    let mut out = Vec::with_capacity(5 + kv.key.len() + kvb.len());
+    out.push(tag);
+    out.extend_from_slice(&u32::try_from(kv.key.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(kv.key.as_bytes());
+    out.extend_from_slice(&kvb);
+    out
+}
+
+fn decode_log(revision: Revision, raw: &[u8]) -> Result<Event> {
+    let corrupt = || StoreError::Backend(format!("corrupt log record at revision {revision}"));
+    let kind = match raw.first() {
+        Some(0) => EventKind::Added,
+        Some(1) => EventKind::Modified,
+        Some(2) => EventKind::Deleted,
+        _ => return Err(corrupt()),
+    };
+    let len = raw
+        .get(1..5)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(corrupt)? as usize;
+    let key = raw
+        .get(5..5 + len)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .ok_or_else(corrupt)?;
+    let kv = decode_kv(key, raw.get(5 + len..).ok_or_else(corrupt)?)?;
+    Ok(Event { kind, kv, revision })
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum Op {
+    Create {
+        key: String,
+        value: Bytes,
+        lease: Option<LeaseId>,
+        reply: Reply<Revision>,
+    },
+    Update {
+        key: String,
+        value: Bytes,
+        expected: Option<Revision>,
+        reply: Reply<Revision>,
+    },
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+        reply: Reply<KeyValue>,
+    },
+    Compact {
+        revision: Revision,
+        reply: Reply<()>,
+    },
+    LeaseGrant {
+        ttl: Duration,
+        reply: Reply<LeaseId>,
+    },
+    LeaseKeepAlive {
+        id: LeaseId,
+        reply: Reply<()>,
+    },
+    LeaseRevoke {
+        id: LeaseId,
+        reply: Reply<()>,
+    },
+}
+
+struct Shared {
+    db: Database,
+    revision: AtomicI64,
+    compacted: AtomicI64,
+    events: broadcast::Sender<Arc<[Event]>>,
+}
+
+/// The redb-backed store. Cheap to clone; the writer thread (which owns the database's
+/// write side) exits once the last clone is dropped.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    ops: mpsc::Sender<Op>,
+}
+
+impl EmbeddedStore {
+    /// Open (or create) the store in directory `dir` (file `wisp.redb` inside it).
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(backend)?;
+        let path: PathBuf = dir.join("wisp.redb");
+        let db = Database::create(&path).map_err(backend)?;
+        let (revision, compacted, leases) = {
+            let txn = db.begin_write().map_err(backend)?;
+            let (revision, compacted, leases);
+            {
+                let meta = txn.open_table(META).map_err(backend)?;
+                revision = meta
+                    .get(META_REVISION)
+                    .map_err(backend)?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
+                compacted = meta
+                    .get(META_COMPACTED)
+                    .map_err(backend)?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
+                txn.open_table(KV).map_err(backend)?;
+                txn.open_table(LOG).map_err(backend)?;
+                let lt = txn.open_table(LEASES).map_err(backend)?;
+                let mut all = Vec::new();
+                for row in lt.iter().map_err(backend)? {
+                    let (id, ttl) = row.map_err(backend)?;
+                    all.push((id.value(), ttl.value()));
+                }
+                leases = all;
+            }
+            txn.commit().map_err(backend)?;
+            (revision, compacted, leases)
+        };
+        // Rebuild lease -> keys; every lease gets a full TTL from now (as etcd does).
+        let mut lease_state = HashMap::new();
+        let now = Instant::now();
+        for (id, ttl_ms) in leases {
+            let ttl = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
+            lease_state.insert(
+                id,
+                LeaseState {
+                    ttl,
+                    deadline: now + ttl,
+                    keys: BTreeSet::new(),
+                },
+            );
+        }
+        {
+            let txn = db.begin_read().map_err(backend)?;
+            let kv = txn.open_table(KV).map_err(backend)?;
+            for row in kv.iter().map_err(backend)? {
+                let (k, v) = row.map_err(backend)?;
+                let lease = read_i64(v.value(), 16)?;
+                if lease != 0
+                    && let Some(state) = lease_state.get_mut(&lease)
+                {
+                    state.keys.insert(k.value().to_owned());
+                }
+            }
+        }
+        let (events, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            db,
+            revision: AtomicI64::new(revision),
+            compacted: AtomicI64::new(compacted),
+            events,
+        });
+        let (ops, rx) = mpsc::channel();
+        let writer = Writer {
+            shared: shared.clone(),
+            leases: lease_state,
+            options,
+        };
+        std::thread::Builder::new()
+            .name("wisp-store-writer".into())
+            .spawn(move || writer.run(&rx))
+            .map_err(backend)?;
+        Ok(Self { shared, ops })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.ops.send(make(tx)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn read_log(&self, prefix: &str, after: Revision, upto: Revision) -> Result<Vec<Event>> {
+        let txn = self.shared.db.begin_read().map_err(backend)?;
+        let log = txn.open_table(LOG).map_err(backend)?;
+        let mut out = Vec::new();
+        for row in log.range(after + 1..=upto).map_err(backend)? {
+            let (rev, raw) = row.map_err(backend)?;
+            let event = decode_log(rev.value(), raw.value())?;
+            if event.kv.key.starts_with(prefix) {
+                out.push(event);
+            }
+        }
+        Ok(out)
+    }
+
+    fn check_compacted(&self, after: Revision) -> Result<()> {
+        let compacted = self.shared.compacted.load(Ordering::Acquire);
+        if after + 1 < compacted {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
+        }
+        Ok(())
+    }
+}
+
+struct WatchState {
+    store: EmbeddedStore,
+    prefix: String,
+    last: Revision,
+    rx: broadcast::Receiver<Arc<[Event]>>,
+    pending: std::collections::VecDeque<Event>,
+    done: bool,
+}
+
+impl WatchState {
+    async fn next(mut self) -> Option<(Result<Event>, Self)> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(ev) = self.pending.pop_front() {
+                self.last = ev.revision;
+                return Some((Ok(ev), self));
+            }
+            match self.rx.recv().await {
+                Ok(batch) => {
+                    let last = self.last;
+                    self.pending.extend(
+                        batch
+                            .iter()
+                            .filter(|e| e.revision > last && e.kv.key.starts_with(&self.prefix))
+                            .cloned(),
+                    );
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Fell behind the in-memory fan-out: catch up from the on-disk log.
+                    let upto = self.store.shared.revision.load(Ordering::Acquire);
+                    let caught_up = self
+                        .store
+                        .check_compacted(self.last)
+                        .and_then(|()| self.store.read_log(&self.prefix, self.last, upto));
+                    match caught_up {
+                        Ok(events) => self.pending.extend(events),
+                        Err(e) => {
+                            self.done = true;
+                            return Some((Err(e), self));
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.done = true;
+                    return Some((Err(StoreError::Closed), self));
+                }
+            }
+        }
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>>> {
+        async move {
+            let txn = self.shared.db.begin_read().map_err(backend)?;
+            let kv = txn.open_table(KV).map_err(backend)?;
+            match kv.get(key).map_err(backend)? {
+                Some(v) => Ok(Some(decode_kv(key, v.value())?)),
+                None => Ok(None),
+            }
+        }
+        .boxed()
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Listing>> {
+        async move {
+            let txn = self.shared.db.begin_read().map_err(backend)?;
+            let revision = txn
+                .open_table(META)
+                .map_err(backend)?
+                .get(META_REVISION)
+                .map_err(backend)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            let kv = txn.open_table(KV).map_err(backend)?;
+            let mut items = Vec::new();
+            for row in kv.range(prefix..).map_err(backend)? {
+                let (k, v) = row.map_err(backend)?;
+                let key = k.value();
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                items.push(decode_kv(key, v.value())?);
+            }
+            Ok(Listing { items, revision })
+        }
+        .boxed()
+    }
+
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        lease: Option<LeaseId>,
+    ) -> BoxFuture<'a, Result<Revision>> {
+        self.call(move |reply| Op::Create {
+            key: key.to_owned(),
+            value,
+            lease,
+            reply,
+        })
+        .boxed()
+    }
+
+    fn update<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expected: Option<Revision>,
+    ) -> BoxFuture<'a, Result<Revision>> {
+        self.call(move |reply| Op::Update {
+            key: key.to_owned(),
+            value,
+            expected,
+            reply,
+        })
+        .boxed()
+    }
+
+    fn delete<'a>(&'a self, key: &'a str, expected: Option<Revision>) -> BoxFuture<'a, Result<KeyValue>> {
+        self.call(move |reply| Op::Delete {
+            key: key.to_owned(),
+            expected,
+            reply,
+        })
+        .boxed()
+    }
+
+    fn watch<'a>(&'a self, prefix: &'a str, after: Revision) -> BoxFuture<'a, Result<WatchStream>> {
+        async move {
+            // Subscribe first so nothing committed after the history read is missed.
+            let rx = self.shared.events.subscribe();
+            self.check_compacted(after)?;
+            let upto = self.shared.revision.load(Ordering::Acquire);
+            let history = if after < upto {
+                self.read_log(prefix, after, upto)?
+            } else {
+                Vec::new()
+            };
+            // A compaction may have raced the read.
+            self.check_compacted(after)?;
+            let state = WatchState {
+                store: self.clone(),
+                prefix: prefix.to_owned(),
+                last: after,
+                rx,
+                pending: history.into(),
+                done: false,
+            };
+            Ok(stream::unfold(state, WatchState::next).boxed())
+        }
+        .boxed()
+    }
+
+    fn revision(&self) -> BoxFuture<'_, Result<Revision>> {
+        let rev = self.shared.revision.load(Ordering::Acquire);
+        async move { Ok(rev) }.boxed()
+    }
+
+    fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<()>> {
+        self.call(move |reply| Op::Compact { revision, reply }).boxed()
+    }
+
+    fn lease_grant(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId>> {
+        self.call(move |reply| Op::LeaseGrant { ttl, reply }).boxed()
+    }
+
+    fn lease_keep_alive(&self, id: LeaseId) -> BoxFuture<'_, Result<()>> {
+        self.call(move |reply| Op::LeaseKeepAlive { id, reply }).boxed()
+    }
+
+    fn lease_revoke(&self, id: LeaseId) -> BoxFuture<'_, Result<()>> {
+        self.call(move |reply| Op::LeaseRevoke { id, reply }).boxed()
+    }
+}
+
+struct LeaseState {
+    ttl: Duration,
+    deadline: Instant,
+    keys: BTreeSet<String>,
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    leases: HashMap<LeaseId, LeaseState>,
+    options: EmbeddedOptions,
+}
+
+/// A reply to send once the batch is durable.
+enum Done {
+    Rev(Reply<Revision>, Result<Revision>),
+    Kv(Reply<KeyValue>, Result<KeyValue>),
+    Unit(Reply<()>, Result<()>),
+    Lease(Reply<LeaseId>, Result<LeaseId>),
+}
+
+impl Done {
+    fn fail(self, err: &str) {
+        let e = || StoreError::Backend(err.to_owned());
+        match self {
+            Done::Rev(r, _) => drop(r.send(Err(e()))),
+            Done::Kv(r, _) => drop(r.send(Err(e()))),
+            Done::Unit(r, _) => drop(r.send(Err(e()))),
+            Done::Lease(r, _) => drop(r.send(Err(e()))),
+        }
+    }
+    fn send(self) {
+        match self {
+            Done::Rev(r, v) => drop(r.send(v)),
+            Done::Kv(r, v) => drop(r.send(v)),
+            Done::Unit(r, v) => drop(r.send(v)),
+            Done::Lease(r, v) => drop(r.send(v)),
+        }
+    }
+}
+
+/// State of one write transaction being filled.
+struct Batch<'t> {
+    kv: redb::Table<'t, &'static str, &'static [u8]>,
+    log: redb::Table<'t, i64, &'static [u8]>,
+    leases: redb::Table<'t, i64, i64>,
+    meta: redb::Table<'t, &'static str, i64>,
+    revision: Revision,
+    events: Vec<Event>,
+}
+
+impl Batch<'_> {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        match self.kv.get(key).map_err(backend)? {
+            Some(v) => Ok(Some(decode_kv(key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn record(&mut self, kind: EventKind, kv: KeyValue) -> Result<()> {
+        self.log
+            .insert(self.revision, encode_log(kind, &kv).as_slice())
+            .map_err(backend)?;
+        self.events.push(Event {
+            kind,
+            kv,
+            revision: self.revision,
+        });
+        Ok(())
+    }
+
+    fn put(
+        &mut self,
+        key: &str,
+        value: Bytes,
+        create: Option<Revision>,
+        lease: Option<LeaseId>,
+    ) -> Result<Revision> {
+        self.revision += 1;
+        let rev = self.revision;
+        let create_revision = create.unwrap_or(rev);
+        self.kv
+            .insert(key, encode_kv(create_revision, rev, lease, &value).as_slice())
+            .map_err(backend)?;
+        let kind = if create.is_some() {
+            EventKind::Modified
+        } else {
+            EventKind::Added
+        };
+        self.record(
+            kind,
+            KeyValue {
+                key: key.to_owned(),
+                value,
+                create_revision,
+                mod_revision: rev,
+                lease,
+            },
+        )?;
+        Ok(rev)
+    }
+
+    fn remove(&mut self, mut prev: KeyValue) -> Result<KeyValue> {
+        self.revision += 1;
+        self.kv.remove(prev.key.as_str()).map_err(backend)?;
+        self.record(EventKind::Deleted, prev.clone())?;
+        prev.mod_revision = self.revision;
+        Ok(prev)
+    }
+}
+
+impl Writer {
+    fn run(mut self, rx: &mpsc::Receiver<Op>) {
+        loop {
+            let first = match rx.recv_timeout(self.options.lease_tick) {
+                Ok(op) => Some(op),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut ops: Vec<Op> = first.into_iter().collect();
+            while ops.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            let now = Instant::now();
+            let expired: Vec<LeaseId> = self
+                .leases
+                .iter()
+                .filter(|(_, s)| s.deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            if ops.is_empty() && expired.is_empty() {
+                continue;
+            }
+            self.apply(ops, &expired);
+        }
+    }
+
+    fn apply(&mut self, ops: Vec<Op>, expired: &[LeaseId]) {
+        let mut done = Vec::with_capacity(ops.len());
+        let outcome = self.transact(ops, expired, &mut done);
+        match outcome {
+            Ok(events) => {
+                if let Some(last) = events.last() {
+                    self.shared.revision.store(last.revision, Ordering::Release);
+                }
+                for d in done {
+                    d.send();
+                }
+                if !events.is_empty() {
+                    let _ = self.shared.events.send(events.into());
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store commit failed");
+                let msg = e.to_string();
+                for d in done {
+                    d.fail(&msg);
+                }
+            }
+        }
+    }
+
+    fn transact(&mut self, ops: Vec<Op>, expired: &[LeaseId], done: &mut Vec<Done>) -> Result<Vec<Event>> {
+        let txn = self.shared.db.begin_write().map_err(backend)?;
+        let mut compact_to = None;
+        let events = {
+            let mut b = Batch {
+                kv: txn.open_table(KV).map_err(backend)?,
+                log: txn.open_table(LOG).map_err(backend)?,
+                leases: txn.open_table(LEASES).map_err(backend)?,
+                meta: txn.open_table(META).map_err(backend)?,
+                revision: self.shared.revision.load(Ordering::Acquire),
+                events: Vec::new(),
+            };
+            for id in expired {
+                self.revoke(&mut b, *id)?;
+            }
+            for op in ops {
+                self.one(&mut b, op, done, &mut compact_to)?;
+            }
+            let auto = b.revision - self.options.history;
+            let compacted = self.shared.compacted.load(Ordering::Acquire);
+            if auto > compacted + 1000 {
+                compact_to = Some(compact_to.map_or(auto, |c: Revision| c.max(auto)));
+            }
+            if let Some(to) = compact_to.filter(|to| *to > compacted) {
+                b.log.retain_in(..to, |_, _| false).map_err(backend)?;
+                b.meta.insert(META_COMPACTED, to).map_err(backend)?;
+            }
+            b.meta.insert(META_REVISION, b.revision).map_err(backend)?;
+            b.events
+        };
+        txn.commit().map_err(backend)?;
+        if let Some(to) = compact_to {
+            self.shared.compacted.fetch_max(to, Ordering::AcqRel);
+        }
+        Ok(events)
+    }
+
+    fn revoke(&mut self, b: &mut Batch<'_>, id: LeaseId) -> Result<bool> {
+        let Some(state) = self.leases.remove(&id) else {
+            return Ok(false);
+        };
+        for key in state.keys {
+            if let Some(prev) = b.get(&key)?
+                && prev.lease == Some(id)
+            {
+                b.remove(prev)?;
+            }
+        }
+        b.leases.remove(id).map_err(backend)?;
+        Ok(true)
+    }
+
+    fn one(
+        &mut self,
+        b: &mut Batch<'_>,
+        op: Op,
+        done: &mut Vec<Done>,
+        compact_to: &mut Option<Revision>,
+    ) -> Result<()> {
+        match op {
+            Op::Create {
+                key,
+                value,
+                lease,
+                reply,
+            } => {
+                let res = if b.get(&key)?.is_some() {
+                    Err(StoreError::AlreadyExists(key))
+                } else if let Some(id) = lease.filter(|id| !self.leases.contains_key(id)) {
+                    Err(StoreError::LeaseNotFound(id))
+                } else {
+                    let rev = b.put(&key, value, None, lease)?;
+                    if let Some(state) = lease.and_then(|id| self.leases.get_mut(&id)) {
+                        state.keys.insert(key);
+                    }
+                    Ok(rev)
+                };
+                done.push(Done::Rev(reply, res));
+            }
+            Op::Update {
+                key,
+                value,
+                expected,
+                reply,
+            } => {
+                let res = match b.get(&key)? {
+                    None => Err(StoreError::NotFound(key)),
+                    Some(prev) if expected.is_some_and(|e| e != prev.mod_revision) => {
+                        Err(StoreError::Conflict {
+                            key,
+                            expected: expected.unwrap_or_default(),
+                            actual: prev.mod_revision,
+                        })
+                    }
+                    Some(prev) => b.put(&key, value, Some(prev.create_revision), prev.lease),
+                };
+                done.push(Done::Rev(reply, res));
+            }
+            Op::Delete { key, expected, reply } => {
+                let res = match b.get(&key)? {
+                    None => Err(StoreError::NotFound(key)),
+                    Some(prev) if expected.is_some_and(|e| e != prev.mod_revision) => {
+                        Err(StoreError::Conflict {
+                            key,
+                            expected: expected.unwrap_or_default(),
+                            actual: prev.mod_revision,
+                        })
+                    }
+                    Some(prev) => {
+                        if let Some(state) = prev.lease.and_then(|id| self.leases.get_mut(&id)) {
+                            state.keys.remove(&key);
+                        }
+                        b.remove(prev)
+                    }
+                };
+                done.push(Done::Kv(reply, res));
+            }
+            Op::Compact { revision, reply } => {
+                let res = if revision > b.revision {
+                    Err(StoreError::Backend(format!(
+                        "cannot compact to revision {revision}: newer than the current revision {}",
+                        b.revision
+                    )))
+                } else {
+                    *compact_to = Some(compact_to.map_or(revision, |c: Revision| c.max(revision)));
+                    Ok(())
+                };
+                done.push(Done::Unit(reply, res));
+            }
+            Op::LeaseGrant { ttl, reply } => {
+                let id = b
+                    .meta
+                    .get(META_NEXT_LEASE)
+                    .map_err(backend)?
+                    .map(|g| g.value())
+                    .unwrap_or(1);
+                b.meta.insert(META_NEXT_LEASE, id + 1).map_err(backend)?;
+                let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+                b.leases.insert(id, ttl_ms).map_err(backend)?;
+                self.leases.insert(
+                    id,
+                    LeaseState {
+                        ttl,
+                        deadline: Instant::now() + ttl,
+                        keys: BTreeSet::new(),
+                    },
+                );
+                done.push(Done::Lease(reply, Ok(id)));
+            }
+            Op::LeaseKeepAlive { id, reply } => {
+                let res = match self.leases.get_mut(&id) {
+                    Some(state) => {
+                        state.deadline = Instant::now() + state.ttl;
+                        Ok(())
+                    }
+                    None => Err(StoreError::LeaseNotFound(id)),
+                };
+                done.push(Done::Unit(reply, res));
+            }
+            Op::LeaseRevoke { id, reply } => {
+                let res = if self.revoke(b, id)? {
+                    Ok(())
+                } else {
+                    Err(StoreError::LeaseNotFound(id))
+                };
+                done.push(Done::Unit(reply, res));
+            }
+        }
+        Ok(())
+    }
+}

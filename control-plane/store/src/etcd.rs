@@ -1,0 +1,366 @@
+//! The etcd backend: the same [`Store`] contract on a real etcd cluster through
+//! `etcd-client`. Revisions are etcd's own; compare-and-swap is an etcd transaction on the
+//! key's `mod_revision`; watches map etcd's compaction answer to [`StoreError::Compacted`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use etcd_client::{
+    Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+
+use crate::{Event, EventKind, KeyValue, LeaseId, Listing, Result, Revision, Store, StoreError, WatchStream};
+
+fn backend(e: etcd_client::Error) -> StoreError {
+    let text = e.to_string();
+    if text.contains("lease not found") {
+        // Callers that know the lease id put it in.
+        return StoreError::LeaseNotFound(0);
+    }
+    if text.contains("required revision has been compacted") {
+        return StoreError::Compacted {
+            requested: 0,
+            compacted: 0,
+        };
+    }
+    StoreError::Backend(text)
+}
+
+fn convert(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
+    Ok(KeyValue {
+        key: kv
+            .key_str()
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+            .to_owned(),
+        value: Bytes::copy_from_slice(kv.value()),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        lease: (kv.lease() != 0).then_some(kv.lease()),
+    })
+}
+
+/// A store on an etcd cluster. Cheap to clone (the client multiplexes one channel).
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+}
+
+impl EtcdStore {
+    /// Connect to the given endpoints (`host:port` or `http://host:port`).
+    pub async fn connect(endpoints: &[String]) -> Result<Self> {
+        let client = Client::connect(endpoints, None).await.map_err(backend)?;
+        let store = Self { client };
+        // Fail now, not on first use, when nothing answers.
+        tokio::time::timeout(Duration::from_secs(5), store.client.clone().status())
+            .await
+            .map_err(|_| StoreError::Backend(format!("etcd at {endpoints:?} did not answer within 5 s")))?
+            .map_err(backend)?;
+        Ok(store)
+    }
+
+    async fn current(&self, key: &str) -> Result<Option<KeyValue>> {
+        let resp = self.client.clone().get(key, None).await.map_err(backend)?;
+        resp.kvs().first().map(convert).transpose()
+    }
+
+    /// Explain a failed compare: missing key or a different revision.
+    async fn explain(&self, key: &str, expected: Option<Revision>) -> StoreError {
+        match self.current(key).await {
+            Ok(None) => StoreError::NotFound(key.to_owned()),
+            Ok(Some(kv)) => StoreError::Conflict {
+                key: key.to_owned(),
+                expected: expected.unwrap_or_default(),
+                actual: kv.mod_revision,
+            },
+            Err(e) => e,
+        }
+    }
+}
+
+fn header_revision(h: Option<&etcd_client::ResponseHeader>) -> Revision {
+    h.map(|h| h.revision()).unwrap_or_default()
+}
+
+impl Store for EtcdStore {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>>> {
+        self.current(key).boxed()
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Listing>> {
+        async move {
+            let resp = self
+                .client
+                .clone()
+                .get(prefix, Some(GetOptions::new().with_prefix()))
+                .await
+                .map_err(backend)?;
+            let items = resp.kvs().iter().map(convert).collect::<Result<Vec<_>>>()?;
+            Ok(Listing {
+                items,
+                revision: header_revision(resp.header()),
+            })
+        }
+        .boxed()
+    }
+
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        lease: Option<LeaseId>,
+    ) -> BoxFuture<'a, Result<Revision>> {
+        async move {
+            let opts = lease.map(|id| PutOptions::new().with_lease(id));
+            let txn = Txn::new()
+                .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key, value.to_vec(), opts)]);
+            let resp = self.client.clone().txn(txn).await.map_err(|e| match backend(e) {
+                StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(lease.unwrap_or_default()),
+                other => other,
+            })?;
+            if !resp.succeeded() {
+                return Err(StoreError::AlreadyExists(key.to_owned()));
+            }
+            Ok(header_revision(resp.header()))
+        }
+        .boxed()
+    }
+
+    fn update<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expected: Option<Revision>,
+    ) -> BoxFuture<'a, Result<Revision>> {
+        async move {
+            let cmp = match expected {
+                Some(rev) => Compare::mod_revision(key, CompareOp::Equal, rev),
+                None => Compare::create_revision(key, CompareOp::Greater, 0),
+            };
+            let txn = Txn::new().when([cmp]).and_then([TxnOp::put(
+                key,
+                value.to_vec(),
+                Some(PutOptions::new().with_ignore_lease()),
+            )]);
+            let resp = self.client.clone().txn(txn).await.map_err(backend)?;
+            if !resp.succeeded() {
+                return Err(self.explain(key, expected).await);
+            }
+            Ok(header_revision(resp.header()))
+        }
+        .boxed()
+    }
+
+    fn delete<'a>(&'a self, key: &'a str, expected: Option<Revision>) -> BoxFuture<'a, Result<KeyValue>> {
+        async move {
+            let cmp = match expected {
+                Some(rev) => Compare::mod_revision(key, CompareOp::Equal, rev),
+                None => Compare::create_revision(key, CompareOp::Greater, 0),
+            };
+            let txn = Txn::new()
+                .when([cmp])
+                .and_then([TxnOp::delete(key, Some(DeleteOptions::new().with_prev_key()))]);
+            let resp = self.client.clone().txn(txn).await.map_err(backend)?;
+            if !resp.succeeded() {
+                return Err(self.explain(key, expected).await);
+            }
+            let revision = header_revision(resp.header());
+            for op in resp.op_responses() {
+                if let TxnOpResponse::Delete(d) = op
+                    && let Some(prev) = d.prev_kvs().first()
+                {
+                    let mut kv = convert(prev)?;
+                    kv.mod_revision = revision;
+                    return Ok(kv);
+                }
+            }
+            Err(StoreError::NotFound(key.to_owned()))
+        }
+        .boxed()
+    }
+
+    fn watch<'a>(&'a self, prefix: &'a str, after: Revision) -> BoxFuture<'a, Result<WatchStream>> {
+        async move {
+            // etcd accepts a watch from a compacted revision and cancels it right after
+            // creation; a read at that revision tells up front whether that will happen.
+            let probe = GetOptions::new()
+                .with_revision(after + 1)
+                .with_limit(1)
+                .with_keys_only();
+            let compacted = match self.client.clone().get(prefix, Some(probe)).await {
+                Err(e) => matches!(backend(e), StoreError::Compacted { .. }),
+                Ok(_) => false,
+            };
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_prev_key()
+                .with_start_revision(after + 1);
+            let mut stream = self
+                .client
+                .clone()
+                .watch(prefix, Some(opts))
+                .await
+                .map_err(backend)?;
+            let mut head = Vec::new();
+            for _ in 0..if compacted { 2 } else { 1 } {
+                let msg = tokio::time::timeout(Duration::from_secs(5), stream.message())
+                    .await
+                    .map_err(|_| StoreError::Backend("etcd did not confirm the watch within 5 s".into()))?
+                    .map_err(backend)?
+                    .ok_or_else(|| StoreError::Backend("etcd closed the watch".into()))?;
+                if msg.compact_revision() != 0 {
+                    return Err(StoreError::Compacted {
+                        requested: after,
+                        compacted: msg.compact_revision(),
+                    });
+                }
+                head.extend(events_of(&msg, after)?);
+            }
+            if compacted {
+                return Err(StoreError::Compacted {
+                    requested: after,
+                    compacted: after + 1,
+                });
+            }
+            let rest = stream.flat_map(move |msg| {
+                let items: Vec<Result<Event>> = match msg {
+                    Err(e) => vec![Err(backend(e))],
+                    Ok(m) if m.compact_revision() != 0 => {
+                        vec![Err(StoreError::Compacted {
+                            requested: after,
+                            compacted: m.compact_revision(),
+                        })]
+                    }
+                    Ok(m) if m.canceled() => {
+                        vec![Err(StoreError::Backend(format!(
+                            "etcd canceled the watch: {}",
+                            m.cancel_reason()
+                        )))]
+                    }
+                    Ok(m) => match events_of(&m, after) {
+                        Ok(evs) => evs.into_iter().map(Ok).collect(),
+                        Err(e) => vec![Err(e)],
+                    },
+                };
+                futures::stream::iter(items)
+            });
+            Ok(futures::stream::iter(head.into_iter().map(Ok))
+                .chain(rest)
+                .boxed())
+        }
+        .boxed()
+    }
+
+    fn revision(&self) -> BoxFuture<'_, Result<Revision>> {
+        async move {
+            // A get of a key that cannot exist returns the current revision in its header.
+            let resp = self.client.clone().get("\0", None).await.map_err(backend)?;
+            Ok(header_revision(resp.header()))
+        }
+        .boxed()
+    }
+
+    fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<()>> {
+        async move {
+            self.client
+                .clone()
+                .compact(revision, Some(CompactionOptions::new().with_physical()))
+                .await
+                .map_err(backend)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn lease_grant(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId>> {
+        async move {
+            // etcd counts lease TTLs in whole seconds.
+            let secs = i64::try_from(ttl.as_millis().div_ceil(1000))
+                .unwrap_or(i64::MAX)
+                .max(1);
+            let resp = self
+                .client
+                .clone()
+                .lease_grant(secs, None)
+                .await
+                .map_err(backend)?;
+            Ok(resp.id())
+        }
+        .boxed()
+    }
+
+    fn lease_keep_alive(&self, id: LeaseId) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let not_found = |e| match backend(e) {
+                StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(id),
+                other => other,
+            };
+            let (mut keeper, mut stream) = self
+                .client
+                .clone()
+                .lease_keep_alive(id)
+                .await
+                .map_err(not_found)?;
+            keeper.keep_alive().await.map_err(not_found)?;
+            match stream.message().await.map_err(not_found)? {
+                Some(resp) if resp.ttl() > 0 => Ok(()),
+                _ => Err(StoreError::LeaseNotFound(id)),
+            }
+        }
+        .boxed()
+    }
+
+    fn lease_revoke(&self, id: LeaseId) -> BoxFuture<'_, Result<()>> {
+        async move {
+            self.client
+                .clone()
+                .lease_revoke(id)
+                .await
+                .map_err(|e| match backend(e) {
+                    StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(id),
+                    other => other,
+                })?;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+fn events_of(msg: &etcd_client::WatchResponse, after: Revision) -> Result<Vec<Event>> {
+    let mut out = Vec::with_capacity(msg.events().len());
+    for ev in msg.events() {
+        let Some(kv) = ev.kv() else { continue };
+        let revision = kv.mod_revision();
+        if revision <= after {
+            continue;
+        }
+        let event = match ev.event_type() {
+            etcd_client::EventType::Put => Event {
+                kind: if kv.create_revision() == kv.mod_revision() {
+                    EventKind::Added
+                } else {
+                    EventKind::Modified
+                },
+                kv: convert(kv)?,
+                revision,
+            },
+            etcd_client::EventType::Delete => {
+                // The delete event's kv has only the key; the last value is in prev_kv.
+                let last = match ev.prev_kv() {
+                    Some(prev) => convert(prev)?,
+                    None => convert(kv)?,
+                };
+                Event {
+                    kind: EventKind::Deleted,
+                    kv: last,
+                    revision,
+                }
+            }
+        };
+        out.push(event);
+    }
+    Ok(out)
+}
