@@ -1,0 +1,482 @@
+//! CRUD, `/status` and watch for every kind, generically over [`KindInfo`].
+//!
+//! Objects are stored as JSON under `/registry/<plural>/[<namespace>/]<name>` without
+//! `resourceVersion`, which is always the store's `mod_revision` of the key.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::Value;
+use wisp_api::{DynamicObject, EventType, KindInfo, LabelSelector, List, WatchEvent};
+use wisp_store::{EventKind, KeyValue};
+
+use crate::State;
+use crate::body::{ApiBody, json_response};
+use crate::error::ApiError;
+
+/// What a request addresses.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub kind: &'static KindInfo,
+    /// The namespace for namespaced kinds (`None` = all namespaces for collections).
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+impl Target {
+    pub fn prefix(&self) -> String {
+        match &self.namespace {
+            Some(ns) if self.kind.namespaced => format!("/registry/{}/{ns}/", self.kind.plural),
+            _ => format!("/registry/{}/", self.kind.plural),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix())
+    }
+
+    fn what(&self, name: &str) -> String {
+        match &self.namespace {
+            Some(ns) if self.kind.namespaced => format!("{} \"{ns}/{name}\"", self.kind.plural),
+            _ => format!("{} {name:?}", self.kind.plural),
+        }
+    }
+}
+
+/// Decode a stored object and stamp its resourceVersion.
+pub fn from_kv(kv: &KeyValue) -> Result<DynamicObject, ApiError> {
+    let mut obj: DynamicObject = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::Internal(format!("corrupt object at {}: {e}", kv.key)))?;
+    obj.metadata.resource_version = Some(kv.mod_revision.to_string());
+    Ok(obj)
+}
+
+fn encode(obj: &DynamicObject) -> Result<Bytes, ApiError> {
+    let mut obj = obj.clone();
+    obj.metadata.resource_version = None;
+    serde_json::to_vec(&obj)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Parse a request body as JSON and validate it as `target.kind`.
+fn decode_body(target: &Target, body: &[u8]) -> Result<DynamicObject, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::BadRequest("request body must be a JSON object".into()));
+    }
+    let name_hint = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let mut value = value;
+    // The namespace comes from the URL; the body may repeat it but not contradict it.
+    if target.kind.namespaced
+        && let Some(ns) = &target.namespace
+        && let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        match meta.get("namespace").and_then(Value::as_str) {
+            Some(body_ns) if body_ns != ns => {
+                return Err(ApiError::BadRequest(format!(
+                    "metadata.namespace: {body_ns:?} does not match the namespace in the URL ({ns:?})"
+                )));
+            }
+            _ => {
+                meta.insert("namespace".into(), Value::String(ns.clone()));
+            }
+        }
+    }
+    let normalized = (target.kind.decode)(value).map_err(|errors| ApiError::Invalid {
+        kind: target.kind.kind.to_owned(),
+        name: name_hint,
+        errors,
+    })?;
+    serde_json::from_value(normalized).map_err(|e| ApiError::Internal(format!("normalized object: {e}")))
+}
+
+fn parse_rv(rv: Option<&str>, what: &str) -> Result<Option<i64>, ApiError> {
+    match rv {
+        None | Some("") => Ok(None),
+        Some(s) => s
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest(format!("{what}: resourceVersion {s:?} is not a number"))),
+    }
+}
+
+/// The body minus metadata and status: what a change of bumps `generation`.
+fn spec_part(obj: &DynamicObject) -> BTreeMap<&String, &Value> {
+    obj.body.iter().filter(|(k, _)| k.as_str() != "status").collect()
+}
+
+pub async fn get(state: &State, target: &Target, name: &str) -> Result<Response<ApiBody>, ApiError> {
+    let kv = state
+        .store
+        .get(&target.key(name))
+        .await
+        .map_err(|e| ApiError::from_store(e, &target.what(name)))?
+        .ok_or_else(|| ApiError::NotFound(format!("{} not found", target.what(name))))?;
+    Ok(json_response(StatusCode::OK, &from_kv(&kv)?))
+}
+
+async fn ensure_namespace(state: &State, target: &Target) -> Result<(), ApiError> {
+    if let (true, Some(ns)) = (target.kind.namespaced, &target.namespace) {
+        let found = state
+            .store
+            .get(&format!("/registry/namespaces/{ns}"))
+            .await
+            .map_err(|e| ApiError::from_store(e, "namespace"))?;
+        if found.is_none() {
+            return Err(ApiError::NotFound(format!(
+                "namespace {ns:?} not found; create it first (kind: Namespace)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub async fn create(state: &State, target: &Target, body: &[u8]) -> Result<Response<ApiBody>, ApiError> {
+    let mut obj = decode_body(target, body)?;
+    ensure_namespace(state, target).await?;
+    let name = obj.metadata.name.clone();
+    obj.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
+    obj.metadata.creation_timestamp = Some(jiff::Timestamp::now().to_string());
+    obj.metadata.generation = Some(1);
+    obj.metadata.deletion_timestamp = None;
+    if !target.kind.namespaced {
+        obj.metadata.namespace = None;
+    }
+    // Status is written through the /status subresource only.
+    obj.body.remove("status");
+    let rev = state
+        .store
+        .create(&target.key(&name), encode(&obj)?, None)
+        .await
+        .map_err(|e| ApiError::from_store(e, &target.what(&name)))?;
+    obj.metadata.resource_version = Some(rev.to_string());
+    Ok(json_response(StatusCode::CREATED, &obj))
+}
+
+/// PUT of the object (`status == false`) or of its status subresource.
+pub async fn update(
+    state: &State,
+    target: &Target,
+    name: &str,
+    body: &[u8],
+    status: bool,
+) -> Result<Response<ApiBody>, ApiError> {
+    let incoming = decode_body(target, body)?;
+    if incoming.metadata.name != name {
+        return Err(ApiError::BadRequest(format!(
+            "metadata.name: {:?} does not match the name in the URL ({name:?})",
+            incoming.metadata.name
+        )));
+    }
+    let what = target.what(name);
+    let wanted = parse_rv(
+        incoming.metadata.resource_version.as_deref(),
+        "metadata.resourceVersion",
+    )?;
+    let current = state
+        .store
+        .get(&target.key(name))
+        .await
+        .map_err(|e| ApiError::from_store(e, &what))?
+        .ok_or_else(|| ApiError::NotFound(format!("{what} not found")))?;
+    if let Some(rv) = wanted
+        && rv != current.mod_revision
+    {
+        return Err(ApiError::from_store(
+            wisp_store::StoreError::Conflict {
+                key: current.key.clone(),
+                expected: rv,
+                actual: current.mod_revision,
+            },
+            &what,
+        ));
+    }
+    let existing = from_kv(&current)?;
+    let mut next = existing.clone();
+    if status {
+        match incoming.body.get("status") {
+            Some(s) => next.body.insert("status".into(), s.clone()),
+            None => next.body.remove("status"),
+        };
+    } else {
+        let kept_status = existing.body.get("status").cloned();
+        next.body = incoming.body.clone();
+        match kept_status {
+            Some(s) => next.body.insert("status".into(), s),
+            None => next.body.remove("status"),
+        };
+        next.metadata.labels = incoming.metadata.labels.clone();
+        next.metadata.annotations = incoming.metadata.annotations.clone();
+        next.metadata.owner_references = incoming.metadata.owner_references.clone();
+        if spec_part(&next) != spec_part(&existing) {
+            next.metadata.generation = Some(existing.metadata.generation.unwrap_or(1) + 1);
+        }
+    }
+    if next == existing {
+        // Nothing changed: no write, no event (like Kubernetes).
+        return Ok(json_response(StatusCode::OK, &existing));
+    }
+    let rev = state
+        .store
+        .update(&target.key(name), encode(&next)?, Some(current.mod_revision))
+        .await
+        .map_err(|e| ApiError::from_store(e, &what))?;
+    next.metadata.resource_version = Some(rev.to_string());
+    Ok(json_response(StatusCode::OK, &next))
+}
+
+pub async fn delete(
+    state: &State,
+    target: &Target,
+    name: &str,
+    rv: Option<&str>,
+) -> Result<Response<ApiBody>, ApiError> {
+    let what = target.what(name);
+    let expected = parse_rv(rv, "resourceVersion")?;
+    let prev = state
+        .store
+        .delete(&target.key(name), expected)
+        .await
+        .map_err(|e| ApiError::from_store(e, &what))?;
+    let mut obj = from_kv(&prev)?;
+    obj.metadata.deletion_timestamp = Some(jiff::Timestamp::now().to_string());
+    Ok(json_response(StatusCode::OK, &obj))
+}
+
+/// Filters of a list or watch: label selector and simple field selectors.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub labels: Option<LabelSelector>,
+    /// (JSON pointer, value, equal?)
+    pub fields: Vec<(String, String, bool)>,
+}
+
+impl Filter {
+    pub fn parse(label_selector: Option<&str>, field_selector: Option<&str>) -> Result<Self, ApiError> {
+        let labels = match label_selector.filter(|s| !s.trim().is_empty()) {
+            Some(s) => Some(
+                LabelSelector::parse(s)
+                    .map_err(|e| ApiError::BadRequest(format!("labelSelector {s:?}: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut fields = Vec::new();
+        for term in field_selector
+            .unwrap_or_default()
+            .split(',')
+            .filter(|t| !t.trim().is_empty())
+        {
+            let (path, value, eq) = if let Some((p, v)) = term.split_once("!=") {
+                (p, v, false)
+            } else if let Some((p, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                (p, v, true)
+            } else {
+                return Err(ApiError::BadRequest(format!(
+                    "fieldSelector term {term:?}: expected FIELD=VALUE or FIELD!=VALUE"
+                )));
+            };
+            let path = path.trim();
+            if path.is_empty() || !path.split('.').all(|p| !p.is_empty()) {
+                return Err(ApiError::BadRequest(format!(
+                    "fieldSelector term {term:?}: bad field path"
+                )));
+            }
+            fields.push((
+                format!("/{}", path.replace('.', "/")),
+                value.trim().to_owned(),
+                eq,
+            ));
+        }
+        Ok(Self { labels, fields })
+    }
+
+    pub fn matches(&self, obj: &DynamicObject) -> bool {
+        if let Some(sel) = &self.labels
+            && !sel.matches(&obj.metadata.labels)
+        {
+            return false;
+        }
+        if self.fields.is_empty() {
+            return true;
+        }
+        let Ok(value) = serde_json::to_value(obj) else {
+            return false;
+        };
+        self.fields.iter().all(|(ptr, want, eq)| {
+            let got = match value.pointer(ptr) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None => String::new(),
+                Some(other) => other.to_string(),
+            };
+            (got == *want) == *eq
+        })
+    }
+}
+
+pub async fn list(state: &State, target: &Target, filter: &Filter) -> Result<Response<ApiBody>, ApiError> {
+    let listing = state
+        .store
+        .list(&target.prefix())
+        .await
+        .map_err(|e| ApiError::from_store(e, target.kind.plural))?;
+    let mut items = Vec::with_capacity(listing.items.len());
+    for kv in &listing.items {
+        let obj = from_kv(kv)?;
+        if filter.matches(&obj) {
+            items.push(obj);
+        }
+    }
+    let list = List {
+        api_version: wisp_api::API_VERSION.to_owned(),
+        kind: format!("{}List", target.kind.kind),
+        metadata: wisp_api::ListMeta {
+            resource_version: Some(listing.revision.to_string()),
+        },
+        items,
+    };
+    Ok(json_response(StatusCode::OK, &list))
+}
+
+fn event_line(type_: EventType, object: &impl serde::Serialize) -> Bytes {
+    let mut line = serde_json::to_vec(&WatchEvent { type_, object }).unwrap_or_default();
+    line.push(b'\n');
+    line.into()
+}
+
+fn bookmark(kind: &KindInfo, revision: i64) -> Bytes {
+    let object = serde_json::json!({
+        "apiVersion": wisp_api::API_VERSION,
+        "kind": kind.kind,
+        "metadata": { "resourceVersion": revision.to_string() }
+    });
+    event_line(EventType::Bookmark, &object)
+}
+
+/// `?watch=true`: newline-delimited JSON events, BOOKMARKs every `bookmark_interval`.
+pub async fn watch(
+    state: &State,
+    target: &Target,
+    filter: Filter,
+    resource_version: Option<&str>,
+    timeout: Option<Duration>,
+) -> Result<Response<ApiBody>, ApiError> {
+    let rv = parse_rv(resource_version, "resourceVersion")?.unwrap_or(0);
+    let prefix = target.prefix();
+    // resourceVersion 0 / absent: the current state as ADDED events, then changes.
+    let (initial, after) = if rv == 0 {
+        let listing = state
+            .store
+            .list(&prefix)
+            .await
+            .map_err(|e| ApiError::from_store(e, target.kind.plural))?;
+        let mut lines = Vec::new();
+        for kv in &listing.items {
+            let obj = from_kv(kv)?;
+            if filter.matches(&obj) {
+                lines.push(event_line(EventType::Added, &obj));
+            }
+        }
+        (lines, listing.revision)
+    } else {
+        (Vec::new(), rv)
+    };
+    let events = state
+        .store
+        .watch(&prefix, after)
+        .await
+        .map_err(|e| ApiError::from_store(e, target.kind.plural))?;
+    let kind = target.kind;
+    let interval = state.config.bookmark_interval;
+    let shutdown = state.shutdown.clone();
+    let gauge = state.metrics.watches.clone();
+    gauge.inc();
+    let guard = GaugeGuard(gauge);
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+
+    let stream = futures::stream::unfold(
+        (events, after, false, guard),
+        move |(mut events, mut last, done, guard)| {
+            let filter = filter.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                loop {
+                    let until_deadline = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        () = until_deadline => return None,
+                        _ = tick.tick() => {
+                            return Some((Ok(bookmark(kind, last)), (events, last, false, guard)));
+                        }
+                        next = events.next() => match next {
+                            None => return None,
+                            Some(Err(e)) => {
+                                let status = ApiError::from_store(e, kind.plural).status();
+                                let line = event_line(EventType::Error, &status);
+                                return Some((Ok(line), (events, last, true, guard)));
+                            }
+                            Some(Ok(ev)) => {
+                                last = ev.revision;
+                                let mut obj = match from_kv(&ev.kv) {
+                                    Ok(o) => o,
+                                    Err(e) => {
+                                        let line = event_line(EventType::Error, &e.status());
+                                        return Some((Ok(line), (events, last, true, guard)));
+                                    }
+                                };
+                                if !filter.matches(&obj) {
+                                    continue;
+                                }
+                                let type_ = match ev.kind {
+                                    EventKind::Added => EventType::Added,
+                                    EventKind::Modified => EventType::Modified,
+                                    EventKind::Deleted => {
+                                        obj.metadata.resource_version = Some(ev.revision.to_string());
+                                        EventType::Deleted
+                                    }
+                                };
+                                return Some((Ok(event_line(type_, &obj)), (events, last, false, guard)));
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    );
+    let frames = futures::stream::iter(initial.into_iter().map(Ok))
+        .chain(stream)
+        .map(|r: Result<Bytes, std::io::Error>| r.map(Frame::data));
+    let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(frames)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+struct GaugeGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,316 @@
+//! Decode and validation tests across kinds: exact field paths of the errors users see.
+
+use serde_json::{Value, json};
+
+use super::*;
+
+fn decode(kind: &str, v: Value) -> Result<Value, Vec<String>> {
+    let info = kind_by_name(kind).unwrap_or_else(|| panic!("no kind {kind}"));
+    (info.decode)(v).map_err(|e| e.0.iter().map(ToString::to_string).collect())
+}
+
+fn errors(kind: &str, v: Value) -> Vec<String> {
+    match decode(kind, v) {
+        Ok(v) => panic!("expected errors, decoded {v}"),
+        Err(e) => e,
+    }
+}
+
+fn pod(container: &Value) -> Value {
+    json!({
+        "apiVersion": "wisp.dev/v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"containers": [container]}
+    })
+}
+
+fn has(errs: &[String], want: &str) -> bool {
+    errs.iter().any(|e| e.starts_with(want))
+}
+
+#[test]
+fn valid_pod_is_normalised() {
+    let out = decode(
+        "pod",
+        pod(&json!({"name": "app", "wasm": "sha256:abc", "resources": {"limits": {"cpu": 0.5}}})),
+    );
+    let out = out.unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(out["spec"]["restartPolicy"], "Always");
+    assert_eq!(out["spec"]["containers"][0]["resources"]["limits"]["cpu"], "500m");
+}
+
+#[test]
+fn bad_name_reports_metadata_name() {
+    let mut v = pod(&json!({"name": "app", "image": "nginx"}));
+    v["metadata"]["name"] = json!("Bad_Name");
+    let errs = errors("pod", v);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        has(&errs, "metadata.name: invalid value \"Bad_Name\""),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn missing_name_is_required() {
+    let mut v = pod(&json!({"name": "app", "image": "nginx"}));
+    v["metadata"] = json!({});
+    assert_eq!(errors("pod", v), ["metadata.name: required"]);
+}
+
+#[test]
+fn image_and_wasm_are_exclusive() {
+    let both = errors(
+        "pod",
+        pod(&json!({"name": "app", "image": "nginx", "wasm": "x.wasm"})),
+    );
+    assert_eq!(
+        both,
+        ["spec.containers[0]: exactly one of image or wasm must be set"]
+    );
+    let neither = errors("pod", pod(&json!({"name": "app"})));
+    assert_eq!(
+        neither,
+        ["spec.containers[0]: exactly one of image or wasm must be set"]
+    );
+}
+
+#[test]
+fn bad_quantities_have_paths() {
+    let cpu = errors(
+        "pod",
+        pod(&json!({"name": "a", "image": "i", "resources": {"limits": {"cpu": "5x"}}})),
+    );
+    assert_eq!(cpu.len(), 1);
+    assert!(
+        has(
+            &cpu,
+            "spec.containers[0].resources.limits.cpu: invalid quantity \"5x\": unknown suffix"
+        ),
+        "{cpu:?}"
+    );
+    let mem = errors(
+        "pod",
+        pod(&json!({"name": "a", "image": "i", "resources": {"requests": {"memory": "12XB"}}})),
+    );
+    assert!(
+        has(
+            &mem,
+            "spec.containers[0].resources.requests.memory: invalid quantity"
+        ),
+        "{mem:?}"
+    );
+    let neg = errors(
+        "pod",
+        pod(&json!({"name": "a", "image": "i", "resources": {"limits": {"memory": "-1Gi"}}})),
+    );
+    assert_eq!(
+        neg,
+        ["spec.containers[0].resources.limits.memory: must be non-negative"]
+    );
+    let over = errors(
+        "pod",
+        pod(
+            &json!({"name": "a", "image": "i", "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1", "gpu": "1"}}}),
+        ),
+    );
+    assert!(
+        has(
+            &over,
+            "spec.containers[0].resources.limits.gpu: unsupported resource"
+        ),
+        "{over:?}"
+    );
+    assert!(
+        has(
+            &over,
+            "spec.containers[0].resources.requests.cpu: must be less than or equal"
+        ),
+        "{over:?}"
+    );
+}
+
+#[test]
+fn bad_labels_have_paths() {
+    let mut v = pod(&json!({"name": "app", "image": "nginx"}));
+    v["metadata"]["labels"] = json!({"Bad Key": "x", "app": "bad value"});
+    let errs = errors("pod", v);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(has(&errs, "metadata.labels: invalid key \"Bad Key\""), "{errs:?}");
+    assert!(
+        has(&errs, "metadata.labels.app: invalid value \"bad value\""),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn unknown_nested_field_shows_full_path() {
+    let errs = errors("pod", pod(&json!({"name": "app", "imagee": "nginx"})));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        has(
+            &errs,
+            "spec.containers[0].imagee: unknown field `imagee`, expected one of"
+        ),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn type_errors_show_path() {
+    let errs = errors(
+        "pod",
+        pod(&json!({"name": "app", "image": "i", "ports": [{"containerPort": 70000}]})),
+    );
+    assert!(
+        has(&errs, "spec.containers[0].ports[0].containerPort: invalid value"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn type_meta_is_checked() {
+    let mut v = pod(&json!({"name": "app", "image": "nginx"}));
+    v["apiVersion"] = json!("v1");
+    v["kind"] = json!("Service");
+    let errs = errors("pod", v);
+    assert!(has(&errs, "apiVersion: must be \"wisp.dev/v1\""), "{errs:?}");
+    assert!(has(&errs, "kind: must be \"Pod\""), "{errs:?}");
+    assert_eq!(
+        errors("pod", json!([1, 2])),
+        ["expected a JSON object for kind Pod"]
+    );
+    assert_eq!(
+        errors("pod", json!({"apiVersion": "wisp.dev/v1"})),
+        [
+            "kind: required",
+            "metadata.name: required",
+            "spec.containers: required: at least one container"
+        ]
+    );
+}
+
+#[test]
+fn cluster_scoped_kinds_reject_namespace() {
+    let v = json!({"apiVersion": "wisp.dev/v1", "kind": "Node", "metadata": {"name": "n1", "namespace": "default"}});
+    assert_eq!(
+        errors("no", v),
+        ["metadata.namespace: must not be set for a cluster-scoped kind"]
+    );
+    let ns = json!({"apiVersion": "wisp.dev/v1", "kind": "Namespace", "metadata": {"name": "team-a"}});
+    assert!(decode("ns", ns).is_ok());
+}
+
+fn replicaset(selector: &Value, labels: &Value) -> Value {
+    json!({
+        "apiVersion": "wisp.dev/v1", "kind": "ReplicaSet", "metadata": {"name": "rs"},
+        "spec": {"selector": selector, "template": {"metadata": {"labels": labels},
+            "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}
+    })
+}
+
+#[test]
+fn selector_must_match_template() {
+    let errs = errors(
+        "rs",
+        replicaset(&json!({"matchLabels": {"app": "a"}}), &json!({"app": "b"})),
+    );
+    assert_eq!(
+        errs,
+        ["spec.template.metadata.labels: selector does not match template labels"]
+    );
+    let errs = errors("rs", replicaset(&json!({}), &json!({"app": "b"})));
+    assert_eq!(errs, ["spec.selector: required: a non-empty selector"]);
+    let ok = decode(
+        "replicaset",
+        replicaset(&json!({"matchLabels": {"app": "a"}}), &json!({"app": "a"})),
+    );
+    assert_eq!(ok.map(|v| v["spec"]["replicas"].clone()), Ok(json!(1)));
+}
+
+#[test]
+fn route_prefix_must_start_with_slash() {
+    let v = json!({"apiVersion": "wisp.dev/v1", "kind": "Route", "metadata": {"name": "r"},
+        "spec": {"pathPrefix": "api", "backends": [{"service": "web"}]}});
+    assert_eq!(errors("route", v), ["spec.pathPrefix: must start with \"/\""]);
+    let ok = json!({"apiVersion": "wisp.dev/v1", "kind": "Route", "metadata": {"name": "r"},
+        "spec": {"host": "*.example.com", "backends": [{"service": "web"}]}});
+    let out = decode("route", ok).unwrap_or_default();
+    assert_eq!(out["spec"]["pathPrefix"], "/");
+    assert_eq!(out["spec"]["backends"][0]["weight"], 100);
+}
+
+#[test]
+fn function_scaling_is_validated() {
+    let v = json!({"apiVersion": "wisp.dev/v1", "kind": "Function", "metadata": {"name": "hello"},
+        "spec": {"template": {"spec": {"containers": [{"name": "f", "wasm": "hello.wasm"}]}},
+                 "scaling": {"minScale": 3, "maxScale": 2, "scaleToZeroAfter": "5 min"}}});
+    let errs = errors("fn", v);
+    assert!(
+        has(
+            &errs,
+            "spec.scaling.maxScale: must be greater than or equal to minScale"
+        ),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "spec.scaling.scaleToZeroAfter: invalid duration"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn secrets_and_jobs() {
+    let s = json!({"apiVersion": "wisp.dev/v1", "kind": "Secret", "metadata": {"name": "s"},
+        "data": {"ok": "aGk=", "bad": "not base64!"}});
+    assert_eq!(errors("secret", s), ["data.bad: must be base64-encoded"]);
+    let j = json!({"apiVersion": "wisp.dev/v1", "kind": "Job", "metadata": {"name": "j"},
+        "spec": {"template": {"spec": {"containers": [{"name": "c", "wasm": "job.wasm"}]}}}});
+    assert_eq!(
+        errors("job", j),
+        ["spec.template.spec.restartPolicy: must be OnFailure or Never for a Job"]
+    );
+}
+
+#[test]
+fn every_kind_decodes_a_minimal_object_or_says_why() {
+    for info in KINDS {
+        let v = json!({"apiVersion": "wisp.dev/v1", "kind": info.kind, "metadata": {"name": "x"}});
+        // Must not panic; either outcome is fine for an empty spec.
+        let _ = (info.decode)(v);
+        let _ = (info.decode)(json!(null));
+        let _ = (info.decode)(json!({"kind": 3, "metadata": 4, "spec": []}));
+    }
+}
+
+#[test]
+fn lookups_and_schemas() {
+    assert_eq!(KINDS.len(), 13);
+    for (name, kind) in [
+        ("po", "Pod"),
+        ("PODS", "Pod"),
+        ("deploy", "Deployment"),
+        ("ep", "Endpoints"),
+        ("fn", "Function"),
+    ] {
+        assert_eq!(kind_by_name(name).map(|k| k.kind), Some(kind), "{name}");
+    }
+    assert_eq!(kind_by_plural("replicasets").map(|k| k.kind), Some("ReplicaSet"));
+    assert!(kind_by_plural("Pods").is_none());
+    let mut generator = schemars::SchemaGenerator::default();
+    for info in KINDS {
+        let schema = (info.schema)(&mut generator);
+        assert!(schema.get("properties").is_some(), "{}", info.kind);
+    }
+    assert!(generator.definitions().contains_key("Quantity"));
+}
+
+#[test]
+fn resource_new_fills_type_meta() {
+    let p = Pod::new(ObjectMeta::namespaced("default", "web"));
+    assert_eq!(
+        (p.api_version.as_str(), p.kind.as_str(), p.name()),
+        ("wisp.dev/v1", "Pod", "web")
+    );
+    assert_eq!(p.namespace(), Some("default"));
+}

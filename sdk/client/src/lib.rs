@@ -1,0 +1,500 @@
+//! wisp-client owns talking to the Wisp API over HTTP: typed and dynamic CRUD, raw watch
+//! streams and a resumable watch (reconnects from the last seen resourceVersion, re-lists
+//! on 410 Gone), blobs, tokens, and the CLI config file (`~/.wisp/config`).
+//!
+//! It must not cache objects or run control loops (that is `wisp-runtime`).
+
+pub mod config;
+pub mod watch;
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use wisp_api::{DynamicObject, KindInfo, List, Resource, Status, WatchEvent};
+
+pub use config::Config;
+pub use watch::{WatchParams, Watcher, WatcherEvent};
+
+/// Every client failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error `Status` (its message names the problem).
+    #[error("{}", .0.message)]
+    Api(Box<Status>),
+    #[error("cannot reach the Wisp API at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("bad response from the server: {0}")]
+    Decode(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ClientError {
+    /// The HTTP status code of an API error.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ClientError::Api(s) => Some(s.code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Query parameters of list and watch.
+#[derive(Clone, Debug, Default)]
+pub struct ListParams {
+    pub label_selector: Option<String>,
+    pub field_selector: Option<String>,
+}
+
+impl ListParams {
+    fn query(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        if let Some(l) = &self.label_selector {
+            q.push(("labelSelector", l.clone()));
+        }
+        if let Some(f) = &self.field_selector {
+            q.push(("fieldSelector", f.clone()));
+        }
+        q
+    }
+}
+
+fn encode_query(pairs: &[(&str, String)]) -> String {
+    let enc = |s: &str| {
+        let mut out = String::new();
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A connection to one Wisp API server. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    /// A client for `server` (e.g. `http://127.0.0.1:7700`) using bearer `token`.
+    pub fn new(server: &str, token: &str) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let http = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Self {
+            base: server.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            http,
+        }
+    }
+
+    pub fn from_config(config: &Config) -> Self {
+        Self::new(&config.server, &config.token)
+    }
+
+    pub fn server(&self) -> &str {
+        &self.base
+    }
+
+    /// Send a request; non-2xx answers become [`ClientError::Api`].
+    pub async fn raw(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Bytes>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        let url = format!("{}{path_and_query}", self.base);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|e| ClientError::Connect {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let resp = self.http.request(req).await.map_err(|e| ClientError::Connect {
+            url: self.base.clone(),
+            reason: error_chain(&e),
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let code = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Err(ClientError::Api(Box::new(status_of(code, &bytes))))
+    }
+
+    async fn send<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<T> {
+        let resp = self.raw(method, path, body).await?;
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?
+            .to_bytes();
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(format!("{e}")))
+    }
+
+    /// The path of a collection (`name == None`) or one object.
+    pub fn path(kind: &KindInfo, namespace: Option<&str>, name: Option<&str>) -> String {
+        let mut p = match (kind.namespaced, namespace) {
+            (true, Some(ns)) => format!("/apis/wisp.dev/v1/namespaces/{ns}/{}", kind.plural),
+            _ => format!("/apis/wisp.dev/v1/{}", kind.plural),
+        };
+        if let Some(n) = name {
+            p.push('/');
+            p.push_str(n);
+        }
+        p
+    }
+
+    pub async fn get_dyn(&self, kind: &KindInfo, ns: Option<&str>, name: &str) -> Result<DynamicObject> {
+        self.send(Method::GET, &Self::path(kind, ns, Some(name)), None)
+            .await
+    }
+
+    pub async fn list_dyn(
+        &self,
+        kind: &KindInfo,
+        ns: Option<&str>,
+        params: &ListParams,
+    ) -> Result<List<DynamicObject>> {
+        let q = encode_query(&params.query());
+        self.send(Method::GET, &format!("{}?{q}", Self::path(kind, ns, None)), None)
+            .await
+    }
+
+    pub async fn create_dyn(
+        &self,
+        kind: &KindInfo,
+        ns: Option<&str>,
+        obj: &impl Serialize,
+    ) -> Result<DynamicObject> {
+        let body = to_body(obj)?;
+        self.send(Method::POST, &Self::path(kind, ns, None), Some(body))
+            .await
+    }
+
+    pub async fn replace_dyn(
+        &self,
+        kind: &KindInfo,
+        ns: Option<&str>,
+        name: &str,
+        obj: &impl Serialize,
+    ) -> Result<DynamicObject> {
+        self.send(
+            Method::PUT,
+            &Self::path(kind, ns, Some(name)),
+            Some(to_body(obj)?),
+        )
+        .await
+    }
+
+    pub async fn replace_status_dyn(
+        &self,
+        kind: &KindInfo,
+        ns: Option<&str>,
+        name: &str,
+        obj: &impl Serialize,
+    ) -> Result<DynamicObject> {
+        let path = format!("{}/status", Self::path(kind, ns, Some(name)));
+        self.send(Method::PUT, &path, Some(to_body(obj)?)).await
+    }
+
+    pub async fn delete_dyn(&self, kind: &KindInfo, ns: Option<&str>, name: &str) -> Result<DynamicObject> {
+        self.send(Method::DELETE, &Self::path(kind, ns, Some(name)), None)
+            .await
+    }
+
+    /// One watch request: events after `resource_version` (`None`: current state first).
+    /// Ends when the server closes the stream.
+    pub async fn watch_dyn(
+        &self,
+        kind: &KindInfo,
+        ns: Option<&str>,
+        params: &ListParams,
+        resource_version: Option<&str>,
+    ) -> Result<BoxStream<'static, Result<WatchEvent<DynamicObject>>>> {
+        let mut q = params.query();
+        q.push(("watch", "true".into()));
+        if let Some(rv) = resource_version {
+            q.push(("resourceVersion", rv.to_owned()));
+        }
+        let path = format!("{}?{}", Self::path(kind, ns, None), encode_query(&q));
+        let resp = self.raw(Method::GET, &path, None).await?;
+        Ok(lines(resp.into_body()).boxed())
+    }
+
+    /// Typed access to one kind in one namespace (`None`: cluster-scoped or all namespaces).
+    pub fn api<T: Resource>(&self, namespace: Option<&str>) -> Api<T> {
+        Api {
+            client: self.clone(),
+            namespace: namespace.map(str::to_owned),
+            _t: PhantomData,
+        }
+    }
+
+    /// Upload a blob; returns its `sha256:<hex>` digest.
+    pub async fn put_blob(&self, data: Bytes) -> Result<String> {
+        use sha2::Digest;
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&data)));
+        self.raw(Method::PUT, &format!("/blobs/{digest}"), Some(data))
+            .await?;
+        Ok(digest)
+    }
+
+    pub async fn get_blob(&self, digest: &str) -> Result<Bytes> {
+        let resp = self.raw(Method::GET, &format!("/blobs/{digest}"), None).await?;
+        Ok(resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?
+            .to_bytes())
+    }
+
+    /// Mint a token confined to `namespace` (admin only).
+    pub async fn create_token(&self, namespace: &str) -> Result<String> {
+        #[derive(serde::Deserialize)]
+        struct Resp {
+            token: String,
+        }
+        let body = to_body(&serde_json::json!({ "namespace": namespace }))?;
+        let resp: Resp = self
+            .send(Method::POST, "/apis/wisp.dev/v1/tokens", Some(body))
+            .await?;
+        Ok(resp.token)
+    }
+}
+
+fn to_body(obj: &impl Serialize) -> Result<Bytes> {
+    serde_json::to_vec(obj)
+        .map(Bytes::from)
+        .map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+fn status_of(code: StatusCode, body: &[u8]) -> Status {
+    serde_json::from_slice::<Status>(body).unwrap_or_else(|_| {
+        Status::failure(
+            code.as_u16(),
+            "Unknown",
+            format!("{code}: {}", String::from_utf8_lossy(body)),
+        )
+    })
+}
+
+/// Split a streaming body into newline-delimited JSON watch events.
+fn lines(body: hyper::body::Incoming) -> impl Stream<Item = Result<WatchEvent<DynamicObject>>> + Send {
+    futures::stream::unfold(
+        (body, Vec::<u8>::new(), false),
+        |(mut body, mut buf, done)| async move {
+            loop {
+                if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let ev = serde_json::from_slice::<WatchEvent<serde_json::Value>>(&line)
+                        .map_err(|e| ClientError::Decode(format!("watch event: {e}")))
+                        .and_then(decode_event);
+                    return Some((ev, (body, buf, done)));
+                }
+                if done {
+                    return None;
+                }
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            buf.extend_from_slice(&data);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        return Some((
+                            Err(ClientError::Decode(format!("watch stream: {e}"))),
+                            (body, buf, true),
+                        ));
+                    }
+                    None => return None,
+                }
+            }
+        },
+    )
+}
+
+fn decode_event(ev: WatchEvent<serde_json::Value>) -> Result<WatchEvent<DynamicObject>> {
+    if ev.type_ == wisp_api::EventType::Error {
+        let status: Status = serde_json::from_value(ev.object)
+            .map_err(|e| ClientError::Decode(format!("watch error event: {e}")))?;
+        return Err(ClientError::Api(Box::new(status)));
+    }
+    let object =
+        serde_json::from_value(ev.object).map_err(|e| ClientError::Decode(format!("watch object: {e}")))?;
+    Ok(WatchEvent {
+        type_: ev.type_,
+        object,
+    })
+}
+
+/// Typed API of one kind.
+#[derive(Clone)]
+pub struct Api<T> {
+    client: Client,
+    namespace: Option<String>,
+    _t: PhantomData<fn() -> T>,
+}
+
+fn info<T: Resource>() -> &'static KindInfo {
+    wisp_api::kind_by_plural(T::PLURAL).unwrap_or(&wisp_api::KINDS[0])
+}
+
+fn typed<T: Resource>(obj: DynamicObject) -> Result<T> {
+    obj.to_typed::<T>()
+        .map_err(|e| ClientError::Decode(format!("{}: {e}", T::KIND)))
+}
+
+impl<T: Resource> Api<T> {
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    pub async fn get(&self, name: &str) -> Result<T> {
+        typed(
+            self.client
+                .get_dyn(info::<T>(), self.namespace.as_deref(), name)
+                .await?,
+        )
+    }
+
+    /// `Ok(None)` on 404.
+    pub async fn get_opt(&self, name: &str) -> Result<Option<T>> {
+        match self.get(name).await {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.code() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn list(&self, params: &ListParams) -> Result<List<T>> {
+        let list = self
+            .client
+            .list_dyn(info::<T>(), self.namespace.as_deref(), params)
+            .await?;
+        let items = list.items.into_iter().map(typed).collect::<Result<Vec<T>>>()?;
+        Ok(List {
+            api_version: list.api_version,
+            kind: list.kind,
+            metadata: list.metadata,
+            items,
+        })
+    }
+
+    pub async fn create(&self, obj: &T) -> Result<T> {
+        typed(
+            self.client
+                .create_dyn(info::<T>(), self.namespace.as_deref(), obj)
+                .await?,
+        )
+    }
+
+    pub async fn replace(&self, obj: &T) -> Result<T> {
+        let name = obj.metadata().name.clone();
+        typed(
+            self.client
+                .replace_dyn(info::<T>(), self.namespace.as_deref(), &name, obj)
+                .await?,
+        )
+    }
+
+    pub async fn replace_status(&self, obj: &T) -> Result<T> {
+        let name = obj.metadata().name.clone();
+        typed(
+            self.client
+                .replace_status_dyn(info::<T>(), self.namespace.as_deref(), &name, obj)
+                .await?,
+        )
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<T> {
+        typed(
+            self.client
+                .delete_dyn(info::<T>(), self.namespace.as_deref(), name)
+                .await?,
+        )
+    }
+
+    /// One raw watch request (see [`Client::watch_dyn`]).
+    pub async fn watch(
+        &self,
+        params: &ListParams,
+        resource_version: Option<&str>,
+    ) -> Result<BoxStream<'static, Result<WatchEvent<T>>>> {
+        let s = self
+            .client
+            .watch_dyn(info::<T>(), self.namespace.as_deref(), params, resource_version)
+            .await?;
+        Ok(s.map(|r| {
+            r.and_then(|ev| {
+                Ok(WatchEvent {
+                    type_: ev.type_,
+                    object: typed::<T>(ev.object)?,
+                })
+            })
+        })
+        .boxed())
+    }
+
+    /// A watch that survives disconnects and compaction (see [`Watcher`]).
+    pub fn watcher(&self, params: WatchParams) -> Watcher<T> {
+        Watcher::new(self.clone(), params)
+    }
+}

@@ -1,0 +1,1 @@
+//! wisp-runtime (in progress)
