@@ -1,1 +1,59 @@
-fn main() {}
+//! `wisp`: one binary for the whole system. Thin: parse flags (every flag also a `WISP_*`
+//! environment variable), set up tracing, run the command, print the error chain.
+
+mod cli;
+mod manifests;
+mod output;
+mod resources;
+mod server;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, TokenCommand};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WISP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("error: cannot start the async runtime: {e}");
+            }
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("error: {e}");
+                for cause in e.chain().skip(1) {
+                    eprintln!("  caused by: {cause}");
+                }
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(args) => server::up(args).await,
+        Command::Server(args) => server::server(args).await,
+        Command::Apply(args) => resources::apply(&cli.global, args).await,
+        Command::Get(args) => resources::get(&cli.global, args).await,
+        Command::Describe(args) => resources::describe(&cli.global, args).await,
+        Command::Delete(args) => resources::delete(&cli.global, args).await,
+        Command::Token {
+            command: TokenCommand::Create(args),
+        } => resources::token_create(&cli.global, args).await,
+    }
+}

@@ -1,0 +1,143 @@
+//! Flags and subcommands. Every flag can also be set through a `WISP_*` variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wisp",
+    version,
+    about = "Wisp: a serverless orchestrator for WebAssembly and containers"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// API server URL (default: from the config file).
+    #[arg(long, global = true, env = "WISP_SERVER")]
+    pub server: Option<String>,
+    /// Bearer token (default: from the config file).
+    #[arg(long, global = true, env = "WISP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Config file with server and token [default: ~/.wisp/config].
+    #[arg(long, global = true, env = "WISP_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a whole cluster in this process on the embedded store.
+    Up(UpArgs),
+    /// Run the control plane on a chosen store (embedded or etcd).
+    Server(ServerArgs),
+    /// Create or update objects from files (multi-document YAML or JSON).
+    Apply(ApplyArgs),
+    /// List objects, or show one.
+    Get(GetArgs),
+    /// Show one object in detail.
+    Describe(DescribeArgs),
+    /// Delete objects by name or by the files that created them.
+    Delete(DeleteArgs),
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Address of the API server.
+    #[arg(long, env = "WISP_LISTEN", default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// Data directory [default: ~/.wisp/data].
+    #[arg(long, env = "WISP_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Quiet time before a watch gets a BOOKMARK, in milliseconds.
+    #[arg(long, env = "WISP_BOOKMARK_MS", default_value_t = 10_000)]
+    pub bookmark_ms: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub up: UpArgs,
+    /// `embedded` or `etcd://host:port[,host:port...]`.
+    #[arg(long, env = "WISP_STORE", default_value = "embedded")]
+    pub store: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ApplyArgs {
+    /// File, directory (its .yaml/.yml/.json files) or `-` for standard input.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+    /// Namespace for objects that do not name one.
+    #[arg(short, long, env = "WISP_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Yaml,
+    Json,
+    Wide,
+    Name,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GetArgs {
+    /// Kind: plural, singular, short name or Kind (pods, pod, po, Pod).
+    pub kind: String,
+    pub name: Option<String>,
+    #[arg(short, long, env = "WISP_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// All namespaces.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// Label selector, e.g. `app=web,tier in (a,b)`.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    #[arg(short, long, value_enum)]
+    pub output: Option<OutputFormat>,
+    /// Keep watching for changes.
+    #[arg(short, long)]
+    pub watch: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DescribeArgs {
+    pub kind: String,
+    pub name: String,
+    #[arg(short, long, env = "WISP_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DeleteArgs {
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<String>,
+    #[arg(short, long, env = "WISP_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Mint a token confined to one namespace (needs an admin token).
+    Create(TokenCreateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TokenCreateArgs {
+    #[arg(short, long)]
+    pub namespace: String,
+}

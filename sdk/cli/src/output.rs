@@ -1,0 +1,318 @@
+//! Rendering objects: tables (comfy-table), YAML, JSON, names.
+
+use anyhow::Context;
+use comfy_table::presets::NOTHING;
+use comfy_table::{ContentArrangement, Table};
+use serde_json::Value;
+use wisp_api::{DynamicObject, KindInfo, WatchEvent};
+
+use crate::cli::OutputFormat;
+
+fn ptr<'a>(obj: &'a Value, p: &str) -> Option<&'a Value> {
+    obj.pointer(p).filter(|v| !v.is_null())
+}
+
+fn s(obj: &Value, p: &str) -> String {
+    match ptr(obj, p) {
+        Some(Value::String(x)) => x.clone(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join(","),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .collect::<Vec<_>>()
+            .join(","),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    }
+}
+
+fn n(obj: &Value, p: &str) -> i64 {
+    ptr(obj, p).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn condition(obj: &Value, type_: &str) -> String {
+    ptr(obj, "/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some(type_))
+        })
+        .and_then(|c| c.get("status").and_then(Value::as_str))
+        .map_or_else(
+            || "Unknown".to_owned(),
+            |st| {
+                if st == "True" {
+                    type_.to_owned()
+                } else {
+                    format!("Not{type_}")
+                }
+            },
+        )
+}
+
+pub fn age(created: Option<&str>) -> String {
+    let Some(ts) = created.and_then(|c| c.parse::<jiff::Timestamp>().ok()) else {
+        return "<unknown>".into();
+    };
+    let secs = (jiff::Timestamp::now().as_second() - ts.as_second()).max(0);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86_400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+/// (header, value) columns for a kind; `wide` adds the extra ones.
+fn columns(kind: &KindInfo, o: &Value, wide: bool) -> Vec<(&'static str, String)> {
+    let mut c = match kind.plural {
+        "pods" => {
+            let total = ptr(o, "/spec/containers")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let statuses = ptr(o, "/status/containerStatuses").and_then(Value::as_array);
+            let ready = statuses.map_or(0, |cs| {
+                cs.iter()
+                    .filter(|c| c.get("ready") == Some(&Value::Bool(true)))
+                    .count()
+            });
+            let restarts: i64 = statuses.map_or(0, |cs| {
+                cs.iter()
+                    .filter_map(|c| c.get("restartCount").and_then(Value::as_i64))
+                    .sum()
+            });
+            vec![
+                ("READY", format!("{ready}/{total}")),
+                ("STATUS", s(o, "/status/phase")),
+                ("RESTARTS", restarts.to_string()),
+            ]
+        }
+        "deployments" => vec![
+            (
+                "READY",
+                format!("{}/{}", n(o, "/status/readyReplicas"), n(o, "/spec/replicas")),
+            ),
+            ("UP-TO-DATE", n(o, "/status/updatedReplicas").to_string()),
+            ("AVAILABLE", n(o, "/status/availableReplicas").to_string()),
+        ],
+        "replicasets" => vec![
+            ("DESIRED", n(o, "/spec/replicas").to_string()),
+            ("CURRENT", n(o, "/status/replicas").to_string()),
+            ("READY", n(o, "/status/readyReplicas").to_string()),
+        ],
+        "services" => vec![("SELECTOR", s(o, "/spec/selector"))],
+        "nodes" => vec![
+            ("STATUS", condition(o, "Ready")),
+            ("RUNTIMES", s(o, "/status/runtimes")),
+        ],
+        "namespaces" => vec![("STATUS", {
+            let p = s(o, "/status/phase");
+            if p.is_empty() { "Active".into() } else { p }
+        })],
+        "functions" => vec![
+            ("URL", s(o, "/status/url")),
+            (
+                "READY",
+                format!(
+                    "{}/{}",
+                    n(o, "/status/readyReplicas"),
+                    n(o, "/status/desiredReplicas")
+                ),
+            ),
+            ("LAST REQUEST", s(o, "/status/lastRequestTime")),
+        ],
+        "routes" => vec![("HOST", s(o, "/spec/host")), ("PATH", s(o, "/spec/pathPrefix"))],
+        "jobs" => vec![
+            ("SUCCEEDED", n(o, "/status/succeeded").to_string()),
+            ("FAILED", n(o, "/status/failed").to_string()),
+        ],
+        "configmaps" | "secrets" => {
+            vec![(
+                "DATA",
+                ptr(o, "/data")
+                    .and_then(Value::as_object)
+                    .map_or(0, serde_json::Map::len)
+                    .to_string(),
+            )]
+        }
+        _ => vec![],
+    };
+    if wide {
+        match kind.plural {
+            "pods" => {
+                c.push(("NODE", s(o, "/spec/nodeName")));
+                c.push(("IP", s(o, "/status/podIP")));
+            }
+            "deployments" | "replicasets" => c.push(("SELECTOR", s(o, "/spec/selector/matchLabels"))),
+            "routes" => c.push(("BACKENDS", {
+                ptr(o, "/spec/backends")
+                    .and_then(Value::as_array)
+                    .map_or_else(String::new, |bs| {
+                        bs.iter()
+                            .map(|b| format!("{}:{}", s(b, "/service"), s(b, "/weight")))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+            })),
+            _ => {}
+        }
+    }
+    c
+}
+
+fn row(
+    kind: &KindInfo,
+    obj: &DynamicObject,
+    wide: bool,
+    with_ns: bool,
+) -> anyhow::Result<(Vec<&'static str>, Vec<String>)> {
+    let value = serde_json::to_value(obj)?;
+    let mut headers = Vec::new();
+    let mut cells = Vec::new();
+    if with_ns && kind.namespaced {
+        headers.push("NAMESPACE");
+        cells.push(obj.metadata.namespace.clone().unwrap_or_default());
+    }
+    headers.push("NAME");
+    cells.push(obj.metadata.name.clone());
+    for (h, v) in columns(kind, &value, wide) {
+        headers.push(h);
+        cells.push(v);
+    }
+    headers.push("AGE");
+    cells.push(age(obj.metadata.creation_timestamp.as_deref()));
+    Ok((headers, cells))
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut t = Table::new();
+    t.load_style(NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(headers.to_vec());
+    for r in rows {
+        t.add_row(r);
+    }
+    t.to_string()
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn say(text: &str) {
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{text}");
+    }
+}
+
+pub fn print_objects(
+    kind: &KindInfo,
+    objs: &[DynamicObject],
+    format: Option<OutputFormat>,
+    with_ns: bool,
+) -> anyhow::Result<()> {
+    match format {
+        Some(OutputFormat::Json) => {
+            for o in objs {
+                say(&serde_json::to_string_pretty(o)?);
+            }
+        }
+        Some(OutputFormat::Yaml) => {
+            for (i, o) in objs.iter().enumerate() {
+                if i > 0 {
+                    say("---");
+                }
+                say(serde_saphyr::to_string(o)
+                    .context("cannot render YAML")?
+                    .trim_end());
+            }
+        }
+        Some(OutputFormat::Name) => {
+            for o in objs {
+                say(&format!("{}/{}", kind.singular, o.metadata.name));
+            }
+        }
+        Some(OutputFormat::Wide) | None => {
+            let wide = format == Some(OutputFormat::Wide);
+            let mut headers = Vec::new();
+            let mut rows = Vec::new();
+            for o in objs {
+                let (h, r) = row(kind, o, wide, with_ns)?;
+                headers = h;
+                rows.push(r);
+            }
+            if !rows.is_empty() {
+                say(&table(&headers, rows));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn print_event(
+    kind: &KindInfo,
+    ev: &WatchEvent<DynamicObject>,
+    format: Option<OutputFormat>,
+    with_ns: bool,
+) -> anyhow::Result<()> {
+    match format {
+        Some(OutputFormat::Json) => say(&serde_json::to_string(ev)?),
+        _ => {
+            let (_, mut cells) = row(kind, &ev.object, format == Some(OutputFormat::Wide), with_ns)?;
+            cells.insert(0, format!("{:?}", ev.type_).to_uppercase());
+            say(&cells.join("  "));
+        }
+    }
+    Ok(())
+}
+
+pub fn describe(kind: &KindInfo, obj: &DynamicObject) -> anyhow::Result<String> {
+    let m = &obj.metadata;
+    let mut out = format!("Name:         {}\n", m.name);
+    if let Some(ns) = &m.namespace {
+        out.push_str(&format!("Namespace:    {ns}\n"));
+    }
+    out.push_str(&format!("Kind:         {}\n", kind.kind));
+    let labels: Vec<String> = m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    out.push_str(&format!(
+        "Labels:       {}\n",
+        if labels.is_empty() {
+            "<none>".into()
+        } else {
+            labels.join(", ")
+        }
+    ));
+    out.push_str(&format!(
+        "Created:      {} ({} ago)\n",
+        m.creation_timestamp.as_deref().unwrap_or("?"),
+        age(m.creation_timestamp.as_deref())
+    ));
+    out.push_str(&format!("UID:          {}\n", m.uid.as_deref().unwrap_or("?")));
+    out.push_str(&format!(
+        "Version:      resourceVersion {}, generation {}\n",
+        m.resource_version.as_deref().unwrap_or("?"),
+        m.generation.unwrap_or(0)
+    ));
+    for o in &m.owner_references {
+        out.push_str(&format!("Controlled by: {}/{}\n", o.kind, o.name));
+    }
+    for (section, value) in &obj.body {
+        out.push_str(&format!("{}:\n", capitalize(section)));
+        let yaml = serde_saphyr::to_string(value).context("cannot render YAML")?;
+        for line in yaml.lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    Ok(out.trim_end().to_owned())
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map_or_else(String::new, |f| f.to_uppercase().collect::<String>() + c.as_str())
+}

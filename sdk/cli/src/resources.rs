@@ -1,0 +1,285 @@
+//! User commands: apply, get, describe, delete, token create.
+
+use anyhow::{Context, anyhow, bail};
+use futures::StreamExt;
+use serde_json::Value;
+use wisp_api::{KindInfo, kind_by_name};
+use wisp_client::{Client, ClientError, ListParams};
+
+use crate::cli::{ApplyArgs, DeleteArgs, DescribeArgs, GetArgs, Global, OutputFormat, TokenCreateArgs};
+use crate::manifests::{Document, read_all};
+use crate::output;
+
+pub fn client(global: &Global) -> anyhow::Result<Client> {
+    let path = global
+        .config
+        .clone()
+        .unwrap_or_else(wisp_client::Config::default_path);
+    let file = match (&global.server, &global.token) {
+        (Some(_), Some(_)) => None,
+        _ => Some(wisp_client::Config::load(&path)?),
+    };
+    let server = global
+        .server
+        .clone()
+        .or_else(|| file.as_ref().map(|f| f.server.clone()));
+    let token = global
+        .token
+        .clone()
+        .or_else(|| file.as_ref().map(|f| f.token.clone()));
+    match (server, token) {
+        (Some(s), Some(t)) => Ok(Client::new(&s, &t)),
+        _ => bail!(
+            "no server or token: pass --server/--token or write {}",
+            path.display()
+        ),
+    }
+}
+
+pub fn kind(name: &str) -> anyhow::Result<&'static KindInfo> {
+    kind_by_name(name).ok_or_else(|| {
+        let known: Vec<&str> = wisp_api::KINDS.iter().map(|k| k.plural).collect();
+        anyhow!("unknown kind {name:?}; known kinds: {}", known.join(", "))
+    })
+}
+
+/// Render an API error with its field causes.
+pub fn describe_error(e: &ClientError) -> String {
+    match e {
+        ClientError::Api(status) => {
+            let mut out = status.message.clone();
+            if let Some(details) = &status.details {
+                for c in &details.causes {
+                    out.push_str(&format!("\n  - {}: {}", c.field, c.message));
+                }
+            }
+            out
+        }
+        other => other.to_string(),
+    }
+}
+
+fn namespace_for(kind: &KindInfo, doc_ns: Option<&str>, flag: Option<&str>) -> Option<String> {
+    kind.namespaced
+        .then(|| doc_ns.or(flag).unwrap_or("default").to_owned())
+}
+
+struct Resolved {
+    kind: &'static KindInfo,
+    namespace: Option<String>,
+    name: String,
+}
+
+fn resolve(doc: &Document, flag_ns: Option<&str>) -> anyhow::Result<Resolved> {
+    let kind_name = doc
+        .value
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("{}: kind: required", doc.origin))?;
+    let kind = kind_by_name(kind_name)
+        .filter(|k| k.kind == kind_name)
+        .ok_or_else(|| anyhow!("{}: kind: unknown kind {kind_name:?}", doc.origin))?;
+    let meta = doc.value.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let doc_ns = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str);
+    Ok(Resolved {
+        kind,
+        namespace: namespace_for(kind, doc_ns, flag_ns),
+        name,
+    })
+}
+
+fn say(line: &str) {
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{line}");
+    }
+}
+
+fn complain(line: &str) {
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("{line}");
+    }
+}
+
+pub async fn apply(global: &Global, args: ApplyArgs) -> anyhow::Result<()> {
+    let docs = read_all(&args.files)?;
+    if docs.is_empty() {
+        bail!("no objects found in {}", args.files.join(", "));
+    }
+    let client = client(global)?;
+    let mut failures = 0;
+    for doc in &docs {
+        if let Err(e) = apply_one(&client, doc, args.namespace.as_deref()).await {
+            failures += 1;
+            complain(&format!("error: {e:#}"));
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} of {} objects failed", docs.len());
+    }
+    Ok(())
+}
+
+async fn apply_one(client: &Client, doc: &Document, flag_ns: Option<&str>) -> anyhow::Result<()> {
+    let r = resolve(doc, flag_ns)?;
+    let ns = r.namespace.as_deref();
+    let label = format!("{}/{}", r.kind.singular, r.name);
+    let fail = |e: ClientError| anyhow!("{} {label}: {}", doc.origin, describe_error(&e));
+    let existing = if r.name.is_empty() {
+        None
+    } else {
+        match client.get_dyn(r.kind, ns, &r.name).await {
+            Ok(o) => Some(o),
+            Err(e) if e.code() == Some(404) => None,
+            Err(e) => return Err(fail(e)),
+        }
+    };
+    match existing {
+        None => {
+            client.create_dyn(r.kind, ns, &doc.value).await.map_err(fail)?;
+            say(&format!("{label} created"));
+        }
+        Some(current) => {
+            let mut value = doc.value.clone();
+            if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert(
+                    "resourceVersion".into(),
+                    Value::from(current.metadata.resource_version.clone()),
+                );
+            }
+            let updated = client
+                .replace_dyn(r.kind, ns, &r.name, &value)
+                .await
+                .map_err(fail)?;
+            let verb = if updated.metadata.resource_version == current.metadata.resource_version {
+                "unchanged"
+            } else {
+                "configured"
+            };
+            say(&format!("{label} {verb}"));
+        }
+    }
+    Ok(())
+}
+
+pub async fn get(global: &Global, args: GetArgs) -> anyhow::Result<()> {
+    let kind = kind(&args.kind)?;
+    let client = client(global)?;
+    let ns = if args.all_namespaces {
+        None
+    } else {
+        namespace_for(kind, None, args.namespace.as_deref())
+    };
+    let format = args.output;
+    if let Some(name) = &args.name {
+        let obj = client
+            .get_dyn(kind, ns.as_deref(), name)
+            .await
+            .map_err(|e| anyhow!(describe_error(&e)))?;
+        output::print_objects(kind, &[obj], format, args.all_namespaces)?;
+        return Ok(());
+    }
+    let params = ListParams {
+        label_selector: args.selector.clone(),
+        field_selector: None,
+    };
+    let list = client
+        .list_dyn(kind, ns.as_deref(), &params)
+        .await
+        .map_err(|e| anyhow!(describe_error(&e)))?;
+    if format.is_none() && list.items.is_empty() && !args.watch {
+        complain(&match &ns {
+            Some(n) => format!("No {} found in namespace {n}.", kind.plural),
+            None => format!("No {} found.", kind.plural),
+        });
+    } else if format == Some(OutputFormat::Json) && !args.watch {
+        say(&serde_json::to_string_pretty(&list)?);
+    } else if format == Some(OutputFormat::Yaml) && !args.watch {
+        say(&serde_saphyr::to_string(&list).context("cannot render YAML")?);
+    } else {
+        output::print_objects(kind, &list.items, format, args.all_namespaces)?;
+    }
+    if args.watch {
+        let rv = list.metadata.resource_version.clone();
+        let mut stream = client
+            .watch_dyn(kind, ns.as_deref(), &params, rv.as_deref())
+            .await
+            .map_err(|e| anyhow!(describe_error(&e)))?;
+        while let Some(ev) = stream.next().await {
+            let ev = ev.map_err(|e| anyhow!(describe_error(&e)))?;
+            if ev.type_ == wisp_api::EventType::Bookmark {
+                continue;
+            }
+            output::print_event(kind, &ev, format, args.all_namespaces)?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn describe(global: &Global, args: DescribeArgs) -> anyhow::Result<()> {
+    let kind = kind(&args.kind)?;
+    let client = client(global)?;
+    let ns = namespace_for(kind, None, args.namespace.as_deref());
+    let obj = client
+        .get_dyn(kind, ns.as_deref(), &args.name)
+        .await
+        .map_err(|e| anyhow!(describe_error(&e)))?;
+    say(&output::describe(kind, &obj)?);
+    Ok(())
+}
+
+pub async fn delete(global: &Global, args: DeleteArgs) -> anyhow::Result<()> {
+    let client = client(global)?;
+    let mut targets = Vec::new();
+    if !args.files.is_empty() {
+        for doc in read_all(&args.files)? {
+            let r = resolve(&doc, args.namespace.as_deref())?;
+            targets.push(r);
+        }
+    } else {
+        let (Some(k), Some(name)) = (&args.kind, &args.name) else {
+            bail!("usage: wisp delete KIND NAME, or wisp delete -f FILE");
+        };
+        let kind = kind(k)?;
+        targets.push(Resolved {
+            kind,
+            namespace: namespace_for(kind, None, args.namespace.as_deref()),
+            name: name.clone(),
+        });
+    }
+    let mut failures = 0;
+    for t in &targets {
+        match client.delete_dyn(t.kind, t.namespace.as_deref(), &t.name).await {
+            Ok(_) => say(&format!("{}/{} deleted", t.kind.singular, t.name)),
+            Err(e) => {
+                failures += 1;
+                complain(&format!(
+                    "error: {}/{}: {}",
+                    t.kind.singular,
+                    t.name,
+                    describe_error(&e)
+                ));
+            }
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} of {} deletions failed", targets.len());
+    }
+    Ok(())
+}
+
+pub async fn token_create(global: &Global, args: TokenCreateArgs) -> anyhow::Result<()> {
+    let client = client(global)?;
+    let token = client
+        .create_token(&args.namespace)
+        .await
+        .map_err(|e| anyhow!(describe_error(&e)))?;
+    say(&token);
+    Ok(())
+}
