@@ -63,6 +63,9 @@ pub struct UpArgs {
     /// Quiet time before a watch gets a BOOKMARK, in milliseconds.
     #[arg(long, env = "WISP_BOOKMARK_MS", default_value_t = 10_000)]
     pub bookmark_ms: u64,
+    /// Revisions of change history the embedded store keeps for resuming watches.
+    #[arg(long, env = "WISP_STORE_HISTORY", default_value_t = 100_000)]
+    pub store_history: i64,
 }
 
 #[derive(Args, Debug, Clone)]

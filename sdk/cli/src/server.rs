@@ -28,9 +28,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     self::server(server).await
 }
 
-async fn open_store(spec: &str, dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(spec: &str, dir: &std::path::Path, history: i64) -> anyhow::Result<Arc<dyn Store>> {
     if spec == "embedded" {
-        let store = EmbeddedStore::open(&dir.join("store"), EmbeddedOptions::default())
+        let options = EmbeddedOptions {
+            history: history.max(1),
+            ..EmbeddedOptions::default()
+        };
+        let store = EmbeddedStore::open(&dir.join("store"), options)
             .with_context(|| format!("cannot open the embedded store in {}", dir.display()))?;
         return Ok(Arc::new(store));
     }
@@ -67,7 +71,7 @@ async fn etcd_store(_endpoints: &[String]) -> anyhow::Result<Arc<dyn Store>> {
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let dir = data_dir(args.up.data_dir.as_ref());
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let store = open_store(&args.store, &dir).await?;
+    let store = open_store(&args.store, &dir, args.up.store_history).await?;
     let shutdown = CancellationToken::new();
     let mut config = wisp_apiserver::Config::new(dir.join("blobs"));
     config.bookmark_interval = Duration::from_millis(args.up.bookmark_ms.max(1));

@@ -1,1 +1,166 @@
-//! e2e harness (in progress)
+//! The end-to-end harness: starts the real `wisp` binary (and, when asked, a real etcd) on
+//! free loopback ports with a temporary data directory, and stops them after.
+//!
+//! The binary is `$WISP_BIN`, else `target/<profile>/wisp` next to the test executable
+//! (`cargo test --workspace` builds it).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+pub use wisp_store::testutil::EtcdServer;
+
+/// Path of the `wisp` binary under test.
+pub fn wisp_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("WISP_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/wisp
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("wisp"))
+        .context("cannot locate the target directory")?;
+    if !candidate.exists() {
+        bail!(
+            "the wisp binary is not built at {}: run `cargo build -p wisp` (or `cargo test --workspace`) first, \
+             or set WISP_BIN",
+            candidate.display()
+        );
+    }
+    Ok(candidate)
+}
+
+/// Options of one `wisp server` process.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// `embedded` (default) or `etcd://host:port`.
+    pub store: Option<String>,
+    /// Extra flags, e.g. `--store-history 10`.
+    pub args: Vec<String>,
+}
+
+/// A running `wisp server`; killed on drop.
+pub struct Wisp {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub url: String,
+    pub token: String,
+    options: Options,
+}
+
+impl Wisp {
+    /// Start on a fresh temporary data directory.
+    pub fn start(options: Options) -> anyhow::Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().to_path_buf();
+        let mut w = Self {
+            child: None,
+            dir,
+            _tmp: Some(tmp),
+            url: String::new(),
+            token: String::new(),
+            options,
+        };
+        w.boot()?;
+        Ok(w)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config")
+    }
+
+    fn boot(&mut self) -> anyhow::Result<()> {
+        let store = self.options.store.clone().unwrap_or_else(|| "embedded".into());
+        let mut child = Command::new(wisp_bin()?)
+            .args(["server", "--listen", "127.0.0.1:0", "--store", &store])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(&self.options.args)
+            .env("WISP_CONFIG", self.config_path())
+            .env("WISP_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start wisp")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(first)) = lines.next() {
+                let _ = tx.send(first);
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("wisp did not report its address within 30 s");
+            }
+        };
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .with_context(|| format!("unexpected first line from wisp: {line:?}"))?;
+        self.url = url.to_owned();
+        let config = wisp_client::Config::load(&self.config_path())?;
+        self.token = config.token;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn client(&self) -> wisp_client::Client {
+        wisp_client::Client::new(&self.url, &self.token)
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same data directory (new port).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.boot()
+    }
+
+    /// Is the process still alive?
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Run the CLI against this server; returns (exit success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+        let out = Command::new(wisp_bin()?)
+            .args(args)
+            .env("WISP_CONFIG", self.config_path())
+            .env_remove("WISP_SERVER")
+            .env_remove("WISP_TOKEN")
+            .env_remove("WISP_NAMESPACE")
+            .env("WISP_SERVER", &self.url)
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+}
+
+impl Drop for Wisp {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

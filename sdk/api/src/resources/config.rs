@@ -51,7 +51,7 @@ impl ConfigMap {
             size += k.len() + v.len();
         }
         if size > MAX_DATA_BYTES {
-            errs.push(FieldError::new("", "data may not exceed 1 MiB in total"));
+            errs.push(FieldError::new("data", "may not exceed 1 MiB in total"));
         }
         errs
     }
@@ -116,7 +116,7 @@ impl Secret {
             errs.push(FieldError::required("type"));
         }
         if size > MAX_DATA_BYTES {
-            errs.push(FieldError::new("", "data may not exceed 1 MiB in total"));
+            errs.push(FieldError::new("data", "may not exceed 1 MiB in total"));
         }
         errs
     }
