@@ -1,0 +1,122 @@
+//! The `wisp` CLI against a real server: apply (create, configure, unchanged), get in every
+//! output format, describe, delete, token create, and its errors.
+
+use wisp_e2e::{Options, Wisp};
+
+const MANIFEST: &str = r#"
+apiVersion: wisp.dev/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+        - name: hello
+          wasm: sha256:0000000000000000000000000000000000000000000000000000000000000000
+---
+apiVersion: wisp.dev/v1
+kind: ConfigMap
+metadata: {name: settings, labels: {tier: config}}
+data: {greeting: hi}
+"#;
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write manifest");
+    p.display().to_string()
+}
+
+#[test]
+fn apply_get_describe_delete() {
+    let w = Wisp::start(Options::default()).expect("start wisp");
+    let file = write(&w.dir, "app.yaml", MANIFEST);
+    let (ok, out, err) = w.cli(&["apply", "-f", &file]).expect("run");
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["deployment/web created", "configmap/settings created"]);
+    let (ok, out, _) = w.cli(&["apply", "-f", &file]).expect("run");
+    assert!(ok);
+    assert!(out.contains("deployment/web unchanged"), "{out}");
+    let changed = MANIFEST.replace("greeting: hi", "greeting: hello");
+    let file2 = write(&w.dir, "app2.yaml", &changed);
+    let (ok, out, _) = w.cli(&["apply", "-f", &file2]).expect("run");
+    assert!(ok && out.contains("configmap/settings configured"), "{out}");
+
+    let (ok, out, _) = w.cli(&["get", "deploy"]).expect("run");
+    assert!(ok);
+    let header = out.lines().next().expect("header");
+    assert!(header.starts_with("NAME") && header.contains("READY") && header.ends_with("AGE"), "{out}");
+    assert!(out.lines().nth(1).expect("row").starts_with("web"), "{out}");
+    let (_, out, _) = w.cli(&["get", "deployments", "-o", "wide"]).expect("run");
+    assert!(out.contains("app=web"), "wide shows the selector: {out}");
+    let (_, out, _) = w.cli(&["get", "cm", "settings", "-o", "json"]).expect("run");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json output");
+    assert_eq!(v["data"]["greeting"], "hello");
+    let (_, out, _) = w.cli(&["get", "configmap", "settings", "-o", "yaml"]).expect("run");
+    assert!(out.contains("greeting: hello") && out.contains("resourceVersion"), "{out}");
+    let (_, out, _) = w.cli(&["get", "ConfigMap", "-l", "tier=config", "-o", "name"]).expect("run");
+    assert_eq!(out.trim(), "configmap/settings");
+    let (_, out, _) = w.cli(&["get", "cm", "-l", "tier=nothing"]).expect("run");
+    assert!(out.trim().is_empty());
+    let (_, out, _) = w.cli(&["get", "ns", "-A"]).expect("run");
+    assert!(out.contains("default"), "{out}");
+    let (ok, out, _) = w.cli(&["describe", "deployment", "web"]).expect("run");
+    assert!(ok && out.contains("Name:         web") && out.contains("Spec:"), "{out}");
+
+    let (ok, out, _) = w.cli(&["delete", "-f", &file]).expect("run");
+    assert!(ok, "{out}");
+    assert!(out.contains("deployment/web deleted") && out.contains("configmap/settings deleted"));
+    let (ok, _, err) = w.cli(&["get", "deploy", "web"]).expect("run");
+    assert!(!ok && err.contains("not found"), "{err}");
+}
+
+#[test]
+fn errors_name_what_is_wrong() {
+    let w = Wisp::start(Options::default()).expect("start wisp");
+    // Malformed YAML: the file is named, nothing is sent.
+    let bad = write(&w.dir, "bad.yaml", "kind: ConfigMap\nmetadata: {name: [unclosed\n");
+    let (ok, _, err) = w.cli(&["apply", "-f", &bad]).expect("run");
+    assert!(!ok);
+    assert!(err.contains("bad.yaml") && err.contains("invalid YAML"), "{err}");
+    assert!(err.contains("line"), "YAML errors carry a line: {err}");
+    // Malformed JSON.
+    let bad = write(&w.dir, "bad.json", "{\"kind\": ");
+    let (ok, _, err) = w.cli(&["apply", "-f", &bad]).expect("run");
+    assert!(!ok && err.contains("bad.json") && err.contains("invalid JSON"), "{err}");
+    // Unknown kind, unknown field, invalid name: each says what and where.
+    let doc = write(&w.dir, "kinds.yaml", "apiVersion: wisp.dev/v1\nkind: Frob\nmetadata: {name: x}\n");
+    let (ok, _, err) = w.cli(&["apply", "-f", &doc]).expect("run");
+    assert!(!ok && err.contains("unknown kind \"Frob\"") && err.contains("document 1"), "{err}");
+    let doc = write(
+        &w.dir,
+        "field.yaml",
+        "apiVersion: wisp.dev/v1\nkind: ConfigMap\nmetadata: {name: ok}\ndata: {a: b}\n---\napiVersion: wisp.dev/v1\nkind: ConfigMap\nmetadata: {name: Bad_Name}\ndatta: {}\n",
+    );
+    let (ok, out, err) = w.cli(&["apply", "-f", &doc]).expect("run");
+    assert!(!ok, "one failed document fails the command");
+    assert!(out.contains("configmap/ok created"), "the good document is still applied: {out}");
+    assert!(err.contains("document 2") && err.contains("datta"), "{err}");
+    let (ok, _, err) = w.cli(&["get", "frobs"]).expect("run");
+    assert!(!ok && err.contains("unknown kind"), "{err}");
+    // A namespace token cannot leave its namespace.
+    let (ok, token, _) = w.cli(&["token", "create", "--namespace", "default"]).expect("run");
+    assert!(ok && token.trim().starts_with("wisp_"));
+    let (ok, _, err) = w.cli(&["--token", token.trim(), "get", "nodes"]).expect("run");
+    assert!(!ok && err.contains("confined to namespace"), "{err}");
+    // No config at all: a clear pointer to `wisp up`.
+    let out = std::process::Command::new(wisp_e2e::wisp_bin().expect("bin"))
+        .args(["get", "pods"])
+        .env("WISP_CONFIG", w.dir.join("missing-config"))
+        .env_remove("WISP_SERVER")
+        .env_remove("WISP_TOKEN")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wisp up"));
+}
