@@ -42,6 +42,8 @@ pub struct Options {
     pub store: Option<String>,
     /// Extra flags, e.g. `--store-history 10`.
     pub args: Vec<String>,
+    /// Listen address (default `127.0.0.1:0`, a fresh port on every start).
+    pub listen: Option<String>,
 }
 
 /// A running `wisp server`; killed on drop.
@@ -78,7 +80,11 @@ impl Wisp {
     fn boot(&mut self) -> anyhow::Result<()> {
         let store = self.options.store.clone().unwrap_or_else(|| "embedded".into());
         let mut child = Command::new(wisp_bin()?)
-            .args(["server", "--listen", "127.0.0.1:0", "--store", &store])
+            .args(["server", "--store", &store])
+            .args([
+                "--listen",
+                self.options.listen.as_deref().unwrap_or("127.0.0.1:0"),
+            ])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .args(&self.options.args)

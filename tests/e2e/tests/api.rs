@@ -50,7 +50,7 @@ macro_rules! cases {
                 async fn $case() {
                     let etcd = wisp_e2e::EtcdServer::start().expect("start etcd");
                     let store = format!("etcd://{}", etcd.endpoint.trim_start_matches("http://"));
-                    let w = super::Wisp::start(super::Options { store: Some(store), args: vec!["--bookmark-ms".into(), "300".into()] }).expect("start wisp");
+                    let w = super::Wisp::start(super::Options { store: Some(store), args: vec!["--bookmark-ms".into(), "300".into()], listen: None }).expect("start wisp");
                     super::$case(&w, Some(&etcd.endpoint)).await;
                 }
             )*

@@ -39,7 +39,10 @@ fn apply_get_describe_delete() {
     let file = write(&w.dir, "app.yaml", MANIFEST);
     let (ok, out, err) = w.cli(&["apply", "-f", &file]).expect("run");
     assert!(ok, "{err}");
-    assert_eq!(out.lines().collect::<Vec<_>>(), ["deployment/web created", "configmap/settings created"]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["deployment/web created", "configmap/settings created"]
+    );
     let (ok, out, _) = w.cli(&["apply", "-f", &file]).expect("run");
     assert!(ok);
     assert!(out.contains("deployment/web unchanged"), "{out}");
@@ -51,23 +54,36 @@ fn apply_get_describe_delete() {
     let (ok, out, _) = w.cli(&["get", "deploy"]).expect("run");
     assert!(ok);
     let header = out.lines().next().expect("header");
-    assert!(header.starts_with("NAME") && header.contains("READY") && header.ends_with("AGE"), "{out}");
+    assert!(
+        header.starts_with("NAME") && header.contains("READY") && header.ends_with("AGE"),
+        "{out}"
+    );
     assert!(out.lines().nth(1).expect("row").starts_with("web"), "{out}");
     let (_, out, _) = w.cli(&["get", "deployments", "-o", "wide"]).expect("run");
     assert!(out.contains("app=web"), "wide shows the selector: {out}");
     let (_, out, _) = w.cli(&["get", "cm", "settings", "-o", "json"]).expect("run");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json output");
     assert_eq!(v["data"]["greeting"], "hello");
-    let (_, out, _) = w.cli(&["get", "configmap", "settings", "-o", "yaml"]).expect("run");
-    assert!(out.contains("greeting: hello") && out.contains("resourceVersion"), "{out}");
-    let (_, out, _) = w.cli(&["get", "ConfigMap", "-l", "tier=config", "-o", "name"]).expect("run");
+    let (_, out, _) = w
+        .cli(&["get", "configmap", "settings", "-o", "yaml"])
+        .expect("run");
+    assert!(
+        out.contains("greeting: hello") && out.contains("resourceVersion"),
+        "{out}"
+    );
+    let (_, out, _) = w
+        .cli(&["get", "ConfigMap", "-l", "tier=config", "-o", "name"])
+        .expect("run");
     assert_eq!(out.trim(), "configmap/settings");
     let (_, out, _) = w.cli(&["get", "cm", "-l", "tier=nothing"]).expect("run");
     assert!(out.trim().is_empty());
     let (_, out, _) = w.cli(&["get", "ns", "-A"]).expect("run");
     assert!(out.contains("default"), "{out}");
     let (ok, out, _) = w.cli(&["describe", "deployment", "web"]).expect("run");
-    assert!(ok && out.contains("Name:         web") && out.contains("Spec:"), "{out}");
+    assert!(
+        ok && out.contains("Name:         web") && out.contains("Spec:"),
+        "{out}"
+    );
 
     let (ok, out, _) = w.cli(&["delete", "-f", &file]).expect("run");
     assert!(ok, "{out}");
@@ -80,7 +96,11 @@ fn apply_get_describe_delete() {
 fn errors_name_what_is_wrong() {
     let w = Wisp::start(Options::default()).expect("start wisp");
     // Malformed YAML: the file is named, nothing is sent.
-    let bad = write(&w.dir, "bad.yaml", "kind: ConfigMap\nmetadata: {name: [unclosed\n");
+    let bad = write(
+        &w.dir,
+        "bad.yaml",
+        "kind: ConfigMap\nmetadata: {name: [unclosed\n",
+    );
     let (ok, _, err) = w.cli(&["apply", "-f", &bad]).expect("run");
     assert!(!ok);
     assert!(err.contains("bad.yaml") && err.contains("invalid YAML"), "{err}");
@@ -88,11 +108,21 @@ fn errors_name_what_is_wrong() {
     // Malformed JSON.
     let bad = write(&w.dir, "bad.json", "{\"kind\": ");
     let (ok, _, err) = w.cli(&["apply", "-f", &bad]).expect("run");
-    assert!(!ok && err.contains("bad.json") && err.contains("invalid JSON"), "{err}");
+    assert!(
+        !ok && err.contains("bad.json") && err.contains("invalid JSON"),
+        "{err}"
+    );
     // Unknown kind, unknown field, invalid name: each says what and where.
-    let doc = write(&w.dir, "kinds.yaml", "apiVersion: wisp.dev/v1\nkind: Frob\nmetadata: {name: x}\n");
+    let doc = write(
+        &w.dir,
+        "kinds.yaml",
+        "apiVersion: wisp.dev/v1\nkind: Frob\nmetadata: {name: x}\n",
+    );
     let (ok, _, err) = w.cli(&["apply", "-f", &doc]).expect("run");
-    assert!(!ok && err.contains("unknown kind \"Frob\"") && err.contains("document 1"), "{err}");
+    assert!(
+        !ok && err.contains("unknown kind \"Frob\"") && err.contains("document 1"),
+        "{err}"
+    );
     let doc = write(
         &w.dir,
         "field.yaml",
@@ -100,12 +130,17 @@ fn errors_name_what_is_wrong() {
     );
     let (ok, out, err) = w.cli(&["apply", "-f", &doc]).expect("run");
     assert!(!ok, "one failed document fails the command");
-    assert!(out.contains("configmap/ok created"), "the good document is still applied: {out}");
+    assert!(
+        out.contains("configmap/ok created"),
+        "the good document is still applied: {out}"
+    );
     assert!(err.contains("document 2") && err.contains("datta"), "{err}");
     let (ok, _, err) = w.cli(&["get", "frobs"]).expect("run");
     assert!(!ok && err.contains("unknown kind"), "{err}");
     // A namespace token cannot leave its namespace.
-    let (ok, token, _) = w.cli(&["token", "create", "--namespace", "default"]).expect("run");
+    let (ok, token, _) = w
+        .cli(&["token", "create", "--namespace", "default"])
+        .expect("run");
     assert!(ok && token.trim().starts_with("wisp_"));
     let (ok, _, err) = w.cli(&["--token", token.trim(), "get", "nodes"]).expect("run");
     assert!(!ok && err.contains("confined to namespace"), "{err}");
