@@ -104,12 +104,9 @@ impl Wisp {
             // Keep draining so the child never blocks on a full pipe.
             for _ in lines {}
         });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                bail!("wisp did not report its address within 30 s");
-            }
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            bail!("wisp did not report its address within 30 s");
         };
         let url = line
             .split_whitespace()

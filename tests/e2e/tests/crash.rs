@@ -8,7 +8,7 @@ use serde_json::json;
 use wisp_client::ListParams;
 use wisp_e2e::{Options, Wisp};
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Acked {
     /// (name, resourceVersion) of every acknowledged create.
     created: Vec<(String, i64)>,
@@ -94,7 +94,7 @@ async fn acknowledged_writes_survive_sigkill() {
             .iter()
             .map(|o| (o.metadata.name.clone(), rv_of(o)))
             .collect();
-        let a = acked.lock().expect("lock");
+        let a = acked.lock().expect("lock").clone();
         assert!(
             a.created.len() > 50,
             "round {round}: the writers made progress ({} writes)",
@@ -129,7 +129,6 @@ async fn acknowledged_writes_survive_sigkill() {
         );
         assert!(a.max_rv >= last_max);
         last_max = a.max_rv;
-        drop(a);
         // A new write after the restart gets a larger resourceVersion than anything before.
         let probe = json!({"apiVersion":"wisp.dev/v1","kind":"ConfigMap","metadata":{"name":format!("probe-{round}")}});
         let made = c
