@@ -81,7 +81,7 @@ proptest! {
         authed in any::<bool>(),
     ) {
         let (api, token, _dir, rt) = server();
-        let uri = if query.is_empty() { path.clone() } else { format!("{path}?{query}") };
+        let uri = if query.is_empty() { path } else { format!("{path}?{query}") };
         let Ok(mut req) = Request::builder().method(method).uri(&uri).body(Full::new(Bytes::from(body))) else {
             return Ok(()); // not a valid URI: hyper would have refused it before us
         };
