@@ -24,6 +24,8 @@ pub enum ApiError {
     Gone(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("{0}")]
+    StoreTooLarge(String),
     #[error("{kind} {name:?} is invalid: {errors}")]
     Invalid {
         kind: String,
@@ -46,7 +48,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::AlreadyExists(_) | ApiError::Conflict(_) => 409,
             ApiError::Gone(_) => 410,
-            ApiError::TooLarge { .. } => 413,
+            ApiError::TooLarge { .. } | ApiError::StoreTooLarge(_) => 413,
             ApiError::Invalid { .. } => 422,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
@@ -63,7 +65,7 @@ impl ApiError {
             ApiError::AlreadyExists(_) => "AlreadyExists",
             ApiError::Conflict(_) => "Conflict",
             ApiError::Gone(_) => "Expired",
-            ApiError::TooLarge { .. } => "RequestEntityTooLarge",
+            ApiError::TooLarge { .. } | ApiError::StoreTooLarge(_) => "RequestEntityTooLarge",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::Unavailable(_) => "ServiceUnavailable",
             ApiError::Internal(_) => "InternalError",
@@ -103,6 +105,7 @@ impl ApiError {
                 "too old resource version: {requested} (oldest kept: {compacted}); re-list and watch again"
             )),
             StoreError::LeaseNotFound(id) => ApiError::Internal(format!("store lease {id} not found")),
+            StoreError::TooLarge(e) => ApiError::StoreTooLarge(format!("{what}: {e}")),
             StoreError::Closed => ApiError::Unavailable("the store is shutting down".into()),
             StoreError::Backend(e) => ApiError::Unavailable(format!("store unavailable: {e}")),
         }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
+    Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, KvClient, PutOptions, Txn,
+    TxnOp, TxnOpResponse, WatchClient, WatchOptions,
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -19,6 +19,9 @@ fn backend(e: etcd_client::Error) -> StoreError {
     if text.contains("lease not found") {
         // Callers that know the lease id put it in.
         return StoreError::LeaseNotFound(0);
+    }
+    if text.contains("request is too large") {
+        return StoreError::TooLarge(format!("{text} (raise etcd's --max-request-bytes)"));
     }
     if text.contains("required revision has been compacted") {
         return StoreError::Compacted {
@@ -42,17 +45,39 @@ fn convert(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
     })
 }
 
+/// Largest gRPC message accepted from etcd: an object may be 3 MiB and a watch event
+/// carries it twice (value and previous value), so etcd-client's 4 MiB default is too small.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Keys per page when listing (a list is read in pages at one revision).
+const LIST_PAGE: i64 = 500;
+
 /// A store on an etcd cluster. Cheap to clone (the client multiplexes one channel).
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    kv: KvClient,
+    watch: WatchClient,
+}
+
+/// The end of the key range holding every key that starts with `prefix`.
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key
 }
 
 impl EtcdStore {
     /// Connect to the given endpoints (`host:port` or `http://host:port`).
     pub async fn connect(endpoints: &[String]) -> Result<Self> {
         let client = Client::connect(endpoints, None).await.map_err(backend)?;
-        let store = Self { client };
+        let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+        let watch = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
+        let store = Self { client, kv, watch };
         // Fail now, not on first use, when nothing answers.
         tokio::time::timeout(Duration::from_secs(5), store.client.clone().status())
             .await
@@ -62,7 +87,7 @@ impl EtcdStore {
     }
 
     async fn current(&self, key: &str) -> Result<Option<KeyValue>> {
-        let resp = self.client.clone().get(key, None).await.map_err(backend)?;
+        let resp = self.kv.clone().get(key, None).await.map_err(backend)?;
         resp.kvs().first().map(convert).transpose()
     }
 
@@ -91,17 +116,34 @@ impl Store for EtcdStore {
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Listing>> {
         async move {
-            let resp = self
-                .client
-                .clone()
-                .get(prefix, Some(GetOptions::new().with_prefix()))
-                .await
-                .map_err(backend)?;
-            let items = resp.kvs().iter().map(convert).collect::<Result<Vec<_>>>()?;
-            Ok(Listing {
-                items,
-                revision: header_revision(resp.header()),
-            })
+            // Page through the range, every page at the first page's revision, so a large
+            // list is one consistent snapshot without one huge message.
+            let end = range_end(prefix.as_bytes());
+            let mut kv = self.kv.clone();
+            let mut start = prefix.as_bytes().to_vec();
+            let mut revision = 0;
+            let mut items = Vec::new();
+            loop {
+                let mut opts = GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
+                if revision != 0 {
+                    opts = opts.with_revision(revision);
+                }
+                let resp = kv.get(start.clone(), Some(opts)).await.map_err(backend)?;
+                if revision == 0 {
+                    revision = header_revision(resp.header());
+                }
+                for item in resp.kvs() {
+                    items.push(convert(item)?);
+                }
+                match resp.kvs().last() {
+                    Some(last) if resp.more() => {
+                        start = last.key().to_vec();
+                        start.push(0);
+                    }
+                    _ => break,
+                }
+            }
+            Ok(Listing { items, revision })
         }
         .boxed()
     }
@@ -117,7 +159,7 @@ impl Store for EtcdStore {
             let txn = Txn::new()
                 .when([Compare::create_revision(key, CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key, value.to_vec(), opts)]);
-            let resp = self.client.clone().txn(txn).await.map_err(|e| match backend(e) {
+            let resp = self.kv.clone().txn(txn).await.map_err(|e| match backend(e) {
                 StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(lease.unwrap_or_default()),
                 other => other,
             })?;
@@ -145,7 +187,7 @@ impl Store for EtcdStore {
                 value.to_vec(),
                 Some(PutOptions::new().with_ignore_lease()),
             )]);
-            let resp = self.client.clone().txn(txn).await.map_err(backend)?;
+            let resp = self.kv.clone().txn(txn).await.map_err(backend)?;
             if !resp.succeeded() {
                 return Err(self.explain(key, expected).await);
             }
@@ -163,7 +205,7 @@ impl Store for EtcdStore {
             let txn = Txn::new()
                 .when([cmp])
                 .and_then([TxnOp::delete(key, Some(DeleteOptions::new().with_prev_key()))]);
-            let resp = self.client.clone().txn(txn).await.map_err(backend)?;
+            let resp = self.kv.clone().txn(txn).await.map_err(backend)?;
             if !resp.succeeded() {
                 return Err(self.explain(key, expected).await);
             }
@@ -190,7 +232,7 @@ impl Store for EtcdStore {
                 .with_revision(after + 1)
                 .with_limit(1)
                 .with_keys_only();
-            let compacted = match self.client.clone().get(prefix, Some(probe)).await {
+            let compacted = match self.kv.clone().get(prefix, Some(probe)).await {
                 Err(e) => matches!(backend(e), StoreError::Compacted { .. }),
                 Ok(_) => false,
             };
@@ -199,7 +241,7 @@ impl Store for EtcdStore {
                 .with_prev_key()
                 .with_start_revision(after + 1);
             let mut stream = self
-                .client
+                .watch
                 .clone()
                 .watch(prefix, Some(opts))
                 .await
@@ -257,7 +299,7 @@ impl Store for EtcdStore {
     fn revision(&self) -> BoxFuture<'_, Result<Revision>> {
         async move {
             // A get of a key that cannot exist returns the current revision in its header.
-            let resp = self.client.clone().get("\0", None).await.map_err(backend)?;
+            let resp = self.kv.clone().get("\0", None).await.map_err(backend)?;
             Ok(header_revision(resp.header()))
         }
         .boxed()

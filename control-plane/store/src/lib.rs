@@ -90,6 +90,8 @@ pub enum StoreError {
     },
     #[error("lease {0} not found or expired")]
     LeaseNotFound(LeaseId),
+    #[error("value is larger than the store accepts: {0}")]
+    TooLarge(String),
     #[error("store is shut down")]
     Closed,
     #[error("store backend: {0}")]

@@ -50,6 +50,8 @@ impl EtcdServer {
             ])
             .args(["--initial-cluster", &format!("wisp-test={peer_url}")])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            // Room for the API's 3 MiB objects (etcd's default request limit is 1.5 MiB).
+            .args(["--max-request-bytes", "4194304"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
