@@ -43,6 +43,9 @@ use crate::error::ApiError;
 use crate::metrics::{Metrics, RequestLabels, VerbLabel};
 use crate::resources::{Filter, Target};
 
+/// The longest a watch may ask to stay open (`timeoutSeconds` is capped to it).
+const MAX_WATCH_SECONDS: u64 = 24 * 3600;
+
 /// API server settings.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -316,7 +319,7 @@ impl ApiServer {
             }
             ["apis", "wisp.dev", "v1", rest @ ..] => {
                 let (target, subresource) = parse_target(rest)?;
-                authorize(&principal, &target)?;
+                authorize(&principal, &target, &method)?;
                 let data = match method {
                     Method::POST | Method::PUT => {
                         read_limited(&parts.headers, body, state.config.body_limit).await?
@@ -344,9 +347,14 @@ impl ApiServer {
                 let filter = Filter::parse(q("labelSelector"), q("fieldSelector"))?;
                 if q("watch").is_some_and(|w| w == "true" || w == "1") {
                     let timeout = match q("timeoutSeconds") {
-                        Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| {
-                            ApiError::BadRequest(format!("timeoutSeconds: {t:?} is not a number"))
-                        })?)),
+                        // Capped like Kubernetes' request timeout ceiling; no overflow possible.
+                        Some(t) => Some(Duration::from_secs(
+                            t.parse::<u64>()
+                                .map_err(|_| {
+                                    ApiError::BadRequest(format!("timeoutSeconds: {t:?} is not a number"))
+                                })?
+                                .min(MAX_WATCH_SECONDS),
+                        )),
                         None => None,
                     };
                     resources::watch(state, target, filter, q("resourceVersion"), timeout).await
@@ -445,12 +453,14 @@ fn parse_target<'a>(rest: &[&'a str]) -> Result<(Target, Option<&'a str>), ApiEr
     })
 }
 
-fn authorize(principal: &Principal, target: &Target) -> Result<(), ApiError> {
+fn authorize(principal: &Principal, target: &Target, method: &Method) -> Result<(), ApiError> {
     if target.kind.namespaced {
         return principal.authorize(target.namespace.as_deref());
     }
-    // A namespace token may read its own Namespace object, nothing else cluster-scoped.
+    // A namespace token may read its own Namespace object (never change or delete it),
+    // nothing else cluster-scoped.
     if target.kind.plural == "namespaces"
+        && (method == Method::GET || method == Method::HEAD)
         && let (Some(own), Some(name)) = (&principal.namespace, &target.name)
         && own == name
     {

@@ -104,10 +104,12 @@ fn decode_body(target: &Target, body: &[u8]) -> Result<DynamicObject, ApiError> 
 fn parse_rv(rv: Option<&str>, what: &str) -> Result<Option<i64>, ApiError> {
     match rv {
         None | Some("") => Ok(None),
-        Some(s) => s
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| ApiError::BadRequest(format!("{what}: resourceVersion {s:?} is not a number"))),
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if n >= 0 => Ok(Some(n)),
+            _ => Err(ApiError::BadRequest(format!(
+                "{what}: {s:?} is not a valid resourceVersion"
+            ))),
+        },
     }
 }
 
@@ -184,25 +186,50 @@ pub async fn update(
         incoming.metadata.resource_version.as_deref(),
         "metadata.resourceVersion",
     )?;
-    let current = state
-        .store
-        .get(&target.key(name))
-        .await
-        .map_err(|e| ApiError::from_store(e, &what))?
-        .ok_or_else(|| ApiError::NotFound(format!("{what} not found")))?;
-    if let Some(rv) = wanted
-        && rv != current.mod_revision
-    {
-        return Err(ApiError::from_store(
-            wisp_store::StoreError::Conflict {
+    // Without a resourceVersion the client asked for no precondition: a conflict with a
+    // concurrent writer between our read and our write is retried, not reported.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let current = state
+            .store
+            .get(&target.key(name))
+            .await
+            .map_err(|e| ApiError::from_store(e, &what))?
+            .ok_or_else(|| ApiError::NotFound(format!("{what} not found")))?;
+        if let Some(rv) = wanted
+            && rv != current.mod_revision
+        {
+            let stale = wisp_store::StoreError::Conflict {
                 key: current.key.clone(),
                 expected: rv,
                 actual: current.mod_revision,
-            },
-            &what,
-        ));
+            };
+            return Err(ApiError::from_store(stale, &what));
+        }
+        let existing = from_kv(&current)?;
+        let mut next = merge(&existing, &incoming, status);
+        if next == existing {
+            // Nothing changed: no write, no event (like Kubernetes).
+            return Ok(json_response(StatusCode::OK, &existing));
+        }
+        match state
+            .store
+            .update(&target.key(name), encode(&next)?, Some(current.mod_revision))
+            .await
+        {
+            Ok(rev) => {
+                next.metadata.resource_version = Some(rev.to_string());
+                return Ok(json_response(StatusCode::OK, &next));
+            }
+            Err(wisp_store::StoreError::Conflict { .. }) if wanted.is_none() && attempts < 8 => {}
+            Err(e) => return Err(ApiError::from_store(e, &what)),
+        }
     }
-    let existing = from_kv(&current)?;
+}
+
+/// The object a PUT (`status == false`) or a status PUT makes of what is stored.
+fn merge(existing: &DynamicObject, incoming: &DynamicObject, status: bool) -> DynamicObject {
     let mut next = existing.clone();
     if status {
         match incoming.body.get("status") {
@@ -219,21 +246,11 @@ pub async fn update(
         next.metadata.labels = incoming.metadata.labels.clone();
         next.metadata.annotations = incoming.metadata.annotations.clone();
         next.metadata.owner_references = incoming.metadata.owner_references.clone();
-        if spec_part(&next) != spec_part(&existing) {
+        if spec_part(&next) != spec_part(existing) {
             next.metadata.generation = Some(existing.metadata.generation.unwrap_or(1) + 1);
         }
     }
-    if next == existing {
-        // Nothing changed: no write, no event (like Kubernetes).
-        return Ok(json_response(StatusCode::OK, &existing));
-    }
-    let rev = state
-        .store
-        .update(&target.key(name), encode(&next)?, Some(current.mod_revision))
-        .await
-        .map_err(|e| ApiError::from_store(e, &what))?;
-    next.metadata.resource_version = Some(rev.to_string());
-    Ok(json_response(StatusCode::OK, &next))
+    next
 }
 
 pub async fn delete(
@@ -299,6 +316,35 @@ impl Filter {
             ));
         }
         Ok(Self { labels, fields })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_none() && self.fields.is_empty()
+    }
+
+    /// The watch event type a filtered watcher sees for `ev` (whose object is `obj`), like
+    /// Kubernetes: an object entering the selector is ADDED, one leaving it is DELETED,
+    /// changes outside it are not sent at all.
+    pub fn classify(&self, ev: &wisp_store::Event, obj: &DynamicObject) -> Option<EventType> {
+        let now = self.is_empty() || self.matches(obj);
+        match ev.kind {
+            EventKind::Added => now.then_some(EventType::Added),
+            EventKind::Deleted => now.then_some(EventType::Deleted),
+            EventKind::Modified => {
+                let before = self.is_empty()
+                    || ev
+                        .prev
+                        .as_ref()
+                        .and_then(|p| from_kv(p).ok())
+                        .map_or(now, |p| self.matches(&p));
+                match (before, now) {
+                    (true, true) => Some(EventType::Modified),
+                    (false, true) => Some(EventType::Added),
+                    (true, false) => Some(EventType::Deleted),
+                    (false, false) => None,
+                }
+            }
+        }
     }
 
     pub fn matches(&self, obj: &DynamicObject) -> bool {
@@ -443,17 +489,10 @@ pub async fn watch(
                                         return Some((Ok(line), (events, last, true, guard)));
                                     }
                                 };
-                                if !filter.matches(&obj) {
-                                    continue;
+                                let Some(type_) = filter.classify(&ev, &obj) else { continue };
+                                if type_ == EventType::Deleted {
+                                    obj.metadata.resource_version = Some(ev.revision.to_string());
                                 }
-                                let type_ = match ev.kind {
-                                    EventKind::Added => EventType::Added,
-                                    EventKind::Modified => EventType::Modified,
-                                    EventKind::Deleted => {
-                                        obj.metadata.resource_version = Some(ev.revision.to_string());
-                                        EventType::Deleted
-                                    }
-                                };
                                 return Some((Ok(event_line(type_, &obj)), (events, last, false, guard)));
                             }
                         }

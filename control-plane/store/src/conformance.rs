@@ -187,6 +187,12 @@ pub async fn watch_live_events(s: Arc<dyn Store>, p: &str) {
         (EventKind::Modified, r2, b("v2"))
     );
     assert_eq!(e2.kv.create_revision, r1);
+    let prev = e2
+        .prev
+        .clone()
+        .expect("a modification carries the previous value");
+    assert_eq!((prev.value, prev.mod_revision), (b("v1"), r1));
+    assert!(e1.prev.is_none());
     let e3 = next_event(&mut w).await;
     assert_eq!(e3.kind, EventKind::Deleted);
     assert_eq!(e3.revision, deleted.mod_revision);
@@ -201,7 +207,13 @@ pub async fn watch_replays_history(s: Arc<dyn Store>, p: &str) {
     let r3 = s.update(&key, b("v3"), None).await.expect("update");
     // Resume after r1: must see exactly r2 then r3, then live events.
     let mut w = s.watch(p, r1).await.expect("watch from the past");
-    assert_eq!(next_event(&mut w).await.revision, r2);
+    let replayed = next_event(&mut w).await;
+    assert_eq!(replayed.revision, r2);
+    assert_eq!(
+        replayed.prev.map(|p| p.value),
+        Some(b("v1")),
+        "history keeps previous values"
+    );
     assert_eq!(next_event(&mut w).await.revision, r3);
     let r4 = s.update(&key, b("v4"), None).await.expect("update");
     let e = next_event(&mut w).await;

@@ -81,8 +81,9 @@ fn decode_kv(key: &str, raw: &[u8]) -> Result<KeyValue> {
     })
 }
 
-/// Log layout: kind byte, key length (u32), key, encoded kv (for deletes: the last value).
-fn encode_log(kind: EventKind, kv: &KeyValue) -> Vec<u8> {
+/// Log layout: kind byte, key length (u32), key, length of the encoded kv (u32), encoded kv
+/// (for deletes: the last value), then for modifications the encoded previous kv.
+fn encode_log(kind: EventKind, kv: &KeyValue, prev: Option<&KeyValue>) -> Vec<u8> {
     let tag = match kind {
         EventKind::Added => 0u8,
         EventKind::Modified => 1,
@@ -93,8 +94,18 @@ fn encode_log(kind: EventKind, kv: &KeyValue) -> Vec<u8> {
     out.push(tag);
     out.extend_from_slice(&u32::try_from(kv.key.len()).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(kv.key.as_bytes());
+    out.extend_from_slice(&u32::try_from(kvb.len()).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(&kvb);
+    if let Some(p) = prev {
+        out.extend_from_slice(&encode_kv(p.create_revision, p.mod_revision, p.lease, &p.value));
+    }
     out
+}
+
+fn read_u32(raw: &[u8], at: usize) -> Option<usize> {
+    raw.get(at..at + 4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(|b| u32::from_le_bytes(b) as usize)
 }
 
 fn decode_log(revision: Revision, raw: &[u8]) -> Result<Event> {
@@ -105,17 +116,26 @@ fn decode_log(revision: Revision, raw: &[u8]) -> Result<Event> {
         Some(2) => EventKind::Deleted,
         _ => return Err(corrupt()),
     };
-    let len = raw
-        .get(1..5)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(u32::from_le_bytes)
-        .ok_or_else(corrupt)? as usize;
+    let len = read_u32(raw, 1).ok_or_else(corrupt)?;
     let key = raw
         .get(5..5 + len)
         .and_then(|b| std::str::from_utf8(b).ok())
         .ok_or_else(corrupt)?;
-    let kv = decode_kv(key, raw.get(5 + len..).ok_or_else(corrupt)?)?;
-    Ok(Event { kind, kv, revision })
+    let kv_len = read_u32(raw, 5 + len).ok_or_else(corrupt)?;
+    let kv_start = 9 + len;
+    let kv = decode_kv(key, raw.get(kv_start..kv_start + kv_len).ok_or_else(corrupt)?)?;
+    let rest = raw.get(kv_start + kv_len..).ok_or_else(corrupt)?;
+    let prev = if rest.is_empty() {
+        None
+    } else {
+        Some(decode_kv(key, rest)?)
+    };
+    Ok(Event {
+        kind,
+        kv,
+        revision,
+        prev,
+    })
 }
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -520,27 +540,30 @@ impl Batch<'_> {
         }
     }
 
-    fn record(&mut self, kind: EventKind, kv: KeyValue) -> Result<()> {
+    fn record(&mut self, kind: EventKind, kv: KeyValue, prev: Option<KeyValue>) -> Result<()> {
         self.log
-            .insert(self.revision, encode_log(kind, &kv).as_slice())
+            .insert(self.revision, encode_log(kind, &kv, prev.as_ref()).as_slice())
             .map_err(backend)?;
         self.events.push(Event {
             kind,
             kv,
             revision: self.revision,
+            prev,
         });
         Ok(())
     }
 
+    /// Write `key`; `prev` is its current value when it exists (an update).
     fn put(
         &mut self,
         key: &str,
         value: Bytes,
-        create: Option<Revision>,
+        prev: Option<KeyValue>,
         lease: Option<LeaseId>,
     ) -> Result<Revision> {
         self.revision += 1;
         let rev = self.revision;
+        let create = prev.as_ref().map(|p| p.create_revision);
         let create_revision = create.unwrap_or(rev);
         self.kv
             .insert(key, encode_kv(create_revision, rev, lease, &value).as_slice())
@@ -559,6 +582,7 @@ impl Batch<'_> {
                 mod_revision: rev,
                 lease,
             },
+            prev,
         )?;
         Ok(rev)
     }
@@ -566,7 +590,7 @@ impl Batch<'_> {
     fn remove(&mut self, mut prev: KeyValue) -> Result<KeyValue> {
         self.revision += 1;
         self.kv.remove(prev.key.as_str()).map_err(backend)?;
-        self.record(EventKind::Deleted, prev.clone())?;
+        self.record(EventKind::Deleted, prev.clone(), None)?;
         prev.mod_revision = self.revision;
         Ok(prev)
     }
@@ -720,7 +744,10 @@ impl Writer {
                             actual: prev.mod_revision,
                         })
                     }
-                    Some(prev) => b.put(&key, value, Some(prev.create_revision), prev.lease),
+                    Some(prev) => {
+                        let lease = prev.lease;
+                        b.put(&key, value, Some(prev), lease)
+                    }
                 };
                 done.push(Done::Rev(reply, res));
             }

@@ -388,6 +388,10 @@ fn events_of(msg: &etcd_client::WatchResponse, after: Revision) -> Result<Vec<Ev
                 },
                 kv: convert(kv)?,
                 revision,
+                prev: match ev.prev_kv() {
+                    Some(p) if kv.create_revision() != kv.mod_revision() => Some(convert(p)?),
+                    _ => None,
+                },
             },
             etcd_client::EventType::Delete => {
                 // The delete event's kv has only the key; the last value is in prev_kv.
@@ -399,6 +403,7 @@ fn events_of(msg: &etcd_client::WatchResponse, after: Revision) -> Result<Vec<Ev
                     kind: EventKind::Deleted,
                     kv: last,
                     revision,
+                    prev: None,
                 }
             }
         };

@@ -58,6 +58,9 @@ pub struct Event {
     pub kv: KeyValue,
     /// Revision of the change (for deletes: the deletion's revision).
     pub revision: Revision,
+    /// For [`EventKind::Modified`]: the value before the change (so a filtered watch can
+    /// tell an object entering or leaving its selector). `None` otherwise.
+    pub prev: Option<KeyValue>,
 }
 
 /// The result of a list: the items under a prefix and the revision they were read at.

@@ -70,6 +70,7 @@ cases!(
     blobs_are_content_addressed,
     openapi_describes_every_kind,
     label_and_field_selectors,
+    filtered_watch_sees_objects_enter_and_leave,
 );
 
 async fn crud_and_server_set_fields(w: &Wisp, _etcd: Option<&str>) {
@@ -570,7 +571,7 @@ async fn watch_from_compacted_revision_is_410(w: &Wisp, etcd: Option<&str>) {
             }
         }
         // etcd keeps history until an operator compacts it: do that, as an operator would.
-        Some(endpoint) => compact_etcd(endpoint, &c).await,
+        Some(endpoint) => Box::pin(compact_etcd(endpoint, &c)).await,
     }
     let err = api_err(
         c.watch_dyn(kind, Some("default"), &ListParams::default(), Some(&rv))
@@ -717,5 +718,71 @@ async fn label_and_field_selectors(w: &Wisp, _etcd: Option<&str>) {
             .items
             .len(),
         3
+    );
+}
+
+async fn filtered_watch_sees_objects_enter_and_leave(w: &Wisp, _etcd: Option<&str>) {
+    let c = w.client();
+    let kind = wisp_api::kind_by_plural("configmaps").expect("kind");
+    let with_app = |app: &str, v: &str| {
+        let mut o = cm("x", v);
+        o["metadata"]["labels"] = json!({"app": app});
+        o
+    };
+    c.create_dyn(kind, Some("default"), &with_app("web", "0"))
+        .await
+        .expect("create");
+    let params = ListParams {
+        label_selector: Some("app=web".into()),
+        field_selector: None,
+    };
+    let rv = c
+        .list_dyn(kind, Some("default"), &params)
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
+    let mut s = c
+        .watch_dyn(kind, Some("default"), &params, Some(&rv))
+        .await
+        .expect("watch");
+    c.replace_dyn(kind, Some("default"), "x", &with_app("web", "1"))
+        .await
+        .expect("modify inside");
+    c.replace_dyn(kind, Some("default"), "x", &with_app("old", "2"))
+        .await
+        .expect("leave");
+    c.replace_dyn(kind, Some("default"), "x", &with_app("old", "3"))
+        .await
+        .expect("modify outside");
+    c.replace_dyn(kind, Some("default"), "x", &with_app("web", "4"))
+        .await
+        .expect("enter");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), s.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("ok");
+        if ev.type_ != EventType::Bookmark {
+            seen.push((
+                ev.type_,
+                ev.object.body["data"]["k"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ));
+        }
+    }
+    // Regression: a relabelled object used to vanish from a filtered watch without a DELETED.
+    assert_eq!(
+        seen,
+        vec![
+            (EventType::Modified, "1".into()),
+            (EventType::Deleted, "2".into()),
+            (EventType::Added, "4".into())
+        ]
     );
 }
