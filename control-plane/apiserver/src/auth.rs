@@ -109,11 +109,28 @@ impl Auth {
     /// On first start, mint the cluster-admin token and return it (exactly once per store).
     pub async fn bootstrap_admin(&self) -> Result<Option<String>, ApiError> {
         let marker = "/wisp/bootstrap/admin-token";
+        let exists = self
+            .store
+            .get(marker)
+            .await
+            .map_err(|e| ApiError::from_store(e, "bootstrap marker"))?;
+        if exists.is_some() {
+            return Ok(None);
+        }
+        // Token first, marker second: a crash in between leaves no marker, so the next start
+        // simply issues again (the orphaned digest is unusable without its token).
+        let token = self.issue(&Principal { namespace: None }).await?;
         match self.store.create(marker, "issued".into(), None).await {
-            Ok(_) => Ok(Some(self.issue(&Principal { namespace: None }).await?)),
-            Err(StoreError::AlreadyExists(_)) => Ok(None),
+            Ok(_) => Ok(Some(token)),
+            Err(StoreError::AlreadyExists(_)) => Ok(None), // another server bootstrapped first
             Err(e) => Err(ApiError::from_store(e, "bootstrap marker")),
         }
+    }
+
+    /// A fresh admin token, for the local recovery path of a server whose CLI config was
+    /// lost (only the process that owns the store can call this).
+    pub async fn issue_admin(&self) -> Result<String, ApiError> {
+        self.issue(&Principal { namespace: None }).await
     }
 }
 

@@ -63,6 +63,13 @@ impl BlobStore {
         file.sync_all().await.map_err(io)?;
         drop(file);
         tokio::fs::rename(&tmp, &path).await.map_err(io)?;
+        // Make the rename itself durable before acknowledging.
+        tokio::fs::File::open(&self.dir)
+            .await
+            .map_err(io)?
+            .sync_all()
+            .await
+            .map_err(io)?;
         Ok(true)
     }
 

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -178,6 +178,8 @@ enum Op {
 
 struct Shared {
     db: Database,
+    /// False once the writer thread has exited (or panicked): writes can no longer succeed.
+    alive: AtomicBool,
     revision: AtomicI64,
     compacted: AtomicI64,
     events: broadcast::Sender<Arc<[Event]>>,
@@ -197,9 +199,9 @@ impl EmbeddedStore {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let path: PathBuf = dir.join("wisp.redb");
         let db = Database::create(&path).map_err(backend)?;
-        let (revision, compacted, leases) = {
+        let (revision, compacted) = {
             let txn = db.begin_write().map_err(backend)?;
-            let (revision, compacted, leases);
+            let (revision, compacted);
             {
                 let meta = txn.open_table(META).map_err(backend)?;
                 revision = meta
@@ -214,47 +216,16 @@ impl EmbeddedStore {
                     .unwrap_or(0);
                 txn.open_table(KV).map_err(backend)?;
                 txn.open_table(LOG).map_err(backend)?;
-                let lt = txn.open_table(LEASES).map_err(backend)?;
-                let mut all = Vec::new();
-                for row in lt.iter().map_err(backend)? {
-                    let (id, ttl) = row.map_err(backend)?;
-                    all.push((id.value(), ttl.value()));
-                }
-                leases = all;
+                txn.open_table(LEASES).map_err(backend)?;
             }
             txn.commit().map_err(backend)?;
-            (revision, compacted, leases)
+            (revision, compacted)
         };
-        // Rebuild lease -> keys; every lease gets a full TTL from now (as etcd does).
-        let mut lease_state = HashMap::new();
-        let now = Instant::now();
-        for (id, ttl_ms) in leases {
-            let ttl = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
-            lease_state.insert(
-                id,
-                LeaseState {
-                    ttl,
-                    deadline: now + ttl,
-                    keys: BTreeSet::new(),
-                },
-            );
-        }
-        {
-            let txn = db.begin_read().map_err(backend)?;
-            let kv = txn.open_table(KV).map_err(backend)?;
-            for row in kv.iter().map_err(backend)? {
-                let (k, v) = row.map_err(backend)?;
-                let lease = read_i64(v.value(), 16)?;
-                if lease != 0
-                    && let Some(state) = lease_state.get_mut(&lease)
-                {
-                    state.keys.insert(k.value().to_owned());
-                }
-            }
-        }
+        let lease_state = load_leases(&db)?;
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             db,
+            alive: AtomicBool::new(true),
             revision: AtomicI64::new(revision),
             compacted: AtomicI64::new(compacted),
             events,
@@ -278,11 +249,27 @@ impl EmbeddedStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Events under `prefix` in `(after, upto]`, read from one snapshot whose compaction
+    /// point is checked in that same snapshot (so a concurrent compaction cannot silently
+    /// remove part of the range).
     fn read_log(&self, prefix: &str, after: Revision, upto: Revision) -> Result<Vec<Event>> {
         let txn = self.shared.db.begin_read().map_err(backend)?;
+        let compacted = txn
+            .open_table(META)
+            .map_err(backend)?
+            .get(META_COMPACTED)
+            .map_err(backend)?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        if after.saturating_add(1) < compacted {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
+        }
         let log = txn.open_table(LOG).map_err(backend)?;
         let mut out = Vec::new();
-        for row in log.range(after + 1..=upto).map_err(backend)? {
+        for row in log.range(after.saturating_add(1)..=upto).map_err(backend)? {
             let (rev, raw) = row.map_err(backend)?;
             let event = decode_log(rev.value(), raw.value())?;
             if event.kv.key.starts_with(prefix) {
@@ -294,7 +281,7 @@ impl EmbeddedStore {
 
     fn check_compacted(&self, after: Revision) -> Result<()> {
         let compacted = self.shared.compacted.load(Ordering::Acquire);
-        if after + 1 < compacted {
+        if after.saturating_add(1) < compacted {
             return Err(StoreError::Compacted {
                 requested: after,
                 compacted,
@@ -461,8 +448,12 @@ impl Store for EmbeddedStore {
     }
 
     fn revision(&self) -> BoxFuture<'_, Result<Revision>> {
-        let rev = self.shared.revision.load(Ordering::Acquire);
-        async move { Ok(rev) }.boxed()
+        let rev = if self.shared.alive.load(Ordering::Acquire) {
+            Ok(self.shared.revision.load(Ordering::Acquire))
+        } else {
+            Err(StoreError::Closed)
+        };
+        async move { rev }.boxed()
     }
 
     fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<()>> {
@@ -480,6 +471,51 @@ impl Store for EmbeddedStore {
     fn lease_revoke(&self, id: LeaseId) -> BoxFuture<'_, Result<()>> {
         self.call(move |reply| Op::LeaseRevoke { id, reply }).boxed()
     }
+}
+
+/// Every lease on disk with the keys attached to it; each gets a full TTL from now (as etcd
+/// does after a restart).
+fn load_leases(db: &Database) -> Result<HashMap<LeaseId, LeaseState>> {
+    let txn = db.begin_read().map_err(backend)?;
+    let mut state = HashMap::new();
+    for row in txn.open_table(LEASES).map_err(backend)?.iter().map_err(backend)? {
+        let (id, ttl_ms) = row.map_err(backend)?;
+        let ttl = Duration::from_millis(u64::try_from(ttl_ms.value()).unwrap_or(0));
+        state.insert(
+            id.value(),
+            LeaseState {
+                ttl,
+                deadline: deadline_after(ttl),
+                keys: BTreeSet::new(),
+            },
+        );
+    }
+    for row in txn.open_table(KV).map_err(backend)?.iter().map_err(backend)? {
+        let (k, v) = row.map_err(backend)?;
+        let lease = read_i64(v.value(), 16)?;
+        if lease != 0
+            && let Some(s) = state.get_mut(&lease)
+        {
+            s.keys.insert(k.value().to_owned());
+        }
+    }
+    Ok(state)
+}
+
+/// Marks the store dead when the writer thread ends, however it ends (panics included).
+struct AliveGuard(Arc<Shared>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Release);
+    }
+}
+
+/// Now plus `ttl`, saturating far in the future instead of overflowing.
+fn deadline_after(ttl: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(ttl)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 struct LeaseState {
@@ -598,6 +634,7 @@ impl Batch<'_> {
 
 impl Writer {
     fn run(mut self, rx: &mpsc::Receiver<Op>) {
+        let _alive = AliveGuard(self.shared.clone());
         loop {
             let first = match rx.recv_timeout(self.options.lease_tick) {
                 Ok(op) => Some(op),
@@ -645,6 +682,11 @@ impl Writer {
                 let msg = e.to_string();
                 for d in done {
                     d.fail(&msg);
+                }
+                // The batch changed lease state in memory that never reached disk: reload it.
+                match load_leases(&self.shared.db) {
+                    Ok(leases) => self.leases = leases,
+                    Err(e) => tracing::error!(error = %e, "cannot reload leases after a failed commit"),
                 }
             }
         }
@@ -796,7 +838,7 @@ impl Writer {
                     id,
                     LeaseState {
                         ttl,
-                        deadline: Instant::now() + ttl,
+                        deadline: deadline_after(ttl),
                         keys: BTreeSet::new(),
                     },
                 );
@@ -805,7 +847,7 @@ impl Writer {
             Op::LeaseKeepAlive { id, reply } => {
                 let res = match self.leases.get_mut(&id) {
                     Some(state) => {
-                        state.deadline = Instant::now() + state.ttl;
+                        state.deadline = deadline_after(state.ttl);
                         Ok(())
                     }
                     None => Err(StoreError::LeaseNotFound(id)),

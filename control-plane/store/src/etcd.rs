@@ -229,7 +229,7 @@ impl Store for EtcdStore {
             // etcd accepts a watch from a compacted revision and cancels it right after
             // creation; a read at that revision tells up front whether that will happen.
             let probe = GetOptions::new()
-                .with_revision(after + 1)
+                .with_revision(after.saturating_add(1))
                 .with_limit(1)
                 .with_keys_only();
             let compacted = match self.kv.clone().get(prefix, Some(probe)).await {
@@ -239,7 +239,7 @@ impl Store for EtcdStore {
             let opts = WatchOptions::new()
                 .with_prefix()
                 .with_prev_key()
-                .with_start_revision(after + 1);
+                .with_start_revision(after.saturating_add(1));
             let mut stream = self
                 .watch
                 .clone()
@@ -264,7 +264,7 @@ impl Store for EtcdStore {
             if compacted {
                 return Err(StoreError::Compacted {
                     requested: after,
-                    compacted: after + 1,
+                    compacted: after.saturating_add(1),
                 });
             }
             let rest = stream.flat_map(move |msg| {

@@ -83,22 +83,37 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let url = format!("http://{addr}");
     let admin = api.bootstrap().await.context("bootstrap")?;
     let config_path = wisp_client::Config::default_path();
-    if let Some(token) = admin {
+    let token = match admin {
+        Some(token) => {
+            tracing::info!(config = %config_path.display(), "first start: admin token written");
+            Some(token)
+        }
+        None => match wisp_client::Config::load(&config_path) {
+            // Same cluster, maybe on another address: keep the token, point the CLI here.
+            Ok(existing)
+                if api
+                    .auth()
+                    .authenticate(Some(&format!("Bearer {}", existing.token)))
+                    .await
+                    .is_ok() =>
+            {
+                (existing.server != url).then_some(existing.token)
+            }
+            // The config is missing or holds no valid token for this store: whoever runs the
+            // server on this data owns it, so mint a new admin token rather than lock them out.
+            _ => {
+                tracing::warn!(config = %config_path.display(), "no valid admin token in the CLI config; issuing a new one");
+                Some(api.auth().issue_admin().await.context("issue an admin token")?)
+            }
+        },
+    };
+    if let Some(token) = token {
         wisp_client::Config {
             server: url.clone(),
             token,
         }
         .save(&config_path)
         .context("cannot write the CLI config")?;
-        tracing::info!(config = %config_path.display(), "first start: admin token written");
-    } else if let Ok(mut existing) = wisp_client::Config::load(&config_path)
-        && existing.server != url
-    {
-        // Same cluster on another address: keep the token, point the CLI at it.
-        existing.server = url.clone();
-        existing
-            .save(&config_path)
-            .context("cannot update the CLI config")?;
     }
     #[allow(clippy::print_stdout)]
     {

@@ -101,7 +101,15 @@ impl<T: Resource> Watcher<T> {
                     }
                 },
                 Phase::Streaming { rv, mut stream } => match stream.next().await {
-                    None => self.phase = Some(Phase::Watch { rv }),
+                    None => {
+                        // The server ended the stream (timeout, shutdown): pause briefly so a
+                        // server that keeps closing at once is not hammered.
+                        tokio::time::sleep(self.params.retry).await;
+                        self.phase = Some(Phase::Watch { rv });
+                    }
+                    // An event this client cannot decode would fail again after every
+                    // reconnect: report it instead of looping.
+                    Some(Err(e @ ClientError::Decode(_))) => return Err(e),
                     Some(Err(e)) if e.code() == Some(410) => self.phase = Some(Phase::List),
                     Some(Err(e)) => {
                         self.phase = Some(Phase::Watch { rv });

@@ -155,3 +155,24 @@ fn errors_name_what_is_wrong() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wisp up"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_survives_restarts_and_a_lost_config_is_recovered() {
+    let mut w = Wisp::start(Options::default()).expect("start wisp");
+    let first = w.token.clone();
+    w.restart().expect("restart");
+    assert_eq!(w.token, first, "a restart keeps the admin token");
+    let kinds = wisp_api::kind_by_plural("namespaces").expect("kind");
+    w.client()
+        .get_dyn(kinds, None, "default")
+        .await
+        .expect("old token still works");
+    // Regression: losing ~/.wisp/config after the first start locked the admin out for good.
+    std::fs::remove_file(w.config_path()).expect("remove config");
+    w.restart().expect("restart without a config");
+    assert_ne!(w.token, first, "a new admin token was issued");
+    w.client()
+        .get_dyn(kinds, None, "default")
+        .await
+        .expect("the new token works");
+}
