@@ -1,17 +1,18 @@
 //! wisp-controllers owns Wisp's level-triggered reconcilers, each a `wisp-runtime`
 //! controller that reads watch-fed caches and writes only through the API: the ReplicaSet
-//! controller and garbage collection through `ownerReferences` so far (Deployment,
-//! Endpoints and Node lifecycle are not built yet).
+//! controller, the Endpoints controller and garbage collection through `ownerReferences` so
+//! far (Deployment and Node lifecycle are not built yet).
 //!
 //! It must not touch the store or run workloads.
 
+pub mod endpoints;
 pub mod gc;
 pub mod replicaset;
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use wisp_api::{Deployment, Pod, ReplicaSet};
+use wisp_api::{Deployment, Endpoints, Pod, ReplicaSet, Service};
 use wisp_client::{Client, ClientError, WatchParams};
 use wisp_runtime::{Controller, Writer, reflector, watcher_stream};
 
@@ -38,11 +39,40 @@ pub async fn run_replicasets(client: Client, shutdown: CancellationToken) {
         .await;
 }
 
+/// Run the Endpoints controller until `shutdown`.
+pub async fn run_endpoints(client: Client, shutdown: CancellationToken) {
+    let pod_writer = Writer::<Pod>::new();
+    let pods = pod_writer.as_reader();
+    let pod_events = reflector(
+        pod_writer,
+        watcher_stream(client.api::<Pod>(None).watcher(WatchParams::default())),
+    );
+    let controller = Controller::new(client.api::<Service>(None), WatchParams::default());
+    let services = controller.store();
+    let ctx = Arc::new(endpoints::Context {
+        client: client.clone(),
+        pods,
+    });
+    controller
+        .watches_events(pod_events, move |pod: &Pod| {
+            endpoints::services_for(pod, &services)
+        })
+        .run(
+            endpoints::reconcile,
+            |_s: Arc<Service>, _e: &Error, _c: Arc<endpoints::Context>| wisp_runtime::Action::await_change(),
+            ctx,
+            shutdown,
+        )
+        .await;
+}
+
 /// Run every controller this crate has until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
     tokio::join!(
         run_replicasets(client.clone(), shutdown.clone()),
         gc::run::<Pod, ReplicaSet>(client.clone(), shutdown.clone()),
-        gc::run::<ReplicaSet, Deployment>(client, shutdown),
+        gc::run::<ReplicaSet, Deployment>(client.clone(), shutdown.clone()),
+        run_endpoints(client.clone(), shutdown.clone()),
+        gc::run::<Endpoints, Service>(client, shutdown),
     );
 }
