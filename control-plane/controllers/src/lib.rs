@@ -1,10 +1,11 @@
 //! wisp-controllers owns Wisp's level-triggered reconcilers, each a `wisp-runtime`
 //! controller that reads watch-fed caches and writes only through the API: the ReplicaSet
-//! controller, the Endpoints controller and garbage collection through `ownerReferences` so
-//! far (Deployment and Node lifecycle are not built yet).
+//! the Deployment and ReplicaSet controllers, the Endpoints controller and garbage
+//! collection through `ownerReferences` so far (Node lifecycle is not built yet).
 //!
 //! It must not touch the store or run workloads.
 
+pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod replicaset;
@@ -66,9 +67,35 @@ pub async fn run_endpoints(client: Client, shutdown: CancellationToken) {
         .await;
 }
 
+/// Run the Deployment controller until `shutdown`.
+pub async fn run_deployments(client: Client, shutdown: CancellationToken) {
+    let rs_writer = Writer::<ReplicaSet>::new();
+    let replicasets = rs_writer.as_reader();
+    let rs_events = reflector(
+        rs_writer,
+        watcher_stream(client.api::<ReplicaSet>(None).watcher(WatchParams::default())),
+    );
+    let ctx = Arc::new(deployment::Context {
+        client: client.clone(),
+        replicasets,
+    });
+    Controller::new(client.api::<Deployment>(None), WatchParams::default())
+        .owns_events(rs_events)
+        .run(
+            deployment::reconcile,
+            |_d: Arc<Deployment>, _e: &Error, _c: Arc<deployment::Context>| {
+                wisp_runtime::Action::await_change()
+            },
+            ctx,
+            shutdown,
+        )
+        .await;
+}
+
 /// Run every controller this crate has until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
     tokio::join!(
+        run_deployments(client.clone(), shutdown.clone()),
         run_replicasets(client.clone(), shutdown.clone()),
         gc::run::<Pod, ReplicaSet>(client.clone(), shutdown.clone()),
         gc::run::<ReplicaSet, Deployment>(client.clone(), shutdown.clone()),

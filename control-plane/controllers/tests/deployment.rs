@@ -1,0 +1,205 @@
+//! Deployment rollouts against a real API server, with a stand-in for the node agent that
+//! makes every new pod Running and Ready: a template change rolls out with no moment below
+//! the desired ready count (maxUnavailable resolves to 0 for 3 replicas), and going back to
+//! the old template (rollout undo) reuses the old ReplicaSet as the newest revision.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use wisp_api::{
+    Condition, Container, Deployment, LabelSelector, ObjectMeta, Pod, PodPhase, PodStatus, PodTemplateSpec,
+    ReplicaSet, Resource,
+};
+use wisp_client::{Client, WatchParams, WatcherEvent};
+use wisp_controllers::deployment::{REVISION, TEMPLATE_HASH};
+
+async fn server() -> (Client, CancellationToken, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn wisp_store::Store> =
+        Arc::new(wisp_store::EmbeddedStore::open(dir.path(), Default::default()).expect("store"));
+    let shutdown = CancellationToken::new();
+    let server = wisp_apiserver::ApiServer::new(
+        store,
+        wisp_apiserver::Config::new(dir.path().join("blobs")),
+        shutdown.clone(),
+    );
+    let token = server.bootstrap().await.expect("bootstrap").expect("fresh store");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(wisp_apiserver::serve(server, listener, shutdown.clone()));
+    (Client::new(&url, &token), shutdown, dir)
+}
+
+fn deployment(digest: char) -> Deployment {
+    let mut d = Deployment::new(ObjectMeta::namespaced("default", "web"));
+    d.spec.replicas = 3;
+    d.spec.selector =
+        LabelSelector::from_labels([("app".to_owned(), "web".to_owned())].into_iter().collect());
+    let mut t = PodTemplateSpec::default();
+    t.metadata.labels.insert("app".into(), "web".into());
+    t.spec.containers.push(Container {
+        name: "main".into(),
+        wasm: Some(format!("sha256:{}", digest.to_string().repeat(64))),
+        ..Container::default()
+    });
+    d.spec.template = t;
+    d
+}
+
+/// Marks every pod Running + Ready, like a node agent would; tracks ready pods by name.
+async fn fake_agent(
+    client: Client,
+    ready: Arc<Mutex<HashMap<String, String>>>,
+    low: Arc<Mutex<Option<usize>>>,
+) {
+    let api = client.api::<Pod>(Some("default"));
+    let mut w = api.watcher(WatchParams::default());
+    let mut n = 0u32;
+    loop {
+        let Ok(ev) = w.next().await else { return };
+        let pods = match ev {
+            WatcherEvent::Restarted(all) => all,
+            WatcherEvent::Applied(p) => vec![p],
+            WatcherEvent::Deleted(p) => {
+                let mut r = ready.lock().expect("lock");
+                r.remove(&p.metadata.name);
+                let mut l = low.lock().expect("lock");
+                if let Some(min) = l.as_mut() {
+                    *min = (*min).min(r.len());
+                }
+                continue;
+            }
+        };
+        for mut p in pods {
+            if p.is_ready() {
+                let hash = p.metadata.labels.get(TEMPLATE_HASH).cloned().unwrap_or_default();
+                ready.lock().expect("lock").insert(p.metadata.name.clone(), hash);
+                continue;
+            }
+            n += 1;
+            let mut st = PodStatus {
+                phase: PodPhase::Running,
+                pod_ip: Some(format!("10.0.0.{n}")),
+                ..PodStatus::default()
+            };
+            st.conditions.push(Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Condition::default()
+            });
+            p.status = Some(st);
+            let _ = api.replace_status(&p).await;
+        }
+    }
+}
+
+/// Set the template, retrying on 409 like any client racing the controller's status writes.
+async fn set_template(api: &wisp_client::Api<Deployment>, digest: char) {
+    for _ in 0..50 {
+        let mut d = api.get("web").await.expect("get");
+        d.spec.template = deployment(digest).spec.template;
+        match api.replace(&d).await {
+            Ok(_) => return,
+            Err(e) if e.code() == Some(409) => continue,
+            Err(e) => panic!("update: {e}"),
+        }
+    }
+    panic!("could not update the deployment");
+}
+
+async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_keeps_ready_pods_and_undo_restores() {
+    let (client, shutdown, _dir) = server().await;
+    let controllers = tokio::spawn(wisp_controllers::run(client.clone(), shutdown.clone()));
+    let ready = Arc::new(Mutex::new(HashMap::new()));
+    let low = Arc::new(Mutex::new(None::<usize>));
+    let agent = tokio::spawn(fake_agent(client.clone(), ready.clone(), low.clone()));
+    let deployments = client.api::<Deployment>(Some("default"));
+    let replicasets = client.api::<ReplicaSet>(Some("default"));
+
+    deployments.create(&deployment('a')).await.expect("create");
+    let hashes = |r: &Arc<Mutex<HashMap<String, String>>>| {
+        let mut v: Vec<String> = r.lock().expect("lock").values().cloned().collect();
+        v.sort();
+        v.dedup();
+        (r.lock().expect("lock").len(), v)
+    };
+    eventually("3 ready pods of revision 1", || hashes(&ready).0 == 3).await;
+    let first_hash = hashes(&ready).1[0].clone();
+    // Let the first rollout settle, then watch the minimum through the update.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hashes(&ready).0, 3, "no extra pods once settled");
+    *low.lock().expect("lock") = Some(3);
+
+    // Update the component digest: a rolling update.
+    set_template(&deployments, 'b').await;
+    eventually("all 3 pods on the new template", || {
+        let (n, hs) = hashes(&ready);
+        n == 3 && hs.len() == 1 && hs[0] != first_hash
+    })
+    .await;
+    let min = low.lock().expect("lock").expect("tracked");
+    assert!(
+        min >= 3,
+        "ready pods dropped to {min} during the rollout (maxUnavailable is 0)"
+    );
+    let sets = replicasets.list(&Default::default()).await.expect("list").items;
+    assert_eq!(sets.len(), 2, "one ReplicaSet per template");
+    let new_hash = hashes(&ready).1[0].clone();
+
+    // Undo: back to the first template; its ReplicaSet is reused as revision 3.
+    *low.lock().expect("lock") = Some(3);
+    set_template(&deployments, 'a').await;
+    eventually("back on the first template", || {
+        let (n, hs) = hashes(&ready);
+        n == 3 && hs == vec![first_hash.clone()]
+    })
+    .await;
+    assert!(
+        low.lock().expect("lock").expect("tracked") >= 3,
+        "undo kept every pod ready"
+    );
+    let sets = replicasets.list(&Default::default()).await.expect("list").items;
+    assert_eq!(sets.len(), 2, "the old ReplicaSet was reused, not recreated");
+    let revision = |h: &str| {
+        sets.iter()
+            .find(|rs| rs.metadata.labels.get(TEMPLATE_HASH).map(String::as_str) == Some(h))
+            .and_then(|rs| rs.metadata.annotations.get(REVISION).cloned())
+    };
+    assert_eq!(revision(&first_hash).as_deref(), Some("3"));
+    assert_eq!(revision(&new_hash).as_deref(), Some("2"));
+    let mut status_ok = false;
+    for _ in 0..100 {
+        let d = deployments.get("web").await.expect("get");
+        if d.status
+            .as_ref()
+            .is_some_and(|s| s.available_replicas == 3 && s.updated_replicas == 3)
+        {
+            status_ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(status_ok, "deployment status reports the finished rollout");
+    assert_eq!(Deployment::KIND, "Deployment");
+
+    shutdown.cancel();
+    agent.abort();
+    tokio::time::timeout(Duration::from_secs(15), controllers)
+        .await
+        .expect("stop")
+        .expect("join");
+}
