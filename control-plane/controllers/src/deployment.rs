@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use wisp_api::{
     Condition, Deployment, DeploymentStatus, DeploymentStrategyType, LabelSelector, ObjectMeta,
-    OwnerReference, ReplicaSet, Resource, RollingUpdateDeployment,
+    OwnerReference, ReplicaSet, Resource,
 };
 use wisp_client::{Client, ClientError};
 use wisp_runtime::{Action, Store};
@@ -362,6 +362,7 @@ fn set_condition(conditions: &mut Vec<Condition>, type_: &str, ok: bool, reason:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wisp_api::RollingUpdateDeployment;
 
     #[test]
     fn surge_one_at_a_time_without_losing_availability() {
