@@ -106,6 +106,18 @@ impl Auth {
         Ok(token)
     }
 
+    /// A token for `principal` that lives only in this process (never stored): for the
+    /// components `wisp up` runs in-process, which must still go through the API.
+    pub fn issue_ephemeral(&self, principal: Principal) -> Result<String, ApiError> {
+        let token = new_token()?;
+        let mut cache = self
+            .cache
+            .write()
+            .map_err(|_| ApiError::Internal("token cache poisoned".into()))?;
+        cache.insert(digest(&token), principal);
+        Ok(token)
+    }
+
     /// On first start, mint the cluster-admin token and return it (exactly once per store).
     pub async fn bootstrap_admin(&self) -> Result<Option<String>, ApiError> {
         let marker = "/wisp/bootstrap/admin-token";

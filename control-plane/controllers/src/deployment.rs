@@ -1,7 +1,8 @@
 //! The Deployment controller: one ReplicaSet per distinct pod template (named by a hash of
 //! the template), rolled from old to new within `maxSurge` / `maxUnavailable`, or all at
-//! once with `Recreate`; revisions numbered in an annotation; old ReplicaSets kept up to
-//! `revisionHistoryLimit` so `wisp rollout undo` can bring one back.
+//! once with `Recreate`; revisions numbered in an annotation on each ReplicaSet (the
+//! Deployment itself is left as its author wrote it, so re-applying it changes nothing); old
+//! ReplicaSets kept up to `revisionHistoryLimit` so `wisp rollout undo` can bring one back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use crate::Error;
 
 /// Label on ReplicaSets and their pods: which template they run.
 pub const TEMPLATE_HASH: &str = "pod-template-hash";
-/// Annotation on ReplicaSets (and mirrored on the Deployment): the rollout revision.
+/// Annotation on ReplicaSets: the rollout revision.
 pub const REVISION: &str = "deployment.wisp.dev/revision";
 
 pub struct Context {
@@ -319,20 +320,10 @@ async fn update_status(
         observed_generation: d.metadata.generation,
         conditions,
     };
-    let revision = revision_of(new).to_string();
-    if d.status.as_ref() == Some(&status) && d.metadata.annotations.get(REVISION) == Some(&revision) {
+    if d.status.as_ref() == Some(&status) {
         return Ok(());
     }
     let api = ctx.client.api::<Deployment>(d.metadata.namespace.as_deref());
-    if d.metadata.annotations.get(REVISION) != Some(&revision) {
-        let mut annotated = d.clone();
-        annotated.metadata.annotations.insert(REVISION.into(), revision);
-        match api.replace(&annotated).await {
-            Ok(_) => return Ok(()), // the update's own event brings us back for the status
-            Err(ClientError::Api(s)) if s.code == 409 => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-    }
     let mut next = d.clone();
     next.status = Some(status);
     match api.replace_status(&next).await {

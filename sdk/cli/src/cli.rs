@@ -45,6 +45,11 @@ pub enum Command {
     Describe(DescribeArgs),
     /// Delete objects by name or by the files that created them.
     Delete(DeleteArgs),
+    /// Follow, list or revert a Deployment's rollout.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -63,6 +68,10 @@ pub struct UpArgs {
     /// Quiet time before a watch gets a BOOKMARK, in milliseconds.
     #[arg(long, env = "WISP_BOOKMARK_MS", default_value_t = 10_000)]
     pub bookmark_ms: u64,
+    /// Run the controllers (Deployment, ReplicaSet, Endpoints, garbage collection) in this
+    /// process; `false` serves the API alone.
+    #[arg(long, env = "WISP_CONTROLLERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub controllers: bool,
     /// Revisions of change history the embedded store keeps for resuming watches.
     #[arg(long, env = "WISP_STORE_HISTORY", default_value_t = 100_000)]
     pub store_history: i64,
@@ -131,6 +140,35 @@ pub struct DeleteArgs {
     pub files: Vec<String>,
     #[arg(short, long, env = "WISP_NAMESPACE")]
     pub namespace: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Wait until the rollout finishes (or the timeout passes), printing progress.
+    Status(RolloutArgs),
+    /// Show the revisions kept (one ReplicaSet each).
+    History(RolloutArgs),
+    /// Go back to the previous revision, or to `--to-revision`.
+    Undo(UndoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RolloutArgs {
+    /// `deployment/NAME`, `deployment NAME` or just `NAME`.
+    pub target: Vec<String>,
+    #[arg(short, long, env = "WISP_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Give up after this many seconds (status only).
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UndoArgs {
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+    #[arg(long)]
+    pub to_revision: Option<i64>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -5,11 +5,12 @@ mod cli;
 mod manifests;
 mod output;
 mod resources;
+mod rollout;
 mod server;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, TokenCommand};
+use crate::cli::{Cli, Command, RolloutCommand, TokenCommand};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -46,12 +47,17 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Up(args) => server::up(args).await,
-        Command::Server(args) => server::server(args).await,
+        Command::Up(args) => Box::pin(server::up(args)).await,
+        Command::Server(args) => Box::pin(server::server(args)).await,
         Command::Apply(args) => resources::apply(&cli.global, args).await,
         Command::Get(args) => resources::get(&cli.global, args).await,
         Command::Describe(args) => resources::describe(&cli.global, args).await,
         Command::Delete(args) => resources::delete(&cli.global, args).await,
+        Command::Rollout { command } => match command {
+            RolloutCommand::Status(args) => rollout::status(&cli.global, &args).await,
+            RolloutCommand::History(args) => rollout::history(&cli.global, &args).await,
+            RolloutCommand::Undo(args) => rollout::undo(&cli.global, &args).await,
+        },
         Command::Token {
             command: TokenCommand::Create(args),
         } => resources::token_create(&cli.global, args).await,

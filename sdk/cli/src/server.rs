@@ -25,7 +25,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         up: args,
         store: "embedded".into(),
     };
-    self::server(server).await
+    Box::pin(self::server(server)).await
 }
 
 async fn open_store(spec: &str, dir: &std::path::Path, history: i64) -> anyhow::Result<Arc<dyn Store>> {
@@ -139,12 +139,34 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         signals.cancel();
     };
-    let (served, ()) = tokio::join!(wisp_apiserver::serve(api, listener, shutdown.clone()), async {
-        tokio::select! {
-            () = wait => {}
-            () = shutdown.cancelled() => {}
+    // In-process components still go through the API (validation, CAS, watch), with a
+    // token that lives only in this process.
+    let controllers = if args.up.controllers {
+        let token = api
+            .auth()
+            .issue_ephemeral(wisp_apiserver::auth::Principal { namespace: None })
+            .context("token for the controllers")?;
+        Some(wisp_controllers::run(
+            wisp_client::Client::new(&url, &token),
+            shutdown.clone(),
+        ))
+    } else {
+        None
+    };
+    let (served, (), ()) = tokio::join!(
+        wisp_apiserver::serve(api, listener, shutdown.clone()),
+        async {
+            tokio::select! {
+                () = wait => {}
+                () = shutdown.cancelled() => {}
+            }
+        },
+        async {
+            if let Some(c) = controllers {
+                c.await;
+            }
         }
-    });
+    );
     served.context("API server")?;
     Ok(())
 }

@@ -38,7 +38,7 @@ macro_rules! cases {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    let w = super::Wisp::start(super::Options { args: vec!["--store-history".into(), "50".into(), "--bookmark-ms".into(), "300".into()], ..Default::default() }).expect("start wisp");
+                    let w = super::Wisp::start(super::Options { args: vec!["--store-history".into(), "50".into(), "--bookmark-ms".into(), "300".into(), "--controllers".into(), "false".into()], ..Default::default() }).expect("start wisp");
                     super::$case(&w, None).await;
                 }
             )*
@@ -50,7 +50,7 @@ macro_rules! cases {
                 async fn $case() {
                     let etcd = wisp_e2e::EtcdServer::start().expect("start etcd");
                     let store = format!("etcd://{}", etcd.endpoint.trim_start_matches("http://"));
-                    let w = super::Wisp::start(super::Options { store: Some(store), args: vec!["--bookmark-ms".into(), "300".into()], listen: None }).expect("start wisp");
+                    let w = super::Wisp::start(super::Options { store: Some(store), args: vec!["--bookmark-ms".into(), "300".into(), "--controllers".into(), "false".into()], listen: None }).expect("start wisp");
                     super::$case(&w, Some(&etcd.endpoint)).await;
                 }
             )*

@@ -176,3 +176,75 @@ async fn admin_token_survives_restarts_and_a_lost_config_is_recovered() {
         .await
         .expect("the new token works");
 }
+
+/// `wisp server` runs the controllers: an applied Deployment gets its ReplicaSet and pods,
+/// and `wisp rollout history|undo|status` work on it. (Pods stay Pending: no scheduler and
+/// node agent run yet, so `rollout status` times out, which is checked too.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_roll_out_and_undo_through_the_cli() {
+    let w = Wisp::start(Options::default()).expect("start wisp");
+    let file = write(&w.dir, "app.yaml", MANIFEST);
+    assert!(w.cli(&["apply", "-f", &file]).expect("run").0);
+    let c = w.client();
+    let rss = c.api::<wisp_api::ReplicaSet>(Some("default"));
+    let pods = c.api::<wisp_api::Pod>(Some("default"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while pods.list(&Default::default()).await.expect("list").items.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the controllers created the pods"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (ok, out, _) = w.cli(&["rollout", "history", "deployment/web"]).expect("run");
+    assert!(ok && out.lines().count() == 2, "one revision: {out}");
+    // A new template: a second ReplicaSet (revision 2).
+    let v2 = MANIFEST.replace(&"0".repeat(64), &"1".repeat(64));
+    assert!(
+        w.cli(&["apply", "-f", &write(&w.dir, "v2.yaml", &v2)])
+            .expect("run")
+            .0
+    );
+    while rss.list(&Default::default()).await.expect("list").items.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a second ReplicaSet for the new template"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (ok, out, err) = w.cli(&["rollout", "undo", "deployment", "web"]).expect("run");
+    assert!(ok, "{err}");
+    assert!(out.contains("rolled back to revision 1"), "{out}");
+    // The first ReplicaSet is reused and becomes revision 3.
+    let mut reused = false;
+    while std::time::Instant::now() < deadline {
+        let sets = rss.list(&Default::default()).await.expect("list").items;
+        if sets.len() == 2
+            && sets.iter().any(|rs| {
+                rs.metadata
+                    .annotations
+                    .get("deployment.wisp.dev/revision")
+                    .map(String::as_str)
+                    == Some("3")
+                    && rs.spec.template.spec.containers[0]
+                        .wasm
+                        .as_deref()
+                        .is_some_and(|w| w.ends_with(&"0".repeat(64)))
+            })
+        {
+            reused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(reused, "undo reused the first ReplicaSet as revision 3");
+    let (ok, out, err) = w
+        .cli(&["rollout", "status", "deployment/web", "--timeout", "1"])
+        .expect("run");
+    assert!(
+        !ok && err.contains("did not finish"),
+        "pods cannot become ready yet: {out} {err}"
+    );
+    let (ok, _, err) = w.cli(&["rollout", "undo", "configmap/settings"]).expect("run");
+    assert!(!ok && err.contains("deployments"), "{err}");
+}
