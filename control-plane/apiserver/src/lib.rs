@@ -164,19 +164,22 @@ impl ApiServer {
         &self.state.auth
     }
 
-    /// Create the `default` namespace if missing (first start).
+    /// Create the `default` namespace and `wisp-system` (node leases) if missing, and on
+    /// first start the admin token.
     pub async fn bootstrap(&self) -> Result<Option<String>, ApiError> {
-        let ns = serde_json::json!({
-            "apiVersion": wisp_api::API_VERSION, "kind": "Namespace", "metadata": { "name": "default" }
-        });
-        let target = Target {
-            kind: kind("namespaces")?,
-            namespace: None,
-            name: None,
-        };
-        match resources::create(&self.state, &target, ns.to_string().as_bytes()).await {
-            Ok(_) | Err(ApiError::AlreadyExists(_)) => {}
-            Err(e) => return Err(e),
+        for name in ["default", "wisp-system"] {
+            let ns = serde_json::json!({
+                "apiVersion": wisp_api::API_VERSION, "kind": "Namespace", "metadata": { "name": name }
+            });
+            let target = Target {
+                kind: kind("namespaces")?,
+                namespace: None,
+                name: None,
+            };
+            match resources::create(&self.state, &target, ns.to_string().as_bytes()).await {
+                Ok(_) | Err(ApiError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         self.state.auth.bootstrap_admin().await
     }

@@ -1,19 +1,21 @@
 //! wisp-controllers owns Wisp's level-triggered reconcilers, each a `wisp-runtime`
 //! controller that reads watch-fed caches and writes only through the API: the ReplicaSet
 //! the Deployment and ReplicaSet controllers, the Endpoints controller and garbage
-//! collection through `ownerReferences` so far (Node lifecycle is not built yet).
+//! collection through `ownerReferences`, and Node lifecycle (lease expiry → NotReady → pods
+//! failed and replaced).
 //!
 //! It must not touch the store or run workloads.
 
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod nodes;
 pub mod replicaset;
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use wisp_api::{Deployment, Endpoints, Pod, ReplicaSet, Service};
+use wisp_api::{Deployment, Endpoints, Lease, Node, Pod, ReplicaSet, Service};
 use wisp_client::{Client, ClientError, WatchParams};
 use wisp_runtime::{Controller, Writer, reflector, watcher_stream};
 
@@ -92,6 +94,33 @@ pub async fn run_deployments(client: Client, shutdown: CancellationToken) {
         .await;
 }
 
+/// Run the Node lifecycle controller until `shutdown`.
+pub async fn run_nodes(client: Client, grace: std::time::Duration, shutdown: CancellationToken) {
+    let lease_writer = Writer::<Lease>::new();
+    let leases = lease_writer.as_reader();
+    let lease_api = client.api::<Lease>(Some(nodes::LEASE_NAMESPACE));
+    let lease_events = reflector(
+        lease_writer,
+        watcher_stream(lease_api.watcher(WatchParams::default())),
+    );
+    let ctx = Arc::new(nodes::Context {
+        client: client.clone(),
+        leases,
+        grace,
+    });
+    Controller::new(client.api::<Node>(None), WatchParams::default())
+        .watches_events(lease_events, |l: &Lease| {
+            vec![wisp_runtime::ObjectRef::new(l.metadata.name.clone())]
+        })
+        .run(
+            nodes::reconcile,
+            |_n: Arc<Node>, _e: &Error, _c: Arc<nodes::Context>| wisp_runtime::Action::await_change(),
+            ctx,
+            shutdown,
+        )
+        .await;
+}
+
 /// Run every controller this crate has until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
     tokio::join!(
@@ -100,6 +129,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         gc::run::<Pod, ReplicaSet>(client.clone(), shutdown.clone()),
         gc::run::<ReplicaSet, Deployment>(client.clone(), shutdown.clone()),
         run_endpoints(client.clone(), shutdown.clone()),
-        gc::run::<Endpoints, Service>(client, shutdown),
+        gc::run::<Endpoints, Service>(client.clone(), shutdown.clone()),
+        run_nodes(client, std::time::Duration::from_secs(10), shutdown),
     );
 }

@@ -163,7 +163,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         },
         async {
             if let Some(c) = controllers {
-                c.await;
+                Box::pin(c).await;
             }
         }
     );

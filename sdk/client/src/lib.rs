@@ -355,10 +355,12 @@ fn lines(body: hyper::body::Incoming) -> impl Stream<Item = Result<WatchEvent<Dy
                         }
                     }
                     Some(Err(e)) => {
-                        return Some((
-                            Err(ClientError::Decode(format!("watch stream: {e}"))),
-                            (body, buf, true),
-                        ));
+                        // The connection broke: retryable, unlike an undecodable event.
+                        let err = ClientError::Connect {
+                            url: "watch stream".into(),
+                            reason: e.to_string(),
+                        };
+                        return Some((Err(err), (body, buf, true)));
                     }
                     None => return None,
                 }
