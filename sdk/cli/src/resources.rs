@@ -131,41 +131,48 @@ async fn apply_one(client: &Client, doc: &Document, flag_ns: Option<&str>) -> an
     let ns = r.namespace.as_deref();
     let label = format!("{}/{}", r.kind.singular, r.name);
     let fail = |e: ClientError| anyhow!("{} {label}: {}", doc.origin, describe_error(&e));
-    let existing = if r.name.is_empty() {
-        None
-    } else {
-        match client.get_dyn(r.kind, ns, &r.name).await {
-            Ok(o) => Some(o),
-            Err(e) if e.code() == Some(404) => None,
-            Err(e) => return Err(fail(e)),
-        }
-    };
-    match existing {
-        None => {
+    // Read, then replace at the revision read. A controller writing the object's status in
+    // between makes that a 409: read again and retry (the author's fields still win).
+    for _ in 0..8 {
+        let existing = if r.name.is_empty() {
+            None
+        } else {
+            match client.get_dyn(r.kind, ns, &r.name).await {
+                Ok(o) => Some(o),
+                Err(e) if e.code() == Some(404) => None,
+                Err(e) => return Err(fail(e)),
+            }
+        };
+        let Some(current) = existing else {
             client.create_dyn(r.kind, ns, &doc.value).await.map_err(fail)?;
             say(&format!("{label} created"));
+            return Ok(());
+        };
+        let mut value = doc.value.clone();
+        if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert(
+                "resourceVersion".into(),
+                Value::from(current.metadata.resource_version.clone()),
+            );
         }
-        Some(current) => {
-            let mut value = doc.value.clone();
-            if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-                meta.insert(
-                    "resourceVersion".into(),
-                    Value::from(current.metadata.resource_version.clone()),
-                );
+        match client.replace_dyn(r.kind, ns, &r.name, &value).await {
+            Ok(updated) => {
+                let verb = if updated.metadata.resource_version == current.metadata.resource_version {
+                    "unchanged"
+                } else {
+                    "configured"
+                };
+                say(&format!("{label} {verb}"));
+                return Ok(());
             }
-            let updated = client
-                .replace_dyn(r.kind, ns, &r.name, &value)
-                .await
-                .map_err(fail)?;
-            let verb = if updated.metadata.resource_version == current.metadata.resource_version {
-                "unchanged"
-            } else {
-                "configured"
-            };
-            say(&format!("{label} {verb}"));
+            Err(e) if e.code() == Some(409) => continue,
+            Err(e) => return Err(fail(e)),
         }
     }
-    Ok(())
+    Err(anyhow!(
+        "{} {label}: the object kept changing while being applied; try again",
+        doc.origin
+    ))
 }
 
 pub async fn get(global: &Global, args: GetArgs) -> anyhow::Result<()> {
