@@ -21,6 +21,10 @@ command -v etcd >/dev/null || { echo "etcd is still missing after install" >&2; 
 
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
+echo "== guest components (wasm32-wasip2)"
+rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+bash tests/build-guests.sh
+
 echo "== rustfmt"
 cargo fmt --all --check
 echo "== clippy"

@@ -1,0 +1,258 @@
+//! What one `Store` holds: the WASI and WASI-HTTP contexts built from a sandbox's prepared
+//! template (exactly its env, args and preopens — nothing ambient), a memory limiter summed
+//! over all of the instance's memories, and the outbound-HTTP allow list.
+
+use std::sync::Arc;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wisp_sandbox::{LogStream, SandboxError, SandboxSpec};
+
+use crate::logs::{LineSink, LogBuffer};
+
+/// Most elements any one table may hold (bounds `funcref` tables a guest grows).
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Most host resources (streams, requests, fields…) one store may hold at once.
+const MAX_RESOURCES: usize = 100_000;
+
+/// Everything needed to build a fresh [`Host`] for one store, prepared once per sandbox.
+pub(crate) struct CtxTemplate {
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+    preopens: Vec<(std::path::PathBuf, String, FsPerms)>,
+    stdout: LineSink,
+    stderr: LineSink,
+    memory_bytes: Option<usize>,
+    outbound: Arc<[String]>,
+}
+
+impl CtxTemplate {
+    pub(crate) fn new(spec: &SandboxSpec, program: &str, logs: &Arc<LogBuffer>) -> Self {
+        let mut args = Vec::with_capacity(spec.args.len() + 1);
+        args.push(program.to_owned());
+        args.extend(spec.args.iter().cloned());
+        Self {
+            env: spec.env.clone(),
+            args,
+            preopens: spec
+                .mounts
+                .iter()
+                .map(|m| {
+                    let perms = if m.read_only {
+                        FsPerms::ReadOnly
+                    } else {
+                        FsPerms::ReadWrite
+                    };
+                    (m.host_path.clone(), m.guest_path.clone(), perms)
+                })
+                .collect(),
+            stdout: LineSink::new(logs.clone(), LogStream::Stdout),
+            stderr: LineSink::new(logs.clone(), LogStream::Stderr),
+            memory_bytes: spec
+                .limits
+                .memory_bytes
+                .map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
+            outbound: spec.allowed_outbound_hosts.iter().cloned().collect(),
+        }
+    }
+
+    /// Checks the mounts can be opened, so a bad spec fails at create, not per request.
+    pub(crate) fn validate(&self) -> Result<(), SandboxError> {
+        for (host, guest, _) in &self.preopens {
+            if !host.is_dir() {
+                return Err(SandboxError::InvalidSpec(format!(
+                    "mount {guest}: {} is not a directory",
+                    host.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn sinks(&self) -> [&LineSink; 2] {
+        [&self.stdout, &self.stderr]
+    }
+
+    /// A fresh store state: no inherited stdio, env, args or network.
+    pub(crate) fn build(&self) -> Result<Host, SandboxError> {
+        let mut b = WasiCtxBuilder::new();
+        b.envs(&self.env)
+            .args(&self.args)
+            .stdout(self.stdout.clone())
+            .stderr(self.stderr.clone())
+            .allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false);
+        for (host, guest, perms) in &self.preopens {
+            b.preopened_dir(host, guest, *perms)
+                .map_err(|e| SandboxError::Runtime(format!("cannot open mount {}: {e}", host.display())))?;
+        }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        Ok(Host {
+            wasi: b.build(),
+            http: WasiHttpCtx::new(),
+            table,
+            hooks: Outbound {
+                allowed: self.outbound.clone(),
+            },
+            limiter: Limiter {
+                memory_cap: self.memory_bytes,
+                memory_used: 0,
+                denied: false,
+            },
+        })
+    }
+}
+
+/// The `T` of every `Store<T>` this crate creates.
+pub(crate) struct Host {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: Outbound,
+    pub(crate) limiter: Limiter,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Memory cap summed over every linear memory of the store, plus bounded tables.
+pub(crate) struct Limiter {
+    memory_cap: Option<usize>,
+    memory_used: usize,
+    /// A growth was refused: a trap that follows is reported as `OOMKilled`.
+    pub(crate) denied: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let after = self.memory_used.saturating_sub(current).saturating_add(desired);
+        if self.memory_cap.is_some_and(|cap| after > cap) {
+            self.denied = true;
+            return Ok(false);
+        }
+        self.memory_used = after;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// The outbound-HTTP policy: only the hosts the spec lists (`host` or `host:port`).
+struct Outbound {
+    allowed: Arc<[String]>,
+}
+
+impl Outbound {
+    fn allows(&self, uri: &http::Uri) -> bool {
+        let Some(authority) = uri.authority() else {
+            return false;
+        };
+        let host = authority.host();
+        let port = authority.port_u16().unwrap_or(match uri.scheme_str() {
+            Some("http") => 80,
+            _ => 443,
+        });
+        self.allowed
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(&format!("{host}:{port}")))
+    }
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                ),
+                wasmtime_wasi_http::Error,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for Outbound {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> SendFuture {
+        if !self.allows(request.uri()) {
+            tracing::debug!(uri = %request.uri(), "outbound request denied");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbound_allow_list_matches_host_or_host_port() {
+        let o = Outbound {
+            allowed: Arc::from(vec!["api.example.com".to_owned(), "127.0.0.1:8080".to_owned()]),
+        };
+        let ok = |u: &str| o.allows(&u.parse().expect("uri"));
+        assert!(ok("https://api.example.com/x"));
+        assert!(ok("http://API.example.com:9999/"));
+        assert!(ok("http://127.0.0.1:8080/"));
+        assert!(!ok("http://127.0.0.1:8081/"));
+        assert!(!ok("http://127.0.0.1/"));
+        assert!(!ok("https://evil.example.com/"));
+        assert!(!ok("/relative"));
+    }
+
+    #[test]
+    fn memory_is_summed_over_memories() {
+        let mut l = Limiter {
+            memory_cap: Some(100),
+            memory_used: 0,
+            denied: false,
+        };
+        assert!(l.memory_growing(0, 60, None).expect("grow"));
+        assert!(!l.memory_growing(0, 60, None).expect("second memory"));
+        assert!(l.denied);
+        assert!(l.memory_growing(60, 100, None).expect("grow the first"));
+    }
+}

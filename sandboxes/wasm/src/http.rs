@@ -1,0 +1,156 @@
+//! `wasi:http/proxy` components: the in-process request hook. Every request gets a fresh
+//! `Store` built from the sandbox's prepared template, instantiated from its `ProxyPre`, with
+//! the memory limiter and an epoch deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wisp_sandbox::SandboxId;
+
+use crate::host::{CtxTemplate, Host};
+
+/// Why a request got no response from the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    #[error("sandbox {0} not found")]
+    NotFound(SandboxId),
+    #[error("sandbox {0} is not serving HTTP")]
+    NotServing(SandboxId),
+    #[error("the guest did not answer within {0:?}")]
+    DeadlineExceeded(Duration),
+    #[error("the guest exceeded its memory limit")]
+    OutOfMemory,
+    #[error("the guest failed: {0}")]
+    Guest(String),
+    #[error("cannot run the guest: {0}")]
+    Unavailable(String),
+}
+
+impl HandleError {
+    /// The HTTP status an ingress answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound(_) | Self::NotServing(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::OutOfMemory | Self::Guest(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// What one request's task ended with.
+enum Outcome {
+    Done,
+    Failed(String),
+    Deadline,
+    Cancelled,
+}
+
+pub(crate) struct Request<'a> {
+    pub(crate) engine: &'a Engine,
+    pub(crate) pre: &'a ProxyPre<Host>,
+    pub(crate) template: &'a Arc<CtxTemplate>,
+    pub(crate) deadline: Duration,
+    pub(crate) epoch_tick: Duration,
+    pub(crate) tasks: &'a tokio_util::task::TaskTracker,
+    pub(crate) cancel: &'a tokio_util::sync::CancellationToken,
+}
+
+pub(crate) async fn handle<B>(
+    r: Request<'_>,
+    req: hyper::Request<B>,
+) -> Result<hyper::Response<HyperOutgoingBody>, HandleError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let host = r
+        .template
+        .build()
+        .map_err(|e| HandleError::Unavailable(e.to_string()))?;
+    let mut store = Store::new(r.engine, host);
+    store.limiter(|h| &mut h.limiter);
+    // Yield to the executor every tick (a spinning guest does not hold a worker thread) and
+    // trap once the deadline has passed.
+    let tick_nanos = r.epoch_tick.as_nanos().max(1);
+    let mut ticks_left = r.deadline.as_nanos().div_ceil(tick_nanos).max(1);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        ticks_left = ticks_left.saturating_sub(1);
+        Ok(if ticks_left == 0 {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Yield(1)
+        })
+    });
+    let scheme = match req.uri().scheme_str() {
+        Some("https") => Scheme::Https,
+        _ => Scheme::Http,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (incoming, out) = {
+        let http = store.data_mut();
+        let mut view = http.http();
+        let incoming = view
+            .new_incoming_request(scheme, req)
+            .map_err(|e| HandleError::Unavailable(format!("{e:#}")))?;
+        let out = view
+            .new_response_outparam(tx)
+            .map_err(|e| HandleError::Unavailable(format!("{e:#}")))?;
+        (incoming, out)
+    };
+    let pre = r.pre.clone();
+    let cancel = r.cancel.clone();
+    let deadline = r.deadline;
+    // The guest keeps running after it has sent the response head, to stream the body, so the
+    // call lives in a task tracked by the sandbox.
+    let task = r.tasks.spawn(async move {
+        let outcome = {
+            let call = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, incoming, out)
+                    .await
+            };
+            tokio::select! {
+                r = tokio::time::timeout(deadline, call) => match r {
+                    Ok(Ok(())) => Outcome::Done,
+                    Ok(Err(e)) => match e.downcast_ref::<wasmtime::Trap>() {
+                        Some(wasmtime::Trap::Interrupt) => Outcome::Deadline,
+                        _ => Outcome::Failed(format!("{e:#}")),
+                    },
+                    Err(_) => Outcome::Deadline,
+                },
+                () = cancel.cancelled() => Outcome::Cancelled,
+            }
+        };
+        (outcome, store.data().limiter.denied)
+    });
+    match rx.await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(code)) => Err(guest_error_code(code)),
+        Err(_) => match task.await {
+            Ok((_, true)) => Err(HandleError::OutOfMemory),
+            Ok((Outcome::Deadline, false)) => Err(HandleError::DeadlineExceeded(deadline)),
+            Ok((Outcome::Failed(e), false)) => Err(HandleError::Guest(e)),
+            Ok((Outcome::Cancelled, false)) => {
+                Err(HandleError::Unavailable("the sandbox was stopped".into()))
+            }
+            Ok((Outcome::Done, false)) => Err(HandleError::Guest(
+                "the guest returned without setting a response".into(),
+            )),
+            Err(e) => Err(HandleError::Guest(format!("request task failed: {e}"))),
+        },
+    }
+}
+
+fn guest_error_code(code: ErrorCode) -> HandleError {
+    HandleError::Guest(format!("the guest answered with an error: {code:?}"))
+}

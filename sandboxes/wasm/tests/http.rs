@@ -1,0 +1,222 @@
+//! `wasi:http/proxy` sandboxes through the in-process hook: answers, a fresh store per
+//! request, and guest faults (loop, memory bomb, trap) that fail only their own request.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use wisp_sandbox::{Endpoint, Kind, Mount, Sandbox, SandboxSpec, Source, State};
+use wisp_sandbox_wasm::{HandleError, WasmSandbox};
+
+async fn started(s: &WasmSandbox, spec: &SandboxSpec) {
+    s.prepare(spec).await.expect("prepare");
+    s.create(spec).await.expect("create");
+    s.start(&spec.id).await.expect("start");
+}
+
+fn http_spec(id: &str, guest: &str) -> SandboxSpec {
+    common::spec(id, Source::WasmFile(common::guest(guest)), Kind::Http, &[])
+}
+
+async fn get(s: &WasmSandbox, spec: &SandboxSpec, path: &str) -> Result<(u16, String), HandleError> {
+    let req = hyper::Request::get(format!("http://fn.local{path}"))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = s.handle(&spec.id, req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_answers_in_process() {
+    let (s, _dir) = common::runtime(None);
+    let spec = http_spec("hello", "hello");
+    started(&s, &spec).await;
+    let status = s.status(&spec.id).await.expect("status");
+    assert!(matches!(status.state, State::Running { .. }));
+    assert_eq!(status.endpoint, Some(Endpoint::InProcess));
+    assert_eq!(
+        get(&s, &spec, "/").await.expect("hello"),
+        (200, "Hello from Wisp".to_owned())
+    );
+    // An HTTP sandbox runs until stopped; wait() returns then.
+    let waiter = {
+        let s = s.clone();
+        let id = spec.id.clone();
+        tokio::spawn(async move { s.wait(&id).await })
+    };
+    let exit = s.stop(&spec.id, Duration::from_secs(1)).await.expect("stop");
+    assert_eq!(exit.exit_code, 0);
+    assert_eq!(waiter.await.expect("join").expect("wait"), exit);
+    assert!(matches!(
+        get(&s, &spec, "/").await,
+        Err(HandleError::NotServing(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_a_fresh_instance() {
+    let (s, _dir) = common::runtime(None);
+    let spec = http_spec("count", "fault");
+    started(&s, &spec).await;
+    for _ in 0..3 {
+        assert_eq!(get(&s, &spec, "/count").await.expect("count").1, "1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_ends_at_the_deadline_and_others_keep_serving() {
+    let (s, _dir) = common::runtime(None);
+    let mut looping = http_spec("loop", "fault");
+    looping.limits.request_timeout = Some(Duration::from_millis(300));
+    let hello = http_spec("hello2", "hello");
+    started(&s, &looping).await;
+    started(&s, &hello).await;
+    let started_at = Instant::now();
+    let spin = {
+        let s = s.clone();
+        let spec = looping.clone();
+        tokio::spawn(async move { get(&s, &spec, "/loop").await })
+    };
+    // Meanwhile another sandbox answers promptly.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = Instant::now();
+    assert_eq!(get(&s, &hello, "/").await.expect("hello").0, 200);
+    assert!(t.elapsed() < Duration::from_millis(250), "hello was not held up");
+    let result = spin.await.expect("join");
+    let took = started_at.elapsed();
+    assert!(
+        matches!(result, Err(HandleError::DeadlineExceeded(_))),
+        "got {result:?}"
+    );
+    // Deadline + one epoch tick, with slack for a loaded 2-core machine.
+    assert!(took < Duration::from_millis(800), "took {took:?}");
+    assert_eq!(get(&s, &looping, "/").await.expect("next request").0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_is_capped_and_fails_only_its_request() {
+    let (s, _dir) = common::runtime(None);
+    let mut spec = http_spec("bomb", "fault");
+    spec.limits.memory_bytes = Some(32 << 20);
+    started(&s, &spec).await;
+    let result = get(&s, &spec, "/alloc?mb=200").await;
+    assert!(matches!(result, Err(HandleError::OutOfMemory)), "got {result:?}");
+    assert_eq!(result.err().map(|e| e.status().as_u16()), Some(500));
+    // Under the cap it works, and the sandbox keeps serving.
+    assert_eq!(
+        get(&s, &spec, "/alloc?mb=8").await.expect("small alloc"),
+        (200, "allocated 8 MiB".to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_fails_only_its_request() {
+    let (s, _dir) = common::runtime(None);
+    let spec = http_spec("trap", "fault");
+    started(&s, &spec).await;
+    let result = get(&s, &spec, "/trap").await;
+    assert!(matches!(result, Err(HandleError::Guest(_))), "got {result:?}");
+    assert_eq!(get(&s, &spec, "/").await.expect("next").1, "fault ok");
+    // The guest's panic message went to the sandbox's logs.
+    let logs: Vec<_> =
+        futures::StreamExt::collect::<Vec<_>>(s.logs(&spec.id, Default::default()).await.expect("logs"))
+            .await;
+    assert!(
+        logs.iter().any(|l| l.line.contains("traps on purpose")),
+        "{logs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_only_through_mounts_and_env_only_as_declared() {
+    let (s, dir) = common::runtime(None);
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    std::fs::write(data.join("greeting"), "hi from a mount").expect("write");
+    let mut spec = http_spec("files", "fault");
+    spec.mounts.push(Mount {
+        host_path: data.clone(),
+        guest_path: "/data".into(),
+        read_only: true,
+    });
+    spec.env.push(("GREETING".into(), "hello".into()));
+    started(&s, &spec).await;
+    assert_eq!(
+        get(&s, &spec, "/read?path=/data/greeting").await.expect("read"),
+        (200, "hi from a mount".to_owned())
+    );
+    assert_eq!(
+        get(&s, &spec, "/read?path=/etc/passwd").await.expect("outside").0,
+        403
+    );
+    assert_eq!(
+        get(&s, &spec, "/read?path=/data/../../etc/passwd")
+            .await
+            .expect("escape")
+            .0,
+        403
+    );
+    assert_eq!(get(&s, &spec, "/write?path=/data/new").await.expect("ro").0, 403);
+    assert!(!data.join("new").exists(), "a read-only mount was written");
+    assert_eq!(
+        get(&s, &spec, "/env?name=GREETING").await.expect("env"),
+        (200, "hello".to_owned())
+    );
+    assert_eq!(
+        get(&s, &spec, "/env?name=PATH").await.expect("ambient env").0,
+        404
+    );
+}
+
+/// A tiny HTTP/1.1 server on loopback answering 200 to every connection, counting them.
+async fn upstream() -> (
+    std::net::SocketAddr,
+    Arc<AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    (addr, connections, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_http_only_to_allowed_hosts() {
+    let (s, _dir) = common::runtime(None);
+    let (addr, connections, server) = upstream().await;
+    let denied = http_spec("denied", "fault");
+    let mut allowed = http_spec("allowed", "fault");
+    allowed.allowed_outbound_hosts.push(addr.to_string());
+    started(&s, &denied).await;
+    started(&s, &allowed).await;
+    let path = format!("/fetch?url=http://{addr}/");
+    let (status, body) = get(&s, &denied, &path).await.expect("denied");
+    // The guest sees an error (wstd reports the denied request as a failed send) and the
+    // upstream never sees a connection.
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "a denied request went out");
+    assert_eq!(
+        get(&s, &allowed, &path).await.expect("allowed"),
+        (200, "upstream 200".to_owned())
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    server.abort();
+}
