@@ -14,6 +14,8 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod resources;
+#[cfg(feature = "test-util")]
+pub mod testutil;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -1,6 +1,5 @@
 //! The ReplicaSet controller and garbage collection against a real API server over loopback.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -10,21 +9,15 @@ use wisp_api::{
 };
 use wisp_client::{Api, Client, ListParams};
 
-async fn server() -> (Client, CancellationToken, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn wisp_store::Store> =
-        Arc::new(wisp_store::EmbeddedStore::open(dir.path(), Default::default()).expect("store"));
-    let shutdown = CancellationToken::new();
-    let server = wisp_apiserver::ApiServer::new(
-        store,
-        wisp_apiserver::Config::new(dir.path().join("blobs")),
-        shutdown.clone(),
-    );
-    let token = server.bootstrap().await.expect("bootstrap").expect("fresh store");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(wisp_apiserver::serve(server, listener, shutdown.clone()));
-    (Client::new(&url, &token), shutdown, dir)
+async fn server() -> (Client, CancellationToken, wisp_apiserver::testutil::TestServer) {
+    let server = wisp_apiserver::testutil::TestServer::start()
+        .await
+        .expect("start the API server");
+    (
+        Client::new(&server.url, &server.token),
+        server.shutdown.clone(),
+        server,
+    )
 }
 
 fn replicaset(name: &str, replicas: i32) -> ReplicaSet {

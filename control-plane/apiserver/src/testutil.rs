@@ -1,0 +1,54 @@
+//! For tests and benchmarks of the components above the API: a real API server on a fresh
+//! embedded store, serving HTTP on a free loopback port, stopped when dropped.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{ApiServer, Config, serve};
+
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// The admin token.
+    pub token: String,
+    pub shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Start the server (namespaces `default` and `wisp-system` exist).
+    pub async fn start() -> std::io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let store = wisp_store::EmbeddedStore::open(dir.path(), wisp_store::EmbeddedOptions::default())
+            .map_err(std::io::Error::other)?;
+        let shutdown = CancellationToken::new();
+        let server = ApiServer::new(
+            Arc::new(store),
+            Config::new(dir.path().join("blobs")),
+            shutdown.clone(),
+        );
+        let token = server
+            .bootstrap()
+            .await
+            .map_err(std::io::Error::other)?
+            .ok_or_else(|| std::io::Error::other("a fresh store must issue an admin token"))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let stop = shutdown.clone();
+        // Ends with the shutdown token, which Drop cancels.
+        tokio::spawn(async move { serve(server, listener, stop).await });
+        Ok(Self {
+            url,
+            token,
+            shutdown,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
