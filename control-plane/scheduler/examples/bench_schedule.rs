@@ -13,7 +13,6 @@
 #![allow(clippy::print_stdout, reason = "a benchmark prints its report")]
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -75,20 +74,9 @@ async fn main() -> anyhow::Result<()> {
     let pods_n: usize = args.next().map_or(Ok(10_000), |a| a.parse())?;
     let nodes_n: usize = args.next().map_or(Ok(5_000), |a| a.parse())?;
 
-    let dir = tempfile::tempdir()?;
-    let store: Arc<dyn wisp_store::Store> =
-        Arc::new(wisp_store::EmbeddedStore::open(dir.path(), Default::default())?);
-    let shutdown = CancellationToken::new();
-    let server = wisp_apiserver::ApiServer::new(
-        store,
-        wisp_apiserver::Config::new(dir.path().join("blobs")),
-        shutdown.clone(),
-    );
-    let token = server.bootstrap().await?.context("fresh store")?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let serving = tokio::spawn(wisp_apiserver::serve(server, listener, shutdown.clone()));
-    let client = Client::new(&url, &token);
+    let server = wisp_apiserver::testutil::TestServer::start().await?;
+    let shutdown = server.shutdown.clone();
+    let client = Client::new(&server.url, &server.token);
 
     let t = Instant::now();
     let nodes = client.api::<Node>(None);
@@ -124,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
     println!("created {pods_n} pending pods in {:.2?}", t.elapsed());
 
     // Watch (own connection) what gets persisted; start it before the scheduler.
-    let mut watcher = Client::new(&url, &token)
+    let mut watcher = Client::new(&server.url, &server.token)
         .api::<Pod>(Some("default"))
         .watcher(WatchParams::default());
     let mut bound: HashSet<String> = HashSet::new();
@@ -150,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
     let sched_stop = CancellationToken::new();
     let start = Instant::now();
     let scheduler = tokio::spawn(wisp_scheduler::run(
-        Client::new(&url, &token),
+        Client::new(&server.url, &server.token),
         config,
         sched_stop.clone(),
     ));
@@ -205,6 +193,6 @@ async fn main() -> anyhow::Result<()> {
         placement.len(),
     );
     shutdown.cancel();
-    let _ = serving.await;
+    drop(server);
     Ok(())
 }

@@ -1,10 +1,8 @@
 //! The scheduler against a real API server over loopback (embedded store).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use wisp_api::{Condition, Container, Node, NodeStatus, ObjectMeta, OwnerReference, Pod, Quantity, Resource};
 use wisp_client::{Api, Client};
@@ -14,25 +12,14 @@ struct Cluster {
     client: Client,
     shutdown: CancellationToken,
     scheduler: tokio::task::JoinHandle<Result<(), wisp_scheduler::SchedulerError>>,
-    _dir: tempfile::TempDir,
+    _server: wisp_apiserver::testutil::TestServer,
 }
 
 impl Cluster {
     async fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let store: Arc<dyn wisp_store::Store> =
-            Arc::new(wisp_store::EmbeddedStore::open(dir.path(), Default::default())?);
-        let shutdown = CancellationToken::new();
-        let server = wisp_apiserver::ApiServer::new(
-            store,
-            wisp_apiserver::Config::new(dir.path().join("blobs")),
-            shutdown.clone(),
-        );
-        let token = server.bootstrap().await?.context("fresh store")?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        tokio::spawn(wisp_apiserver::serve(server, listener, shutdown.clone()));
-        let client = Client::new(&url, &token);
+        let server = wisp_apiserver::testutil::TestServer::start().await?;
+        let shutdown = server.shutdown.clone();
+        let client = Client::new(&server.url, &server.token);
         let config = SchedulerConfig {
             // Keep the periodic retry out of the picture: only events may unpark pods.
             unschedulable_retry: Duration::from_secs(3600),
@@ -43,7 +30,7 @@ impl Cluster {
             client,
             shutdown,
             scheduler,
-            _dir: dir,
+            _server: server,
         })
     }
 
