@@ -22,6 +22,21 @@ fn api_err(r: Result<impl std::fmt::Debug, ClientError>) -> Box<wisp_api::Status
     }
 }
 
+/// The next watch event that is not a BOOKMARK.
+async fn next_change(
+    s: &mut futures::stream::BoxStream<
+        'static,
+        Result<wisp_api::WatchEvent<wisp_api::DynamicObject>, ClientError>,
+    >,
+) -> wisp_api::WatchEvent<wisp_api::DynamicObject> {
+    loop {
+        let ev = s.next().await.expect("event").expect("ok");
+        if ev.type_ != EventType::Bookmark {
+            return ev;
+        }
+    }
+}
+
 const CM: &str = "/apis/wisp.dev/v1/namespaces/default/configmaps";
 
 async fn raw(c: &Client, method: Method, path: &str, body: &'static str) -> Box<wisp_api::Status> {
@@ -512,12 +527,7 @@ async fn watch_streams_events_and_bookmarks(w: &Wisp, _etcd: Option<&str>) {
     c.create_dyn(kind, Some("default"), &cm("after", "1"))
         .await
         .expect("create");
-    let ev = loop {
-        let ev = resumed.next().await.expect("event").expect("ok");
-        if ev.type_ != EventType::Bookmark {
-            break ev;
-        }
-    };
+    let ev = next_change(&mut resumed).await;
     assert_eq!(
         (ev.type_, ev.object.metadata.name.as_str()),
         (EventType::Added, "after")
@@ -544,12 +554,7 @@ async fn watch_streams_events_and_bookmarks(w: &Wisp, _etcd: Option<&str>) {
     let mut other = cm("match", "1");
     other["metadata"]["labels"] = json!({"app": "other"});
     c.create_dyn(kind, Some("default"), &other).await.expect("create");
-    let ev = loop {
-        let ev = filtered.next().await.expect("event").expect("ok");
-        if ev.type_ != EventType::Bookmark {
-            break ev;
-        }
-    };
+    let ev = next_change(&mut filtered).await;
     assert_eq!(ev.object.metadata.name, "match");
 }
 
