@@ -323,10 +323,7 @@ impl WatchState {
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Fell behind the in-memory fan-out: catch up from the on-disk log.
                     let upto = self.store.shared.revision.load(Ordering::Acquire);
-                    let caught_up = self
-                        .store
-                        .check_compacted(self.last)
-                        .and_then(|()| self.store.read_log(&self.prefix, self.last, upto));
+                    let caught_up = self.store.read_log(&self.prefix, self.last, upto);
                     match caught_up {
                         Ok(events) => self.pending.extend(events),
                         Err(e) => {
@@ -427,13 +424,13 @@ impl Store for EmbeddedStore {
             let rx = self.shared.events.subscribe();
             self.check_compacted(after)?;
             let upto = self.shared.revision.load(Ordering::Acquire);
+            // read_log checks compaction in the same snapshot it reads, so a racing
+            // compaction is caught there.
             let history = if after < upto {
                 self.read_log(prefix, after, upto)?
             } else {
                 Vec::new()
             };
-            // A compaction may have raced the read.
-            self.check_compacted(after)?;
             let state = WatchState {
                 store: self.clone(),
                 prefix: prefix.to_owned(),
