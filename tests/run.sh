@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check and test of Wisp on a fresh Debian machine: installs what is missing
-# (etcd-server for the etcd store tests, protobuf-compiler for the etcd client), then
+# (etcd-server for the etcd store tests, protobuf-compiler and libprotobuf-dev for the etcd client), then
 # rustfmt, clippy, and the whole test suite (unit, conformance on embedded + real etcd,
 # end-to-end against the real `wisp` binary).
 set -euo pipefail
@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# protoc's well-known types (google/protobuf/*.proto) come from libprotobuf-dev, only a
+# "Recommends" of protobuf-compiler: without them etcd-client's build script fails.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo
