@@ -1,7 +1,8 @@
 //! wisp-apiserver owns Wisp's HTTP API: Kubernetes-shaped REST and watch for every kind
 //! under `/apis/wisp.dev/v1`, bearer-token auth with namespace confinement, admission
 //! (validation through `wisp-api`), server-set metadata, the content-addressed blob store
-//! for Wasm components, `/openapi/v3`, health and Prometheus metrics.
+//! for Wasm components, pod logs (proxied to the agent of the pod's node), `/openapi/v3`,
+//! health and Prometheus metrics.
 //!
 //! It is the only component that touches the store; it must not run workloads or
 //! controllers. [`ApiServer::service`] can be called without sockets (in-process clients,
@@ -11,6 +12,7 @@ pub mod auth;
 pub mod blobs;
 pub mod body;
 pub mod error;
+mod logs;
 pub mod metrics;
 pub mod openapi;
 pub mod resources;
@@ -266,8 +268,9 @@ impl ApiServer {
         let auth_header = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let principal = self.state.auth.authenticate(auth_header).await?;
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let principal = self.state.auth.authenticate(auth_header.as_deref()).await?;
         let query = query_map(req.uri().query());
         let method = req.method().clone();
         let (parts, body) = req.into_parts();
@@ -325,6 +328,16 @@ impl ApiServer {
             ["apis", "wisp.dev", "v1", rest @ ..] => {
                 let (target, subresource) = parse_target(rest)?;
                 authorize(&principal, &target, &method)?;
+                if subresource == Some("log") {
+                    return match (&target.name, &method) {
+                        (Some(name), &Method::GET) if target.kind.plural == "pods" => {
+                            logs::pod_log(state, &target, name, &query, auth_header.as_deref()).await
+                        }
+                        _ => Err(ApiError::NotFound(format!(
+                            "{method} {path}: logs are read with GET on a pod's log subresource"
+                        ))),
+                    };
+                }
                 let data = match method {
                     Method::POST | Method::PUT => {
                         read_limited(&parts.headers, body, state.config.body_limit).await?
@@ -452,8 +465,9 @@ fn parse_target<'a>(rest: &[&'a str]) -> Result<(Target, Option<&'a str>), ApiEr
     }
     .and_then(|(target, sub)| match sub {
         None | Some("status") => Ok((target, sub)),
+        Some("log") if target.kind.plural == "pods" => Ok((target, sub)),
         Some(other) => Err(ApiError::NotFound(format!(
-            "no subresource {other:?}; only \"status\""
+            "no subresource {other:?}; only \"status\" (and \"log\" of pods)"
         ))),
     })
 }

@@ -121,8 +121,9 @@ pub async fn run_nodes(client: Client, grace: std::time::Duration, shutdown: Can
         .await;
 }
 
-/// Run every controller this crate has until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
+/// Run every controller this crate has until `shutdown`; a node is lost after `node_grace`
+/// without a lease renewal.
+pub async fn run(client: Client, node_grace: std::time::Duration, shutdown: CancellationToken) {
     tokio::join!(
         run_deployments(client.clone(), shutdown.clone()),
         run_replicasets(client.clone(), shutdown.clone()),
@@ -130,6 +131,6 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         gc::run::<ReplicaSet, Deployment>(client.clone(), shutdown.clone()),
         run_endpoints(client.clone(), shutdown.clone()),
         gc::run::<Endpoints, Service>(client.clone(), shutdown.clone()),
-        run_nodes(client, std::time::Duration::from_secs(10), shutdown),
+        run_nodes(client, node_grace, shutdown),
     );
 }

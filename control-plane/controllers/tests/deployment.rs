@@ -117,7 +117,11 @@ async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_update_keeps_ready_pods_and_undo_restores() {
     let (client, shutdown, _dir) = server().await;
-    let controllers = tokio::spawn(wisp_controllers::run(client.clone(), shutdown.clone()));
+    let controllers = tokio::spawn(wisp_controllers::run(
+        client.clone(),
+        std::time::Duration::from_secs(10),
+        shutdown.clone(),
+    ));
     let ready = Arc::new(Mutex::new(HashMap::new()));
     let low = Arc::new(Mutex::new(None::<usize>));
     let agent = tokio::spawn(fake_agent(client.clone(), ready.clone(), low.clone()));

@@ -73,7 +73,11 @@ async fn eventually(api: &wisp_client::Api<Endpoints>, want: (Vec<&str>, Vec<&st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_follow_pod_readiness() {
     let (client, shutdown, _dir) = server().await;
-    let controllers = tokio::spawn(wisp_controllers::run(client.clone(), shutdown.clone()));
+    let controllers = tokio::spawn(wisp_controllers::run(
+        client.clone(),
+        std::time::Duration::from_secs(10),
+        shutdown.clone(),
+    ));
     let pods = client.api::<Pod>(Some("default"));
     let services = client.api::<Service>(Some("default"));
     let endpoints = client.api::<Endpoints>(Some("default"));

@@ -62,7 +62,11 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicaset_keeps_its_pods_and_gc_cleans_up() {
     let (client, shutdown, _dir) = server().await;
-    let controllers = tokio::spawn(wisp_controllers::run(client.clone(), shutdown.clone()));
+    let controllers = tokio::spawn(wisp_controllers::run(
+        client.clone(),
+        std::time::Duration::from_secs(10),
+        shutdown.clone(),
+    ));
     let rss = client.api::<ReplicaSet>(Some("default"));
     let pods = client.api::<Pod>(Some("default"));
 

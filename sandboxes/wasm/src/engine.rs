@@ -8,7 +8,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel,
+    PoolingAllocationConfig,
 };
 
 use crate::WasmConfig;
@@ -54,7 +55,13 @@ fn pooling_config(config: &WasmConfig) -> PoolingAllocationConfig {
         // Keep the first pages of memories and tables resident between instances: instance
         // reset then costs no page faults (DESIGN.md, "Performance facts": 10–15% per request).
         .linear_memory_keep_resident(config.keep_resident)
-        .table_keep_resident(config.keep_resident / 8);
+        .table_keep_resident(config.keep_resident / 8)
+        // Opt-in (see `WasmConfig::pagemap_scan`): reset only what the instance dirtied there.
+        .pagemap_scan(if config.pagemap_scan {
+            Enabled::Auto
+        } else {
+            Enabled::No
+        });
     p
 }
 

@@ -3,7 +3,7 @@
 //! the memory limiter and an epoch deadline.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -62,6 +62,70 @@ pub(crate) struct Request<'a> {
     pub(crate) cancel: &'a tokio_util::sync::CancellationToken,
 }
 
+impl Request<'_> {
+    /// A fresh store for one request: a [`Host`] built from the sandbox's template, the memory
+    /// limiter, and an epoch deadline that yields every tick and traps once `deadline` has
+    /// passed. Every instance this crate creates for a `wasi:http/proxy` sandbox starts here.
+    fn store(&self) -> Result<Store<Host>, HandleError> {
+        let host = self
+            .template
+            .build()
+            .map_err(|e| HandleError::Unavailable(e.to_string()))?;
+        let mut store = Store::new(self.engine, host);
+        store.limiter(|h| &mut h.limiter);
+        // Yield to the executor every tick (a spinning guest does not hold a worker thread) and
+        // trap once the deadline has passed.
+        let tick_nanos = self.epoch_tick.as_nanos().max(1);
+        let mut ticks_left = self.deadline.as_nanos().div_ceil(tick_nanos).max(1);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            ticks_left = ticks_left.saturating_sub(1);
+            Ok(if ticks_left == 0 {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        Ok(store)
+    }
+}
+
+/// How long one [`WasmSandbox::instantiate_only`] took, split where a request would call the
+/// guest.
+///
+/// [`WasmSandbox::instantiate_only`]: crate::WasmSandbox::instantiate_only
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstantiateTimings {
+    /// Building the store (WASI and WASI-HTTP contexts from the template, limiter, deadline)
+    /// and instantiating the component in it.
+    pub instantiate: Duration,
+    /// Dropping the store: the instance's memories, tables and stack go back to the pool (or
+    /// are unmapped, without pooling). A request pays this too, after its response.
+    pub teardown: Duration,
+}
+
+/// Times one store + instantiation exactly as [`handle`] builds them, without calling the
+/// guest; the instance is dropped right away.
+pub(crate) async fn instantiate_only(r: Request<'_>) -> Result<InstantiateTimings, HandleError> {
+    let started = Instant::now();
+    let mut store = r.store()?;
+    let instantiated = r.pre.instantiate_async(&mut store).await;
+    let instantiate = started.elapsed();
+    if let Err(e) = instantiated {
+        return Err(if store.data().limiter.denied {
+            HandleError::OutOfMemory
+        } else {
+            HandleError::Guest(format!("{e:#}"))
+        });
+    }
+    let dropping = Instant::now();
+    drop(store);
+    Ok(InstantiateTimings {
+        instantiate,
+        teardown: dropping.elapsed(),
+    })
+}
+
 pub(crate) async fn handle<B>(
     r: Request<'_>,
     req: hyper::Request<B>,
@@ -70,25 +134,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
-    let host = r
-        .template
-        .build()
-        .map_err(|e| HandleError::Unavailable(e.to_string()))?;
-    let mut store = Store::new(r.engine, host);
-    store.limiter(|h| &mut h.limiter);
-    // Yield to the executor every tick (a spinning guest does not hold a worker thread) and
-    // trap once the deadline has passed.
-    let tick_nanos = r.epoch_tick.as_nanos().max(1);
-    let mut ticks_left = r.deadline.as_nanos().div_ceil(tick_nanos).max(1);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        ticks_left = ticks_left.saturating_sub(1);
-        Ok(if ticks_left == 0 {
-            UpdateDeadline::Interrupt
-        } else {
-            UpdateDeadline::Yield(1)
-        })
-    });
+    let mut store = r.store()?;
     let scheme = match req.uri().scheme_str() {
         Some("https") => Scheme::Https,
         _ => Scheme::Http,

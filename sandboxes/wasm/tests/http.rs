@@ -70,6 +70,50 @@ async fn every_request_gets_a_fresh_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instantiate_only_times_a_fresh_instance_of_a_serving_sandbox() {
+    let (s, _dir) = common::runtime(None);
+    let spec = http_spec("inst", "hello");
+    let unknown = http_spec("unknown", "hello");
+    assert!(matches!(
+        s.instantiate_only(&unknown.id).await,
+        Err(HandleError::NotFound(_))
+    ));
+    s.create(&spec).await.expect("create");
+    assert!(matches!(
+        s.instantiate_only(&spec.id).await,
+        Err(HandleError::NotServing(_))
+    ));
+    s.start(&spec.id).await.expect("start");
+    for _ in 0..3 {
+        let t = s.instantiate_only(&spec.id).await.expect("instantiate");
+        assert!(t.instantiate > Duration::ZERO, "{t:?}");
+    }
+    // The instances were dropped: requests are still served.
+    assert_eq!(get(&s, &spec, "/").await.expect("hello").1, "Hello from Wisp");
+    s.stop(&spec.id, Duration::from_secs(1)).await.expect("stop");
+    assert!(matches!(
+        s.instantiate_only(&spec.id).await,
+        Err(HandleError::NotServing(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_a_fresh_instance_with_the_pagemap_scan_reset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = wisp_sandbox_wasm::WasmConfig::new(dir.path().join("cache"));
+    config.max_instances = 4;
+    config.max_memory_per_instance = 256 << 20;
+    config.pagemap_scan = true;
+    let s = WasmSandbox::new(config, None).expect("wasm runtime");
+    let spec = http_spec("count-pagemap", "fault");
+    started(&s, &spec).await;
+    // Few slots, so the same one is reset and reused.
+    for _ in 0..20 {
+        assert_eq!(get(&s, &spec, "/count").await.expect("count").1, "1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infinite_loop_ends_at_the_deadline_and_others_keep_serving() {
     let (s, _dir) = common::runtime(None);
     let mut looping = http_spec("loop", "fault");

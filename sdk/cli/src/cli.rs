@@ -37,6 +37,10 @@ pub enum Command {
     Up(UpArgs),
     /// Run the control plane on a chosen store (embedded or etcd).
     Server(ServerArgs),
+    /// Run a node agent: register this machine and run the pods bound to it.
+    Node(NodeArgs),
+    /// Print (or follow) a pod's container logs.
+    Logs(LogsArgs),
     /// Create or update objects from files (multi-document YAML or JSON).
     Apply(ApplyArgs),
     /// List objects, or show one.
@@ -75,6 +79,73 @@ pub struct UpArgs {
     /// Revisions of change history the embedded store keeps for resuming watches.
     #[arg(long, env = "WISP_STORE_HISTORY", default_value_t = 100_000)]
     pub store_history: i64,
+    /// Run the scheduler in this process.
+    #[arg(long, env = "WISP_SCHEDULER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub scheduler: bool,
+    /// Seconds a node may go without renewing its lease before it is marked NotReady and
+    /// its pods are replaced elsewhere.
+    #[arg(long, env = "WISP_NODE_GRACE_SECONDS", default_value_t = 10)]
+    pub node_grace_seconds: u64,
+    /// The node agent that `wisp up` runs in this process (`wisp server` runs none).
+    #[command(flatten)]
+    pub node: NodeOptions,
+}
+
+/// A node agent's own settings (`wisp node`, and the agent inside `wisp up`).
+#[derive(Args, Debug, Clone)]
+pub struct NodeOptions {
+    /// Node name [default: the host name].
+    #[arg(long, env = "WISP_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Address reported for the node and its pods.
+    #[arg(long, env = "WISP_NODE_ADDRESS", default_value = "127.0.0.1")]
+    pub node_address: String,
+    /// Where the agent serves container logs to the API server.
+    #[arg(long, env = "WISP_AGENT_LISTEN", default_value = "127.0.0.1:0")]
+    pub agent_listen: SocketAddr,
+    /// CPUs offered to pods [default: the machine's].
+    #[arg(long, env = "WISP_NODE_CPU")]
+    pub node_cpu: Option<String>,
+    /// Memory offered to pods, e.g. `8Gi` [default: the machine's].
+    #[arg(long, env = "WISP_NODE_MEMORY")]
+    pub node_memory: Option<String>,
+    /// Most pods on this node.
+    #[arg(long, env = "WISP_NODE_PODS", default_value_t = 110)]
+    pub node_pods: i64,
+    /// Node labels, `key=value,...` (for pods' nodeSelector).
+    #[arg(long, env = "WISP_NODE_LABELS")]
+    pub node_labels: Option<String>,
+    /// Seconds the node's lease lasts; renewed every quarter of it.
+    #[arg(long, env = "WISP_LEASE_SECONDS", default_value_t = 10)]
+    pub lease_seconds: u64,
+    /// First restart delay of a crashed container in milliseconds (doubles up to 5 min).
+    #[arg(long, env = "WISP_RESTART_BACKOFF_MS", default_value_t = 1000)]
+    pub restart_backoff_ms: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Data directory (component cache, pod volumes) [default: ~/.wisp/node].
+    #[arg(long, env = "WISP_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub node: NodeOptions,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LogsArgs {
+    pub pod: String,
+    /// Container (required when the pod has several).
+    #[arg(short, long)]
+    pub container: Option<String>,
+    #[arg(short, long, env = "WISP_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Keep streaming new lines.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    pub tail: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -48,7 +48,9 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => Box::pin(server::up(args)).await,
-        Command::Server(args) => Box::pin(server::server(args)).await,
+        Command::Server(args) => Box::pin(server::server(args, false)).await,
+        Command::Node(args) => Box::pin(server::node(&cli.global, args)).await,
+        Command::Logs(args) => resources::logs(&cli.global, args).await,
         Command::Apply(args) => resources::apply(&cli.global, args).await,
         Command::Get(args) => resources::get(&cli.global, args).await,
         Command::Describe(args) => resources::describe(&cli.global, args).await,

@@ -6,7 +6,9 @@ use serde_json::Value;
 use wisp_api::{KindInfo, kind_by_name};
 use wisp_client::{Client, ClientError, ListParams};
 
-use crate::cli::{ApplyArgs, DeleteArgs, DescribeArgs, GetArgs, Global, OutputFormat, TokenCreateArgs};
+use crate::cli::{
+    ApplyArgs, DeleteArgs, DescribeArgs, GetArgs, Global, LogsArgs, OutputFormat, TokenCreateArgs,
+};
 use crate::manifests::{Document, read_all};
 use crate::output;
 
@@ -288,5 +290,41 @@ pub async fn token_create(global: &Global, args: TokenCreateArgs) -> anyhow::Res
         .await
         .map_err(|e| anyhow!(describe_error(&e)))?;
     say(&token);
+    Ok(())
+}
+
+/// `wisp logs POD [-c C] [-f] [--tail N]`: the API server proxies to the pod's node.
+pub async fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let client = client(global)?;
+    let ns = args.namespace.as_deref().unwrap_or("default");
+    let mut query = Vec::new();
+    if let Some(c) = &args.container {
+        query.push(format!("container={c}"));
+    }
+    if args.follow {
+        query.push("follow=true".to_owned());
+    }
+    if let Some(n) = args.tail {
+        query.push(format!("tailLines={n}"));
+    }
+    let mut path = format!("/apis/wisp.dev/v1/namespaces/{ns}/pods/{}/log", args.pod);
+    if !query.is_empty() {
+        path = format!("{path}?{}", query.join("&"));
+    }
+    let resp = client
+        .raw(http::Method::GET, &path, None)
+        .await
+        .with_context(|| format!("logs of pod {ns}/{}", args.pod))?;
+    let mut body = resp.into_body();
+    let mut out = tokio::io::stdout();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("the log stream broke off")?;
+        if let Ok(data) = frame.into_data() {
+            out.write_all(&data).await?;
+            out.flush().await?;
+        }
+    }
     Ok(())
 }

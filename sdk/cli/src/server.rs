@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 use wisp_store::{EmbeddedOptions, EmbeddedStore, Store};
 
-use crate::cli::{ServerArgs, UpArgs};
+use crate::cli::{Global, NodeArgs, NodeOptions, ServerArgs, UpArgs};
 
 fn data_dir(arg: Option<&PathBuf>) -> PathBuf {
     arg.cloned().unwrap_or_else(|| {
@@ -25,7 +25,77 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         up: args,
         store: "embedded".into(),
     };
-    Box::pin(self::server(server)).await
+    Box::pin(self::server(server, true)).await
+}
+
+/// The agent's configuration from its flags.
+fn agent_config(opts: &NodeOptions, data_dir: PathBuf) -> anyhow::Result<wisp_node::AgentConfig> {
+    let name = opts.node_name.clone().unwrap_or_else(wisp_node::node::hostname);
+    let mut c = wisp_node::AgentConfig::new(name, data_dir);
+    c.address = opts.node_address.clone();
+    c.listen = opts.agent_listen;
+    c.lease_duration = Duration::from_secs(opts.lease_seconds.max(1));
+    c.backoff.base = Duration::from_millis(opts.restart_backoff_ms.max(1));
+    for (key, value) in [("cpu", &opts.node_cpu), ("memory", &opts.node_memory)] {
+        if let Some(v) = value {
+            let q = wisp_api::Quantity::parse(v).with_context(|| format!("--node-{key} {v:?}"))?;
+            c.capacity.insert(key.to_owned(), q);
+        }
+    }
+    c.capacity.insert(
+        "pods".into(),
+        wisp_api::Quantity::from_units(opts.node_pods, wisp_api::QuantityFormat::DecimalSI),
+    );
+    if let Some(labels) = &opts.node_labels {
+        for pair in labels.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .with_context(|| format!("--node-labels: {pair:?} is not key=value"))?;
+            c.labels.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+    }
+    Ok(c)
+}
+
+/// `wisp node`: a node agent against a remote API server, until SIGINT/SIGTERM.
+pub async fn node(global: &Global, args: NodeArgs) -> anyhow::Result<()> {
+    let client = crate::resources::client(global)?;
+    let dir = args.data_dir.clone().unwrap_or_else(|| {
+        std::env::home_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".wisp")
+            .join("node")
+    });
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let config = agent_config(&args.node, dir)?;
+    let name = config.node_name.clone();
+    let agent = wisp_node::Agent::new(client, config).context("node agent")?;
+    let shutdown = CancellationToken::new();
+    let run = agent.run(shutdown.clone());
+    tokio::pin!(run);
+    tokio::select! {
+        r = &mut run => return r.with_context(|| format!("node {name}")),
+        () = signalled() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    run.await.with_context(|| format!("node {name}"))
+}
+
+/// SIGINT or SIGTERM.
+async fn signalled() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGTERM handler");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 async fn open_store(spec: &str, dir: &std::path::Path, history: i64) -> anyhow::Result<Arc<dyn Store>> {
@@ -68,7 +138,7 @@ async fn etcd_store(_endpoints: &[String]) -> anyhow::Result<Arc<dyn Store>> {
     )
 }
 
-pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
+pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
     let dir = data_dir(args.up.data_dir.as_ref());
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let store = open_store(&args.store, &dir, args.up.store_history).await?;
@@ -125,35 +195,44 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     }
     let signals = shutdown.clone();
     let wait = async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "no SIGTERM handler");
-                return;
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        signalled().await;
         tracing::info!("shutting down");
         signals.cancel();
     };
     // In-process components still go through the API (validation, CAS, watch), with a
     // token that lives only in this process.
-    let controllers = if args.up.controllers {
+    let internal = || -> anyhow::Result<wisp_client::Client> {
         let token = api
             .auth()
             .issue_ephemeral(wisp_apiserver::auth::Principal { namespace: None })
-            .context("token for the controllers")?;
+            .context("token for the in-process components")?;
+        Ok(wisp_client::Client::new(&url, &token))
+    };
+    let controllers = if args.up.controllers {
         Some(wisp_controllers::run(
-            wisp_client::Client::new(&url, &token),
+            internal()?,
+            Duration::from_secs(args.up.node_grace_seconds.max(1)),
             shutdown.clone(),
         ))
     } else {
         None
     };
-    let (served, (), ()) = tokio::join!(
+    let scheduler = if args.up.scheduler {
+        Some(wisp_scheduler::run(
+            internal()?,
+            wisp_scheduler::SchedulerConfig::default(),
+            shutdown.clone(),
+        ))
+    } else {
+        None
+    };
+    let agent = if with_node {
+        let config = agent_config(&args.up.node, dir.join("node"))?;
+        Some(wisp_node::Agent::new(internal()?, config).context("node agent")?)
+    } else {
+        None
+    };
+    let (served, (), (), scheduled, ran) = tokio::join!(
         wisp_apiserver::serve(api, listener, shutdown.clone()),
         async {
             tokio::select! {
@@ -165,8 +244,25 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
             if let Some(c) = controllers {
                 Box::pin(c).await;
             }
+        },
+        async {
+            match scheduler {
+                Some(s) => Box::pin(s).await.map_err(anyhow::Error::from),
+                None => Ok(()),
+            }
+        },
+        async {
+            let Some(agent) = agent else { return Ok(()) };
+            let r = Box::pin(agent.run(shutdown.clone())).await;
+            if r.is_err() {
+                // The node is a part of `wisp up`: without it the cluster cannot run pods.
+                shutdown.cancel();
+            }
+            r.map_err(anyhow::Error::from)
         }
     );
+    scheduled.context("scheduler")?;
+    ran.context("node agent")?;
     served.context("API server")?;
     Ok(())
 }

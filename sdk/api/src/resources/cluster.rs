@@ -113,6 +113,9 @@ pub struct NodeStatus {
     /// Base URL of this node's ingress, for reaching its pods from other nodes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ingress_url: Option<String>,
+    /// Base URL of this node's agent (container logs), reached by the API server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_url: Option<String>,
     /// Version of the node agent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,

@@ -1,0 +1,184 @@
+//! The agent's HTTP endpoint for container logs, which the API server proxies
+//! `GET …/pods/<name>/log` to:
+//! `GET /containerLogs/<namespace>/<pod>/<container>?follow=true&tailLines=N`.
+//!
+//! The caller's bearer token is checked by reading the pod with it through the API: whoever
+//! may read the pod may read its logs, nobody else. The pod must be bound to this node.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wisp_api::Pod;
+use wisp_client::Client;
+use wisp_sandbox::LogOptions;
+
+use crate::worker::Runtimes;
+
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+pub struct LogServer {
+    pub api_url: String,
+    pub node: String,
+    pub runtimes: Runtimes,
+}
+
+fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(msg.into() + "\n")).boxed_unsync());
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn query(q: Option<&str>) -> HashMap<String, String> {
+    q.unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (!k.is_empty()).then(|| (k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+impl LogServer {
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+        match self.route(req).await {
+            Ok(r) | Err(r) => r,
+        }
+    }
+
+    async fn route<B>(&self, req: Request<B>) -> Result<Response<Body>, Response<Body>> {
+        if req.method() != http::Method::GET {
+            return Err(text(StatusCode::METHOD_NOT_ALLOWED, "only GET"));
+        }
+        let path = req.uri().path().to_owned();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let ["containerLogs", ns, pod_name, container] = parts.as_slice() else {
+            return Err(text(
+                StatusCode::NOT_FOUND,
+                format!("no such path: {path} (expected /containerLogs/<namespace>/<pod>/<container>)"),
+            ));
+        };
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| text(StatusCode::UNAUTHORIZED, "a bearer token is required"))?;
+        // The API decides: this token must be able to read the pod.
+        let pod: Pod = Client::new(&self.api_url, token)
+            .api::<Pod>(Some(ns))
+            .get(pod_name)
+            .await
+            .map_err(|e| {
+                let code = e
+                    .code()
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .unwrap_or(StatusCode::BAD_GATEWAY);
+                text(code, format!("pod {ns}/{pod_name}: {e}"))
+            })?;
+        if pod.spec.node_name.as_deref() != Some(self.node.as_str()) {
+            return Err(text(
+                StatusCode::NOT_FOUND,
+                format!("pod {ns}/{pod_name} does not run on node {}", self.node),
+            ));
+        }
+        let Some(c) = pod.spec.containers.iter().find(|c| c.name == *container) else {
+            return Err(text(
+                StatusCode::NOT_FOUND,
+                format!("pod {ns}/{pod_name} has no container {container:?}"),
+            ));
+        };
+        let q = query(req.uri().query());
+        let follow = q.get("follow").is_some_and(|v| v == "true" || v == "1");
+        let tail = match q.get("tailLines") {
+            Some(t) => Some(t.parse::<usize>().map_err(|_| {
+                text(
+                    StatusCode::BAD_REQUEST,
+                    format!("tailLines: {t:?} is not a number"),
+                )
+            })?),
+            None => None,
+        };
+        let runtime = self.runtimes.get(c.runtime()).ok_or_else(|| {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("node {} has no {} runtime", self.node, c.runtime()),
+            )
+        })?;
+        let id = crate::spec::sandbox_id(&pod, container);
+        let lines = runtime
+            .logs(&id, LogOptions { follow, tail })
+            .await
+            .map_err(|e| {
+                text(
+                    StatusCode::NOT_FOUND,
+                    format!("no logs for container {container:?} of pod {ns}/{pod_name}: {e}"),
+                )
+            })?;
+        let body = StreamBody::new(lines.map(|l| {
+            let mut s = l.line;
+            s.push('\n');
+            Ok::<_, Infallible>(Frame::data(Bytes::from(s)))
+        }));
+        let mut resp = Response::new(body.boxed_unsync());
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Ok(resp)
+    }
+}
+
+/// Serves `server` on `listener` until `shutdown` (followers are cut off then).
+pub async fn serve(server: Arc<LogServer>, listener: TcpListener, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let server = server.clone();
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let server = server.clone();
+            async move { Ok::<_, Infallible>(server.handle(req).await) }
+        });
+        let builder = builder.clone();
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "log connection ended with an error");
+                },
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}

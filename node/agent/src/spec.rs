@@ -1,0 +1,349 @@
+//! From a pod to what its sandboxes need: the component or image, exactly the declared
+//! environment (ConfigMap and Secret values resolved through the API), volumes written under
+//! the pod's directory and mounted where the containers ask, limits and labels.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use wisp_api::{ConfigMap, Container, EnvVar, Pod, RESOURCE_CPU, RESOURCE_MEMORY, RESOURCE_PIDS, Secret};
+use wisp_client::Client;
+use wisp_sandbox::{
+    Kind, LABEL_CONTAINER, LABEL_NAMESPACE, LABEL_POD, LABEL_POD_UID, Limits, Mount, SandboxId, SandboxSpec,
+    Source,
+};
+
+/// Why a pod cannot be prepared: a container waiting reason and a message naming what is
+/// wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct PrepareError {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+pub const REASON_CONFIG: &str = "CreateContainerConfigError";
+
+fn config_error(message: String) -> PrepareError {
+    PrepareError {
+        reason: REASON_CONFIG,
+        message,
+    }
+}
+
+/// The sandbox id of a pod's container.
+pub fn sandbox_id(pod: &Pod, container: &str) -> SandboxId {
+    SandboxId::new(pod.metadata.uid.as_deref().unwrap_or_default(), container)
+}
+
+/// Where a container's code comes from.
+pub fn source_of(c: &Container) -> Result<Source, PrepareError> {
+    if let Some(wasm) = c.wasm.as_deref().filter(|w| !w.is_empty()) {
+        if wasm.starts_with("sha256:") {
+            return Ok(Source::WasmDigest(wasm.to_owned()));
+        }
+        if wasm.starts_with('/') || wasm.starts_with("./") || wasm.ends_with(".wasm") {
+            return Ok(Source::WasmFile(PathBuf::from(wasm)));
+        }
+        return Err(config_error(format!(
+            "container {:?}: wasm {wasm:?} is neither a blob digest (sha256:…) nor a .wasm file path; \
+             OCI references for components are not supported yet",
+            c.name
+        )));
+    }
+    match c.image.as_deref().filter(|i| !i.is_empty()) {
+        Some(image) => Ok(Source::Image(image.to_owned())),
+        None => Err(config_error(format!(
+            "container {:?}: neither wasm nor image is set",
+            c.name
+        ))),
+    }
+}
+
+/// ConfigMaps and Secrets read once per preparation.
+#[derive(Default)]
+struct Lookups {
+    config_maps: BTreeMap<String, Option<ConfigMap>>,
+    secrets: BTreeMap<String, Option<Secret>>,
+}
+
+impl Lookups {
+    async fn config_map(
+        &mut self,
+        client: &Client,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<&ConfigMap>, PrepareError> {
+        if !self.config_maps.contains_key(name) {
+            let got = client
+                .api::<ConfigMap>(Some(ns))
+                .get_opt(name)
+                .await
+                .map_err(|e| config_error(format!("cannot read ConfigMap {ns}/{name}: {e}")))?;
+            self.config_maps.insert(name.to_owned(), got);
+        }
+        Ok(self.config_maps.get(name).and_then(Option::as_ref))
+    }
+
+    async fn secret(
+        &mut self,
+        client: &Client,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<&Secret>, PrepareError> {
+        if !self.secrets.contains_key(name) {
+            let got = client
+                .api::<Secret>(Some(ns))
+                .get_opt(name)
+                .await
+                .map_err(|e| config_error(format!("cannot read Secret {ns}/{name}: {e}")))?;
+            self.secrets.insert(name.to_owned(), got);
+        }
+        Ok(self.secrets.get(name).and_then(Option::as_ref))
+    }
+}
+
+/// A Secret's values, decoded (`data` is base64; `stringData` plain).
+fn secret_values(s: &Secret) -> Result<BTreeMap<String, Vec<u8>>, PrepareError> {
+    let mut out = BTreeMap::new();
+    for (k, v) in &s.data {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v)
+            .map_err(|e| config_error(format!("Secret {}: data.{k} is not base64: {e}", s.metadata.name)))?;
+        out.insert(k.clone(), bytes);
+    }
+    for (k, v) in &s.string_data {
+        out.insert(k.clone(), v.clone().into_bytes());
+    }
+    Ok(out)
+}
+
+async fn env_value(
+    client: &Client,
+    ns: &str,
+    container: &str,
+    var: &EnvVar,
+    lookups: &mut Lookups,
+) -> Result<Option<String>, PrepareError> {
+    if let Some(v) = &var.value {
+        return Ok(Some(v.clone()));
+    }
+    let Some(from) = &var.value_from else {
+        return Ok(Some(String::new()));
+    };
+    let what = |kind: &str, name: &str, key: &str| {
+        format!(
+            "container {container:?} env {}: {kind} {ns}/{name} has no key {key:?}",
+            var.name
+        )
+    };
+    if let Some(r) = &from.config_map_key_ref {
+        let value = lookups
+            .config_map(client, ns, &r.name)
+            .await?
+            .and_then(|cm| cm.data.get(&r.key).cloned());
+        return match value {
+            Some(v) => Ok(Some(v)),
+            None if r.optional == Some(true) => Ok(None),
+            None => Err(config_error(what("ConfigMap", &r.name, &r.key))),
+        };
+    }
+    if let Some(r) = &from.secret_key_ref {
+        let value = match lookups.secret(client, ns, &r.name).await? {
+            Some(s) => secret_values(s)?.remove(&r.key),
+            None => None,
+        };
+        return match value {
+            Some(v) => String::from_utf8(v).map(Some).map_err(|_| {
+                config_error(format!(
+                    "container {container:?} env {}: Secret {ns}/{} key {:?} is not UTF-8",
+                    var.name, r.name, r.key
+                ))
+            }),
+            None if r.optional == Some(true) => Ok(None),
+            None => Err(config_error(what("Secret", &r.name, &r.key))),
+        };
+    }
+    Ok(Some(String::new()))
+}
+
+fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<(), PrepareError> {
+    let io = |e: std::io::Error| config_error(format!("cannot write volume {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    for (name, data) in files {
+        // Keys are validated by the API (no `/`, no `..`).
+        std::fs::write(dir.join(name), data).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Writes the pod's volumes under `pod_dir/volumes/<name>`; returns their host paths.
+async fn volumes(
+    client: &Client,
+    pod: &Pod,
+    pod_dir: &Path,
+    lookups: &mut Lookups,
+) -> Result<BTreeMap<String, (PathBuf, bool)>, PrepareError> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut out = BTreeMap::new();
+    for v in &pod.spec.volumes {
+        let dir = pod_dir.join("volumes").join(&v.name);
+        if let Some(src) = &v.config_map {
+            match lookups.config_map(client, ns, &src.name).await? {
+                Some(cm) => {
+                    let files = cm
+                        .data
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                        .collect();
+                    write_files(&dir, &files)?;
+                }
+                None if src.optional == Some(true) => write_files(&dir, &BTreeMap::new())?,
+                None => {
+                    return Err(config_error(format!(
+                        "volume {:?}: ConfigMap {ns}/{} not found",
+                        v.name, src.name
+                    )));
+                }
+            }
+            out.insert(v.name.clone(), (dir, true));
+        } else if let Some(src) = &v.secret {
+            match lookups.secret(client, ns, &src.secret_name).await? {
+                Some(s) => write_files(&dir, &secret_values(s)?)?,
+                None if src.optional == Some(true) => write_files(&dir, &BTreeMap::new())?,
+                None => {
+                    return Err(config_error(format!(
+                        "volume {:?}: Secret {ns}/{} not found",
+                        v.name, src.secret_name
+                    )));
+                }
+            }
+            out.insert(v.name.clone(), (dir, true));
+        } else {
+            write_files(&dir, &BTreeMap::new())?;
+            out.insert(v.name.clone(), (dir, false));
+        }
+    }
+    Ok(out)
+}
+
+/// A container's sandbox spec, minus its kind (decided by the runtime from the code).
+pub struct Draft {
+    pub runtime: &'static str,
+    pub spec: SandboxSpec,
+}
+
+/// Resolves everything a pod's containers need, in container order.
+pub async fn drafts(client: &Client, pod: &Pod, pod_dir: &Path) -> Result<Vec<Draft>, PrepareError> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut lookups = Lookups::default();
+    let vols = volumes(client, pod, pod_dir, &mut lookups).await?;
+    let mut out = Vec::new();
+    for c in &pod.spec.containers {
+        let source = source_of(c)?;
+        let mut env = Vec::new();
+        for var in &c.env {
+            if let Some(v) = env_value(client, ns, &c.name, var, &mut lookups).await? {
+                env.push((var.name.clone(), v));
+            }
+        }
+        let mounts = c
+            .volume_mounts
+            .iter()
+            .filter_map(|m| {
+                vols.get(&m.name).map(|(dir, forced_ro)| Mount {
+                    host_path: dir.clone(),
+                    guest_path: m.mount_path.clone(),
+                    read_only: m.read_only || *forced_ro,
+                })
+            })
+            .collect();
+        let limit = |name: &str| c.resources.limits.get(name);
+        let limits = Limits {
+            memory_bytes: limit(RESOURCE_MEMORY).and_then(|q| u64::try_from(q.value()).ok()),
+            cpu_millis: limit(RESOURCE_CPU).and_then(|q| u64::try_from(q.millis()).ok()),
+            pids: limit(RESOURCE_PIDS).map(|q| q.value()),
+            request_timeout: c.timeout_ms.map(Duration::from_millis),
+        };
+        let labels = BTreeMap::from([
+            (
+                LABEL_POD_UID.to_owned(),
+                pod.metadata.uid.clone().unwrap_or_default(),
+            ),
+            (LABEL_NAMESPACE.to_owned(), ns.to_owned()),
+            (LABEL_POD.to_owned(), pod.metadata.name.clone()),
+            (LABEL_CONTAINER.to_owned(), c.name.clone()),
+        ]);
+        let kind = if c.ports.is_empty() {
+            Kind::Process
+        } else {
+            Kind::Http
+        };
+        out.push(Draft {
+            runtime: c.runtime(),
+            spec: SandboxSpec {
+                id: sandbox_id(pod, &c.name),
+                source,
+                kind,
+                args: c.command.iter().chain(&c.args).cloned().collect(),
+                env,
+                mounts,
+                ports: c.ports.iter().map(|p| p.container_port).collect(),
+                limits,
+                allowed_outbound_hosts: c.allowed_outbound_hosts.clone(),
+                read_only_root: c
+                    .security_context
+                    .as_ref()
+                    .and_then(|s| s.read_only_root_filesystem)
+                    .unwrap_or(false),
+                labels,
+            },
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources() {
+        let c = |wasm: Option<&str>, image: Option<&str>| Container {
+            name: "c".into(),
+            wasm: wasm.map(Into::into),
+            image: image.map(Into::into),
+            ..Container::default()
+        };
+        assert_eq!(
+            source_of(&c(Some("sha256:ab"), None)),
+            Ok(Source::WasmDigest("sha256:ab".into()))
+        );
+        assert_eq!(
+            source_of(&c(Some("/srv/hello.wasm"), None)),
+            Ok(Source::WasmFile("/srv/hello.wasm".into()))
+        );
+        assert_eq!(
+            source_of(&c(None, Some("busybox:1"))),
+            Ok(Source::Image("busybox:1".into()))
+        );
+        let err = source_of(&c(Some("ghcr.io/x/y:1"), None)).expect_err("oci");
+        assert_eq!(err.reason, REASON_CONFIG);
+        assert!(err.message.contains("not supported yet"), "{err}");
+    }
+
+    #[test]
+    fn secret_values_decode_data_and_take_string_data() {
+        let mut s = Secret::default();
+        s.metadata.name = "s".into();
+        s.data.insert("a".into(), "aGk=".into());
+        s.string_data.insert("b".into(), "plain".into());
+        let v = secret_values(&s).expect("decode");
+        assert_eq!(v["a"], b"hi");
+        assert_eq!(v["b"], b"plain");
+        s.data.insert("bad".into(), "!!".into());
+        let err = secret_values(&s).expect_err("bad base64");
+        assert!(err.message.contains("data.bad"), "{err}");
+    }
+}

@@ -1,0 +1,698 @@
+//! One task per pod bound to this node: prepares its sandboxes, starts them, restarts them
+//! per the lifecycle's decisions, probes readiness, and writes the pod's status (a
+//! compare-and-swap on the last `resourceVersion` it saw, so a status someone else wrote —
+//! the node lifecycle controller's `NodeLost` — is never overwritten).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use wisp_api::{
+    Condition, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, Pod, PodStatus,
+};
+use wisp_client::Client;
+use wisp_sandbox::{
+    ExitStatus, Kind, Sandbox, SandboxError, SandboxId, SandboxSpec, SandboxStatus, Source, State,
+};
+use wisp_sandbox_wasm::WasmSandbox;
+
+use crate::lifecycle::{self, Backoff, Lifecycle, Stage, Terminated};
+use crate::spec::{self, PrepareError};
+
+/// The runtimes of this node, by name.
+#[derive(Clone, Default)]
+pub struct Runtimes {
+    /// The wasm runtime (also used for in-process readiness probes and kind detection).
+    pub wasm: Option<WasmSandbox>,
+    /// Other runtimes (e.g. docker), looked up by [`Sandbox::runtime`].
+    pub others: Vec<Arc<dyn Sandbox>>,
+}
+
+impl Runtimes {
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Sandbox>> {
+        if let Some(s) = self.others.iter().find(|s| s.runtime() == name) {
+            return Some(s.clone());
+        }
+        match &self.wasm {
+            Some(w) if name == wisp_api::RUNTIME_WASM => Some(Arc::new(w.clone())),
+            _ => None,
+        }
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.others.iter().map(|s| s.runtime().to_owned()).collect();
+        if self.wasm.is_some() {
+            names.push(wisp_api::RUNTIME_WASM.to_owned());
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    pub fn all(&self) -> Vec<Arc<dyn Sandbox>> {
+        self.names().iter().filter_map(|n| self.get(n)).collect()
+    }
+}
+
+/// What every pod worker shares.
+pub struct Ctx {
+    pub client: Client,
+    pub node: String,
+    /// The address reported as the pod's IP (the node's).
+    pub address: String,
+    pub runtimes: Runtimes,
+    pub backoff: Backoff,
+    /// Volumes live under `<pods_dir>/<pod uid>/`.
+    pub pods_dir: PathBuf,
+}
+
+struct Prepared {
+    name: String,
+    runtime: Arc<dyn Sandbox>,
+    spec: SandboxSpec,
+}
+
+#[derive(Default)]
+struct ProbeState {
+    next: Option<Instant>,
+    successes: i32,
+    failures: i32,
+}
+
+pub(crate) struct Worker {
+    ctx: Arc<Ctx>,
+    pod: Arc<Pod>,
+    life: Lifecycle,
+    prepared: Vec<Prepared>,
+    /// Sandboxes found running for this pod when the agent started.
+    adopted: HashMap<SandboxId, SandboxStatus>,
+    /// Generation of each container's current run, so a stale exit is ignored.
+    generation: HashMap<String, u64>,
+    exits: JoinSet<(String, u64, Result<ExitStatus, SandboxError>)>,
+    probes: HashMap<String, ProbeState>,
+    status_retry_at: Option<Instant>,
+    /// The pod was ended by someone else (e.g. `NodeLost`): nothing runs, nothing is written.
+    ended_elsewhere: bool,
+    /// The API says the pod is gone.
+    deleted: bool,
+}
+
+fn stamp(t: SystemTime) -> Option<String> {
+    jiff::Timestamp::try_from(t).ok().map(|t| t.to_string())
+}
+
+fn reason_of(err: &SandboxError, source: &Source) -> &'static str {
+    match err {
+        SandboxError::Fetch { .. } if matches!(source, Source::Image(_)) => "ImagePullBackOff",
+        SandboxError::Fetch { .. } => "ArtifactPullBackOff",
+        SandboxError::Compile { .. } => "InvalidComponent",
+        SandboxError::InvalidSpec(_) => spec::REASON_CONFIG,
+        SandboxError::Unavailable(_) => "RuntimeUnavailable",
+        _ => "PrepareError",
+    }
+}
+
+impl Worker {
+    pub(crate) fn new(ctx: Arc<Ctx>, pod: Arc<Pod>, adopted: Vec<SandboxStatus>) -> Self {
+        let life = Lifecycle::new(
+            pod.spec.restart_policy,
+            ctx.backoff,
+            pod.spec.containers.iter().map(|c| c.name.as_str()),
+        );
+        Self {
+            ctx,
+            pod,
+            life,
+            prepared: Vec::new(),
+            adopted: adopted.into_iter().map(|s| (s.id.clone(), s)).collect(),
+            generation: HashMap::new(),
+            exits: JoinSet::new(),
+            probes: HashMap::new(),
+            status_retry_at: None,
+            ended_elsewhere: false,
+            deleted: false,
+        }
+    }
+
+    fn api(&self) -> wisp_client::Api<Pod> {
+        self.ctx.client.api::<Pod>(self.pod.metadata.namespace.as_deref())
+    }
+
+    /// Runs until the pod is deleted (its sandboxes are then stopped and removed) or the
+    /// agent shuts down (sandboxes are left running, for the next agent to adopt).
+    pub(crate) async fn run(
+        mut self,
+        mut updates: watch::Receiver<Option<Arc<Pod>>>,
+        shutdown: CancellationToken,
+    ) {
+        let span =
+            tracing::info_span!("pod", pod = %self.pod.metadata.name, ns = ?self.pod.metadata.namespace);
+        async move {
+            loop {
+                // `changed()` below marks the value seen, so read it on every pass.
+                let latest = updates.borrow_and_update().clone();
+                match latest {
+                    // Our own status writes may be newer than the watch's copy.
+                    Some(p) if newer(&p, &self.pod) => self.pod = p,
+                    Some(_) => {}
+                    None => return self.terminate().await,
+                }
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                self.step(&shutdown).await;
+                if self.deleted {
+                    return self.terminate().await;
+                }
+                let wakeup = self.wakeup();
+                tokio::select! {
+                    changed = updates.changed() => {
+                        if changed.is_err() {
+                            return; // the agent is gone
+                        }
+                    }
+                    Some(done) = self.exits.join_next(), if !self.exits.is_empty() => {
+                        if let Ok((name, generation, result)) = done {
+                            self.on_exit(&name, generation, result);
+                        }
+                    }
+                    () = sleep_until(wakeup) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+impl Worker {
+    /// One pass: react to the pod's state, prepare, start what is due, probe, report.
+    async fn step(&mut self, shutdown: &CancellationToken) {
+        if self.pod.phase().is_terminal() && !matches!(self.life.stage(), Stage::Done(_)) {
+            if !self.ended_elsewhere {
+                tracing::info!(phase = ?self.pod.phase(), reason = ?self.pod.status.as_ref().and_then(|s| s.reason.clone()),
+                    "pod ended by the control plane; stopping its sandboxes");
+                self.ended_elsewhere = true;
+                self.stop_all(Duration::ZERO).await;
+            }
+            return;
+        }
+        if self.ended_elsewhere {
+            return;
+        }
+        let now = Instant::now();
+        if self.life.should_prepare(now) {
+            self.prepare(shutdown).await;
+            if shutdown.is_cancelled() || self.deleted {
+                return;
+            }
+        }
+        let now = Instant::now();
+        for name in self.life.due_starts(now) {
+            self.start_container(&name).await;
+        }
+        self.run_probes().await;
+        if self.status_retry_at.is_none_or(|t| t <= Instant::now()) {
+            self.sync_status().await;
+        }
+    }
+
+    fn wakeup(&self) -> Option<Instant> {
+        if self.ended_elsewhere {
+            return None;
+        }
+        let probes = self.probes.values().filter_map(|p| p.next);
+        self.life
+            .next_wakeup()
+            .into_iter()
+            .chain(probes)
+            .chain(self.status_retry_at)
+            .min()
+    }
+
+    async fn prepare(&mut self, shutdown: &CancellationToken) {
+        self.life.preparing();
+        // Report `Preparing` only when preparing is not instant (a compiled-cache hit is).
+        let (ctx, pod) = (self.ctx.clone(), self.pod.clone());
+        let work = async move { prepare(&ctx, &pod).await };
+        tokio::pin!(work);
+        let result = tokio::select! {
+            r = &mut work => r,
+            () = tokio::time::sleep(Duration::from_millis(50)) => {
+                self.sync_status().await;
+                tokio::select! {
+                    r = &mut work => r,
+                    () = shutdown.cancelled() => return,
+                }
+            }
+            () = shutdown.cancelled() => return,
+        };
+        match result {
+            Ok(prepared) => {
+                self.prepared = prepared;
+                self.life.prepared();
+            }
+            Err(e) => {
+                tracing::warn!(reason = e.reason, message = %e.message, "cannot prepare the pod");
+                self.life.prepare_failed(Instant::now(), e.reason, &e.message);
+            }
+        }
+    }
+
+    async fn start_container(&mut self, name: &str) {
+        let Some(p) = self.prepared.iter().find(|p| p.name == name) else {
+            return;
+        };
+        let runtime = p.runtime.clone();
+        let spec = p.spec.clone();
+        let id = spec.id.clone();
+        // Adopt what a previous agent left running instead of starting a duplicate.
+        if let Some(found) = self.adopted.remove(&id) {
+            match found.state {
+                State::Running { started_at } => {
+                    tracing::info!(container = name, "adopted a running sandbox");
+                    self.life.started(name, Instant::now(), started_at);
+                    self.watch_exit(name, &runtime, &id);
+                    self.after_start(name, &spec);
+                    return;
+                }
+                _ => {
+                    let _ = runtime.kill(&id).await;
+                    let _ = runtime.delete(&id).await;
+                }
+            }
+        }
+        // A previous run of this container (exited) is removed before the next one.
+        match runtime.delete(&id).await {
+            Ok(()) | Err(SandboxError::NotFound(_)) => {}
+            Err(_) => {
+                let _ = runtime.kill(&id).await;
+                let _ = runtime.delete(&id).await;
+            }
+        }
+        if let Err(e) = runtime.create(&spec).await {
+            tracing::warn!(container = name, error = %e, "cannot create the sandbox");
+            self.life
+                .start_failed(name, Instant::now(), "CreateContainerError", &e.to_string());
+            return;
+        }
+        if let Err(e) = runtime.start(&id).await {
+            tracing::warn!(container = name, error = %e, "cannot start the sandbox");
+            let _ = runtime.delete(&id).await;
+            self.life
+                .start_failed(name, Instant::now(), "StartError", &e.to_string());
+            return;
+        }
+        // The runtime's start time, so that an agent adopting this sandbox later reports the
+        // same one.
+        let started_at = match runtime.status(&id).await {
+            Ok(SandboxStatus {
+                state: State::Running { started_at },
+                ..
+            }) => started_at,
+            _ => SystemTime::now(),
+        };
+        self.life.started(name, Instant::now(), started_at);
+        self.watch_exit(name, &runtime, &id);
+        self.after_start(name, &spec);
+    }
+
+    fn watch_exit(&mut self, name: &str, runtime: &Arc<dyn Sandbox>, id: &SandboxId) {
+        let generation = self.generation.entry(name.to_owned()).or_default();
+        *generation += 1;
+        let generation = *generation;
+        let runtime = runtime.clone();
+        let id = id.clone();
+        let name = name.to_owned();
+        self.exits.spawn(async move {
+            let r = runtime.wait(&id).await;
+            (name, generation, r)
+        });
+    }
+
+    /// Readiness after a start: probed when the container has an HTTP readiness probe,
+    /// else ready at once (an HTTP component is ready when it is instantiable, which `create`
+    /// checked).
+    fn after_start(&mut self, name: &str, spec: &SandboxSpec) {
+        let probe = self.probe_of(name, spec);
+        match probe {
+            Some(p) => {
+                let delay = Duration::from_secs(u64::try_from(p.initial_delay_seconds.max(0)).unwrap_or(0));
+                self.probes.insert(
+                    name.to_owned(),
+                    ProbeState {
+                        next: Some(Instant::now() + delay),
+                        ..ProbeState::default()
+                    },
+                );
+            }
+            None => {
+                self.life.set_ready(name, true);
+            }
+        }
+    }
+
+    fn probe_of(&self, name: &str, spec: &SandboxSpec) -> Option<wisp_api::Probe> {
+        let c = self.pod.spec.containers.iter().find(|c| c.name == name)?;
+        let probe = c.readiness_probe.clone()?;
+        (probe.http_get.is_some() && spec.kind == Kind::Http && self.ctx.runtimes.wasm.is_some())
+            .then_some(probe)
+    }
+
+    async fn run_probes(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .probes
+            .iter()
+            .filter(|(_, p)| p.next.is_some_and(|t| t <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            let Some(c) = self.pod.spec.containers.iter().find(|c| c.name == name) else {
+                continue;
+            };
+            let Some(probe) = c.readiness_probe.clone() else {
+                continue;
+            };
+            let running = self
+                .life
+                .container(&name)
+                .is_some_and(lifecycle::Container::is_running);
+            if !running {
+                self.probes.remove(&name);
+                continue;
+            }
+            let ok = self.probe_once(&name, &probe).await;
+            let Some(state) = self.probes.get_mut(&name) else {
+                continue;
+            };
+            if ok {
+                state.successes += 1;
+                state.failures = 0;
+            } else {
+                state.failures += 1;
+                state.successes = 0;
+            }
+            let period = Duration::from_secs(u64::try_from(probe.period_seconds.max(1)).unwrap_or(10));
+            state.next = Some(Instant::now() + period);
+            let ready_now = self.life.container(&name).is_some_and(|c| c.ready);
+            if !ready_now && state.successes >= probe.success_threshold.max(1) {
+                self.life.set_ready(&name, true);
+            } else if ready_now && state.failures >= probe.failure_threshold.max(1) {
+                self.life.set_ready(&name, false);
+            }
+        }
+    }
+
+    /// One HTTP GET to the component, in process.
+    async fn probe_once(&self, name: &str, probe: &wisp_api::Probe) -> bool {
+        let (Some(wasm), Some(get)) = (&self.ctx.runtimes.wasm, &probe.http_get) else {
+            return true;
+        };
+        let id = spec::sandbox_id(&self.pod, name);
+        let Ok(request) = http::Request::get(format!("http://localhost{}", get.path))
+            .header(http::header::USER_AGENT, "wisp-probe")
+            .body(Empty::<Bytes>::new())
+        else {
+            return false;
+        };
+        let timeout = Duration::from_secs(u64::try_from(probe.timeout_seconds.max(1)).unwrap_or(1));
+        let call = async {
+            let resp = wasm.handle(&id, request).await.ok()?;
+            let ok = resp.status().is_success() || resp.status().is_redirection();
+            resp.into_body().collect().await.ok()?;
+            Some(ok)
+        };
+        matches!(tokio::time::timeout(timeout, call).await, Ok(Some(true)))
+    }
+
+    fn on_exit(&mut self, name: &str, generation: u64, result: Result<ExitStatus, SandboxError>) {
+        if self.generation.get(name) != Some(&generation) {
+            return;
+        }
+        let exit = result.unwrap_or_else(|e| ExitStatus {
+            exit_code: 137,
+            reason: Some(format!("Lost: {e}")),
+        });
+        tracing::info!(container = name, code = exit.exit_code, reason = ?exit.reason, "container exited");
+        self.probes.remove(name);
+        self.life.exited(name, exit, Instant::now(), SystemTime::now());
+    }
+
+    /// The status this worker would report now, from the pod's current one.
+    fn desired_status(&self) -> PodStatus {
+        let mut st = self.pod.status.clone().unwrap_or_default();
+        let now = jiff::Timestamp::now().to_string();
+        st.phase = self.life.phase();
+        st.node_name = Some(self.ctx.node.clone());
+        st.host_ip = Some(self.ctx.address.clone());
+        st.pod_ip = matches!(self.life.stage(), Stage::Running).then(|| self.ctx.address.clone());
+        if st.start_time.is_none() {
+            st.start_time = Some(now.clone());
+        }
+        st.reason = None;
+        st.message = self.life.message.clone();
+        st.container_statuses = self
+            .life
+            .containers()
+            .iter()
+            .map(|c| container_status(&self.pod, c))
+            .collect();
+        let ready = self.life.ready();
+        let (reason, message) = if ready {
+            ("PodReady", String::new())
+        } else {
+            let waiting: Vec<&str> = self
+                .life
+                .containers()
+                .iter()
+                .filter(|c| !c.ready)
+                .map(|c| c.name.as_str())
+                .collect();
+            (
+                "ContainersNotReady",
+                format!("containers not ready: {}", waiting.join(", ")),
+            )
+        };
+        for type_ in [wisp_api::POD_READY, wisp_api::CONTAINERS_READY] {
+            wisp_api::meta::set_condition(
+                &mut st.conditions,
+                Condition {
+                    type_: type_.into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    reason: Some(reason.into()),
+                    message: (!message.is_empty()).then(|| message.clone()),
+                    ..Condition::default()
+                },
+                &now,
+            );
+        }
+        st
+    }
+
+    /// Writes the status when it differs from the pod's, as a CAS on the pod's
+    /// resourceVersion; on a conflict the pod is read again and the next pass decides.
+    async fn sync_status(&mut self) {
+        let desired = self.desired_status();
+        if self.pod.status.as_ref() == Some(&desired) {
+            self.status_retry_at = None;
+            return;
+        }
+        let mut next = (*self.pod).clone();
+        next.status = Some(desired);
+        match self.api().replace_status(&next).await {
+            Ok(written) => {
+                self.pod = Arc::new(written);
+                self.status_retry_at = None;
+            }
+            Err(e) if e.code() == Some(409) => match self.api().get_opt(&self.pod.metadata.name).await {
+                Ok(Some(fresh)) if fresh.metadata.uid == self.pod.metadata.uid => {
+                    self.pod = Arc::new(fresh);
+                    self.status_retry_at = Some(Instant::now());
+                }
+                Ok(_) => self.deleted = true,
+                Err(e) => self.retry_status_later(&e),
+            },
+            Err(e) if e.code() == Some(404) => self.deleted = true,
+            Err(e) => self.retry_status_later(&e),
+        }
+    }
+
+    fn retry_status_later(&mut self, e: &wisp_client::ClientError) {
+        tracing::warn!(error = %e, "cannot write the pod status; retrying");
+        self.status_retry_at = Some(Instant::now() + Duration::from_millis(500));
+    }
+
+    async fn stop_all(&mut self, grace: Duration) {
+        self.exits.abort_all();
+        self.probes.clear();
+        for p in &self.prepared {
+            match p.runtime.stop(&p.spec.id, grace).await {
+                Ok(_) | Err(SandboxError::NotFound(_)) => {}
+                Err(e) => tracing::warn!(container = %p.name, error = %e, "cannot stop the sandbox"),
+            }
+        }
+        for (id, found) in std::mem::take(&mut self.adopted) {
+            if let Some(runtime) = self.runtime_of(&found) {
+                let _ = runtime.stop(&id, grace).await;
+                let _ = runtime.delete(&id).await;
+            }
+        }
+    }
+
+    fn runtime_of(&self, found: &SandboxStatus) -> Option<Arc<dyn Sandbox>> {
+        self.ctx.runtimes.get(found.labels.get(crate::LABEL_RUNTIME)?)
+    }
+
+    /// The pod is gone: stop its sandboxes within its grace period, remove them and its
+    /// volumes.
+    async fn terminate(mut self) {
+        let grace = Duration::from_secs(
+            u64::try_from(
+                self.pod
+                    .spec
+                    .termination_grace_period_seconds
+                    .unwrap_or(30)
+                    .max(0),
+            )
+            .unwrap_or(30),
+        );
+        tracing::info!(?grace, "pod deleted; stopping its sandboxes");
+        self.stop_all(grace).await;
+        for p in &self.prepared {
+            match p.runtime.delete(&p.spec.id).await {
+                Ok(()) | Err(SandboxError::NotFound(_)) => {}
+                Err(e) => tracing::warn!(container = %p.name, error = %e, "cannot remove the sandbox"),
+            }
+        }
+        if let Some(uid) = &self.pod.metadata.uid {
+            let dir = self.ctx.pods_dir.join(uid);
+            if dir.exists()
+                && let Err(e) = tokio::fs::remove_dir_all(&dir).await
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the pod directory");
+            }
+        }
+    }
+}
+
+fn container_status(pod: &Pod, c: &lifecycle::Container) -> ContainerStatus {
+    let terminated = |t: &Terminated| ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code: t.exit.exit_code,
+            reason: t.exit.reason.clone().or_else(|| {
+                Some(
+                    if t.exit.exit_code == 0 {
+                        "Completed"
+                    } else {
+                        "Error"
+                    }
+                    .into(),
+                )
+            }),
+            message: None,
+            started_at: t.started_at.and_then(stamp),
+            finished_at: stamp(t.finished_at),
+        }),
+        ..ContainerState::default()
+    };
+    let state = match &c.state {
+        lifecycle::ContainerState::Waiting { reason, message } => ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(reason.clone()),
+                message: message.clone(),
+            }),
+            ..ContainerState::default()
+        },
+        lifecycle::ContainerState::Running { started_at, .. } => ContainerState {
+            running: Some(ContainerStateRunning {
+                started_at: stamp(*started_at),
+            }),
+            ..ContainerState::default()
+        },
+        lifecycle::ContainerState::Terminated(t) => terminated(t),
+    };
+    let id = spec::sandbox_id(pod, &c.name);
+    let runtime = pod
+        .spec
+        .containers
+        .iter()
+        .find(|x| x.name == c.name)
+        .map_or("wasm", wisp_api::Container::runtime);
+    ContainerStatus {
+        name: c.name.clone(),
+        ready: c.ready,
+        restart_count: c.restarts,
+        state: Some(state),
+        last_state: c.last_terminated.as_ref().map(terminated),
+        container_id: Some(format!("{runtime}://{id}")),
+    }
+}
+
+/// Resolves the pod's containers and has each runtime fetch and compile (or pull) its code.
+async fn prepare(ctx: &Ctx, pod: &Pod) -> Result<Vec<Prepared>, PrepareError> {
+    let uid = pod.metadata.uid.as_deref().unwrap_or("unknown");
+    let drafts = spec::drafts(&ctx.client, pod, &ctx.pods_dir.join(uid)).await?;
+    let mut out = Vec::with_capacity(drafts.len());
+    for (draft, c) in drafts.into_iter().zip(&pod.spec.containers) {
+        let Some(runtime) = ctx.runtimes.get(draft.runtime) else {
+            return Err(PrepareError {
+                reason: "RuntimeUnavailable",
+                message: format!(
+                    "container {:?} needs the {} runtime, which node {} does not have",
+                    c.name, draft.runtime, ctx.node
+                ),
+            });
+        };
+        let mut spec = draft.spec;
+        runtime.prepare(&spec).await.map_err(|e| PrepareError {
+            reason: reason_of(&e, &spec.source),
+            message: format!("container {:?}: {e}", c.name),
+        })?;
+        if draft.runtime == wisp_api::RUNTIME_WASM
+            && let Some(wasm) = &ctx.runtimes.wasm
+        {
+            spec.kind = wasm.kind_of(&spec.source).await.map_err(|e| PrepareError {
+                reason: reason_of(&e, &spec.source),
+                message: format!("container {:?}: {e}", c.name),
+            })?;
+        }
+        out.push(Prepared {
+            name: c.name.clone(),
+            runtime,
+            spec,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether `a` is a later version of the pod than `b` (by resourceVersion).
+fn newer(a: &Pod, b: &Pod) -> bool {
+    let rv = |p: &Pod| {
+        p.metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    match (rv(a), rv(b)) {
+        (Some(x), Some(y)) => x > y,
+        _ => true,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
