@@ -1,5 +1,5 @@
 //! The node agent against a real API server (embedded store, HTTP on loopback) and the real
-//! wasm runtime, with the guest components built from `examples/guests`. Pods are bound by
+//! wasm runtime, with the guest components built from `examples/` (tests/build-guests.sh). Pods are bound by
 //! hand (`spec.nodeName`), no scheduler or controllers run here.
 
 use std::path::PathBuf;
@@ -24,10 +24,7 @@ const NODE: &str = "node-a";
 
 fn guest(name: &str) -> PathBuf {
     let dir = std::env::var_os("WISP_GUESTS_DIR").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../examples/guests/target/wasm32-wasip2/release")
-        },
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/target/wasm32-wasip2/release"),
         PathBuf::from,
     );
     let path = dir.join(format!("{name}.wasm"));

@@ -5,7 +5,7 @@
 //! allocation, all in one run. Prints a Markdown table on stdout.
 //!
 //! ```text
-//! tests/build-guests.sh   # once: builds examples/guests/…/hello.wasm
+//! tests/build-guests.sh   # once: builds examples/target/…/hello.wasm
 //! cargo run --release -p wisp-sandbox-wasm --example bench_instantiate [-- -n 20000]
 //! ```
 //!
@@ -256,13 +256,10 @@ fn args() -> anyhow::Result<Args> {
     Ok(Args { iterations, only })
 }
 
-/// `examples/guests/target/wasm32-wasip2/release/<name>.wasm`, or under `$WISP_GUESTS_DIR`.
+/// `examples/target/wasm32-wasip2/release/<name>.wasm`, or under `$WISP_GUESTS_DIR`.
 fn guest(name: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::var_os("WISP_GUESTS_DIR").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../examples/guests/target/wasm32-wasip2/release")
-        },
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/target/wasm32-wasip2/release"),
         PathBuf::from,
     );
     let path = dir.join(format!("{name}.wasm"));

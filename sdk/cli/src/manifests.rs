@@ -1,7 +1,7 @@
 //! Reading manifests: files, directories or stdin; multi-document YAML or JSON.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
@@ -10,6 +10,8 @@ use serde_json::Value;
 pub struct Document {
     pub origin: String,
     pub value: Value,
+    /// Directory that relative paths in the document (component files) are relative to.
+    pub base: PathBuf,
 }
 
 fn parse(origin: &str, text: &str) -> anyhow::Result<Vec<Document>> {
@@ -47,6 +49,7 @@ fn parse(origin: &str, text: &str) -> anyhow::Result<Vec<Document>> {
                 docs.push(Document {
                     origin: format!("{origin} (document {}, item {})", i + 1, j + 1),
                     value: item,
+                    base: PathBuf::from("."),
                 });
             }
             continue;
@@ -54,9 +57,48 @@ fn parse(origin: &str, text: &str) -> anyhow::Result<Vec<Document>> {
         docs.push(Document {
             origin: format!("{origin} (document {})", i + 1),
             value,
+            base: PathBuf::from("."),
         });
     }
     Ok(docs)
+}
+
+/// The documents of the file at `path`, relative paths in them resolved from its directory.
+fn parse_file(path: &Path) -> anyhow::Result<Vec<Document>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let base = path
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let mut docs = parse(&path.display().to_string(), &text)?;
+    for d in &mut docs {
+        d.base.clone_from(&base);
+    }
+    Ok(docs)
+}
+
+/// Every `wasm:` value of `value` that names a component file (`*.wasm`, not a `sha256:`
+/// digest), as a mutable reference, for `apply` to upload and replace by its digest.
+pub fn component_files(value: &mut Value) -> Vec<&mut Value> {
+    let mut out = Vec::new();
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                match v {
+                    Value::String(s) if k == "wasm" && !s.starts_with("sha256:") && s.ends_with(".wasm") => {
+                        out.push(v);
+                    }
+                    _ => out.extend(component_files(v)),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                out.extend(component_files(v));
+            }
+        }
+        _ => {}
+    }
+    out
 }
 
 /// Read every document named by `-f` arguments.
@@ -84,13 +126,10 @@ pub fn read_all(sources: &[String]) -> anyhow::Result<Vec<Document>> {
                 .collect();
             entries.sort();
             for p in entries {
-                let text =
-                    std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-                docs.extend(parse(&p.display().to_string(), &text)?);
+                docs.extend(parse_file(&p)?);
             }
         } else {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {source}"))?;
-            docs.extend(parse(source, &text)?);
+            docs.extend(parse_file(path)?);
         }
     }
     Ok(docs)
@@ -112,6 +151,20 @@ mod tests {
     fn malformed_yaml_names_the_file() {
         let err = parse("bad.yaml", "kind: [unclosed\n").err().expect("must fail");
         assert!(format!("{err:#}").contains("bad.yaml"), "{err:#}");
+    }
+
+    #[test]
+    fn component_files_are_found_at_any_depth_and_digests_are_left_alone() {
+        let mut v: Value = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "a", "wasm": "./a.wasm"},
+            {"name": "b", "wasm": "sha256:00"},
+            {"name": "c", "image": "x.wasm"}
+        ]}}}});
+        let found: Vec<String> = component_files(&mut v)
+            .into_iter()
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(found, ["./a.wasm"]);
     }
 
     #[test]

@@ -117,7 +117,15 @@ pub async fn apply(global: &Global, args: ApplyArgs) -> anyhow::Result<()> {
     let client = client(global)?;
     let mut failures = 0;
     for doc in &docs {
-        if let Err(e) = apply_one(&client, doc, args.namespace.as_deref()).await {
+        let doc = match upload_components(&client, doc).await {
+            Ok(d) => d,
+            Err(e) => {
+                failures += 1;
+                complain(&format!("error: {e:#}"));
+                continue;
+            }
+        };
+        if let Err(e) = apply_one(&client, &doc, args.namespace.as_deref()).await {
             failures += 1;
             complain(&format!("error: {e:#}"));
         }
@@ -126,6 +134,33 @@ pub async fn apply(global: &Global, args: ApplyArgs) -> anyhow::Result<()> {
         bail!("{failures} of {} objects failed", docs.len());
     }
     Ok(())
+}
+
+/// Component files named by `wasm:` (relative to the manifest) are uploaded to the API's
+/// blob store and replaced by their digests, so any node can fetch them.
+async fn upload_components(client: &Client, doc: &Document) -> anyhow::Result<Document> {
+    let mut out = Document {
+        origin: doc.origin.clone(),
+        value: doc.value.clone(),
+        base: doc.base.clone(),
+    };
+    for slot in crate::manifests::component_files(&mut out.value) {
+        let name = slot.as_str().unwrap_or_default().to_owned();
+        let path = doc.base.join(&name);
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "{}: wasm: cannot read component file {name:?} (looked at {})",
+                doc.origin,
+                path.display()
+            )
+        })?;
+        let digest = client
+            .put_blob(bytes::Bytes::from(bytes))
+            .await
+            .with_context(|| format!("{}: cannot upload {}", doc.origin, path.display()))?;
+        *slot = Value::from(digest);
+    }
+    Ok(out)
 }
 
 async fn apply_one(client: &Client, doc: &Document, flag_ns: Option<&str>) -> anyhow::Result<()> {

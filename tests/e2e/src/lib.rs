@@ -35,9 +35,11 @@ pub fn wisp_bin() -> anyhow::Result<PathBuf> {
     Ok(candidate)
 }
 
-/// Options of one `wisp server` process.
+/// Options of one `wisp server` (or `wisp up`) process.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
+    /// `server` (default: control plane only) or `up` (plus an in-process node agent).
+    pub command: Option<String>,
     /// `embedded` (default) or `etcd://host:port`.
     pub store: Option<String>,
     /// Extra flags, e.g. `--store-history 10`.
@@ -79,8 +81,12 @@ impl Wisp {
 
     fn boot(&mut self) -> anyhow::Result<()> {
         let store = self.options.store.clone().unwrap_or_else(|| "embedded".into());
-        let mut child = Command::new(wisp_bin()?)
-            .args(["server", "--store", &store])
+        let mut cmd = Command::new(wisp_bin()?);
+        match self.options.command.as_deref().unwrap_or("server") {
+            "up" => cmd.args(["up", "--node-name", "local"]),
+            other => cmd.args([other, "--store", &store]),
+        };
+        let mut child = cmd
             .args([
                 "--listen",
                 self.options.listen.as_deref().unwrap_or("127.0.0.1:0"),
@@ -159,6 +165,90 @@ impl Wisp {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ))
+    }
+}
+
+/// `examples/target/wasm32-wasip2/release/<name>.wasm`, or under `$WISP_GUESTS_DIR`.
+pub fn guest(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::var_os("WISP_GUESTS_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/target/wasm32-wasip2/release"),
+        PathBuf::from,
+    );
+    let path = dir.join(format!("{name}.wasm"));
+    if !path.is_file() {
+        bail!(
+            "guest component {} is missing: run tests/build-guests.sh first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The repository's `examples/` directory.
+pub fn examples_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+/// A running `wisp node` against a [`Wisp`] server; killed (SIGKILL) on drop.
+pub struct NodeAgent {
+    child: Option<Child>,
+    pub name: String,
+    pub dir: PathBuf,
+    server: String,
+    token: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl NodeAgent {
+    /// Start `wisp node --node-name <name>` on a fresh data directory.
+    pub fn start(wisp: &Wisp, name: &str) -> anyhow::Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let mut n = Self {
+            child: None,
+            name: name.to_owned(),
+            dir: tmp.path().to_path_buf(),
+            server: wisp.url.clone(),
+            token: wisp.token.clone(),
+            _tmp: tmp,
+        };
+        n.boot()?;
+        Ok(n)
+    }
+
+    fn boot(&mut self) -> anyhow::Result<()> {
+        let child = Command::new(wisp_bin()?)
+            .args(["node", "--node-name", &self.name, "--agent-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .env("WISP_SERVER", &self.server)
+            .env("WISP_TOKEN", &self.token)
+            .env("WISP_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start wisp node")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: the agent and every pod it runs in process die at once.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again with the same name and data directory.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.boot()
+    }
+}
+
+impl Drop for NodeAgent {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

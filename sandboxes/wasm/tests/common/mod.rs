@@ -7,13 +7,10 @@ use std::sync::Arc;
 use wisp_sandbox::{ArtifactSource, Kind, Limits, SandboxId, SandboxSpec, Source};
 use wisp_sandbox_wasm::{WasmConfig, WasmSandbox};
 
-/// `examples/guests/target/wasm32-wasip2/release/<name>.wasm`, or under `$WISP_GUESTS_DIR`.
+/// `examples/target/wasm32-wasip2/release/<name>.wasm`, or under `$WISP_GUESTS_DIR`.
 pub fn guest(name: &str) -> PathBuf {
     let dir = std::env::var_os("WISP_GUESTS_DIR").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../examples/guests/target/wasm32-wasip2/release")
-        },
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/target/wasm32-wasip2/release"),
         PathBuf::from,
     );
     let path = dir.join(format!("{name}.wasm"));
