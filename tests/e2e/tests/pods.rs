@@ -4,6 +4,8 @@
 //! pods; and with `wisp server` + two `wisp node` processes, a node killed with SIGKILL has
 //! its pods replaced on the other one, with no duplicates when it comes back.
 
+#![allow(clippy::print_stderr)] // the tests report the figures they measure
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
