@@ -65,7 +65,7 @@ macro_rules! cases {
                 async fn $case() {
                     let etcd = wisp_e2e::EtcdServer::start().expect("start etcd");
                     let store = format!("etcd://{}", etcd.endpoint.trim_start_matches("http://"));
-                    let w = super::Wisp::start(super::Options { store: Some(store), args: vec!["--bookmark-ms".into(), "300".into(), "--controllers".into(), "false".into()], listen: None }).expect("start wisp");
+                    let w = super::Wisp::start(super::Options { store: Some(store), args: vec!["--bookmark-ms".into(), "300".into(), "--controllers".into(), "false".into()], ..Default::default() }).expect("start wisp");
                     super::$case(&w, Some(&etcd.endpoint)).await;
                 }
             )*
