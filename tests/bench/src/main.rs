@@ -7,6 +7,7 @@
 
 mod api_level;
 mod drive;
+mod pod_start;
 mod report;
 mod scenario;
 mod store_level;
@@ -33,6 +34,8 @@ struct Cli {
 enum Command {
     /// Store and API throughput and latency, and watch delivery, on embedded and etcd.
     StoreApi(StoreApiArgs),
+    /// Wasm pod create → Running and ready, seen through a watch (API + scheduler + agent).
+    PodStart(pod_start::PodStartArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -327,6 +330,12 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::StoreApi(args) => store_api(args).await,
+        Command::PodStart(args) => match pod_start::run(args).await {
+            Ok(report) => std::io::stdout()
+                .write_all(report.as_bytes())
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
