@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -54,11 +54,42 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
+        // Read (and drop) a moderately oversize body first: a server that answers and closes
+        // while the client is still sending makes the client see a broken pipe instead of
+        // the 413. Past the drain cap the connection is simply closed.
+        drain(body, limit.saturating_mul(DRAIN_FACTOR)).await;
         return Err(ApiError::TooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge { limit }),
-        Err(e) => Err(ApiError::BadRequest(format!("cannot read request body: {e}"))),
+    let mut body = std::pin::pin!(body);
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.as_mut().frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::BadRequest(format!("cannot read request body: {}", e.into())))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                drain(body, limit.saturating_mul(DRAIN_FACTOR)).await;
+                return Err(ApiError::TooLarge { limit });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// An oversize body is read and dropped up to this many times the limit before the 413.
+const DRAIN_FACTOR: usize = 4;
+
+/// Reads and drops up to `cap` bytes of `body`.
+async fn drain<B>(body: B, cap: usize)
+where
+    B: hyper::body::Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut seen = 0usize;
+    while seen <= cap {
+        match body.as_mut().frame().await {
+            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, Bytes::len),
+            _ => return,
+        }
     }
 }
