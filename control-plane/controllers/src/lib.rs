@@ -1,13 +1,15 @@
 //! wisp-controllers owns Wisp's level-triggered reconcilers, each a `wisp-runtime`
-//! controller that reads watch-fed caches and writes only through the API: the ReplicaSet
-//! the Deployment and ReplicaSet controllers, the Endpoints controller and garbage
-//! collection through `ownerReferences`, and Node lifecycle (lease expiry → NotReady → pods
+//! controller that reads watch-fed caches and writes only through the API: the Deployment
+//! and ReplicaSet controllers, the Endpoints controller, the Function
+//! controller (Function → Deployment + Service + Route), garbage collection through
+//! `ownerReferences`, and Node lifecycle (lease expiry → NotReady → pods
 //! failed and replaced).
 //!
 //! It must not touch the store or run workloads.
 
 pub mod deployment;
 pub mod endpoints;
+pub mod function;
 pub mod gc;
 pub mod nodes;
 pub mod replicaset;
@@ -15,7 +17,7 @@ pub mod replicaset;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use wisp_api::{Deployment, Endpoints, Lease, Node, Pod, ReplicaSet, Service};
+use wisp_api::{Deployment, Endpoints, Function, Lease, Node, Pod, ReplicaSet, Route, Service};
 use wisp_client::{Client, ClientError, WatchParams};
 use wisp_runtime::{Controller, Writer, reflector, watcher_stream};
 
@@ -94,6 +96,25 @@ pub async fn run_deployments(client: Client, shutdown: CancellationToken) {
         .await;
 }
 
+/// Run the Function controller until `shutdown`: reconciled when the Function or its
+/// Deployment changes (ready replicas feed its status).
+pub async fn run_functions(client: Client, shutdown: CancellationToken) {
+    let ctx = Arc::new(function::Context {
+        client: client.clone(),
+    });
+    Controller::new(client.api::<Function>(None), WatchParams::default())
+        .owns(client.api::<Deployment>(None), WatchParams::default())
+        .run(
+            function::reconcile,
+            |_f: Arc<Function>, _e: &Error, _c: Arc<function::Context>| {
+                wisp_runtime::Action::requeue(std::time::Duration::from_secs(1))
+            },
+            ctx,
+            shutdown,
+        )
+        .await;
+}
+
 /// Run the Node lifecycle controller until `shutdown`.
 pub async fn run_nodes(client: Client, grace: std::time::Duration, shutdown: CancellationToken) {
     let lease_writer = Writer::<Lease>::new();
@@ -131,6 +152,10 @@ pub async fn run(client: Client, node_grace: std::time::Duration, shutdown: Canc
         gc::run::<ReplicaSet, Deployment>(client.clone(), shutdown.clone()),
         run_endpoints(client.clone(), shutdown.clone()),
         gc::run::<Endpoints, Service>(client.clone(), shutdown.clone()),
+        run_functions(client.clone(), shutdown.clone()),
+        gc::run::<Deployment, Function>(client.clone(), shutdown.clone()),
+        gc::run::<Service, Function>(client.clone(), shutdown.clone()),
+        gc::run::<Route, Function>(client.clone(), shutdown.clone()),
         run_nodes(client, node_grace, shutdown),
     );
 }

@@ -23,17 +23,7 @@ use wisp_sandbox_wasm::{WasmConfig, WasmSandbox};
 const NODE: &str = "node-a";
 
 fn guest(name: &str) -> PathBuf {
-    let dir = std::env::var_os("WISP_GUESTS_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/target/wasm32-wasip2/release"),
-        PathBuf::from,
-    );
-    let path = dir.join(format!("{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "guest component {} is missing: run tests/build-guests.sh first",
-        path.display()
-    );
-    path
+    wisp_sandbox_wasm::guests::path(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 struct Cluster {

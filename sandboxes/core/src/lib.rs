@@ -99,6 +99,26 @@ pub struct SandboxSpec {
     pub labels: BTreeMap<String, String>,
 }
 
+impl SandboxSpec {
+    /// A spec that grants nothing: no args, env, mounts, ports, limits, outbound hosts or
+    /// labels.
+    pub fn new(id: SandboxId, source: Source, kind: Kind) -> Self {
+        Self {
+            id,
+            source,
+            kind,
+            args: Vec::new(),
+            env: Vec::new(),
+            mounts: Vec::new(),
+            ports: Vec::new(),
+            limits: Limits::default(),
+            allowed_outbound_hosts: Vec::new(),
+            read_only_root: false,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
 /// Where a started sandbox can be reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use wisp_sandbox::{Kind, Limits, Sandbox, SandboxId, SandboxSpec, Source};
+use wisp_sandbox::{Kind, Sandbox, SandboxId, SandboxSpec, Source};
 use wisp_sandbox_wasm::{WasmConfig, WasmSandbox};
 
 const DEFAULT_ITERATIONS: usize = 20_000;
@@ -256,34 +256,15 @@ fn args() -> anyhow::Result<Args> {
     Ok(Args { iterations, only })
 }
 
-/// `examples/target/wasm32-wasip2/release/<name>.wasm`, or under `$WISP_GUESTS_DIR`.
 fn guest(name: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::var_os("WISP_GUESTS_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/target/wasm32-wasip2/release"),
-        PathBuf::from,
-    );
-    let path = dir.join(format!("{name}.wasm"));
-    ensure!(
-        path.is_file(),
-        "guest component {} is missing: build the guests first with `tests/build-guests.sh` \
-         (or point WISP_GUESTS_DIR at a directory holding {name}.wasm)",
-        path.display()
-    );
+    let path = wisp_sandbox_wasm::guests::path(name).map_err(anyhow::Error::msg)?;
     Ok(path.canonicalize()?)
 }
 
 fn spec(hello: &std::path::Path) -> SandboxSpec {
-    SandboxSpec {
-        id: SandboxId::new("uid-bench-hello", "main"),
-        source: Source::WasmFile(hello.to_owned()),
-        kind: Kind::Http,
-        args: Vec::new(),
-        env: Vec::new(),
-        mounts: Vec::new(),
-        ports: Vec::new(),
-        limits: Limits::default(),
-        allowed_outbound_hosts: Vec::new(),
-        read_only_root: false,
-        labels: Default::default(),
-    }
+    SandboxSpec::new(
+        SandboxId::new("uid-bench-hello", "main"),
+        Source::WasmFile(hello.to_owned()),
+        Kind::Http,
+    )
 }

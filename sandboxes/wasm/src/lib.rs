@@ -16,6 +16,8 @@
 
 mod component;
 mod engine;
+#[doc(hidden)]
+pub mod guests;
 mod host;
 mod http;
 mod kind;

@@ -78,12 +78,11 @@ fn ready_events(client: &Client, stop: CancellationToken) -> mpsc::UnboundedRece
 }
 
 pub async fn run(args: &PodStartArgs) -> anyhow::Result<String> {
-    let component = args.component.clone().unwrap_or_else(|| {
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../examples/target/wasm32-wasip2/release/hello.wasm")
-    });
-    let bytes = std::fs::read(&component)
-        .with_context(|| format!("{} (build it with tests/build-guests.sh)", component.display()))?;
+    let component = match &args.component {
+        Some(c) => c.clone(),
+        None => wisp_sandbox_wasm::guests::path("hello").map_err(anyhow::Error::msg)?,
+    };
+    let bytes = std::fs::read(&component).with_context(|| format!("cannot read {}", component.display()))?;
     let server = TestServer::start().await?;
     let client = Client::new(&server.url, &server.token);
     let shutdown = CancellationToken::new();

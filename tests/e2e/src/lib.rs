@@ -168,10 +168,11 @@ impl Wisp {
     }
 }
 
-/// `examples/target/wasm32-wasip2/release/<name>.wasm`, or under `$WISP_GUESTS_DIR`.
+/// A guest component built by `tests/build-guests.sh` (see `wisp_sandbox_wasm::guests`,
+/// not a dependency here: the e2e tests drive the `wisp` binary and link no wasmtime).
 pub fn guest(name: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::var_os("WISP_GUESTS_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/target/wasm32-wasip2/release"),
+        || examples_dir().join("target/wasm32-wasip2/release"),
         PathBuf::from,
     );
     let path = dir.join(format!("{name}.wasm"));

@@ -4,23 +4,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use wisp_sandbox::{ArtifactSource, Kind, Limits, SandboxId, SandboxSpec, Source};
+use wisp_sandbox::{ArtifactSource, Kind, SandboxId, SandboxSpec, Source};
 use wisp_sandbox_wasm::{WasmConfig, WasmSandbox};
 
-/// `examples/target/wasm32-wasip2/release/<name>.wasm`, or under `$WISP_GUESTS_DIR`.
+/// A guest component built by `tests/build-guests.sh`.
 pub fn guest(name: &str) -> PathBuf {
-    let dir = std::env::var_os("WISP_GUESTS_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/target/wasm32-wasip2/release"),
-        PathBuf::from,
-    );
-    let path = dir.join(format!("{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "guest component {} is missing: build the guests first with `tests/build-guests.sh` \
-         (or point WISP_GUESTS_DIR at a directory holding {name}.wasm)",
-        path.display()
-    );
-    path
+    wisp_sandbox_wasm::guests::path(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A runtime with a small pool (tests run many engines in one process).
@@ -34,17 +23,7 @@ pub fn runtime(artifacts: Option<Arc<dyn ArtifactSource>>) -> (WasmSandbox, temp
 }
 
 pub fn spec(id: &str, source: Source, kind: Kind, args: &[&str]) -> SandboxSpec {
-    SandboxSpec {
-        id: SandboxId::new(&format!("uid-{id}"), "main"),
-        source,
-        kind,
-        args: args.iter().map(|a| (*a).to_owned()).collect(),
-        env: Vec::new(),
-        mounts: Vec::new(),
-        ports: Vec::new(),
-        limits: Limits::default(),
-        allowed_outbound_hosts: Vec::new(),
-        read_only_root: false,
-        labels: Default::default(),
-    }
+    let mut s = SandboxSpec::new(SandboxId::new(&format!("uid-{id}"), "main"), source, kind);
+    s.args = args.iter().map(|a| (*a).to_owned()).collect();
+    s
 }

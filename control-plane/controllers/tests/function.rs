@@ -1,0 +1,112 @@
+//! The Function controller against a real API server: a Function expands to an owned
+//! Deployment, Service and Route, keeps the autoscaler's replicas within its bounds, reports
+//! its URL and replicas, and takes its children with it when deleted.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+use wisp_api::{Container, Deployment, Function, ObjectMeta, Resource, Route, Service};
+use wisp_client::Client;
+
+async fn eventually<T>(
+    what: &str,
+    mut probe: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = probe().await? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_expands_scales_within_bounds_and_is_collected() -> anyhow::Result<()> {
+    let server = wisp_apiserver::testutil::TestServer::start().await?;
+    let client = Client::new(&server.url, &server.token);
+    let shutdown = CancellationToken::new();
+    let controllers = tokio::spawn(wisp_controllers::run(
+        client.clone(),
+        Duration::from_secs(10),
+        shutdown.clone(),
+    ));
+    let mut f = Function::new(ObjectMeta::namespaced("default", "hello"));
+    f.spec.scaling.min_scale = 1;
+    f.spec.scaling.max_scale = 3;
+    f.spec.template.spec.containers = vec![Container {
+        name: "hello".into(),
+        wasm: Some(format!("sha256:{}", "0".repeat(64))),
+        ..Container::default()
+    }];
+    let functions = client.api::<Function>(Some("default"));
+    let created = functions.create(&f).await?;
+    let uid = created.metadata.uid.clone().context("uid")?;
+
+    let deployments = client.api::<Deployment>(Some("default"));
+    let d = eventually("the deployment", async || {
+        Ok(deployments.get_opt("hello").await?)
+    })
+    .await?;
+    assert_eq!(d.spec.replicas, 1, "starts at minScale");
+    assert_eq!(d.metadata.owner_references[0].uid, uid);
+    let svc = eventually("the service", async || {
+        Ok(client.api::<Service>(Some("default")).get_opt("hello").await?)
+    })
+    .await?;
+    assert_eq!(svc.spec.selector["wisp.dev/function"], "hello");
+    let route = eventually("the route", async || {
+        Ok(client.api::<Route>(Some("default")).get_opt("hello").await?)
+    })
+    .await?;
+    assert_eq!(route.spec.host.as_deref(), Some("hello.default.localhost"));
+    let st = eventually("the status", async || {
+        Ok(functions
+            .get("hello")
+            .await?
+            .status
+            .filter(|s| s.url.is_some() && s.desired_replicas == 1))
+    })
+    .await?;
+    assert_eq!(st.url.as_deref(), Some("http://hello.default.localhost/"));
+
+    // The autoscaler's choice stands within [min, max] and is clamped beyond it.
+    for (set, want) in [(2, 2), (7, 3)] {
+        let mut d = deployments.get("hello").await?;
+        d.spec.replicas = set;
+        deployments.replace(&d).await?;
+        eventually("the clamped replicas", async || {
+            let d = deployments.get("hello").await?;
+            let f = functions.get("hello").await?;
+            Ok(
+                (d.spec.replicas == want && f.status.is_some_and(|s| s.desired_replicas == want))
+                    .then_some(()),
+            )
+        })
+        .await?;
+    }
+
+    functions.delete("hello").await?;
+    eventually("the children to be collected", async || {
+        let gone = deployments.get_opt("hello").await?.is_none()
+            && client
+                .api::<Service>(Some("default"))
+                .get_opt("hello")
+                .await?
+                .is_none()
+            && client
+                .api::<Route>(Some("default"))
+                .get_opt("hello")
+                .await?
+                .is_none();
+        Ok(gone.then_some(()))
+    })
+    .await?;
+    shutdown.cancel();
+    controllers.await?;
+    Ok(())
+}
