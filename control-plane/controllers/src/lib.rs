@@ -1,12 +1,14 @@
 //! wisp-controllers owns Wisp's level-triggered reconcilers, each a `wisp-runtime`
 //! controller that reads watch-fed caches and writes only through the API: the Deployment
 //! and ReplicaSet controllers, the Endpoints controller, the Function
-//! controller (Function → Deployment + Service + Route), garbage collection through
+//! controller (Function → Deployment + Service + Route), the autoscaler (concurrency from
+//! the node ingresses → replicas, scale to zero), garbage collection through
 //! `ownerReferences`, and Node lifecycle (lease expiry → NotReady → pods
 //! failed and replaced).
 //!
 //! It must not touch the store or run workloads.
 
+pub mod autoscaler;
 pub mod deployment;
 pub mod endpoints;
 pub mod function;
@@ -142,9 +144,25 @@ pub async fn run_nodes(client: Client, grace: std::time::Duration, shutdown: Can
         .await;
 }
 
-/// Run every controller this crate has until `shutdown`; a node is lost after `node_grace`
-/// without a lease renewal.
-pub async fn run(client: Client, node_grace: std::time::Duration, shutdown: CancellationToken) {
+/// Settings of [`run`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// A node is lost after this long without a lease renewal (default 10 s).
+    pub node_grace: std::time::Duration,
+    pub autoscaler: autoscaler::AutoscalerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_grace: std::time::Duration::from_secs(10),
+            autoscaler: autoscaler::AutoscalerConfig::default(),
+        }
+    }
+}
+
+/// Run every controller this crate has until `shutdown`.
+pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
     tokio::join!(
         run_deployments(client.clone(), shutdown.clone()),
         run_replicasets(client.clone(), shutdown.clone()),
@@ -153,9 +171,10 @@ pub async fn run(client: Client, node_grace: std::time::Duration, shutdown: Canc
         run_endpoints(client.clone(), shutdown.clone()),
         gc::run::<Endpoints, Service>(client.clone(), shutdown.clone()),
         run_functions(client.clone(), shutdown.clone()),
+        autoscaler::run(client.clone(), config.autoscaler, shutdown.clone()),
         gc::run::<Deployment, Function>(client.clone(), shutdown.clone()),
         gc::run::<Service, Function>(client.clone(), shutdown.clone()),
         gc::run::<Route, Function>(client.clone(), shutdown.clone()),
-        run_nodes(client, node_grace, shutdown),
+        run_nodes(client, config.node_grace, shutdown),
     );
 }

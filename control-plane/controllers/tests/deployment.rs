@@ -119,7 +119,7 @@ async fn rolling_update_keeps_ready_pods_and_undo_restores() {
     let (client, shutdown, _dir) = server().await;
     let controllers = tokio::spawn(wisp_controllers::run(
         client.clone(),
-        std::time::Duration::from_secs(10),
+        wisp_controllers::Config::default(),
         shutdown.clone(),
     ));
     let ready = Arc::new(Mutex::new(HashMap::new()));

@@ -75,7 +75,7 @@ async fn endpoints_follow_pod_readiness() {
     let (client, shutdown, _dir) = server().await;
     let controllers = tokio::spawn(wisp_controllers::run(
         client.clone(),
-        std::time::Duration::from_secs(10),
+        wisp_controllers::Config::default(),
         shutdown.clone(),
     ));
     let pods = client.api::<Pod>(Some("default"));

@@ -32,7 +32,7 @@ async fn function_expands_scales_within_bounds_and_is_collected() -> anyhow::Res
     let shutdown = CancellationToken::new();
     let controllers = tokio::spawn(wisp_controllers::run(
         client.clone(),
-        Duration::from_secs(10),
+        wisp_controllers::Config::default(),
         shutdown.clone(),
     ));
     let mut f = Function::new(ObjectMeta::namespaced("default", "hello"));

@@ -64,7 +64,7 @@ async fn replicaset_keeps_its_pods_and_gc_cleans_up() {
     let (client, shutdown, _dir) = server().await;
     let controllers = tokio::spawn(wisp_controllers::run(
         client.clone(),
-        std::time::Duration::from_secs(10),
+        wisp_controllers::Config::default(),
         shutdown.clone(),
     ));
     let rss = client.api::<ReplicaSet>(Some("default"));

@@ -72,6 +72,8 @@ pub struct AgentConfig {
     /// Pooling allocator and pool size of the wasm runtime.
     pub wasm_pooling: bool,
     pub wasm_max_instances: u32,
+    /// This node's ingress, published on the Node for other nodes and the autoscaler.
+    pub ingress_url: Option<String>,
 }
 
 impl AgentConfig {
@@ -87,6 +89,7 @@ impl AgentConfig {
             backoff: Backoff::default(),
             wasm_pooling: true,
             wasm_max_instances: 1000,
+            ingress_url: None,
         }
     }
 }
@@ -169,6 +172,7 @@ impl Agent {
             runtimes: self.runtimes.names(),
             labels: c.labels.clone(),
             agent_url: Some(format!("http://{}:{}", c.address, local.port())),
+            ingress_url: c.ingress_url.clone(),
             lease_duration: c.lease_duration,
         };
         let register = async {

@@ -22,6 +22,7 @@ pub struct NodeInfo {
     pub runtimes: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub agent_url: Option<String>,
+    pub ingress_url: Option<String>,
     pub lease_duration: Duration,
 }
 
@@ -53,6 +54,7 @@ fn desired_status(info: &NodeInfo, current: Option<&NodeStatus>) -> NodeStatus {
         address: info.address.clone(),
     }];
     st.agent_url = info.agent_url.clone();
+    st.ingress_url = info.ingress_url.clone();
     st.agent_version = Some(env!("CARGO_PKG_VERSION").into());
     ready_condition(&mut st.conditions);
     st

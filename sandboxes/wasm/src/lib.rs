@@ -46,6 +46,7 @@ use wisp_sandbox::{
 
 pub use crate::component::digest_of;
 pub use crate::http::{HandleError, InstantiateTimings};
+pub use wasmtime_wasi_http::Error as WasiHttpError;
 pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::host::{CtxTemplate, Host};
@@ -276,6 +277,12 @@ impl WasmSandbox {
     ) -> std::result::Result<InstantiateTimings, HandleError> {
         let entry = self.serving(id)?;
         http::instantiate_only(self.http_request(&entry)?).await
+    }
+
+    /// Whether `id` is a started `wasi:http/proxy` sandbox taking requests now (an ingress
+    /// checks before it hands a request over, so a stopping sandbox's request goes elsewhere).
+    pub fn is_serving(&self, id: &SandboxId) -> bool {
+        self.serving(id).is_ok()
     }
 
     /// A started `wasi:http/proxy` sandbox that takes requests.

@@ -86,6 +86,12 @@ pub struct UpArgs {
     /// its pods are replaced elsewhere.
     #[arg(long, env = "WISP_NODE_GRACE_SECONDS", default_value_t = 10)]
     pub node_grace_seconds: u64,
+    /// Autoscaler: seconds of in-flight samples averaged for scaling decisions.
+    #[arg(long, env = "WISP_AUTOSCALER_STABLE_SECONDS", default_value_t = 60)]
+    pub autoscaler_stable_seconds: u64,
+    /// Autoscaler: the short window that triggers panic mode (scale up only).
+    #[arg(long, env = "WISP_AUTOSCALER_PANIC_SECONDS", default_value_t = 6)]
+    pub autoscaler_panic_seconds: u64,
     /// The node agent that `wisp up` runs in this process (`wisp server` runs none).
     #[command(flatten)]
     pub node: NodeOptions,
@@ -103,6 +109,9 @@ pub struct NodeOptions {
     /// Where the agent serves container logs to the API server.
     #[arg(long, env = "WISP_AGENT_LISTEN", default_value = "127.0.0.1:0")]
     pub agent_listen: SocketAddr,
+    /// Where the node's HTTP ingress listens (Routes to Functions and Services).
+    #[arg(long, env = "WISP_INGRESS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub ingress_listen: SocketAddr,
     /// CPUs offered to pods [default: the machine's].
     #[arg(long, env = "WISP_NODE_CPU")]
     pub node_cpu: Option<String>,

@@ -67,19 +67,49 @@ pub async fn node(global: &Global, args: NodeArgs) -> anyhow::Result<()> {
             .join("node")
     });
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let config = agent_config(&args.node, dir)?;
-    let name = config.node_name.clone();
-    let agent = wisp_node::Agent::new(client, config).context("node agent")?;
     let shutdown = CancellationToken::new();
-    let run = agent.run(shutdown.clone());
+    let run = Box::pin(run_node(client, &args.node, dir, shutdown.clone()));
     tokio::pin!(run);
     tokio::select! {
-        r = &mut run => return r.with_context(|| format!("node {name}")),
+        r = &mut run => return r,
         () = signalled() => {}
     }
     tracing::info!("shutting down");
     shutdown.cancel();
-    run.await.with_context(|| format!("node {name}"))
+    run.await
+}
+
+/// One node: the agent and the ingress (which calls the agent's wasm pods in process), until
+/// `shutdown`.
+async fn run_node(
+    client: wisp_client::Client,
+    opts: &NodeOptions,
+    dir: PathBuf,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(opts.ingress_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the ingress", opts.ingress_listen))?;
+    let port = listener.local_addr()?.port();
+    let mut config = agent_config(opts, dir)?;
+    config.ingress_url = Some(format!("http://{}:{port}", config.address));
+    let name = config.node_name.clone();
+    let agent = wisp_node::Agent::new(client.clone(), config).context("node agent")?;
+    let ingress = wisp_ingress::Ingress::new(
+        client,
+        wisp_ingress::IngressConfig::new(name.clone()),
+        agent.runtimes().wasm.clone(),
+    );
+    #[allow(clippy::print_stdout)]
+    {
+        println!("wisp node {name}: ingress on http://{}", listener.local_addr()?);
+    }
+    let (ran, (), ()) = tokio::join!(
+        Box::pin(agent.run(shutdown.clone())),
+        ingress.sync(shutdown.clone()),
+        wisp_ingress::serve(ingress.clone(), listener, shutdown.clone()),
+    );
+    ran.with_context(|| format!("node {name}"))
 }
 
 /// SIGINT or SIGTERM.
@@ -209,11 +239,15 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
         Ok(wisp_client::Client::new(&url, &token))
     };
     let controllers = if args.up.controllers {
-        Some(wisp_controllers::run(
-            internal()?,
-            Duration::from_secs(args.up.node_grace_seconds.max(1)),
-            shutdown.clone(),
-        ))
+        let config = wisp_controllers::Config {
+            node_grace: Duration::from_secs(args.up.node_grace_seconds.max(1)),
+            autoscaler: wisp_controllers::autoscaler::AutoscalerConfig {
+                stable_window: Duration::from_secs(args.up.autoscaler_stable_seconds.max(1)),
+                panic_window: Duration::from_secs(args.up.autoscaler_panic_seconds.max(1)),
+                ..Default::default()
+            },
+        };
+        Some(wisp_controllers::run(internal()?, config, shutdown.clone()))
     } else {
         None
     };
@@ -226,12 +260,7 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
     } else {
         None
     };
-    let agent = if with_node {
-        let config = agent_config(&args.up.node, dir.join("node"))?;
-        Some(wisp_node::Agent::new(internal()?, config).context("node agent")?)
-    } else {
-        None
-    };
+    let node = if with_node { Some(internal()?) } else { None };
     let (served, (), (), scheduled, ran) = tokio::join!(
         wisp_apiserver::serve(api, listener, shutdown.clone()),
         async {
@@ -252,13 +281,19 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
             }
         },
         async {
-            let Some(agent) = agent else { return Ok(()) };
-            let r = Box::pin(agent.run(shutdown.clone())).await;
+            let Some(client) = node else { return Ok(()) };
+            let r = Box::pin(run_node(
+                client,
+                &args.up.node,
+                dir.join("node"),
+                shutdown.clone(),
+            ))
+            .await;
             if r.is_err() {
                 // The node is a part of `wisp up`: without it the cluster cannot run pods.
                 shutdown.cancel();
             }
-            r.map_err(anyhow::Error::from)
+            r
         }
     );
     scheduled.context("scheduler")?;

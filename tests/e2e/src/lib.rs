@@ -83,7 +83,7 @@ impl Wisp {
         let store = self.options.store.clone().unwrap_or_else(|| "embedded".into());
         let mut cmd = Command::new(wisp_bin()?);
         match self.options.command.as_deref().unwrap_or("server") {
-            "up" => cmd.args(["up", "--node-name", "local"]),
+            "up" => cmd.args(["up", "--node-name", "local", "--ingress-listen", "127.0.0.1:0"]),
             other => cmd.args([other, "--store", &store]),
         };
         let mut child = cmd
@@ -219,6 +219,7 @@ impl NodeAgent {
     fn boot(&mut self) -> anyhow::Result<()> {
         let child = Command::new(wisp_bin()?)
             .args(["node", "--node-name", &self.name, "--agent-listen", "127.0.0.1:0"])
+            .args(["--ingress-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&self.dir)
             .env("WISP_SERVER", &self.server)

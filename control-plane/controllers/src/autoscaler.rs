@@ -1,0 +1,365 @@
+//! The autoscaler (Knative-KPA style): every tick it reads each node ingress's per-Service
+//! counters (`GET <Node.status.ingressUrl>/.wisp/stats`), keeps the in-flight samples of each
+//! Function over a stable window (60 s) and a panic window (6 s), and sets the Function's
+//! Deployment to `ceil(average concurrency / targetConcurrency)` replicas within
+//! `[minScale, maxScale]`. In panic (the short window wants at least twice the pods there
+//! are) it only scales up. A Function with no request for `scaleToZeroAfter` and nothing in
+//! flight goes to zero; waking from zero is the activator's (one write at the first request).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use tokio_util::sync::CancellationToken;
+use wisp_api::{Deployment, Function, Node};
+use wisp_client::{Client, ListParams};
+
+/// Default target in-flight requests per pod: wasm pods take many at once.
+pub const DEFAULT_TARGET_WASM: u32 = 100;
+pub const DEFAULT_TARGET_CONTAINER: u32 = 10;
+
+#[derive(Clone, Debug)]
+pub struct AutoscalerConfig {
+    pub tick: Duration,
+    pub stable_window: Duration,
+    pub panic_window: Duration,
+}
+
+impl Default for AutoscalerConfig {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(1),
+            stable_window: Duration::from_secs(60),
+            panic_window: Duration::from_secs(6),
+        }
+    }
+}
+
+/// One Service's counters from one ingress (the fields the autoscaler reads).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Sample {
+    pub namespace: String,
+    pub name: String,
+    pub in_flight: usize,
+    /// Total time requests spent in flight, in µs: its rate is the average concurrency.
+    pub busy_us: u64,
+    pub requests: u64,
+    pub last_request_ms: u64,
+    pub queued: usize,
+}
+
+/// In-flight samples of one Function and what it decided last.
+#[derive(Debug, Default)]
+pub struct Window {
+    samples: VecDeque<(Instant, f64)>,
+    panicking_until: Option<Instant>,
+    /// The busy time seen last, to turn its growth into an average concurrency.
+    last_busy: Option<(Instant, u64)>,
+    /// First sample: a Function never requested since is kept up for `scaleToZeroAfter`.
+    since: Option<Instant>,
+}
+
+impl Window {
+    /// The average concurrency since the last tick: growth of the busy time over the time
+    /// passed (at least what is in flight now, for requests longer than a tick).
+    #[allow(clippy::cast_precision_loss)]
+    pub fn concurrency(&mut self, now: Instant, busy_us: u64, in_flight: usize) -> f64 {
+        let rate = match self.last_busy {
+            Some((t, b)) if busy_us >= b && now > t => {
+                (busy_us - b) as f64 / (now.duration_since(t).as_micros().max(1) as f64)
+            }
+            _ => 0.0,
+        };
+        self.last_busy = Some((now, busy_us));
+        rate.max(in_flight as f64)
+    }
+
+    pub fn push(&mut self, at: Instant, concurrency: f64, keep: Duration) {
+        self.since.get_or_insert(at);
+        self.samples.push_back((at, concurrency));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| at.duration_since(*t) > keep)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    fn average(&self, now: Instant, window: Duration) -> f64 {
+        let recent: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(t, _)| now.duration_since(*t) <= window)
+            .map(|(_, c)| *c)
+            .collect();
+        if recent.is_empty() {
+            0.0
+        } else {
+            recent.iter().sum::<f64>() / recent.len() as f64
+        }
+    }
+}
+
+/// What a Function's scaling policy says, from its window and its last request.
+pub struct Inputs {
+    pub current: u32,
+    pub min: u32,
+    pub max: u32,
+    pub target: u32,
+    /// Time since the last request (None: never requested).
+    pub idle_for: Option<Duration>,
+    pub in_flight_now: usize,
+    pub scale_to_zero_after: Duration,
+}
+
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss
+)]
+pub fn decide(window: &mut Window, now: Instant, config: &AutoscalerConfig, i: &Inputs) -> u32 {
+    let target = f64::from(i.target.max(1));
+    let stable = (window.average(now, config.stable_window) / target).ceil() as u32;
+    let panic = (window.average(now, config.panic_window) / target).ceil() as u32;
+    let mut desired = stable;
+    if i.current > 0 && panic >= i.current.saturating_mul(2) {
+        window.panicking_until = Some(now + config.stable_window);
+    }
+    if window.panicking_until.is_some_and(|t| now < t) {
+        // Panic mode: follow the short window up, never down.
+        desired = desired.max(panic).max(i.current);
+    } else {
+        window.panicking_until = None;
+    }
+    let recently_used = i.in_flight_now > 0 || i.idle_for.is_some_and(|d| d < i.scale_to_zero_after);
+    // Up but never called (yet): it gets the same grace from when it was first seen.
+    let young = i.current > 0
+        && i.idle_for.is_none()
+        && window
+            .since
+            .is_some_and(|t| now.duration_since(t) < i.scale_to_zero_after);
+    if recently_used || young {
+        desired = desired.max(1);
+    }
+    desired.clamp(i.min, i.max.max(i.min))
+}
+
+async fn scrape(http: &HttpClient, url: &str) -> Option<Vec<Sample>> {
+    let uri: http::Uri = format!("{}/.wisp/stats", url.trim_end_matches('/'))
+        .parse()
+        .ok()?;
+    let req = http::Request::get(uri).body(Empty::<Bytes>::new()).ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(2), http.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    serde_json::from_slice(&body).ok()
+}
+
+type HttpClient =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+/// Runs the autoscaler until `shutdown`.
+pub async fn run(client: Client, config: AutoscalerConfig, shutdown: CancellationToken) {
+    let http: HttpClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut windows: HashMap<(String, String), Window> = HashMap::new();
+    let mut ticker = tokio::time::interval(config.tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Err(e) = tick(&client, &http, &config, &mut windows).await {
+            tracing::warn!(error = %e, "autoscaler tick failed");
+        }
+    }
+}
+
+async fn tick(
+    client: &Client,
+    http: &HttpClient,
+    config: &AutoscalerConfig,
+    windows: &mut HashMap<(String, String), Window>,
+) -> Result<(), wisp_client::ClientError> {
+    let all = ListParams::default();
+    let functions = client.api::<Function>(None).list(&all).await?.items;
+    if functions.is_empty() {
+        windows.clear();
+        return Ok(());
+    }
+    let nodes = client.api::<Node>(None).list(&all).await?.items;
+    let mut totals: HashMap<(String, String), Sample> = HashMap::new();
+    for url in nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref().and_then(|s| s.ingress_url.clone()))
+    {
+        for s in scrape(http, &url).await.unwrap_or_default() {
+            let t = totals.entry((s.namespace.clone(), s.name.clone())).or_default();
+            t.in_flight += s.in_flight + s.queued;
+            t.busy_us += s.busy_us;
+            t.requests += s.requests;
+            t.last_request_ms = t.last_request_ms.max(s.last_request_ms);
+        }
+    }
+    let now = Instant::now();
+    let now_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
+    let mut live = std::collections::HashSet::new();
+    for f in functions {
+        let ns = f.metadata.namespace.clone().unwrap_or_default();
+        let key = (ns.clone(), f.metadata.name.clone());
+        live.insert(key.clone());
+        let sample = totals.get(&key).cloned().unwrap_or_default();
+        let window = windows.entry(key).or_default();
+        let concurrency = window.concurrency(now, sample.busy_us, sample.in_flight);
+        window.push(now, concurrency, config.stable_window);
+        let deployments = client.api::<Deployment>(Some(&ns));
+        let Some(mut d) = deployments.get_opt(&f.metadata.name).await? else {
+            continue;
+        };
+        let wasm = f.spec.template.spec.containers.iter().all(|c| c.wasm.is_some());
+        let inputs = Inputs {
+            current: u32::try_from(d.spec.replicas.max(0)).unwrap_or(0),
+            min: f.spec.scaling.min_scale,
+            max: f.spec.scaling.max_scale,
+            target: f.spec.scaling.target_concurrency.unwrap_or(if wasm {
+                DEFAULT_TARGET_WASM
+            } else {
+                DEFAULT_TARGET_CONTAINER
+            }),
+            idle_for: (sample.last_request_ms > 0)
+                .then(|| Duration::from_millis(now_ms.saturating_sub(sample.last_request_ms))),
+            in_flight_now: sample.in_flight,
+            scale_to_zero_after: f.spec.scaling.scale_to_zero_after_duration(),
+        };
+        let desired = decide(window, now, config, &inputs);
+        if desired != inputs.current {
+            tracing::info!(function = %f.metadata.name, namespace = %ns, from = inputs.current, to = desired,
+                in_flight = sample.in_flight, "scaling");
+            d.spec.replicas = i32::try_from(desired).unwrap_or(i32::MAX);
+            match deployments.replace(&d).await {
+                Ok(_) => {}
+                Err(e) if e.code() == Some(409) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if sample.last_request_ms > 0 {
+            let stamp = jiff::Timestamp::from_millisecond(i64::try_from(sample.last_request_ms).unwrap_or(0))
+                .map(|t| t.to_string())
+                .ok();
+            if f.status.as_ref().and_then(|s| s.last_request_time.clone()) != stamp {
+                let mut next = f.clone();
+                next.status.get_or_insert_with(Default::default).last_request_time = stamp;
+                let _ = client.api::<Function>(Some(&ns)).replace_status(&next).await;
+            }
+        }
+    }
+    windows.retain(|k, _| live.contains(k));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(current: u32) -> Inputs {
+        Inputs {
+            current,
+            min: 0,
+            max: 10,
+            target: 10,
+            idle_for: Some(Duration::from_secs(1)),
+            in_flight_now: 0,
+            scale_to_zero_after: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn concurrency_is_the_rate_of_busy_time() {
+        let mut w = Window::default();
+        let t0 = Instant::now();
+        assert_eq!(w.concurrency(t0, 0, 0), 0.0);
+        // 2.5 s of request time in 1 s: 2.5 requests in flight on average.
+        let c = w.concurrency(t0 + Duration::from_secs(1), 2_500_000, 0);
+        assert!((c - 2.5).abs() < 1e-9, "{c}");
+        // A long request still running counts now, not only when it ends.
+        assert_eq!(w.concurrency(t0 + Duration::from_secs(2), 2_500_000, 3), 3.0);
+    }
+
+    #[test]
+    fn desired_is_average_concurrency_over_target() {
+        let c = AutoscalerConfig::default();
+        let mut w = Window::default();
+        let t0 = Instant::now();
+        for s in 0..10 {
+            w.push(t0 + Duration::from_secs(s), 35.0, c.stable_window);
+        }
+        assert_eq!(decide(&mut w, t0 + Duration::from_secs(9), &c, &inputs(4)), 4);
+        let mut i = inputs(4);
+        i.max = 3;
+        assert_eq!(
+            decide(&mut w, t0 + Duration::from_secs(9), &c, &i),
+            3,
+            "clamped to max"
+        );
+    }
+
+    #[test]
+    fn a_burst_panics_up_and_never_down_while_panicking() {
+        let c = AutoscalerConfig::default();
+        let mut w = Window::default();
+        let t0 = Instant::now();
+        for s in 0..54 {
+            w.push(t0 + Duration::from_secs(s), 10.0, c.stable_window);
+        }
+        for s in 54..60 {
+            w.push(t0 + Duration::from_secs(s), 80.0, c.stable_window);
+        }
+        let now = t0 + Duration::from_secs(59);
+        // Stable average (54·10 + 6·80)/60 = 17 → 2 pods; the panic window (the samples of
+        // seconds 53..=59) averages (10 + 6·80)/7 = 70 → 7 pods ≥ 2 × 1: panic.
+        assert_eq!(decide(&mut w, now, &c, &inputs(1)), 7);
+        // Load drops: still panicking, so no scale-down below the current 7.
+        w.push(now + Duration::from_secs(1), 0.0, c.stable_window);
+        assert_eq!(decide(&mut w, now + Duration::from_secs(1), &c, &inputs(7)), 7);
+        // A stable window later, panic is over and the stable average decides.
+        for s in 61..130 {
+            w.push(t0 + Duration::from_secs(s), 0.0, c.stable_window);
+        }
+        assert_eq!(
+            decide(&mut w, t0 + Duration::from_secs(129), &c, &inputs(7)),
+            1,
+            "kept by the recent request"
+        );
+    }
+
+    #[test]
+    fn idle_past_scale_to_zero_after_goes_to_zero_but_not_before() {
+        let c = AutoscalerConfig::default();
+        let mut w = Window::default();
+        let t0 = Instant::now();
+        w.push(t0, 0.0, c.stable_window);
+        let mut i = inputs(1);
+        i.idle_for = Some(Duration::from_secs(10));
+        assert_eq!(decide(&mut w, t0, &c, &i), 1, "requested 10 s ago: kept");
+        i.idle_for = Some(Duration::from_secs(31));
+        assert_eq!(
+            decide(&mut w, t0, &c, &i),
+            0,
+            "idle for longer than scaleToZeroAfter"
+        );
+        i.in_flight_now = 1;
+        assert_eq!(decide(&mut w, t0, &c, &i), 1, "never with a request in flight");
+        i.in_flight_now = 0;
+        i.min = 2;
+        assert_eq!(decide(&mut w, t0, &c, &i), 2, "minScale wins");
+    }
+}

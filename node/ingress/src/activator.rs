@@ -1,0 +1,113 @@
+//! The activator: a request for a Service without a ready endpoint waits in a bounded queue
+//! while the Service wakes. The first waiter of a burst activates it (its Deployment, named
+//! like the Service as a Function's is, goes from 0 to 1 replica through the API); every
+//! waiter is released as soon as an endpoint is ready. A full queue answers 503 with
+//! `Retry-After`; a Service that does not wake in time, 504.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+use wisp_api::Deployment;
+use wisp_client::Client;
+
+use crate::Ingress;
+use crate::proxy::{Body, text};
+use crate::table::{Backend, ServiceState};
+
+/// Holds the request until `svc` has a backend; returns it, or the error response.
+pub(crate) async fn wait(
+    ingress: &Ingress,
+    svc: &Arc<ServiceState>,
+    local_only: bool,
+) -> Result<Arc<Backend>, Response<Body>> {
+    let config = &ingress.inner.config;
+    if svc.queued.fetch_add(1, Ordering::AcqRel) >= config.queue_limit {
+        svc.queued.fetch_sub(1, Ordering::AcqRel);
+        let mut r = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "service {}/{} is starting and {} requests already wait for it; retry shortly",
+                svc.namespace, svc.name, config.queue_limit
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Err(r);
+    }
+    let _queued = Dequeue(svc);
+    let mut ready = svc.ready.subscribe();
+    if !svc.activating.swap(true, Ordering::AcqRel) {
+        svc.cold_starts.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(service = %svc.name, namespace = %svc.namespace, "activating a service with no ready endpoint");
+        let client = ingress.inner.client.clone();
+        let (ns, name) = (svc.namespace.clone(), svc.name.clone());
+        tokio::spawn(async move { activate(&client, &ns, &name).await });
+    }
+    let deadline = tokio::time::Instant::now() + config.queue_timeout;
+    loop {
+        let woke = tokio::time::timeout_at(deadline, ready.wait_for(|n| *n > 0))
+            .await
+            .map(|r| r.map(|_| ()));
+        match woke {
+            Ok(Ok(())) => {
+                svc.activating.store(false, Ordering::Release);
+                if let Some(b) = svc.pick(local_only, |b| ingress.usable(b)) {
+                    return Ok(b);
+                }
+                // Ready again for someone else's pick only (e.g. remote-only backends for a
+                // forwarded request): wait for the next change.
+                tokio::select! {
+                    _ = ready.changed() => {}
+                    () = tokio::time::sleep_until(deadline) => {}
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+            }
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    Err(text(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "service {}/{} has no ready endpoint after {:?}",
+            svc.namespace, svc.name, config.queue_timeout
+        ),
+    ))
+}
+
+struct Dequeue<'a>(&'a ServiceState);
+
+impl Drop for Dequeue<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Scales the Service's Deployment from zero to one replica (compare-and-swap; nothing when
+/// it is not at zero or there is none).
+async fn activate(client: &Client, namespace: &str, name: &str) {
+    let api = client.api::<Deployment>(Some(namespace));
+    for _ in 0..10 {
+        let mut d = match api.get_opt(name).await {
+            Ok(Some(d)) if d.spec.replicas == 0 => d,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, service = name, "activator cannot read the deployment");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        d.spec.replicas = 1;
+        match api.replace(&d).await {
+            Ok(_) => return,
+            Err(e) if e.code() == Some(409) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, service = name, "activator cannot scale the deployment");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

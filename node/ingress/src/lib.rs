@@ -1,0 +1,307 @@
+//! wisp-ingress owns the HTTP front door of a node: Routes (host + longest path prefix →
+//! weighted Services) resolved to the Services' ready endpoints, kept in memory from watches
+//! and swapped in whole ([`table`]: no lock on the request path); least-outstanding balancing
+//! (power of two choices); a wasm endpoint on this node called in process through the
+//! sandbox (no socket), others over pooled HTTP/1.1; and the **activator**: a Service with no
+//! ready endpoint holds its requests in a bounded queue, is woken (one activation per burst:
+//! a Deployment at zero replicas is set to one through the API) and releases them as soon as
+//! an endpoint is ready, with `x-wisp-cold-start` headers. It counts requests and in-flight
+//! requests per Service for the autoscaler (`GET /.wisp/stats`).
+//!
+//! It talks to the control plane only through the API and must not schedule, scale beyond
+//! waking a Service from zero (the autoscaler decides), or run pods.
+
+mod activator;
+mod proxy;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use wisp_api::{Endpoints, Node, Pod, Route};
+use wisp_client::{Client, ListParams, WatchParams};
+use wisp_runtime::{Store, Writer, reflector, watcher_stream};
+use wisp_sandbox_wasm::WasmSandbox;
+
+pub use crate::proxy::{Body, COLD_START_HEADER, COLD_START_WAIT_HEADER, serve};
+use crate::table::{Backend, RouteEntry, Services, Table, Target};
+
+/// Tuning of one ingress.
+#[derive(Clone, Debug)]
+pub struct IngressConfig {
+    /// This node: its wasm endpoints are called in process.
+    pub node_name: String,
+    /// Requests held per Service while it wakes (default 1,000).
+    pub queue_limit: usize,
+    /// How long a held request waits for an endpoint (default 30 s).
+    pub queue_timeout: Duration,
+    /// Time allowed per request when its Route sets none (default 60 s).
+    pub request_timeout: Duration,
+    /// Largest request body (default 16 MiB).
+    pub body_limit: usize,
+    /// Time allowed to read a request's headers (default 10 s).
+    pub header_read_timeout: Duration,
+    /// Requests served at once (default 10,000).
+    pub concurrency_limit: usize,
+    /// How long in-flight requests may finish after shutdown (default 10 s).
+    pub shutdown_grace: Duration,
+}
+
+impl IngressConfig {
+    pub fn new(node_name: impl Into<String>) -> Self {
+        Self {
+            node_name: node_name.into(),
+            queue_limit: 1000,
+            queue_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            body_limit: 16 << 20,
+            header_read_timeout: Duration::from_secs(10),
+            concurrency_limit: 10_000,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Caches {
+    routes: Store<Route>,
+    endpoints: Store<Endpoints>,
+    /// Pods on this node (their uid → sandbox id).
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    pub(crate) config: IngressConfig,
+    pub(crate) wasm: Option<WasmSandbox>,
+    pub(crate) table: ArcSwap<Table>,
+    pub(crate) services: Services,
+    pub(crate) http:
+        hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, proxy::Body>,
+}
+
+/// A node's ingress. Cheap to clone.
+#[derive(Clone)]
+pub struct Ingress {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Ingress {
+    /// `wasm`: this node's wasm runtime, for in-process calls (none: every endpoint is
+    /// reached over HTTP).
+    pub fn new(client: Client, config: IngressConfig, wasm: Option<WasmSandbox>) -> Self {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                wasm,
+                table: ArcSwap::from_pointee(Table::default()),
+                services: Services::default(),
+                http,
+            }),
+        }
+    }
+
+    /// Keeps the route table current from watches until `shutdown`.
+    pub async fn sync(&self, shutdown: CancellationToken) {
+        let client = &self.inner.client;
+        let (rw, ew, pw, nw) = (
+            Writer::<Route>::new(),
+            Writer::<Endpoints>::new(),
+            Writer::<Pod>::new(),
+            Writer::<Node>::new(),
+        );
+        let caches = Caches {
+            routes: rw.as_reader(),
+            endpoints: ew.as_reader(),
+            pods: pw.as_reader(),
+            nodes: nw.as_reader(),
+        };
+        let local = WatchParams {
+            list: ListParams {
+                label_selector: None,
+                field_selector: Some(format!("spec.nodeName={}", self.inner.config.node_name)),
+            },
+            ..WatchParams::default()
+        };
+        let streams = vec![
+            reflector(
+                rw,
+                watcher_stream(client.api::<Route>(None).watcher(WatchParams::default())),
+            )
+            .map(|_| ())
+            .boxed(),
+            reflector(
+                ew,
+                watcher_stream(client.api::<Endpoints>(None).watcher(WatchParams::default())),
+            )
+            .map(|_| ())
+            .boxed(),
+            reflector(pw, watcher_stream(client.api::<Pod>(None).watcher(local)))
+                .map(|_| ())
+                .boxed(),
+            reflector(
+                nw,
+                watcher_stream(client.api::<Node>(None).watcher(WatchParams::default())),
+            )
+            .map(|_| ())
+            .boxed(),
+        ];
+        let mut events = futures::stream::select_all(streams);
+        loop {
+            tokio::select! {
+                e = events.next() => if e.is_none() { return },
+                () = shutdown.cancelled() => return,
+            }
+            // Fold every change already waiting into one rebuild.
+            while let Some(Some(())) = events.next().now_or_never() {}
+            self.rebuild(&caches);
+        }
+    }
+
+    fn rebuild(&self, c: &Caches) {
+        let inner = &self.inner;
+        let node = &inner.config.node_name;
+        let ingress_of = |name: &str| {
+            c.nodes
+                .list()
+                .into_iter()
+                .find(|n| n.metadata.name == name)
+                .and_then(|n| n.status.as_ref().and_then(|s| s.ingress_url.clone()))
+        };
+        let mut seen = std::collections::HashSet::new();
+        for ep in c.endpoints.list() {
+            let ns = ep.metadata.namespace.clone().unwrap_or_default();
+            let svc = inner.services.get_or_create(&ns, &ep.metadata.name);
+            seen.insert((ns.clone(), ep.metadata.name.clone()));
+            let old = svc.backends.load_full();
+            let mut next = Vec::new();
+            for a in ep.subsets.iter().flat_map(|s| s.addresses.iter()) {
+                let Some(r) = &a.target_ref else { continue };
+                let uid = r.uid.clone().unwrap_or_default();
+                let target = if a.node_name.as_deref() == Some(node.as_str()) && inner.wasm.is_some() {
+                    let pod = c
+                        .pods
+                        .list()
+                        .into_iter()
+                        .find(|p| p.metadata.uid.as_deref() == Some(uid.as_str()));
+                    let container = pod.as_ref().and_then(|p| {
+                        p.spec
+                            .containers
+                            .iter()
+                            .find(|c| c.wasm.is_some())
+                            .map(|c| c.name.clone())
+                    });
+                    match (container, a.port) {
+                        (Some(c), _) => Some(Target::Local(wisp_sandbox::SandboxId::new(&uid, &c))),
+                        (None, Some(port)) => format!("{}:{port}", a.ip).parse().ok().map(Target::Addr),
+                        (None, None) => None,
+                    }
+                } else if let Some(port) = a.port {
+                    format!("{}:{port}", a.ip)
+                        .parse::<SocketAddr>()
+                        .ok()
+                        .map(Target::Addr)
+                } else {
+                    a.node_name.as_deref().and_then(ingress_of).map(Target::Node)
+                };
+                let Some(target) = target else { continue };
+                let reused = old
+                    .iter()
+                    .find(|b| b.pod_uid == uid && b.target == target)
+                    .cloned();
+                next.push(reused.unwrap_or_else(|| {
+                    Arc::new(Backend {
+                        pod_uid: uid.clone(),
+                        pod: r.name.clone(),
+                        node: a.node_name.clone(),
+                        target,
+                        outstanding: std::sync::atomic::AtomicUsize::new(0),
+                    })
+                }));
+            }
+            svc.set_backends(next);
+        }
+        for svc in inner.services.all() {
+            if !seen.contains(&(svc.namespace.clone(), svc.name.clone())) {
+                svc.set_backends(Vec::new());
+            }
+        }
+        let entries = c
+            .routes
+            .list()
+            .iter()
+            .map(|r| {
+                let ns = r.metadata.namespace.clone().unwrap_or_default();
+                RouteEntry {
+                    namespace: ns.clone(),
+                    name: r.metadata.name.clone(),
+                    host: r.spec.host.clone(),
+                    prefix: r.spec.path_prefix.clone(),
+                    backends: r
+                        .spec
+                        .backends
+                        .iter()
+                        .map(|b| (inner.services.get_or_create(&ns, &b.service), b.weight))
+                        .collect(),
+                    timeout: r.spec.timeout_seconds.map(|s| Duration::from_secs(u64::from(s))),
+                }
+            })
+            .collect();
+        inner.table.store(Arc::new(Table::new(entries)));
+    }
+
+    /// Per-Service counters, for the autoscaler.
+    pub fn stats(&self) -> Vec<ServiceStats> {
+        let mut all: Vec<ServiceStats> = self
+            .inner
+            .services
+            .all()
+            .iter()
+            .map(|s| {
+                use std::sync::atomic::Ordering::Relaxed;
+                ServiceStats {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    in_flight: s.in_flight.load(Relaxed),
+                    busy_us: s.busy_us.load(Relaxed),
+                    requests: s.requests.load(Relaxed),
+                    last_request_ms: s.last_request_ms.load(Relaxed),
+                    queued: s.queued.load(Relaxed),
+                    cold_starts: s.cold_starts.load(Relaxed),
+                    ready_backends: s.backend_count(),
+                }
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        all
+    }
+}
+
+/// One Service's traffic as this ingress saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStats {
+    pub namespace: String,
+    pub name: String,
+    pub in_flight: usize,
+    /// Total time requests spent in flight, in µs.
+    pub busy_us: u64,
+    pub requests: u64,
+    /// Unix milliseconds of the last request (0: none yet).
+    pub last_request_ms: u64,
+    pub queued: usize,
+    pub cold_starts: u64,
+    pub ready_backends: usize,
+}
+
+use futures::FutureExt as _;

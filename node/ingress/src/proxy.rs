@@ -1,0 +1,398 @@
+//! The request path: route lookup, the activator when a Service has no ready endpoint,
+//! least-outstanding choice, then the call — in process for a local wasm sandbox, over pooled
+//! HTTP otherwise — and the server around it (tower layers: concurrency limit; hyper:
+//! header-read timeout; per-request timeout and body limit here).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceBuilder;
+
+use crate::Ingress;
+use crate::table::{Backend, ServiceState, Target};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// `true` on a response whose request waited for its Service to wake from zero.
+pub const COLD_START_HEADER: &str = "x-wisp-cold-start";
+/// How long that request waited, in milliseconds.
+pub const COLD_START_WAIT_HEADER: &str = "x-wisp-cold-start-ms";
+/// Set on a request one ingress forwards to another: the receiver calls only its own pods.
+const FORWARDED: &str = "x-wisp-forwarded";
+const STATS_PATH: &str = "/.wisp/stats";
+
+pub(crate) fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let body = Full::new(Bytes::from(msg.into() + "\n")).map_err(|never| match never {});
+    let mut r = Response::new(body.boxed_unsync());
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A request outstanding at a backend, until dropped (or handed to the response body).
+struct Outstanding(Arc<Backend>);
+
+impl Outstanding {
+    fn enter(b: &Arc<Backend>) -> Self {
+        b.outstanding.fetch_add(1, Ordering::Relaxed);
+        Self(b.clone())
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request in flight at a Service, until dropped: then its time is added to the
+/// Service's busy time (time-weighted concurrency for the autoscaler).
+struct InFlight {
+    svc: Arc<ServiceState>,
+    started: Instant,
+}
+
+impl InFlight {
+    fn enter(svc: &Arc<ServiceState>) -> Self {
+        svc.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self {
+            svc: svc.clone(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.svc.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.svc.busy_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps the request in flight at its Service and its backend until
+/// the body is done (a streaming response is in flight until its last byte).
+struct Tracked {
+    inner: Body,
+    _in_flight: InFlight,
+    _outstanding: Outstanding,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A failed call: its error response, and whether the request may go to another backend.
+pub(crate) struct Failed {
+    retry: bool,
+    response: Response<Body>,
+}
+
+fn empty() -> Body {
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// The head of a request without a body, to send it again.
+fn replayable(req: &Request<Body>) -> Option<Request<()>> {
+    use hyper::body::Body as _;
+    if !req.body().is_end_stream() {
+        return None;
+    }
+    let mut r = Request::builder()
+        .method(req.method().clone())
+        .uri(req.uri().clone())
+        .version(req.version())
+        .body(())
+        .ok()?;
+    *r.headers_mut() = req.headers().clone();
+    Some(r)
+}
+
+fn host_of<B>(req: &Request<B>) -> String {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+        .unwrap_or_default();
+    // Strip the port (an IPv6 literal keeps its brackets).
+    let host = match raw.rfind(':') {
+        Some(i) if !raw[i..].contains(']') => &raw[..i],
+        _ => raw.as_str(),
+    };
+    host.to_ascii_lowercase()
+}
+
+impl Ingress {
+    /// Serves one request (no socket needed).
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let inner = &self.inner;
+        if req.uri().path() == STATS_PATH {
+            let body = serde_json::to_vec(&self.stats()).unwrap_or_default();
+            let mut r = text(StatusCode::OK, "");
+            *r.body_mut() = Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return r;
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > inner.config.body_limit) {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over {} bytes", inner.config.body_limit),
+            );
+        }
+        let host = host_of(&req);
+        let path = req.uri().path().to_owned();
+        let local_only = req.headers().contains_key(FORWARDED);
+        let table = inner.table.load();
+        let Some(route) = table.lookup(&host, &path) else {
+            return text(StatusCode::NOT_FOUND, format!("no route for {host}{path}"));
+        };
+        let Some(svc) = route.pick_service().cloned() else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("route {}/{} has no backends", route.namespace, route.name),
+            );
+        };
+        let timeout = route.timeout.unwrap_or(inner.config.request_timeout);
+        drop(table);
+        svc.requests.fetch_add(1, Ordering::Relaxed);
+        svc.last_request_ms.store(now_ms(), Ordering::Relaxed);
+        let started = Instant::now();
+        let in_flight = InFlight::enter(&svc);
+        let limit = inner.config.body_limit;
+        let req = req.map(|b| Limited::new(b, limit).boxed_unsync());
+        let work = async {
+            let mut req = req;
+            let mut waited = None;
+            let mut attempt = 0;
+            let (backend, outstanding, mut resp) = loop {
+                let backend = match svc.pick(local_only, |b| self.usable(b)) {
+                    Some(b) => b,
+                    None => match crate::activator::wait(self, &svc, local_only).await {
+                        Ok(b) => {
+                            waited = Some(started.elapsed());
+                            b
+                        }
+                        Err(resp) => return resp,
+                    },
+                };
+                // A bodiless request can be sent again if its backend stopped meanwhile.
+                let again = replayable(&req);
+                let outstanding = Outstanding::enter(&backend);
+                match self.call(&backend, req).await {
+                    Ok(r) => break (backend, outstanding, r),
+                    Err(Failed { retry: true, .. }) if attempt < 3 && again.is_some() => {
+                        attempt += 1;
+                        req = again.map(|r| r.map(|()| empty())).unwrap_or_default();
+                    }
+                    Err(f) => return f.response,
+                }
+            };
+            if let Some(w) = waited {
+                let h = resp.headers_mut();
+                h.insert(COLD_START_HEADER, HeaderValue::from_static("true"));
+                if let Ok(v) = HeaderValue::from_str(&w.as_millis().to_string()) {
+                    h.insert(COLD_START_WAIT_HEADER, v);
+                }
+            }
+            drop(backend);
+            // The counts now travel with the body.
+            resp.map(|inner| {
+                Tracked {
+                    inner,
+                    _in_flight: in_flight,
+                    _outstanding: outstanding,
+                }
+                .boxed_unsync()
+            })
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => text(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "service {}/{} did not answer within {timeout:?}",
+                    svc.namespace, svc.name
+                ),
+            ),
+        }
+    }
+
+    /// Whether a backend takes requests now: a local sandbox that is stopping (its pod is
+    /// being removed) does not, even before the Endpoints say so.
+    pub(crate) fn usable(&self, b: &Backend) -> bool {
+        match (&b.target, &self.inner.wasm) {
+            (Target::Local(id), Some(wasm)) => wasm.is_serving(id),
+            (Target::Local(_), None) => false,
+            _ => true,
+        }
+    }
+
+    /// One call to one backend.
+    async fn call(&self, backend: &Backend, req: Request<Body>) -> Result<Response<Body>, Failed> {
+        let fail = |response| Failed {
+            retry: false,
+            response,
+        };
+        match &backend.target {
+            Target::Local(id) => {
+                let Some(wasm) = &self.inner.wasm else {
+                    return Err(fail(text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no wasm runtime on this node",
+                    )));
+                };
+                let req = req.map(|b| {
+                    b.map_err(|e| wisp_sandbox_wasm::WasiHttpError::InternalError(Some(e.to_string())))
+                        .boxed_unsync()
+                });
+                match wasm.handle(id, req).await {
+                    Ok(resp) => Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
+                    Err(e) => Err(Failed {
+                        // The sandbox stopped between the pick and the call: nothing ran.
+                        retry: matches!(
+                            e,
+                            wisp_sandbox_wasm::HandleError::NotServing(_)
+                                | wisp_sandbox_wasm::HandleError::NotFound(_)
+                        ),
+                        response: text(e.status(), format!("pod {}: {e}", backend.pod)),
+                    }),
+                }
+            }
+            Target::Addr(addr) => self
+                .forward(req, &format!("http://{addr}"), false)
+                .await
+                .map_err(fail),
+            Target::Node(url) => self.forward(req, url, true).await.map_err(fail),
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Body>,
+        base: &str,
+        mark: bool,
+    ) -> Result<Response<Body>, Response<Body>> {
+        let (mut parts, body) = req.into_parts();
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri: http::Uri = format!("{}{pq}", base.trim_end_matches('/'))
+            .parse()
+            .map_err(|e| {
+                text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("bad backend address {base}: {e}"),
+                )
+            })?;
+        parts.uri = uri;
+        if mark {
+            parts.headers.insert(FORWARDED, HeaderValue::from_static("1"));
+        }
+        let resp = self
+            .inner
+            .http
+            .request(Request::from_parts(parts, body))
+            .await
+            .map_err(|e| text(StatusCode::BAD_GATEWAY, format!("backend {base}: {e}")))?;
+        Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+    }
+}
+
+/// Serves `ingress` on `listener` until `shutdown`, then lets in-flight requests finish for
+/// the configured grace period.
+pub async fn serve(ingress: Ingress, listener: TcpListener, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ingress.inner.config.header_read_timeout);
+    let this = ingress.clone();
+    let service = ServiceBuilder::new()
+        .concurrency_limit(ingress.inner.config.concurrency_limit)
+        .service(tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let this = this.clone();
+            async move { Ok::<_, Infallible>(this.handle(req).await) }
+        }));
+    let service = tower::util::BoxCloneService::new(service);
+    loop {
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
+        let conn = graceful.watch(conn.into_owned());
+        tracker.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "ingress connection ended with an error");
+            }
+        });
+    }
+    tracker.close();
+    let grace = ingress.inner.config.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("in-flight ingress requests did not finish within {grace:?}");
+    }
+}

@@ -1,0 +1,341 @@
+//! The route table: Routes (host + path prefix → weighted Services) resolved against the
+//! Services' ready endpoints. Built from watch caches off the hot path and swapped in whole;
+//! a request reads one snapshot without locks.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use wisp_sandbox::SandboxId;
+
+/// Where one ready pod of a Service is reached.
+#[derive(Debug)]
+pub struct Backend {
+    pub pod_uid: String,
+    pub pod: String,
+    pub node: Option<String>,
+    pub target: Target,
+    /// Requests in flight to this backend (least-outstanding balancing).
+    pub outstanding: AtomicUsize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A wasm sandbox on this node, called in process.
+    Local(SandboxId),
+    /// An address serving HTTP (a container's published port).
+    Addr(SocketAddr),
+    /// Another node's ingress, which calls its local sandbox.
+    Node(String),
+}
+
+/// A Service as the ingress sees it: its ready backends (swapped on every change) and its
+/// traffic counters, which outlive table rebuilds.
+#[derive(Debug)]
+pub struct ServiceState {
+    pub namespace: String,
+    pub name: String,
+    pub backends: ArcSwap<Vec<Arc<Backend>>>,
+    /// Ready backend count, for requests waiting on a cold start.
+    pub ready: tokio::sync::watch::Sender<usize>,
+    pub in_flight: AtomicUsize,
+    /// Total time requests spent in flight, in µs (its rate is the average concurrency).
+    pub busy_us: AtomicU64,
+    pub requests: AtomicU64,
+    /// Unix milliseconds of the last request (0: never).
+    pub last_request_ms: AtomicU64,
+    /// Requests held by the activator now.
+    pub queued: AtomicUsize,
+    pub cold_starts: AtomicU64,
+    /// Set while one request is waking the Service (so a burst activates it once).
+    pub activating: std::sync::atomic::AtomicBool,
+}
+
+impl ServiceState {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            backends: ArcSwap::from_pointee(Vec::new()),
+            ready: tokio::sync::watch::Sender::new(0),
+            in_flight: AtomicUsize::new(0),
+            busy_us: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            last_request_ms: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            cold_starts: AtomicU64::new(0),
+            activating: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Replaces the backends, keeping the counters of those that stay.
+    pub fn set_backends(&self, next: Vec<Arc<Backend>>) {
+        let n = next.len();
+        self.backends.store(Arc::new(next));
+        // Every change wakes held requests (a stopping backend may have been replaced).
+        self.ready.send_replace(n);
+    }
+
+    pub fn backend_count(&self) -> usize {
+        self.backends.load().len()
+    }
+
+    /// The backend with fewer requests in flight of two picked at random (power of two
+    /// choices), or `None` without backends.
+    pub fn pick(&self, local_only: bool, usable: impl Fn(&Backend) -> bool) -> Option<Arc<Backend>> {
+        let all = self.backends.load();
+        let candidates: Vec<&Arc<Backend>> = all
+            .iter()
+            .filter(|b| (!local_only || matches!(b.target, Target::Local(_))) && usable(b))
+            .collect();
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0].clone()),
+            n => {
+                let a = random_below(n);
+                let mut b = random_below(n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (x, y) = (candidates[a], candidates[b]);
+                let pick = if y.outstanding.load(Ordering::Relaxed) < x.outstanding.load(Ordering::Relaxed) {
+                    y
+                } else {
+                    x
+                };
+                Some(pick.clone())
+            }
+        }
+    }
+}
+
+/// A cheap per-thread xorshift: balancing needs spread, not cryptographic randomness.
+fn random_below(n: usize) -> usize {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x9e37_79b9_7f4a_7c15, |d| (u64::from(d.subsec_nanos()) << 32) | 1),
+        );
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        usize::try_from(x % (n as u64)).unwrap_or(0)
+    })
+}
+
+/// One Route: where it matches and the Services it splits traffic over.
+#[derive(Debug)]
+pub struct RouteEntry {
+    pub namespace: String,
+    pub name: String,
+    /// `None` matches any host; `*.example.com` matches one or more labels before it.
+    pub host: Option<String>,
+    pub prefix: String,
+    pub backends: Vec<(Arc<ServiceState>, u32)>,
+    pub timeout: Option<Duration>,
+}
+
+impl RouteEntry {
+    fn host_matches(&self, host: &str) -> bool {
+        match &self.host {
+            None => true,
+            Some(h) => match h.strip_prefix("*.") {
+                Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
+                None => h.eq_ignore_ascii_case(host),
+            },
+        }
+    }
+
+    fn prefix_matches(&self, path: &str) -> bool {
+        let p = self.prefix.trim_end_matches('/');
+        p.is_empty() || path == p || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
+    }
+
+    /// A Service by weight (a random draw over the weights).
+    pub fn pick_service(&self) -> Option<&Arc<ServiceState>> {
+        let total: u64 = self.backends.iter().map(|(_, w)| u64::from(*w)).sum();
+        if total == 0 {
+            return self.backends.first().map(|(s, _)| s);
+        }
+        let mut draw = random_below(usize::try_from(total).unwrap_or(usize::MAX)) as u64;
+        for (s, w) in &self.backends {
+            if draw < u64::from(*w) {
+                return Some(s);
+            }
+            draw -= u64::from(*w);
+        }
+        self.backends.last().map(|(s, _)| s)
+    }
+}
+
+/// Every Route, most specific first: exact hosts before wildcards before any host, then the
+/// longest path prefix.
+#[derive(Debug, Default)]
+pub struct Table {
+    routes: Vec<RouteEntry>,
+}
+
+fn specificity(r: &RouteEntry) -> (u8, usize) {
+    let host = match &r.host {
+        Some(h) if h.starts_with("*.") => 1,
+        Some(_) => 2,
+        None => 0,
+    };
+    (host, r.prefix.trim_end_matches('/').len())
+}
+
+impl Table {
+    pub fn new(mut routes: Vec<RouteEntry>) -> Self {
+        routes.sort_by(|a, b| specificity(b).cmp(&specificity(a)).then(a.name.cmp(&b.name)));
+        Self { routes }
+    }
+
+    /// The Route for `host` (without port) and `path`.
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&RouteEntry> {
+        self.routes
+            .iter()
+            .find(|r| r.host_matches(host) && r.prefix_matches(path))
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// The Services the ingress knows, kept across rebuilds so their counters survive.
+#[derive(Default)]
+pub struct Services(std::sync::Mutex<HashMap<(String, String), Arc<ServiceState>>>);
+
+impl Services {
+    pub fn get_or_create(&self, namespace: &str, name: &str) -> Arc<ServiceState> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((namespace.to_owned(), name.to_owned()))
+            .or_insert_with(|| Arc::new(ServiceState::new(namespace, name)))
+            .clone()
+    }
+
+    pub fn all(&self) -> Vec<Arc<ServiceState>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, host: Option<&str>, prefix: &str) -> RouteEntry {
+        RouteEntry {
+            namespace: "default".into(),
+            name: name.into(),
+            host: host.map(Into::into),
+            prefix: prefix.into(),
+            backends: vec![(Arc::new(ServiceState::new("default", name)), 100)],
+            timeout: None,
+        }
+    }
+
+    #[test]
+    fn exact_host_then_wildcard_then_any_and_longest_prefix() {
+        let t = Table::new(vec![
+            route("any", None, "/"),
+            route("api", Some("api.example.com"), "/"),
+            route("api-v2", Some("api.example.com"), "/v2"),
+            route("wild", Some("*.example.com"), "/"),
+        ]);
+        let name = |h: &str, p: &str| t.lookup(h, p).map(|r| r.name.clone());
+        assert_eq!(name("api.example.com", "/v2/users").as_deref(), Some("api-v2"));
+        assert_eq!(name("api.example.com", "/v2").as_deref(), Some("api-v2"));
+        assert_eq!(
+            name("api.example.com", "/v20").as_deref(),
+            Some("api"),
+            "prefixes match whole segments"
+        );
+        assert_eq!(name("www.example.com", "/").as_deref(), Some("wild"));
+        assert_eq!(
+            name("example.com", "/").as_deref(),
+            Some("any"),
+            "a wildcard needs a label"
+        );
+        assert_eq!(name("API.EXAMPLE.COM", "/").as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn no_route_without_a_match() {
+        let t = Table::new(vec![route("api", Some("api.example.com"), "/v1")]);
+        assert!(t.lookup("api.example.com", "/v2").is_none());
+        assert!(t.lookup("other.com", "/v1").is_none());
+    }
+
+    fn backend(uid: &str, outstanding: usize) -> Arc<Backend> {
+        Arc::new(Backend {
+            pod_uid: uid.into(),
+            pod: uid.into(),
+            node: None,
+            target: Target::Local(SandboxId::new(uid, "main")),
+            outstanding: AtomicUsize::new(outstanding),
+        })
+    }
+
+    #[test]
+    fn two_choices_prefer_the_less_loaded_backend() {
+        let s = ServiceState::new("default", "s");
+        assert!(s.pick(false, |_| true).is_none());
+        s.set_backends(vec![backend("busy", 100), backend("idle", 0)]);
+        assert_eq!(*s.ready.borrow(), 2);
+        for _ in 0..50 {
+            assert_eq!(
+                s.pick(false, |_| true).map(|b| b.pod_uid.clone()).as_deref(),
+                Some("idle")
+            );
+        }
+        // With many backends every one is chosen sometimes.
+        let many: Vec<_> = (0..8).map(|i| backend(&format!("b{i}"), 0)).collect();
+        s.set_backends(many);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2000 {
+            if let Some(b) = s.pick(false, |_| true) {
+                seen.insert(b.pod_uid.clone());
+            }
+        }
+        assert_eq!(seen.len(), 8);
+    }
+
+    #[test]
+    fn weights_split_traffic() {
+        let a = Arc::new(ServiceState::new("default", "a"));
+        let b = Arc::new(ServiceState::new("default", "b"));
+        let r = RouteEntry {
+            namespace: "default".into(),
+            name: "canary".into(),
+            host: None,
+            prefix: "/".into(),
+            backends: vec![(a, 90), (b, 10)],
+            timeout: None,
+        };
+        let mut to_b = 0;
+        for _ in 0..10_000 {
+            if r.pick_service().is_some_and(|s| s.name == "b") {
+                to_b += 1;
+            }
+        }
+        assert!((600..1400).contains(&to_b), "about 10% to b, got {to_b}");
+    }
+}

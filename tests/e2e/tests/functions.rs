@@ -1,0 +1,280 @@
+//! Serverless through the real ingress of `wisp up`: a Function at zero is woken by its first
+//! request (cold-start headers), goes back to zero when idle, wakes once for a burst of 100,
+//! scales up under load and back down, and a continuous prober sees no failed request while
+//! it scales and rolls to a new component.
+
+#![allow(clippy::print_stderr)] // the tests report the figures they measure
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use tokio_util::sync::CancellationToken;
+use wisp_api::{Deployment, Function, Node, Pod};
+use wisp_client::{Client, ListParams};
+use wisp_e2e::{Options, Wisp, examples_dir};
+
+type Http =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+fn http() -> Http {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// GET `/` on the ingress with the Function's host: (status, cold-start header, body).
+async fn get(http: &Http, ingress: &str, host: &str) -> anyhow::Result<(u16, bool, String)> {
+    let req = http::Request::get(format!("{ingress}/"))
+        .header(http::header::HOST, host)
+        .body(Empty::<Bytes>::new())?;
+    let resp = http.request(req).await?;
+    let code = resp.status().as_u16();
+    let cold = resp
+        .headers()
+        .get(wisp_ingress_header())
+        .is_some_and(|v| v == "true");
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((code, cold, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn wisp_ingress_header() -> &'static str {
+    "x-wisp-cold-start"
+}
+
+async fn live_pods(client: &Client) -> anyhow::Result<Vec<Pod>> {
+    let params = ListParams {
+        label_selector: Some("wisp.dev/function=hello".into()),
+        field_selector: None,
+    };
+    let pods = client.api::<Pod>(Some("default")).list(&params).await?.items;
+    Ok(pods.into_iter().filter(|p| !p.phase().is_terminal()).collect())
+}
+
+async fn until(
+    what: &str,
+    secs: u64,
+    mut check: impl AsyncFnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        if check().await? {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(secs) {
+            bail!("timed out after {secs} s waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn cold_starts(http: &Http, ingress: &str) -> anyhow::Result<u64> {
+    let req = http::Request::get(format!("{ingress}/.wisp/stats")).body(Empty::<Bytes>::new())?;
+    let body = http.request(req).await?.into_body().collect().await?.to_bytes();
+    let stats: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(stats
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "hello"))
+        .and_then(|s| s["coldStarts"].as_u64())
+        .unwrap_or(0))
+}
+
+/// Sends a request every 5 ms until stopped; returns (requests, failures).
+fn prober(
+    http: Http,
+    ingress: String,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    tokio::spawn(async move {
+        let (mut n, mut failures) = (0, Vec::new());
+        while !stop.is_cancelled() {
+            n += 1;
+            match get(&http, &ingress, "hello.default.localhost").await {
+                Ok((200, _, _)) => {}
+                Ok((code, _, body)) => failures.push(format!("{code}: {body}")),
+                Err(e) => failures.push(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (n, failures)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Result<()> {
+    // Short autoscaler windows so that scaling down does not take a minute.
+    let w = Wisp::start(Options {
+        command: Some("up".into()),
+        args: vec![
+            "--autoscaler-stable-seconds".into(),
+            "6".into(),
+            "--autoscaler-panic-seconds".into(),
+            "2".into(),
+        ],
+        ..Options::default()
+    })?;
+    let client = w.client();
+    until("the node's ingress", 30, async || {
+        Ok(client
+            .api::<Node>(None)
+            .get_opt("local")
+            .await?
+            .is_some_and(|n| n.is_ready() && n.status.is_some_and(|s| s.ingress_url.is_some())))
+    })
+    .await?;
+    let ingress = client
+        .api::<Node>(None)
+        .get("local")
+        .await?
+        .status
+        .and_then(|s| s.ingress_url)
+        .context("ingressUrl")?;
+    let http = http();
+
+    // A Function that scales to zero after 3 s idle, one pod per in-flight request.
+    let manifest = std::fs::read_to_string(examples_dir().join("hello/function.yaml"))?.replace(
+        "scaleToZeroAfter: 30s",
+        "scaleToZeroAfter: 3s\n    targetConcurrency: 1",
+    );
+    let file = w.dir.join("function.yaml");
+    std::fs::write(&file, manifest)?;
+    let component = wisp_e2e::guest("hello")?;
+    let manifest = std::fs::read_to_string(&file)?.replace(
+        "../target/wasm32-wasip2/release/hello.wasm",
+        &component.display().to_string(),
+    );
+    std::fs::write(&file, manifest)?;
+    let (ok, out, err) = w.cli(&["apply", "-f", &file.display().to_string()])?;
+    anyhow::ensure!(ok, "apply failed: {out}{err}");
+    assert!(
+        live_pods(&client).await?.is_empty(),
+        "minScale 0: no pod before a request"
+    );
+    // The Function controller writes the Route; the ingress knows it once its Service shows.
+    until("the route in the ingress", 30, async || {
+        let req = http::Request::get(format!("{ingress}/.wisp/stats")).body(Empty::<Bytes>::new())?;
+        let body = http.request(req).await?.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8_lossy(&body).contains("\"name\":\"hello\""))
+    })
+    .await?;
+
+    // First request: a cold start, answered.
+    let t = Instant::now();
+    let (code, cold, body) = get(&http, &ingress, "hello.default.localhost").await?;
+    eprintln!("first request at zero answered in {:?}", t.elapsed());
+    assert_eq!((code, body.as_str()), (200, "Hello from Wisp"));
+    assert!(cold, "the first request carries x-wisp-cold-start: true");
+    assert_eq!(
+        get(&http, &ingress, "nope.localhost").await?.0,
+        404,
+        "no route → 404"
+    );
+
+    // Idle past scaleToZeroAfter → zero pods.
+    let idle = until("scale to zero", 60, async || {
+        Ok(live_pods(&client).await?.is_empty())
+    })
+    .await?;
+    eprintln!("scaled to zero {idle:?} after the last request (scaleToZeroAfter 3 s)");
+
+    // Again from zero.
+    let (code, cold, _) = get(&http, &ingress, "hello.default.localhost").await?;
+    assert!(code == 200 && cold, "second cold start: {code} {cold}");
+    until("scale to zero again", 60, async || {
+        Ok(live_pods(&client).await?.is_empty())
+    })
+    .await?;
+
+    // 100 concurrent requests at zero: all answered, one activation.
+    let before = cold_starts(&http, &ingress).await?;
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let (http, ingress) = (http.clone(), ingress.clone());
+        burst.spawn(async move { get(&http, &ingress, "hello.default.localhost").await });
+    }
+    let mut codes = std::collections::BTreeMap::new();
+    while let Some(r) = burst.join_next().await {
+        *codes.entry(r??.0).or_insert(0) += 1;
+    }
+    assert_eq!(
+        codes,
+        std::collections::BTreeMap::from([(200, 100)]),
+        "every request of the burst answered"
+    );
+    assert_eq!(
+        cold_starts(&http, &ingress).await? - before,
+        1,
+        "one activation for the burst"
+    );
+
+    // Load above the target (1 in flight per pod) with a prober running → scaled up.
+    let stop = CancellationToken::new();
+    let probe = prober(http.clone(), ingress.clone(), stop.clone());
+    let load_stop = CancellationToken::new();
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let (http, ingress, stop) = (http.clone(), ingress.clone(), load_stop.clone());
+        load.spawn(async move {
+            while !stop.is_cancelled() {
+                let _ = get(&http, &ingress, "hello.default.localhost").await;
+            }
+        });
+    }
+    let deployments = client.api::<Deployment>(Some("default"));
+    until("a scale-up under load", 60, async || {
+        Ok(deployments.get("hello").await?.spec.replicas >= 2)
+    })
+    .await?;
+    until("the new pods ready", 60, async || {
+        let pods = live_pods(&client).await?;
+        Ok(pods.len() >= 2 && pods.iter().all(Pod::is_ready))
+    })
+    .await?;
+    let peak = deployments.get("hello").await?.spec.replicas;
+
+    // A rolling update to another component digest under the prober.
+    let functions = client.api::<Function>(Some("default"));
+    let mut variant = std::fs::read(&component)?;
+    variant.extend_from_slice(&[0, 5, 4, b'w', b'i', b's', b'p']); // a custom section: new digest
+    let digest = client.put_blob(Bytes::from(variant)).await?;
+    for attempt in 0.. {
+        let mut f = functions.get("hello").await?;
+        f.spec.template.spec.containers[0].wasm = Some(digest.clone());
+        match functions.replace(&f).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Some(409) && attempt < 20 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    until("the rollout", 60, async || {
+        let pods = live_pods(&client).await?;
+        Ok(!pods.is_empty()
+            && pods
+                .iter()
+                .all(|p| p.is_ready() && p.spec.containers[0].wasm.as_deref() == Some(digest.as_str())))
+    })
+    .await?;
+
+    // Load gone: back down (the prober alone keeps one pod), then to zero without it.
+    load_stop.cancel();
+    while load.join_next().await.is_some() {}
+    until("a scale-down", 120, async || {
+        Ok(deployments.get("hello").await?.spec.replicas <= 1)
+    })
+    .await?;
+    stop.cancel();
+    let (probes, failures) = probe.await?;
+    eprintln!(
+        "peak replicas {peak}; prober: {probes} requests, {} failed",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "the prober saw failures: {:?}",
+        &failures[..failures.len().min(5)]
+    );
+    until("scale to zero after the load", 60, async || {
+        Ok(live_pods(&client).await?.is_empty())
+    })
+    .await?;
+    Ok(())
+}
