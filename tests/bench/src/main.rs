@@ -6,6 +6,7 @@
 //! directly, and the HTTP API server driven through `wisp-client`.
 
 mod api_level;
+mod cold_start;
 mod drive;
 mod pod_start;
 mod report;
@@ -36,6 +37,8 @@ enum Command {
     StoreApi(StoreApiArgs),
     /// Wasm pod create → Running and ready, seen through a watch (API + scheduler + agent).
     PodStart(pod_start::PodStartArgs),
+    /// A Function at zero: request → first byte through the whole chain; ingress overhead.
+    ColdStart(cold_start::ColdStartArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -330,6 +333,12 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::StoreApi(args) => store_api(args).await,
+        Command::ColdStart(args) => match cold_start::run(args).await {
+            Ok(report) => std::io::stdout()
+                .write_all(report.as_bytes())
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        },
         Command::PodStart(args) => match pod_start::run(args).await {
             Ok(report) => std::io::stdout()
                 .write_all(report.as_bytes())
