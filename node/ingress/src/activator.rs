@@ -40,6 +40,12 @@ pub(crate) async fn wait(
     let mut ready = svc.ready.subscribe();
     if !svc.activating.swap(true, Ordering::AcqRel) {
         svc.cold_starts.fetch_add(1, Ordering::Relaxed);
+        ingress
+            .inner
+            .metrics
+            .cold_starts
+            .get_or_create(&crate::metrics::ServiceLabels::of(svc))
+            .inc();
         tracing::info!(service = %svc.name, namespace = %svc.namespace, "activating a service with no ready endpoint");
         let client = ingress.inner.client.clone();
         let (ns, name) = (svc.namespace.clone(), svc.name.clone());

@@ -6,12 +6,14 @@
 //! ready endpoint holds its requests in a bounded queue, is woken (one activation per burst:
 //! a Deployment at zero replicas is set to one through the API) and releases them as soon as
 //! an endpoint is ready, with `x-wisp-cold-start` headers. It counts requests and in-flight
-//! requests per Service for the autoscaler (`GET /.wisp/stats`).
+//! requests per Service for the autoscaler (`GET /.wisp/stats`) and serves Prometheus
+//! metrics on `GET /.wisp/metrics`.
 //!
 //! It talks to the control plane only through the API and must not schedule, scale beyond
 //! waking a Service from zero (the autoscaler decides), or run pods.
 
 mod activator;
+pub mod metrics;
 mod proxy;
 pub mod table;
 
@@ -80,6 +82,7 @@ pub(crate) struct Inner {
     pub(crate) wasm: Option<WasmSandbox>,
     pub(crate) table: ArcSwap<Table>,
     pub(crate) services: Services,
+    pub(crate) metrics: metrics::Metrics,
     pub(crate) http:
         hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, proxy::Body>,
 }
@@ -106,6 +109,7 @@ impl Ingress {
                 wasm,
                 table: ArcSwap::from_pointee(Table::default()),
                 services: Services::default(),
+                metrics: metrics::Metrics::default(),
                 http,
             }),
         }

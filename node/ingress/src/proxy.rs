@@ -34,6 +34,7 @@ pub const COLD_START_WAIT_HEADER: &str = "x-wisp-cold-start-ms";
 /// Set on a request one ingress forwards to another: the receiver calls only its own pods.
 const FORWARDED: &str = "x-wisp-forwarded";
 const STATS_PATH: &str = "/.wisp/stats";
+const METRICS_PATH: &str = "/.wisp/metrics";
 
 pub(crate) fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
     let body = Full::new(Bytes::from(msg.into() + "\n")).map_err(|never| match never {});
@@ -183,6 +184,18 @@ impl Ingress {
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             return r;
         }
+        if req.uri().path() == METRICS_PATH {
+            let mut r = text(StatusCode::OK, "");
+            let body = inner.metrics.encode(&inner.services.all());
+            *r.body_mut() = Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            return r;
+        }
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -243,6 +256,11 @@ impl Ingress {
                 }
             };
             if let Some(w) = waited {
+                inner
+                    .metrics
+                    .cold_start_wait
+                    .get_or_create(&crate::metrics::ServiceLabels::of(&svc))
+                    .observe(w.as_secs_f64());
                 let h = resp.headers_mut();
                 h.insert(COLD_START_HEADER, HeaderValue::from_static("true"));
                 if let Ok(v) = HeaderValue::from_str(&w.as_millis().to_string()) {
@@ -260,7 +278,7 @@ impl Ingress {
                 .boxed_unsync()
             })
         };
-        match tokio::time::timeout(timeout, work).await {
+        let resp = match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
             Err(_) => text(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -269,7 +287,23 @@ impl Ingress {
                     svc.namespace, svc.name
                 ),
             ),
-        }
+        };
+        let labels = crate::metrics::ServiceLabels::of(&svc);
+        inner
+            .metrics
+            .latency
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        inner
+            .metrics
+            .requests
+            .get_or_create(&crate::metrics::CodeLabels {
+                namespace: labels.namespace,
+                service: labels.service,
+                code: resp.status().as_u16(),
+            })
+            .inc();
+        resp
     }
 
     /// Whether a backend takes requests now: a local sandbox that is stopping (its pod is

@@ -205,6 +205,19 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
         1,
         "one activation for the burst"
     );
+    let req = http::Request::get(format!("{ingress}/.wisp/metrics")).body(Empty::<Bytes>::new())?;
+    let metrics = http.request(req).await?.into_body().collect().await?.to_bytes();
+    let metrics = String::from_utf8_lossy(&metrics);
+    for line in [
+        "wisp_ingress_cold_starts_total{namespace=\"default\",service=\"hello\"} 3",
+        "wisp_ingress_requests_total{namespace=\"default\",service=\"hello\",code=\"200\"} 102",
+        "wisp_ingress_queued_requests{namespace=\"default\",service=\"hello\"} 0",
+    ] {
+        assert!(
+            metrics.contains(line),
+            "/.wisp/metrics lacks {line:?}:\n{metrics}"
+        );
+    }
 
     // Load above the target (1 in flight per pod) with a prober running → scaled up.
     let stop = CancellationToken::new();
