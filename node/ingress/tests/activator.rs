@@ -1,0 +1,131 @@
+//! The ingress against a real API server, called in process (`Ingress::handle`): no route is a
+//! 404 naming host and path; a Service with no ready endpoint holds requests up to its queue
+//! limit (then 503 with `Retry-After`) and for the queue timeout (then 504 saying why); a
+//! Deployment at zero behind it is woken once for the whole burst.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use wisp_api::{
+    Container, Deployment, LabelSelector, ObjectMeta, Resource, Route, RouteBackend, Service, ServicePort,
+};
+use wisp_apiserver::testutil::TestServer;
+use wisp_client::Client;
+use wisp_ingress::{Ingress, IngressConfig};
+
+async fn body_of(resp: http::Response<wisp_ingress::Body>) -> anyhow::Result<(u16, Option<String>, String)> {
+    let code = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .to_bytes();
+    Ok((code, retry, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn request(host: &str) -> anyhow::Result<http::Request<Empty<Bytes>>> {
+    Ok(http::Request::get("/")
+        .header(http::header::HOST, host)
+        .body(Empty::<Bytes>::new())?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_are_bounded_and_time_out_clearly_and_wake_the_service_once() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let client = Client::new(&server.url, &server.token);
+    // A Service with no pods, routed, and a Deployment of the same name at zero replicas.
+    let mut svc = Service::new(ObjectMeta::namespaced("default", "sleepy"));
+    svc.spec.selector.insert("app".into(), "sleepy".into());
+    svc.spec.ports = vec![ServicePort {
+        port: 80,
+        ..ServicePort::default()
+    }];
+    client.api::<Service>(Some("default")).create(&svc).await?;
+    let mut route = Route::new(ObjectMeta::namespaced("default", "sleepy"));
+    route.spec.host = Some("sleepy.example.com".into());
+    route.spec.backends = vec![RouteBackend {
+        service: "sleepy".into(),
+        port: None,
+        weight: 100,
+    }];
+    client.api::<Route>(Some("default")).create(&route).await?;
+    let mut d = Deployment::new(ObjectMeta::namespaced("default", "sleepy"));
+    d.spec.replicas = 0;
+    d.spec.selector = LabelSelector::from_labels([("app".to_owned(), "sleepy".to_owned())].into());
+    d.spec
+        .template
+        .metadata
+        .labels
+        .insert("app".into(), "sleepy".into());
+    d.spec.template.spec.containers = vec![Container {
+        name: "main".into(),
+        wasm: Some(format!("sha256:{}", "0".repeat(64))),
+        ..Container::default()
+    }];
+    let deployments = client.api::<Deployment>(Some("default"));
+    deployments.create(&d).await?;
+
+    let mut config = IngressConfig::new("node-a");
+    config.queue_limit = 3;
+    config.queue_timeout = Duration::from_secs(2);
+    let ingress = Ingress::new(client.clone(), config, None);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sync = tokio::spawn({
+        let (i, s) = (ingress.clone(), stop.clone());
+        async move { i.sync(s).await }
+    });
+    // Wait for the route to be known.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ingress.stats().iter().any(|s| s.name == "sleepy") {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "route never loaded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let (code, _, body) = body_of(ingress.handle(request("other.example.com")?).await).await?;
+    assert_eq!(code, 404);
+    assert!(body.contains("other.example.com/"), "{body}");
+
+    // Three requests wait; the fourth overflows the queue.
+    let mut held = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let i = ingress.clone();
+        held.spawn(async move { body_of(i.handle(request("sleepy.example.com")?).await).await });
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ingress
+        .stats()
+        .iter()
+        .find(|s| s.name == "sleepy")
+        .map_or(0, |s| s.queued)
+        < 3
+    {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "requests were not held");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (code, retry, body) = body_of(ingress.handle(request("sleepy.example.com")?).await).await?;
+    assert_eq!((code, retry.as_deref()), (503, Some("1")), "{body}");
+    assert!(body.contains("sleepy"), "{body}");
+
+    // No pod ever becomes ready (no node runs it): each held request ends with a clear 504.
+    while let Some(r) = held.join_next().await {
+        let (code, _, body) = r??;
+        assert_eq!(code, 504, "{body}");
+        assert!(body.contains("no ready endpoint"), "{body}");
+    }
+    // The burst woke the Deployment once: 0 → 1.
+    assert_eq!(deployments.get("sleepy").await?.spec.replicas, 1);
+    let stats = ingress.stats();
+    let s = stats.iter().find(|s| s.name == "sleepy").context("stats")?;
+    assert_eq!((s.cold_starts, s.queued), (1, 0));
+    stop.cancel();
+    sync.await?;
+    Ok(())
+}
