@@ -30,11 +30,19 @@ async fn function_expands_scales_within_bounds_and_is_collected() -> anyhow::Res
     let server = wisp_apiserver::testutil::TestServer::start().await?;
     let client = Client::new(&server.url, &server.token);
     let shutdown = CancellationToken::new();
-    let controllers = tokio::spawn(wisp_controllers::run(
-        client.clone(),
-        wisp_controllers::Config::default(),
-        shutdown.clone(),
-    ));
+    // The Function controller and the collectors of its children; no autoscaler, so that
+    // the replicas this test sets stand for the "autoscaler's choice".
+    let controllers = tokio::spawn({
+        let (c, s) = (client.clone(), shutdown.clone());
+        async move {
+            tokio::join!(
+                wisp_controllers::run_functions(c.clone(), s.clone()),
+                wisp_controllers::gc::run::<Deployment, Function>(c.clone(), s.clone()),
+                wisp_controllers::gc::run::<Service, Function>(c.clone(), s.clone()),
+                wisp_controllers::gc::run::<Route, Function>(c, s),
+            );
+        }
+    });
     let mut f = Function::new(ObjectMeta::namespaced("default", "hello"));
     f.spec.scaling.min_scale = 1;
     f.spec.scaling.max_scale = 3;
@@ -76,9 +84,15 @@ async fn function_expands_scales_within_bounds_and_is_collected() -> anyhow::Res
 
     // The autoscaler's choice stands within [min, max] and is clamped beyond it.
     for (set, want) in [(2, 2), (7, 3)] {
-        let mut d = deployments.get("hello").await?;
-        d.spec.replicas = set;
-        deployments.replace(&d).await?;
+        for attempt in 0.. {
+            let mut d = deployments.get("hello").await?;
+            d.spec.replicas = set;
+            match deployments.replace(&d).await {
+                Ok(_) => break,
+                Err(e) if e.code() == Some(409) && attempt < 20 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         eventually("the clamped replicas", async || {
             let d = deployments.get("hello").await?;
             let f = functions.get("hello").await?;
