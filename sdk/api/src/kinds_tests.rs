@@ -314,3 +314,21 @@ fn resource_new_fills_type_meta() {
     );
     assert_eq!(p.namespace(), Some("default"));
 }
+
+/// Regression: pod status addresses are spelled `podIP` / `hostIP` as in Kubernetes (they
+/// were `podIp` / `hostIp`, and `wisp get pods -o wide` showed no IP).
+#[test]
+fn pod_status_addresses_use_kubernetes_spelling() {
+    let st = crate::PodStatus {
+        pod_ip: Some("10.0.0.7".into()),
+        host_ip: Some("192.168.1.2".into()),
+        ..crate::PodStatus::default()
+    };
+    let v = serde_json::to_value(&st).expect("encode");
+    assert_eq!(
+        (v["podIP"].as_str(), v["hostIP"].as_str()),
+        (Some("10.0.0.7"), Some("192.168.1.2"))
+    );
+    let back: crate::PodStatus = serde_json::from_value(v).expect("decode");
+    assert_eq!(back, st);
+}

@@ -253,9 +253,11 @@ pub struct PodStatus {
     /// Node the pod runs on, as reported by its agent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// `hostIP`, as Kubernetes spells it.
+    #[serde(rename = "hostIP", skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// `podIP`, as Kubernetes spells it.
+    #[serde(rename = "podIP", skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<String>,
     /// Port on the host where the pod serves HTTP, when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
