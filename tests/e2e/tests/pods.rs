@@ -184,8 +184,11 @@ async fn hello_deployment_runs_heals_rolls_and_undoes() -> anyhow::Result<()> {
     let (ok, wide, err) = w.cli(&["get", "pods", "-o", "wide"])?;
     anyhow::ensure!(ok, "{err}");
     assert!(
-        wide.contains("NODE") && wide.contains("local") && wide.contains("Running"),
-        "{wide}"
+        wide.contains("NODE")
+            && wide.contains("local")
+            && wide.contains("Running")
+            && wide.contains("127.0.0.1"),
+        "node, phase and pod IP: {wide}"
     );
     let (ok, _, err) = w.cli(&["logs", &pods[0].metadata.name, "--tail", "10"])?;
     anyhow::ensure!(ok, "wisp logs failed: {err}");
