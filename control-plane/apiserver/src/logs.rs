@@ -3,6 +3,7 @@
 //! token against this API before it streams anything.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, header};
@@ -115,10 +116,20 @@ pub async fn pod_log(
     let req = req
         .body(Empty::<Bytes>::new())
         .map_err(|e| ApiError::Internal(format!("log request to {url}: {e}")))?;
-    let client = HyperClient::builder(TokioExecutor::new()).build_http();
-    let resp = client.request(req).await.map_err(|e| {
-        ApiError::Unavailable(format!("cannot reach the agent of node {node} at {agent}: {e}"))
-    })?;
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client = HyperClient::builder(TokioExecutor::new()).build(connector);
+    // A node that is down answers nothing: give up on the response head after 10 s.
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| {
+            ApiError::Unavailable(format!(
+                "the agent of node {node} at {agent} did not answer in 10 s"
+            ))
+        })?
+        .map_err(|e| {
+            ApiError::Unavailable(format!("cannot reach the agent of node {node} at {agent}: {e}"))
+        })?;
     let (parts, body) = resp.into_parts();
     let body = body.map_err(std::io::Error::other).boxed_unsync();
     Ok(Response::from_parts(parts, body))

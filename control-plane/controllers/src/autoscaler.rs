@@ -55,27 +55,11 @@ pub struct Sample {
 pub struct Window {
     samples: VecDeque<(Instant, f64)>,
     panicking_until: Option<Instant>,
-    /// The busy time seen last, to turn its growth into an average concurrency.
-    last_busy: Option<(Instant, u64)>,
     /// First sample: a Function never requested since is kept up for `scaleToZeroAfter`.
     since: Option<Instant>,
 }
 
 impl Window {
-    /// The average concurrency since the last tick: growth of the busy time over the time
-    /// passed (at least what is in flight now, for requests longer than a tick).
-    #[allow(clippy::cast_precision_loss)]
-    pub fn concurrency(&mut self, now: Instant, busy_us: u64, in_flight: usize) -> f64 {
-        let rate = match self.last_busy {
-            Some((t, b)) if busy_us >= b && now > t => {
-                (busy_us - b) as f64 / (now.duration_since(t).as_micros().max(1) as f64)
-            }
-            _ => 0.0,
-        };
-        self.last_busy = Some((now, busy_us));
-        rate.max(in_flight as f64)
-    }
-
     pub fn push(&mut self, at: Instant, concurrency: f64, keep: Duration) {
         self.since.get_or_insert(at);
         self.samples.push_back((at, concurrency));
@@ -152,25 +136,53 @@ async fn scrape(http: &HttpClient, url: &str) -> Option<Vec<Sample>> {
         .parse()
         .ok()?;
     let req = http::Request::get(uri).body(Empty::<Bytes>::new()).ok()?;
-    let resp = tokio::time::timeout(Duration::from_secs(2), http.request(req))
-        .await
-        .ok()?
-        .ok()?;
-    if !resp.status().is_success() {
-        return None;
-    }
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    serde_json::from_slice(&body).ok()
+    let read = async {
+        let resp = http.request(req).await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        serde_json::from_slice(&body).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), read).await.ok()?
 }
 
 type HttpClient =
     hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
 
+/// Average concurrency between two readings of a busy counter (request-µs): its growth over
+/// the time passed. `None` without a previous reading or when the counter went back (the
+/// ingress restarted): the reading becomes the new baseline.
+pub fn rate(previous: Option<(Instant, u64)>, now: Instant, busy_us: u64) -> Option<f64> {
+    let (t, b) = previous?;
+    if busy_us < b || now <= t {
+        return None;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    Some((busy_us - b) as f64 / now.duration_since(t).as_micros().max(1) as f64)
+}
+
+/// What the autoscaler remembers between ticks.
+#[derive(Default)]
+struct State {
+    windows: HashMap<(String, String), Window>,
+    /// Last busy reading per (ingress URL, namespace, Service).
+    busy: HashMap<(String, String, String), (Instant, u64)>,
+}
+
+/// One Service's traffic over every ingress this tick.
+#[derive(Default)]
+struct Traffic {
+    concurrency: f64,
+    in_flight: usize,
+    last_request_ms: u64,
+}
+
 /// Runs the autoscaler until `shutdown`.
 pub async fn run(client: Client, config: AutoscalerConfig, shutdown: CancellationToken) {
     let http: HttpClient =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let mut windows: HashMap<(String, String), Window> = HashMap::new();
+    let mut state = State::default();
     let mut ticker = tokio::time::interval(config.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -178,38 +190,63 @@ pub async fn run(client: Client, config: AutoscalerConfig, shutdown: Cancellatio
             _ = ticker.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        if let Err(e) = tick(&client, &http, &config, &mut windows).await {
+        if let Err(e) = tick(&client, &http, &config, &mut state).await {
             tracing::warn!(error = %e, "autoscaler tick failed");
         }
     }
+}
+
+/// Reads every ingress at once; per Service the summed concurrency (each ingress's own busy
+/// growth, so an ingress missing from one tick never counts double in the next). Returns
+/// whether any ingress could not be read.
+async fn traffic(
+    http: &HttpClient,
+    urls: Vec<String>,
+    state: &mut State,
+) -> (HashMap<(String, String), Traffic>, bool) {
+    let reads = futures::future::join_all(urls.iter().map(|u| scrape(http, u))).await;
+    let now = Instant::now();
+    let mut out: HashMap<(String, String), Traffic> = HashMap::new();
+    let mut failed = false;
+    for (url, read) in urls.iter().zip(reads) {
+        let Some(samples) = read else {
+            tracing::debug!(ingress = %url, "cannot read the ingress's stats");
+            failed = true;
+            continue;
+        };
+        for s in samples {
+            let key = (url.clone(), s.namespace.clone(), s.name.clone());
+            let r = rate(state.busy.get(&key).copied(), now, s.busy_us).unwrap_or(0.0);
+            state.busy.insert(key, (now, s.busy_us));
+            let t = out.entry((s.namespace, s.name)).or_default();
+            t.concurrency += r;
+            // Requests held by the activator are in flight already.
+            t.in_flight += s.in_flight;
+            t.last_request_ms = t.last_request_ms.max(s.last_request_ms);
+        }
+    }
+    state.busy.retain(|(u, _, _), _| urls.contains(u));
+    (out, failed)
 }
 
 async fn tick(
     client: &Client,
     http: &HttpClient,
     config: &AutoscalerConfig,
-    windows: &mut HashMap<(String, String), Window>,
+    state: &mut State,
 ) -> Result<(), wisp_client::ClientError> {
     let all = ListParams::default();
     let functions = client.api::<Function>(None).list(&all).await?.items;
     if functions.is_empty() {
-        windows.clear();
+        state.windows.clear();
         return Ok(());
     }
     let nodes = client.api::<Node>(None).list(&all).await?.items;
-    let mut totals: HashMap<(String, String), Sample> = HashMap::new();
-    for url in nodes
+    let urls: Vec<String> = nodes
         .iter()
         .filter_map(|n| n.status.as_ref().and_then(|s| s.ingress_url.clone()))
-    {
-        for s in scrape(http, &url).await.unwrap_or_default() {
-            let t = totals.entry((s.namespace.clone(), s.name.clone())).or_default();
-            t.in_flight += s.in_flight + s.queued;
-            t.busy_us += s.busy_us;
-            t.requests += s.requests;
-            t.last_request_ms = t.last_request_ms.max(s.last_request_ms);
-        }
-    }
+        .collect();
+    let (totals, scrape_failed) = traffic(http, urls, state).await;
     let now = Instant::now();
     let now_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
     let mut live = std::collections::HashSet::new();
@@ -217,13 +254,31 @@ async fn tick(
         let ns = f.metadata.namespace.clone().unwrap_or_default();
         let key = (ns.clone(), f.metadata.name.clone());
         live.insert(key.clone());
-        let sample = totals.get(&key).cloned().unwrap_or_default();
-        let window = windows.entry(key).or_default();
-        let concurrency = window.concurrency(now, sample.busy_us, sample.in_flight);
+        let t = totals.get(&key);
+        let in_flight = t.map_or(0, |t| t.in_flight);
+        #[allow(clippy::cast_precision_loss)]
+        let concurrency = t.map_or(0.0, |t| t.concurrency).max(in_flight as f64);
+        // The last request as the ingresses saw it, else as recorded on the Function (an
+        // ingress that restarted or could not be read does not make it look idle).
+        let recorded = f
+            .status
+            .as_ref()
+            .and_then(|s| s.last_request_time.as_deref())
+            .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+            .and_then(|t| u64::try_from(t.as_millisecond()).ok())
+            .unwrap_or(0);
+        let seen = t.map_or(0, |t| t.last_request_ms);
+        let last_request_ms = seen.max(recorded);
+        let window = state.windows.entry(key).or_default();
         window.push(now, concurrency, config.stable_window);
         let deployments = client.api::<Deployment>(Some(&ns));
-        let Some(mut d) = deployments.get_opt(&f.metadata.name).await? else {
-            continue;
+        let mut d = match deployments.get_opt(&f.metadata.name).await {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(function = %f.metadata.name, namespace = %ns, error = %e, "cannot read the deployment");
+                continue;
+            }
         };
         let wasm = f.spec.template.spec.containers.iter().all(|c| c.wasm.is_some());
         let inputs = Inputs {
@@ -235,34 +290,38 @@ async fn tick(
             } else {
                 DEFAULT_TARGET_CONTAINER
             }),
-            idle_for: (sample.last_request_ms > 0)
-                .then(|| Duration::from_millis(now_ms.saturating_sub(sample.last_request_ms))),
-            in_flight_now: sample.in_flight,
+            idle_for: (last_request_ms > 0)
+                .then(|| Duration::from_millis(now_ms.saturating_sub(last_request_ms))),
+            in_flight_now: in_flight,
             scale_to_zero_after: f.spec.scaling.scale_to_zero_after_duration(),
         };
-        let desired = decide(window, now, config, &inputs);
+        let mut desired = decide(window, now, config, &inputs);
+        if scrape_failed {
+            // Part of the traffic is unknown this tick: never scale down on it.
+            desired = desired.max(inputs.current);
+        }
         if desired != inputs.current {
             tracing::info!(function = %f.metadata.name, namespace = %ns, from = inputs.current, to = desired,
-                in_flight = sample.in_flight, "scaling");
+                in_flight, concurrency, "scaling");
             d.spec.replicas = i32::try_from(desired).unwrap_or(i32::MAX);
             match deployments.replace(&d).await {
                 Ok(_) => {}
                 Err(e) if e.code() == Some(409) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(function = %f.metadata.name, namespace = %ns, error = %e, "cannot scale");
+                }
             }
         }
-        if sample.last_request_ms > 0 {
-            let stamp = jiff::Timestamp::from_millisecond(i64::try_from(sample.last_request_ms).unwrap_or(0))
+        if seen > recorded {
+            let stamp = jiff::Timestamp::from_millisecond(i64::try_from(seen).unwrap_or(0))
                 .map(|t| t.to_string())
                 .ok();
-            if f.status.as_ref().and_then(|s| s.last_request_time.clone()) != stamp {
-                let mut next = f.clone();
-                next.status.get_or_insert_with(Default::default).last_request_time = stamp;
-                let _ = client.api::<Function>(Some(&ns)).replace_status(&next).await;
-            }
+            let mut next = f.clone();
+            next.status.get_or_insert_with(Default::default).last_request_time = stamp;
+            let _ = client.api::<Function>(Some(&ns)).replace_status(&next).await;
         }
     }
-    windows.retain(|k, _| live.contains(k));
+    state.windows.retain(|k, _| live.contains(k));
     Ok(())
 }
 
@@ -283,15 +342,17 @@ mod tests {
     }
 
     #[test]
-    fn concurrency_is_the_rate_of_busy_time() {
-        let mut w = Window::default();
+    fn concurrency_is_the_rate_of_busy_time_and_restarts_rebaseline() {
         let t0 = Instant::now();
-        assert_eq!(w.concurrency(t0, 0, 0), 0.0);
+        assert_eq!(rate(None, t0, 5_000_000), None, "first reading: a baseline");
         // 2.5 s of request time in 1 s: 2.5 requests in flight on average.
-        let c = w.concurrency(t0 + Duration::from_secs(1), 2_500_000, 0);
-        assert!((c - 2.5).abs() < 1e-9, "{c}");
-        // A long request still running counts now, not only when it ends.
-        assert_eq!(w.concurrency(t0 + Duration::from_secs(2), 2_500_000, 3), 3.0);
+        let r = rate(Some((t0, 1_000_000)), t0 + Duration::from_secs(1), 3_500_000);
+        assert!(r.is_some_and(|r| (r - 2.5).abs() < 1e-9), "{r:?}");
+        assert_eq!(
+            rate(Some((t0, 9_000_000)), t0 + Duration::from_secs(1), 10),
+            None,
+            "the ingress restarted: no spike"
+        );
     }
 
     #[test]

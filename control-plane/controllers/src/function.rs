@@ -154,6 +154,43 @@ pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Er
     let name = &f.metadata.name;
 
     let current = deployments.get_opt(name).await?;
+    let current_service = services.get_opt(name).await?;
+    let current_route = routes.get_opt(name).await?;
+    // Never take over an object of the same name that something else made.
+    let uid = f.metadata.uid.clone().unwrap_or_default();
+    let foreign = |m: &ObjectMeta| !m.owner_references.iter().any(|r| r.uid == uid);
+    let conflict = [
+        current
+            .as_ref()
+            .filter(|d| foreign(&d.metadata))
+            .map(|_| "Deployment"),
+        current_service
+            .as_ref()
+            .filter(|s| foreign(&s.metadata))
+            .map(|_| "Service"),
+        current_route
+            .as_ref()
+            .filter(|r| foreign(&r.metadata))
+            .map(|_| "Route"),
+    ];
+    if let Some(kind) = conflict.into_iter().flatten().next() {
+        let mut updated = (*f).clone();
+        let status = updated.status.get_or_insert_with(Default::default);
+        let changed = wisp_api::meta::set_condition(
+            &mut status.conditions,
+            Condition::new(
+                "Ready",
+                false,
+                "NameConflict",
+                format!("a {kind} named {name} exists and is not owned by this Function; rename one of them"),
+            ),
+            &jiff::Timestamp::now().to_string(),
+        );
+        if changed {
+            let _ = ctx.client.api::<Function>(ns).replace_status(&updated).await;
+        }
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
     let want = desired_deployment(&f, current.as_ref().map(|d| d.spec.replicas));
     let deployment = ensure(&deployments, want, current, |c, w| {
         c.spec.replicas != w.spec.replicas
@@ -163,14 +200,11 @@ pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Er
             || c.metadata.owner_references != w.metadata.owner_references
     })
     .await?;
-    let service = ensure(
-        &services,
-        desired_service(&f),
-        services.get_opt(name).await?,
-        |c, w| c.spec != w.spec || c.metadata.owner_references != w.metadata.owner_references,
-    )
+    let service = ensure(&services, desired_service(&f), current_service, |c, w| {
+        c.spec != w.spec || c.metadata.owner_references != w.metadata.owner_references
+    })
     .await?;
-    let route = ensure(&routes, desired_route(&f), routes.get_opt(name).await?, |c, w| {
+    let route = ensure(&routes, desired_route(&f), current_route, |c, w| {
         c.spec != w.spec || c.metadata.owner_references != w.metadata.owner_references
     })
     .await?;

@@ -124,3 +124,52 @@ async fn function_expands_scales_within_bounds_and_is_collected() -> anyhow::Res
     controllers.await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_never_takes_over_an_object_it_does_not_own() -> anyhow::Result<()> {
+    let server = wisp_apiserver::testutil::TestServer::start().await?;
+    let client = Client::new(&server.url, &server.token);
+    let mut svc = Service::new(ObjectMeta::namespaced("default", "taken"));
+    svc.spec.selector.insert("app".into(), "mine".into());
+    svc.spec.ports = vec![wisp_api::ServicePort {
+        port: 9000,
+        ..wisp_api::ServicePort::default()
+    }];
+    client.api::<Service>(Some("default")).create(&svc).await?;
+    let shutdown = CancellationToken::new();
+    let controllers = tokio::spawn(wisp_controllers::run_functions(client.clone(), shutdown.clone()));
+    let mut f = Function::new(ObjectMeta::namespaced("default", "taken"));
+    f.spec.template.spec.containers = vec![Container {
+        name: "hello".into(),
+        wasm: Some(format!("sha256:{}", "0".repeat(64))),
+        ..Container::default()
+    }];
+    let functions = client.api::<Function>(Some("default"));
+    functions.create(&f).await?;
+    let reason = eventually("the NameConflict condition", async || {
+        let f = functions.get("taken").await?;
+        Ok(f.status
+            .and_then(|s| wisp_api::meta::find_condition(&s.conditions, "Ready").cloned())
+            .and_then(|c| c.reason)
+            .filter(|r| r == "NameConflict"))
+    })
+    .await?;
+    assert_eq!(reason, "NameConflict");
+    let untouched = client.api::<Service>(Some("default")).get("taken").await?;
+    assert_eq!(
+        untouched.spec.ports[0].port, 9000,
+        "the user's Service is left alone"
+    );
+    assert!(untouched.metadata.owner_references.is_empty());
+    assert!(
+        client
+            .api::<Deployment>(Some("default"))
+            .get_opt("taken")
+            .await?
+            .is_none(),
+        "nothing created while the name is taken"
+    );
+    shutdown.cancel();
+    controllers.await?;
+    Ok(())
+}

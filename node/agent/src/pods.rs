@@ -73,6 +73,21 @@ impl Dispatcher {
         }
         if first {
             self.remove_orphans().await;
+            self.remove_stale_pod_dirs(&live).await;
+        }
+    }
+
+    /// Volume directories of pods that are gone (deleted while no agent ran).
+    async fn remove_stale_pod_dirs(&self, live: &HashSet<String>) {
+        let Ok(mut entries) = tokio::fs::read_dir(&self.ctx.pods_dir).await else {
+            return;
+        };
+        while let Ok(Some(e)) = entries.next_entry().await {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !live.contains(&name) {
+                tracing::info!(pod_uid = %name, "removing the directory of a pod that is gone");
+                let _ = tokio::fs::remove_dir_all(e.path()).await;
+            }
         }
     }
 

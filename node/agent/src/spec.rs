@@ -169,11 +169,25 @@ async fn env_value(
 }
 
 fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<(), PrepareError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
     let io = |e: std::io::Error| config_error(format!("cannot write volume {}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(io)?;
+    // Only the agent's user may read what Secrets and ConfigMaps put on disk.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
     for (name, data) in files {
         // Keys are validated by the API (no `/`, no `..`).
-        std::fs::write(dir.join(name), data).map_err(io)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join(name))
+            .map_err(io)?;
+        f.write_all(data).map_err(io)?;
     }
     Ok(())
 }

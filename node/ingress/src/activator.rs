@@ -23,6 +23,17 @@ pub(crate) async fn wait(
     local_only: bool,
 ) -> Result<Arc<Backend>, Response<Body>> {
     let config = &ingress.inner.config;
+    if local_only {
+        // Forwarded by another node's ingress for a pod of ours that is gone: say so at once
+        // (the sender may try another backend) rather than hold the request.
+        return Err(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "service {}/{} has no ready endpoint on this node",
+                svc.namespace, svc.name
+            ),
+        ));
+    }
     if svc.queued.fetch_add(1, Ordering::AcqRel) >= config.queue_limit {
         svc.queued.fetch_sub(1, Ordering::AcqRel);
         let mut r = text(
@@ -38,7 +49,18 @@ pub(crate) async fn wait(
     }
     let _queued = Dequeue(svc);
     let mut ready = svc.ready.subscribe();
-    if !svc.activating.swap(true, Ordering::AcqRel) {
+    // One activation per burst: the first waiter stamps the time; a stamp older than the
+    // queue timeout (every waiter of that burst gave up) lets the next one try again.
+    let now = now_ms();
+    let stamp = svc.activated_ms.load(Ordering::Acquire);
+    let stale = stamp == 0
+        || now.saturating_sub(stamp) > u64::try_from(config.queue_timeout.as_millis()).unwrap_or(u64::MAX);
+    if stale
+        && svc
+            .activated_ms
+            .compare_exchange(stamp, now.max(1), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    {
         svc.cold_starts.fetch_add(1, Ordering::Relaxed);
         ingress
             .inner
@@ -58,7 +80,7 @@ pub(crate) async fn wait(
             .map(|r| r.map(|_| ()));
         match woke {
             Ok(Ok(())) => {
-                svc.activating.store(false, Ordering::Release);
+                svc.activated_ms.store(0, Ordering::Release);
                 if let Some(b) = svc.pick(local_only, |b| ingress.usable(b)) {
                     return Ok(b);
                 }
@@ -82,6 +104,12 @@ pub(crate) async fn wait(
             svc.namespace, svc.name, config.queue_timeout
         ),
     ))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 struct Dequeue<'a>(&'a ServiceState);

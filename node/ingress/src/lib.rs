@@ -277,7 +277,7 @@ impl Ingress {
                     namespace: s.namespace.clone(),
                     name: s.name.clone(),
                     in_flight: s.in_flight.load(Relaxed),
-                    busy_us: s.busy_us.load(Relaxed),
+                    busy_us: s.busy_us(),
                     requests: s.requests.load(Relaxed),
                     last_request_ms: s.last_request_ms.load(Relaxed),
                     queued: s.queued.load(Relaxed),

@@ -69,28 +69,24 @@ impl Drop for Outstanding {
     }
 }
 
-/// A request in flight at a Service, until dropped: then its time is added to the
-/// Service's busy time (time-weighted concurrency for the autoscaler).
+/// A request in flight at a Service, until dropped (the Service's in-flight count and busy
+/// integral, for the autoscaler).
 struct InFlight {
     svc: Arc<ServiceState>,
-    started: Instant,
 }
 
 impl InFlight {
     fn enter(svc: &Arc<ServiceState>) -> Self {
         svc.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self {
-            svc: svc.clone(),
-            started: Instant::now(),
-        }
+        svc.busy_change(1);
+        Self { svc: svc.clone() }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.svc.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.svc.busy_us.fetch_add(us, Ordering::Relaxed);
+        self.svc.busy_change(-1);
     }
 }
 
@@ -351,7 +347,14 @@ impl Ingress {
                 .forward(req, &format!("http://{addr}"), false)
                 .await
                 .map_err(fail),
-            Target::Node(url) => self.forward(req, url, true).await.map_err(fail),
+            // The other node had no ready pod of this Service after all: try another backend.
+            Target::Node(url) => match self.forward(req, url, true).await {
+                Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => Err(Failed {
+                    retry: true,
+                    response: r,
+                }),
+                other => other.map_err(fail),
+            },
         }
     }
 
@@ -371,6 +374,15 @@ impl Ingress {
                     format!("bad backend address {base}: {e}"),
                 )
             })?;
+        // The pooled client speaks HTTP/1.1 to backends, whatever the client spoke to us; an
+        // HTTP/2 request carries its host in the URI, which is replaced here.
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        parts.version = http::Version::HTTP_11;
         parts.uri = uri;
         if mark {
             parts.headers.insert(FORWARDED, HeaderValue::from_static("1"));

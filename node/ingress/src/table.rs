@@ -42,16 +42,18 @@ pub struct ServiceState {
     /// Ready backend count, for requests waiting on a cold start.
     pub ready: tokio::sync::watch::Sender<usize>,
     pub in_flight: AtomicUsize,
-    /// Total time requests spent in flight, in µs (its rate is the average concurrency).
-    pub busy_us: AtomicU64,
+    /// The integral of in-flight requests over time (its rate is the average concurrency),
+    /// kept current on every change so a long request counts while it runs.
+    busy: std::sync::Mutex<Busy>,
     pub requests: AtomicU64,
     /// Unix milliseconds of the last request (0: never).
     pub last_request_ms: AtomicU64,
     /// Requests held by the activator now.
     pub queued: AtomicUsize,
     pub cold_starts: AtomicU64,
-    /// Set while one request is waking the Service (so a burst activates it once).
-    pub activating: std::sync::atomic::AtomicBool,
+    /// Unix ms when a request last woke the Service (0: not waking), so a burst activates
+    /// it once.
+    pub activated_ms: AtomicU64,
 }
 
 impl ServiceState {
@@ -62,13 +64,31 @@ impl ServiceState {
             backends: ArcSwap::from_pointee(Vec::new()),
             ready: tokio::sync::watch::Sender::new(0),
             in_flight: AtomicUsize::new(0),
-            busy_us: AtomicU64::new(0),
+            busy: std::sync::Mutex::new(Busy {
+                area_us: 0,
+                in_flight: 0,
+                since: std::time::Instant::now(),
+            }),
             requests: AtomicU64::new(0),
             last_request_ms: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
             cold_starts: AtomicU64::new(0),
-            activating: std::sync::atomic::AtomicBool::new(false),
+            activated_ms: AtomicU64::new(0),
         }
+    }
+
+    /// A request enters (`+1`) or leaves (`-1`): the busy integral is brought up to now first.
+    pub fn busy_change(&self, delta: isize) {
+        let mut b = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        b.advance();
+        b.in_flight = b.in_flight.saturating_add_signed(delta);
+    }
+
+    /// Request-µs spent in flight so far (in-flight requests counted up to now).
+    pub fn busy_us(&self) -> u64 {
+        let mut b = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        b.advance();
+        u64::try_from(b.area_us).unwrap_or(u64::MAX)
     }
 
     /// Replaces the backends, keeping the counters of those that stay.
@@ -109,6 +129,21 @@ impl ServiceState {
                 Some(pick.clone())
             }
         }
+    }
+}
+
+#[derive(Debug)]
+struct Busy {
+    area_us: u128,
+    in_flight: usize,
+    since: std::time::Instant,
+}
+
+impl Busy {
+    fn advance(&mut self) {
+        let now = std::time::Instant::now();
+        self.area_us += now.duration_since(self.since).as_micros() * self.in_flight as u128;
+        self.since = now;
     }
 }
 
@@ -195,7 +230,12 @@ fn specificity(r: &RouteEntry) -> (u8, usize) {
 
 impl Table {
     pub fn new(mut routes: Vec<RouteEntry>) -> Self {
-        routes.sort_by(|a, b| specificity(b).cmp(&specificity(a)).then(a.name.cmp(&b.name)));
+        // Equal claims resolve the same way on every node and every rebuild.
+        routes.sort_by(|a, b| {
+            specificity(b)
+                .cmp(&specificity(a))
+                .then_with(|| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)))
+        });
         Self { routes }
     }
 
@@ -316,6 +356,21 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 8);
+    }
+
+    #[test]
+    fn busy_time_counts_running_requests_as_they_run() {
+        let s = ServiceState::new("default", "s");
+        s.busy_change(1);
+        s.busy_change(1);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mid = s.busy_us();
+        assert!(mid >= 40_000, "two requests for 20 ms: {mid} µs");
+        s.busy_change(-1);
+        s.busy_change(-1);
+        let end = s.busy_us();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        assert_eq!(s.busy_us(), end, "nothing in flight: no more busy time");
     }
 
     #[test]
