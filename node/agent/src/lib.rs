@@ -193,6 +193,7 @@ impl Agent {
             pods_dir: c.data_dir.join("pods"),
         });
         let log_server = Arc::new(logs::LogServer {
+            shutdown: shutdown.clone(),
             api_url: self.client.server().to_owned(),
             node: c.node_name.clone(),
             runtimes: self.runtimes.clone(),

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,11 +16,8 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use wisp_api::Pod;
 use wisp_client::Client;
 use wisp_sandbox::LogOptions;
@@ -31,6 +27,8 @@ use crate::worker::Runtimes;
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 pub struct LogServer {
+    /// Ends every log stream (followers included) when cancelled.
+    pub shutdown: CancellationToken,
     pub api_url: String,
     pub node: String,
     pub runtimes: Runtimes,
@@ -132,6 +130,7 @@ impl LogServer {
                     format!("no logs for container {container:?} of pod {ns}/{pod_name}: {e}"),
                 )
             })?;
+        let lines = lines.take_until(self.shutdown.clone().cancelled_owned());
         let body = StreamBody::new(lines.map(|l| {
             let mut s = l.line;
             s.push('\n');
@@ -148,37 +147,14 @@ impl LogServer {
 
 /// Serves `server` on `listener` until `shutdown` (followers are cut off then).
 pub async fn serve(server: Arc<LogServer>, listener: TcpListener, shutdown: CancellationToken) {
-    let tracker = TaskTracker::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let server = server.clone();
-        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+    let service =
+        tower::util::BoxCloneService::new(tower::service_fn(move |req: Request<hyper::body::Incoming>| {
             let server = server.clone();
             async move { Ok::<_, Infallible>(server.handle(req).await) }
-        });
-        let builder = builder.clone();
-        let stop = shutdown.clone();
-        tracker.spawn(async move {
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "log connection ended with an error");
-                },
-                () = stop.cancelled() => {}
-            }
-        });
-    }
-    tracker.close();
-    tracker.wait().await;
+        }));
+    let options = wisp_runtime::http::ServeOptions {
+        header_read_timeout: Some(Duration::from_secs(10)),
+        grace: Duration::from_secs(1),
+    };
+    wisp_runtime::http::serve(listener, service, options, shutdown).await;
 }

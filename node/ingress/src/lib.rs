@@ -175,13 +175,26 @@ impl Ingress {
     fn rebuild(&self, c: &Caches) {
         let inner = &self.inner;
         let node = &inner.config.node_name;
-        let ingress_of = |name: &str| {
-            c.nodes
-                .list()
-                .into_iter()
-                .find(|n| n.metadata.name == name)
-                .and_then(|n| n.status.as_ref().and_then(|s| s.ingress_url.clone()))
-        };
+        // Looked up per address below: built once per rebuild.
+        let ingress_urls: std::collections::HashMap<String, String> = c
+            .nodes
+            .list()
+            .iter()
+            .filter_map(|n| {
+                let url = n.status.as_ref()?.ingress_url.clone()?;
+                Some((n.metadata.name.clone(), url))
+            })
+            .collect();
+        let wasm_containers: std::collections::HashMap<String, String> = c
+            .pods
+            .list()
+            .iter()
+            .filter_map(|p| {
+                let uid = p.metadata.uid.clone()?;
+                let c = p.spec.containers.iter().find(|c| c.wasm.is_some())?;
+                Some((uid, c.name.clone()))
+            })
+            .collect();
         let mut seen = std::collections::HashSet::new();
         for ep in c.endpoints.list() {
             let ns = ep.metadata.namespace.clone().unwrap_or_default();
@@ -193,20 +206,8 @@ impl Ingress {
                 let Some(r) = &a.target_ref else { continue };
                 let uid = r.uid.clone().unwrap_or_default();
                 let target = if a.node_name.as_deref() == Some(node.as_str()) && inner.wasm.is_some() {
-                    let pod = c
-                        .pods
-                        .list()
-                        .into_iter()
-                        .find(|p| p.metadata.uid.as_deref() == Some(uid.as_str()));
-                    let container = pod.as_ref().and_then(|p| {
-                        p.spec
-                            .containers
-                            .iter()
-                            .find(|c| c.wasm.is_some())
-                            .map(|c| c.name.clone())
-                    });
-                    match (container, a.port) {
-                        (Some(c), _) => Some(Target::Local(wisp_sandbox::SandboxId::new(&uid, &c))),
+                    match (wasm_containers.get(&uid), a.port) {
+                        (Some(c), _) => Some(Target::Local(wisp_sandbox::SandboxId::new(&uid, c))),
                         (None, Some(port)) => format!("{}:{port}", a.ip).parse().ok().map(Target::Addr),
                         (None, None) => None,
                     }
@@ -216,7 +217,10 @@ impl Ingress {
                         .ok()
                         .map(Target::Addr)
                 } else {
-                    a.node_name.as_deref().and_then(ingress_of).map(Target::Node)
+                    a.node_name
+                        .as_ref()
+                        .and_then(|n| ingress_urls.get(n).cloned())
+                        .map(Target::Node)
                 };
                 let Some(target) = target else { continue };
                 let reused = old

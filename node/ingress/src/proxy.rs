@@ -4,21 +4,16 @@
 //! header-read timeout; per-request timeout and body limit here).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
 
 use crate::Ingress;
@@ -400,45 +395,18 @@ impl Ingress {
 /// Serves `ingress` on `listener` until `shutdown`, then lets in-flight requests finish for
 /// the configured grace period.
 pub async fn serve(ingress: Ingress, listener: TcpListener, shutdown: CancellationToken) {
-    let tracker = TaskTracker::new();
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(ingress.inner.config.header_read_timeout);
+    let config = &ingress.inner.config;
     let this = ingress.clone();
     let service = ServiceBuilder::new()
-        .concurrency_limit(ingress.inner.config.concurrency_limit)
+        .boxed_clone()
+        .concurrency_limit(config.concurrency_limit)
         .service(tower::service_fn(move |req: Request<hyper::body::Incoming>| {
             let this = this.clone();
             async move { Ok::<_, Infallible>(this.handle(req).await) }
         }));
-    let service = tower::util::BoxCloneService::new(service);
-    loop {
-        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
-        let conn = graceful.watch(conn.into_owned());
-        tracker.spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "ingress connection ended with an error");
-            }
-        });
-    }
-    tracker.close();
-    let grace = ingress.inner.config.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!("in-flight ingress requests did not finish within {grace:?}");
-    }
+    let options = wisp_runtime::http::ServeOptions {
+        header_read_timeout: Some(config.header_read_timeout),
+        grace: config.shutdown_grace,
+    };
+    wisp_runtime::http::serve(listener, service, options, shutdown).await;
 }
