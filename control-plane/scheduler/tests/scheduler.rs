@@ -153,15 +153,30 @@ fn scheduled(pod: &Pod) -> Option<Condition> {
         .and_then(|s| wisp_api::meta::find_condition(&s.conditions, wisp_api::POD_SCHEDULED).cloned())
 }
 
-async fn unschedulable_message(pods: &Api<Pod>, name: &str) -> anyhow::Result<String> {
-    eventually(&format!("pod {name} marked unschedulable"), || async {
+/// The pod's Unschedulable message once it reads `want`, or the last one seen after the
+/// deadline. The scheduler may first judge a pod against a cache that has not yet seen the
+/// latest node status (a node is created, then its status posted, as an agent does); it
+/// writes the message again when that status arrives.
+async fn unschedulable_message(pods: &Api<Pod>, name: &str, want: &str) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut last = None;
+    loop {
         let pod = pods.get(name).await?;
         anyhow::ensure!(pod.spec.node_name.is_none(), "{name} was bound");
-        Ok(scheduled(&pod)
+        if let Some(msg) = scheduled(&pod)
             .filter(|c| !c.is_true() && c.reason.as_deref() == Some("Unschedulable"))
-            .and_then(|c| c.message))
-    })
-    .await
+            .and_then(|c| c.message)
+        {
+            if msg == want {
+                return Ok(msg);
+            }
+            last = Some(msg);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return last.ok_or_else(|| anyhow::anyhow!("pod {name} was never marked unschedulable"));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,8 +219,9 @@ async fn docker_pod_waits_for_a_docker_node() -> anyhow::Result<()> {
     cluster.node(NodeSpec::wasm("wasm-2")).await?;
     let pods = cluster.pods();
     pods.create(&docker_pod("nginx")).await?;
-    let msg = unschedulable_message(&pods, "nginx").await?;
-    assert_eq!(msg, "0/2 nodes are available: 2 runtime docker not supported.");
+    let want = "0/2 nodes are available: 2 runtime docker not supported.";
+    let msg = unschedulable_message(&pods, "nginx", want).await?;
+    assert_eq!(msg, want);
 
     // Nothing changes while nothing changes.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -279,11 +295,9 @@ async fn honours_node_selector_resources_readiness_and_cordons() -> anyhow::Resu
 
     // Now 1Gi fits nowhere: the small node has 128Mi in use, the big one is full.
     pods.create(&wasm_pod("late", "", "1Gi")?).await?;
-    let msg = unschedulable_message(&pods, "late").await?;
-    assert_eq!(
-        msg,
-        "0/4 nodes are available: 2 insufficient memory, 1 node not ready, 1 node unschedulable."
-    );
+    let want = "0/4 nodes are available: 2 insufficient memory, 1 node not ready, 1 node unschedulable.";
+    let msg = unschedulable_message(&pods, "late", want).await?;
+    assert_eq!(msg, want);
 
     // Deleting a pod releases its memory; the waiting pod gets the room.
     pods.delete("filler").await?;
@@ -293,11 +307,9 @@ async fn honours_node_selector_resources_readiness_and_cordons() -> anyhow::Resu
     let mut nowhere = wasm_pod("nowhere", "", "")?;
     nowhere.spec.node_selector.insert("zone".into(), "z".into());
     pods.create(&nowhere).await?;
-    let msg = unschedulable_message(&pods, "nowhere").await?;
-    assert_eq!(
-        msg,
-        "0/4 nodes are available: 2 node selector mismatch, 1 node not ready, 1 node unschedulable."
-    );
+    let want = "0/4 nodes are available: 2 node selector mismatch, 1 node not ready, 1 node unschedulable.";
+    let msg = unschedulable_message(&pods, "nowhere", want).await?;
+    assert_eq!(msg, want);
     // Relabelling a node lets it in.
     let nodes = cluster.client.api::<Node>(None);
     let mut small = nodes.get("small").await?;
@@ -322,8 +334,9 @@ async fn pods_bound_by_others_are_counted() -> anyhow::Result<()> {
     manual.spec.node_name = Some("only".into());
     pods.create(&manual).await?;
     pods.create(&wasm_pod("next", "500m", "")?).await?;
-    let msg = unschedulable_message(&pods, "next").await?;
-    assert_eq!(msg, "0/1 nodes are available: 1 insufficient cpu.");
+    let want = "0/1 nodes are available: 1 insufficient cpu.";
+    let msg = unschedulable_message(&pods, "next", want).await?;
+    assert_eq!(msg, want);
     assert_eq!(pods.get("manual").await?.spec.node_name.as_deref(), Some("only"));
     cluster.stop().await
 }
