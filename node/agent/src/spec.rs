@@ -300,7 +300,8 @@ pub async fn drafts(client: &Client, pod: &Pod, pod_dir: &Path) -> Result<Vec<Dr
                 id: sandbox_id(pod, &c.name),
                 source,
                 kind,
-                args: c.command.iter().chain(&c.args).cloned().collect(),
+                command: c.command.clone(),
+                args: c.args.clone(),
                 env,
                 mounts,
                 ports: c.ports.iter().map(|p| p.container_port).collect(),
@@ -311,6 +312,12 @@ pub async fn drafts(client: &Client, pod: &Pod, pod_dir: &Path) -> Result<Vec<Dr
                     .as_ref()
                     .and_then(|s| s.read_only_root_filesystem)
                     .unwrap_or(false),
+                capabilities: c
+                    .security_context
+                    .as_ref()
+                    .map(wisp_api::SecurityContext::added_capabilities)
+                    .unwrap_or_default(),
+                user: c.security_context.as_ref().and_then(|s| s.run_as_user),
                 labels,
             },
         });

@@ -85,6 +85,9 @@ pub struct SandboxSpec {
     pub id: SandboxId,
     pub source: Source,
     pub kind: Kind,
+    /// The program: argv is `command` followed by `args`. Docker: `command` replaces the
+    /// image's ENTRYPOINT and `args` its CMD (either empty keeps the image's).
+    pub command: Vec<String>,
     pub args: Vec<String>,
     /// Exactly the environment the guest sees (resolved by the agent); nothing ambient.
     pub env: Vec<(String, String)>,
@@ -95,6 +98,10 @@ pub struct SandboxSpec {
     /// Hosts (`host` or `host:port`) the guest may call; everything else is denied.
     pub allowed_outbound_hosts: Vec<String>,
     pub read_only_root: bool,
+    /// Linux capabilities given back to a container (docker drops all others).
+    pub capabilities: Vec<String>,
+    /// Numeric user id to run as (docker), instead of the image's.
+    pub user: Option<i64>,
     /// Labels recorded with the sandbox (see the `LABEL_*` keys) and returned by `list`.
     pub labels: BTreeMap<String, String>,
 }
@@ -107,6 +114,7 @@ impl SandboxSpec {
             id,
             source,
             kind,
+            command: Vec::new(),
             args: Vec::new(),
             env: Vec::new(),
             mounts: Vec::new(),
@@ -114,6 +122,8 @@ impl SandboxSpec {
             limits: Limits::default(),
             allowed_outbound_hosts: Vec::new(),
             read_only_root: false,
+            capabilities: Vec::new(),
+            user: None,
             labels: BTreeMap::new(),
         }
     }
@@ -232,4 +242,9 @@ pub trait Sandbox: Send + Sync {
     fn delete<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, Result<()>>;
     /// Every sandbox this runtime knows, for adoption after an agent restart.
     fn list(&self) -> BoxFuture<'_, Result<Vec<SandboxStatus>>>;
+    /// What a slow `prepare` of `spec` is doing now (e.g. an image pull's progress), for
+    /// the pod's status.
+    fn progress(&self, _spec: &SandboxSpec) -> Option<String> {
+        None
+    }
 }

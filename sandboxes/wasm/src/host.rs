@@ -30,9 +30,9 @@ pub(crate) struct CtxTemplate {
 
 impl CtxTemplate {
     pub(crate) fn new(spec: &SandboxSpec, program: &str, logs: &Arc<LogBuffer>) -> Self {
-        let mut args = Vec::with_capacity(spec.args.len() + 1);
+        let mut args = Vec::with_capacity(spec.command.len() + spec.args.len() + 1);
         args.push(program.to_owned());
-        args.extend(spec.args.iter().cloned());
+        args.extend(spec.command.iter().chain(&spec.args).cloned());
         Self {
             env: spec.env.clone(),
             args,

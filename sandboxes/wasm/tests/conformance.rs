@@ -44,12 +44,12 @@ impl Fixtures for CliFixtures {
     }
 }
 
-async fn make() -> (Arc<dyn Sandbox>, Arc<dyn Fixtures>, tempfile::TempDir) {
+async fn make() -> Option<(Arc<dyn Sandbox>, Arc<dyn Fixtures>, tempfile::TempDir)> {
     let program = common::guest("cli-fixture");
     let (sandbox, dir) = common::runtime(None);
     let broken = dir.path().join("broken.wasm");
     std::fs::write(&broken, b"\0asm not really a component").expect("write");
-    (Arc::new(sandbox), Arc::new(CliFixtures { program, broken }), dir)
+    Some((Arc::new(sandbox), Arc::new(CliFixtures { program, broken }), dir))
 }
 
 wisp_sandbox::sandbox_conformance!(make());

@@ -198,6 +198,70 @@ pub struct SecurityContext {
     pub read_only_root_filesystem: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_as_user: Option<i64>,
+    /// Accepted only as `false`: Wisp never runs a privileged container.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub privileged: Option<bool>,
+    /// Docker containers start with every Linux capability dropped; `add` gives some back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Capabilities {
+    /// Capability names (`NET_BIND_SERVICE` or `CAP_NET_BIND_SERVICE`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+}
+
+/// The capabilities a container may add back (Docker's default set minus the ones that
+/// escape the sandbox; `SYS_ADMIN`, `NET_ADMIN`, `SYS_PTRACE`, `SYS_MODULE`… are refused).
+pub const ALLOWED_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "NET_RAW",
+    "SYS_CHROOT",
+    "MKNOD",
+    "AUDIT_WRITE",
+    "SETFCAP",
+];
+
+impl SecurityContext {
+    /// The capabilities to add, normalised without the `CAP_` prefix.
+    pub fn added_capabilities(&self) -> Vec<String> {
+        self.capabilities.as_ref().map_or_else(Vec::new, |c| {
+            c.add
+                .iter()
+                .map(|n| n.trim_start_matches("CAP_").to_ascii_uppercase())
+                .collect()
+        })
+    }
+
+    fn validate(&self, path: &str) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if self.privileged == Some(true) {
+            errs.push(FieldError::new(
+                child(path, "privileged"),
+                "privileged containers are not allowed",
+            ));
+        }
+        for (i, cap) in self.added_capabilities().iter().enumerate() {
+            if !ALLOWED_CAPABILITIES.contains(&cap.as_str()) {
+                errs.push(FieldError::new(
+                    index(&child(&child(path, "capabilities"), "add"), i),
+                    format!("capability {cap:?} cannot be added (allowed: {})", ALLOWED_CAPABILITIES.join(", ")),
+                ));
+            }
+        }
+        errs
+    }
 }
 
 fn is_set(s: Option<&String>) -> bool {
@@ -269,6 +333,9 @@ impl Container {
                     format!("invalid host {h:?}"),
                 ));
             }
+        }
+        if let Some(sc) = &self.security_context {
+            errs.extend(sc.validate(&child(path, "securityContext")));
         }
         if self.timeout_ms == Some(0) {
             errs.push(FieldError::new(

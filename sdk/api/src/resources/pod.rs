@@ -195,6 +195,19 @@ impl PodSpec {
                 }
             }
         }
+        let runtimes: BTreeSet<&str> = self
+            .containers
+            .iter()
+            .filter(|c| c.image.is_some() != c.wasm.is_some())
+            .map(super::Container::runtime)
+            .collect();
+        if runtimes.len() > 1 {
+            errs.push(FieldError::new(
+                &cpath,
+                "a pod cannot mix Wasm (wasm:) and Docker (image:) containers yet: \
+                 put them in separate pods and connect them through a Service",
+            ));
+        }
         if let Some(n) = &self.node_name {
             errs.extend(validate_dns1123_subdomain(n, &child(path, "nodeName")));
         }

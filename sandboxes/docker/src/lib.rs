@@ -1,0 +1,735 @@
+//! wisp-sandbox-docker runs OCI images as Docker containers through the Engine API
+//! (bollard, over the daemon's unix socket, API version negotiated with the daemon). It
+//! implements the [`Sandbox`] trait of `wisp-sandbox` and passes its conformance suite.
+//!
+//! Every container is created locked down: all Linux capabilities dropped (the spec may add
+//! some back), `no-new-privileges`, a pids limit, never privileged, no host mounts but the
+//! pod's own volume directories, on one bridge network per namespace (containers of two
+//! namespaces cannot reach each other), with its ports published on the node's address only.
+//! Containers carry Wisp labels (pod uid, namespace, container, owner) so an agent adopts
+//! them after a restart; [`DockerConfig::owner`] keeps agents that share one daemon apart.
+//!
+//! A daemon that is down is not an error of the node: every call returns
+//! [`SandboxError::Unavailable`] naming the socket, and the next call connects again.
+
+mod names;
+pub mod testing;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, NetworkCreateRequest,
+    PortBinding,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use wisp_sandbox::{
+    Endpoint, ExitStatus, LABEL_NAMESPACE, LogLine, LogOptions, LogStream, Sandbox, SandboxError, SandboxId,
+    SandboxSpec, SandboxStatus, Source, State,
+};
+
+pub use crate::names::{ImageRef, container_name, network_name};
+
+/// Label with the agent (node) that owns a container: `list` returns only its own.
+pub const LABEL_OWNER: &str = "wisp.dev/owner";
+/// Label with the sandbox id (`<pod uid>/<container>`).
+pub const LABEL_SANDBOX: &str = "wisp.dev/sandbox";
+/// Label on the per-namespace networks Wisp creates.
+pub const LABEL_NETWORK: &str = "wisp.dev/network";
+
+/// Default pids limit of a container that does not set one.
+pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
+
+/// How the Docker runtime reaches the daemon and lays containers out.
+#[derive(Clone, Debug)]
+pub struct DockerConfig {
+    /// The daemon's unix socket (`DOCKER_HOST=unix://…` or `/var/run/docker.sock`).
+    pub socket: PathBuf,
+    /// Written into every container's [`LABEL_OWNER`]; usually the node name.
+    pub owner: String,
+    /// Address container ports are published on (the node's address; loopback by default).
+    pub publish_ip: IpAddr,
+    /// Networks are named `<prefix><namespace>`.
+    pub network_prefix: String,
+    /// How long one daemon call may take before it counts as unreachable.
+    pub request_timeout: Duration,
+}
+
+impl DockerConfig {
+    pub fn new(owner: impl Into<String>) -> Self {
+        Self {
+            socket: default_socket(),
+            owner: owner.into(),
+            publish_ip: IpAddr::from([127, 0, 0, 1]),
+            network_prefix: "wisp-".into(),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `DOCKER_HOST` when it names a unix socket, else `/var/run/docker.sock`.
+pub fn default_socket() -> PathBuf {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"))
+}
+
+/// The Docker runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct DockerSandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: DockerConfig,
+    /// The connection after version negotiation; dropped when the daemon stops answering.
+    client: tokio::sync::Mutex<Option<Docker>>,
+    /// Networks known to exist.
+    networks: tokio::sync::Mutex<HashSet<String>>,
+    /// Pull progress per image reference, while a pull runs.
+    pulls: Mutex<HashMap<String, String>>,
+}
+
+impl DockerSandbox {
+    /// A runtime for the daemon at `config.socket`. Does not connect: a daemon that is down
+    /// now may be up at the first call.
+    pub fn new(config: DockerConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                client: tokio::sync::Mutex::new(None),
+                networks: tokio::sync::Mutex::new(HashSet::new()),
+                pulls: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &DockerConfig {
+        &self.inner.config
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> SandboxError {
+        SandboxError::Unavailable(format!(
+            "the Docker daemon at {} is not reachable: {e}",
+            self.inner.config.socket.display()
+        ))
+    }
+
+    /// The connected client, connecting and negotiating the API version first if needed.
+    async fn docker(&self) -> Result<Docker, SandboxError> {
+        let mut slot = self.inner.client.lock().await;
+        if let Some(d) = slot.as_ref() {
+            return Ok(d.clone());
+        }
+        let path = self.inner.config.socket.to_string_lossy().into_owned();
+        let timeout = self.inner.config.request_timeout.as_secs().max(1);
+        let docker = Docker::connect_with_unix(&path, timeout, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| self.unavailable(e))?;
+        let docker = tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version())
+            .await
+            .map_err(|_| self.unavailable("no answer within 5 s"))?
+            .map_err(|e| self.unavailable(e))?;
+        tracing::debug!(socket = %path, version = ?docker.client_version(), "connected to the Docker daemon");
+        *slot = Some(docker.clone());
+        Ok(docker)
+    }
+
+    /// Maps a daemon error; a transport failure also drops the connection.
+    async fn fail(&self, id: &SandboxId, e: DockerError) -> SandboxError {
+        match e {
+            DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            } => SandboxError::NotFound(id.clone()),
+            DockerError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            } => SandboxError::WrongState {
+                id: id.clone(),
+                reason: message,
+            },
+            DockerError::DockerResponseServerError {
+                status_code,
+                message,
+            } => SandboxError::Runtime(format!("Docker answered {status_code}: {message}")),
+            e if is_transport(&e) => {
+                *self.inner.client.lock().await = None;
+                self.unavailable(e)
+            }
+            e => SandboxError::Runtime(e.to_string()),
+        }
+    }
+
+    /// Whether the daemon answers; its version when it does.
+    pub async fn ping(&self) -> Result<String, SandboxError> {
+        let docker = self.docker().await?;
+        let version = tokio::time::timeout(Duration::from_secs(5), docker.version()).await;
+        match version {
+            Ok(Ok(v)) => Ok(v.version.unwrap_or_default()),
+            Ok(Err(e)) => Err(self.fail(&SandboxId(String::new()), e).await),
+            Err(_) => {
+                *self.inner.client.lock().await = None;
+                Err(self.unavailable("no answer within 5 s"))
+            }
+        }
+    }
+
+    /// Creates the namespace's bridge network unless it exists. Creation is serialised
+    /// across processes sharing the daemon (Docker before API 1.44 allows duplicate names).
+    async fn ensure_network(&self, docker: &Docker, namespace: &str) -> Result<String, SandboxError> {
+        let name = network_name(&self.inner.config.network_prefix, namespace);
+        let mut known = self.inner.networks.lock().await;
+        if known.contains(&name) {
+            return Ok(name);
+        }
+        let lock = tokio::task::spawn_blocking(names::lock_networks)
+            .await
+            .map_err(|e| SandboxError::Runtime(e.to_string()))?
+            .map_err(|e| SandboxError::Runtime(format!("cannot lock the network lock file: {e}")))?;
+        let none = SandboxId(name.clone());
+        match docker.inspect_network(&name, None).await {
+            Ok(_) => {}
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                let request = NetworkCreateRequest {
+                    name: name.clone(),
+                    driver: Some("bridge".into()),
+                    labels: Some(HashMap::from([
+                        (LABEL_NETWORK.to_owned(), "true".to_owned()),
+                        (LABEL_NAMESPACE.to_owned(), namespace.to_owned()),
+                    ])),
+                    ..NetworkCreateRequest::default()
+                };
+                if let Err(e) = docker.create_network(request).await {
+                    return Err(self.fail(&none, e).await);
+                }
+                tracing::info!(network = %name, "created the namespace's bridge network");
+            }
+            Err(e) => return Err(self.fail(&none, e).await),
+        }
+        drop(lock);
+        known.insert(name.clone());
+        Ok(name)
+    }
+
+    async fn inspect(&self, id: &SandboxId) -> Result<ContainerInspectResponse, SandboxError> {
+        let docker = self.docker().await?;
+        match docker.inspect_container(&container_name(id), None).await {
+            Ok(c) if owned(&c, &self.inner.config.owner) => Ok(c),
+            Ok(_) => Err(SandboxError::NotFound(id.clone())),
+            Err(e) => Err(self.fail(id, e).await),
+        }
+    }
+
+    fn status_of(&self, id: SandboxId, c: &ContainerInspectResponse) -> SandboxStatus {
+        let labels: BTreeMap<String, String> = c
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let state = state_of(c);
+        let endpoint = matches!(state, State::Running { .. })
+            .then(|| published_port(c).map(|p| Endpoint::Http(SocketAddr::new(self.inner.config.publish_ip, p))))
+            .flatten();
+        SandboxStatus {
+            id,
+            state,
+            endpoint,
+            labels,
+        }
+    }
+
+    fn exit_of(c: &ContainerInspectResponse) -> Option<ExitStatus> {
+        match state_of(c) {
+            State::Exited {
+                exit_code, reason, ..
+            } => Some(ExitStatus { exit_code, reason }),
+            _ => None,
+        }
+    }
+
+    async fn pull(&self, docker: &Docker, image: &str) -> Result<(), SandboxError> {
+        let r = ImageRef::parse(image).map_err(|e| SandboxError::InvalidSpec(format!("image {image:?}: {e}")))?;
+        let options = CreateImageOptions {
+            from_image: Some(r.repository.clone()),
+            tag: Some(r.tag_or_digest.clone()),
+            ..CreateImageOptions::default()
+        };
+        tracing::info!(image, "pulling image");
+        let mut layers: BTreeMap<String, String> = BTreeMap::new();
+        let mut stream = docker.create_image(Some(options), None, None);
+        let result = loop {
+            match stream.next().await {
+                None => break Ok(()),
+                Some(Ok(info)) => {
+                    if let (Some(id), Some(status)) = (info.id, info.status) {
+                        layers.insert(id, status);
+                    }
+                    let done = layers
+                        .values()
+                        .filter(|s| s.starts_with("Pull complete") || s.starts_with("Already exists"))
+                        .count();
+                    let line = format!("pulling image {image}: {done}/{} layers done", layers.len());
+                    self.set_progress(image, Some(line));
+                }
+                Some(Err(e)) => break Err(e),
+            }
+        };
+        self.set_progress(image, None);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if is_transport(&e) => Err(self.fail(&SandboxId(image.into()), e).await),
+            Err(e) => Err(SandboxError::Fetch {
+                what: format!("image {image}"),
+                reason: pull_reason(e),
+            }),
+        }
+    }
+
+    fn set_progress(&self, image: &str, line: Option<String>) {
+        let mut pulls = self.inner.pulls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match line {
+            Some(l) => pulls.insert(image.to_owned(), l),
+            None => pulls.remove(image),
+        };
+    }
+
+    async fn prepare_image(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
+        let Source::Image(image) = &spec.source else {
+            return Err(SandboxError::InvalidSpec(format!(
+                "the docker runtime runs OCI images, not {:?}",
+                spec.source
+            )));
+        };
+        let docker = self.docker().await?;
+        match docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(self.fail(&spec.id, e).await),
+        }
+        self.pull(&docker, image).await?;
+        match docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(SandboxError::Fetch {
+                what: format!("image {image}"),
+                reason: format!("pulled, but the daemon does not show it: {e}"),
+            }),
+        }
+    }
+
+    async fn create_container(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
+        let Source::Image(image) = &spec.source else {
+            return Err(SandboxError::InvalidSpec("the docker runtime runs OCI images only".into()));
+        };
+        let docker = self.docker().await?;
+        let namespace = spec
+            .labels
+            .get(LABEL_NAMESPACE)
+            .map_or("default", String::as_str);
+        let network = self.ensure_network(&docker, namespace).await?;
+        let body = container_body(&self.inner.config, spec, image, &network)?;
+        let options = CreateContainerOptions {
+            name: Some(container_name(&spec.id)),
+            ..CreateContainerOptions::default()
+        };
+        match docker.create_container(Some(options), body).await {
+            Ok(_) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Err(SandboxError::AlreadyExists(spec.id.clone())),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            }) => Err(SandboxError::Fetch {
+                what: format!("image {image}"),
+                reason: message,
+            }),
+            Err(e) => Err(self.fail(&spec.id, e).await),
+        }
+    }
+
+    async fn wait_exit(&self, id: &SandboxId) -> Result<ExitStatus, SandboxError> {
+        loop {
+            let c = self.inspect(id).await?;
+            if let Some(exit) = Self::exit_of(&c) {
+                return Ok(exit);
+            }
+            // A created container is "not running" already: wait for its next exit instead.
+            let condition = if matches!(state_of(&c), State::Created) {
+                "next-exit"
+            } else {
+                "not-running"
+            };
+            let docker = self.docker().await?;
+            let options = WaitContainerOptions {
+                condition: condition.into(),
+            };
+            let mut wait = docker.wait_container(&container_name(id), Some(options));
+            match wait.next().await {
+                Some(Ok(_) | Err(DockerError::DockerContainerWaitError { .. })) | None => {}
+                Some(Err(e)) => {
+                    let e = self.fail(id, e).await;
+                    if !matches!(e, SandboxError::WrongState { .. }) {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn logs_of(
+        &self,
+        id: &SandboxId,
+        options: LogOptions,
+    ) -> Result<BoxStream<'static, LogLine>, SandboxError> {
+        self.inspect(id).await?;
+        let docker = self.docker().await?;
+        let query = LogsOptions {
+            follow: options.follow,
+            stdout: true,
+            stderr: true,
+            timestamps: true,
+            tail: options.tail.map_or_else(|| "all".to_owned(), |n| n.to_string()),
+            ..LogsOptions::default()
+        };
+        let stream = docker
+            .logs(&container_name(id), Some(query))
+            .take_while(|r| std::future::ready(r.is_ok()))
+            .filter_map(|r| std::future::ready(r.ok()))
+            .flat_map(|out| {
+                let (stream, bytes) = match out {
+                    bollard::container::LogOutput::StdErr { message } => (LogStream::Stderr, message),
+                    bollard::container::LogOutput::StdOut { message }
+                    | bollard::container::LogOutput::Console { message } => (LogStream::Stdout, message),
+                    bollard::container::LogOutput::StdIn { .. } => (LogStream::Stdout, bytes::Bytes::new()),
+                };
+                let lines: Vec<LogLine> = String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(|l| names::log_line(stream, l))
+                    .collect();
+                futures::stream::iter(lines)
+            });
+        Ok(stream.boxed())
+    }
+
+    async fn list_owned(&self) -> Result<Vec<SandboxStatus>, SandboxError> {
+        let docker = self.docker().await?;
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![format!("{LABEL_OWNER}={}", self.inner.config.owner)],
+            )])),
+            ..ListContainersOptions::default()
+        };
+        let found = match docker.list_containers(Some(options)).await {
+            Ok(f) => f,
+            Err(e) => return Err(self.fail(&SandboxId(String::new()), e).await),
+        };
+        let mut out = Vec::with_capacity(found.len());
+        for summary in found {
+            let Some(id) = summary
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_SANDBOX))
+                .map(|s| SandboxId(s.clone()))
+            else {
+                continue;
+            };
+            match self.inspect(&id).await {
+                Ok(c) => out.push(self.status_of(id, &c)),
+                Err(SandboxError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The container the spec describes, locked down.
+fn container_body(
+    config: &DockerConfig,
+    spec: &SandboxSpec,
+    image: &str,
+    network: &str,
+) -> Result<ContainerCreateBody, SandboxError> {
+    let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+    labels.insert(LABEL_OWNER.into(), config.owner.clone());
+    labels.insert(LABEL_SANDBOX.into(), spec.id.0.clone());
+    let ports: Vec<String> = spec.ports.iter().map(|p| format!("{p}/tcp")).collect();
+    let bindings = ports
+        .iter()
+        .map(|p| {
+            (
+                p.clone(),
+                Some(vec![PortBinding {
+                    host_ip: Some(config.publish_ip.to_string()),
+                    host_port: Some(String::new()),
+                }]),
+            )
+        })
+        .collect();
+    let mut binds = Vec::with_capacity(spec.mounts.len());
+    for m in &spec.mounts {
+        let host = m.host_path.to_str().ok_or_else(|| {
+            SandboxError::InvalidSpec(format!("volume path {} is not UTF-8", m.host_path.display()))
+        })?;
+        if host.contains(':') || m.guest_path.contains(':') {
+            return Err(SandboxError::InvalidSpec(format!(
+                "mount {host} → {}: paths may not contain ':'",
+                m.guest_path
+            )));
+        }
+        binds.push(format!("{host}:{}:{}", m.guest_path, if m.read_only { "ro" } else { "rw" }));
+    }
+    let memory = spec
+        .limits
+        .memory_bytes
+        .map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+    let host_config = HostConfig {
+        privileged: Some(false),
+        cap_drop: Some(vec!["ALL".into()]),
+        cap_add: (!spec.capabilities.is_empty()).then(|| spec.capabilities.clone()),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        readonly_rootfs: Some(spec.read_only_root),
+        memory,
+        // No swap beyond the memory limit: the limit is the limit.
+        memory_swap: memory,
+        nano_cpus: spec
+            .limits
+            .cpu_millis
+            .map(|m| i64::try_from(m.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
+        pids_limit: Some(spec.limits.pids.unwrap_or(DEFAULT_PIDS_LIMIT)),
+        network_mode: Some(network.to_owned()),
+        port_bindings: Some(bindings),
+        binds: (!binds.is_empty()).then_some(binds),
+        // A tiny init as PID 1: signals reach the program and zombies are reaped.
+        init: Some(true),
+        ..HostConfig::default()
+    };
+    let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    Ok(ContainerCreateBody {
+        image: Some(image.to_owned()),
+        entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
+        cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+        env: Some(env),
+        labels: Some(labels),
+        exposed_ports: (!ports.is_empty()).then_some(ports),
+        user: spec.user.map(|u| u.to_string()),
+        host_config: Some(host_config),
+        ..ContainerCreateBody::default()
+    })
+}
+
+fn owned(c: &ContainerInspectResponse, owner: &str) -> bool {
+    c.config
+        .as_ref()
+        .and_then(|c| c.labels.as_ref())
+        .and_then(|l| l.get(LABEL_OWNER))
+        .is_some_and(|o| o == owner)
+}
+
+fn is_transport(e: &DockerError) -> bool {
+    matches!(
+        e,
+        DockerError::IOError { .. }
+            | DockerError::HyperResponseError { .. }
+            | DockerError::RequestTimeoutError
+            | DockerError::SocketNotFoundError(_)
+    ) || e.to_string().contains("client error (Connect)")
+}
+
+fn pull_reason(e: DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError { message, .. } => message,
+        DockerError::DockerStreamError { error } => error,
+        e => e.to_string(),
+    }
+}
+
+fn parse_time(t: Option<&String>) -> Option<SystemTime> {
+    let t: jiff::Timestamp = t?.parse().ok()?;
+    // Docker reports "0001-01-01T00:00:00Z" for "never".
+    (t.as_second() > 0).then(|| names::system_time(t))
+}
+
+fn state_of(c: &ContainerInspectResponse) -> State {
+    let Some(st) = c.state.as_ref() else {
+        return State::Created;
+    };
+    match st.status {
+        Some(ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::PAUSED | ContainerStateStatusEnum::RESTARTING) => {
+            State::Running {
+                started_at: parse_time(st.started_at.as_ref()).unwrap_or(SystemTime::UNIX_EPOCH),
+            }
+        }
+        Some(ContainerStateStatusEnum::CREATED) | None | Some(ContainerStateStatusEnum::EMPTY) => State::Created,
+        Some(_) => {
+            let oom = st.oom_killed == Some(true);
+            State::Exited {
+                exit_code: st.exit_code.and_then(|c| i32::try_from(c).ok()).unwrap_or(-1),
+                reason: if oom {
+                    Some("OOMKilled".into())
+                } else {
+                    st.error.clone().filter(|e| !e.is_empty())
+                },
+                finished_at: parse_time(st.finished_at.as_ref()).unwrap_or_else(SystemTime::now),
+            }
+        }
+    }
+}
+
+/// The host port the container's first exposed port is published on.
+fn published_port(c: &ContainerInspectResponse) -> Option<u16> {
+    let ports = c.network_settings.as_ref()?.ports.as_ref()?;
+    let mut keys: Vec<&String> = ports.keys().collect();
+    keys.sort_by_key(|k| k.split('/').next().and_then(|p| p.parse::<u16>().ok()));
+    keys.into_iter().find_map(|k| {
+        ports
+            .get(k)?
+            .as_ref()?
+            .iter()
+            .find_map(|b| b.host_port.as_deref()?.parse().ok())
+    })
+}
+
+impl Sandbox for DockerSandbox {
+    fn runtime(&self) -> &'static str {
+        "docker"
+    }
+
+    fn prepare<'a>(&'a self, spec: &'a SandboxSpec) -> BoxFuture<'a, wisp_sandbox::Result<()>> {
+        self.prepare_image(spec).boxed()
+    }
+
+    fn create<'a>(&'a self, spec: &'a SandboxSpec) -> BoxFuture<'a, wisp_sandbox::Result<()>> {
+        self.create_container(spec).boxed()
+    }
+
+    fn start<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, wisp_sandbox::Result<()>> {
+        async move {
+            self.inspect(id).await?;
+            let docker = self.docker().await?;
+            match docker.start_container(&container_name(id), None).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(self.fail(id, e).await),
+            }
+        }
+        .boxed()
+    }
+
+    fn stop<'a>(&'a self, id: &'a SandboxId, grace: Duration) -> BoxFuture<'a, wisp_sandbox::Result<ExitStatus>> {
+        async move {
+            let c = self.inspect(id).await?;
+            if let Some(exit) = Self::exit_of(&c) {
+                return Ok(exit);
+            }
+            let docker = self.docker().await?;
+            // Docker counts the grace period in whole seconds; round up.
+            let secs = grace.as_millis().div_ceil(1000);
+            let options = StopContainerOptions {
+                t: Some(i32::try_from(secs).unwrap_or(i32::MAX)),
+                signal: None,
+            };
+            match docker.stop_container(&container_name(id), Some(options)).await {
+                Ok(()) => {}
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 304, ..
+                }) => {}
+                Err(e) => return Err(self.fail(id, e).await),
+            }
+            self.wait_exit(id).await
+        }
+        .boxed()
+    }
+
+    fn kill<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, wisp_sandbox::Result<()>> {
+        async move {
+            self.inspect(id).await?;
+            let docker = self.docker().await?;
+            let options = KillContainerOptions {
+                signal: "SIGKILL".into(),
+            };
+            match docker.kill_container(&container_name(id), Some(options)).await {
+                Ok(()) => Ok(()),
+                // Not running: nothing to kill.
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => Ok(()),
+                Err(e) => Err(self.fail(id, e).await),
+            }
+        }
+        .boxed()
+    }
+
+    fn wait<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, wisp_sandbox::Result<ExitStatus>> {
+        self.wait_exit(id).boxed()
+    }
+
+    fn status<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, wisp_sandbox::Result<SandboxStatus>> {
+        async move {
+            let c = self.inspect(id).await?;
+            Ok(self.status_of(id.clone(), &c))
+        }
+        .boxed()
+    }
+
+    fn logs<'a>(
+        &'a self,
+        id: &'a SandboxId,
+        options: LogOptions,
+    ) -> BoxFuture<'a, wisp_sandbox::Result<BoxStream<'static, LogLine>>> {
+        self.logs_of(id, options).boxed()
+    }
+
+    fn delete<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, wisp_sandbox::Result<()>> {
+        async move {
+            self.inspect(id).await?;
+            let docker = self.docker().await?;
+            let options = RemoveContainerOptions {
+                force: true,
+                v: true,
+                link: false,
+            };
+            match docker.remove_container(&container_name(id), Some(options)).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(self.fail(id, e).await),
+            }
+        }
+        .boxed()
+    }
+
+    fn list(&self) -> BoxFuture<'_, wisp_sandbox::Result<Vec<SandboxStatus>>> {
+        self.list_owned().boxed()
+    }
+
+    fn progress(&self, spec: &SandboxSpec) -> Option<String> {
+        let Source::Image(image) = &spec.source else {
+            return None;
+        };
+        self.inner
+            .pulls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(image)
+            .cloned()
+    }
+}
