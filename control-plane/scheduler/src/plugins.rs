@@ -115,6 +115,8 @@ pub struct NodeInfo {
     pub ready: bool,
     pub unschedulable: bool,
     pub runtimes: u8,
+    /// Runtimes the node has but reports down (`DockerReady=False`).
+    pub runtimes_down: u8,
     /// Allocatable (or capacity) cpu in millis; 0 when the node reports none.
     pub cpu_millis: i64,
     /// Allocatable (or capacity) memory in bytes.
@@ -137,6 +139,15 @@ impl NodeInfo {
             ready: node.is_ready(),
             unschedulable: node.spec.unschedulable,
             runtimes: status.runtimes.iter().fold(0, |bits, r| bits | runtime_bit(r)),
+            runtimes_down: status
+                .conditions
+                .iter()
+                .filter(|c| c.status == "False")
+                .filter_map(|c| match c.type_.as_str() {
+                    wisp_api::NODE_DOCKER_READY => Some(RUNTIME_DOCKER_BIT),
+                    _ => None,
+                })
+                .fold(0, |bits, b| bits | b),
             cpu_millis: amount("cpu", Quantity::millis).unwrap_or(0).max(0),
             memory_bytes: amount("memory", Quantity::value).unwrap_or(0).max(0),
             max_pods: amount("pods", Quantity::value),
@@ -153,6 +164,7 @@ impl NodeInfo {
         self.ready == other.ready
             && self.unschedulable == other.unschedulable
             && self.runtimes == other.runtimes
+            && self.runtimes_down == other.runtimes_down
             && self.cpu_millis == other.cpu_millis
             && self.memory_bytes == other.memory_bytes
             && self.max_pods == other.max_pods
@@ -221,6 +233,8 @@ pub enum Rejection {
     Unschedulable,
     /// The first runtime the pod needs and the node lacks.
     RuntimeNotSupported(&'static str),
+    /// The node has the runtime, but reports it down (e.g. the Docker daemon).
+    RuntimeNotReady(&'static str),
     NodeSelectorMismatch,
     TooManyPods,
     InsufficientCpu,
@@ -233,6 +247,7 @@ impl fmt::Display for Rejection {
             Rejection::NotReady => f.write_str("node not ready"),
             Rejection::Unschedulable => f.write_str("node unschedulable"),
             Rejection::RuntimeNotSupported(r) => write!(f, "runtime {r} not supported"),
+            Rejection::RuntimeNotReady(r) => write!(f, "runtime {r} not ready"),
             Rejection::NodeSelectorMismatch => f.write_str("node selector mismatch"),
             Rejection::TooManyPods => f.write_str("too many pods"),
             Rejection::InsufficientCpu => f.write_str("insufficient cpu"),
@@ -254,6 +269,10 @@ pub fn filter(req: &PodRequirements, node: &NodeInfo, alloc: &Allocation) -> Res
         return Err(Rejection::RuntimeNotSupported(runtime_name(
             missing & missing.wrapping_neg(),
         )));
+    }
+    let down = req.runtimes & node.runtimes_down;
+    if down != 0 {
+        return Err(Rejection::RuntimeNotReady(runtime_name(down & down.wrapping_neg())));
     }
     if !req.node_selector.is_empty() {
         let labels = &node.node.metadata.labels;
@@ -442,6 +461,21 @@ mod tests {
         );
         let both = info(node("b", "1", "2Gi", &["wasm", "docker"]));
         assert_eq!(filter(&docker_req, &both, &Allocation::default()), Ok(()));
+        let mut docker_down = node("b", "1", "2Gi", &["wasm", "docker"]);
+        if let Some(s) = docker_down.status.as_mut() {
+            s.conditions.push(wisp_api::Condition {
+                type_: wisp_api::NODE_DOCKER_READY.into(),
+                status: "False".into(),
+                ..wisp_api::Condition::default()
+            });
+        }
+        let docker_down = info(docker_down);
+        assert_eq!(
+            filter(&docker_req, &docker_down, &Allocation::default()),
+            Err(Rejection::RuntimeNotReady("docker"))
+        );
+        assert_eq!(filter(&req, &docker_down, &Allocation::default()), Ok(()), "wasm pods still fit");
+        assert!(!docker_down.same_for_scheduling(&both));
 
         let mut alloc = Allocation::default();
         alloc.add(&req);

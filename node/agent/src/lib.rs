@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod logs;
 pub mod node;
 mod pods;
+mod probe;
 pub mod spec;
 mod worker;
 
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use wisp_api::Quantity;
 use wisp_client::Client;
 use wisp_sandbox::{ArtifactSource, SandboxError};
+use wisp_sandbox_docker::{DockerConfig, DockerSandbox};
 use wisp_sandbox_wasm::{WasmConfig, WasmSandbox};
 
 pub use crate::lifecycle::Backoff;
@@ -74,6 +76,9 @@ pub struct AgentConfig {
     pub wasm_max_instances: u32,
     /// This node's ingress, published on the Node for other nodes and the autoscaler.
     pub ingress_url: Option<String>,
+    /// The Docker runtime (`None`: this node runs Wasm only). A daemon that is down does
+    /// not stop the node: it reports `DockerReady=False` until the daemon answers.
+    pub docker: Option<DockerConfig>,
 }
 
 impl AgentConfig {
@@ -90,6 +95,7 @@ impl AgentConfig {
             wasm_pooling: true,
             wasm_max_instances: 1000,
             ingress_url: None,
+            docker: None,
         }
     }
 }
@@ -126,11 +132,13 @@ impl Agent {
         wasm.max_instances = config.wasm_max_instances;
         let artifacts: Arc<dyn ArtifactSource> = Arc::new(ApiArtifacts(client.clone()));
         let runtime = WasmSandbox::new(wasm, Some(artifacts))?;
+        let docker = config.docker.clone().map(DockerSandbox::new);
         Ok(Self::with_runtimes(
             client,
             config,
             Runtimes {
                 wasm: Some(runtime),
+                docker,
                 others: Vec::new(),
             },
         ))
@@ -174,6 +182,7 @@ impl Agent {
             agent_url: Some(format!("http://{}:{}", c.address, local.port())),
             ingress_url: c.ingress_url.clone(),
             lease_duration: c.lease_duration,
+            docker: self.runtimes.docker.clone(),
         };
         let register = async {
             node::renew(&self.client, &info).await?;

@@ -181,6 +181,14 @@ impl Lifecycle {
         at
     }
 
+    /// Retry preparing no later than `at` (a runtime that was down is checked often, so
+    /// pods start soon after it returns rather than after a long backoff).
+    pub fn retry_prepare_by(&mut self, at: Instant) {
+        if let Some(t) = self.prepare_retry_at.as_mut() {
+            *t = (*t).min(at);
+        }
+    }
+
     /// Everything is prepared: containers may start.
     pub fn prepared(&mut self) {
         if matches!(self.stage, Stage::Pending | Stage::Preparing) {

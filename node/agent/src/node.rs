@@ -24,6 +24,8 @@ pub struct NodeInfo {
     pub agent_url: Option<String>,
     pub ingress_url: Option<String>,
     pub lease_duration: Duration,
+    /// Pinged on every heartbeat for the `DockerReady` condition.
+    pub docker: Option<wisp_sandbox_docker::DockerSandbox>,
 }
 
 fn now() -> String {
@@ -44,7 +46,23 @@ fn ready_condition(conditions: &mut Vec<Condition>) {
     );
 }
 
-fn desired_status(info: &NodeInfo, current: Option<&NodeStatus>) -> NodeStatus {
+/// The `DockerReady` condition: whether the daemon answers now.
+async fn docker_condition(info: &NodeInfo) -> Option<Condition> {
+    let docker = info.docker.as_ref()?;
+    let (status, reason, message) = match docker.ping().await {
+        Ok(version) => ("True", "DaemonReady", format!("Docker {version} answers")),
+        Err(e) => ("False", "DaemonUnreachable", e.to_string()),
+    };
+    Some(Condition {
+        type_: wisp_api::NODE_DOCKER_READY.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message),
+        ..Condition::default()
+    })
+}
+
+fn desired_status(info: &NodeInfo, current: Option<&NodeStatus>, docker: Option<&Condition>) -> NodeStatus {
     let mut st = current.cloned().unwrap_or_default();
     st.capacity = info.capacity.clone();
     st.allocatable = info.capacity.clone();
@@ -57,6 +75,16 @@ fn desired_status(info: &NodeInfo, current: Option<&NodeStatus>) -> NodeStatus {
     st.ingress_url = info.ingress_url.clone();
     st.agent_version = Some(env!("CARGO_PKG_VERSION").into());
     ready_condition(&mut st.conditions);
+    if let Some(c) = docker {
+        // Only a change of status rewrites the condition (its message carries no news).
+        let same = st
+            .conditions
+            .iter()
+            .any(|x| x.type_ == c.type_ && x.status == c.status);
+        if !same {
+            wisp_api::meta::set_condition(&mut st.conditions, c.clone(), &now());
+        }
+    }
     st
 }
 
@@ -91,7 +119,8 @@ pub async fn register(client: &Client, info: &NodeInfo) -> Result<(), ClientErro
 }
 
 async fn post_status(client: &Client, info: &NodeInfo, mut node: Node) -> Result<(), ClientError> {
-    let desired = desired_status(info, node.status.as_ref());
+    let docker = docker_condition(info).await;
+    let desired = desired_status(info, node.status.as_ref(), docker.as_ref());
     if node.status.as_ref() == Some(&desired) {
         return Ok(());
     }
@@ -152,7 +181,11 @@ pub async fn heartbeat(client: Client, info: NodeInfo, interval: Duration, shutd
             }
         };
         let result = match node {
-            Some(node) if node.is_ready() => Ok(()),
+            Some(node) if node.is_ready() && !docker_changed(&info, &node).await => Ok(()),
+            Some(node) if node.is_ready() => {
+                tracing::info!(node = %info.name, "the Docker daemon's state changed; reporting it");
+                post_status(&client, &info, node).await
+            }
             Some(node) => {
                 tracing::info!(node = %info.name, "node was marked NotReady; reporting Ready again");
                 post_status(&client, &info, node).await
@@ -163,6 +196,18 @@ pub async fn heartbeat(client: Client, info: NodeInfo, interval: Duration, shutd
             tracing::warn!(node = %info.name, error = %e, "cannot post the node status");
         }
     }
+}
+
+/// Whether the daemon's state differs from the node's `DockerReady` condition.
+async fn docker_changed(info: &NodeInfo, node: &Node) -> bool {
+    let Some(c) = docker_condition(info).await else {
+        return false;
+    };
+    let current = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|x| x.type_ == c.type_));
+    current.is_none_or(|x| x.status != c.status)
 }
 
 /// The machine's capacity: CPUs and memory as the OS reports them.

@@ -21,19 +21,30 @@ use wisp_api::{
 };
 use wisp_client::Client;
 use wisp_sandbox::{
-    ExitStatus, Kind, Sandbox, SandboxError, SandboxId, SandboxSpec, SandboxStatus, Source, State,
+    Endpoint, ExitStatus, Kind, Sandbox, SandboxError, SandboxId, SandboxSpec, SandboxStatus, Source, State,
 };
+use wisp_sandbox_docker::DockerSandbox;
 use wisp_sandbox_wasm::WasmSandbox;
 
 use crate::lifecycle::{self, Backoff, Lifecycle, Stage, Terminated};
+use crate::probe;
 use crate::spec::{self, PrepareError};
+
+/// The waiting reason of a pod whose runtime is down.
+const REASON_UNAVAILABLE: &str = "RuntimeUnavailable";
+/// How often preparing is retried while a runtime is down.
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
+/// How often a slow preparation's progress is read for the pod's status.
+const PROGRESS_PERIOD: Duration = Duration::from_millis(500);
 
 /// The runtimes of this node, by name.
 #[derive(Clone, Default)]
 pub struct Runtimes {
     /// The wasm runtime (also used for in-process readiness probes and kind detection).
     pub wasm: Option<WasmSandbox>,
-    /// Other runtimes (e.g. docker), looked up by [`Sandbox::runtime`].
+    /// The Docker runtime (also pinged for the node's `DockerReady` condition).
+    pub docker: Option<DockerSandbox>,
+    /// Other runtimes, looked up by [`Sandbox::runtime`].
     pub others: Vec<Arc<dyn Sandbox>>,
 }
 
@@ -42,8 +53,9 @@ impl Runtimes {
         if let Some(s) = self.others.iter().find(|s| s.runtime() == name) {
             return Some(s.clone());
         }
-        match &self.wasm {
-            Some(w) if name == wisp_api::RUNTIME_WASM => Some(Arc::new(w.clone())),
+        match (&self.wasm, &self.docker) {
+            (Some(w), _) if name == wisp_api::RUNTIME_WASM => Some(Arc::new(w.clone())),
+            (_, Some(d)) if name == wisp_api::RUNTIME_DOCKER => Some(Arc::new(d.clone())),
             _ => None,
         }
     }
@@ -52,6 +64,9 @@ impl Runtimes {
         let mut names: Vec<String> = self.others.iter().map(|s| s.runtime().to_owned()).collect();
         if self.wasm.is_some() {
             names.push(wisp_api::RUNTIME_WASM.to_owned());
+        }
+        if self.docker.is_some() {
+            names.push(wisp_api::RUNTIME_DOCKER.to_owned());
         }
         names.sort();
         names.dedup();
@@ -86,7 +101,13 @@ struct ProbeState {
     next: Option<Instant>,
     successes: i32,
     failures: i32,
+    /// No probe was declared: the container is ready at its first HTTP answer, checked
+    /// every few milliseconds (a container's published port accepts before it serves).
+    until_first_answer: bool,
 }
+
+/// How often a container without a readiness probe is checked until it first answers.
+const FIRST_ANSWER_PERIOD: Duration = Duration::from_millis(10);
 
 pub(crate) struct Worker {
     ctx: Arc<Ctx>,
@@ -99,6 +120,8 @@ pub(crate) struct Worker {
     generation: HashMap<String, u64>,
     exits: JoinSet<(String, u64, Result<ExitStatus, SandboxError>)>,
     probes: HashMap<String, ProbeState>,
+    /// Where each running container serves HTTP, when it is reached over a socket (docker).
+    endpoints: HashMap<String, std::net::SocketAddr>,
     status_retry_at: Option<Instant>,
     /// The pod was ended by someone else (e.g. `NodeLost`): nothing runs, nothing is written.
     ended_elsewhere: bool,
@@ -116,7 +139,7 @@ fn reason_of(err: &SandboxError, source: &Source) -> &'static str {
         SandboxError::Fetch { .. } => "ArtifactPullBackOff",
         SandboxError::Compile { .. } => "InvalidComponent",
         SandboxError::InvalidSpec(_) => spec::REASON_CONFIG,
-        SandboxError::Unavailable(_) => "RuntimeUnavailable",
+        SandboxError::Unavailable(_) => REASON_UNAVAILABLE,
         _ => "PrepareError",
     }
 }
@@ -137,6 +160,7 @@ impl Worker {
             generation: HashMap::new(),
             exits: JoinSet::new(),
             probes: HashMap::new(),
+            endpoints: HashMap::new(),
             status_retry_at: None,
             ended_elsewhere: false,
             deleted: false,
@@ -250,9 +274,19 @@ impl Worker {
             r = &mut work => r,
             () = tokio::time::sleep(Duration::from_millis(50)) => {
                 self.sync_status().await;
-                tokio::select! {
-                    r = &mut work => r,
-                    () = shutdown.cancelled() => return,
+                // Report what a slow preparation is doing (an image pull's progress).
+                loop {
+                    tokio::select! {
+                        r = &mut work => break r,
+                        () = tokio::time::sleep(PROGRESS_PERIOD) => {
+                            let progress = self.progress();
+                            if progress.is_some() && progress != self.life.message {
+                                self.life.message = progress;
+                                self.sync_status().await;
+                            }
+                        }
+                        () = shutdown.cancelled() => return,
+                    }
                 }
             }
             () = shutdown.cancelled() => return,
@@ -264,9 +298,29 @@ impl Worker {
             }
             Err(e) => {
                 tracing::warn!(reason = e.reason, message = %e.message, "cannot prepare the pod");
-                self.life.prepare_failed(Instant::now(), e.reason, &e.message);
+                let now = Instant::now();
+                self.life.prepare_failed(now, e.reason, &e.message);
+                if e.reason == REASON_UNAVAILABLE {
+                    self.life.retry_prepare_by(now + UNAVAILABLE_RETRY);
+                }
             }
         }
+    }
+
+    /// What the runtimes say about this pod's preparation, if anything.
+    fn progress(&self) -> Option<String> {
+        let lines: Vec<String> = self
+            .pod
+            .spec
+            .containers
+            .iter()
+            .filter_map(|c| {
+                let source = spec::source_of(c).ok()?;
+                let runtime = self.ctx.runtimes.get(c.runtime())?;
+                runtime.progress(&SandboxSpec::new(spec::sandbox_id(&self.pod, &c.name), source, Kind::Process))
+            })
+            .collect();
+        (!lines.is_empty()).then(|| lines.join("; "))
     }
 
     async fn start_container(&mut self, name: &str) {
@@ -281,6 +335,7 @@ impl Worker {
             match found.state {
                 State::Running { started_at } => {
                     tracing::info!(container = name, "adopted a running sandbox");
+                    self.set_endpoint(name, found.endpoint.as_ref());
                     self.life.started(name, Instant::now(), started_at);
                     self.watch_exit(name, &runtime, &id);
                     self.after_start(name, &spec);
@@ -318,8 +373,12 @@ impl Worker {
         let started_at = match runtime.status(&id).await {
             Ok(SandboxStatus {
                 state: State::Running { started_at },
+                endpoint,
                 ..
-            }) => started_at,
+            }) => {
+                self.set_endpoint(name, endpoint.as_ref());
+                started_at
+            }
             _ => SystemTime::now(),
         };
         self.life.started(name, Instant::now(), started_at);
@@ -340,33 +399,51 @@ impl Worker {
         });
     }
 
-    /// Readiness after a start: probed when the container has an HTTP readiness probe,
-    /// else ready at once (an HTTP component is ready when it is instantiable, which `create`
-    /// checked).
+    fn set_endpoint(&mut self, name: &str, endpoint: Option<&Endpoint>) {
+        match endpoint {
+            Some(Endpoint::Http(addr)) => {
+                self.endpoints.insert(name.to_owned(), *addr);
+            }
+            _ => {
+                self.endpoints.remove(name);
+            }
+        }
+    }
+
+    /// Readiness after a start: probed when the container declares an HTTP readiness probe;
+    /// a container reached over a socket without one is ready at its first HTTP answer;
+    /// anything else is ready at once (an HTTP component is ready when it is instantiable,
+    /// which `create` checked).
     fn after_start(&mut self, name: &str, spec: &SandboxSpec) {
-        let probe = self.probe_of(name, spec);
-        match probe {
-            Some(p) => {
-                let delay = Duration::from_secs(u64::try_from(p.initial_delay_seconds.max(0)).unwrap_or(0));
-                self.probes.insert(
-                    name.to_owned(),
-                    ProbeState {
-                        next: Some(Instant::now() + delay),
-                        ..ProbeState::default()
-                    },
-                );
-            }
-            None => {
-                self.life.set_ready(name, true);
-            }
+        if let Some(p) = self.probe_of(name, spec) {
+            let delay = Duration::from_secs(u64::try_from(p.initial_delay_seconds.max(0)).unwrap_or(0));
+            self.probes.insert(
+                name.to_owned(),
+                ProbeState {
+                    next: Some(Instant::now() + delay),
+                    ..ProbeState::default()
+                },
+            );
+        } else if spec.kind == Kind::Http && self.endpoints.contains_key(name) {
+            self.probes.insert(
+                name.to_owned(),
+                ProbeState {
+                    next: Some(Instant::now()),
+                    until_first_answer: true,
+                    ..ProbeState::default()
+                },
+            );
+        } else {
+            self.life.set_ready(name, true);
         }
     }
 
     fn probe_of(&self, name: &str, spec: &SandboxSpec) -> Option<wisp_api::Probe> {
         let c = self.pod.spec.containers.iter().find(|c| c.name == name)?;
         let probe = c.readiness_probe.clone()?;
-        (probe.http_get.is_some() && spec.kind == Kind::Http && self.ctx.runtimes.wasm.is_some())
-            .then_some(probe)
+        let reachable = self.endpoints.contains_key(name)
+            || (spec.kind == Kind::Http && self.ctx.runtimes.wasm.is_some() && c.runtime() == wisp_api::RUNTIME_WASM);
+        (probe.http_get.is_some() && reachable).then_some(probe)
     }
 
     async fn run_probes(&mut self) {
@@ -378,12 +455,6 @@ impl Worker {
             .map(|(n, _)| n.clone())
             .collect();
         for name in due {
-            let Some(c) = self.pod.spec.containers.iter().find(|c| c.name == name) else {
-                continue;
-            };
-            let Some(probe) = c.readiness_probe.clone() else {
-                continue;
-            };
             let running = self
                 .life
                 .container(&name)
@@ -392,7 +463,28 @@ impl Worker {
                 self.probes.remove(&name);
                 continue;
             }
-            let ok = self.probe_once(&name, &probe).await;
+            if self.probes.get(&name).is_some_and(|p| p.until_first_answer) {
+                if self.answers(&name, "/", false, Duration::from_secs(1)).await {
+                    self.probes.remove(&name);
+                    self.life.set_ready(&name, true);
+                } else if let Some(state) = self.probes.get_mut(&name) {
+                    state.next = Some(Instant::now() + FIRST_ANSWER_PERIOD);
+                }
+                continue;
+            }
+            let Some(probe) = self
+                .pod
+                .spec
+                .containers
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.readiness_probe.clone())
+            else {
+                continue;
+            };
+            let path = probe.http_get.as_ref().map_or("/", |g| g.path.as_str()).to_owned();
+            let timeout = Duration::from_secs(u64::try_from(probe.timeout_seconds.max(1)).unwrap_or(1));
+            let ok = self.answers(&name, &path, true, timeout).await;
             let Some(state) = self.probes.get_mut(&name) else {
                 continue;
             };
@@ -414,22 +506,26 @@ impl Worker {
         }
     }
 
-    /// One HTTP GET to the component, in process.
-    async fn probe_once(&self, name: &str, probe: &wisp_api::Probe) -> bool {
-        let (Some(wasm), Some(get)) = (&self.ctx.runtimes.wasm, &probe.http_get) else {
-            return true;
-        };
-        let id = spec::sandbox_id(&self.pod, name);
-        let Ok(request) = http::Request::get(format!("http://localhost{}", get.path))
+    /// One HTTP GET of `path` to the container: over its published address when it has one,
+    /// else in process (wasm). With `need_success`, only a 2xx/3xx counts; without, any
+    /// HTTP answer does.
+    async fn answers(&self, name: &str, path: &str, need_success: bool, timeout: Duration) -> bool {
+        let Ok(request) = http::Request::get(format!("http://localhost{path}"))
             .header(http::header::USER_AGENT, "wisp-probe")
             .body(Empty::<Bytes>::new())
         else {
             return false;
         };
-        let timeout = Duration::from_secs(u64::try_from(probe.timeout_seconds.max(1)).unwrap_or(1));
+        let judge = |status: http::StatusCode| !need_success || status.is_success() || status.is_redirection();
         let call = async {
+            if let Some(addr) = self.endpoints.get(name) {
+                let status = probe::get(*addr, request).await?;
+                return Some(judge(status));
+            }
+            let wasm = self.ctx.runtimes.wasm.as_ref()?;
+            let id = spec::sandbox_id(&self.pod, name);
             let resp = wasm.handle(&id, request).await.ok()?;
-            let ok = resp.status().is_success() || resp.status().is_redirection();
+            let ok = judge(resp.status());
             resp.into_body().collect().await.ok()?;
             Some(ok)
         };
@@ -446,6 +542,7 @@ impl Worker {
         });
         tracing::info!(container = name, code = exit.exit_code, reason = ?exit.reason, "container exited");
         self.probes.remove(name);
+        self.endpoints.remove(name);
         self.life.exited(name, exit, Instant::now(), SystemTime::now());
     }
 
@@ -457,6 +554,14 @@ impl Worker {
         st.node_name = Some(self.ctx.node.clone());
         st.host_ip = Some(self.ctx.address.clone());
         st.pod_ip = matches!(self.life.stage(), Stage::Running).then(|| self.ctx.address.clone());
+        // A container reached over a socket (docker) serves on its published port.
+        st.host_port = self
+            .pod
+            .spec
+            .containers
+            .iter()
+            .find_map(|c| self.endpoints.get(&c.name))
+            .map(std::net::SocketAddr::port);
         if st.start_time.is_none() {
             st.start_time = Some(now.clone());
         }
@@ -536,6 +641,7 @@ impl Worker {
     async fn stop_all(&mut self, grace: Duration) {
         self.exits.abort_all();
         self.probes.clear();
+        self.endpoints.clear();
         for p in &self.prepared {
             match p.runtime.stop(&p.spec.id, grace).await {
                 Ok(_) | Err(SandboxError::NotFound(_)) => {}
@@ -647,7 +753,7 @@ async fn prepare(ctx: &Ctx, pod: &Pod) -> Result<Vec<Prepared>, PrepareError> {
     for (draft, c) in drafts.into_iter().zip(&pod.spec.containers) {
         let Some(runtime) = ctx.runtimes.get(draft.runtime) else {
             return Err(PrepareError {
-                reason: "RuntimeUnavailable",
+                reason: REASON_UNAVAILABLE,
                 message: format!(
                     "container {:?} needs the {} runtime, which node {} does not have",
                     c.name, draft.runtime, ctx.node

@@ -53,6 +53,7 @@ impl Cluster {
     fn runtimes(&self) -> Runtimes {
         Runtimes {
             wasm: Some(self.wasm.clone()),
+            docker: None,
             others: Vec::new(),
         }
     }

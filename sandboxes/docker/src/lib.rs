@@ -92,6 +92,15 @@ pub struct DockerSandbox {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for DockerSandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerSandbox")
+            .field("socket", &self.inner.config.socket)
+            .field("owner", &self.inner.config.owner)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     config: DockerConfig,
     /// The connection after version negotiation; dropped when the daemon stops answering.

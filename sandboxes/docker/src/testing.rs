@@ -84,6 +84,11 @@ pub fn unique_owner(test: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
+    // Also a valid node name (a DNS subdomain).
+    let test: String = test
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect();
     format!("test-{test}-{}-{nanos:x}", std::process::id())
 }
 

@@ -130,6 +130,13 @@ pub struct NodeOptions {
     /// First restart delay of a crashed container in milliseconds (doubles up to 5 min).
     #[arg(long, env = "WISP_RESTART_BACKOFF_MS", default_value_t = 1000)]
     pub restart_backoff_ms: u64,
+    /// Run OCI images through the Docker Engine (`false`: Wasm only). A daemon that is down
+    /// leaves the node up with `DockerReady=False`.
+    #[arg(long, env = "WISP_DOCKER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub docker: bool,
+    /// The Docker daemon's unix socket [default: $DOCKER_HOST's, else /var/run/docker.sock].
+    #[arg(long, env = "WISP_DOCKER_SOCKET")]
+    pub docker_socket: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -46,6 +46,18 @@ fn agent_config(opts: &NodeOptions, data_dir: PathBuf) -> anyhow::Result<wisp_no
         "pods".into(),
         wisp_api::Quantity::from_units(opts.node_pods, wisp_api::QuantityFormat::DecimalSI),
     );
+    if opts.docker {
+        let mut docker = wisp_sandbox_docker::DockerConfig::new(c.node_name.clone());
+        if let Some(socket) = &opts.docker_socket {
+            docker.socket = socket.clone();
+        }
+        // Container ports are published where the node's pods are reached.
+        docker.publish_ip = c
+            .address
+            .parse()
+            .with_context(|| format!("--node-address {:?} is not an IP address", c.address))?;
+        c.docker = Some(docker);
+    }
     if let Some(labels) = &opts.node_labels {
         for pair in labels.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = pair

@@ -46,6 +46,12 @@ pub struct Options {
     pub args: Vec<String>,
     /// Listen address (default `127.0.0.1:0`, a fresh port on every start).
     pub listen: Option<String>,
+    /// `up`: the node's name (default `local`). With Docker on, it also labels the node's
+    /// containers: tests sharing the daemon must use different names.
+    pub node_name: Option<String>,
+    /// `up`: run the Docker runtime (off by default, so tests that do not need it never
+    /// touch each other's containers).
+    pub docker: bool,
 }
 
 /// A running `wisp server`; killed on drop.
@@ -83,7 +89,10 @@ impl Wisp {
         let store = self.options.store.clone().unwrap_or_else(|| "embedded".into());
         let mut cmd = Command::new(wisp_bin()?);
         match self.options.command.as_deref().unwrap_or("server") {
-            "up" => cmd.args(["up", "--node-name", "local", "--ingress-listen", "127.0.0.1:0"]),
+            "up" => cmd
+                .args(["up", "--ingress-listen", "127.0.0.1:0", "--node-name"])
+                .arg(self.options.node_name.as_deref().unwrap_or("local"))
+                .args(["--docker", if self.options.docker { "true" } else { "false" }]),
             other => cmd.args([other, "--store", &store]),
         };
         let mut child = cmd
@@ -218,7 +227,7 @@ impl NodeAgent {
 
     fn boot(&mut self) -> anyhow::Result<()> {
         let child = Command::new(wisp_bin()?)
-            .args(["node", "--node-name", &self.name, "--agent-listen", "127.0.0.1:0"])
+            .args(["node", "--node-name", &self.name, "--agent-listen", "127.0.0.1:0", "--docker", "false"])
             .args(["--ingress-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&self.dir)

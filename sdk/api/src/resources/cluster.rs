@@ -70,6 +70,7 @@ pub const RUNTIME_DOCKER: &str = "docker";
 
 /// Node condition types.
 pub const NODE_READY: &str = "Ready";
+/// Node condition: the Docker daemon answers (absent on nodes without the docker runtime).
 pub const NODE_DOCKER_READY: &str = "DockerReady";
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
