@@ -272,7 +272,9 @@ pub fn filter(req: &PodRequirements, node: &NodeInfo, alloc: &Allocation) -> Res
     }
     let down = req.runtimes & node.runtimes_down;
     if down != 0 {
-        return Err(Rejection::RuntimeNotReady(runtime_name(down & down.wrapping_neg())));
+        return Err(Rejection::RuntimeNotReady(runtime_name(
+            down & down.wrapping_neg(),
+        )));
     }
     if !req.node_selector.is_empty() {
         let labels = &node.node.metadata.labels;
@@ -474,7 +476,11 @@ mod tests {
             filter(&docker_req, &docker_down, &Allocation::default()),
             Err(Rejection::RuntimeNotReady("docker"))
         );
-        assert_eq!(filter(&req, &docker_down, &Allocation::default()), Ok(()), "wasm pods still fit");
+        assert_eq!(
+            filter(&req, &docker_down, &Allocation::default()),
+            Ok(()),
+            "wasm pods still fit"
+        );
         assert!(!docker_down.same_for_scheduling(&both));
 
         let mut alloc = Allocation::default();

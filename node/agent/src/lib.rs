@@ -79,6 +79,8 @@ pub struct AgentConfig {
     /// The Docker runtime (`None`: this node runs Wasm only). A daemon that is down does
     /// not stop the node: it reports `DockerReady=False` until the daemon answers.
     pub docker: Option<DockerConfig>,
+    /// Where Wasm guests' calls to `<service>.<namespace>.svc` go (this node's ingress).
+    pub service_gateway: Option<SocketAddr>,
 }
 
 impl AgentConfig {
@@ -96,6 +98,7 @@ impl AgentConfig {
             wasm_max_instances: 1000,
             ingress_url: None,
             docker: None,
+            service_gateway: None,
         }
     }
 }
@@ -130,6 +133,7 @@ impl Agent {
         let mut wasm = WasmConfig::new(config.data_dir.join("wasm"));
         wasm.pooling = config.wasm_pooling;
         wasm.max_instances = config.wasm_max_instances;
+        wasm.service_gateway = config.service_gateway;
         let artifacts: Arc<dyn ArtifactSource> = Arc::new(ApiArtifacts(client.clone()));
         let runtime = WasmSandbox::new(wasm, Some(artifacts))?;
         let docker = config.docker.clone().map(DockerSandbox::new);

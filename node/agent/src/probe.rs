@@ -12,7 +12,9 @@ use hyper_util::rt::TokioIo;
 pub(crate) async fn get(addr: SocketAddr, request: http::Request<Empty<Bytes>>) -> Option<http::StatusCode> {
     let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
     let conn = tokio::spawn(conn);
     let mut request = request;
     if let Ok(host) = http::HeaderValue::from_str(&addr.to_string()) {

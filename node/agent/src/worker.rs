@@ -317,7 +317,11 @@ impl Worker {
             .filter_map(|c| {
                 let source = spec::source_of(c).ok()?;
                 let runtime = self.ctx.runtimes.get(c.runtime())?;
-                runtime.progress(&SandboxSpec::new(spec::sandbox_id(&self.pod, &c.name), source, Kind::Process))
+                runtime.progress(&SandboxSpec::new(
+                    spec::sandbox_id(&self.pod, &c.name),
+                    source,
+                    Kind::Process,
+                ))
             })
             .collect();
         (!lines.is_empty()).then(|| lines.join("; "))
@@ -442,7 +446,9 @@ impl Worker {
         let c = self.pod.spec.containers.iter().find(|c| c.name == name)?;
         let probe = c.readiness_probe.clone()?;
         let reachable = self.endpoints.contains_key(name)
-            || (spec.kind == Kind::Http && self.ctx.runtimes.wasm.is_some() && c.runtime() == wisp_api::RUNTIME_WASM);
+            || (spec.kind == Kind::Http
+                && self.ctx.runtimes.wasm.is_some()
+                && c.runtime() == wisp_api::RUNTIME_WASM);
         (probe.http_get.is_some() && reachable).then_some(probe)
     }
 
@@ -482,7 +488,11 @@ impl Worker {
             else {
                 continue;
             };
-            let path = probe.http_get.as_ref().map_or("/", |g| g.path.as_str()).to_owned();
+            let path = probe
+                .http_get
+                .as_ref()
+                .map_or("/", |g| g.path.as_str())
+                .to_owned();
             let timeout = Duration::from_secs(u64::try_from(probe.timeout_seconds.max(1)).unwrap_or(1));
             let ok = self.answers(&name, &path, true, timeout).await;
             let Some(state) = self.probes.get_mut(&name) else {
@@ -516,7 +526,8 @@ impl Worker {
         else {
             return false;
         };
-        let judge = |status: http::StatusCode| !need_success || status.is_success() || status.is_redirection();
+        let judge =
+            |status: http::StatusCode| !need_success || status.is_success() || status.is_redirection();
         let call = async {
             if let Some(addr) = self.endpoints.get(name) {
                 let status = probe::get(*addr, request).await?;

@@ -12,7 +12,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
-use wisp_api::{Container, ContainerPort, Node, ObjectMeta, Pod, PodPhase, Quantity, Resource, RestartPolicy};
+use wisp_api::{
+    Container, ContainerPort, Node, ObjectMeta, Pod, PodPhase, Quantity, Resource, RestartPolicy,
+};
 use wisp_apiserver::testutil::TestServer;
 use wisp_client::Client;
 use wisp_node::{Agent, AgentConfig, ApiArtifacts, Backoff, Runtimes};
@@ -108,7 +110,10 @@ impl Cluster {
                 return Ok(pod);
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("pod {name}: not as expected after {secs} s; status: {:#?}", pod.status);
+                bail!(
+                    "pod {name}: not as expected after {secs} s; status: {:#?}",
+                    pod.status
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -157,7 +162,15 @@ fn docker_ready(n: &Node) -> Option<String> {
 }
 
 fn waiting(p: &Pod) -> Option<(String, String)> {
-    let w = p.status.as_ref()?.container_statuses.first()?.state.as_ref()?.waiting.clone()?;
+    let w = p
+        .status
+        .as_ref()?
+        .container_statuses
+        .first()?
+        .state
+        .as_ref()?
+        .waiting
+        .clone()?;
     Some((w.reason.unwrap_or_default(), w.message.unwrap_or_default()))
 }
 
@@ -177,23 +190,43 @@ async fn container_pod_serves_logs_and_is_adopted_after_restart() -> anyhow::Res
         return Ok(());
     };
     let (stop, task) = c.agent();
-    let node = c.wait_node(10, |n| docker_ready(n).as_deref() == Some("True")).await?;
+    let node = c
+        .wait_node(10, |n| docker_ready(n).as_deref() == Some("True"))
+        .await?;
     let runtimes = node.status.context("status")?.runtimes;
     assert!(runtimes.contains(&"docker".to_owned()), "{runtimes:?}");
 
-    let created = c.create(&c.pod("web", echo(&[], true), RestartPolicy::Always)).await?;
+    let created = c
+        .create(&c.pod("web", echo(&[], true), RestartPolicy::Always))
+        .await?;
     let before = c.wait_pod("web", 60, Pod::is_ready).await?;
-    let port = before.status.as_ref().and_then(|s| s.host_port).context("hostPort")?;
+    let port = before
+        .status
+        .as_ref()
+        .and_then(|s| s.host_port)
+        .context("hostPort")?;
     // Ready means it answers already: no retry here.
     let body = http_get(port, "/hi").await?;
-    assert!(body.starts_with("HTTP/1.1 200") && body.contains("echo from"), "{body}");
-    let cid = before.status.as_ref().context("status")?.container_statuses[0].container_id.clone();
-    assert!(cid.as_deref().is_some_and(|id| id.starts_with("docker://")), "{cid:?}");
+    assert!(
+        body.starts_with("HTTP/1.1 200") && body.contains("echo from"),
+        "{body}"
+    );
+    let cid = before.status.as_ref().context("status")?.container_statuses[0]
+        .container_id
+        .clone();
+    assert!(
+        cid.as_deref().is_some_and(|id| id.starts_with("docker://")),
+        "{cid:?}"
+    );
 
     // Logs through the API server's proxy to the agent.
     let resp = c
         .client
-        .raw(http::Method::GET, "/apis/wisp.dev/v1/namespaces/default/pods/web/log", None)
+        .raw(
+            http::Method::GET,
+            "/apis/wisp.dev/v1/namespaces/default/pods/web/log",
+            None,
+        )
         .await?;
     let text = String::from_utf8(resp.into_body().collect().await?.to_bytes().to_vec())?;
     assert!(text.contains("listening on 8080"), "logs: {text:?}");
@@ -201,7 +234,9 @@ async fn container_pod_serves_logs_and_is_adopted_after_restart() -> anyhow::Res
     stop.cancel();
     task.await?;
     // While no agent runs, a container pod bound here is deleted: its container is an orphan.
-    let orphan = c.create(&c.pod("orphan", echo(&["sleep", "x"], false), RestartPolicy::Always)).await?;
+    let orphan = c
+        .create(&c.pod("orphan", echo(&["sleep", "x"], false), RestartPolicy::Always))
+        .await?;
     let (stop, task) = c.agent();
     c.wait_pod("orphan", 60, Pod::is_ready).await?;
     stop.cancel();
@@ -239,7 +274,11 @@ async fn container_pod_serves_logs_and_is_adopted_after_restart() -> anyhow::Res
                 .and_then(|r| r.started_at.clone())
         })
     };
-    assert_eq!(running_since(&after), running_since(&before), "adopted, not restarted");
+    assert_eq!(
+        running_since(&after),
+        running_since(&before),
+        "adopted, not restarted"
+    );
     assert_eq!(after.status.as_ref().and_then(|s| s.host_port), Some(port));
     assert_eq!(c.docker.list().await?.len(), 1, "no duplicate");
     let body = http_get(port, "/").await?;
@@ -262,9 +301,10 @@ async fn oom_and_missing_images_are_reported() -> anyhow::Result<()> {
     };
     let (_stop, _task) = c.agent();
     let mut hog = echo(&["alloc", "256"], false);
-    hog.resources
-        .limits
-        .insert("memory".into(), "32Mi".parse::<Quantity>().map_err(anyhow::Error::msg)?);
+    hog.resources.limits.insert(
+        "memory".into(),
+        "32Mi".parse::<Quantity>().map_err(anyhow::Error::msg)?,
+    );
     c.create(&c.pod("hog", hog, RestartPolicy::Never)).await?;
     let p = c.wait_pod("hog", 60, |p| p.phase().is_terminal()).await?;
     assert_eq!(p.phase(), PodPhase::Failed);
@@ -277,9 +317,12 @@ async fn oom_and_missing_images_are_reported() -> anyhow::Result<()> {
 
     let mut missing = echo(&[], false);
     missing.image = Some("127.0.0.1:9/wisp/none:missing".into());
-    c.create(&c.pod("missing", missing, RestartPolicy::Always)).await?;
+    c.create(&c.pod("missing", missing, RestartPolicy::Always))
+        .await?;
     let p = c
-        .wait_pod("missing", 60, |p| waiting(p).is_some_and(|(r, _)| r == "ImagePullBackOff"))
+        .wait_pod("missing", 60, |p| {
+            waiting(p).is_some_and(|(r, _)| r == "ImagePullBackOff")
+        })
         .await?;
     let (_, message) = waiting(&p).context("waiting")?;
     assert!(message.contains("127.0.0.1:9/wisp/none:missing"), "{message}");
@@ -295,7 +338,9 @@ async fn daemon_down_keeps_the_node_and_wasm_pods_up_and_docker_pods_start_when_
         return Ok(());
     };
     let (_stop, task) = c.agent();
-    let node = c.wait_node(10, |n| docker_ready(n).as_deref() == Some("False")).await?;
+    let node = c
+        .wait_node(10, |n| docker_ready(n).as_deref() == Some("False"))
+        .await?;
     assert!(node.is_ready(), "the node itself is Ready");
 
     let hello = wisp_sandbox_wasm::guests::path("hello").map_err(anyhow::Error::msg)?;
@@ -305,13 +350,19 @@ async fn daemon_down_keeps_the_node_and_wasm_pods_up_and_docker_pods_start_when_
         ..Container::default()
     };
     c.create(&c.pod("wasm", wasm, RestartPolicy::Always)).await?;
-    c.create(&c.pod("box", echo(&[], true), RestartPolicy::Always)).await?;
+    c.create(&c.pod("box", echo(&[], true), RestartPolicy::Always))
+        .await?;
     c.wait_pod("wasm", 60, Pod::is_ready).await?;
     let p = c
-        .wait_pod("box", 30, |p| waiting(p).is_some_and(|(r, _)| r == "RuntimeUnavailable"))
+        .wait_pod("box", 30, |p| {
+            waiting(p).is_some_and(|(r, _)| r == "RuntimeUnavailable")
+        })
         .await?;
     let (_, message) = waiting(&p).context("waiting")?;
-    assert!(message.contains(&socket.display().to_string()), "names the socket: {message}");
+    assert!(
+        message.contains(&socket.display().to_string()),
+        "names the socket: {message}"
+    );
     // Some seconds later the agent is still there and the pod still waits (no crash loop).
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!task.is_finished(), "the agent keeps running");
@@ -320,10 +371,14 @@ async fn daemon_down_keeps_the_node_and_wasm_pods_up_and_docker_pods_start_when_
 
     // The daemon returns.
     let _proxy = SocketProxy::start(socket, wisp_sandbox_docker::default_socket())?;
-    c.wait_node(10, |n| docker_ready(n).as_deref() == Some("True")).await?;
+    c.wait_node(10, |n| docker_ready(n).as_deref() == Some("True"))
+        .await?;
     let p = c.wait_pod("box", 60, Pod::is_ready).await?;
     let port = p.status.as_ref().and_then(|s| s.host_port).context("hostPort")?;
     assert!(http_get(port, "/").await?.contains("echo from"));
-    assert!(c.wait_pod("wasm", 1, Pod::is_ready).await.is_ok(), "the wasm pod kept running");
+    assert!(
+        c.wait_pod("wasm", 1, Pod::is_ready).await.is_ok(),
+        "the wasm pod kept running"
+    );
     Ok(())
 }

@@ -244,6 +244,19 @@ impl Ingress {
                 svc.set_backends(Vec::new());
             }
         }
+        // Every Service answers on `<service>.<namespace>.svc` too (Wasm guests call
+        // Services by that name through this ingress).
+        let service_routes = c.endpoints.list().into_iter().map(|ep| {
+            let ns = ep.metadata.namespace.clone().unwrap_or_default();
+            RouteEntry {
+                host: Some(format!("{}.{ns}.svc", ep.metadata.name)),
+                prefix: String::new(),
+                backends: vec![(inner.services.get_or_create(&ns, &ep.metadata.name), 1)],
+                timeout: None,
+                name: format!("service:{}", ep.metadata.name),
+                namespace: ns,
+            }
+        });
         let entries = c
             .routes
             .list()
@@ -264,6 +277,7 @@ impl Ingress {
                     timeout: r.spec.timeout_seconds.map(|s| Duration::from_secs(u64::from(s))),
                 }
             })
+            .chain(service_routes)
             .collect();
         inner.table.store(Arc::new(Table::new(entries)));
     }

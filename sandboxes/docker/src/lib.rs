@@ -24,8 +24,8 @@ use std::time::{Duration, SystemTime};
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, NetworkCreateRequest,
-    PortBinding,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig,
+    NetworkCreateRequest, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
@@ -158,9 +158,9 @@ impl DockerSandbox {
     /// Maps a daemon error; a transport failure also drops the connection.
     async fn fail(&self, id: &SandboxId, e: DockerError) -> SandboxError {
         match e {
-            DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            } => SandboxError::NotFound(id.clone()),
+            DockerError::DockerResponseServerError { status_code: 404, .. } => {
+                SandboxError::NotFound(id.clone())
+            }
             DockerError::DockerResponseServerError {
                 status_code: 409,
                 message,
@@ -168,10 +168,9 @@ impl DockerSandbox {
                 id: id.clone(),
                 reason: message,
             },
-            DockerError::DockerResponseServerError {
-                status_code,
-                message,
-            } => SandboxError::Runtime(format!("Docker answered {status_code}: {message}")),
+            DockerError::DockerResponseServerError { status_code, message } => {
+                SandboxError::Runtime(format!("Docker answered {status_code}: {message}"))
+            }
             e if is_transport(&e) => {
                 *self.inner.client.lock().await = None;
                 self.unavailable(e)
@@ -209,9 +208,7 @@ impl DockerSandbox {
         let none = SandboxId(name.clone());
         match docker.inspect_network(&name, None).await {
             Ok(_) => {}
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
+            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {
                 let request = NetworkCreateRequest {
                     name: name.clone(),
                     driver: Some("bridge".into()),
@@ -252,7 +249,9 @@ impl DockerSandbox {
             .collect();
         let state = state_of(c);
         let endpoint = matches!(state, State::Running { .. })
-            .then(|| published_port(c).map(|p| Endpoint::Http(SocketAddr::new(self.inner.config.publish_ip, p))))
+            .then(|| {
+                published_port(c).map(|p| Endpoint::Http(SocketAddr::new(self.inner.config.publish_ip, p)))
+            })
             .flatten();
         SandboxStatus {
             id,
@@ -272,7 +271,8 @@ impl DockerSandbox {
     }
 
     async fn pull(&self, docker: &Docker, image: &str) -> Result<(), SandboxError> {
-        let r = ImageRef::parse(image).map_err(|e| SandboxError::InvalidSpec(format!("image {image:?}: {e}")))?;
+        let r =
+            ImageRef::parse(image).map_err(|e| SandboxError::InvalidSpec(format!("image {image:?}: {e}")))?;
         let options = CreateImageOptions {
             from_image: Some(r.repository.clone()),
             tag: Some(r.tag_or_digest.clone()),
@@ -310,7 +310,11 @@ impl DockerSandbox {
     }
 
     fn set_progress(&self, image: &str, line: Option<String>) {
-        let mut pulls = self.inner.pulls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pulls = self
+            .inner
+            .pulls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match line {
             Some(l) => pulls.insert(image.to_owned(), l),
             None => pulls.remove(image),
@@ -327,9 +331,7 @@ impl DockerSandbox {
         let docker = self.docker().await?;
         match docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {}
+            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
             Err(e) => return Err(self.fail(&spec.id, e).await),
         }
         self.pull(&docker, image).await?;
@@ -344,13 +346,12 @@ impl DockerSandbox {
 
     async fn create_container(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
         let Source::Image(image) = &spec.source else {
-            return Err(SandboxError::InvalidSpec("the docker runtime runs OCI images only".into()));
+            return Err(SandboxError::InvalidSpec(
+                "the docker runtime runs OCI images only".into(),
+            ));
         };
         let docker = self.docker().await?;
-        let namespace = spec
-            .labels
-            .get(LABEL_NAMESPACE)
-            .map_or("default", String::as_str);
+        let namespace = spec.labels.get(LABEL_NAMESPACE).map_or("default", String::as_str);
         let network = self.ensure_network(&docker, namespace).await?;
         let body = container_body(&self.inner.config, spec, image, &network)?;
         let options = CreateContainerOptions {
@@ -359,9 +360,9 @@ impl DockerSandbox {
         };
         match docker.create_container(Some(options), body).await {
             Ok(_) => Ok(()),
-            Err(DockerError::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Err(SandboxError::AlreadyExists(spec.id.clone())),
+            Err(DockerError::DockerResponseServerError { status_code: 409, .. }) => {
+                Err(SandboxError::AlreadyExists(spec.id.clone()))
+            }
             Err(DockerError::DockerResponseServerError {
                 status_code: 404,
                 message,
@@ -507,7 +508,11 @@ fn container_body(
                 m.guest_path
             )));
         }
-        binds.push(format!("{host}:{}:{}", m.guest_path, if m.read_only { "ro" } else { "rw" }));
+        binds.push(format!(
+            "{host}:{}:{}",
+            m.guest_path,
+            if m.read_only { "ro" } else { "rw" }
+        ));
     }
     let memory = spec
         .limits
@@ -585,12 +590,16 @@ fn state_of(c: &ContainerInspectResponse) -> State {
         return State::Created;
     };
     match st.status {
-        Some(ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::PAUSED | ContainerStateStatusEnum::RESTARTING) => {
-            State::Running {
-                started_at: parse_time(st.started_at.as_ref()).unwrap_or(SystemTime::UNIX_EPOCH),
-            }
+        Some(
+            ContainerStateStatusEnum::RUNNING
+            | ContainerStateStatusEnum::PAUSED
+            | ContainerStateStatusEnum::RESTARTING,
+        ) => State::Running {
+            started_at: parse_time(st.started_at.as_ref()).unwrap_or(SystemTime::UNIX_EPOCH),
+        },
+        Some(ContainerStateStatusEnum::CREATED) | None | Some(ContainerStateStatusEnum::EMPTY) => {
+            State::Created
         }
-        Some(ContainerStateStatusEnum::CREATED) | None | Some(ContainerStateStatusEnum::EMPTY) => State::Created,
         Some(_) => {
             let oom = st.oom_killed == Some(true);
             State::Exited {
@@ -645,7 +654,11 @@ impl Sandbox for DockerSandbox {
         .boxed()
     }
 
-    fn stop<'a>(&'a self, id: &'a SandboxId, grace: Duration) -> BoxFuture<'a, wisp_sandbox::Result<ExitStatus>> {
+    fn stop<'a>(
+        &'a self,
+        id: &'a SandboxId,
+        grace: Duration,
+    ) -> BoxFuture<'a, wisp_sandbox::Result<ExitStatus>> {
         async move {
             let c = self.inspect(id).await?;
             if let Some(exit) = Self::exit_of(&c) {
@@ -660,9 +673,7 @@ impl Sandbox for DockerSandbox {
             };
             match docker.stop_container(&container_name(id), Some(options)).await {
                 Ok(()) => {}
-                Err(DockerError::DockerResponseServerError {
-                    status_code: 304, ..
-                }) => {}
+                Err(DockerError::DockerResponseServerError { status_code: 304, .. }) => {}
                 Err(e) => return Err(self.fail(id, e).await),
             }
             self.wait_exit(id).await
@@ -680,9 +691,7 @@ impl Sandbox for DockerSandbox {
             match docker.kill_container(&container_name(id), Some(options)).await {
                 Ok(()) => Ok(()),
                 // Not running: nothing to kill.
-                Err(DockerError::DockerResponseServerError {
-                    status_code: 409, ..
-                }) => Ok(()),
+                Err(DockerError::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
                 Err(e) => Err(self.fail(id, e).await),
             }
         }

@@ -130,10 +130,7 @@ mod tests {
             p("127.0.0.1:5000/wisp/echo:v2"),
             Ok(("127.0.0.1:5000/wisp/echo".into(), "v2".into()))
         );
-        assert_eq!(
-            p("r.io/x@sha256:abc"),
-            Ok(("r.io/x".into(), "sha256:abc".into()))
-        );
+        assert_eq!(p("r.io/x@sha256:abc"), Ok(("r.io/x".into(), "sha256:abc".into())));
         assert!(p("").is_err());
         assert!(p("x:").is_err());
         assert!(p("a b").is_err());
@@ -146,7 +143,11 @@ mod tests {
         assert_eq!(l.line, "hello world");
         assert_eq!(
             l.at,
-            system_time("2026-11-25T10:00:00.123456789Z".parse::<jiff::Timestamp>().expect("ts"))
+            system_time(
+                "2026-11-25T10:00:00.123456789Z"
+                    .parse::<jiff::Timestamp>()
+                    .expect("ts")
+            )
         );
         let l = log_line(LogStream::Stderr, "no timestamp here");
         assert_eq!(l.line, "no timestamp here");

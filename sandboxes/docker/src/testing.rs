@@ -87,7 +87,13 @@ pub fn unique_owner(test: &str) -> String {
     // Also a valid node name (a DNS subdomain).
     let test: String = test
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     format!("test-{test}-{}-{nanos:x}", std::process::id())
 }
@@ -164,10 +170,7 @@ impl SocketProxy {
             // Dropping the set ends every open connection: the "daemon" is gone.
             conns.shutdown().await;
         });
-        Ok(Self {
-            path,
-            stop: Some(tx),
-        })
+        Ok(Self { path, stop: Some(tx) })
     }
 }
 

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use wisp_sandbox::{
-    Endpoint, Kind, LABEL_NAMESPACE, LABEL_POD_UID, Limits, Sandbox, SandboxError, SandboxId, SandboxSpec, Source,
-    State,
+    Endpoint, Kind, LABEL_NAMESPACE, LABEL_POD_UID, Limits, Sandbox, SandboxError, SandboxId, SandboxSpec,
+    Source, State,
 };
 use wisp_sandbox_docker::testing::{self, Cleanup, ECHO_IMAGE, Registry, SocketProxy};
 use wisp_sandbox_docker::{DockerConfig, DockerSandbox, container_name};
@@ -19,7 +19,10 @@ fn setup(test: &str) -> Option<(DockerSandbox, Cleanup)> {
     }
     testing::ensure_echo_image();
     let owner = testing::unique_owner(test);
-    Some((DockerSandbox::new(DockerConfig::new(owner.clone())), Cleanup::new(&owner)))
+    Some((
+        DockerSandbox::new(DockerConfig::new(owner.clone())),
+        Cleanup::new(&owner),
+    ))
 }
 
 fn spec(pod: &str, namespace: &str, args: &[&str]) -> SandboxSpec {
@@ -93,7 +96,9 @@ fn ip_of(id: &SandboxId) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_are_locked_down_and_publish_on_the_node_address() {
-    let Some((s, _cleanup)) = setup("locked_down") else { return };
+    let Some((s, _cleanup)) = setup("locked_down") else {
+        return;
+    };
     let mut spec = server("uid-lock", "lockdown");
     spec.read_only_root = true;
     spec.limits = Limits {
@@ -125,7 +130,11 @@ async fn containers_are_locked_down_and_publish_on_the_node_address() {
         .filter_map(|e| e.as_str())
         .collect();
     assert!(env.contains(&"MESSAGE=from lockdown"), "{env:?}");
-    assert!(!env.iter().any(|e| e.starts_with("CARGO") || e.starts_with("HOME=/root")), "no host env: {env:?}");
+    assert!(
+        !env.iter()
+            .any(|e| e.starts_with("CARGO") || e.starts_with("HOME=/root")),
+        "no host env: {env:?}"
+    );
     // The port is published on 127.0.0.1 only, and the status names it.
     let st = s.status(&spec.id).await.expect("status");
     let Some(Endpoint::Http(addr)) = st.endpoint else {
@@ -135,13 +144,18 @@ async fn containers_are_locked_down_and_publish_on_the_node_address() {
     let bindings = &v["HostConfig"]["PortBindings"]["8080/tcp"][0];
     assert_eq!(bindings["HostIp"], "127.0.0.1");
     let body = get(addr, "/env/MESSAGE").await;
-    assert!(body.starts_with("HTTP/1.1 200") && body.ends_with("from lockdown"), "{body}");
+    assert!(
+        body.starts_with("HTTP/1.1 200") && body.ends_with("from lockdown"),
+        "{body}"
+    );
     s.stop(&spec.id, Duration::from_secs(5)).await.expect("stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_cannot_reach_each_other() {
-    let Some((s, _cleanup)) = setup("isolation") else { return };
+    let Some((s, _cleanup)) = setup("isolation") else {
+        return;
+    };
     let b = server("uid-iso-b", "iso-b");
     run(&s, &b).await;
     let target = format!("{}:8080", ip_of(&b.id));
@@ -154,12 +168,18 @@ async fn namespaces_cannot_reach_each_other() {
     let same = spec("uid-iso-b-client", "iso-b", &["connect", &target]);
     run(&s, &same).await;
     let exit = s.wait(&same.id).await.expect("wait");
-    assert_eq!(exit.exit_code, 0, "a container of the same namespace connects to {target}");
+    assert_eq!(
+        exit.exit_code, 0,
+        "a container of the same namespace connects to {target}"
+    );
     // Another namespace: not reachable.
     let other = spec("uid-iso-a-client", "iso-a", &["connect", &target]);
     run(&s, &other).await;
     let exit = s.wait(&other.id).await.expect("wait");
-    assert_eq!(exit.exit_code, 1, "a container of namespace iso-a must not reach {target} in iso-b (1: refused or timed out)");
+    assert_eq!(
+        exit.exit_code, 1,
+        "a container of namespace iso-a must not reach {target} in iso-b (1: refused or timed out)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +202,9 @@ async fn out_of_memory_is_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_are_pulled_from_a_registry() {
-    let Some((s, _cleanup)) = setup("pull") else { return };
+    let Some((s, _cleanup)) = setup("pull") else {
+        return;
+    };
     let registry = Registry::start().expect("registry");
     let tag = format!("wisp/echo:pull-{}", std::process::id());
     let image = registry.push(ECHO_IMAGE, &tag).expect("push");
@@ -200,7 +222,9 @@ async fn images_are_pulled_from_a_registry() {
         .output()
         .expect("inspect");
     assert!(here.status.success(), "{image} was pulled");
-    let _ = std::process::Command::new("docker").args(["rmi", "-f", &image]).output();
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &image])
+        .output();
     // A tag the registry does not have: a fetch error naming the image.
     let mut missing = spec.clone();
     missing.id = SandboxId::new("uid-missing", "main");

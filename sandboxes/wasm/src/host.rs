@@ -26,6 +26,8 @@ pub(crate) struct CtxTemplate {
     stderr: LineSink,
     memory_bytes: Option<usize>,
     outbound: Arc<[String]>,
+    /// Where calls to cluster Services (`<service>.<namespace>.svc`) go: the node's ingress.
+    pub(crate) gateway: Option<std::net::SocketAddr>,
 }
 
 impl CtxTemplate {
@@ -55,6 +57,7 @@ impl CtxTemplate {
                 .memory_bytes
                 .map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
             outbound: spec.allowed_outbound_hosts.iter().cloned().collect(),
+            gateway: None,
         }
     }
 
@@ -97,6 +100,7 @@ impl CtxTemplate {
             table,
             hooks: Outbound {
                 allowed: self.outbound.clone(),
+                gateway: self.gateway,
             },
             limiter: Limiter {
                 memory_cap: self.memory_bytes,
@@ -172,6 +176,14 @@ impl ResourceLimiter for Limiter {
 /// The outbound-HTTP policy: only the hosts the spec lists (`host` or `host:port`).
 struct Outbound {
     allowed: Arc<[String]>,
+    gateway: Option<std::net::SocketAddr>,
+}
+
+/// A cluster Service's name: `<service>.<namespace>.svc`.
+pub(crate) fn is_service_host(host: &str) -> bool {
+    host.strip_suffix(".svc")
+        .and_then(|rest| rest.split_once('.'))
+        .is_some_and(|(svc, ns)| !svc.is_empty() && !ns.is_empty() && !ns.contains('.'))
 }
 
 impl Outbound {
@@ -213,6 +225,27 @@ impl WasiHttpHooks for Outbound {
             tracing::debug!(uri = %request.uri(), "outbound request denied");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let mut request = request;
+        if let Some(gateway) = self.gateway
+            && request.uri().host().is_some_and(is_service_host)
+        {
+            // A Service is reached through the node's ingress; the Host header the host
+            // already set (`<service>.<namespace>.svc`) selects it there.
+            let path = request
+                .uri()
+                .path_and_query()
+                .map_or("/", http::uri::PathAndQuery::as_str)
+                .to_owned();
+            match http::Uri::builder()
+                .scheme("http")
+                .authority(gateway.to_string())
+                .path_and_query(path)
+                .build()
+            {
+                Ok(uri) => *request.uri_mut() = uri,
+                Err(_) => return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestUriInvalid) }),
+            }
+        }
         Box::new(async move {
             use http_body_util::BodyExt;
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
@@ -229,8 +262,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn service_hosts() {
+        assert!(is_service_host("backend.default.svc"));
+        assert!(!is_service_host("backend.svc"));
+        assert!(!is_service_host("a.b.c.svc"));
+        assert!(!is_service_host("example.com"));
+    }
+
+    #[test]
     fn outbound_allow_list_matches_host_or_host_port() {
         let o = Outbound {
+            gateway: None,
             allowed: Arc::from(vec!["api.example.com".to_owned(), "127.0.0.1:8080".to_owned()]),
         };
         let ok = |u: &str| o.allows(&u.parse().expect("uri"));

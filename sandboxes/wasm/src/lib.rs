@@ -84,6 +84,9 @@ pub struct WasmConfig {
     pub log_lines: usize,
     /// Request deadline when the spec sets none.
     pub default_request_timeout: Duration,
+    /// The node's ingress: outbound calls to `<service>.<namespace>.svc` (when allowed by
+    /// the spec) are sent there, which routes them to the Service's ready pods.
+    pub service_gateway: Option<std::net::SocketAddr>,
 }
 
 impl WasmConfig {
@@ -99,6 +102,7 @@ impl WasmConfig {
             max_wasm_stack: 512 << 10,
             log_lines: 10_000,
             default_request_timeout: Duration::from_secs(30),
+            service_gateway: None,
         }
     }
 }
@@ -331,7 +335,8 @@ impl WasmSandbox {
             Kind::Http => Runnable::Proxy(ProxyPre::new(pre).map_err(compile)?),
         };
         let logs = LogBuffer::new(self.inner.config.log_lines);
-        let template = CtxTemplate::new(spec, &spec.id.to_string(), &logs);
+        let mut template = CtxTemplate::new(spec, &spec.id.to_string(), &logs);
+        template.gateway = self.inner.config.service_gateway;
         template.validate()?;
         let entry = Arc::new(Entry {
             spec: spec.clone(),

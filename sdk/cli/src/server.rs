@@ -105,6 +105,11 @@ async fn run_node(
     let port = listener.local_addr()?.port();
     let mut config = agent_config(opts, dir)?;
     config.ingress_url = Some(format!("http://{}:{port}", config.address));
+    let mut gateway = listener.local_addr()?;
+    if gateway.ip().is_unspecified() {
+        gateway.set_ip(std::net::IpAddr::from([127, 0, 0, 1]));
+    }
+    config.service_gateway = Some(gateway);
     let name = config.node_name.clone();
     let agent = wisp_node::Agent::new(client.clone(), config).context("node agent")?;
     let ingress = wisp_ingress::Ingress::new(

@@ -227,7 +227,15 @@ impl NodeAgent {
 
     fn boot(&mut self) -> anyhow::Result<()> {
         let child = Command::new(wisp_bin()?)
-            .args(["node", "--node-name", &self.name, "--agent-listen", "127.0.0.1:0", "--docker", "false"])
+            .args([
+                "node",
+                "--node-name",
+                &self.name,
+                "--agent-listen",
+                "127.0.0.1:0",
+                "--docker",
+                "false",
+            ])
             .args(["--ingress-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&self.dir)

@@ -256,7 +256,10 @@ impl SecurityContext {
             if !ALLOWED_CAPABILITIES.contains(&cap.as_str()) {
                 errs.push(FieldError::new(
                     index(&child(&child(path, "capabilities"), "add"), i),
-                    format!("capability {cap:?} cannot be added (allowed: {})", ALLOWED_CAPABILITIES.join(", ")),
+                    format!(
+                        "capability {cap:?} cannot be added (allowed: {})",
+                        ALLOWED_CAPABILITIES.join(", ")
+                    ),
                 ));
             }
         }

@@ -1,0 +1,238 @@
+//! Containers beside Wasm through the real `wisp up` (Docker runtime on) and its ingress,
+//! against the real Docker engine: the mixed example (a Wasm frontend Function calling a
+//! container backend by its Service name), a container-image Function scaled from and to
+//! zero by the activator and autoscaler, a canary Route splitting traffic between a container
+//! Service and a Wasm one, a Service selecting both kinds of pods, and a pod mixing both
+//! runtimes refused at admission. In CI an unreachable engine fails this test.
+
+#![allow(clippy::print_stderr)] // the test reports the figures it measures
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use wisp_api::{Node, Pod};
+use wisp_client::{Client, ListParams};
+use wisp_e2e::{Options, Wisp, examples_dir};
+use wisp_sandbox_docker::testing::{self, Cleanup};
+
+type Http =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+/// GET `path` on the ingress with `host`: (status, cold-start header, body).
+async fn get(http: &Http, ingress: &str, host: &str, path: &str) -> anyhow::Result<(u16, bool, String)> {
+    let req = http::Request::get(format!("{ingress}{path}"))
+        .header(http::header::HOST, host)
+        .body(Empty::<Bytes>::new())?;
+    let resp = http.request(req).await?;
+    let code = resp.status().as_u16();
+    let cold = resp
+        .headers()
+        .get("x-wisp-cold-start")
+        .is_some_and(|v| v == "true");
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((code, cold, String::from_utf8_lossy(&body).into_owned()))
+}
+
+async fn until(
+    what: &str,
+    secs: u64,
+    mut check: impl AsyncFnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        if check().await? {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(secs) {
+            bail!("timed out after {secs} s waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn live_pods(client: &Client, selector: &str) -> anyhow::Result<Vec<Pod>> {
+    let params = ListParams {
+        label_selector: Some(selector.into()),
+        field_selector: None,
+    };
+    let pods = client.api::<Pod>(Some("default")).list(&params).await?.items;
+    Ok(pods.into_iter().filter(|p| !p.phase().is_terminal()).collect())
+}
+
+/// The ingress's ready backends of Service `name` (0 when it does not know it).
+async fn ready_backends(http: &Http, ingress: &str, name: &str) -> anyhow::Result<u64> {
+    let req = http::Request::get(format!("{ingress}/.wisp/stats")).body(Empty::<Bytes>::new())?;
+    let body = http.request(req).await?.into_body().collect().await?.to_bytes();
+    let stats: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(stats
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name))
+        .and_then(|s| s["readyBackends"].as_u64())
+        .unwrap_or(0))
+}
+
+/// At zero: no pod, and the ingress has dropped the last backend.
+async fn at_zero(client: &Client, http: &Http, ingress: &str) -> anyhow::Result<bool> {
+    Ok(live_pods(client, "wisp.dev/function=echo").await?.is_empty()
+        && ready_backends(http, ingress, "echo").await? == 0)
+}
+
+/// Writes `example` with its relative component paths made absolute, then applies it.
+fn apply(w: &Wisp, example: &str, edits: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut manifest = std::fs::read_to_string(examples_dir().join(example))?;
+    for (from, to) in edits {
+        anyhow::ensure!(manifest.contains(from), "{example} has no {from:?}");
+        manifest = manifest.replace(from, to);
+    }
+    let file = w.dir.join(example.replace('/', "-"));
+    std::fs::write(&file, manifest)?;
+    let (ok, out, err) = w.cli(&["apply", "-f", &file.display().to_string()])?;
+    anyhow::ensure!(ok, "apply {example} failed: {out}{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_and_wasm_side_by_side_through_the_ingress() -> anyhow::Result<()> {
+    if !testing::available("e2e docker") {
+        return Ok(());
+    }
+    testing::ensure_echo_image();
+    let node = testing::unique_owner("e2e-mixed");
+    let _cleanup = Cleanup::new(&node);
+    let w = Wisp::start(Options {
+        command: Some("up".into()),
+        node_name: Some(node.clone()),
+        docker: true,
+        args: vec![
+            "--autoscaler-stable-seconds".into(),
+            "6".into(),
+            "--autoscaler-panic-seconds".into(),
+            "2".into(),
+        ],
+        ..Options::default()
+    })?;
+    let client = w.client();
+    until("the node with Docker ready", 30, async || {
+        Ok(client.api::<Node>(None).get_opt(&node).await?.is_some_and(|n| {
+            n.is_ready()
+                && n.status.is_some_and(|s| {
+                    s.ingress_url.is_some()
+                        && s.conditions
+                            .iter()
+                            .any(|c| c.type_ == wisp_api::NODE_DOCKER_READY && c.status == "True")
+                })
+        }))
+    })
+    .await?;
+    let ingress = client
+        .api::<Node>(None)
+        .get(&node)
+        .await?
+        .status
+        .and_then(|s| s.ingress_url)
+        .context("ingressUrl")?;
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+
+    // The mixed example: Wasm frontend (at zero) → container backend by Service name.
+    let frontend = wisp_e2e::guest("frontend")?.display().to_string();
+    apply(
+        &w,
+        "mixed/app.yaml",
+        &[("../target/wasm32-wasip2/release/frontend.wasm", &frontend)],
+    )?;
+    let mut answer = (0, false, String::new());
+    let took = until("the frontend answering through the backend", 60, async || {
+        answer = get(&http, &ingress, "frontend.default.localhost", "/hi").await?;
+        Ok(answer.0 == 200)
+    })
+    .await?;
+    eprintln!("mixed app answering {took:?} after apply: {answer:?}");
+    assert!(
+        answer.2.starts_with("frontend -> echo from ") && answer.2.ends_with("hello from the backend /hi"),
+        "{answer:?}"
+    );
+
+    // A container Function at zero: the first request starts a container and is answered.
+    apply(
+        &w,
+        "container-echo/function.yaml",
+        &[("scaleToZeroAfter: 30s", "scaleToZeroAfter: 3s")],
+    )?;
+    until("the echo Function's route", 30, async || {
+        let (code, _, body) = get(&http, &ingress, "echo.default.localhost", "/").await?;
+        Ok(code != 404 || !body.starts_with("no route"))
+    })
+    .await?;
+    // The wait above may itself have woken it: let it go back to zero first.
+    until("echo at zero", 60, async || {
+        at_zero(&client, &http, &ingress).await
+    })
+    .await?;
+    for round in 0..2 {
+        let t = Instant::now();
+        let (code, cold, body) = get(&http, &ingress, "echo.default.localhost", "/x").await?;
+        eprintln!("container function cold start {round}: {:?}", t.elapsed());
+        assert_eq!(code, 200, "{body}");
+        assert!(cold, "x-wisp-cold-start: true");
+        assert!(body.starts_with("echo from ") && body.ends_with(" /x"), "{body}");
+        let (code, cold, _) = get(&http, &ingress, "echo.default.localhost", "/").await?;
+        assert_eq!((code, cold), (200, false), "warm now");
+        let idle = until("echo back to zero", 60, async || {
+            at_zero(&client, &http, &ingress).await
+        })
+        .await?;
+        eprintln!("container function back at zero {idle:?} after its last request");
+    }
+
+    // A canary Route between a container Service and a Wasm one, and a Service over both.
+    let hello = wisp_e2e::guest("hello")?.display().to_string();
+    apply(
+        &w,
+        "mixed/canary.yaml",
+        &[("../target/wasm32-wasip2/release/hello.wasm", &hello)],
+    )?;
+    until("both canary tracks ready", 60, async || {
+        let pods = live_pods(&client, "app=echo").await?;
+        Ok(pods.len() == 2 && pods.iter().all(Pod::is_ready))
+    })
+    .await?;
+    for (host, what) in [
+        ("echo.localhost", "Route 80/20"),
+        ("echo-all.default.svc", "Service over both"),
+    ] {
+        let (mut container, mut wasm) = (0, 0);
+        until(&format!("{what}: answers from both runtimes"), 30, async || {
+            let (code, _, body) = get(&http, &ingress, host, "/").await?;
+            anyhow::ensure!(code == 200, "{host}: {code} {body}");
+            if body.starts_with("echo from") {
+                container += 1;
+            } else if body == "Hello from Wisp" {
+                wasm += 1;
+            } else {
+                bail!("{host}: unexpected answer {body:?}");
+            }
+            Ok(container > 0 && wasm > 0)
+        })
+        .await?;
+        eprintln!("{what}: container {container}, wasm {wasm}");
+    }
+
+    // One pod with both runtimes is refused, naming the field.
+    let mixed = w.dir.join("mixed-pod.yaml");
+    std::fs::write(
+        &mixed,
+        format!(
+            "apiVersion: wisp.dev/v1\nkind: Pod\nmetadata:\n  name: both\nspec:\n  containers:\n    - name: a\n      image: {}\n    - name: b\n      wasm: {hello}\n",
+            testing::ECHO_IMAGE
+        ),
+    )?;
+    let (ok, out, err) = w.cli(&["apply", "-f", &mixed.display().to_string()])?;
+    assert!(!ok, "a mixed pod is refused: {out}");
+    assert!(
+        err.contains("spec.containers") && err.contains("cannot mix Wasm"),
+        "clear message: {err}"
+    );
+    Ok(())
+}
