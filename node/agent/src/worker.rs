@@ -107,7 +107,7 @@ struct ProbeState {
 }
 
 /// How often a container without a readiness probe is checked until it first answers.
-const FIRST_ANSWER_PERIOD: Duration = Duration::from_millis(10);
+const FIRST_ANSWER_PERIOD: Duration = Duration::from_millis(2);
 
 pub(crate) struct Worker {
     ctx: Arc<Ctx>,

@@ -15,12 +15,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use tokio_util::sync::CancellationToken;
 use wisp_api::{Container, Function, ObjectMeta, Resource};
-use wisp_apiserver::testutil::TestServer;
-use wisp_client::Client;
 use wisp_sandbox::Sandbox as _;
 
+use crate::cluster::Cluster;
 use crate::progress;
 use crate::report::Latencies;
 
@@ -32,22 +30,6 @@ pub struct ColdStartArgs {
     /// Warm requests per path for the overhead comparison.
     #[arg(long, env = "WISP_BENCH_WARM", default_value_t = 5000)]
     pub warm: usize,
-}
-
-type Http =
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
-
-async fn get(http: &Http, url: &str, host: &str) -> anyhow::Result<(u16, bool, Duration)> {
-    let t = Instant::now();
-    let req = http::Request::get(url)
-        .header(http::header::HOST, host)
-        .body(Empty::<Bytes>::new())?;
-    let resp = http.request(req).await?;
-    let first_byte = t.elapsed();
-    let code = resp.status().as_u16();
-    let cold = resp.headers().contains_key(wisp_ingress::COLD_START_HEADER);
-    resp.into_body().collect().await?;
-    Ok((code, cold, first_byte))
 }
 
 fn function(name: &str, digest: &str) -> Function {
@@ -63,54 +45,18 @@ fn function(name: &str, digest: &str) -> Function {
     f
 }
 
-#[allow(clippy::too_many_lines)]
 pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
     let component = wisp_sandbox_wasm::guests::path("hello").map_err(anyhow::Error::msg)?;
     let bytes = std::fs::read(&component)?;
-    let server = TestServer::start().await?;
-    let client = Client::new(&server.url, &server.token);
-    let shutdown = CancellationToken::new();
-    let dir = tempfile::tempdir()?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let ingress_url = format!("http://{}", listener.local_addr()?);
-    let mut config = wisp_node::AgentConfig::new("bench-node", dir.path());
-    config.ingress_url = Some(ingress_url.clone());
-    config.capacity.insert(
-        "pods".into(),
-        wisp_api::Quantity::from_units(100_000, wisp_api::QuantityFormat::DecimalSI),
-    );
-    let agent = wisp_node::Agent::new(client.clone(), config)?;
-    let wasm = agent.runtimes().wasm.clone().context("wasm runtime")?;
-    let ingress = wisp_ingress::Ingress::new(
-        client.clone(),
-        wisp_ingress::IngressConfig::new("bench-node"),
-        Some(wasm.clone()),
-    );
-    let mut tasks = tokio::task::JoinSet::new();
-    let s = shutdown.clone();
-    tasks.spawn(async move {
-        let _ = Box::pin(agent.run(s)).await;
-    });
-    let (i, s) = (ingress.clone(), shutdown.clone());
-    tasks.spawn(async move { i.sync(s).await });
-    let (i, s) = (ingress.clone(), shutdown.clone());
-    tasks.spawn(wisp_ingress::serve(i, listener, s));
-    let (c, s) = (client.clone(), shutdown.clone());
-    tasks.spawn(async move {
-        let _ = wisp_scheduler::run(c, wisp_scheduler::SchedulerConfig::default(), s).await;
-    });
-    let (c, s) = (client.clone(), shutdown.clone());
-    tasks.spawn(wisp_controllers::run(c, wisp_controllers::Config::default(), s));
-
+    let cluster = Cluster::start("bench-node", None).await?;
+    let (client, ingress, wasm) = (cluster.client.clone(), cluster.ingress.clone(), cluster.wasm.clone());
     let digest = client.put_blob(Bytes::from(bytes)).await?;
-    let http: Http =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let functions = client.api::<Function>(Some("default"));
     progress("warm-up function (compiles the component)");
     functions.create(&function("warmup", &digest)).await?;
     let host = |name: &str| format!("{name}.default.localhost");
-    wait_routed(&http, &ingress_url, "warmup").await?;
-    let (code, _, first) = get(&http, &format!("{ingress_url}/"), &host("warmup")).await?;
+    cluster.wait_routed("warmup").await?;
+    let (code, _, first) = cluster.get(&host("warmup")).await?;
     anyhow::ensure!(code == 200, "warm-up answered {code}");
 
     progress(&format!("{} functions at zero", args.functions));
@@ -118,13 +64,13 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
         functions.create(&function(&format!("fn-{i}"), &digest)).await?;
     }
     for i in 0..args.functions {
-        wait_routed(&http, &ingress_url, &format!("fn-{i}")).await?;
+        cluster.wait_routed(&format!("fn-{i}")).await?;
     }
     progress("one cold request each");
     let mut cold = Vec::with_capacity(args.functions);
     for i in 0..args.functions {
         let name = format!("fn-{i}");
-        let (code, was_cold, t) = get(&http, &format!("{ingress_url}/"), &host(&name)).await?;
+        let (code, was_cold, t) = cluster.get(&host(&name)).await?;
         anyhow::ensure!(
             code == 200 && was_cold,
             "{name}: answered {code}, cold {was_cold}"
@@ -174,9 +120,7 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
         resp.into_body().collect().await?;
         direct.push(t.elapsed());
     }
-    shutdown.cancel();
-    while tasks.join_next().await.is_some() {}
-    drop(server);
+    cluster.stop().await;
 
     let mut out = String::new();
     let _ = writeln!(
@@ -215,22 +159,4 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
         );
     }
     Ok(out)
-}
-
-/// Waits until the ingress knows `name`'s route (its Service shows in the stats).
-async fn wait_routed(http: &Http, ingress: &str, name: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let needle = format!("\"name\":\"{name}\"");
-    loop {
-        let req = http::Request::get(format!("{ingress}/.wisp/stats")).body(Empty::<Bytes>::new())?;
-        let body = http.request(req).await?.into_body().collect().await?.to_bytes();
-        if String::from_utf8_lossy(&body).contains(&needle) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{name}: no route in the ingress after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

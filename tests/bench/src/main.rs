@@ -6,7 +6,9 @@
 //! directly, and the HTTP API server driven through `wisp-client`.
 
 mod api_level;
+mod cluster;
 mod cold_start;
+mod docker_cold_start;
 mod drive;
 mod pod_start;
 mod report;
@@ -39,6 +41,8 @@ enum Command {
     PodStart(pod_start::PodStartArgs),
     /// A Function at zero: request → first byte through the whole chain; ingress overhead.
     ColdStart(cold_start::ColdStartArgs),
+    /// Scale-from-zero of a Docker-backed Function through the ingress vs raw `docker run`.
+    DockerColdStart(docker_cold_start::DockerColdStartArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -334,6 +338,12 @@ async fn main() -> std::process::ExitCode {
     let result = match &cli.command {
         Command::StoreApi(args) => store_api(args).await,
         Command::ColdStart(args) => match cold_start::run(args).await {
+            Ok(report) => std::io::stdout()
+                .write_all(report.as_bytes())
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        },
+        Command::DockerColdStart(args) => match docker_cold_start::run(args).await {
             Ok(report) => std::io::stdout()
                 .write_all(report.as_bytes())
                 .map_err(anyhow::Error::from),
