@@ -28,7 +28,10 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts everything; `docker` adds the Docker runtime to the node.
-    pub async fn start(node: &str, docker: Option<wisp_sandbox_docker::DockerConfig>) -> anyhow::Result<Self> {
+    pub async fn start(
+        node: &str,
+        docker: Option<wisp_sandbox_docker::DockerConfig>,
+    ) -> anyhow::Result<Self> {
         let server = TestServer::start().await?;
         let client = Client::new(&server.url, &server.token);
         let shutdown = CancellationToken::new();
@@ -65,7 +68,8 @@ impl Cluster {
         });
         let (c, s) = (client.clone(), shutdown.clone());
         tasks.spawn(wisp_controllers::run(c, wisp_controllers::Config::default(), s));
-        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
         Ok(Self {
             client,
             ingress,
@@ -98,12 +102,23 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(60);
         let needle = format!("\"name\":\"{name}\"");
         loop {
-            let req = http::Request::get(format!("{}/.wisp/stats", self.ingress_url)).body(Empty::<Bytes>::new())?;
-            let body = self.http.request(req).await?.into_body().collect().await?.to_bytes();
+            let req =
+                http::Request::get(format!("{}/.wisp/stats", self.ingress_url)).body(Empty::<Bytes>::new())?;
+            let body = self
+                .http
+                .request(req)
+                .await?
+                .into_body()
+                .collect()
+                .await?
+                .to_bytes();
             if String::from_utf8_lossy(&body).contains(&needle) {
                 return Ok(());
             }
-            anyhow::ensure!(Instant::now() < deadline, "{name}: no route in the ingress after 60 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{name}: no route in the ingress after 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

@@ -49,7 +49,11 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
     let component = wisp_sandbox_wasm::guests::path("hello").map_err(anyhow::Error::msg)?;
     let bytes = std::fs::read(&component)?;
     let cluster = Cluster::start("bench-node", None).await?;
-    let (client, ingress, wasm) = (cluster.client.clone(), cluster.ingress.clone(), cluster.wasm.clone());
+    let (client, ingress, wasm) = (
+        cluster.client.clone(),
+        cluster.ingress.clone(),
+        cluster.wasm.clone(),
+    );
     let digest = client.put_blob(Bytes::from(bytes)).await?;
     let functions = client.api::<Function>(Some("default"));
     progress("warm-up function (compiles the component)");

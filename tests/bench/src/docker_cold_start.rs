@@ -140,8 +140,13 @@ async fn measure(cluster: &Cluster, args: &DockerColdStartArgs) -> anyhow::Resul
         .output()
         .await;
 
-    let (wisp, raw, isolated) = (Latencies::new(wisp), Latencies::new(raw), Latencies::new(isolated));
-    let ms = |d: Option<Duration>| d.map_or_else(|| "—".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0));
+    let (wisp, raw, isolated) = (
+        Latencies::new(wisp),
+        Latencies::new(raw),
+        Latencies::new(isolated),
+    );
+    let ms =
+        |d: Option<Duration>| d.map_or_else(|| "—".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0));
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -152,7 +157,10 @@ async fn measure(cluster: &Cluster, args: &DockerColdStartArgs) -> anyhow::Resul
     let _ = writeln!(out, "| what | n | p50 | p90 | max |");
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: |");
     for (what, l) in [
-        ("Wisp: request → first byte, Docker Function at zero, through the ingress", &wisp),
+        (
+            "Wisp: request → first byte, Docker Function at zero, through the ingress",
+            &wisp,
+        ),
         ("raw `docker run -d -p` → port answers 200", &raw),
         (
             "raw `docker run -d -p` with Wisp's isolation (own bridge network, --init, --cap-drop ALL, no-new-privileges, --pids-limit)",
