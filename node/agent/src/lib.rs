@@ -187,7 +187,9 @@ impl Agent {
             ingress_url: c.ingress_url.clone(),
             lease_duration: c.lease_duration,
             docker: self.runtimes.docker.clone(),
+            docker_ready: Arc::default(),
         };
+        node::refresh_docker(&info).await;
         let register = async {
             node::renew(&self.client, &info).await?;
             node::register(&self.client, &info).await
@@ -213,6 +215,11 @@ impl Agent {
         });
         let interval = (c.lease_duration / 4).max(Duration::from_millis(100));
         tokio::join!(
+            node::docker_monitor(
+                info.clone(),
+                interval.min(Duration::from_secs(2)),
+                shutdown.clone()
+            ),
             node::heartbeat(self.client.clone(), info, interval, shutdown.clone()),
             pods::run(ctx, shutdown.clone()),
             logs::serve(log_server, listener, shutdown.clone()),

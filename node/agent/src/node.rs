@@ -4,6 +4,7 @@
 //! was away or stalled), the next heartbeat sets `Ready=True` again.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -24,8 +25,11 @@ pub struct NodeInfo {
     pub agent_url: Option<String>,
     pub ingress_url: Option<String>,
     pub lease_duration: Duration,
-    /// Pinged on every heartbeat for the `DockerReady` condition.
+    /// Pinged by [`docker_monitor`] for the `DockerReady` condition.
     pub docker: Option<wisp_sandbox_docker::DockerSandbox>,
+    /// The last `DockerReady` condition the monitor found (heartbeats read it, never wait
+    /// on the daemon).
+    pub docker_ready: Arc<Mutex<Option<Condition>>>,
 }
 
 fn now() -> String {
@@ -46,20 +50,54 @@ fn ready_condition(conditions: &mut Vec<Condition>) {
     );
 }
 
-/// The `DockerReady` condition: whether the daemon answers now.
-async fn docker_condition(info: &NodeInfo) -> Option<Condition> {
-    let docker = info.docker.as_ref()?;
+/// Pings the daemon (bounded by the runtime's short timeouts) and records `DockerReady`.
+pub async fn refresh_docker(info: &NodeInfo) {
+    let Some(docker) = info.docker.as_ref() else {
+        return;
+    };
     let (status, reason, message) = match docker.ping().await {
         Ok(version) => ("True", "DaemonReady", format!("Docker {version} answers")),
         Err(e) => ("False", "DaemonUnreachable", e.to_string()),
     };
-    Some(Condition {
+    let condition = Condition {
         type_: wisp_api::NODE_DOCKER_READY.into(),
         status: status.into(),
         reason: Some(reason.into()),
         message: Some(message),
         ..Condition::default()
-    })
+    };
+    *info
+        .docker_ready
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(condition);
+}
+
+/// The last recorded `DockerReady` condition.
+fn docker_condition(info: &NodeInfo) -> Option<Condition> {
+    info.docker_ready
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// Keeps `DockerReady` current, apart from the heartbeat, so a daemon that hangs never
+/// delays the lease.
+pub async fn docker_monitor(info: NodeInfo, interval: Duration, shutdown: CancellationToken) {
+    if info.docker.is_none() {
+        return;
+    }
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        tokio::select! {
+            () = refresh_docker(&info) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 fn desired_status(info: &NodeInfo, current: Option<&NodeStatus>, docker: Option<&Condition>) -> NodeStatus {
@@ -119,7 +157,7 @@ pub async fn register(client: &Client, info: &NodeInfo) -> Result<(), ClientErro
 }
 
 async fn post_status(client: &Client, info: &NodeInfo, mut node: Node) -> Result<(), ClientError> {
-    let docker = docker_condition(info).await;
+    let docker = docker_condition(info);
     let desired = desired_status(info, node.status.as_ref(), docker.as_ref());
     if node.status.as_ref() == Some(&desired) {
         return Ok(());
@@ -181,7 +219,7 @@ pub async fn heartbeat(client: Client, info: NodeInfo, interval: Duration, shutd
             }
         };
         let result = match node {
-            Some(node) if node.is_ready() && !docker_changed(&info, &node).await => Ok(()),
+            Some(node) if node.is_ready() && !docker_changed(&info, &node) => Ok(()),
             Some(node) if node.is_ready() => {
                 tracing::info!(node = %info.name, "the Docker daemon's state changed; reporting it");
                 post_status(&client, &info, node).await
@@ -199,8 +237,8 @@ pub async fn heartbeat(client: Client, info: NodeInfo, interval: Duration, shutd
 }
 
 /// Whether the daemon's state differs from the node's `DockerReady` condition.
-async fn docker_changed(info: &NodeInfo, node: &Node) -> bool {
-    let Some(c) = docker_condition(info).await else {
+fn docker_changed(info: &NodeInfo, node: &Node) -> bool {
+    let Some(c) = docker_condition(info) else {
         return false;
     };
     let current = node

@@ -106,8 +106,10 @@ struct ProbeState {
     until_first_answer: bool,
 }
 
-/// How often a container without a readiness probe is checked until it first answers.
+/// How soon a container without a readiness probe is checked again until it first answers
+/// (doubling per miss up to [`FIRST_ANSWER_MAX`]).
 const FIRST_ANSWER_PERIOD: Duration = Duration::from_millis(2);
+const FIRST_ANSWER_MAX: Duration = Duration::from_secs(1);
 
 pub(crate) struct Worker {
     ctx: Arc<Ctx>,
@@ -122,6 +124,8 @@ pub(crate) struct Worker {
     probes: HashMap<String, ProbeState>,
     /// Where each running container serves HTTP, when it is reached over a socket (docker).
     endpoints: HashMap<String, std::net::SocketAddr>,
+    /// Where each such container listens on its own network (readiness by TCP connect).
+    listens: HashMap<String, std::net::SocketAddr>,
     status_retry_at: Option<Instant>,
     /// The pod was ended by someone else (e.g. `NodeLost`): nothing runs, nothing is written.
     ended_elsewhere: bool,
@@ -161,6 +165,7 @@ impl Worker {
             exits: JoinSet::new(),
             probes: HashMap::new(),
             endpoints: HashMap::new(),
+            listens: HashMap::new(),
             status_retry_at: None,
             ended_elsewhere: false,
             deleted: false,
@@ -334,27 +339,23 @@ impl Worker {
         let runtime = p.runtime.clone();
         let spec = p.spec.clone();
         let id = spec.id.clone();
-        // Adopt what a previous agent left running instead of starting a duplicate.
-        if let Some(found) = self.adopted.remove(&id) {
-            match found.state {
-                State::Running { started_at } => {
-                    tracing::info!(container = name, "adopted a running sandbox");
-                    self.set_endpoint(name, found.endpoint.as_ref());
-                    self.life.started(name, Instant::now(), started_at);
-                    self.watch_exit(name, &runtime, &id);
-                    self.after_start(name, &spec);
-                    return;
-                }
-                _ => {
-                    let _ = runtime.kill(&id).await;
-                    let _ = runtime.delete(&id).await;
-                }
+        // Adopt what is already running for this container (left by a previous agent, or
+        // found running after the runtime was unreachable) instead of starting a duplicate;
+        // remove a previous run that has ended.
+        let existing = match self.adopted.remove(&id) {
+            Some(found) => Some(found),
+            None => runtime.status(&id).await.ok(),
+        };
+        if let Some(found) = existing {
+            if let State::Running { started_at } = found.state {
+                tracing::info!(container = name, "adopted a running sandbox");
+                self.set_endpoint(name, &found);
+                self.life.started(name, Instant::now(), started_at);
+                self.watch_exit(name, &runtime, &id);
+                self.after_start(name, &spec);
+                return;
             }
-        }
-        // A previous run of this container (exited) is removed before the next one.
-        match runtime.delete(&id).await {
-            Ok(()) | Err(SandboxError::NotFound(_)) => {}
-            Err(_) => {
+            if runtime.delete(&id).await.is_err() {
                 let _ = runtime.kill(&id).await;
                 let _ = runtime.delete(&id).await;
             }
@@ -375,15 +376,14 @@ impl Worker {
         // The runtime's start time, so that an agent adopting this sandbox later reports the
         // same one.
         let started_at = match runtime.status(&id).await {
-            Ok(SandboxStatus {
-                state: State::Running { started_at },
-                endpoint,
-                ..
-            }) => {
-                self.set_endpoint(name, endpoint.as_ref());
-                started_at
+            Ok(status) => {
+                self.set_endpoint(name, &status);
+                match status.state {
+                    State::Running { started_at } => started_at,
+                    _ => SystemTime::now(),
+                }
             }
-            _ => SystemTime::now(),
+            Err(_) => SystemTime::now(),
         };
         self.life.started(name, Instant::now(), started_at);
         self.watch_exit(name, &runtime, &id);
@@ -403,20 +403,39 @@ impl Worker {
         });
     }
 
-    fn set_endpoint(&mut self, name: &str, endpoint: Option<&Endpoint>) {
-        match endpoint {
+    fn set_endpoint(&mut self, name: &str, status: &SandboxStatus) {
+        match status.endpoint {
             Some(Endpoint::Http(addr)) => {
-                self.endpoints.insert(name.to_owned(), *addr);
+                self.endpoints.insert(name.to_owned(), addr);
             }
             _ => {
                 self.endpoints.remove(name);
             }
         }
+        match status.listen {
+            Some(addr) => {
+                self.listens.insert(name.to_owned(), addr);
+            }
+            None => {
+                self.listens.remove(name);
+            }
+        }
+    }
+
+    /// Whether `name` runs in a sandbox reached over a socket (not in process).
+    fn over_socket(&self, name: &str) -> bool {
+        self.pod
+            .spec
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .is_some_and(|c| c.runtime() != wisp_api::RUNTIME_WASM)
     }
 
     /// Readiness after a start: probed when the container declares an HTTP readiness probe;
-    /// a container reached over a socket without one is ready at its first HTTP answer;
-    /// anything else is ready at once (an HTTP component is ready when it is instantiable,
+    /// a container with ports reached over a socket without one is ready once it accepts a
+    /// connection on its own address or answers HTTP on its published port; anything else is
+    /// ready at once (an HTTP component is ready when it is instantiable,
     /// which `create` checked).
     fn after_start(&mut self, name: &str, spec: &SandboxSpec) {
         if let Some(p) = self.probe_of(name, spec) {
@@ -428,7 +447,7 @@ impl Worker {
                     ..ProbeState::default()
                 },
             );
-        } else if spec.kind == Kind::Http && self.endpoints.contains_key(name) {
+        } else if spec.kind == Kind::Http && self.over_socket(name) {
             self.probes.insert(
                 name.to_owned(),
                 ProbeState {
@@ -470,11 +489,14 @@ impl Worker {
                 continue;
             }
             if self.probes.get(&name).is_some_and(|p| p.until_first_answer) {
-                if self.answers(&name, "/", false, Duration::from_secs(1)).await {
+                if self.first_answer(&name).await {
                     self.probes.remove(&name);
                     self.life.set_ready(&name, true);
                 } else if let Some(state) = self.probes.get_mut(&name) {
-                    state.next = Some(Instant::now() + FIRST_ANSWER_PERIOD);
+                    state.failures = state.failures.saturating_add(1);
+                    let doublings = u32::try_from(state.failures.clamp(0, 10)).unwrap_or(10);
+                    let delay = (FIRST_ANSWER_PERIOD * 2u32.pow(doublings)).min(FIRST_ANSWER_MAX);
+                    state.next = Some(Instant::now() + delay);
                 }
                 continue;
             }
@@ -516,6 +538,32 @@ impl Worker {
         }
     }
 
+    /// Whether a container without a readiness probe is up: it accepts a TCP connection on
+    /// its own address, or answers HTTP on its published port (not a bare connect there:
+    /// Docker's proxy accepts before the program listens). Its addresses are read again
+    /// while unknown.
+    async fn first_answer(&mut self, name: &str) -> bool {
+        if !self.endpoints.contains_key(name)
+            && let Some(p) = self.prepared.iter().find(|p| p.name == name)
+            && let Ok(status) = p.runtime.status(&p.spec.id).await
+        {
+            self.set_endpoint(name, &status);
+        }
+        if !self.endpoints.contains_key(name) {
+            return false;
+        }
+        if let Some(addr) = self.listens.get(name).copied() {
+            let connect = tokio::net::TcpStream::connect(addr);
+            if matches!(
+                tokio::time::timeout(Duration::from_secs(1), connect).await,
+                Ok(Ok(_))
+            ) {
+                return true;
+            }
+        }
+        self.answers(name, "/", false, Duration::from_secs(1)).await
+    }
+
     /// One HTTP GET of `path` to the container: over its published address when it has one,
     /// else in process (wasm). With `need_success`, only a 2xx/3xx counts; without, any
     /// HTTP answer does.
@@ -554,6 +602,7 @@ impl Worker {
         tracing::info!(container = name, code = exit.exit_code, reason = ?exit.reason, "container exited");
         self.probes.remove(name);
         self.endpoints.remove(name);
+        self.listens.remove(name);
         self.life.exited(name, exit, Instant::now(), SystemTime::now());
     }
 
@@ -653,6 +702,7 @@ impl Worker {
         self.exits.abort_all();
         self.probes.clear();
         self.endpoints.clear();
+        self.listens.clear();
         for p in &self.prepared {
             match p.runtime.stop(&p.spec.id, grace).await {
                 Ok(_) | Err(SandboxError::NotFound(_)) => {}

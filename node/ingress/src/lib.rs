@@ -29,7 +29,7 @@ use wisp_client::{Client, ListParams, WatchParams};
 use wisp_runtime::{Store, Writer, reflector, watcher_stream};
 use wisp_sandbox_wasm::WasmSandbox;
 
-pub use crate::proxy::{Body, COLD_START_HEADER, COLD_START_WAIT_HEADER, serve};
+pub use crate::proxy::{Body, COLD_START_HEADER, COLD_START_WAIT_HEADER, Gateway, serve, serve_gateway};
 use crate::table::{Backend, RouteEntry, Services, Table, Target};
 
 /// Tuning of one ingress.
@@ -253,6 +253,7 @@ impl Ingress {
                 prefix: String::new(),
                 backends: vec![(inner.services.get_or_create(&ns, &ep.metadata.name), 1)],
                 timeout: None,
+                gateway_only: true,
                 name: format!("service:{}", ep.metadata.name),
                 namespace: ns,
             }
@@ -275,6 +276,7 @@ impl Ingress {
                         .map(|b| (inner.services.get_or_create(&ns, &b.service), b.weight))
                         .collect(),
                     timeout: r.spec.timeout_seconds.map(|s| Duration::from_secs(u64::from(s))),
+                    gateway_only: false,
                 }
             })
             .chain(service_routes)

@@ -202,7 +202,8 @@ impl Ingress {
         let path = req.uri().path().to_owned();
         let local_only = req.headers().contains_key(FORWARDED);
         let table = inner.table.load();
-        let Some(route) = table.lookup(&host, &path) else {
+        let gateway = req.extensions().get::<Gateway>().is_some();
+        let Some(route) = table.lookup(&host, &path, gateway) else {
             return text(StatusCode::NOT_FOUND, format!("no route for {host}{path}"));
         };
         let Some(svc) = route.pick_service().cloned() else {
@@ -395,15 +396,36 @@ impl Ingress {
 /// Serves `ingress` on `listener` until `shutdown`, then lets in-flight requests finish for
 /// the configured grace period.
 pub async fn serve(ingress: Ingress, listener: TcpListener, shutdown: CancellationToken) {
+    serve_on(ingress, listener, shutdown, false).await;
+}
+
+/// Marks a request that came in through the node's Service gateway (see [`serve_gateway`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Gateway;
+
+/// Serves the node's Service gateway: where Wasm guests' calls to
+/// `<service>.<namespace>.svc` arrive (the runtime sends them here). Only requests on this
+/// listener may use those names; bind it to loopback, where neither outside clients nor
+/// containers (in their own network namespaces) reach it.
+pub async fn serve_gateway(ingress: Ingress, listener: TcpListener, shutdown: CancellationToken) {
+    serve_on(ingress, listener, shutdown, true).await;
+}
+
+async fn serve_on(ingress: Ingress, listener: TcpListener, shutdown: CancellationToken, gateway: bool) {
     let config = &ingress.inner.config;
     let this = ingress.clone();
     let service = ServiceBuilder::new()
         .boxed_clone()
         .concurrency_limit(config.concurrency_limit)
-        .service(tower::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let this = this.clone();
-            async move { Ok::<_, Infallible>(this.handle(req).await) }
-        }));
+        .service(tower::service_fn(
+            move |mut req: Request<hyper::body::Incoming>| {
+                let this = this.clone();
+                if gateway {
+                    req.extensions_mut().insert(Gateway);
+                }
+                async move { Ok::<_, Infallible>(this.handle(req).await) }
+            },
+        ));
     let options = wisp_runtime::http::ServeOptions {
         header_read_timeout: Some(config.header_read_timeout),
         grace: config.shutdown_grace,

@@ -177,6 +177,8 @@ pub struct RouteEntry {
     pub prefix: String,
     pub backends: Vec<(Arc<ServiceState>, u32)>,
     pub timeout: Option<Duration>,
+    /// Matched only for requests through the node's Service gateway (`<svc>.<ns>.svc`).
+    pub gateway_only: bool,
 }
 
 impl RouteEntry {
@@ -239,11 +241,12 @@ impl Table {
         Self { routes }
     }
 
-    /// The Route for `host` (without port) and `path`.
-    pub fn lookup(&self, host: &str, path: &str) -> Option<&RouteEntry> {
+    /// The Route for `host` (without port) and `path`; gateway-only routes only for
+    /// requests through the gateway.
+    pub fn lookup(&self, host: &str, path: &str, gateway: bool) -> Option<&RouteEntry> {
         self.routes
             .iter()
-            .find(|r| r.host_matches(host) && r.prefix_matches(path))
+            .find(|r| (gateway || !r.gateway_only) && r.host_matches(host) && r.prefix_matches(path))
     }
 
     pub fn len(&self) -> usize {
@@ -289,6 +292,7 @@ mod tests {
             prefix: prefix.into(),
             backends: vec![(Arc::new(ServiceState::new("default", name)), 100)],
             timeout: None,
+            gateway_only: false,
         }
     }
 
@@ -300,7 +304,7 @@ mod tests {
             route("api-v2", Some("api.example.com"), "/v2"),
             route("wild", Some("*.example.com"), "/"),
         ]);
-        let name = |h: &str, p: &str| t.lookup(h, p).map(|r| r.name.clone());
+        let name = |h: &str, p: &str| t.lookup(h, p, false).map(|r| r.name.clone());
         assert_eq!(name("api.example.com", "/v2/users").as_deref(), Some("api-v2"));
         assert_eq!(name("api.example.com", "/v2").as_deref(), Some("api-v2"));
         assert_eq!(
@@ -320,8 +324,17 @@ mod tests {
     #[test]
     fn no_route_without_a_match() {
         let t = Table::new(vec![route("api", Some("api.example.com"), "/v1")]);
-        assert!(t.lookup("api.example.com", "/v2").is_none());
-        assert!(t.lookup("other.com", "/v1").is_none());
+        assert!(t.lookup("api.example.com", "/v2", false).is_none());
+        assert!(t.lookup("other.com", "/v1", false).is_none());
+        // A Service name answers only through the gateway.
+        let mut svc = route("svc", Some("web.default.svc"), "");
+        svc.gateway_only = true;
+        let t = Table::new(vec![svc]);
+        assert!(t.lookup("web.default.svc", "/", false).is_none());
+        assert_eq!(
+            t.lookup("web.default.svc", "/", true).map(|r| r.name.as_str()),
+            Some("svc")
+        );
     }
 
     fn backend(uid: &str, outstanding: usize) -> Arc<Backend> {
@@ -384,6 +397,7 @@ mod tests {
             prefix: "/".into(),
             backends: vec![(a, 90), (b, 10)],
             timeout: None,
+            gateway_only: false,
         };
         let mut to_b = 0;
         for _ in 0..10_000 {

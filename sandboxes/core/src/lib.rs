@@ -157,6 +157,10 @@ pub struct SandboxStatus {
     pub id: SandboxId,
     pub state: State,
     pub endpoint: Option<Endpoint>,
+    /// Where the sandbox itself listens on its own network, when it has one (docker: the
+    /// container's address and first port), for readiness checks that must not go through
+    /// a proxy that accepts connections before the program listens.
+    pub listen: Option<std::net::SocketAddr>,
     pub labels: BTreeMap<String, String>,
 }
 

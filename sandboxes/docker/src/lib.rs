@@ -29,7 +29,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+    RemoveContainerOptions, WaitContainerOptions,
 };
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -47,9 +47,16 @@ pub const LABEL_OWNER: &str = "wisp.dev/owner";
 pub const LABEL_SANDBOX: &str = "wisp.dev/sandbox";
 /// Label on the per-namespace networks Wisp creates.
 pub const LABEL_NETWORK: &str = "wisp.dev/network";
+/// Label with the container port the sandbox serves HTTP on (the spec's first port).
+pub const LABEL_HTTP_PORT: &str = "wisp.dev/http-port";
 
 /// Default pids limit of a container that does not set one.
 pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
+
+/// How long connecting (with version negotiation) or a ping may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `wait` pauses between tries while the daemon is unreachable.
+const UNREACHABLE_RETRY: Duration = Duration::from_secs(1);
 
 /// How the Docker runtime reaches the daemon and lays containers out.
 #[derive(Clone, Debug)]
@@ -62,7 +69,8 @@ pub struct DockerConfig {
     pub publish_ip: IpAddr,
     /// Networks are named `<prefix><namespace>`.
     pub network_prefix: String,
-    /// How long one daemon call may take before it counts as unreachable.
+    /// How long the daemon may take to start answering one call before it counts as
+    /// unreachable (a stop is timed by its grace period instead).
     pub request_timeout: Duration,
 }
 
@@ -136,22 +144,22 @@ impl DockerSandbox {
         ))
     }
 
-    /// The connected client, connecting and negotiating the API version first if needed.
+    /// The connected client, connecting and negotiating the API version first if needed —
+    /// without holding the lock, so a daemon that does not answer queues nobody behind it.
     async fn docker(&self) -> Result<Docker, SandboxError> {
-        let mut slot = self.inner.client.lock().await;
-        if let Some(d) = slot.as_ref() {
+        if let Some(d) = self.inner.client.lock().await.as_ref() {
             return Ok(d.clone());
         }
         let path = self.inner.config.socket.to_string_lossy().into_owned();
         let timeout = self.inner.config.request_timeout.as_secs().max(1);
         let docker = Docker::connect_with_unix(&path, timeout, bollard::API_DEFAULT_VERSION)
             .map_err(|e| self.unavailable(e))?;
-        let docker = tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version())
+        let docker = tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version())
             .await
-            .map_err(|_| self.unavailable("no answer within 5 s"))?
+            .map_err(|_| self.unavailable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| self.unavailable(e))?;
         tracing::debug!(socket = %path, version = ?docker.client_version(), "connected to the Docker daemon");
-        *slot = Some(docker.clone());
+        *self.inner.client.lock().await = Some(docker.clone());
         Ok(docker)
     }
 
@@ -182,13 +190,12 @@ impl DockerSandbox {
     /// Whether the daemon answers; its version when it does.
     pub async fn ping(&self) -> Result<String, SandboxError> {
         let docker = self.docker().await?;
-        let version = tokio::time::timeout(Duration::from_secs(5), docker.version()).await;
-        match version {
+        match tokio::time::timeout(CONNECT_TIMEOUT, docker.version()).await {
             Ok(Ok(v)) => Ok(v.version.unwrap_or_default()),
             Ok(Err(e)) => Err(self.fail(&SandboxId(String::new()), e).await),
             Err(_) => {
                 *self.inner.client.lock().await = None;
-                Err(self.unavailable("no answer within 5 s"))
+                Err(self.unavailable(format!("no answer within {CONNECT_TIMEOUT:?}")))
             }
         }
     }
@@ -248,15 +255,22 @@ impl DockerSandbox {
             .into_iter()
             .collect();
         let state = state_of(c);
-        let endpoint = matches!(state, State::Running { .. })
+        let running = matches!(state, State::Running { .. });
+        let port = labels.get(LABEL_HTTP_PORT).and_then(|p| p.parse::<u16>().ok());
+        let endpoint = running
             .then(|| {
-                published_port(c).map(|p| Endpoint::Http(SocketAddr::new(self.inner.config.publish_ip, p)))
+                port.and_then(|p| published_port(c, p))
+                    .map(|p| Endpoint::Http(SocketAddr::new(self.inner.config.publish_ip, p)))
             })
+            .flatten();
+        let listen = running
+            .then(|| Some(SocketAddr::new(container_ip(c)?, port?)))
             .flatten();
         SandboxStatus {
             id,
             state,
             endpoint,
+            listen,
             labels,
         }
     }
@@ -352,29 +366,75 @@ impl DockerSandbox {
         };
         let docker = self.docker().await?;
         let namespace = spec.labels.get(LABEL_NAMESPACE).map_or("default", String::as_str);
-        let network = self.ensure_network(&docker, namespace).await?;
-        let body = container_body(&self.inner.config, spec, image, &network)?;
         let options = CreateContainerOptions {
             name: Some(container_name(&spec.id)),
             ..CreateContainerOptions::default()
         };
-        match docker.create_container(Some(options), body).await {
-            Ok(_) => Ok(()),
-            Err(DockerError::DockerResponseServerError { status_code: 409, .. }) => {
-                Err(SandboxError::AlreadyExists(spec.id.clone()))
+        // At most one repair: a network someone removed is created again, an image removed
+        // since `prepare` is pulled again.
+        let mut repaired = false;
+        loop {
+            let network = self.ensure_network(&docker, namespace).await?;
+            let body = container_body(&self.inner.config, spec, image, &network)?;
+            match docker.create_container(Some(options.clone()), body).await {
+                Ok(_) => return Ok(()),
+                Err(DockerError::DockerResponseServerError { status_code: 409, .. }) => {
+                    return Err(SandboxError::AlreadyExists(spec.id.clone()));
+                }
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 404,
+                    message,
+                }) if !repaired => {
+                    repaired = true;
+                    if message.contains("network") {
+                        tracing::info!(network = %network, "the namespace's network is gone; creating it again");
+                        self.inner.networks.lock().await.remove(&network);
+                    } else {
+                        self.pull(&docker, image).await?;
+                    }
+                }
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 404,
+                    message,
+                }) => {
+                    return Err(SandboxError::Fetch {
+                        what: format!("image {image}"),
+                        reason: message,
+                    });
+                }
+                Err(e) => return Err(self.fail(&spec.id, e).await),
             }
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404,
-                message,
-            }) => Err(SandboxError::Fetch {
-                what: format!("image {image}"),
-                reason: message,
-            }),
-            Err(e) => Err(self.fail(&spec.id, e).await),
         }
     }
 
+    /// Waits for the container to exit. While the daemon is unreachable it keeps trying: an
+    /// outage is not an exit (with live-restore the container runs on; without it, the
+    /// daemon reports the exit once it is back).
     async fn wait_exit(&self, id: &SandboxId) -> Result<ExitStatus, SandboxError> {
+        loop {
+            match self.wait_once(id).await {
+                Err(SandboxError::Unavailable(reason)) => {
+                    tracing::debug!(%id, %reason, "waiting for the Docker daemon to come back");
+                    tokio::time::sleep(UNREACHABLE_RETRY).await;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Sends `signal`; a container that is not running has nothing to signal.
+    async fn signal(&self, id: &SandboxId, signal: &str) -> Result<(), SandboxError> {
+        let docker = self.docker().await?;
+        let options = KillContainerOptions {
+            signal: signal.into(),
+        };
+        match docker.kill_container(&container_name(id), Some(options)).await {
+            Ok(()) | Err(DockerError::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            Err(e) => Err(self.fail(id, e).await),
+        }
+    }
+
+    async fn wait_once(&self, id: &SandboxId) -> Result<ExitStatus, SandboxError> {
         loop {
             let c = self.inspect(id).await?;
             if let Some(exit) = Self::exit_of(&c) {
@@ -484,6 +544,9 @@ fn container_body(
     let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
     labels.insert(LABEL_OWNER.into(), config.owner.clone());
     labels.insert(LABEL_SANDBOX.into(), spec.id.0.clone());
+    if let Some(port) = spec.ports.first() {
+        labels.insert(LABEL_HTTP_PORT.into(), port.to_string());
+    }
     let ports: Vec<String> = spec.ports.iter().map(|p| format!("{p}/tcp")).collect();
     let bindings = ports
         .iter()
@@ -531,7 +594,8 @@ fn container_body(
             .limits
             .cpu_millis
             .map(|m| i64::try_from(m.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
-        pids_limit: Some(spec.limits.pids.unwrap_or(DEFAULT_PIDS_LIMIT)),
+        // Docker reads 0 or less as "unlimited": never that.
+        pids_limit: Some(spec.limits.pids.filter(|p| *p > 0).unwrap_or(DEFAULT_PIDS_LIMIT)),
         network_mode: Some(network.to_owned()),
         port_bindings: Some(bindings),
         binds: (!binds.is_empty()).then_some(binds),
@@ -566,9 +630,10 @@ fn is_transport(e: &DockerError) -> bool {
         e,
         DockerError::IOError { .. }
             | DockerError::HyperResponseError { .. }
+            | DockerError::HyperLegacyError { .. }
             | DockerError::RequestTimeoutError
             | DockerError::SocketNotFoundError(_)
-    ) || e.to_string().contains("client error (Connect)")
+    )
 }
 
 fn pull_reason(e: DockerError) -> String {
@@ -615,18 +680,22 @@ fn state_of(c: &ContainerInspectResponse) -> State {
     }
 }
 
-/// The host port the container's first exposed port is published on.
-fn published_port(c: &ContainerInspectResponse) -> Option<u16> {
+/// The host port `container_port` is published on.
+fn published_port(c: &ContainerInspectResponse, container_port: u16) -> Option<u16> {
     let ports = c.network_settings.as_ref()?.ports.as_ref()?;
-    let mut keys: Vec<&String> = ports.keys().collect();
-    keys.sort_by_key(|k| k.split('/').next().and_then(|p| p.parse::<u16>().ok()));
-    keys.into_iter().find_map(|k| {
-        ports
-            .get(k)?
-            .as_ref()?
-            .iter()
-            .find_map(|b| b.host_port.as_deref()?.parse().ok())
-    })
+    ports
+        .get(&format!("{container_port}/tcp"))?
+        .as_ref()?
+        .iter()
+        .find_map(|b| b.host_port.as_deref()?.parse().ok())
+}
+
+/// The container's address on its namespace's network.
+fn container_ip(c: &ContainerInspectResponse) -> Option<IpAddr> {
+    let networks = c.network_settings.as_ref()?.networks.as_ref()?;
+    networks
+        .values()
+        .find_map(|n| n.ip_address.as_deref().filter(|ip| !ip.is_empty())?.parse().ok())
 }
 
 impl Sandbox for DockerSandbox {
@@ -664,18 +733,20 @@ impl Sandbox for DockerSandbox {
             if let Some(exit) = Self::exit_of(&c) {
                 return Ok(exit);
             }
-            let docker = self.docker().await?;
-            // Docker counts the grace period in whole seconds; round up.
-            let secs = grace.as_millis().div_ceil(1000);
-            let options = StopContainerOptions {
-                t: Some(i32::try_from(secs).unwrap_or(i32::MAX)),
-                signal: None,
-            };
-            match docker.stop_container(&container_name(id), Some(options)).await {
-                Ok(()) => {}
-                Err(DockerError::DockerResponseServerError { status_code: 304, .. }) => {}
-                Err(e) => return Err(self.fail(id, e).await),
+            if matches!(state_of(&c), State::Created) {
+                // Never started: nothing to stop, and nothing would ever exit.
+                return Ok(ExitStatus {
+                    exit_code: 0,
+                    reason: Some("NotStarted".into()),
+                });
             }
+            // SIGTERM, then SIGKILL after the grace period — timed here rather than by
+            // Docker's stop, one request that would outlast the client's timeout.
+            self.signal(id, "SIGTERM").await?;
+            if let Ok(exit) = tokio::time::timeout(grace, self.wait_exit(id)).await {
+                return exit;
+            }
+            self.signal(id, "SIGKILL").await?;
             self.wait_exit(id).await
         }
         .boxed()
@@ -684,16 +755,7 @@ impl Sandbox for DockerSandbox {
     fn kill<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, wisp_sandbox::Result<()>> {
         async move {
             self.inspect(id).await?;
-            let docker = self.docker().await?;
-            let options = KillContainerOptions {
-                signal: "SIGKILL".into(),
-            };
-            match docker.kill_container(&container_name(id), Some(options)).await {
-                Ok(()) => Ok(()),
-                // Not running: nothing to kill.
-                Err(DockerError::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
-                Err(e) => Err(self.fail(id, e).await),
-            }
+            self.signal(id, "SIGKILL").await
         }
         .boxed()
     }

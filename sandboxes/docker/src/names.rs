@@ -76,7 +76,16 @@ impl ImageRef {
 /// Holds an exclusive lock on a file shared by every Wisp process on this machine, while
 /// networks are looked up and created.
 pub(crate) fn lock_networks() -> std::io::Result<std::fs::File> {
-    let path = std::env::temp_dir().join("wisp-docker-networks.lock");
+    // One lock file per user: another user's file in a sticky /tmp cannot be opened.
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        })
+        .unwrap_or_default();
+    let path = std::env::temp_dir().join(format!("wisp-docker-networks-{uid}.lock"));
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -143,6 +143,7 @@ impl Drop for Cleanup {
 pub struct SocketProxy {
     pub path: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl SocketProxy {
@@ -151,7 +152,7 @@ impl SocketProxy {
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path)?;
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
                 tokio::select! {
@@ -170,7 +171,21 @@ impl SocketProxy {
             // Dropping the set ends every open connection: the "daemon" is gone.
             conns.shutdown().await;
         });
-        Ok(Self { path, stop: Some(tx) })
+        Ok(Self {
+            path,
+            stop: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// Stops accepting and closes every open connection before returning.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 }
 

@@ -180,6 +180,30 @@ async fn namespaces_cannot_reach_each_other() {
         exit.exit_code, 1,
         "a container of namespace iso-a must not reach {target} in iso-b (1: refused or timed out)"
     );
+    // Nor B's published port, which listens on the node's loopback only: from A, the host
+    // is its network's gateway.
+    let gateway = {
+        let out = std::process::Command::new("docker")
+            .args([
+                "network",
+                "inspect",
+                "wisp-iso-a",
+                "--format",
+                "{{(index .IPAM.Config 0).Gateway}}",
+            ])
+            .output()
+            .expect("network inspect");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert!(!gateway.is_empty(), "iso-a's gateway");
+    let published = format!("{gateway}:{}", addr.port());
+    let via_host = spec("uid-iso-a-host", "iso-a", &["connect", &published]);
+    run(&s, &via_host).await;
+    let exit = s.wait(&via_host.id).await.expect("wait");
+    assert_eq!(
+        exit.exit_code, 1,
+        "iso-a must not reach iso-b's published port at {published}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,16 +285,29 @@ async fn a_daemon_that_is_down_is_unavailable_until_it_returns() {
     let proxy = SocketProxy::start(socket.clone(), wisp_sandbox_docker::default_socket()).expect("proxy");
     s.ping().await.expect("reachable again");
     run(&s, &spec).await;
-    // It goes away again while the container runs: calls fail as Unavailable, not panics.
-    drop(proxy);
+    // It goes away again while the container runs: calls fail as Unavailable, not panics,
+    // and a wait does not report an exit.
+    let waiting = {
+        let (s, id) = (s.clone(), spec.id.clone());
+        tokio::spawn(async move { s.wait(&id).await })
+    };
+    proxy.stop().await;
     match s.status(&spec.id).await {
         Err(SandboxError::Unavailable(_)) => {}
         other => panic!("unavailable, not {other:?}"),
     }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!waiting.is_finished(), "an outage is not an exit");
     let _proxy = SocketProxy::start(socket, wisp_sandbox_docker::default_socket()).expect("proxy");
     assert!(matches!(
         s.status(&spec.id).await.expect("status").state,
         State::Running { .. }
     ));
     s.kill(&spec.id).await.expect("kill");
+    let exit = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the wait ends with the kill")
+        .expect("join")
+        .expect("wait");
+    assert_ne!(exit.exit_code, 0);
 }

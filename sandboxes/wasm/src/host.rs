@@ -28,6 +28,7 @@ pub(crate) struct CtxTemplate {
     outbound: Arc<[String]>,
     /// Where calls to cluster Services (`<service>.<namespace>.svc`) go: the node's ingress.
     pub(crate) gateway: Option<std::net::SocketAddr>,
+    namespace: Option<Arc<str>>,
 }
 
 impl CtxTemplate {
@@ -58,6 +59,10 @@ impl CtxTemplate {
                 .map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
             outbound: spec.allowed_outbound_hosts.iter().cloned().collect(),
             gateway: None,
+            namespace: spec
+                .labels
+                .get(wisp_sandbox::LABEL_NAMESPACE)
+                .map(|n| Arc::from(n.as_str())),
         }
     }
 
@@ -101,6 +106,7 @@ impl CtxTemplate {
             hooks: Outbound {
                 allowed: self.outbound.clone(),
                 gateway: self.gateway,
+                namespace: self.namespace.clone(),
             },
             limiter: Limiter {
                 memory_cap: self.memory_bytes,
@@ -177,6 +183,18 @@ impl ResourceLimiter for Limiter {
 struct Outbound {
     allowed: Arc<[String]>,
     gateway: Option<std::net::SocketAddr>,
+    /// The guest's namespace: the only one whose Services it may call by name.
+    namespace: Option<Arc<str>>,
+}
+
+impl Outbound {
+    fn own_service(&self, host: &str) -> bool {
+        let ns = host
+            .strip_suffix(".svc")
+            .and_then(|rest| rest.split_once('.'))
+            .map(|(_, ns)| ns);
+        ns.is_some() && ns == self.namespace.as_deref()
+    }
 }
 
 /// A cluster Service's name: `<service>.<namespace>.svc`.
@@ -226,8 +244,13 @@ impl WasiHttpHooks for Outbound {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let mut request = request;
+        let host = request.uri().host().unwrap_or_default();
+        if is_service_host(host) && !self.own_service(host) {
+            tracing::debug!(uri = %request.uri(), "outbound request to another namespace's Service denied");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
         if let Some(gateway) = self.gateway
-            && request.uri().host().is_some_and(is_service_host)
+            && is_service_host(host)
         {
             // A Service is reached through the node's ingress; the Host header the host
             // already set (`<service>.<namespace>.svc`) selects it there.
@@ -263,6 +286,14 @@ mod tests {
 
     #[test]
     fn service_hosts() {
+        let o = Outbound {
+            allowed: Arc::from(vec![]),
+            gateway: None,
+            namespace: Some(Arc::from("team-a")),
+        };
+        assert!(o.own_service("db.team-a.svc"));
+        assert!(!o.own_service("db.team-b.svc"), "another namespace's Service");
+        assert!(!o.own_service("example.com"));
         assert!(is_service_host("backend.default.svc"));
         assert!(!is_service_host("backend.svc"));
         assert!(!is_service_host("a.b.c.svc"));
@@ -273,6 +304,7 @@ mod tests {
     fn outbound_allow_list_matches_host_or_host_port() {
         let o = Outbound {
             gateway: None,
+            namespace: None,
             allowed: Arc::from(vec!["api.example.com".to_owned(), "127.0.0.1:8080".to_owned()]),
         };
         let ok = |u: &str| o.allows(&u.parse().expect("uri"));

@@ -137,6 +137,7 @@ impl Entry {
             id: self.spec.id.clone(),
             state,
             endpoint,
+            listen: None,
             labels: self.spec.labels.clone(),
         }
     }

@@ -76,6 +76,60 @@ fn image_and_wasm_are_exclusive() {
 }
 
 #[test]
+fn docker_containers_are_confined() {
+    let mut mixed = pod(&json!({"name": "a", "image": "nginx"}));
+    mixed["spec"]["containers"]
+        .as_array_mut()
+        .expect("containers")
+        .push(json!({"name": "b", "wasm": "sha256:abc"}));
+    let errs = errors("pod", mixed);
+    assert!(has(&errs, "spec.containers: a pod cannot mix Wasm"), "{errs:?}");
+    // An empty `wasm` does not hide a Docker container from the check.
+    let mut sneaky = pod(&json!({"name": "a", "image": "nginx", "wasm": ""}));
+    sneaky["spec"]["containers"]
+        .as_array_mut()
+        .expect("containers")
+        .push(json!({"name": "b", "wasm": "sha256:abc"}));
+    assert!(has(
+        &errors("pod", sneaky),
+        "spec.containers: a pod cannot mix Wasm"
+    ));
+    let privileged = errors(
+        "pod",
+        pod(&json!({"name": "a", "image": "nginx", "securityContext": {"privileged": true}})),
+    );
+    assert_eq!(
+        privileged,
+        ["spec.containers[0].securityContext.privileged: privileged containers are not allowed"]
+    );
+    let caps = errors(
+        "pod",
+        pod(&json!({"name": "a", "image": "nginx",
+            "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE", "CAP_SYS_ADMIN"]}}})),
+    );
+    assert_eq!(caps.len(), 1, "{caps:?}");
+    assert!(
+        has(
+            &caps,
+            "spec.containers[0].securityContext.capabilities.add[1]: capability \"SYS_ADMIN\" cannot be added"
+        ),
+        "{caps:?}"
+    );
+    let pids = errors(
+        "pod",
+        pod(&json!({"name": "a", "image": "nginx", "resources": {"limits": {"pids": 0}}})),
+    );
+    assert_eq!(
+        pids,
+        ["spec.containers[0].resources.limits.pids: must be at least 1"]
+    );
+    let svc_host = json!({"apiVersion": "wisp.dev/v1", "kind": "Route", "metadata": {"name": "r"},
+        "spec": {"host": "db.other.svc", "backends": [{"service": "web"}]}});
+    let errs = errors("route", svc_host);
+    assert!(has(&errs, "spec.host: invalid host \"db.other.svc\""), "{errs:?}");
+}
+
+#[test]
 fn bad_quantities_have_paths() {
     let cpu = errors(
         "pod",

@@ -105,11 +105,11 @@ async fn run_node(
     let port = listener.local_addr()?.port();
     let mut config = agent_config(opts, dir)?;
     config.ingress_url = Some(format!("http://{}:{port}", config.address));
-    let mut gateway = listener.local_addr()?;
-    if gateway.ip().is_unspecified() {
-        gateway.set_ip(std::net::IpAddr::from([127, 0, 0, 1]));
-    }
-    config.service_gateway = Some(gateway);
+    // Wasm guests reach Services by name through a gateway on loopback only.
+    let gateway = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on 127.0.0.1 for the Service gateway")?;
+    config.service_gateway = Some(gateway.local_addr()?);
     let name = config.node_name.clone();
     let agent = wisp_node::Agent::new(client.clone(), config).context("node agent")?;
     let ingress = wisp_ingress::Ingress::new(
@@ -121,10 +121,11 @@ async fn run_node(
     {
         println!("wisp node {name}: ingress on http://{}", listener.local_addr()?);
     }
-    let (ran, (), ()) = tokio::join!(
+    let (ran, (), (), ()) = tokio::join!(
         Box::pin(agent.run(shutdown.clone())),
         ingress.sync(shutdown.clone()),
         wisp_ingress::serve(ingress.clone(), listener, shutdown.clone()),
+        wisp_ingress::serve_gateway(ingress.clone(), gateway, shutdown.clone()),
     );
     ran.with_context(|| format!("node {name}"))
 }

@@ -40,7 +40,6 @@ impl Cluster {
         let ingress_url = format!("http://{}", listener.local_addr()?);
         let mut config = wisp_node::AgentConfig::new(node, dir.path());
         config.ingress_url = Some(ingress_url.clone());
-        config.service_gateway = Some(listener.local_addr()?);
         config.docker = docker;
         config.capacity.insert(
             "pods".into(),

@@ -200,7 +200,7 @@ async fn containers_and_wasm_side_by_side_through_the_ingress() -> anyhow::Resul
     .await?;
     for (host, what) in [
         ("echo.localhost", "Route 80/20"),
-        ("echo-all.default.svc", "Service over both"),
+        ("echo-all.localhost", "Service over both"),
     ] {
         let (mut container, mut wasm) = (0, 0);
         until(&format!("{what}: answers from both runtimes"), 30, async || {
@@ -218,6 +218,11 @@ async fn containers_and_wasm_side_by_side_through_the_ingress() -> anyhow::Resul
         .await?;
         eprintln!("{what}: container {container}, wasm {wasm}");
     }
+
+    // Service names answer only to Wasm guests (through the node's loopback gateway), not
+    // on the public ingress.
+    let (code, _, body) = get(&http, &ingress, "echo-all.default.svc", "/").await?;
+    assert_eq!(code, 404, "{body}");
 
     // One pod with both runtimes is refused, naming the field.
     let mixed = w.dir.join("mixed-pod.yaml");

@@ -267,7 +267,7 @@ impl SecurityContext {
     }
 }
 
-fn is_set(s: Option<&String>) -> bool {
+pub(crate) fn is_set(s: Option<&String>) -> bool {
     s.is_some_and(|s| !s.trim().is_empty())
 }
 
@@ -393,6 +393,8 @@ fn validate_resources(r: &ResourceRequirements, path: &str) -> Vec<FieldError> {
                 ));
             } else if q.is_negative() {
                 errs.push(FieldError::new(p, "must be non-negative"));
+            } else if name == RESOURCE_PIDS && q.value() < 1 {
+                errs.push(FieldError::new(p, "must be at least 1"));
             }
         }
     }

@@ -288,6 +288,12 @@ pub(crate) fn validate_host_and_prefix(host: Option<&String>, prefix: &str, path
             e.message = format!("invalid host {h:?}: must be a DNS name, optionally starting with \"*.\"");
             e
         }));
+        if h.ends_with(".svc") || h == "svc" {
+            errs.push(FieldError::new(
+                hp,
+                format!("invalid host {h:?}: names under .svc are the cluster's Service names"),
+            ));
+        }
     }
     if !prefix.starts_with('/') {
         errs.push(FieldError::new(

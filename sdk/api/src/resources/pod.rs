@@ -198,7 +198,9 @@ impl PodSpec {
         let runtimes: BTreeSet<&str> = self
             .containers
             .iter()
-            .filter(|c| c.image.is_some() != c.wasm.is_some())
+            .filter(|c| {
+                super::container::is_set(c.image.as_ref()) != super::container::is_set(c.wasm.as_ref())
+            })
             .map(super::Container::runtime)
             .collect();
         if runtimes.len() > 1 {
