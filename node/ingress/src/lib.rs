@@ -24,7 +24,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
-use wisp_api::{Endpoints, Node, Pod, Route};
+use wisp_api::{Endpoints, Node, Pod, Route, Service};
 use wisp_client::{Client, ListParams, WatchParams};
 use wisp_runtime::{Store, Writer, reflector, watcher_stream};
 use wisp_sandbox_wasm::WasmSandbox;
@@ -71,6 +71,7 @@ impl IngressConfig {
 struct Caches {
     routes: Store<Route>,
     endpoints: Store<Endpoints>,
+    services: Store<Service>,
     /// Pods on this node (their uid → sandbox id).
     pods: Store<Pod>,
     nodes: Store<Node>,
@@ -118,15 +119,17 @@ impl Ingress {
     /// Keeps the route table current from watches until `shutdown`.
     pub async fn sync(&self, shutdown: CancellationToken) {
         let client = &self.inner.client;
-        let (rw, ew, pw, nw) = (
+        let (rw, ew, sw, pw, nw) = (
             Writer::<Route>::new(),
             Writer::<Endpoints>::new(),
+            Writer::<Service>::new(),
             Writer::<Pod>::new(),
             Writer::<Node>::new(),
         );
         let caches = Caches {
             routes: rw.as_reader(),
             endpoints: ew.as_reader(),
+            services: sw.as_reader(),
             pods: pw.as_reader(),
             nodes: nw.as_reader(),
         };
@@ -147,6 +150,12 @@ impl Ingress {
             reflector(
                 ew,
                 watcher_stream(client.api::<Endpoints>(None).watcher(WatchParams::default())),
+            )
+            .map(|_| ())
+            .boxed(),
+            reflector(
+                sw,
+                watcher_stream(client.api::<Service>(None).watcher(WatchParams::default())),
             )
             .map(|_| ())
             .boxed(),
@@ -195,13 +204,15 @@ impl Ingress {
                 Some((uid, c.name.clone()))
             })
             .collect();
-        let mut seen = std::collections::HashSet::new();
+        // Candidates per Service: what its Endpoints list, then this node's pods that are
+        // ready and match its selector but are not listed yet (a cold start is released as
+        // soon as the pod is ready here, one Endpoints write and watch sooner).
+        type Candidate = (String, String, Option<String>, Target);
+        let mut wanted: std::collections::HashMap<(String, String), Vec<Candidate>> =
+            std::collections::HashMap::new();
         for ep in c.endpoints.list() {
             let ns = ep.metadata.namespace.clone().unwrap_or_default();
-            let svc = inner.services.get_or_create(&ns, &ep.metadata.name);
-            seen.insert((ns.clone(), ep.metadata.name.clone()));
-            let old = svc.backends.load_full();
-            let mut next = Vec::new();
+            let list = wanted.entry((ns, ep.metadata.name.clone())).or_default();
             for a in ep.subsets.iter().flat_map(|s| s.addresses.iter()) {
                 let Some(r) = &a.target_ref else { continue };
                 let uid = r.uid.clone().unwrap_or_default();
@@ -222,21 +233,77 @@ impl Ingress {
                         .and_then(|n| ingress_urls.get(n).cloned())
                         .map(Target::Node)
                 };
-                let Some(target) = target else { continue };
-                let reused = old
-                    .iter()
-                    .find(|b| b.pod_uid == uid && b.target == target)
-                    .cloned();
-                next.push(reused.unwrap_or_else(|| {
-                    Arc::new(Backend {
-                        pod_uid: uid.clone(),
-                        pod: r.name.clone(),
-                        node: a.node_name.clone(),
-                        target,
-                        outstanding: std::sync::atomic::AtomicUsize::new(0),
-                    })
-                }));
+                if let Some(target) = target {
+                    list.push((uid, r.name.clone(), a.node_name.clone(), target));
+                }
             }
+        }
+        let ready_here: Vec<Arc<Pod>> = c
+            .pods
+            .list()
+            .into_iter()
+            .filter(|p| p.is_ready() && p.metadata.deletion_timestamp.is_none() && !p.phase().is_terminal())
+            .collect();
+        if !ready_here.is_empty() {
+            for svc in c.services.list() {
+                if svc.spec.selector.is_empty() {
+                    continue;
+                }
+                let ns = svc.metadata.namespace.clone().unwrap_or_default();
+                let selector = wisp_api::LabelSelector::from_labels(svc.spec.selector.clone());
+                let list = wanted.entry((ns.clone(), svc.metadata.name.clone())).or_default();
+                for p in &ready_here {
+                    let Some(uid) = p.metadata.uid.clone() else {
+                        continue;
+                    };
+                    if p.metadata.namespace.as_deref() != Some(ns.as_str())
+                        || !selector.matches(&p.metadata.labels)
+                        || list.iter().any(|(u, ..)| *u == uid)
+                    {
+                        continue;
+                    }
+                    let status = p.status.as_ref();
+                    let target = match (wasm_containers.get(&uid), status.and_then(|s| s.host_port)) {
+                        (Some(c), _) if inner.wasm.is_some() => {
+                            Target::Local(wisp_sandbox::SandboxId::new(&uid, c))
+                        }
+                        (_, Some(port)) => {
+                            let Some(ip) = status.and_then(|s| s.pod_ip.as_deref()) else {
+                                continue;
+                            };
+                            let Ok(addr) = format!("{ip}:{port}").parse::<SocketAddr>() else {
+                                continue;
+                            };
+                            Target::Addr(addr)
+                        }
+                        _ => continue,
+                    };
+                    list.push((uid, p.metadata.name.clone(), Some(node.clone()), target));
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for ((ns, name), candidates) in wanted {
+            let svc = inner.services.get_or_create(&ns, &name);
+            seen.insert((ns, name));
+            let old = svc.backends.load_full();
+            let next = candidates
+                .into_iter()
+                .map(|(uid, pod, node, target)| {
+                    old.iter()
+                        .find(|b| b.pod_uid == uid && b.target == target)
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            Arc::new(Backend {
+                                pod_uid: uid,
+                                pod,
+                                node,
+                                target,
+                                outstanding: std::sync::atomic::AtomicUsize::new(0),
+                            })
+                        })
+                })
+                .collect();
             svc.set_backends(next);
         }
         for svc in inner.services.all() {
