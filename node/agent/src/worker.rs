@@ -109,7 +109,7 @@ struct ProbeState {
 /// How soon a container without a readiness probe is checked again until it first answers
 /// (doubling per miss up to [`FIRST_ANSWER_MAX`]).
 const FIRST_ANSWER_PERIOD: Duration = Duration::from_millis(2);
-const FIRST_ANSWER_MAX: Duration = Duration::from_secs(1);
+const FIRST_ANSWER_MAX: Duration = Duration::from_millis(250);
 
 pub(crate) struct Worker {
     ctx: Arc<Ctx>,
@@ -553,15 +553,17 @@ impl Worker {
             return false;
         }
         if let Some(addr) = self.listens.get(name).copied() {
+            // Short: where container addresses are not routable (rootless Docker, a VM) the
+            // HTTP check below decides.
             let connect = tokio::net::TcpStream::connect(addr);
             if matches!(
-                tokio::time::timeout(Duration::from_secs(1), connect).await,
+                tokio::time::timeout(Duration::from_millis(50), connect).await,
                 Ok(Ok(_))
             ) {
                 return true;
             }
         }
-        self.answers(name, "/", false, Duration::from_secs(1)).await
+        self.answers(name, "/", false, Duration::from_millis(500)).await
     }
 
     /// One HTTP GET of `path` to the container: over its published address when it has one,

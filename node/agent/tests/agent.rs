@@ -2,11 +2,13 @@
 //! wasm runtime, with the guest components built from `examples/` (tests/build-guests.sh). Pods are bound by
 //! hand (`spec.nodeName`), no scheduler or controllers run here.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use tokio_util::sync::CancellationToken;
@@ -84,21 +86,7 @@ impl Cluster {
 
     /// Polls the pod until `check` holds (or fails after `secs`).
     async fn wait_pod(&self, name: &str, secs: u64, check: impl Fn(&Pod) -> bool) -> anyhow::Result<Pod> {
-        let api = self.client.api::<Pod>(Some("default"));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            let pod = api.get(name).await?;
-            if check(&pod) {
-                return Ok(pod);
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "pod {name} did not reach the expected state in {secs} s; last status: {:#?}",
-                    pod.status
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::wait_pod(&self.client, name, secs, check).await
     }
 }
 

@@ -6,6 +6,8 @@
 //! pods run, Docker pods wait with `RuntimeUnavailable`, and start once the daemon is back.
 //! In CI an unreachable engine fails these tests; elsewhere they skip with a notice.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,21 +104,7 @@ impl Cluster {
     }
 
     async fn wait_pod(&self, name: &str, secs: u64, check: impl Fn(&Pod) -> bool) -> anyhow::Result<Pod> {
-        let api = self.client.api::<Pod>(Some("default"));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            let pod = api.get(name).await?;
-            if check(&pod) {
-                return Ok(pod);
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "pod {name}: not as expected after {secs} s; status: {:#?}",
-                    pod.status
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::wait_pod(&self.client, name, secs, check).await
     }
 
     async fn wait_node(&self, secs: u64, check: impl Fn(&Node) -> bool) -> anyhow::Result<Node> {

@@ -21,6 +21,7 @@ pub(crate) async fn wait(
     ingress: &Ingress,
     svc: &Arc<ServiceState>,
     local_only: bool,
+    gateway: bool,
 ) -> Result<Arc<Backend>, Response<Body>> {
     let config = &ingress.inner.config;
     if local_only {
@@ -81,7 +82,7 @@ pub(crate) async fn wait(
         match woke {
             Ok(Ok(())) => {
                 svc.activated_ms.store(0, Ordering::Release);
-                if let Some(b) = svc.pick(local_only, |b| ingress.usable(b)) {
+                if let Some(b) = svc.pick(local_only, |b| ingress.usable(b, gateway)) {
                     return Ok(b);
                 }
                 // Ready again for someone else's pick only (e.g. remote-only backends for a

@@ -200,7 +200,11 @@ impl Ingress {
             .iter()
             .filter_map(|p| {
                 let uid = p.metadata.uid.clone()?;
-                let c = p.spec.containers.iter().find(|c| c.wasm.is_some())?;
+                let c = p
+                    .spec
+                    .containers
+                    .iter()
+                    .find(|c| c.runtime() == wisp_api::RUNTIME_WASM)?;
                 Some((uid, c.name.clone()))
             })
             .collect();

@@ -203,7 +203,14 @@ impl Ingress {
         let local_only = req.headers().contains_key(FORWARDED);
         let table = inner.table.load();
         let gateway = req.extensions().get::<Gateway>().is_some();
-        let Some(route) = table.lookup(&host, &path, gateway) else {
+        // A Service name never falls through to a catch-all Route on the public listener.
+        let service_name = host.ends_with(".svc");
+        let found = if service_name && !gateway {
+            None
+        } else {
+            table.lookup(&host, &path, gateway)
+        };
+        let Some(route) = found else {
             return text(StatusCode::NOT_FOUND, format!("no route for {host}{path}"));
         };
         let Some(svc) = route.pick_service().cloned() else {
@@ -225,9 +232,9 @@ impl Ingress {
             let mut waited = None;
             let mut attempt = 0;
             let (backend, outstanding, mut resp) = loop {
-                let backend = match svc.pick(local_only, |b| self.usable(b)) {
+                let backend = match svc.pick(local_only, |b| self.usable(b, gateway)) {
                     Some(b) => b,
-                    None => match crate::activator::wait(self, &svc, local_only).await {
+                    None => match crate::activator::wait(self, &svc, local_only, gateway).await {
                         Ok(b) => {
                             waited = Some(started.elapsed());
                             b
@@ -300,11 +307,15 @@ impl Ingress {
 
     /// Whether a backend takes requests now: a local sandbox that is stopping (its pod is
     /// being removed) does not, even before the Endpoints say so.
-    pub(crate) fn usable(&self, b: &Backend) -> bool {
+    /// Whether `b` can take a request now. A Service call through the gateway is never
+    /// forwarded to another node's ingress (whose public listener does not answer Service
+    /// names): it uses this node's pods and containers' addresses.
+    pub(crate) fn usable(&self, b: &Backend, gateway: bool) -> bool {
         match (&b.target, &self.inner.wasm) {
             (Target::Local(id), Some(wasm)) => wasm.is_serving(id),
             (Target::Local(_), None) => false,
-            _ => true,
+            (Target::Node(_), _) => !gateway,
+            (Target::Addr(_), _) => true,
         }
     }
 
@@ -431,4 +442,47 @@ async fn serve_on(ingress: Ingress, listener: TcpListener, shutdown: Cancellatio
         grace: config.shutdown_grace,
     };
     wisp_runtime::http::serve(listener, service, options, shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http_body_util::{BodyExt, Empty};
+
+    use super::*;
+    use crate::table::{RouteEntry, Table};
+
+    #[tokio::test]
+    async fn service_names_never_reach_a_catch_all_route_on_the_public_listener() {
+        // No API server is needed: nothing here reaches the activator.
+        let ingress = Ingress::new(
+            wisp_client::Client::new("http://127.0.0.1:9", "t"),
+            crate::IngressConfig::new("n"),
+            None,
+        );
+        let catch_all = RouteEntry {
+            namespace: "other".into(),
+            name: "everything".into(),
+            host: None,
+            prefix: "/".into(),
+            backends: Vec::new(),
+            timeout: None,
+            gateway_only: false,
+        };
+        ingress.inner.table.store(Arc::new(Table::new(vec![catch_all])));
+        let request = |host: &str| {
+            Request::get("/")
+                .header(header::HOST, host)
+                .body(Empty::<Bytes>::new())
+                .expect("request")
+        };
+        let resp = ingress.handle(request("db.team-a.svc")).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("no route"));
+        // Any other host does reach the catch-all (which has no backends here: 503).
+        let resp = ingress.handle(request("example.com")).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
 }

@@ -256,7 +256,11 @@ impl DockerSandbox {
             .collect();
         let state = state_of(c);
         let running = matches!(state, State::Running { .. });
-        let port = labels.get(LABEL_HTTP_PORT).and_then(|p| p.parse::<u16>().ok());
+        // The spec's first port (the label); for a container without it, the lowest one.
+        let port = labels
+            .get(LABEL_HTTP_PORT)
+            .and_then(|p| p.parse::<u16>().ok())
+            .or_else(|| lowest_exposed_port(c));
         let endpoint = running
             .then(|| {
                 port.and_then(|p| published_port(c, p))
@@ -386,7 +390,7 @@ impl DockerSandbox {
                     message,
                 }) if !repaired => {
                     repaired = true;
-                    if message.contains("network") {
+                    if message.contains("network") && !message.contains("No such image") {
                         tracing::info!(network = %network, "the namespace's network is gone; creating it again");
                         self.inner.networks.lock().await.remove(&network);
                     } else {
@@ -690,6 +694,14 @@ fn published_port(c: &ContainerInspectResponse, container_port: u16) -> Option<u
         .find_map(|b| b.host_port.as_deref()?.parse().ok())
 }
 
+fn lowest_exposed_port(c: &ContainerInspectResponse) -> Option<u16> {
+    let ports = c.network_settings.as_ref()?.ports.as_ref()?;
+    ports
+        .keys()
+        .filter_map(|k| k.strip_suffix("/tcp")?.parse().ok())
+        .min()
+}
+
 /// The container's address on its namespace's network.
 fn container_ip(c: &ContainerInspectResponse) -> Option<IpAddr> {
     let networks = c.network_settings.as_ref()?.networks.as_ref()?;
@@ -740,14 +752,25 @@ impl Sandbox for DockerSandbox {
                     reason: Some("NotStarted".into()),
                 });
             }
-            // SIGTERM, then SIGKILL after the grace period — timed here rather than by
-            // Docker's stop, one request that would outlast the client's timeout.
-            self.signal(id, "SIGTERM").await?;
-            if let Ok(exit) = tokio::time::timeout(grace, self.wait_exit(id)).await {
+            // The image's stop signal (SIGTERM by default), then SIGKILL after the grace
+            // period — timed here rather than by Docker's stop, one request that would
+            // outlast the client's timeout. Bounded: a daemon that goes away meanwhile makes
+            // this `Unavailable`, never a hang.
+            let stop_signal = c
+                .config
+                .as_ref()
+                .and_then(|c| c.stop_signal.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "SIGTERM".into());
+            self.signal(id, &stop_signal).await?;
+            if let Ok(exit) = tokio::time::timeout(grace, self.wait_once(id)).await {
                 return exit;
             }
             self.signal(id, "SIGKILL").await?;
-            self.wait_exit(id).await
+            let limit = self.inner.config.request_timeout;
+            tokio::time::timeout(limit, self.wait_once(id))
+                .await
+                .unwrap_or_else(|_| Err(self.unavailable(format!("no exit within {limit:?} of SIGKILL"))))
         }
         .boxed()
     }

@@ -276,3 +276,22 @@ impl Drop for Wisp {
         self.kill();
     }
 }
+
+/// Polls `check` every 50 ms until it holds; how long that took, or an error naming `what`
+/// after `secs`.
+pub async fn until(
+    what: &str,
+    secs: u64,
+    mut check: impl AsyncFnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<Duration> {
+    let started = std::time::Instant::now();
+    loop {
+        if check().await? {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(secs) {
+            bail!("timed out after {secs} s waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

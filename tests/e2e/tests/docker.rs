@@ -7,14 +7,14 @@
 
 #![allow(clippy::print_stderr)] // the test reports the figures it measures
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use wisp_api::{Node, Pod};
 use wisp_client::{Client, ListParams};
-use wisp_e2e::{Options, Wisp, examples_dir};
+use wisp_e2e::{Options, Wisp, examples_dir, until};
 use wisp_sandbox_docker::testing::{self, Cleanup};
 
 type Http =
@@ -33,23 +33,6 @@ async fn get(http: &Http, ingress: &str, host: &str, path: &str) -> anyhow::Resu
         .is_some_and(|v| v == "true");
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((code, cold, String::from_utf8_lossy(&body).into_owned()))
-}
-
-async fn until(
-    what: &str,
-    secs: u64,
-    mut check: impl AsyncFnMut() -> anyhow::Result<bool>,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    loop {
-        if check().await? {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > Duration::from_secs(secs) {
-            bail!("timed out after {secs} s waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn live_pods(client: &Client, selector: &str) -> anyhow::Result<Vec<Pod>> {

@@ -7,13 +7,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use tokio_util::sync::CancellationToken;
 use wisp_api::{Deployment, Function, Node, Pod};
 use wisp_client::{Client, ListParams};
-use wisp_e2e::{Options, Wisp, examples_dir};
+use wisp_e2e::{Options, Wisp, examples_dir, until};
 
 type Http =
     hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
@@ -48,23 +48,6 @@ async fn live_pods(client: &Client) -> anyhow::Result<Vec<Pod>> {
     };
     let pods = client.api::<Pod>(Some("default")).list(&params).await?.items;
     Ok(pods.into_iter().filter(|p| !p.phase().is_terminal()).collect())
-}
-
-async fn until(
-    what: &str,
-    secs: u64,
-    mut check: impl AsyncFnMut() -> anyhow::Result<bool>,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    loop {
-        if check().await? {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > Duration::from_secs(secs) {
-            bail!("timed out after {secs} s waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn cold_starts(http: &Http, ingress: &str) -> anyhow::Result<u64> {
