@@ -100,10 +100,17 @@ async fn replicaset_keeps_its_pods_and_gc_cleans_up() {
     })
     .await;
 
-    // Scale down to 1.
-    let mut current = rss.get("web").await.expect("get");
-    current.spec.replicas = 1;
-    rss.replace(&current).await.expect("scale down");
+    // Scale down to 1 (read-modify-write; the controller may write the status in between,
+    // which makes our copy stale: read again on a conflict, as any client must).
+    loop {
+        let mut current = rss.get("web").await.expect("get");
+        current.spec.replicas = 1;
+        match rss.replace(&current).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Some(409) => {}
+            Err(e) => panic!("scale down: {e}"),
+        }
+    }
     eventually("1 pod", || async { owned_pods(&pods, "web").await.len() == 1 }).await;
 
     // Deleting the ReplicaSet deletes its pods (garbage collection).
