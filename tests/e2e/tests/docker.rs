@@ -56,6 +56,18 @@ async fn ready_backends(http: &Http, ingress: &str, name: &str) -> anyhow::Resul
         .unwrap_or(0))
 }
 
+/// The ingress's cold starts of Service `name`.
+async fn cold_starts(http: &Http, ingress: &str, name: &str) -> anyhow::Result<u64> {
+    let req = http::Request::get(format!("{ingress}/.wisp/stats")).body(Empty::<Bytes>::new())?;
+    let body = http.request(req).await?.into_body().collect().await?.to_bytes();
+    let stats: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(stats
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name))
+        .and_then(|s| s["coldStarts"].as_u64())
+        .unwrap_or(0))
+}
+
 /// At zero: no pod, and the ingress has dropped the last backend.
 async fn at_zero(client: &Client, http: &Http, ingress: &str) -> anyhow::Result<bool> {
     Ok(live_pods(client, "wisp.dev/function=echo").await?.is_empty()
@@ -168,6 +180,70 @@ async fn containers_and_wasm_side_by_side_through_the_ingress() -> anyhow::Resul
         .await?;
         eprintln!("container function back at zero {idle:?} after its last request");
     }
+
+    // The activator and the autoscaler, unchanged for containers: a burst at zero wakes the
+    // Function once, and load above its target (1 in flight per pod) scales it up.
+    apply(
+        &w,
+        "container-echo/function.yaml",
+        &[(
+            "scaleToZeroAfter: 30s",
+            "scaleToZeroAfter: 3s\n    targetConcurrency: 1",
+        )],
+    )?;
+    let before = cold_starts(&http, &ingress, "echo").await?;
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (http, ingress) = (http.clone(), ingress.clone());
+        burst.spawn(async move { get(&http, &ingress, "echo.default.localhost", "/").await });
+    }
+    while let Some(r) = burst.join_next().await {
+        let (code, _, body) = r??;
+        assert_eq!(code, 200, "every request of the burst answered: {body}");
+    }
+    assert_eq!(
+        cold_starts(&http, &ingress, "echo").await? - before,
+        1,
+        "one activation"
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (http, ingress, stop) = (http.clone(), ingress.clone(), stop.clone());
+        load.spawn(async move {
+            let mut failed = Vec::new();
+            while !stop.is_cancelled() {
+                match get(&http, &ingress, "echo.default.localhost", "/").await {
+                    Ok((200, _, _)) => {}
+                    Ok((code, _, body)) => failed.push(format!("{code} {body}")),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            failed
+        });
+    }
+    let scaled = until("echo scaled above one container", 60, async || {
+        Ok(live_pods(&client, "wisp.dev/function=echo")
+            .await?
+            .iter()
+            .filter(|p| p.is_ready())
+            .count()
+            >= 2)
+    })
+    .await;
+    stop.cancel();
+    let mut failed = Vec::new();
+    while let Some(r) = load.join_next().await {
+        failed.extend(r?);
+    }
+    let took = scaled?;
+    eprintln!("container function scaled up {took:?} into the load");
+    assert!(failed.is_empty(), "requests failed under load: {failed:?}");
+    let idle = until("echo back to zero after the load", 90, async || {
+        at_zero(&client, &http, &ingress).await
+    })
+    .await?;
+    eprintln!("and back at zero {idle:?} after it");
 
     // A canary Route between a container Service and a Wasm one, and a Service over both.
     let hello = wisp_e2e::guest("hello")?.display().to_string();
