@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::net::TcpListener;
@@ -141,6 +141,18 @@ fn replayable(req: &Request<Body>) -> Option<Request<()>> {
     Some(r)
 }
 
+/// Whether the backend closed the connection before sending any part of an answer.
+fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message();
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn host_of<B>(req: &Request<B>) -> String {
     let raw = req
         .headers()
@@ -231,8 +243,12 @@ impl Ingress {
             let mut req = req;
             let mut waited = None;
             let mut attempt = 0;
+            // Backends that failed this request: the retries go elsewhere.
+            let mut tried: Vec<String> = Vec::new();
             let (backend, outstanding, mut resp) = loop {
-                let backend = match svc.pick(local_only, |b| self.usable(b, gateway)) {
+                let backend = match svc.pick(local_only, |b| {
+                    self.usable(b, gateway) && !tried.contains(&b.pod_uid)
+                }) {
                     Some(b) => b,
                     None => match crate::activator::wait(self, &svc, local_only, gateway).await {
                         Ok(b) => {
@@ -249,6 +265,7 @@ impl Ingress {
                     Ok(r) => break (backend, outstanding, r),
                     Err(Failed { retry: true, .. }) if attempt < 3 && again.is_some() => {
                         attempt += 1;
+                        tried.push(backend.pod_uid.clone());
                         req = again.map(|r| r.map(|()| empty())).unwrap_or_default();
                     }
                     Err(f) => return f.response,
@@ -353,32 +370,38 @@ impl Ingress {
             Target::Addr(addr) => self
                 .forward(req, &format!("http://{addr}"), false)
                 .await
-                .map_err(fail),
+                .map_err(|(response, retry)| Failed { retry, response }),
             // The other node had no ready pod of this Service after all: try another backend.
             Target::Node(url) => match self.forward(req, url, true).await {
                 Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => Err(Failed {
                     retry: true,
                     response: r,
                 }),
-                other => other.map_err(fail),
+                Ok(r) => Ok(r),
+                Err((response, retry)) => Err(Failed { retry, response }),
             },
         }
     }
 
+    /// Sends `req` to `base`; on failure the error response and whether another backend
+    /// may be tried.
     async fn forward(
         &self,
         req: Request<Body>,
         base: &str,
         mark: bool,
-    ) -> Result<Response<Body>, Response<Body>> {
+    ) -> Result<Response<Body>, (Response<Body>, bool)> {
         let (mut parts, body) = req.into_parts();
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let uri: http::Uri = format!("{}{pq}", base.trim_end_matches('/'))
             .parse()
             .map_err(|e| {
-                text(
-                    StatusCode::BAD_GATEWAY,
-                    format!("bad backend address {base}: {e}"),
+                (
+                    text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("bad backend address {base}: {e}"),
+                    ),
+                    false,
                 )
             })?;
         // The pooled client speaks HTTP/1.1 to backends, whatever the client spoke to us; an
@@ -394,12 +417,25 @@ impl Ingress {
         if mark {
             parts.headers.insert(FORWARDED, HeaderValue::from_static("1"));
         }
+        let idempotent = matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+        );
         let resp = self
             .inner
             .http
             .request(Request::from_parts(parts, body))
             .await
-            .map_err(|e| text(StatusCode::BAD_GATEWAY, format!("backend {base}: {e}")))?;
+            .map_err(|e| {
+                // Nothing reached the backend (refused), or it closed the connection before
+                // any answer (a container being stopped; Docker's proxy accepts, then
+                // closes): safe to try another backend when the request may be repeated.
+                let retry = e.is_connect() || (idempotent && closed_before_answer(&e));
+                (
+                    text(StatusCode::BAD_GATEWAY, format!("backend {base}: {e}")),
+                    retry,
+                )
+            })?;
         Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
     }
 }
@@ -452,6 +488,97 @@ mod tests {
 
     use super::*;
     use crate::table::{RouteEntry, Table};
+
+    /// A server that answers every request on a connection with 200 `ok`.
+    async fn ok_server() -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    while let Ok(n) = c.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if c.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Accepts connections and closes them at once (Docker's proxy in front of a container
+    /// that is stopping).
+    async fn closing_server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((c, _)) = listener.accept().await {
+                drop(c);
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_to_a_backend_that_went_away_go_to_another() {
+        let ingress = Ingress::new(
+            wisp_client::Client::new("http://127.0.0.1:9", "t"),
+            crate::IngressConfig::new("n"),
+            None,
+        );
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let svc = Arc::new(crate::table::ServiceState::new("default", "web"));
+        let backend = |uid: &str, addr: std::net::SocketAddr| {
+            Arc::new(crate::table::Backend {
+                pod_uid: uid.into(),
+                pod: uid.into(),
+                node: None,
+                target: Target::Addr(addr),
+                outstanding: std::sync::atomic::AtomicUsize::new(0),
+            })
+        };
+        svc.set_backends(vec![
+            backend("refused", refused),
+            backend("closing", closing_server().await),
+            backend("alive", ok_server().await),
+        ]);
+        let route = RouteEntry {
+            namespace: "default".into(),
+            name: "web".into(),
+            host: Some("web.example".into()),
+            prefix: "/".into(),
+            backends: vec![(svc, 1)],
+            timeout: None,
+            gateway_only: false,
+        };
+        ingress.inner.table.store(Arc::new(Table::new(vec![route])));
+        for _ in 0..30 {
+            let req = Request::get("/")
+                .header(header::HOST, "web.example")
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let resp = ingress.handle(req).await;
+            let status = resp.status();
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            assert_eq!(&body[..], b"ok");
+        }
+    }
 
     #[tokio::test]
     async fn service_names_never_reach_a_catch_all_route_on_the_public_listener() {
