@@ -141,12 +141,15 @@ fn replayable(req: &Request<Body>) -> Option<Request<()>> {
     Some(r)
 }
 
-/// Whether the backend closed the connection before sending any part of an answer.
+/// Whether the backend closed the connection before sending any part of an answer (or
+/// before the request was sent).
 fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            return h.is_incomplete_message();
+            // Incomplete: closed before the answer; closed/canceled: a pooled connection
+            // the backend had already closed (the request never went out).
+            return h.is_incomplete_message() || h.is_closed() || h.is_canceled();
         }
         source = s.source();
     }

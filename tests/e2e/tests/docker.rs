@@ -239,6 +239,42 @@ async fn containers_and_wasm_side_by_side_through_the_ingress() -> anyhow::Resul
     let took = scaled?;
     eprintln!("container function scaled up {took:?} into the load");
     assert!(failed.is_empty(), "requests failed under load: {failed:?}");
+    // Scale-down under a prober (a request every 5 ms): containers stopped by the scale-down
+    // never fail a request.
+    let probe_stop = tokio_util::sync::CancellationToken::new();
+    let probe = {
+        let (http, ingress, stop) = (http.clone(), ingress.clone(), probe_stop.clone());
+        tokio::spawn(async move {
+            let (mut n, mut failed) = (0u64, Vec::new());
+            while !stop.is_cancelled() {
+                n += 1;
+                match get(&http, &ingress, "echo.default.localhost", "/").await {
+                    Ok((200, _, _)) => {}
+                    Ok((code, _, body)) => failed.push(format!("{code} {body}")),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            (n, failed)
+        })
+    };
+    let down = until("echo scaled down to one container", 90, async || {
+        Ok(live_pods(&client, "wisp.dev/function=echo").await?.len() == 1)
+    })
+    .await;
+    // A little longer: the stopped containers' last requests and the Endpoints update.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    probe_stop.cancel();
+    let (probes, probe_failed) = probe.await?;
+    let down = down?;
+    eprintln!(
+        "scaled down to one container {down:?} after the load; prober: {probes} requests, {} failed",
+        probe_failed.len()
+    );
+    assert!(
+        probe_failed.is_empty(),
+        "the prober saw failures while scaling down: {probe_failed:?}"
+    );
     let idle = until("echo back to zero after the load", 90, async || {
         at_zero(&client, &http, &ingress).await
     })
