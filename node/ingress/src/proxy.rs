@@ -141,21 +141,6 @@ fn replayable(req: &Request<Body>) -> Option<Request<()>> {
     Some(r)
 }
 
-/// Whether the backend closed the connection before sending any part of an answer (or
-/// before the request was sent).
-fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            // Incomplete: closed before the answer; closed/canceled: a pooled connection
-            // the backend had already closed (the request never went out).
-            return h.is_incomplete_message() || h.is_closed() || h.is_canceled();
-        }
-        source = s.source();
-    }
-    false
-}
-
 fn host_of<B>(req: &Request<B>) -> String {
     let raw = req
         .headers()
@@ -430,10 +415,11 @@ impl Ingress {
             .request(Request::from_parts(parts, body))
             .await
             .map_err(|e| {
-                // Nothing reached the backend (refused), or it closed the connection before
-                // any answer (a container being stopped; Docker's proxy accepts, then
-                // closes): safe to try another backend when the request may be repeated.
-                let retry = e.is_connect() || (idempotent && closed_before_answer(&e));
+                // No answer came: nothing reached the backend (refused), or it closed or reset
+                // the connection first (a container being stopped; Docker's proxy accepts,
+                // then closes). Another backend may be tried when nothing was sent or the
+                // method may be repeated.
+                let retry = e.is_connect() || idempotent;
                 (
                     text(StatusCode::BAD_GATEWAY, format!("backend {base}: {e}")),
                     retry,
