@@ -295,3 +295,40 @@ pub async fn until(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A plain HTTP/1.1 client for requests to an ingress.
+pub type Http = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+pub fn http_client() -> Http {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// One counter (`coldStarts`, `readyBackends`, …) of Service `name` in the ingress's
+/// `/.wisp/stats` (0 when the ingress does not know the Service).
+pub async fn ingress_stat(http: &Http, ingress: &str, name: &str, field: &str) -> anyhow::Result<u64> {
+    use http_body_util::BodyExt;
+    let req = http::Request::get(format!("{ingress}/.wisp/stats")).body(http_body_util::Empty::new())?;
+    let body = http.request(req).await?.into_body().collect().await?.to_bytes();
+    let stats: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(stats
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name))
+        .and_then(|s| s[field].as_u64())
+        .unwrap_or(0))
+}
+
+/// `wisp up` flags for short autoscaler windows (6 s stable, 2 s panic), so that scaling
+/// down does not take a minute.
+pub fn fast_autoscaler() -> Vec<String> {
+    [
+        "--autoscaler-stable-seconds",
+        "6",
+        "--autoscaler-panic-seconds",
+        "2",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}

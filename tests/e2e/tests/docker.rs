@@ -14,11 +14,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use wisp_api::{Node, Pod};
 use wisp_client::{Client, ListParams};
-use wisp_e2e::{Options, Wisp, examples_dir, until};
+use wisp_e2e::{Http, Options, Wisp, examples_dir, fast_autoscaler, ingress_stat, until};
 use wisp_sandbox_docker::testing::{self, Cleanup};
-
-type Http =
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
 
 /// GET `path` on the ingress with `host`: (status, cold-start header, body).
 async fn get(http: &Http, ingress: &str, host: &str, path: &str) -> anyhow::Result<(u16, bool, String)> {
@@ -44,34 +41,10 @@ async fn live_pods(client: &Client, selector: &str) -> anyhow::Result<Vec<Pod>> 
     Ok(pods.into_iter().filter(|p| !p.phase().is_terminal()).collect())
 }
 
-/// The ingress's ready backends of Service `name` (0 when it does not know it).
-async fn ready_backends(http: &Http, ingress: &str, name: &str) -> anyhow::Result<u64> {
-    let req = http::Request::get(format!("{ingress}/.wisp/stats")).body(Empty::<Bytes>::new())?;
-    let body = http.request(req).await?.into_body().collect().await?.to_bytes();
-    let stats: serde_json::Value = serde_json::from_slice(&body)?;
-    Ok(stats
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == name))
-        .and_then(|s| s["readyBackends"].as_u64())
-        .unwrap_or(0))
-}
-
-/// The ingress's cold starts of Service `name`.
-async fn cold_starts(http: &Http, ingress: &str, name: &str) -> anyhow::Result<u64> {
-    let req = http::Request::get(format!("{ingress}/.wisp/stats")).body(Empty::<Bytes>::new())?;
-    let body = http.request(req).await?.into_body().collect().await?.to_bytes();
-    let stats: serde_json::Value = serde_json::from_slice(&body)?;
-    Ok(stats
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == name))
-        .and_then(|s| s["coldStarts"].as_u64())
-        .unwrap_or(0))
-}
-
 /// At zero: no pod, and the ingress has dropped the last backend.
 async fn at_zero(client: &Client, http: &Http, ingress: &str) -> anyhow::Result<bool> {
     Ok(live_pods(client, "wisp.dev/function=echo").await?.is_empty()
-        && ready_backends(http, ingress, "echo").await? == 0)
+        && ingress_stat(http, ingress, "echo", "readyBackends").await? == 0)
 }
 
 /// Writes `example` with its relative component paths made absolute, then applies it.
@@ -100,12 +73,7 @@ async fn containers_and_wasm_side_by_side_through_the_ingress() -> anyhow::Resul
         command: Some("up".into()),
         node_name: Some(node.clone()),
         docker: true,
-        args: vec![
-            "--autoscaler-stable-seconds".into(),
-            "6".into(),
-            "--autoscaler-panic-seconds".into(),
-            "2".into(),
-        ],
+        args: fast_autoscaler(),
         ..Options::default()
     })?;
     let client = w.client();
@@ -128,7 +96,7 @@ async fn containers_and_wasm_side_by_side_through_the_ingress() -> anyhow::Resul
         .status
         .and_then(|s| s.ingress_url)
         .context("ingressUrl")?;
-    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let http = wisp_e2e::http_client();
 
     // The mixed example: Wasm frontend (at zero) → container backend by Service name.
     let frontend = wisp_e2e::guest("frontend")?.display().to_string();
@@ -191,7 +159,7 @@ async fn containers_and_wasm_side_by_side_through_the_ingress() -> anyhow::Resul
             "scaleToZeroAfter: 3s\n    targetConcurrency: 1",
         )],
     )?;
-    let before = cold_starts(&http, &ingress, "echo").await?;
+    let before = ingress_stat(&http, &ingress, "echo", "coldStarts").await?;
     let mut burst = tokio::task::JoinSet::new();
     for _ in 0..20 {
         let (http, ingress) = (http.clone(), ingress.clone());
@@ -202,7 +170,7 @@ async fn containers_and_wasm_side_by_side_through_the_ingress() -> anyhow::Resul
         assert_eq!(code, 200, "every request of the burst answered: {body}");
     }
     assert_eq!(
-        cold_starts(&http, &ingress, "echo").await? - before,
+        ingress_stat(&http, &ingress, "echo", "coldStarts").await? - before,
         1,
         "one activation"
     );

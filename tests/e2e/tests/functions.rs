@@ -13,14 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use tokio_util::sync::CancellationToken;
 use wisp_api::{Deployment, Function, Node, Pod};
 use wisp_client::{Client, ListParams};
-use wisp_e2e::{Options, Wisp, examples_dir, until};
-
-type Http =
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
-
-fn http() -> Http {
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
-}
+use wisp_e2e::{Http, Options, Wisp, examples_dir, fast_autoscaler, ingress_stat, until};
 
 /// GET `/` on the ingress with the Function's host: (status, cold-start header, body).
 async fn get(http: &Http, ingress: &str, host: &str) -> anyhow::Result<(u16, bool, String)> {
@@ -51,14 +44,7 @@ async fn live_pods(client: &Client) -> anyhow::Result<Vec<Pod>> {
 }
 
 async fn cold_starts(http: &Http, ingress: &str) -> anyhow::Result<u64> {
-    let req = http::Request::get(format!("{ingress}/.wisp/stats")).body(Empty::<Bytes>::new())?;
-    let body = http.request(req).await?.into_body().collect().await?.to_bytes();
-    let stats: serde_json::Value = serde_json::from_slice(&body)?;
-    Ok(stats
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == "hello"))
-        .and_then(|s| s["coldStarts"].as_u64())
-        .unwrap_or(0))
+    ingress_stat(http, ingress, "hello", "coldStarts").await
 }
 
 /// Sends a request every 5 ms until stopped; returns (requests, failures).
@@ -87,12 +73,7 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
     // Short autoscaler windows so that scaling down does not take a minute.
     let w = Wisp::start(Options {
         command: Some("up".into()),
-        args: vec![
-            "--autoscaler-stable-seconds".into(),
-            "6".into(),
-            "--autoscaler-panic-seconds".into(),
-            "2".into(),
-        ],
+        args: fast_autoscaler(),
         ..Options::default()
     })?;
     let client = w.client();
@@ -111,7 +92,7 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
         .status
         .and_then(|s| s.ingress_url)
         .context("ingressUrl")?;
-    let http = http();
+    let http = wisp_e2e::http_client();
 
     // A Function that scales to zero after 3 s idle, one pod per in-flight request.
     let manifest = std::fs::read_to_string(examples_dir().join("hello/function.yaml"))?.replace(
