@@ -36,19 +36,8 @@ impl Default for AutoscalerConfig {
     }
 }
 
-/// One Service's counters from one ingress (the fields the autoscaler reads).
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct Sample {
-    pub namespace: String,
-    pub name: String,
-    pub in_flight: usize,
-    /// Total time requests spent in flight, in µs: its rate is the average concurrency.
-    pub busy_us: u64,
-    pub requests: u64,
-    pub last_request_ms: u64,
-    pub queued: usize,
-}
+/// One Service's counters from one ingress's `/.wisp/stats`.
+pub use wisp_api::IngressServiceStats as Sample;
 
 /// In-flight samples of one Function and what it decided last.
 #[derive(Debug, Default)]

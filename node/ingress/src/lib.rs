@@ -382,21 +382,7 @@ impl Ingress {
     }
 }
 
-/// One Service's traffic as this ingress saw it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServiceStats {
-    pub namespace: String,
-    pub name: String,
-    pub in_flight: usize,
-    /// Total time requests spent in flight, in µs.
-    pub busy_us: u64,
-    pub requests: u64,
-    /// Unix milliseconds of the last request (0: none yet).
-    pub last_request_ms: u64,
-    pub queued: usize,
-    pub cold_starts: u64,
-    pub ready_backends: usize,
-}
+/// One Service's traffic as this ingress saw it (the wire format of `/.wisp/stats`).
+pub use wisp_api::IngressServiceStats as ServiceStats;
 
 use futures::FutureExt as _;

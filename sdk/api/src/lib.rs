@@ -10,6 +10,7 @@
 //! depend on any other Wisp crate: every other crate depends on it.
 
 pub mod envelope;
+pub mod ingress;
 pub mod kinds;
 pub mod meta;
 pub mod quantity;
@@ -19,6 +20,7 @@ pub mod status;
 pub mod validation;
 
 pub use envelope::{DynamicObject, EventType, List, WatchEvent};
+pub use ingress::IngressServiceStats;
 pub use kinds::{KINDS, KindInfo, Resource, kind_by_name, kind_by_plural};
 pub use meta::{Condition, ListMeta, ObjectMeta, OwnerReference};
 pub use quantity::{Quantity, QuantityError, QuantityFormat};
