@@ -192,7 +192,7 @@ impl ApiServer {
         let started = Instant::now();
         let verb = verb_of(&req);
         let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path());
-        let resp = match self.route(req).instrument(span).await {
+        let resp = match self.route(req).instrument(span.clone()).await {
             Ok(r) => r,
             Err(e) => {
                 if e.code() >= 500 {
@@ -201,6 +201,13 @@ impl ApiServer {
                 error_response(&e)
             }
         };
+        span.in_scope(|| {
+            tracing::debug!(
+                status = resp.status().as_u16(),
+                took_us = started.elapsed().as_micros(),
+                "answered"
+            );
+        });
         let m = &self.state.metrics;
         m.requests
             .get_or_create(&RequestLabels {

@@ -81,6 +81,9 @@ pub struct AgentConfig {
     pub docker: Option<DockerConfig>,
     /// Where Wasm guests' calls to `<service>.<namespace>.svc` go (this node's ingress).
     pub service_gateway: Option<SocketAddr>,
+    /// Where the agent publishes which of its pods are ready, for this node's ingress (which
+    /// then routes to a pod the moment it is ready, before its status reaches the API).
+    pub local_readiness: wisp_sandbox::LocalReadiness,
 }
 
 impl AgentConfig {
@@ -99,6 +102,7 @@ impl AgentConfig {
             ingress_url: None,
             docker: None,
             service_gateway: None,
+            local_readiness: wisp_sandbox::LocalReadiness::default(),
         }
     }
 }
@@ -206,6 +210,7 @@ impl Agent {
             runtimes: self.runtimes.clone(),
             backoff: c.backoff,
             pods_dir: c.data_dir.join("pods"),
+            readiness: c.local_readiness.clone(),
         });
         let log_server = Arc::new(logs::LogServer {
             shutdown: shutdown.clone(),

@@ -88,6 +88,8 @@ pub struct Ctx {
     pub backoff: Backoff,
     /// Volumes live under `<pods_dir>/<pod uid>/`.
     pub pods_dir: PathBuf,
+    /// This node's in-process view of which pods are ready (read by its ingress).
+    pub readiness: wisp_sandbox::LocalReadiness,
 }
 
 struct Prepared {
@@ -670,6 +672,13 @@ impl Worker {
     /// Writes the status when it differs from the pod's, as a CAS on the pod's
     /// resourceVersion; on a conflict the pod is read again and the next pass decides.
     async fn sync_status(&mut self) {
+        // The node's ingress learns of a pod ready here at once, before the status write
+        // (and its watch) reach it.
+        if let Some(uid) = &self.pod.metadata.uid {
+            let ready =
+                self.life.ready() && self.pod.metadata.deletion_timestamp.is_none() && !self.ended_elsewhere;
+            self.ctx.readiness.set(uid, ready);
+        }
         let desired = self.desired_status();
         if self.pod.status.as_ref() == Some(&desired) {
             self.status_retry_at = None;
@@ -701,6 +710,9 @@ impl Worker {
     }
 
     async fn stop_all(&mut self, grace: Duration) {
+        if let Some(uid) = &self.pod.metadata.uid {
+            self.ctx.readiness.set(uid, false);
+        }
         self.exits.abort_all();
         self.probes.clear();
         self.endpoints.clear();

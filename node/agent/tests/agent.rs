@@ -33,6 +33,8 @@ struct Cluster {
     client: Client,
     wasm: WasmSandbox,
     dir: tempfile::TempDir,
+    /// What the agents publish for the node's ingress.
+    readiness: wisp_sandbox::LocalReadiness,
 }
 
 impl Cluster {
@@ -49,6 +51,7 @@ impl Cluster {
             client,
             wasm,
             dir,
+            readiness: wisp_sandbox::LocalReadiness::default(),
         })
     }
 
@@ -64,6 +67,7 @@ impl Cluster {
     fn agent(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
         let mut config = AgentConfig::new(NODE, self.dir.path().join("node"));
         config.lease_duration = Duration::from_secs(2);
+        config.local_readiness = self.readiness.clone();
         config.backoff = Backoff {
             base: Duration::from_millis(100),
             max: Duration::from_secs(2),
@@ -207,13 +211,16 @@ async fn http_pod_runs_ready_and_is_removed_on_delete() -> anyhow::Result<()> {
     assert_eq!(st.pod_ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(st.node_name.as_deref(), Some(NODE));
     assert!(st.container_statuses[0].ready);
-    let id = SandboxId::new(created.metadata.uid.as_deref().context("uid")?, "main");
+    let uid = created.metadata.uid.as_deref().context("uid")?;
+    let id = SandboxId::new(uid, "main");
     let (code, body) = get_text(&c.wasm, &id, "/").await?;
     assert_eq!((code, body.as_str()), (200, "Hello from Wisp"));
+    // The node's ingress was told in process too.
+    assert!(c.readiness.is_ready(uid), "not published as ready on the node");
 
     c.client.api::<Pod>(Some("default")).delete("web").await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !c.wasm.list().await?.is_empty() {
+    while !c.wasm.list().await?.is_empty() || c.readiness.is_ready(uid) {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
             "the sandbox outlived its pod"

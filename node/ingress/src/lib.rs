@@ -51,6 +51,10 @@ pub struct IngressConfig {
     pub concurrency_limit: usize,
     /// How long in-flight requests may finish after shutdown (default 10 s).
     pub shutdown_grace: Duration,
+    /// The node agent's in-process view of which of its pods are ready: such a pod is a
+    /// backend as soon as the agent finds it ready, before its status write reaches this
+    /// ingress through the API (`None`: only the API's view counts).
+    pub local_readiness: Option<wisp_sandbox::LocalReadiness>,
 }
 
 impl IngressConfig {
@@ -64,6 +68,7 @@ impl IngressConfig {
             header_read_timeout: Duration::from_secs(10),
             concurrency_limit: 10_000,
             shutdown_grace: Duration::from_secs(10),
+            local_readiness: None,
         }
     }
 }
@@ -170,9 +175,20 @@ impl Ingress {
             .boxed(),
         ];
         let mut events = futures::stream::select_all(streams);
+        let mut local = self.inner.config.local_readiness.as_ref().map(|r| r.subscribe());
         loop {
+            let local_changed = async {
+                let open = match local.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => false,
+                };
+                if !open {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 e = events.next() => if e.is_none() { return },
+                () = local_changed => {}
                 () = shutdown.cancelled() => return,
             }
             // Fold every change already waiting into one rebuild.
@@ -242,11 +258,25 @@ impl Ingress {
                 }
             }
         }
+        // Ready by the API, or already by this node's agent (its status write on the way).
+        let ready_locally = inner
+            .config
+            .local_readiness
+            .as_ref()
+            .map(wisp_sandbox::LocalReadiness::snapshot)
+            .unwrap_or_default();
         let ready_here: Vec<Arc<Pod>> = c
             .pods
             .list()
             .into_iter()
-            .filter(|p| p.is_ready() && p.metadata.deletion_timestamp.is_none() && !p.phase().is_terminal())
+            .filter(|p| {
+                let here = p
+                    .metadata
+                    .uid
+                    .as_ref()
+                    .is_some_and(|uid| ready_locally.contains(uid));
+                (p.is_ready() || here) && p.metadata.deletion_timestamp.is_none() && !p.phase().is_terminal()
+            })
             .collect();
         if !ready_here.is_empty() {
             for svc in c.services.list() {

@@ -129,3 +129,131 @@ async fn held_requests_are_bounded_and_time_out_clearly_and_wake_the_service_onc
     sync.await?;
     Ok(())
 }
+
+/// A pod of this node that its agent has found ready takes the held requests at once, while
+/// the API still shows it not ready (its status write on the way); once the agent says it is
+/// not ready any more, and the API never said it was, new requests wait again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_ready_by_the_local_agent_takes_requests_before_its_status_is_written() -> anyhow::Result<()> {
+    use wisp_api::{Pod, PodPhase, PodStatus};
+    let server = TestServer::start().await?;
+    let client = Client::new(&server.url, &server.token);
+    // The pod's "container": an HTTP server on loopback.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let backend = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                        Bytes::from_static(b"from the pod"),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let mut svc = Service::new(ObjectMeta::namespaced("default", "early"));
+    svc.spec.selector.insert("app".into(), "early".into());
+    svc.spec.ports = vec![ServicePort {
+        port: 80,
+        ..ServicePort::default()
+    }];
+    client.api::<Service>(Some("default")).create(&svc).await?;
+    let mut route = Route::new(ObjectMeta::namespaced("default", "early"));
+    route.spec.host = Some("early.example.com".into());
+    route.spec.backends = vec![RouteBackend {
+        service: "early".into(),
+        port: None,
+        weight: 100,
+    }];
+    client.api::<Route>(Some("default")).create(&route).await?;
+    // Bound to this node, running, published port known — but not Ready in the API.
+    let mut pod = Pod::new(ObjectMeta::namespaced("default", "early-1"));
+    pod.metadata.labels.insert("app".into(), "early".into());
+    pod.spec.node_name = Some("node-a".into());
+    pod.spec.containers = vec![Container {
+        name: "main".into(),
+        image: Some("example/early:1".into()),
+        ..Container::default()
+    }];
+    let pods = client.api::<Pod>(Some("default"));
+    let mut pod = pods.create(&pod).await?;
+    pod.status = Some(PodStatus {
+        phase: PodPhase::Running,
+        pod_ip: Some("127.0.0.1".into()),
+        host_port: Some(port),
+        ..PodStatus::default()
+    });
+    let pod = pods.replace_status(&pod).await?;
+    assert!(!pod.is_ready());
+    let uid = pod.metadata.uid.clone().context("uid")?;
+
+    let readiness = wisp_sandbox::LocalReadiness::default();
+    let mut config = IngressConfig::new("node-a");
+    config.queue_timeout = Duration::from_secs(10);
+    config.local_readiness = Some(readiness.clone());
+    let ingress = Ingress::new(client.clone(), config, None);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sync = tokio::spawn({
+        let (i, s) = (ingress.clone(), stop.clone());
+        async move { i.sync(s).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ingress.stats().iter().any(|s| s.name == "early") {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "route never loaded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Not ready anywhere: the request is held.
+    let held = tokio::spawn({
+        let i = ingress.clone();
+        async move { body_of(i.handle(request("early.example.com")?).await).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "answered before the pod was ready");
+    // The agent finds it ready: the held request is answered by the pod at once.
+    let t = std::time::Instant::now();
+    readiness.set(&uid, true);
+    let (code, _, body) = tokio::time::timeout(Duration::from_secs(5), held).await???;
+    assert_eq!((code, body.as_str()), (200, "from the pod"));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "released after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        !pods.get("early-1").await?.is_ready(),
+        "the API still says not ready"
+    );
+    let (code, _, _) = body_of(ingress.handle(request("early.example.com")?).await).await?;
+    assert_eq!(code, 200);
+    // Not ready any more by the agent (and never by the API): requests wait again.
+    readiness.set(&uid, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ingress
+        .stats()
+        .iter()
+        .find(|s| s.name == "early")
+        .map_or(1, |s| s.ready_backends)
+        > 0
+    {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "still a backend");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let again = tokio::spawn({
+        let i = ingress.clone();
+        async move { body_of(i.handle(request("early.example.com")?).await).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!again.is_finished(), "a pod no longer ready took a request");
+    again.abort();
+    stop.cancel();
+    sync.await?;
+    backend.abort();
+    Ok(())
+}

@@ -37,6 +37,81 @@ impl std::fmt::Display for SandboxId {
     }
 }
 
+/// The pods this node's agent has found ready, by pod uid, shared in process with the
+/// node's ingress: a pod the agent has just found ready takes requests at once, without
+/// waiting for its status write to reach the ingress through the API (one store write and
+/// watch less on a cold start). The agent sets a pod here before it writes the pod's status
+/// and clears it as soon as the pod stops being ready. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct LocalReadiness(
+    std::sync::Arc<tokio::sync::watch::Sender<std::sync::Arc<std::collections::HashSet<String>>>>,
+);
+
+impl Default for LocalReadiness {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(tokio::sync::watch::Sender::new(
+            std::sync::Arc::default(),
+        )))
+    }
+}
+
+impl LocalReadiness {
+    /// Records whether pod `uid` is ready; subscribers are woken only on a change.
+    pub fn set(&self, uid: &str, ready: bool) {
+        self.0.send_if_modified(|set| {
+            if set.contains(uid) == ready {
+                return false;
+            }
+            let mut next = (**set).clone();
+            if ready {
+                next.insert(uid.to_owned());
+            } else {
+                next.remove(uid);
+            }
+            *set = std::sync::Arc::new(next);
+            true
+        });
+    }
+
+    pub fn is_ready(&self, uid: &str) -> bool {
+        self.0.borrow().contains(uid)
+    }
+
+    /// The current set of ready pod uids.
+    pub fn snapshot(&self) -> std::sync::Arc<std::collections::HashSet<String>> {
+        self.0.borrow().clone()
+    }
+
+    /// Wakes on every change (see [`tokio::sync::watch::Receiver::changed`]).
+    pub fn subscribe(
+        &self,
+    ) -> tokio::sync::watch::Receiver<std::sync::Arc<std::collections::HashSet<String>>> {
+        self.0.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod local_readiness_tests {
+    use super::LocalReadiness;
+
+    #[tokio::test]
+    async fn set_wakes_subscribers_only_on_change() {
+        let board = LocalReadiness::default();
+        let mut rx = board.subscribe();
+        board.set("a", true);
+        assert!(rx.has_changed().expect("sender alive"));
+        rx.borrow_and_update();
+        board.set("a", true);
+        assert!(!rx.has_changed().expect("sender alive"), "no change, no wake-up");
+        assert!(board.is_ready("a") && !board.is_ready("b"));
+        board.set("b", false);
+        assert!(!rx.has_changed().expect("sender alive"));
+        board.set("a", false);
+        assert!(rx.has_changed().expect("sender alive"));
+        assert!(board.snapshot().is_empty());
+    }
+}
+
 /// What code the sandbox runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {

@@ -111,12 +111,10 @@ async fn run_node(
         .context("cannot listen on 127.0.0.1 for the Service gateway")?;
     config.service_gateway = Some(gateway.local_addr()?);
     let name = config.node_name.clone();
+    let mut ingress_config = wisp_ingress::IngressConfig::new(name.clone());
+    ingress_config.local_readiness = Some(config.local_readiness.clone());
     let agent = wisp_node::Agent::new(client.clone(), config).context("node agent")?;
-    let ingress = wisp_ingress::Ingress::new(
-        client,
-        wisp_ingress::IngressConfig::new(name.clone()),
-        agent.runtimes().wasm.clone(),
-    );
+    let ingress = wisp_ingress::Ingress::new(client, ingress_config, agent.runtimes().wasm.clone());
     #[allow(clippy::print_stdout)]
     {
         println!("wisp node {name}: ingress on http://{}", listener.local_addr()?);

@@ -45,13 +45,11 @@ impl Cluster {
             "pods".into(),
             wisp_api::Quantity::from_units(100_000, wisp_api::QuantityFormat::DecimalSI),
         );
+        let mut ingress_config = wisp_ingress::IngressConfig::new(node);
+        ingress_config.local_readiness = Some(config.local_readiness.clone());
         let agent = wisp_node::Agent::new(client.clone(), config)?;
         let wasm = agent.runtimes().wasm.clone().context("wasm runtime")?;
-        let ingress = wisp_ingress::Ingress::new(
-            client.clone(),
-            wisp_ingress::IngressConfig::new(node),
-            Some(wasm.clone()),
-        );
+        let ingress = wisp_ingress::Ingress::new(client.clone(), ingress_config, Some(wasm.clone()));
         let mut tasks = tokio::task::JoinSet::new();
         let s = shutdown.clone();
         tasks.spawn(async move {

@@ -71,10 +71,22 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
         cluster.wait_routed(&format!("fn-{i}")).await?;
     }
     progress("one cold request each");
+    let timeline = Timeline::watch(&client);
+    // Let the observers' watches connect before the first request.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut cold = Vec::with_capacity(args.functions);
+    let mut stages: Vec<Vec<Duration>> = vec![Vec::new(); STAGES.len()];
     for i in 0..args.functions {
         let name = format!("fn-{i}");
+        let sent = Instant::now();
         let (code, was_cold, t) = cluster.get(&host(&name)).await?;
+        // Give the last events of this start (pod status) time to reach the observers.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for (k, at) in timeline.stages(&name).into_iter().enumerate() {
+            if let Some(at) = at {
+                stages[k].push(at.saturating_duration_since(sent));
+            }
+        }
         anyhow::ensure!(
             code == 200 && was_cold,
             "{name}: answered {code}, cold {was_cold}"
@@ -124,6 +136,7 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
         resp.into_body().collect().await?;
         direct.push(t.elapsed());
     }
+    timeline.stop();
     cluster.stop().await;
 
     let mut out = String::new();
@@ -162,5 +175,111 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
             fmt(l.max())
         );
     }
+    let _ = writeln!(
+        out,
+        "\nWhere a cold start's time goes: when an observer watching the API (a separate watch \
+         client in this process) saw each step, from the request being sent:\n"
+    );
+    let _ = writeln!(out, "| step seen | n | p50 | p90 | p99 |");
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: |");
+    for (what, all) in STAGES.iter().zip(stages) {
+        let l = Latencies::new(all);
+        let _ = writeln!(
+            out,
+            "| {what} | {} | {} | {} | {} |",
+            l.len(),
+            ms(l.percentile(50.0)),
+            ms(l.percentile(90.0)),
+            ms(l.percentile(99.0)),
+        );
+    }
     Ok(out)
+}
+
+/// The steps of a cold start as the API shows them, in chain order.
+const STAGES: [&str; 5] = [
+    "Deployment scaled to 1 (activator)",
+    "ReplicaSet scaled to 1 (Deployment controller)",
+    "pod created (ReplicaSet controller)",
+    "pod bound to the node (scheduler)",
+    "pod Ready (node agent)",
+];
+
+/// Watches Deployments, ReplicaSets and pods of `default` and stamps the first time each
+/// step of [`STAGES`] shows for an object whose name starts with a Function's.
+struct Timeline {
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, usize), Instant>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Timeline {
+    fn watch(client: &wisp_client::Client) -> Self {
+        use wisp_api::{Deployment, Pod, ReplicaSet};
+        use wisp_client::{WatchParams, WatcherEvent};
+        let seen = std::sync::Arc::default();
+        let stamp =
+            |seen: &std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, usize), Instant>>>,
+             name: &str,
+             stage: usize| {
+                let now = Instant::now();
+                if let Ok(mut m) = seen.lock() {
+                    m.entry((name.to_owned(), stage)).or_insert(now);
+                }
+            };
+        let mut tasks = Vec::new();
+        macro_rules! observe {
+            ($kind:ty, |$o:ident| $stages:expr) => {{
+                let seen = std::sync::Arc::clone(&seen);
+                let mut w = client
+                    .api::<$kind>(Some("default"))
+                    .watcher(WatchParams::default());
+                tasks.push(tokio::spawn(async move {
+                    while let Ok(ev) = w.next().await {
+                        let WatcherEvent::Applied($o) = ev else {
+                            continue;
+                        };
+                        let name = $o.metadata.name.clone();
+                        for stage in $stages {
+                            stamp(&seen, &name, stage);
+                        }
+                    }
+                }));
+            }};
+        }
+        observe!(Deployment, |d| if d.spec.replicas > 0 { vec![0] } else { vec![] });
+        observe!(ReplicaSet, |r| if r.spec.replicas > 0 { vec![1] } else { vec![] });
+        observe!(Pod, |p| {
+            let mut s = vec![2];
+            if p.spec.node_name.is_some() {
+                s.push(3);
+            }
+            if p.is_ready() {
+                s.push(4);
+            }
+            s
+        });
+        Self { seen, tasks }
+    }
+
+    /// When each step was first seen for Function `name` (its objects are `name` or
+    /// `name-…`).
+    fn stages(&self, name: &str) -> [Option<Instant>; STAGES.len()] {
+        let mut out = [None; STAGES.len()];
+        let prefix = format!("{name}-");
+        if let Ok(m) = self.seen.lock() {
+            for ((object, stage), at) in m.iter() {
+                if object == name || object.starts_with(&prefix) {
+                    let slot = &mut out[*stage];
+                    *slot = Some(slot.map_or(*at, |t: Instant| t.min(*at)));
+                }
+            }
+        }
+        out
+    }
+
+    fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
 }

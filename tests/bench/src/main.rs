@@ -334,6 +334,14 @@ async fn store_api(args: &StoreApiArgs) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     started();
+    // WISP_BENCH_LOG=<filter> prints the components' logs (e.g. `wisp_apiserver=debug` for a
+    // line per API request), with microsecond timestamps, to find where time goes.
+    if let Ok(filter) = std::env::var("WISP_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::StoreApi(args) => store_api(args).await,
