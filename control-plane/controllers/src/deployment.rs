@@ -24,6 +24,7 @@ pub const REVISION: &str = "deployment.wisp.dev/revision";
 pub struct Context {
     pub client: Client,
     pub replicasets: Store<ReplicaSet>,
+    pub(crate) status: crate::StatusDelay,
 }
 
 /// FNV-1a over the template's JSON: stable across builds and Rust versions.
@@ -257,23 +258,28 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
             Err(e) => return Err(e.into()),
         }
     }
-    update_status(&ctx, &d, &new, &sets).await?;
+    let status_wait = update_status(&ctx, &d, &new, &sets).await?;
     let settled = new.spec.replicas == desired
         && olds.iter().all(|rs| rs.spec.replicas == 0)
         && available(&new) >= desired;
-    Ok(if settled {
-        Action::await_change()
-    } else {
-        Action::requeue(Duration::from_millis(500))
-    })
+    Ok(crate::sooner(
+        if settled {
+            Action::await_change()
+        } else {
+            Action::requeue(Duration::from_millis(500))
+        },
+        status_wait,
+    ))
 }
 
+/// Writes the status when it changed and has waited [`crate::STATUS_COALESCE`]; else says
+/// how long until it may be written.
 async fn update_status(
     ctx: &Context,
     d: &Deployment,
     new: &ReplicaSet,
     sets: &[Arc<ReplicaSet>],
-) -> Result<(), Error> {
+) -> Result<Option<Duration>, Error> {
     let sum = |f: fn(&ReplicaSet) -> i32| sets.iter().map(|rs| f(rs)).sum::<i32>();
     let replicas = sum(|rs| rs.status.as_ref().map_or(0, |s| s.replicas));
     let ready = sum(|rs| rs.status.as_ref().map_or(0, |s| s.ready_replicas));
@@ -320,15 +326,24 @@ async fn update_status(
         observed_generation: d.metadata.generation,
         conditions,
     };
+    let key = format!(
+        "{}/{}",
+        d.metadata.namespace.as_deref().unwrap_or_default(),
+        d.metadata.name
+    );
     if d.status.as_ref() == Some(&status) {
-        return Ok(());
+        ctx.status.settled(&key);
+        return Ok(None);
+    }
+    if let Err(wait) = ctx.status.write_now(&key) {
+        return Ok(Some(wait));
     }
     let api = ctx.client.api::<Deployment>(d.metadata.namespace.as_deref());
     let mut next = d.clone();
     next.status = Some(status);
     match api.replace_status(&next).await {
-        Ok(_) => Ok(()),
-        Err(ClientError::Api(s)) if s.code == 409 || s.code == 404 => Ok(()),
+        Ok(_) => Ok(None),
+        Err(ClientError::Api(s)) if s.code == 409 || s.code == 404 => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

@@ -25,6 +25,7 @@ pub const SERVICE_PORT: u16 = 80;
 
 pub struct Context {
     pub client: Client,
+    pub(crate) status: crate::StatusDelay,
 }
 
 fn owner(f: &Function) -> OwnerReference {
@@ -240,7 +241,12 @@ pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Er
         ),
         &jiff::Timestamp::now().to_string(),
     );
-    if f.status.as_ref() != Some(&status) {
+    let key = format!("{}/{name}", ns.unwrap_or_default());
+    if f.status.as_ref() == Some(&status) {
+        ctx.status.settled(&key);
+    } else if let Err(wait) = ctx.status.write_now(&key) {
+        return Ok(Action::requeue(wait));
+    } else {
         let mut updated = (*f).clone();
         updated.status = Some(status);
         match ctx.client.api::<Function>(ns).replace_status(&updated).await {

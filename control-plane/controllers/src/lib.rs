@@ -21,7 +21,108 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use wisp_api::{Deployment, Endpoints, Function, Lease, Node, Pod, ReplicaSet, Route, Service};
 use wisp_client::{Client, ClientError, WatchParams};
-use wisp_runtime::{Controller, Writer, reflector, watcher_stream};
+use wisp_runtime::{Action, Controller, Writer, reflector, watcher_stream};
+
+/// How long a changed status waits before it is written (see [`StatusDelay`]).
+pub const STATUS_COALESCE: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// Status writes that wait until a status has been out of date for a moment: a scale-up
+/// changes a Deployment's, ReplicaSet's and Function's status several times within a few
+/// milliseconds (replicas, then ready replicas), and writing each change at once put those
+/// writes in the store's queue ahead of the writes of the scale-up itself (pod create, bind,
+/// pod status) — a cold start waited behind bookkeeping. Waiting coalesces them into one
+/// write per object, after the chain; anything that reads status sees it that much later.
+pub(crate) struct StatusDelay {
+    delay: std::time::Duration,
+    stale_since: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl StatusDelay {
+    pub(crate) fn new(delay: std::time::Duration) -> Self {
+        Self {
+            delay,
+            stale_since: std::sync::Mutex::default(),
+        }
+    }
+
+    /// For an object whose status differs from what it should be: `Ok` to write it now, or
+    /// how long to wait first (reconcile again then).
+    pub(crate) fn write_now(&self, key: &str) -> Result<(), std::time::Duration> {
+        let now = std::time::Instant::now();
+        let Ok(mut stale) = self.stale_since.lock() else {
+            return Ok(());
+        };
+        if stale.len() > 4096 {
+            // Objects deleted while waiting leave their entry behind.
+            stale.retain(|_, since| now.duration_since(*since) < self.delay * 100);
+        }
+        let since = *stale.entry(key.to_owned()).or_insert(now);
+        let waited = now.duration_since(since);
+        if waited >= self.delay {
+            stale.remove(key);
+            Ok(())
+        } else {
+            Err(self.delay - waited)
+        }
+    }
+
+    /// The object's status is what it should be.
+    pub(crate) fn settled(&self, key: &str) {
+        if let Ok(mut stale) = self.stale_since.lock() {
+            stale.remove(key);
+        }
+    }
+}
+
+/// `action`, but reconciling again no later than `wait` when a status write waits.
+pub(crate) fn sooner(action: Action, wait: Option<std::time::Duration>) -> Action {
+    match (action.requeue_after(), wait) {
+        (_, None) => action,
+        (Some(after), Some(wait)) => Action::requeue(after.min(wait)),
+        (None, Some(wait)) => Action::requeue(wait),
+    }
+}
+
+#[cfg(test)]
+mod status_delay_tests {
+    use std::time::Duration;
+
+    use super::{Action, StatusDelay, sooner};
+
+    #[test]
+    fn a_stale_status_is_written_once_it_has_waited() {
+        let d = StatusDelay::new(Duration::from_millis(30));
+        let wait = d.write_now("a").expect_err("must wait first");
+        assert!(wait <= Duration::from_millis(30) && wait > Duration::ZERO);
+        // Another object waits on its own.
+        assert!(d.write_now("b").is_err());
+        std::thread::sleep(Duration::from_millis(35));
+        assert!(d.write_now("a").is_ok(), "waited long enough");
+        // Written: the next change waits again.
+        assert!(d.write_now("a").is_err());
+        d.settled("a");
+        d.settled("b");
+        assert!(d.write_now("b").is_err(), "settled forgets the wait");
+    }
+
+    #[test]
+    fn sooner_keeps_the_earlier_requeue() {
+        let ms = Duration::from_millis;
+        assert_eq!(sooner(Action::await_change(), None).requeue_after(), None);
+        assert_eq!(
+            sooner(Action::await_change(), Some(ms(5))).requeue_after(),
+            Some(ms(5))
+        );
+        assert_eq!(
+            sooner(Action::requeue(ms(500)), Some(ms(5))).requeue_after(),
+            Some(ms(5))
+        );
+        assert_eq!(
+            sooner(Action::requeue(ms(2)), Some(ms(5))).requeue_after(),
+            Some(ms(2))
+        );
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -84,6 +185,7 @@ pub async fn run_deployments(client: Client, shutdown: CancellationToken) {
     let ctx = Arc::new(deployment::Context {
         client: client.clone(),
         replicasets,
+        status: StatusDelay::new(STATUS_COALESCE),
     });
     Controller::new(client.api::<Deployment>(None), WatchParams::default())
         .owns_events(rs_events)
@@ -103,6 +205,7 @@ pub async fn run_deployments(client: Client, shutdown: CancellationToken) {
 pub async fn run_functions(client: Client, shutdown: CancellationToken) {
     let ctx = Arc::new(function::Context {
         client: client.clone(),
+        status: StatusDelay::new(STATUS_COALESCE),
     });
     Controller::new(client.api::<Function>(None), WatchParams::default())
         .owns(client.api::<Deployment>(None), WatchParams::default())

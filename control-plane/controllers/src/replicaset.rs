@@ -27,6 +27,7 @@ pub struct Context {
     pub client: Client,
     pub pods: Store<Pod>,
     expectations: Mutex<HashMap<String, Expectation>>,
+    status: crate::StatusDelay,
 }
 
 impl Context {
@@ -35,6 +36,7 @@ impl Context {
             client,
             pods,
             expectations: Mutex::default(),
+            status: crate::StatusDelay::new(crate::STATUS_COALESCE),
         }
     }
 }
@@ -162,15 +164,24 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
             Err(e) => return Err(e.into()),
         }
     }
-    update_status(&ctx, &rs, &active).await?;
-    Ok(if changed {
-        Action::requeue(Duration::from_millis(200))
-    } else {
-        Action::await_change()
-    })
+    let status_wait = update_status(&ctx, &rs, &active).await?;
+    Ok(crate::sooner(
+        if changed {
+            Action::requeue(Duration::from_millis(200))
+        } else {
+            Action::await_change()
+        },
+        status_wait,
+    ))
 }
 
-async fn update_status(ctx: &Context, rs: &ReplicaSet, active: &[Arc<Pod>]) -> Result<(), Error> {
+/// Writes the status when it changed and has waited [`crate::STATUS_COALESCE`]; else says
+/// how long until it may be written.
+async fn update_status(
+    ctx: &Context,
+    rs: &ReplicaSet,
+    active: &[Arc<Pod>],
+) -> Result<Option<Duration>, Error> {
     let ready = i32::try_from(active.iter().filter(|p| p.is_ready()).count()).unwrap_or(i32::MAX);
     let status = ReplicaSetStatus {
         replicas: i32::try_from(active.len()).unwrap_or(i32::MAX),
@@ -183,16 +194,21 @@ async fn update_status(ctx: &Context, rs: &ReplicaSet, active: &[Arc<Pod>]) -> R
             .map(|s| s.conditions.clone())
             .unwrap_or_default(),
     };
+    let k = key(rs);
     if rs.status.as_ref() == Some(&status) {
-        return Ok(());
+        ctx.status.settled(&k);
+        return Ok(None);
+    }
+    if let Err(wait) = ctx.status.write_now(&k) {
+        return Ok(Some(wait));
     }
     let mut next = rs.clone();
     next.status = Some(status);
     let api = ctx.client.api::<ReplicaSet>(rs.metadata.namespace.as_deref());
     match api.replace_status(&next).await {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(None),
         // A newer version exists: its own event triggers another reconcile.
-        Err(ClientError::Api(s)) if s.code == 409 || s.code == 404 => Ok(()),
+        Err(ClientError::Api(s)) if s.code == 409 || s.code == 404 => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
