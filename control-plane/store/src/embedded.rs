@@ -1,9 +1,13 @@
-//! The embedded backend: a redb file, one writer thread with group commit, an in-memory
-//! fan-out of committed events, and the change log kept in redb for watch resumption.
+//! The embedded backend: a redb file, one writer thread with group commit, a write-ahead
+//! log, an in-memory fan-out of committed events, and the change log kept in redb for watch
+//! resumption.
 //!
 //! Writes are sent to the writer thread, which drains every pending request into one
-//! transaction and commits it with `Durability::Immediate` (one fsync for the batch) before
-//! answering any of them: an acknowledged write is on disk.
+//! transaction, appends its changes to the write-ahead log and syncs that (one small
+//! sequential write for the batch), then commits the transaction to redb without a sync,
+//! before answering any of them: an acknowledged write is on disk, in the log until a
+//! checkpoint (a durable redb commit, when idle or the log is half full) makes the redb
+//! file hold it (see `wal.rs`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -17,6 +21,7 @@ use futures::{FutureExt, StreamExt, stream};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
 
+use crate::wal::{self, Mutation, Payload, Wal};
 use crate::{Event, EventKind, KeyValue, LeaseId, Listing, Result, Revision, Store, StoreError, WatchStream};
 
 const KV: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("kv");
@@ -27,6 +32,12 @@ const LEASES: TableDefinition<'_, i64, i64> = TableDefinition::new("leases");
 const META_REVISION: &str = "revision";
 const META_COMPACTED: &str = "compacted";
 const META_NEXT_LEASE: &str = "next_lease";
+/// The write-ahead log's current epoch: its records of this epoch are not in redb's last
+/// durable commit yet.
+const META_WAL_EPOCH: &str = "wal_epoch";
+const WAL_FILE: &str = "wisp.wal";
+/// Size of the write-ahead log; a checkpoint starts it over once half of it is used.
+const WAL_SIZE: u64 = 4 << 20;
 
 /// Most requests folded into one transaction.
 const MAX_BATCH: usize = 4096;
@@ -199,11 +210,45 @@ impl EmbeddedStore {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let path: PathBuf = dir.join("wisp.redb");
         let db = Database::create(&path).map_err(backend)?;
-        let (revision, compacted) = {
+        let mut wal = Wal::open(&dir.join(WAL_FILE), WAL_SIZE).map_err(backend)?;
+        let (revision, compacted, epoch) = {
             let txn = db.begin_write().map_err(backend)?;
-            let (revision, compacted);
+            let (revision, compacted, next_epoch);
             {
-                let meta = txn.open_table(META).map_err(backend)?;
+                let mut meta = txn.open_table(META).map_err(backend)?;
+                // Writes acknowledged after redb's last durable commit are in the log: apply
+                // them again, then start a new epoch with this (durable) commit.
+                let epoch = meta
+                    .get(META_WAL_EPOCH)
+                    .map_err(backend)?
+                    .map_or(0, |g| g.value());
+                let records = wal.read_epoch(epoch.cast_unsigned()).map_err(backend)?;
+                if !records.is_empty() {
+                    tracing::info!(records = records.len(), "replaying the write-ahead log");
+                }
+                let mut kv = txn.open_table(KV).map_err(backend)?;
+                let mut log = txn.open_table(LOG).map_err(backend)?;
+                let mut leases = txn.open_table(LEASES).map_err(backend)?;
+                for (i, raw) in records.iter().enumerate() {
+                    let muts = wal::decode(raw).ok_or_else(|| {
+                        StoreError::Backend(format!("write-ahead log record {i} is malformed"))
+                    })?;
+                    for m in muts {
+                        match m {
+                            Mutation::KvPut(k, v) => drop(kv.insert(k, v).map_err(backend)?),
+                            Mutation::KvDel(k) => drop(kv.remove(k).map_err(backend)?),
+                            Mutation::LogPut(r, v) => drop(log.insert(r, v).map_err(backend)?),
+                            Mutation::LogRetainFrom(r) => {
+                                log.retain_in(..r, |_, _| false).map_err(backend)?;
+                            }
+                            Mutation::LeasePut(id, ttl) => drop(leases.insert(id, ttl).map_err(backend)?),
+                            Mutation::LeaseDel(id) => drop(leases.remove(id).map_err(backend)?),
+                            Mutation::MetaPut(k, v) => drop(meta.insert(k, v).map_err(backend)?),
+                        }
+                    }
+                }
+                next_epoch = epoch + 1;
+                meta.insert(META_WAL_EPOCH, next_epoch).map_err(backend)?;
                 revision = meta
                     .get(META_REVISION)
                     .map_err(backend)?
@@ -214,13 +259,11 @@ impl EmbeddedStore {
                     .map_err(backend)?
                     .map(|g| g.value())
                     .unwrap_or(0);
-                txn.open_table(KV).map_err(backend)?;
-                txn.open_table(LOG).map_err(backend)?;
-                txn.open_table(LEASES).map_err(backend)?;
             }
             txn.commit().map_err(backend)?;
-            (revision, compacted)
+            (revision, compacted, next_epoch)
         };
+        wal.restart(epoch.cast_unsigned());
         let lease_state = load_leases(&db)?;
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
@@ -235,6 +278,9 @@ impl EmbeddedStore {
             shared: shared.clone(),
             leases: lease_state,
             options,
+            wal,
+            dead: false,
+            last_logged: Instant::now(),
         };
         std::thread::Builder::new()
             .name("wisp-store-writer".into())
@@ -525,6 +571,11 @@ struct Writer {
     shared: Arc<Shared>,
     leases: HashMap<LeaseId, LeaseState>,
     options: EmbeddedOptions,
+    wal: Wal,
+    /// A commit failed after its batch was in the log: the writer stops.
+    dead: bool,
+    /// When a batch was last appended to the log.
+    last_logged: Instant,
 }
 
 /// A reply to send once the batch is durable.
@@ -563,9 +614,53 @@ struct Batch<'t> {
     meta: redb::Table<'t, &'static str, i64>,
     revision: Revision,
     events: Vec<Event>,
+    /// Every change made to the tables, for the write-ahead log.
+    changes: Payload,
 }
 
 impl Batch<'_> {
+    fn kv_put(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        self.kv.insert(key, value).map_err(backend)?;
+        self.changes.push(&Mutation::KvPut(key, value));
+        Ok(())
+    }
+
+    fn kv_del(&mut self, key: &str) -> Result<()> {
+        self.kv.remove(key).map_err(backend)?;
+        self.changes.push(&Mutation::KvDel(key));
+        Ok(())
+    }
+
+    fn log_put(&mut self, revision: Revision, raw: &[u8]) -> Result<()> {
+        self.log.insert(revision, raw).map_err(backend)?;
+        self.changes.push(&Mutation::LogPut(revision, raw));
+        Ok(())
+    }
+
+    fn log_retain_from(&mut self, revision: Revision) -> Result<()> {
+        self.log.retain_in(..revision, |_, _| false).map_err(backend)?;
+        self.changes.push(&Mutation::LogRetainFrom(revision));
+        Ok(())
+    }
+
+    fn lease_put(&mut self, id: LeaseId, ttl_ms: i64) -> Result<()> {
+        self.leases.insert(id, ttl_ms).map_err(backend)?;
+        self.changes.push(&Mutation::LeasePut(id, ttl_ms));
+        Ok(())
+    }
+
+    fn lease_del(&mut self, id: LeaseId) -> Result<()> {
+        self.leases.remove(id).map_err(backend)?;
+        self.changes.push(&Mutation::LeaseDel(id));
+        Ok(())
+    }
+
+    fn meta_put(&mut self, key: &str, value: i64) -> Result<()> {
+        self.meta.insert(key, value).map_err(backend)?;
+        self.changes.push(&Mutation::MetaPut(key, value));
+        Ok(())
+    }
+
     fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         match self.kv.get(key).map_err(backend)? {
             Some(v) => Ok(Some(decode_kv(key, v.value())?)),
@@ -574,9 +669,7 @@ impl Batch<'_> {
     }
 
     fn record(&mut self, kind: EventKind, kv: KeyValue, prev: Option<KeyValue>) -> Result<()> {
-        self.log
-            .insert(self.revision, encode_log(kind, &kv, prev.as_ref()).as_slice())
-            .map_err(backend)?;
+        self.log_put(self.revision, &encode_log(kind, &kv, prev.as_ref()))?;
         self.events.push(Event {
             kind,
             kv,
@@ -598,9 +691,7 @@ impl Batch<'_> {
         let rev = self.revision;
         let create = prev.as_ref().map(|p| p.create_revision);
         let create_revision = create.unwrap_or(rev);
-        self.kv
-            .insert(key, encode_kv(create_revision, rev, lease, &value).as_slice())
-            .map_err(backend)?;
+        self.kv_put(key, &encode_kv(create_revision, rev, lease, &value))?;
         let kind = if create.is_some() {
             EventKind::Modified
         } else {
@@ -622,7 +713,7 @@ impl Batch<'_> {
 
     fn remove(&mut self, mut prev: KeyValue) -> Result<KeyValue> {
         self.revision += 1;
-        self.kv.remove(prev.key.as_str()).map_err(backend)?;
+        self.kv_del(&prev.key)?;
         self.record(EventKind::Deleted, prev.clone(), None)?;
         prev.mod_revision = self.revision;
         Ok(prev)
@@ -636,7 +727,12 @@ impl Writer {
             let first = match rx.recv_timeout(self.options.lease_tick) {
                 Ok(op) => Some(op),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    if self.wal.used() > 0 {
+                        self.checkpoint();
+                    }
+                    return;
+                }
             };
             let mut ops: Vec<Op> = first.into_iter().collect();
             while ops.len() < MAX_BATCH {
@@ -653,9 +749,50 @@ impl Writer {
                 .map(|(id, _)| *id)
                 .collect();
             if ops.is_empty() && expired.is_empty() {
+                // Idle: make what the log holds durable in redb, off any request's path.
+                if self.wal.used() > 0 && self.last_logged.elapsed() >= self.options.lease_tick {
+                    self.checkpoint();
+                }
                 continue;
             }
             self.apply(ops, &expired);
+            if self.dead {
+                return;
+            }
+            // Half full, or nothing logged for a while (only keep-alives): checkpoint.
+            if self.wal.used() > self.wal.capacity() / 2
+                || (self.wal.used() > 0 && self.last_logged.elapsed() >= self.options.lease_tick)
+            {
+                self.checkpoint();
+            }
+        }
+    }
+
+    /// A durable redb commit (everything committed so far is then in the redb file), after
+    /// which the write-ahead log starts its next epoch from the beginning.
+    fn checkpoint(&mut self) {
+        let next = self.wal.epoch() + 1;
+        let started = Instant::now();
+        let result = (|| -> Result<()> {
+            let txn = self.shared.db.begin_write().map_err(backend)?;
+            txn.open_table(META)
+                .map_err(backend)?
+                .insert(META_WAL_EPOCH, next.cast_signed())
+                .map_err(backend)?;
+            txn.commit().map_err(backend)
+        })();
+        match result {
+            Ok(()) => {
+                tracing::debug!(
+                    log_bytes = self.wal.used(),
+                    took_us = started.elapsed().as_micros(),
+                    "store checkpoint"
+                );
+                self.wal.restart(next);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "store checkpoint failed; the write-ahead log still holds the writes");
+            }
         }
     }
 
@@ -690,9 +827,11 @@ impl Writer {
     }
 
     fn transact(&mut self, ops: Vec<Op>, expired: &[LeaseId], done: &mut Vec<Done>) -> Result<Vec<Event>> {
-        let txn = self.shared.db.begin_write().map_err(backend)?;
+        let mut txn = self.shared.db.begin_write().map_err(backend)?;
+        // Made durable by the write-ahead log below, not by redb.
+        txn.set_durability(redb::Durability::None).map_err(backend)?;
         let mut compact_to = None;
-        let events = {
+        let (events, changes, logged) = {
             let mut b = Batch {
                 kv: txn.open_table(KV).map_err(backend)?,
                 log: txn.open_table(LOG).map_err(backend)?,
@@ -700,6 +839,7 @@ impl Writer {
                 meta: txn.open_table(META).map_err(backend)?,
                 revision: self.shared.revision.load(Ordering::Acquire),
                 events: Vec::new(),
+                changes: Payload::default(),
             };
             for id in expired {
                 self.revoke(&mut b, *id)?;
@@ -713,13 +853,42 @@ impl Writer {
                 compact_to = Some(compact_to.map_or(auto, |c: Revision| c.max(auto)));
             }
             if let Some(to) = compact_to.filter(|to| *to > compacted) {
-                b.log.retain_in(..to, |_, _| false).map_err(backend)?;
-                b.meta.insert(META_COMPACTED, to).map_err(backend)?;
+                b.log_retain_from(to)?;
+                b.meta_put(META_COMPACTED, to)?;
             }
-            b.meta.insert(META_REVISION, b.revision).map_err(backend)?;
-            b.events
+            if b.changes.is_empty() {
+                // Nothing changed (only failed preconditions, keep-alives): nothing to log.
+                (b.events, b.changes, true)
+            } else {
+                b.meta_put(META_REVISION, b.revision)?;
+                let logged = self.wal.fits(&b.changes);
+                if !logged {
+                    // Too big for what is left of the log: this commit is durable itself
+                    // and starts the log's next epoch.
+                    b.meta
+                        .insert(META_WAL_EPOCH, self.wal.epoch().cast_signed() + 1)
+                        .map_err(backend)?;
+                }
+                (b.events, b.changes, logged)
+            }
         };
-        txn.commit().map_err(backend)?;
+        if !logged {
+            txn.set_durability(redb::Durability::Immediate).map_err(backend)?;
+            txn.commit().map_err(backend)?;
+            self.wal.restart(self.wal.epoch() + 1);
+        } else if changes.is_empty() {
+            txn.commit().map_err(backend)?;
+        } else {
+            self.wal.append(&changes).map_err(backend)?;
+            self.last_logged = Instant::now();
+            if let Err(e) = txn.commit() {
+                // The log already has it: a later open applies it. Stop here rather than
+                // serve a store that misses an acknowledged-to-the-log write.
+                tracing::error!(error = %e, "store commit failed after the write-ahead log had it; stopping the store");
+                self.dead = true;
+                return Err(backend(e));
+            }
+        }
         if let Some(to) = compact_to {
             self.shared.compacted.fetch_max(to, Ordering::AcqRel);
         }
@@ -737,7 +906,7 @@ impl Writer {
                 b.remove(prev)?;
             }
         }
-        b.leases.remove(id).map_err(backend)?;
+        b.lease_del(id)?;
         Ok(true)
     }
 
@@ -828,9 +997,9 @@ impl Writer {
                     .map_err(backend)?
                     .map(|g| g.value())
                     .unwrap_or(1);
-                b.meta.insert(META_NEXT_LEASE, id + 1).map_err(backend)?;
+                b.meta_put(META_NEXT_LEASE, id + 1)?;
                 let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-                b.leases.insert(id, ttl_ms).map_err(backend)?;
+                b.lease_put(id, ttl_ms)?;
                 self.leases.insert(
                     id,
                     LeaseState {

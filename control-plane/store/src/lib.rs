@@ -16,6 +16,7 @@ pub mod embedded;
 pub mod etcd;
 #[cfg(feature = "test-util")]
 pub mod testutil;
+mod wal;
 
 use std::time::Duration;
 

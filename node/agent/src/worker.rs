@@ -244,6 +244,7 @@ impl Worker {
         let now = Instant::now();
         if self.life.should_prepare(now) {
             self.prepare(shutdown).await;
+            tracing::debug!(took_us = now.elapsed().as_micros(), "prepared");
             if shutdown.is_cancelled() || self.deleted {
                 return;
             }
@@ -251,6 +252,7 @@ impl Worker {
         let now = Instant::now();
         for name in self.life.due_starts(now) {
             self.start_container(&name).await;
+            tracing::debug!(container = %name, took_us = now.elapsed().as_micros(), "started");
         }
         self.run_probes().await;
         if self.status_retry_at.is_none_or(|t| t <= Instant::now()) {
