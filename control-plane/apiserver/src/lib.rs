@@ -84,6 +84,8 @@ pub struct State {
     pub metrics: Metrics,
     pub openapi: Bytes,
     pub shutdown: CancellationToken,
+    /// Objects of recent events, decoded once for all watchers.
+    pub events: Arc<resources::EventCache>,
 }
 
 /// The API server, cheap to clone.
@@ -153,6 +155,7 @@ impl ApiServer {
             metrics: Metrics::default(),
             openapi,
             shutdown,
+            events: Arc::default(),
         };
         Self {
             state: Arc::new(state),

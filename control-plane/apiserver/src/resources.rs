@@ -4,6 +4,7 @@
 //! `resourceVersion`, which is always the store's `mod_revision` of the key.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,6 +55,55 @@ pub fn from_kv(kv: &KeyValue) -> Result<DynamicObject, ApiError> {
         .map_err(|e| ApiError::Internal(format!("corrupt object at {}: {e}", kv.key)))?;
     obj.metadata.resource_version = Some(kv.mod_revision.to_string());
     Ok(obj)
+}
+
+/// An event's object, decoded once for every watcher of its kind.
+pub struct Decoded {
+    obj: DynamicObject,
+    /// The object as JSON, for the event line.
+    json: Bytes,
+    /// As a JSON value, for field selectors; made on first use.
+    value: std::sync::OnceLock<Value>,
+}
+
+type Slot = Arc<std::sync::OnceLock<Result<Arc<Decoded>, String>>>;
+
+/// The objects of the most recent events, by revision. A write fans out to every watch of
+/// its kind (each controller's, the scheduler's, every node agent's and ingress's): decoding
+/// and encoding the object once instead of once per watcher takes most of the API server's
+/// work per event off the path of the next component in a chain of writes (a cold start).
+#[derive(Default)]
+pub struct EventCache(std::sync::Mutex<BTreeMap<i64, Slot>>);
+
+impl EventCache {
+    /// Events kept; an older one is decoded again if a slow watcher still needs it.
+    const KEEP: usize = 4096;
+
+    /// `kv` as of `revision` (the revision of the write that produced it, or of its deletion),
+    /// with `resourceVersion` set to `revision`.
+    pub fn decoded(&self, revision: i64, kv: &KeyValue) -> Result<Arc<Decoded>, ApiError> {
+        let slot = {
+            let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let slot = map.entry(revision).or_default().clone();
+            while map.len() > Self::KEEP {
+                map.pop_first();
+            }
+            slot
+        };
+        slot.get_or_init(|| {
+            let mut obj: DynamicObject = serde_json::from_slice(&kv.value)
+                .map_err(|e| format!("corrupt object at {}: {e}", kv.key))?;
+            obj.metadata.resource_version = Some(revision.to_string());
+            let json = serde_json::to_vec(&obj).map_err(|e| e.to_string())?;
+            Ok(Arc::new(Decoded {
+                obj,
+                json: json.into(),
+                value: std::sync::OnceLock::new(),
+            }))
+        })
+        .clone()
+        .map_err(ApiError::Internal)
+    }
 }
 
 fn encode(obj: &DynamicObject) -> Result<Bytes, ApiError> {
@@ -325,8 +375,8 @@ impl Filter {
     /// The watch event type a filtered watcher sees for `ev` (whose object is `obj`), like
     /// Kubernetes: an object entering the selector is ADDED, one leaving it is DELETED,
     /// changes outside it are not sent at all.
-    pub fn classify(&self, ev: &wisp_store::Event, obj: &DynamicObject) -> Option<EventType> {
-        let now = self.is_empty() || self.matches(obj);
+    pub fn classify(&self, ev: &wisp_store::Event, obj: &Decoded, cache: &EventCache) -> Option<EventType> {
+        let now = self.is_empty() || self.matches_decoded(obj);
         match ev.kind {
             EventKind::Added => now.then_some(EventType::Added),
             EventKind::Deleted => now.then_some(EventType::Deleted),
@@ -335,8 +385,8 @@ impl Filter {
                     || ev
                         .prev
                         .as_ref()
-                        .and_then(|p| from_kv(p).ok())
-                        .map_or(now, |p| self.matches(&p));
+                        .and_then(|p| cache.decoded(p.mod_revision, p).ok())
+                        .map_or(now, |p| self.matches_decoded(&p));
                 match (before, now) {
                     (true, true) => Some(EventType::Modified),
                     (false, true) => Some(EventType::Added),
@@ -359,6 +409,26 @@ impl Filter {
         let Ok(value) = serde_json::to_value(obj) else {
             return false;
         };
+        self.fields_match(&value)
+    }
+
+    /// [`Filter::matches`] on an event's shared decoding.
+    pub fn matches_decoded(&self, d: &Decoded) -> bool {
+        if let Some(sel) = &self.labels
+            && !sel.matches(&d.obj.metadata.labels)
+        {
+            return false;
+        }
+        if self.fields.is_empty() {
+            return true;
+        }
+        let value = d
+            .value
+            .get_or_init(|| serde_json::to_value(&d.obj).unwrap_or(Value::Null));
+        self.fields_match(value)
+    }
+
+    fn fields_match(&self, value: &Value) -> bool {
         self.fields.iter().all(|(ptr, want, eq)| {
             let got = match value.pointer(ptr) {
                 Some(Value::String(s)) => s.clone(),
@@ -392,6 +462,17 @@ pub async fn list(state: &State, target: &Target, filter: &Filter) -> Result<Res
         items,
     };
     Ok(json_response(StatusCode::OK, &list))
+}
+
+/// `{"type":…,"object":…}` and a newline, around an object already encoded.
+fn event_line_json(type_: EventType, object: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(object.len() + 32);
+    line.extend_from_slice(b"{\"type\":");
+    line.extend_from_slice(&serde_json::to_vec(&type_).unwrap_or_default());
+    line.extend_from_slice(b",\"object\":");
+    line.extend_from_slice(object);
+    line.extend_from_slice(b"}\n");
+    line.into()
 }
 
 fn event_line(type_: EventType, object: &impl serde::Serialize) -> Bytes {
@@ -445,6 +526,7 @@ pub async fn watch(
     let kind = target.kind;
     let interval = state.config.bookmark_interval;
     let shutdown = state.shutdown.clone();
+    let cache = state.events.clone();
     let gauge = state.metrics.watches.clone();
     gauge.inc();
     let guard = GaugeGuard(gauge);
@@ -455,6 +537,7 @@ pub async fn watch(
         move |(mut events, mut last, done, guard)| {
             let filter = filter.clone();
             let shutdown = shutdown.clone();
+            let cache = cache.clone();
             async move {
                 if done {
                     return None;
@@ -482,18 +565,18 @@ pub async fn watch(
                             }
                             Some(Ok(ev)) => {
                                 last = ev.revision;
-                                let mut obj = match from_kv(&ev.kv) {
+                                // resourceVersion is the event's revision (for a deletion,
+                                // the deletion's, not the last write's).
+                                let obj = match cache.decoded(ev.revision, &ev.kv) {
                                     Ok(o) => o,
                                     Err(e) => {
                                         let line = event_line(EventType::Error, &e.status());
                                         return Some((Ok(line), (events, last, true, guard)));
                                     }
                                 };
-                                let Some(type_) = filter.classify(&ev, &obj) else { continue };
-                                if type_ == EventType::Deleted {
-                                    obj.metadata.resource_version = Some(ev.revision.to_string());
-                                }
-                                return Some((Ok(event_line(type_, &obj)), (events, last, false, guard)));
+                                let Some(type_) = filter.classify(&ev, &obj, &cache) else { continue };
+                                let line = event_line_json(type_, &obj.json);
+                                return Some((Ok(line), (events, last, false, guard)));
                             }
                         }
                     }

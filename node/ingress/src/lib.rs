@@ -193,7 +193,9 @@ impl Ingress {
             }
             // Fold every change already waiting into one rebuild.
             while let Some(Some(())) = events.next().now_or_never() {}
+            let started = std::time::Instant::now();
             self.rebuild(&caches);
+            tracing::debug!(took_us = started.elapsed().as_micros(), "route table rebuilt");
         }
     }
 
