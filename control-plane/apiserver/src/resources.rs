@@ -62,8 +62,8 @@ pub struct Decoded {
     obj: DynamicObject,
     /// The object as JSON, for the event line.
     json: Bytes,
-    /// As a JSON value, for field selectors; made on first use.
-    value: std::sync::OnceLock<Value>,
+    /// As a JSON value, for field selectors; made on first use (`None`: not representable).
+    value: std::sync::OnceLock<Option<Value>>,
 }
 
 type Slot = Arc<std::sync::OnceLock<Result<Arc<Decoded>, String>>>;
@@ -73,7 +73,7 @@ type Slot = Arc<std::sync::OnceLock<Result<Arc<Decoded>, String>>>;
 /// and encoding the object once instead of once per watcher takes most of the API server's
 /// work per event off the path of the next component in a chain of writes (a cold start).
 #[derive(Default)]
-pub struct EventCache(std::sync::Mutex<BTreeMap<i64, Slot>>);
+pub struct EventCache(std::sync::Mutex<BTreeMap<(i64, String), Slot>>);
 
 impl EventCache {
     /// Events kept; an older one is decoded again if a slow watcher still needs it.
@@ -84,7 +84,9 @@ impl EventCache {
     pub fn decoded(&self, revision: i64, kv: &KeyValue) -> Result<Arc<Decoded>, ApiError> {
         let slot = {
             let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let slot = map.entry(revision).or_default().clone();
+            // By revision and key: etcd gives every key a lease revocation deletes the same
+            // revision.
+            let slot = map.entry((revision, kv.key.clone())).or_default().clone();
             while map.len() > Self::KEEP {
                 map.pop_first();
             }
@@ -422,10 +424,10 @@ impl Filter {
         if self.fields.is_empty() {
             return true;
         }
-        let value = d
-            .value
-            .get_or_init(|| serde_json::to_value(&d.obj).unwrap_or(Value::Null));
-        self.fields_match(value)
+        match d.value.get_or_init(|| serde_json::to_value(&d.obj).ok()) {
+            Some(value) => self.fields_match(value),
+            None => false,
+        }
     }
 
     fn fields_match(&self, value: &Value) -> bool {

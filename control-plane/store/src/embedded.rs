@@ -879,14 +879,25 @@ impl Writer {
         } else if changes.is_empty() {
             txn.commit().map_err(backend)?;
         } else {
-            self.wal.append(&changes).map_err(backend)?;
+            if let Err(e) = self.wal.append(&changes) {
+                // The record may reach the disk anyway (a failed sync says nothing about what
+                // was written): a later open could apply a batch reported as failed. Stop,
+                // like a database whose fsync failed; the outcome is unknown to the callers.
+                tracing::error!(error = %e, "cannot write the write-ahead log; stopping the store");
+                self.dead = true;
+                return Err(StoreError::Backend(format!(
+                    "write-ahead log failed ({e}); the write may or may not have been applied and the store has stopped"
+                )));
+            }
             self.last_logged = Instant::now();
             if let Err(e) = txn.commit() {
                 // The log already has it: a later open applies it. Stop here rather than
-                // serve a store that misses an acknowledged-to-the-log write.
+                // serve a store that misses a logged write.
                 tracing::error!(error = %e, "store commit failed after the write-ahead log had it; stopping the store");
                 self.dead = true;
-                return Err(backend(e));
+                return Err(StoreError::Backend(format!(
+                    "store commit failed ({e}); the write may or may not have been applied and the store has stopped"
+                )));
             }
         }
         if let Some(to) = compact_to {

@@ -21,7 +21,13 @@ fn child(dir: &str) {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let store = EmbeddedStore::open(std::path::Path::new(dir), EmbeddedOptions::default()).expect("open");
+        // No idle checkpoint while the test runs, even if this process is descheduled for a
+        // while on a loaded machine: everything after the first write stays in the log only.
+        let options = EmbeddedOptions {
+            lease_tick: Duration::from_secs(30),
+            ..EmbeddedOptions::default()
+        };
+        let store = EmbeddedStore::open(std::path::Path::new(dir), options).expect("open");
         let mut out = std::io::stdout().lock();
         store
             .create("/counter", Bytes::from_static(b"-1"), None)

@@ -255,8 +255,22 @@ impl Worker {
             tracing::debug!(container = %name, took_us = now.elapsed().as_micros(), "started");
         }
         self.run_probes().await;
+        // The node's ingress learns of a change in readiness at once, before the status
+        // write (and its watch) reach it — also while status writes are failing.
+        self.publish_readiness();
         if self.status_retry_at.is_none_or(|t| t <= Instant::now()) {
             self.sync_status().await;
+        }
+    }
+
+    /// Tells the node's ingress (in process) whether this pod is ready.
+    fn publish_readiness(&self) {
+        if let Some(uid) = &self.pod.metadata.uid {
+            let ready = self.life.ready()
+                && self.pod.metadata.deletion_timestamp.is_none()
+                && !self.ended_elsewhere
+                && !self.deleted;
+            self.ctx.readiness.set(uid, ready);
         }
     }
 
@@ -674,13 +688,7 @@ impl Worker {
     /// Writes the status when it differs from the pod's, as a CAS on the pod's
     /// resourceVersion; on a conflict the pod is read again and the next pass decides.
     async fn sync_status(&mut self) {
-        // The node's ingress learns of a pod ready here at once, before the status write
-        // (and its watch) reach it.
-        if let Some(uid) = &self.pod.metadata.uid {
-            let ready =
-                self.life.ready() && self.pod.metadata.deletion_timestamp.is_none() && !self.ended_elsewhere;
-            self.ctx.readiness.set(uid, ready);
-        }
+        self.publish_readiness();
         let desired = self.desired_status();
         if self.pod.status.as_ref() == Some(&desired) {
             self.status_retry_at = None;
@@ -759,6 +767,7 @@ impl Worker {
             }
         }
         if let Some(uid) = &self.pod.metadata.uid {
+            self.ctx.readiness.forget(uid);
             let dir = self.ctx.pods_dir.join(uid);
             if dir.exists()
                 && let Err(e) = tokio::fs::remove_dir_all(&dir).await

@@ -226,6 +226,13 @@ impl Ingress {
                 Some((uid, c.name.clone()))
             })
             .collect();
+        // Ready by this node's agent (its status write may be on the way), else by the API.
+        let ready_locally = inner
+            .config
+            .local_readiness
+            .as_ref()
+            .map(wisp_sandbox::LocalReadiness::snapshot)
+            .unwrap_or_default();
         // Candidates per Service: what its Endpoints list, then this node's pods that are
         // ready and match its selector but are not listed yet (a cold start is released as
         // soon as the pod is ready here, one Endpoints write and watch sooner).
@@ -238,6 +245,11 @@ impl Ingress {
             for a in ep.subsets.iter().flat_map(|s| s.addresses.iter()) {
                 let Some(r) = &a.target_ref else { continue };
                 let uid = r.uid.clone().unwrap_or_default();
+                // A pod of this node its agent has just found not ready (stopping, exited,
+                // failing its probe) is out before the Endpoints say so.
+                if ready_locally.get(&uid) == Some(&false) {
+                    continue;
+                }
                 let target = if a.node_name.as_deref() == Some(node.as_str()) && inner.wasm.is_some() {
                     match (wasm_containers.get(&uid), a.port) {
                         (Some(c), _) => Some(Target::Local(wisp_sandbox::SandboxId::new(&uid, c))),
@@ -260,24 +272,19 @@ impl Ingress {
                 }
             }
         }
-        // Ready by the API, or already by this node's agent (its status write on the way).
-        let ready_locally = inner
-            .config
-            .local_readiness
-            .as_ref()
-            .map(wisp_sandbox::LocalReadiness::snapshot)
-            .unwrap_or_default();
         let ready_here: Vec<Arc<Pod>> = c
             .pods
             .list()
             .into_iter()
             .filter(|p| {
-                let here = p
+                // The agent's word on its own pod overrides the API's (which lags it).
+                let ready = p
                     .metadata
                     .uid
                     .as_ref()
-                    .is_some_and(|uid| ready_locally.contains(uid));
-                (p.is_ready() || here) && p.metadata.deletion_timestamp.is_none() && !p.phase().is_terminal()
+                    .and_then(|uid| ready_locally.get(uid).copied())
+                    .unwrap_or_else(|| p.is_ready());
+                ready && p.metadata.deletion_timestamp.is_none() && !p.phase().is_terminal()
             })
             .collect();
         if !ready_here.is_empty() {

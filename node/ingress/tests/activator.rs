@@ -252,6 +252,45 @@ async fn a_pod_ready_by_the_local_agent_takes_requests_before_its_status_is_writ
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!again.is_finished(), "a pod no longer ready took a request");
     again.abort();
+    // The API now says Ready (a late status write) while the agent says it is not: the
+    // agent's word on its own pod wins, and once it says nothing the API's view counts.
+    let mut pod = pods.get("early-1").await?;
+    if let Some(st) = pod.status.as_mut() {
+        st.conditions = vec![wisp_api::Condition {
+            type_: wisp_api::POD_READY.into(),
+            status: "True".into(),
+            ..wisp_api::Condition::default()
+        }];
+    }
+    let pod = pods.replace_status(&pod).await?;
+    assert!(pod.is_ready());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        ingress
+            .stats()
+            .iter()
+            .find(|s| s.name == "early")
+            .map(|s| s.ready_backends),
+        Some(0),
+        "the agent said not ready"
+    );
+    readiness.forget(&uid);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ingress
+        .stats()
+        .iter()
+        .find(|s| s.name == "early")
+        .map_or(0, |s| s.ready_backends)
+        == 0
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the API's Ready was ignored"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (code, _, body) = body_of(ingress.handle(request("early.example.com")?).await).await?;
+    assert_eq!((code, body.as_str()), (200, "from the pod"));
     stop.cancel();
     sync.await?;
     backend.abort();

@@ -37,15 +37,17 @@ impl std::fmt::Display for SandboxId {
     }
 }
 
-/// The pods this node's agent has found ready, by pod uid, shared in process with the
-/// node's ingress: a pod the agent has just found ready takes requests at once, without
+/// What this node's agent knows of its pods' readiness, by pod uid, shared in process with
+/// the node's ingress: a pod the agent has just found ready takes requests at once, without
 /// waiting for its status write to reach the ingress through the API (one store write and
-/// watch less on a cold start). The agent sets a pod here before it writes the pod's status
-/// and clears it as soon as the pod stops being ready. Cheap to clone.
+/// watch less on a cold start), and one it has found not ready (stopping, failing its probe,
+/// exited) stops taking them at once too. The agent's word overrides the API's view of its
+/// own pods; a pod it says nothing of is judged by the API. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct LocalReadiness(
-    std::sync::Arc<tokio::sync::watch::Sender<std::sync::Arc<std::collections::HashSet<String>>>>,
-);
+pub struct LocalReadiness(std::sync::Arc<tokio::sync::watch::Sender<std::sync::Arc<ReadinessMap>>>);
+
+/// Pod uid → ready.
+pub type ReadinessMap = std::collections::HashMap<String, bool>;
 
 impl Default for LocalReadiness {
     fn default() -> Self {
@@ -58,34 +60,45 @@ impl Default for LocalReadiness {
 impl LocalReadiness {
     /// Records whether pod `uid` is ready; subscribers are woken only on a change.
     pub fn set(&self, uid: &str, ready: bool) {
-        self.0.send_if_modified(|set| {
-            if set.contains(uid) == ready {
+        self.update(uid, Some(ready));
+    }
+
+    /// Says nothing more of pod `uid` (it is gone).
+    pub fn forget(&self, uid: &str) {
+        self.update(uid, None);
+    }
+
+    fn update(&self, uid: &str, ready: Option<bool>) {
+        self.0.send_if_modified(|map| {
+            if map.get(uid).copied() == ready {
                 return false;
             }
-            let mut next = (**set).clone();
-            if ready {
-                next.insert(uid.to_owned());
-            } else {
-                next.remove(uid);
-            }
-            *set = std::sync::Arc::new(next);
+            let mut next = (**map).clone();
+            match ready {
+                Some(r) => next.insert(uid.to_owned(), r),
+                None => next.remove(uid),
+            };
+            *map = std::sync::Arc::new(next);
             true
         });
     }
 
-    pub fn is_ready(&self, uid: &str) -> bool {
-        self.0.borrow().contains(uid)
+    /// The agent's word on pod `uid`, if it has one.
+    pub fn state(&self, uid: &str) -> Option<bool> {
+        self.0.borrow().get(uid).copied()
     }
 
-    /// The current set of ready pod uids.
-    pub fn snapshot(&self) -> std::sync::Arc<std::collections::HashSet<String>> {
+    pub fn is_ready(&self, uid: &str) -> bool {
+        self.state(uid) == Some(true)
+    }
+
+    /// The current map.
+    pub fn snapshot(&self) -> std::sync::Arc<ReadinessMap> {
         self.0.borrow().clone()
     }
 
     /// Wakes on every change (see [`tokio::sync::watch::Receiver::changed`]).
-    pub fn subscribe(
-        &self,
-    ) -> tokio::sync::watch::Receiver<std::sync::Arc<std::collections::HashSet<String>>> {
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<std::sync::Arc<ReadinessMap>> {
         self.0.subscribe()
     }
 }
@@ -104,9 +117,17 @@ mod local_readiness_tests {
         board.set("a", true);
         assert!(!rx.has_changed().expect("sender alive"), "no change, no wake-up");
         assert!(board.is_ready("a") && !board.is_ready("b"));
-        board.set("b", false);
-        assert!(!rx.has_changed().expect("sender alive"));
+        assert_eq!((board.state("a"), board.state("b")), (Some(true), None));
         board.set("a", false);
+        assert!(rx.has_changed().expect("sender alive"));
+        rx.borrow_and_update();
+        assert_eq!(board.state("a"), Some(false), "known not ready");
+        board.forget("b");
+        assert!(
+            !rx.has_changed().expect("sender alive"),
+            "forgetting the unknown changes nothing"
+        );
+        board.forget("a");
         assert!(rx.has_changed().expect("sender alive"));
         assert!(board.snapshot().is_empty());
     }
