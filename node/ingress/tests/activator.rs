@@ -31,6 +31,51 @@ async fn body_of(resp: http::Response<wisp_ingress::Body>) -> anyhow::Result<(u1
     Ok((code, retry, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// A Service `name` selecting `app=name`, port 80, and a Route for `name.example.com` to it.
+async fn routed_service(client: &Client, name: &str) -> anyhow::Result<()> {
+    let mut svc = Service::new(ObjectMeta::namespaced("default", name));
+    svc.spec.selector.insert("app".into(), name.into());
+    svc.spec.ports = vec![ServicePort {
+        port: 80,
+        ..ServicePort::default()
+    }];
+    client.api::<Service>(Some("default")).create(&svc).await?;
+    let mut route = Route::new(ObjectMeta::namespaced("default", name));
+    route.spec.host = Some(format!("{name}.example.com"));
+    route.spec.backends = vec![RouteBackend {
+        service: name.into(),
+        port: None,
+        weight: 100,
+    }];
+    client.api::<Route>(Some("default")).create(&route).await?;
+    Ok(())
+}
+
+/// An ingress (no wasm runtime) kept in sync until the token is cancelled, once it knows
+/// Service `name`'s route.
+async fn start_ingress(
+    client: &Client,
+    config: IngressConfig,
+    name: &str,
+) -> anyhow::Result<(
+    Ingress,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+)> {
+    let ingress = Ingress::new(client.clone(), config, None);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sync = tokio::spawn({
+        let (i, s) = (ingress.clone(), stop.clone());
+        async move { i.sync(s).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ingress.stats().iter().any(|s| s.name == name) {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "route never loaded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok((ingress, stop, sync))
+}
+
 fn request(host: &str) -> anyhow::Result<http::Request<Empty<Bytes>>> {
     Ok(http::Request::get("/")
         .header(http::header::HOST, host)
@@ -42,21 +87,7 @@ async fn held_requests_are_bounded_and_time_out_clearly_and_wake_the_service_onc
     let server = TestServer::start().await?;
     let client = Client::new(&server.url, &server.token);
     // A Service with no pods, routed, and a Deployment of the same name at zero replicas.
-    let mut svc = Service::new(ObjectMeta::namespaced("default", "sleepy"));
-    svc.spec.selector.insert("app".into(), "sleepy".into());
-    svc.spec.ports = vec![ServicePort {
-        port: 80,
-        ..ServicePort::default()
-    }];
-    client.api::<Service>(Some("default")).create(&svc).await?;
-    let mut route = Route::new(ObjectMeta::namespaced("default", "sleepy"));
-    route.spec.host = Some("sleepy.example.com".into());
-    route.spec.backends = vec![RouteBackend {
-        service: "sleepy".into(),
-        port: None,
-        weight: 100,
-    }];
-    client.api::<Route>(Some("default")).create(&route).await?;
+    routed_service(&client, "sleepy").await?;
     let mut d = Deployment::new(ObjectMeta::namespaced("default", "sleepy"));
     d.spec.replicas = 0;
     d.spec.selector = LabelSelector::from_labels([("app".to_owned(), "sleepy".to_owned())].into());
@@ -76,18 +107,7 @@ async fn held_requests_are_bounded_and_time_out_clearly_and_wake_the_service_onc
     let mut config = IngressConfig::new("node-a");
     config.queue_limit = 3;
     config.queue_timeout = Duration::from_secs(2);
-    let ingress = Ingress::new(client.clone(), config, None);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let sync = tokio::spawn({
-        let (i, s) = (ingress.clone(), stop.clone());
-        async move { i.sync(s).await }
-    });
-    // Wait for the route to be known.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !ingress.stats().iter().any(|s| s.name == "sleepy") {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "route never loaded");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (ingress, stop, sync) = start_ingress(&client, config, "sleepy").await?;
 
     let (code, _, body) = body_of(ingress.handle(request("other.example.com")?).await).await?;
     assert_eq!(code, 404);
@@ -158,21 +178,7 @@ async fn a_pod_ready_by_the_local_agent_takes_requests_before_its_status_is_writ
             });
         }
     });
-    let mut svc = Service::new(ObjectMeta::namespaced("default", "early"));
-    svc.spec.selector.insert("app".into(), "early".into());
-    svc.spec.ports = vec![ServicePort {
-        port: 80,
-        ..ServicePort::default()
-    }];
-    client.api::<Service>(Some("default")).create(&svc).await?;
-    let mut route = Route::new(ObjectMeta::namespaced("default", "early"));
-    route.spec.host = Some("early.example.com".into());
-    route.spec.backends = vec![RouteBackend {
-        service: "early".into(),
-        port: None,
-        weight: 100,
-    }];
-    client.api::<Route>(Some("default")).create(&route).await?;
+    routed_service(&client, "early").await?;
     // Bound to this node, running, published port known — but not Ready in the API.
     let mut pod = Pod::new(ObjectMeta::namespaced("default", "early-1"));
     pod.metadata.labels.insert("app".into(), "early".into());
@@ -198,17 +204,7 @@ async fn a_pod_ready_by_the_local_agent_takes_requests_before_its_status_is_writ
     let mut config = IngressConfig::new("node-a");
     config.queue_timeout = Duration::from_secs(10);
     config.local_readiness = Some(readiness.clone());
-    let ingress = Ingress::new(client.clone(), config, None);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let sync = tokio::spawn({
-        let (i, s) = (ingress.clone(), stop.clone());
-        async move { i.sync(s).await }
-    });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !ingress.stats().iter().any(|s| s.name == "early") {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "route never loaded");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (ingress, stop, sync) = start_ingress(&client, config, "early").await?;
     // Not ready anywhere: the request is held.
     let held = tokio::spawn({
         let i = ingress.clone();
