@@ -30,6 +30,9 @@ pub struct ColdStartArgs {
     /// Warm requests per path for the overhead comparison.
     #[arg(long, env = "WISP_BENCH_WARM", default_value_t = 5000)]
     pub warm: usize,
+    /// Quiet time between two cold starts, in milliseconds.
+    #[arg(long, env = "WISP_BENCH_GAP_MS", default_value_t = 150)]
+    pub gap_ms: u64,
 }
 
 fn function(name: &str, digest: &str) -> Function {
@@ -83,7 +86,7 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
         // Each cold start on an otherwise quiet cluster: the writes that follow one (pod
         // and Endpoints status, the controllers' status updates) settle before the next
         // request, and reach the observers.
-        tokio::time::sleep(GAP).await;
+        tokio::time::sleep(Duration::from_millis(args.gap_ms)).await;
         for (k, at) in timeline.stages(&name).into_iter().enumerate() {
             if let Some(at) = at {
                 stages[k].push(at.saturating_duration_since(sent));
@@ -197,9 +200,6 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
     }
     Ok(out)
 }
-
-/// Quiet time between two cold starts.
-const GAP: Duration = Duration::from_millis(150);
 
 /// The steps of a cold start as the API shows them, in chain order.
 const STAGES: [&str; 5] = [
