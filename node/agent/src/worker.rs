@@ -688,7 +688,6 @@ impl Worker {
     /// Writes the status when it differs from the pod's, as a CAS on the pod's
     /// resourceVersion; on a conflict the pod is read again and the next pass decides.
     async fn sync_status(&mut self) {
-        self.publish_readiness();
         let desired = self.desired_status();
         if self.pod.status.as_ref() == Some(&desired) {
             self.status_retry_at = None;

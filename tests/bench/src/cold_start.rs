@@ -169,16 +169,8 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
         ),
         ("warm, in process: `WasmSandbox::handle` directly", direct, &us),
     ] {
-        let l = Latencies::new(all);
-        let _ = writeln!(
-            out,
-            "| {what} | {} | {} | {} | {} | {} |",
-            l.len(),
-            fmt(l.percentile(50.0)),
-            fmt(l.percentile(90.0)),
-            fmt(l.percentile(99.0)),
-            fmt(l.max())
-        );
+        let cells = Latencies::new(all).cells(&[50.0, 90.0, 99.0], true, fmt);
+        let _ = writeln!(out, "| {what} | {cells} |");
     }
     let _ = writeln!(
         out,
@@ -188,15 +180,8 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
     let _ = writeln!(out, "| step seen | n | p50 | p90 | p99 |");
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: |");
     for (what, all) in STAGES.iter().zip(stages) {
-        let l = Latencies::new(all);
-        let _ = writeln!(
-            out,
-            "| {what} | {} | {} | {} | {} |",
-            l.len(),
-            ms(l.percentile(50.0)),
-            ms(l.percentile(90.0)),
-            ms(l.percentile(99.0)),
-        );
+        let cells = Latencies::new(all).cells(&[50.0, 90.0, 99.0], false, &ms);
+        let _ = writeln!(out, "| {what} | {cells} |");
     }
     Ok(out)
 }

@@ -167,14 +167,7 @@ async fn measure(cluster: &Cluster, args: &DockerColdStartArgs) -> anyhow::Resul
             &isolated,
         ),
     ] {
-        let _ = writeln!(
-            out,
-            "| {what} | {} | {} | {} | {} |",
-            l.len(),
-            ms(l.percentile(50.0)),
-            ms(l.percentile(90.0)),
-            ms(l.max())
-        );
+        let _ = writeln!(out, "| {what} | {} |", l.cells(&[50.0, 90.0], true, &ms));
     }
     if let (Some(a), Some(b)) = (wisp.percentile(50.0), raw.percentile(50.0)) {
         let _ = writeln!(

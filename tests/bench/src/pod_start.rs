@@ -179,19 +179,11 @@ pub async fn run(args: &PodStartArgs) -> anyhow::Result<String> {
             burst,
         ),
     ] {
-        let l = Latencies::new(all);
         let ms = |d: Option<Duration>| {
             d.map_or_else(|| "—".into(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0))
         };
-        let _ = writeln!(
-            out,
-            "| {name} | {} | {} | {} | {} | {} |",
-            l.len(),
-            ms(l.percentile(50.0)),
-            ms(l.percentile(90.0)),
-            ms(l.percentile(99.0)),
-            ms(l.max())
-        );
+        let cells = Latencies::new(all).cells(&[50.0, 90.0, 99.0], true, &ms);
+        let _ = writeln!(out, "| {name} | {cells} |");
     }
     Ok(out)
 }

@@ -36,6 +36,17 @@ impl Latencies {
     pub fn max(&self) -> Option<Duration> {
         self.0.last().copied()
     }
+
+    /// Cells of a Markdown table row: the count, then each of `percentiles` and (with `max`)
+    /// the maximum, formatted by `fmt`, joined with ` | `.
+    pub fn cells(&self, percentiles: &[f64], max: bool, fmt: &dyn Fn(Option<Duration>) -> String) -> String {
+        let mut cells = vec![self.len().to_string()];
+        cells.extend(percentiles.iter().map(|p| fmt(self.percentile(*p))));
+        if max {
+            cells.push(fmt(self.max()));
+        }
+        cells.join(" | ")
+    }
 }
 
 /// One line of the result table.
