@@ -24,13 +24,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
-use wisp_api::{Endpoints, Node, Pod, Route, Service};
+use wisp_api::{Deployment, Endpoints, Node, Pod, Route, Service};
 use wisp_client::{Client, ListParams, WatchParams};
-use wisp_runtime::{Store, Writer, reflector, watcher_stream};
+use wisp_runtime::{ObjectRef, Store, Writer, reflector, watcher_stream};
 use wisp_sandbox_wasm::WasmSandbox;
 
 pub use crate::proxy::{Body, COLD_START_HEADER, COLD_START_WAIT_HEADER, Gateway, serve, serve_gateway};
-use crate::table::{Backend, RouteEntry, Services, Table, Target};
+use crate::table::{Backend, RouteEntry, ServiceState, Services, Table, Target};
 
 /// Tuning of one ingress.
 #[derive(Clone, Debug)]
@@ -73,14 +73,53 @@ impl IngressConfig {
     }
 }
 
-struct Caches {
+/// What the ingress knows of the cluster, from watches ([`Ingress::sync`]).
+pub(crate) struct Caches {
     routes: Store<Route>,
     endpoints: Store<Endpoints>,
     services: Store<Service>,
     /// Pods on this node (their uid → sandbox id).
     pods: Store<Pod>,
     nodes: Store<Node>,
+    /// Read by the activator (it scales a Deployment at zero without reading it first);
+    /// changes to them do not rebuild the table.
+    pub(crate) deployments: Store<Deployment>,
 }
+
+/// The caches' writers, taken by the one [`Ingress::sync`].
+struct Writers {
+    routes: Writer<Route>,
+    endpoints: Writer<Endpoints>,
+    services: Writer<Service>,
+    pods: Writer<Pod>,
+    nodes: Writer<Node>,
+    deployments: Writer<Deployment>,
+}
+
+impl Writers {
+    fn new() -> (Self, Caches) {
+        let w = Self {
+            routes: Writer::new(),
+            endpoints: Writer::new(),
+            services: Writer::new(),
+            pods: Writer::new(),
+            nodes: Writer::new(),
+            deployments: Writer::new(),
+        };
+        let c = Caches {
+            routes: w.routes.as_reader(),
+            endpoints: w.endpoints.as_reader(),
+            services: w.services.as_reader(),
+            pods: w.pods.as_reader(),
+            nodes: w.nodes.as_reader(),
+            deployments: w.deployments.as_reader(),
+        };
+        (w, c)
+    }
+}
+
+/// One candidate backend while the table is built: pod uid, pod name, node, target.
+type Candidate = (String, String, Option<String>, Target);
 
 pub(crate) struct Inner {
     pub(crate) client: Client,
@@ -89,6 +128,12 @@ pub(crate) struct Inner {
     pub(crate) table: ArcSwap<Table>,
     pub(crate) services: Services,
     pub(crate) metrics: metrics::Metrics,
+    pub(crate) caches: Caches,
+    writers: std::sync::Mutex<Option<Writers>>,
+    /// Held while Services' backends are recomputed (a whole rebuild, or one Service's pods
+    /// of this node being admitted by a waiting request), so an older computation never
+    /// overwrites a newer one.
+    backends_lock: std::sync::Mutex<()>,
     pub(crate) http:
         hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, proxy::Body>,
 }
@@ -108,6 +153,7 @@ impl Ingress {
         let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
+        let (writers, caches) = Writers::new();
         Self {
             inner: Arc::new(Inner {
                 client,
@@ -116,28 +162,37 @@ impl Ingress {
                 table: ArcSwap::from_pointee(Table::default()),
                 services: Services::default(),
                 metrics: metrics::Metrics::default(),
+                caches,
+                writers: std::sync::Mutex::new(Some(writers)),
+                backends_lock: std::sync::Mutex::new(()),
                 http,
             }),
         }
     }
 
-    /// Keeps the route table current from watches until `shutdown`.
+    /// Keeps the route table current from watches until `shutdown`. Called once per
+    /// ingress (a second call returns at once, logging why).
     pub async fn sync(&self, shutdown: CancellationToken) {
         let client = &self.inner.client;
-        let (rw, ew, sw, pw, nw) = (
-            Writer::<Route>::new(),
-            Writer::<Endpoints>::new(),
-            Writer::<Service>::new(),
-            Writer::<Pod>::new(),
-            Writer::<Node>::new(),
-        );
-        let caches = Caches {
-            routes: rw.as_reader(),
-            endpoints: ew.as_reader(),
-            services: sw.as_reader(),
-            pods: pw.as_reader(),
-            nodes: nw.as_reader(),
+        let taken = self
+            .inner
+            .writers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(Writers {
+            routes: rw,
+            endpoints: ew,
+            services: sw,
+            pods: pw,
+            nodes: nw,
+            deployments: dw,
+        }) = taken
+        else {
+            tracing::error!("this ingress is already being kept in sync");
+            return;
         };
+        let caches = &self.inner.caches;
         let local = WatchParams {
             list: ListParams {
                 label_selector: None,
@@ -175,6 +230,12 @@ impl Ingress {
             .boxed(),
         ];
         let mut events = futures::stream::select_all(streams);
+        let deployments = reflector(
+            dw,
+            watcher_stream(client.api::<Deployment>(None).watcher(WatchParams::default())),
+        )
+        .for_each(|_| std::future::ready(()));
+        tokio::pin!(deployments);
         let mut local = self.inner.config.local_readiness.as_ref().map(|r| r.subscribe());
         loop {
             let local_changed = async {
@@ -189,12 +250,13 @@ impl Ingress {
             tokio::select! {
                 e = events.next() => if e.is_none() { return },
                 () = local_changed => {}
+                () = &mut deployments => return,
                 () = shutdown.cancelled() => return,
             }
             // Fold every change already waiting into one rebuild.
             while let Some(Some(())) = events.next().now_or_never() {}
             let started = std::time::Instant::now();
-            self.rebuild(&caches);
+            self.rebuild(caches);
             tracing::debug!(took_us = started.elapsed().as_micros(), "route table rebuilt");
         }
     }
@@ -202,6 +264,10 @@ impl Ingress {
     fn rebuild(&self, c: &Caches) {
         let inner = &self.inner;
         let node = &inner.config.node_name;
+        let _computing = inner
+            .backends_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Looked up per address below: built once per rebuild.
         let ingress_urls: std::collections::HashMap<String, String> = c
             .nodes
@@ -212,31 +278,11 @@ impl Ingress {
                 Some((n.metadata.name.clone(), url))
             })
             .collect();
-        let wasm_containers: std::collections::HashMap<String, String> = c
-            .pods
-            .list()
-            .iter()
-            .filter_map(|p| {
-                let uid = p.metadata.uid.clone()?;
-                let c = p
-                    .spec
-                    .containers
-                    .iter()
-                    .find(|c| c.runtime() == wisp_api::RUNTIME_WASM)?;
-                Some((uid, c.name.clone()))
-            })
-            .collect();
-        // Ready by this node's agent (its status write may be on the way), else by the API.
-        let ready_locally = inner
-            .config
-            .local_readiness
-            .as_ref()
-            .map(wisp_sandbox::LocalReadiness::snapshot)
-            .unwrap_or_default();
+        let wasm_containers = wasm_containers(&c.pods);
+        let ready_locally = self.ready_locally();
         // Candidates per Service: what its Endpoints list, then this node's pods that are
         // ready and match its selector but are not listed yet (a cold start is released as
         // soon as the pod is ready here, one Endpoints write and watch sooner).
-        type Candidate = (String, String, Option<String>, Target);
         let mut wanted: std::collections::HashMap<(String, String), Vec<Candidate>> =
             std::collections::HashMap::new();
         for ep in c.endpoints.list() {
@@ -272,82 +318,19 @@ impl Ingress {
                 }
             }
         }
-        let ready_here: Vec<Arc<Pod>> = c
-            .pods
-            .list()
-            .into_iter()
-            .filter(|p| {
-                // The agent's word on its own pod overrides the API's (which lags it).
-                let ready = p
-                    .metadata
-                    .uid
-                    .as_ref()
-                    .and_then(|uid| ready_locally.get(uid).copied())
-                    .unwrap_or_else(|| p.is_ready());
-                ready && p.metadata.deletion_timestamp.is_none() && !p.phase().is_terminal()
-            })
-            .collect();
+        let ready_here = ready_here(&c.pods, &ready_locally);
         if !ready_here.is_empty() {
             for svc in c.services.list() {
-                if svc.spec.selector.is_empty() {
-                    continue;
-                }
                 let ns = svc.metadata.namespace.clone().unwrap_or_default();
-                let selector = wisp_api::LabelSelector::from_labels(svc.spec.selector.clone());
-                let list = wanted.entry((ns.clone(), svc.metadata.name.clone())).or_default();
-                for p in &ready_here {
-                    let Some(uid) = p.metadata.uid.clone() else {
-                        continue;
-                    };
-                    if p.metadata.namespace.as_deref() != Some(ns.as_str())
-                        || !selector.matches(&p.metadata.labels)
-                        || list.iter().any(|(u, ..)| *u == uid)
-                    {
-                        continue;
-                    }
-                    let status = p.status.as_ref();
-                    let target = match (wasm_containers.get(&uid), status.and_then(|s| s.host_port)) {
-                        (Some(c), _) if inner.wasm.is_some() => {
-                            Target::Local(wisp_sandbox::SandboxId::new(&uid, c))
-                        }
-                        (_, Some(port)) => {
-                            let Some(ip) = status.and_then(|s| s.pod_ip.as_deref()) else {
-                                continue;
-                            };
-                            let Ok(addr) = format!("{ip}:{port}").parse::<SocketAddr>() else {
-                                continue;
-                            };
-                            Target::Addr(addr)
-                        }
-                        _ => continue,
-                    };
-                    list.push((uid, p.metadata.name.clone(), Some(node.clone()), target));
-                }
+                let list = wanted.entry((ns, svc.metadata.name.clone())).or_default();
+                self.local_candidates(&svc, &ready_here, &wasm_containers, list);
             }
         }
         let mut seen = std::collections::HashSet::new();
         for ((ns, name), candidates) in wanted {
             let svc = inner.services.get_or_create(&ns, &name);
             seen.insert((ns, name));
-            let old = svc.backends.load_full();
-            let next = candidates
-                .into_iter()
-                .map(|(uid, pod, node, target)| {
-                    old.iter()
-                        .find(|b| b.pod_uid == uid && b.target == target)
-                        .cloned()
-                        .unwrap_or_else(|| {
-                            Arc::new(Backend {
-                                pod_uid: uid,
-                                pod,
-                                node,
-                                target,
-                                outstanding: std::sync::atomic::AtomicUsize::new(0),
-                            })
-                        })
-                })
-                .collect();
-            svc.set_backends(next);
+            set_candidates(&svc, candidates);
         }
         for svc in inner.services.all() {
             if !seen.contains(&(svc.namespace.clone(), svc.name.clone())) {
@@ -394,6 +377,98 @@ impl Ingress {
         inner.table.store(Arc::new(Table::new(entries)));
     }
 
+    /// Ready by this node's agent (its status write may be on the way); pods it has no word
+    /// on are judged by the API.
+    fn ready_locally(&self) -> Arc<wisp_sandbox::ReadinessMap> {
+        self.inner
+            .config
+            .local_readiness
+            .as_ref()
+            .map(wisp_sandbox::LocalReadiness::snapshot)
+            .unwrap_or_default()
+    }
+
+    /// Adds to `list` this node's ready pods that `svc` selects and `list` lacks.
+    fn local_candidates(
+        &self,
+        svc: &Service,
+        ready_here: &[Arc<Pod>],
+        wasm_containers: &std::collections::HashMap<String, String>,
+        list: &mut Vec<Candidate>,
+    ) {
+        if svc.spec.selector.is_empty() {
+            return;
+        }
+        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+        let selector = wisp_api::LabelSelector::from_labels(svc.spec.selector.clone());
+        for p in ready_here {
+            let Some(uid) = p.metadata.uid.clone() else {
+                continue;
+            };
+            if p.metadata.namespace.as_deref().unwrap_or_default() != ns
+                || !selector.matches(&p.metadata.labels)
+                || list.iter().any(|(u, ..)| *u == uid)
+            {
+                continue;
+            }
+            let status = p.status.as_ref();
+            let target = match (wasm_containers.get(&uid), status.and_then(|s| s.host_port)) {
+                (Some(c), _) if self.inner.wasm.is_some() => Target::Local(wisp_sandbox::SandboxId::new(&uid, c)),
+                (_, Some(port)) => {
+                    let Some(ip) = status.and_then(|s| s.pod_ip.as_deref()) else {
+                        continue;
+                    };
+                    let Ok(addr) = format!("{ip}:{port}").parse::<SocketAddr>() else {
+                        continue;
+                    };
+                    Target::Addr(addr)
+                }
+                _ => continue,
+            };
+            list.push((
+                uid,
+                p.metadata.name.clone(),
+                Some(self.inner.config.node_name.clone()),
+                target,
+            ));
+        }
+    }
+
+    /// A request waiting for `svc` (its Service has no usable backend) adds the pods of this
+    /// node its agent has just found ready, without waiting for the next table rebuild: the
+    /// agent's readiness wakes the waiter itself. Returns whether any was added.
+    pub(crate) fn admit_local(&self, svc: &ServiceState) -> bool {
+        let inner = &self.inner;
+        let Some(service) = inner
+            .caches
+            .services
+            .get(&ObjectRef::new(svc.name.as_str()).within(svc.namespace.as_str()))
+        else {
+            return false;
+        };
+        let _computing = inner
+            .backends_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ready_locally = self.ready_locally();
+        let ready_here: Vec<Arc<Pod>> = ready_here(&inner.caches.pods, &ready_locally)
+            .into_iter()
+            .filter(|p| p.metadata.uid.as_ref().is_some_and(|u| ready_locally.get(u) == Some(&true)))
+            .collect();
+        let current = svc.backends.load_full();
+        let mut list: Vec<Candidate> = current
+            .iter()
+            .map(|b| (b.pod_uid.clone(), b.pod.clone(), b.node.clone(), b.target.clone()))
+            .collect();
+        let before = list.len();
+        self.local_candidates(&service, &ready_here, &wasm_containers(&inner.caches.pods), &mut list);
+        if list.len() == before {
+            return false;
+        }
+        set_candidates(svc, list);
+        true
+    }
+
     /// Per-Service counters, for the autoscaler.
     pub fn stats(&self) -> Vec<ServiceStats> {
         let mut all: Vec<ServiceStats> = self
@@ -421,7 +496,188 @@ impl Ingress {
     }
 }
 
+/// This node's pods' wasm containers: pod uid → container name.
+fn wasm_containers(pods: &Store<Pod>) -> std::collections::HashMap<String, String> {
+    pods.list()
+        .iter()
+        .filter_map(|p| {
+            let uid = p.metadata.uid.clone()?;
+            let c = p
+                .spec
+                .containers
+                .iter()
+                .find(|c| c.runtime() == wisp_api::RUNTIME_WASM)?;
+            Some((uid, c.name.clone()))
+        })
+        .collect()
+}
+
+/// This node's pods that take requests: ready by the agent's word on its own pod (which
+/// overrides the API's, as that lags it), else by the API; not being deleted or finished.
+fn ready_here(pods: &Store<Pod>, ready_locally: &wisp_sandbox::ReadinessMap) -> Vec<Arc<Pod>> {
+    pods.list()
+        .into_iter()
+        .filter(|p| {
+            let ready = p
+                .metadata
+                .uid
+                .as_ref()
+                .and_then(|uid| ready_locally.get(uid).copied())
+                .unwrap_or_else(|| p.is_ready());
+            ready && p.metadata.deletion_timestamp.is_none() && !p.phase().is_terminal()
+        })
+        .collect()
+}
+
+/// Makes `candidates` the Service's backends, keeping the backends (and their in-flight
+/// counts) that stay.
+fn set_candidates(svc: &ServiceState, candidates: Vec<Candidate>) {
+    let old = svc.backends.load_full();
+    let next = candidates
+        .into_iter()
+        .map(|(uid, pod, node, target)| {
+            old.iter()
+                .find(|b| b.pod_uid == uid && b.target == target)
+                .cloned()
+                .unwrap_or_else(|| {
+                    Arc::new(Backend {
+                        pod_uid: uid,
+                        pod,
+                        node,
+                        target,
+                        outstanding: std::sync::atomic::AtomicUsize::new(0),
+                    })
+                })
+        })
+        .collect();
+    svc.set_backends(next);
+}
+
 /// One Service's traffic as this ingress saw it (the wire format of `/.wisp/stats`).
 pub use wisp_api::IngressServiceStats as ServiceStats;
 
 use futures::FutureExt as _;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty, Full};
+    use wisp_api::{Container, ObjectMeta, PodPhase, PodStatus, Resource, RouteBackend};
+    use wisp_client::WatcherEvent;
+
+    use super::*;
+
+    /// A loopback HTTP server answering `body`; its port.
+    async fn pod_server(body: &'static str) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(
+                            body.as_bytes(),
+                        ))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        port
+    }
+
+    /// The table is built once and never again (no `sync` runs): a held request is released
+    /// by the agent's readiness alone, the waiter admitting the pod itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_request_admits_a_pod_the_agent_finds_ready_without_a_rebuild() {
+        let port = pod_server("from the pod").await;
+        let readiness = wisp_sandbox::LocalReadiness::default();
+        let mut config = IngressConfig::new("node-a");
+        config.queue_timeout = Duration::from_secs(10);
+        config.local_readiness = Some(readiness.clone());
+        // No API server answers here: the activation fails (logged) and changes nothing.
+        let ingress = Ingress::new(Client::new("http://127.0.0.1:1", "token"), config, None);
+        let mut w = ingress
+            .inner
+            .writers
+            .lock()
+            .expect("lock")
+            .take()
+            .expect("writers");
+
+        let mut svc = Service::new(ObjectMeta::namespaced("default", "web"));
+        svc.spec.selector.insert("app".into(), "web".into());
+        let mut route = Route::new(ObjectMeta::namespaced("default", "web"));
+        route.spec.host = Some("web.example.com".into());
+        route.spec.backends = vec![RouteBackend {
+            service: "web".into(),
+            port: None,
+            weight: 100,
+        }];
+        let pod = |name: &str, uid: &str, app: &str| {
+            let mut p = Pod::new(ObjectMeta::namespaced("default", name));
+            p.metadata.uid = Some(uid.into());
+            p.metadata.labels.insert("app".into(), app.into());
+            p.spec.node_name = Some("node-a".into());
+            p.spec.containers = vec![Container {
+                name: "main".into(),
+                image: Some("example/web:1".into()),
+                ..Container::default()
+            }];
+            // Running with its port published, not Ready in the API.
+            p.status = Some(PodStatus {
+                phase: PodPhase::Running,
+                pod_ip: Some("127.0.0.1".into()),
+                host_port: Some(port),
+                ..PodStatus::default()
+            });
+            p
+        };
+        w.services.apply(&WatcherEvent::Restarted(vec![svc]));
+        w.routes.apply(&WatcherEvent::Restarted(vec![route]));
+        w.pods.apply(&WatcherEvent::Restarted(vec![
+            pod("web-1", "uid-web", "web"),
+            pod("other-1", "uid-other", "other"),
+        ]));
+        ingress.rebuild(&ingress.inner.caches);
+
+        let request = || {
+            http::Request::get("/")
+                .header(http::header::HOST, "web.example.com")
+                .body(Empty::<Bytes>::new())
+                .expect("request")
+        };
+        let held = tokio::spawn({
+            let i = ingress.clone();
+            async move {
+                let resp = i.handle(request()).await;
+                let code = resp.status().as_u16();
+                let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+                (code, body.map(|b| String::from_utf8_lossy(&b).into_owned()).ok())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!held.is_finished(), "answered with no ready pod");
+        // A pod the Service does not select becomes ready: still held.
+        readiness.set("uid-other", true);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!held.is_finished(), "answered by a pod of another Service");
+        readiness.set("uid-web", true);
+        let (code, body) = tokio::time::timeout(Duration::from_secs(5), held)
+            .await
+            .expect("released")
+            .expect("task");
+        assert_eq!((code, body.as_deref()), (200, Some("from the pod")));
+        let web = ingress.inner.services.get_or_create("default", "web");
+        assert_eq!(
+            web.backends.load().iter().map(|b| b.pod.as_str()).collect::<Vec<_>>(),
+            ["web-1"],
+            "admitted once, as a backend of its Service only"
+        );
+        drop(w);
+    }
+}
