@@ -11,7 +11,6 @@ use std::time::Duration;
 use http::{HeaderValue, Response, StatusCode, header};
 use wisp_api::Deployment;
 use wisp_client::Client;
-use wisp_runtime::ObjectRef;
 
 use crate::Ingress;
 use crate::proxy::{Body, text};
@@ -72,17 +71,15 @@ pub(crate) async fn wait(
             .inc();
         tracing::info!(service = %svc.name, namespace = %svc.namespace, "activating a service with no ready endpoint");
         let client = ingress.inner.client.clone();
-        let cached = ingress
-            .inner
-            .caches
-            .deployments
-            .get(&ObjectRef::new(svc.name.as_str()).within(svc.namespace.as_str()));
         let (ns, name) = (svc.namespace.clone(), svc.name.clone());
-        tokio::spawn(async move { activate(&client, cached, &ns, &name).await });
+        tokio::spawn(async move { activate(&client, &ns, &name).await });
     }
     // The node agent's word that one of its pods is ready wakes this request directly: it
     // admits the pod as a backend itself rather than wait for the table's next rebuild.
-    let mut local = config.local_readiness.as_ref().map(wisp_sandbox::LocalReadiness::subscribe);
+    let mut local = config
+        .local_readiness
+        .as_ref()
+        .map(wisp_sandbox::LocalReadiness::subscribe);
     let deadline = tokio::time::Instant::now() + config.queue_timeout;
     loop {
         if *ready.borrow_and_update() > 0 || ingress.admit_local(svc) {
@@ -132,20 +129,9 @@ impl Drop for Dequeue<'_> {
 }
 
 /// Scales the Service's Deployment from zero to one replica (compare-and-swap; nothing when
-/// it is not at zero or there is none). `cached`: the ingress's copy of it, written back
-/// without reading it first when it is at zero; a stale copy (a conflict, or not at zero)
-/// falls back to reading the Deployment from the API.
-async fn activate(client: &Client, cached: Option<Arc<Deployment>>, namespace: &str, name: &str) {
+/// it is not at zero or there is none).
+async fn activate(client: &Client, namespace: &str, name: &str) {
     let api = client.api::<Deployment>(Some(namespace));
-    if let Some(d) = cached.filter(|d| d.spec.replicas == 0) {
-        let mut d = Arc::unwrap_or_clone(d);
-        d.spec.replicas = 1;
-        match api.replace(&d).await {
-            Ok(_) => return,
-            Err(e) if e.code() == Some(409) => {}
-            Err(e) => tracing::debug!(error = %e, service = name, "activator: scaling from the cached deployment failed"),
-        }
-    }
     for _ in 0..10 {
         let mut d = match api.get_opt(name).await {
             Ok(Some(d)) if d.spec.replicas == 0 => d,

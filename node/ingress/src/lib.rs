@@ -24,7 +24,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
-use wisp_api::{Deployment, Endpoints, Node, Pod, Route, Service};
+use wisp_api::{Endpoints, Node, Pod, Route, Service};
 use wisp_client::{Client, ListParams, WatchParams};
 use wisp_runtime::{ObjectRef, Store, Writer, reflector, watcher_stream};
 use wisp_sandbox_wasm::WasmSandbox;
@@ -81,9 +81,6 @@ pub(crate) struct Caches {
     /// Pods on this node (their uid → sandbox id).
     pods: Store<Pod>,
     nodes: Store<Node>,
-    /// Read by the activator (it scales a Deployment at zero without reading it first);
-    /// changes to them do not rebuild the table.
-    pub(crate) deployments: Store<Deployment>,
 }
 
 /// The caches' writers, taken by the one [`Ingress::sync`].
@@ -93,7 +90,6 @@ struct Writers {
     services: Writer<Service>,
     pods: Writer<Pod>,
     nodes: Writer<Node>,
-    deployments: Writer<Deployment>,
 }
 
 impl Writers {
@@ -104,7 +100,6 @@ impl Writers {
             services: Writer::new(),
             pods: Writer::new(),
             nodes: Writer::new(),
-            deployments: Writer::new(),
         };
         let c = Caches {
             routes: w.routes.as_reader(),
@@ -112,7 +107,6 @@ impl Writers {
             services: w.services.as_reader(),
             pods: w.pods.as_reader(),
             nodes: w.nodes.as_reader(),
-            deployments: w.deployments.as_reader(),
         };
         (w, c)
     }
@@ -186,7 +180,6 @@ impl Ingress {
             services: sw,
             pods: pw,
             nodes: nw,
-            deployments: dw,
         }) = taken
         else {
             tracing::error!("this ingress is already being kept in sync");
@@ -230,12 +223,7 @@ impl Ingress {
             .boxed(),
         ];
         let mut events = futures::stream::select_all(streams);
-        let deployments = reflector(
-            dw,
-            watcher_stream(client.api::<Deployment>(None).watcher(WatchParams::default())),
-        )
-        .for_each(|_| std::future::ready(()));
-        tokio::pin!(deployments);
+
         let mut local = self.inner.config.local_readiness.as_ref().map(|r| r.subscribe());
         loop {
             let local_changed = async {
@@ -250,7 +238,6 @@ impl Ingress {
             tokio::select! {
                 e = events.next() => if e.is_none() { return },
                 () = local_changed => {}
-                () = &mut deployments => return,
                 () = shutdown.cancelled() => return,
             }
             // Fold every change already waiting into one rebuild.
@@ -413,7 +400,9 @@ impl Ingress {
             }
             let status = p.status.as_ref();
             let target = match (wasm_containers.get(&uid), status.and_then(|s| s.host_port)) {
-                (Some(c), _) if self.inner.wasm.is_some() => Target::Local(wisp_sandbox::SandboxId::new(&uid, c)),
+                (Some(c), _) if self.inner.wasm.is_some() => {
+                    Target::Local(wisp_sandbox::SandboxId::new(&uid, c))
+                }
                 (_, Some(port)) => {
                     let Some(ip) = status.and_then(|s| s.pod_ip.as_deref()) else {
                         continue;
@@ -453,7 +442,12 @@ impl Ingress {
         let ready_locally = self.ready_locally();
         let ready_here: Vec<Arc<Pod>> = ready_here(&inner.caches.pods, &ready_locally)
             .into_iter()
-            .filter(|p| p.metadata.uid.as_ref().is_some_and(|u| ready_locally.get(u) == Some(&true)))
+            .filter(|p| {
+                p.metadata
+                    .uid
+                    .as_ref()
+                    .is_some_and(|u| ready_locally.get(u) == Some(&true))
+            })
             .collect();
         let current = svc.backends.load_full();
         let mut list: Vec<Candidate> = current
@@ -461,7 +455,12 @@ impl Ingress {
             .map(|b| (b.pod_uid.clone(), b.pod.clone(), b.node.clone(), b.target.clone()))
             .collect();
         let before = list.len();
-        self.local_candidates(&service, &ready_here, &wasm_containers(&inner.caches.pods), &mut list);
+        self.local_candidates(
+            &service,
+            &ready_here,
+            &wasm_containers(&inner.caches.pods),
+            &mut list,
+        );
         if list.len() == before {
             return false;
         }
@@ -674,7 +673,11 @@ mod tests {
         assert_eq!((code, body.as_deref()), (200, Some("from the pod")));
         let web = ingress.inner.services.get_or_create("default", "web");
         assert_eq!(
-            web.backends.load().iter().map(|b| b.pod.as_str()).collect::<Vec<_>>(),
+            web.backends
+                .load()
+                .iter()
+                .map(|b| b.pod.as_str())
+                .collect::<Vec<_>>(),
             ["web-1"],
             "admitted once, as a backend of its Service only"
         );

@@ -64,7 +64,13 @@ pub struct WasmConfig {
     pub max_instances: u32,
     /// Largest linear memory any instance may have (a pool slot's size).
     pub max_memory_per_instance: usize,
-    /// Bytes of each pooled memory kept resident between instances (1/8 of it for tables).
+    /// Bytes of each pooled memory kept resident between instances (1/8 of it for tables);
+    /// default 2 MiB. A memory no larger is reset by `memset` and copying its data image back
+    /// alone: no `madvise`, so no page faults on the next instance and no TLB shootdown of the
+    /// other cores per request (a Rust guest's initial memory — 1 MiB of stack plus its data —
+    /// is just over 1 MiB; with 1 MiB kept, every request paid both, and the hello component
+    /// served half the requests per second at 16 connections, BENCHMARKS.md). Larger memories
+    /// `madvise` what lies beyond. Costs up to this much resident memory per pool slot used.
     pub keep_resident: usize,
     /// Opt-in, off by default: reset only the pages an instance dirtied within the
     /// kept-resident bytes, found with Linux's `PAGEMAP_SCAN` (6.7+; ignored where unavailable),
@@ -96,7 +102,7 @@ impl WasmConfig {
             pooling: true,
             max_instances: 1000,
             max_memory_per_instance: 1 << 30,
-            keep_resident: 1 << 20,
+            keep_resident: 2 << 20,
             pagemap_scan: false,
             epoch_tick: Duration::from_millis(10),
             max_wasm_stack: 512 << 10,
