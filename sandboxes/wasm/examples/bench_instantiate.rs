@@ -43,6 +43,10 @@ const VARIANTS: &[Variant] = &[
         config: |c| c.pagemap_scan = true,
     },
     Variant {
+        name: "pooling, keep_resident = 1 MiB (the default before 2026-11-26)",
+        config: |c| c.keep_resident = 1 << 20,
+    },
+    Variant {
         name: "pooling, keep_resident = 0",
         config: |c| c.keep_resident = 0,
     },
