@@ -90,18 +90,9 @@ pub(crate) async fn wait(
             // Ready for someone else's pick only (e.g. remote-only backends for a request
             // through the gateway): wait for the next change.
         }
-        let local_changed = async {
-            let open = match local.as_mut() {
-                Some(rx) => rx.changed().await.is_ok(),
-                None => false,
-            };
-            if !open {
-                std::future::pending::<()>().await;
-            }
-        };
         tokio::select! {
             changed = ready.changed() => if changed.is_err() { break },
-            () = local_changed => {}
+            () = crate::local_change(&mut local) => {}
             () = tokio::time::sleep_until(deadline) => break,
         }
     }

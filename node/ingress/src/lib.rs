@@ -226,18 +226,9 @@ impl Ingress {
 
         let mut local = self.inner.config.local_readiness.as_ref().map(|r| r.subscribe());
         loop {
-            let local_changed = async {
-                let open = match local.as_mut() {
-                    Some(rx) => rx.changed().await.is_ok(),
-                    None => false,
-                };
-                if !open {
-                    std::future::pending::<()>().await;
-                }
-            };
             tokio::select! {
                 e = events.next() => if e.is_none() { return },
-                () = local_changed => {}
+                () = local_change(&mut local) => {}
                 () = shutdown.cancelled() => return,
             }
             // Fold every change already waiting into one rebuild.
@@ -492,6 +483,20 @@ impl Ingress {
             .collect();
         all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         all
+    }
+}
+
+/// Resolves when the node agent's readiness of its pods changes; never without an agent
+/// (or once it is gone).
+pub(crate) async fn local_change(
+    local: &mut Option<tokio::sync::watch::Receiver<Arc<wisp_sandbox::ReadinessMap>>>,
+) {
+    let open = match local.as_mut() {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => false,
+    };
+    if !open {
+        std::future::pending::<()>().await;
     }
 }
 
