@@ -184,8 +184,7 @@ impl Client {
     }
 
     pub async fn get_dyn(&self, kind: &KindInfo, ns: Option<&str>, name: &str) -> Result<DynamicObject> {
-        self.send(Method::GET, &Self::path(kind, ns, Some(name)), None)
-            .await
+        self.get_as(kind, ns, name).await
     }
 
     pub async fn list_dyn(
@@ -194,9 +193,7 @@ impl Client {
         ns: Option<&str>,
         params: &ListParams,
     ) -> Result<List<DynamicObject>> {
-        let q = encode_query(&params.query());
-        self.send(Method::GET, &format!("{}?{q}", Self::path(kind, ns, None)), None)
-            .await
+        self.list_as(kind, ns, params).await
     }
 
     pub async fn create_dyn(
@@ -205,9 +202,7 @@ impl Client {
         ns: Option<&str>,
         obj: &impl Serialize,
     ) -> Result<DynamicObject> {
-        let body = to_body(obj)?;
-        self.send(Method::POST, &Self::path(kind, ns, None), Some(body))
-            .await
+        self.create_as(kind, ns, obj).await
     }
 
     pub async fn replace_dyn(
@@ -217,12 +212,7 @@ impl Client {
         name: &str,
         obj: &impl Serialize,
     ) -> Result<DynamicObject> {
-        self.send(
-            Method::PUT,
-            &Self::path(kind, ns, Some(name)),
-            Some(to_body(obj)?),
-        )
-        .await
+        self.replace_as(kind, ns, name, obj).await
     }
 
     pub async fn replace_status_dyn(
@@ -232,11 +222,75 @@ impl Client {
         name: &str,
         obj: &impl Serialize,
     ) -> Result<DynamicObject> {
+        self.replace_status_as(kind, ns, name, obj).await
+    }
+
+    pub async fn delete_dyn(&self, kind: &KindInfo, ns: Option<&str>, name: &str) -> Result<DynamicObject> {
+        self.delete_as(kind, ns, name).await
+    }
+
+    // The requests behind the `*_dyn` calls and [`Api`]'s, decoding the answer straight into
+    // `O` (a typed object is not decoded into a `DynamicObject` and converted).
+
+    async fn get_as<O: DeserializeOwned>(&self, kind: &KindInfo, ns: Option<&str>, name: &str) -> Result<O> {
+        self.send(Method::GET, &Self::path(kind, ns, Some(name)), None)
+            .await
+    }
+
+    async fn list_as<O: DeserializeOwned + Default>(
+        &self,
+        kind: &KindInfo,
+        ns: Option<&str>,
+        params: &ListParams,
+    ) -> Result<List<O>> {
+        let q = encode_query(&params.query());
+        self.send(Method::GET, &format!("{}?{q}", Self::path(kind, ns, None)), None)
+            .await
+    }
+
+    async fn create_as<O: DeserializeOwned>(
+        &self,
+        kind: &KindInfo,
+        ns: Option<&str>,
+        obj: &impl Serialize,
+    ) -> Result<O> {
+        let body = to_body(obj)?;
+        self.send(Method::POST, &Self::path(kind, ns, None), Some(body))
+            .await
+    }
+
+    async fn replace_as<O: DeserializeOwned>(
+        &self,
+        kind: &KindInfo,
+        ns: Option<&str>,
+        name: &str,
+        obj: &impl Serialize,
+    ) -> Result<O> {
+        self.send(
+            Method::PUT,
+            &Self::path(kind, ns, Some(name)),
+            Some(to_body(obj)?),
+        )
+        .await
+    }
+
+    async fn replace_status_as<O: DeserializeOwned>(
+        &self,
+        kind: &KindInfo,
+        ns: Option<&str>,
+        name: &str,
+        obj: &impl Serialize,
+    ) -> Result<O> {
         let path = format!("{}/status", Self::path(kind, ns, Some(name)));
         self.send(Method::PUT, &path, Some(to_body(obj)?)).await
     }
 
-    pub async fn delete_dyn(&self, kind: &KindInfo, ns: Option<&str>, name: &str) -> Result<DynamicObject> {
+    async fn delete_as<O: DeserializeOwned>(
+        &self,
+        kind: &KindInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<O> {
         self.send(Method::DELETE, &Self::path(kind, ns, Some(name)), None)
             .await
     }
@@ -250,6 +304,16 @@ impl Client {
         params: &ListParams,
         resource_version: Option<&str>,
     ) -> Result<BoxStream<'static, Result<WatchEvent<DynamicObject>>>> {
+        self.watch_as(kind, ns, params, resource_version).await
+    }
+
+    async fn watch_as<O: DeserializeOwned + Send + 'static>(
+        &self,
+        kind: &KindInfo,
+        ns: Option<&str>,
+        params: &ListParams,
+        resource_version: Option<&str>,
+    ) -> Result<BoxStream<'static, Result<WatchEvent<O>>>> {
         let mut q = params.query();
         q.push(("watch", "true".into()));
         if let Some(rv) = resource_version {
@@ -330,7 +394,9 @@ fn status_of(code: StatusCode, body: &[u8]) -> Status {
 }
 
 /// Split a streaming body into newline-delimited JSON watch events.
-fn lines(body: hyper::body::Incoming) -> impl Stream<Item = Result<WatchEvent<DynamicObject>>> + Send {
+fn lines<O: DeserializeOwned + Send + 'static>(
+    body: hyper::body::Incoming,
+) -> impl Stream<Item = Result<WatchEvent<O>>> + Send {
     futures::stream::unfold(
         (body, Vec::<u8>::new(), false),
         |(mut body, mut buf, done)| async move {
@@ -340,10 +406,7 @@ fn lines(body: hyper::body::Incoming) -> impl Stream<Item = Result<WatchEvent<Dy
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    let ev = serde_json::from_slice::<WatchEvent<serde_json::Value>>(&line)
-                        .map_err(|e| ClientError::Decode(format!("watch event: {e}")))
-                        .and_then(decode_event);
-                    return Some((ev, (body, buf, done)));
+                    return Some((decode_event(&line), (body, buf, done)));
                 }
                 if done {
                     return None;
@@ -369,7 +432,17 @@ fn lines(body: hyper::body::Incoming) -> impl Stream<Item = Result<WatchEvent<Dy
     )
 }
 
-fn decode_event(ev: WatchEvent<serde_json::Value>) -> Result<WatchEvent<DynamicObject>> {
+/// One watch line, its object decoded straight into `O`; an `ERROR` event (its object is a
+/// Status) becomes the API error it carries.
+fn decode_event<O: DeserializeOwned>(line: &[u8]) -> Result<WatchEvent<O>> {
+    if let Ok(ev) = serde_json::from_slice::<WatchEvent<O>>(line)
+        && ev.type_ != wisp_api::EventType::Error
+    {
+        return Ok(ev);
+    }
+    // An error event, or a line that is not an event of `O`: say which.
+    let ev = serde_json::from_slice::<WatchEvent<serde_json::Value>>(line)
+        .map_err(|e| ClientError::Decode(format!("watch event: {e}")))?;
     if ev.type_ == wisp_api::EventType::Error {
         let status: Status = serde_json::from_value(ev.object)
             .map_err(|e| ClientError::Decode(format!("watch error event: {e}")))?;
@@ -395,9 +468,12 @@ fn info<T: Resource>() -> &'static KindInfo {
     wisp_api::kind_by_plural(T::PLURAL).unwrap_or(&wisp_api::KINDS[0])
 }
 
-fn typed<T: Resource>(obj: DynamicObject) -> Result<T> {
-    obj.to_typed::<T>()
-        .map_err(|e| ClientError::Decode(format!("{}: {e}", T::KIND)))
+/// A decode error names the kind it was decoding.
+fn of_kind<T: Resource, O>(r: Result<O>) -> Result<O> {
+    r.map_err(|e| match e {
+        ClientError::Decode(msg) => ClientError::Decode(format!("{}: {msg}", T::KIND)),
+        e => e,
+    })
 }
 
 impl<T: Resource> Api<T> {
@@ -410,10 +486,10 @@ impl<T: Resource> Api<T> {
     }
 
     pub async fn get(&self, name: &str) -> Result<T> {
-        typed(
+        of_kind::<T, _>(
             self.client
-                .get_dyn(info::<T>(), self.namespace.as_deref(), name)
-                .await?,
+                .get_as(info::<T>(), self.namespace.as_deref(), name)
+                .await,
         )
     }
 
@@ -427,50 +503,44 @@ impl<T: Resource> Api<T> {
     }
 
     pub async fn list(&self, params: &ListParams) -> Result<List<T>> {
-        let list = self
-            .client
-            .list_dyn(info::<T>(), self.namespace.as_deref(), params)
-            .await?;
-        let items = list.items.into_iter().map(typed).collect::<Result<Vec<T>>>()?;
-        Ok(List {
-            api_version: list.api_version,
-            kind: list.kind,
-            metadata: list.metadata,
-            items,
-        })
+        of_kind::<T, _>(
+            self.client
+                .list_as(info::<T>(), self.namespace.as_deref(), params)
+                .await,
+        )
     }
 
     pub async fn create(&self, obj: &T) -> Result<T> {
-        typed(
+        of_kind::<T, _>(
             self.client
-                .create_dyn(info::<T>(), self.namespace.as_deref(), obj)
-                .await?,
+                .create_as(info::<T>(), self.namespace.as_deref(), obj)
+                .await,
         )
     }
 
     pub async fn replace(&self, obj: &T) -> Result<T> {
         let name = obj.metadata().name.clone();
-        typed(
+        of_kind::<T, _>(
             self.client
-                .replace_dyn(info::<T>(), self.namespace.as_deref(), &name, obj)
-                .await?,
+                .replace_as(info::<T>(), self.namespace.as_deref(), &name, obj)
+                .await,
         )
     }
 
     pub async fn replace_status(&self, obj: &T) -> Result<T> {
         let name = obj.metadata().name.clone();
-        typed(
+        of_kind::<T, _>(
             self.client
-                .replace_status_dyn(info::<T>(), self.namespace.as_deref(), &name, obj)
-                .await?,
+                .replace_status_as(info::<T>(), self.namespace.as_deref(), &name, obj)
+                .await,
         )
     }
 
     pub async fn delete(&self, name: &str) -> Result<T> {
-        typed(
+        of_kind::<T, _>(
             self.client
-                .delete_dyn(info::<T>(), self.namespace.as_deref(), name)
-                .await?,
+                .delete_as(info::<T>(), self.namespace.as_deref(), name)
+                .await,
         )
     }
 
@@ -482,21 +552,56 @@ impl<T: Resource> Api<T> {
     ) -> Result<BoxStream<'static, Result<WatchEvent<T>>>> {
         let s = self
             .client
-            .watch_dyn(info::<T>(), self.namespace.as_deref(), params, resource_version)
+            .watch_as::<T>(info::<T>(), self.namespace.as_deref(), params, resource_version)
             .await?;
-        Ok(s.map(|r| {
-            r.and_then(|ev| {
-                Ok(WatchEvent {
-                    type_: ev.type_,
-                    object: typed::<T>(ev.object)?,
-                })
-            })
-        })
-        .boxed())
+        Ok(s.map(of_kind::<T, _>).boxed())
     }
 
     /// A watch that survives disconnects and compaction (see [`Watcher`]).
     pub fn watcher(&self, params: WatchParams) -> Watcher<T> {
         Watcher::new(self.clone(), params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wisp_api::{ConfigMap, EventType, ObjectMeta, Resource};
+
+    use super::*;
+
+    fn line<T: Serialize>(type_: EventType, object: &T) -> Vec<u8> {
+        serde_json::to_vec(&WatchEvent {
+            type_,
+            object: serde_json::to_value(object).expect("json"),
+        })
+        .expect("json")
+    }
+
+    #[test]
+    fn watch_lines_decode_straight_into_the_kind_and_error_events_into_errors() {
+        let mut cm = ConfigMap::new(ObjectMeta::namespaced("default", "c"));
+        cm.data.insert("k".into(), "v".into());
+        let ev = decode_event::<ConfigMap>(&line(EventType::Added, &cm)).expect("decoded");
+        assert_eq!((ev.type_, ev.object), (EventType::Added, cm.clone()));
+        // The same line as a DynamicObject (watch_dyn).
+        let ev = decode_event::<DynamicObject>(&line(EventType::Modified, &cm)).expect("decoded");
+        assert_eq!(ev.object.metadata.name, "c");
+        // A Status decodes as a ConfigMap (every field has a default), but an ERROR event is
+        // the error it carries, never an object.
+        let status = Status::failure(410, "Expired", "too old resource version: 5 (7)");
+        match decode_event::<ConfigMap>(&line(EventType::Error, &status)) {
+            Err(ClientError::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (410, "Expired")),
+            other => panic!("not the API error: {other:?}"),
+        }
+        // Not an event at all: a decode error that says so.
+        match decode_event::<ConfigMap>(b"{\"type\":\"ADDED\"") {
+            Err(ClientError::Decode(msg)) => assert!(msg.starts_with("watch event:"), "{msg}"),
+            other => panic!("not a decode error: {other:?}"),
+        }
+        // An event whose object is not of the kind.
+        match decode_event::<ConfigMap>(br#"{"type":"ADDED","object":{"data":7}}"#) {
+            Err(ClientError::Decode(msg)) => assert!(msg.starts_with("watch object:"), "{msg}"),
+            other => panic!("not a decode error: {other:?}"),
+        }
     }
 }
