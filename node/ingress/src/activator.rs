@@ -82,13 +82,19 @@ pub(crate) async fn wait(
         .map(wisp_sandbox::LocalReadiness::subscribe);
     let deadline = tokio::time::Instant::now() + config.queue_timeout;
     loop {
-        if *ready.borrow_and_update() > 0 || ingress.admit_local(svc) {
+        let pick = || svc.pick(local_only, |b| ingress.usable(b, gateway));
+        let listed = *ready.borrow_and_update() > 0;
+        // None usable among those listed (remote-only backends for a request through the
+        // gateway, a sandbox that is stopping): this node's newly ready pods may still be.
+        let picked = listed
+            .then(pick)
+            .flatten()
+            .or_else(|| if ingress.admit_local(svc) { pick() } else { None });
+        if listed || picked.is_some() {
             svc.activated_ms.store(0, Ordering::Release);
-            if let Some(b) = svc.pick(local_only, |b| ingress.usable(b, gateway)) {
-                return Ok(b);
-            }
-            // Ready for someone else's pick only (e.g. remote-only backends for a request
-            // through the gateway): wait for the next change.
+        }
+        if let Some(b) = picked {
+            return Ok(b);
         }
         tokio::select! {
             changed = ready.changed() => if changed.is_err() { break },

@@ -419,6 +419,9 @@ impl Ingress {
     /// agent's readiness wakes the waiter itself. Returns whether any was added.
     pub(crate) fn admit_local(&self, svc: &ServiceState) -> bool {
         let inner = &self.inner;
+        if inner.config.local_readiness.is_none() {
+            return false;
+        }
         let Some(service) = inner
             .caches
             .services
@@ -426,12 +429,37 @@ impl Ingress {
         else {
             return false;
         };
+        // Most wake-ups are for other Services' pods: find that out without the lock (every
+        // request held for any Service is woken by any pod of this node becoming ready).
+        if self.local_admissions(&service, svc).is_none() {
+            return false;
+        }
         let _computing = inner
             .backends_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match self.local_admissions(&service, svc) {
+            Some(list) => {
+                set_candidates(svc, list);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `svc`'s backends plus the pods of this node its agent says are ready and `service`
+    /// selects, if that adds any.
+    fn local_admissions(&self, service: &Service, svc: &ServiceState) -> Option<Vec<Candidate>> {
+        let pods = &self.inner.caches.pods;
         let ready_locally = self.ready_locally();
-        let ready_here: Vec<Arc<Pod>> = ready_here(&inner.caches.pods, &ready_locally)
+        let current = svc.backends.load_full();
+        if !ready_locally
+            .iter()
+            .any(|(uid, ready)| *ready && !current.iter().any(|b| b.pod_uid == *uid))
+        {
+            return None;
+        }
+        let ready_here: Vec<Arc<Pod>> = ready_here(pods, &ready_locally)
             .into_iter()
             .filter(|p| {
                 p.metadata
@@ -440,23 +468,13 @@ impl Ingress {
                     .is_some_and(|u| ready_locally.get(u) == Some(&true))
             })
             .collect();
-        let current = svc.backends.load_full();
         let mut list: Vec<Candidate> = current
             .iter()
             .map(|b| (b.pod_uid.clone(), b.pod.clone(), b.node.clone(), b.target.clone()))
             .collect();
         let before = list.len();
-        self.local_candidates(
-            &service,
-            &ready_here,
-            &wasm_containers(&inner.caches.pods),
-            &mut list,
-        );
-        if list.len() == before {
-            return false;
-        }
-        set_candidates(svc, list);
-        true
+        self.local_candidates(service, &ready_here, &wasm_containers(pods), &mut list);
+        (list.len() > before).then_some(list)
     }
 
     /// Per-Service counters, for the autoscaler.

@@ -586,10 +586,14 @@ mod tests {
         // The same line as a DynamicObject (watch_dyn).
         let ev = decode_event::<DynamicObject>(&line(EventType::Modified, &cm)).expect("decoded");
         assert_eq!(ev.object.metadata.name, "c");
-        // A Status decodes as a ConfigMap (every field has a default), but an ERROR event is
-        // the error it carries, never an object.
+        // An ERROR event is the error it carries, never an object — also where its Status
+        // would decode as one (a DynamicObject takes any JSON object).
         let status = Status::failure(410, "Expired", "too old resource version: 5 (7)");
         match decode_event::<ConfigMap>(&line(EventType::Error, &status)) {
+            Err(ClientError::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (410, "Expired")),
+            other => panic!("not the API error: {other:?}"),
+        }
+        match decode_event::<DynamicObject>(&line(EventType::Error, &status)) {
             Err(ClientError::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (410, "Expired")),
             other => panic!("not the API error: {other:?}"),
         }
