@@ -223,7 +223,6 @@ impl Ingress {
             .boxed(),
         ];
         let mut events = futures::stream::select_all(streams);
-
         let mut local = self.inner.config.local_readiness.as_ref().map(|r| r.subscribe());
         loop {
             tokio::select! {

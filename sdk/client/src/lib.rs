@@ -184,7 +184,8 @@ impl Client {
     }
 
     pub async fn get_dyn(&self, kind: &KindInfo, ns: Option<&str>, name: &str) -> Result<DynamicObject> {
-        self.get_as(kind, ns, name).await
+        self.send(Method::GET, &Self::path(kind, ns, Some(name)), None)
+            .await
     }
 
     pub async fn list_dyn(
@@ -193,7 +194,9 @@ impl Client {
         ns: Option<&str>,
         params: &ListParams,
     ) -> Result<List<DynamicObject>> {
-        self.list_as(kind, ns, params).await
+        let q = encode_query(&params.query());
+        self.send(Method::GET, &format!("{}?{q}", Self::path(kind, ns, None)), None)
+            .await
     }
 
     pub async fn create_dyn(
@@ -202,7 +205,9 @@ impl Client {
         ns: Option<&str>,
         obj: &impl Serialize,
     ) -> Result<DynamicObject> {
-        self.create_as(kind, ns, obj).await
+        let body = to_body(obj)?;
+        self.send(Method::POST, &Self::path(kind, ns, None), Some(body))
+            .await
     }
 
     pub async fn replace_dyn(
@@ -212,7 +217,12 @@ impl Client {
         name: &str,
         obj: &impl Serialize,
     ) -> Result<DynamicObject> {
-        self.replace_as(kind, ns, name, obj).await
+        self.send(
+            Method::PUT,
+            &Self::path(kind, ns, Some(name)),
+            Some(to_body(obj)?),
+        )
+        .await
     }
 
     pub async fn replace_status_dyn(
@@ -222,75 +232,11 @@ impl Client {
         name: &str,
         obj: &impl Serialize,
     ) -> Result<DynamicObject> {
-        self.replace_status_as(kind, ns, name, obj).await
-    }
-
-    pub async fn delete_dyn(&self, kind: &KindInfo, ns: Option<&str>, name: &str) -> Result<DynamicObject> {
-        self.delete_as(kind, ns, name).await
-    }
-
-    // The requests behind the `*_dyn` calls and [`Api`]'s, decoding the answer straight into
-    // `O` (a typed object is not decoded into a `DynamicObject` and converted).
-
-    async fn get_as<O: DeserializeOwned>(&self, kind: &KindInfo, ns: Option<&str>, name: &str) -> Result<O> {
-        self.send(Method::GET, &Self::path(kind, ns, Some(name)), None)
-            .await
-    }
-
-    async fn list_as<O: DeserializeOwned + Default>(
-        &self,
-        kind: &KindInfo,
-        ns: Option<&str>,
-        params: &ListParams,
-    ) -> Result<List<O>> {
-        let q = encode_query(&params.query());
-        self.send(Method::GET, &format!("{}?{q}", Self::path(kind, ns, None)), None)
-            .await
-    }
-
-    async fn create_as<O: DeserializeOwned>(
-        &self,
-        kind: &KindInfo,
-        ns: Option<&str>,
-        obj: &impl Serialize,
-    ) -> Result<O> {
-        let body = to_body(obj)?;
-        self.send(Method::POST, &Self::path(kind, ns, None), Some(body))
-            .await
-    }
-
-    async fn replace_as<O: DeserializeOwned>(
-        &self,
-        kind: &KindInfo,
-        ns: Option<&str>,
-        name: &str,
-        obj: &impl Serialize,
-    ) -> Result<O> {
-        self.send(
-            Method::PUT,
-            &Self::path(kind, ns, Some(name)),
-            Some(to_body(obj)?),
-        )
-        .await
-    }
-
-    async fn replace_status_as<O: DeserializeOwned>(
-        &self,
-        kind: &KindInfo,
-        ns: Option<&str>,
-        name: &str,
-        obj: &impl Serialize,
-    ) -> Result<O> {
         let path = format!("{}/status", Self::path(kind, ns, Some(name)));
         self.send(Method::PUT, &path, Some(to_body(obj)?)).await
     }
 
-    async fn delete_as<O: DeserializeOwned>(
-        &self,
-        kind: &KindInfo,
-        ns: Option<&str>,
-        name: &str,
-    ) -> Result<O> {
+    pub async fn delete_dyn(&self, kind: &KindInfo, ns: Option<&str>, name: &str) -> Result<DynamicObject> {
         self.send(Method::DELETE, &Self::path(kind, ns, Some(name)), None)
             .await
     }
@@ -485,12 +431,23 @@ impl<T: Resource> Api<T> {
         self.namespace.as_deref()
     }
 
+    /// One object of this kind (`name`) or the collection's path.
+    fn path(&self, name: Option<&str>) -> String {
+        Client::path(info::<T>(), self.namespace.as_deref(), name)
+    }
+
+    /// A request whose answer is decoded straight into `O` (not into a `DynamicObject` and
+    /// converted); a decode error names the kind.
+    async fn send<O: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&T>) -> Result<O> {
+        let body = body.map(to_body).transpose();
+        of_kind::<T, _>(match body {
+            Ok(body) => self.client.send(method, path, body).await,
+            Err(e) => Err(e),
+        })
+    }
+
     pub async fn get(&self, name: &str) -> Result<T> {
-        of_kind::<T, _>(
-            self.client
-                .get_as(info::<T>(), self.namespace.as_deref(), name)
-                .await,
-        )
+        self.send(Method::GET, &self.path(Some(name)), None).await
     }
 
     /// `Ok(None)` on 404.
@@ -503,45 +460,27 @@ impl<T: Resource> Api<T> {
     }
 
     pub async fn list(&self, params: &ListParams) -> Result<List<T>> {
-        of_kind::<T, _>(
-            self.client
-                .list_as(info::<T>(), self.namespace.as_deref(), params)
-                .await,
-        )
+        let q = encode_query(&params.query());
+        self.send(Method::GET, &format!("{}?{q}", self.path(None)), None)
+            .await
     }
 
     pub async fn create(&self, obj: &T) -> Result<T> {
-        of_kind::<T, _>(
-            self.client
-                .create_as(info::<T>(), self.namespace.as_deref(), obj)
-                .await,
-        )
+        self.send(Method::POST, &self.path(None), Some(obj)).await
     }
 
     pub async fn replace(&self, obj: &T) -> Result<T> {
-        let name = obj.metadata().name.clone();
-        of_kind::<T, _>(
-            self.client
-                .replace_as(info::<T>(), self.namespace.as_deref(), &name, obj)
-                .await,
-        )
+        self.send(Method::PUT, &self.path(Some(&obj.metadata().name)), Some(obj))
+            .await
     }
 
     pub async fn replace_status(&self, obj: &T) -> Result<T> {
-        let name = obj.metadata().name.clone();
-        of_kind::<T, _>(
-            self.client
-                .replace_status_as(info::<T>(), self.namespace.as_deref(), &name, obj)
-                .await,
-        )
+        let path = format!("{}/status", self.path(Some(&obj.metadata().name)));
+        self.send(Method::PUT, &path, Some(obj)).await
     }
 
     pub async fn delete(&self, name: &str) -> Result<T> {
-        of_kind::<T, _>(
-            self.client
-                .delete_as(info::<T>(), self.namespace.as_deref(), name)
-                .await,
-        )
+        self.send(Method::DELETE, &self.path(Some(name)), None).await
     }
 
     /// One raw watch request (see [`Client::watch_dyn`]).
