@@ -177,7 +177,13 @@ where
                 () = cancel.cancelled() => Outcome::Cancelled,
             }
         };
-        (outcome, store.data().limiter.denied)
+        let denied = store.data().limiter.denied;
+        // Dropping the store resets the instance's pool slot (zeroing the memory it kept
+        // resident: microseconds). The guest's last body frame has just woken the
+        // connection's task, most likely onto this worker: let it write the response first.
+        tokio::task::yield_now().await;
+        drop(store);
+        (outcome, denied)
     });
     match rx.await {
         Ok(Ok(response)) => Ok(response),

@@ -335,9 +335,16 @@ async fn store_api(args: &StoreApiArgs) -> anyhow::Result<()> {
 async fn main() -> std::process::ExitCode {
     started();
     // WISP_BENCH_LOG=<filter> prints the components' logs (e.g. `wisp_apiserver=debug` for a
-    // line per API request), with microsecond timestamps, to find where time goes.
+    // line per API request), with microsecond timestamps, to find where time goes; with
+    // WISP_BENCH_SPANS set, also a line when each span closes, with its busy and idle time.
     if let Ok(filter) = std::env::var("WISP_BENCH_LOG") {
+        let spans = if std::env::var_os("WISP_BENCH_SPANS").is_some() {
+            tracing_subscriber::fmt::format::FmtSpan::CLOSE
+        } else {
+            tracing_subscriber::fmt::format::FmtSpan::NONE
+        };
         tracing_subscriber::fmt()
+            .with_span_events(spans)
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_writer(std::io::stderr)
             .init();
