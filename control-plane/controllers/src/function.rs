@@ -14,7 +14,7 @@ use wisp_api::{
     Route, RouteBackend, Service, ServicePort,
 };
 use wisp_client::{Api, Client};
-use wisp_runtime::Action;
+use wisp_runtime::{Action, ObjectRef, Store};
 
 use crate::Error;
 
@@ -26,6 +26,12 @@ pub const SERVICE_PORT: u16 = 80;
 pub struct Context {
     pub client: Client,
     pub(crate) status: crate::StatusDelay,
+    /// Watch caches of the kinds a Function expands to: a reconcile (one per change of the
+    /// Function or of its Deployment, several per scale-up) reads its children from them, not
+    /// from the API. A stale copy costs a conflict on write and a retry, never a wrong write.
+    pub(crate) deployments: Store<Deployment>,
+    pub(crate) services: Store<Service>,
+    pub(crate) routes: Store<Route>,
 }
 
 fn owner(f: &Function) -> OwnerReference {
@@ -154,9 +160,13 @@ pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Er
     let routes = ctx.client.api::<Route>(ns);
     let name = &f.metadata.name;
 
-    let current = deployments.get_opt(name).await?;
-    let current_service = services.get_opt(name).await?;
-    let current_route = routes.get_opt(name).await?;
+    if !(ctx.deployments.ready() && ctx.services.ready() && ctx.routes.ready()) {
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
+    let key = ObjectRef::new(name.as_str()).within(ns.unwrap_or_default());
+    let current = ctx.deployments.get(&key).map(|d| (*d).clone());
+    let current_service = ctx.services.get(&key).map(|s| (*s).clone());
+    let current_route = ctx.routes.get(&key).map(|r| (*r).clone());
     // Never take over an object of the same name that something else made.
     let uid = f.metadata.uid.clone().unwrap_or_default();
     let foreign = |m: &ObjectMeta| !m.owner_references.iter().any(|r| r.uid == uid);

@@ -1,21 +1,25 @@
 //! Garbage collection through `ownerReferences`: a `C` whose every owner of kind `O` is gone
-//! is deleted. The caches say when to look; a live read of the owner decides, so an owner
-//! that is merely not in the cache yet never costs its children.
+//! is deleted. The caches say when to look: an owner in the cache with the uid the child
+//! names is alive (its deletion, when it comes, reconciles the children again), and only
+//! when the cache has no such owner does a live read decide, so an owner that is merely not
+//! in the cache yet never costs its children — and the children's every change (a pod's
+//! status, a ReplicaSet's replicas) costs no API call.
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use wisp_api::Resource;
 use wisp_client::{Client, WatchParams};
-use wisp_runtime::{Action, Controller, ObjectRef, Writer, reflector, watcher_stream};
+use wisp_runtime::{Action, Controller, ObjectRef, Store, Writer, reflector, watcher_stream};
 
 use crate::Error;
 
-struct Ctx {
+struct Ctx<O> {
     client: Client,
+    owners: Store<O>,
 }
 
-async fn reconcile<C: Resource, O: Resource>(child: Arc<C>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+async fn reconcile<C: Resource, O: Resource>(child: Arc<C>, ctx: Arc<Ctx<O>>) -> Result<Action, Error> {
     let meta = child.metadata();
     let refs: Vec<_> = meta
         .owner_references
@@ -30,6 +34,19 @@ async fn reconcile<C: Resource, O: Resource>(child: Arc<C>, ctx: Arc<Ctx>) -> Re
     } else {
         None
     };
+    let cached = |name: &str| {
+        let key = ObjectRef::new(name);
+        ctx.owners.get(&match ns {
+            Some(ns) => key.within(ns),
+            None => key,
+        })
+    };
+    if refs
+        .iter()
+        .any(|r| cached(&r.name).is_some_and(|o| o.metadata().uid.as_deref() == Some(r.uid.as_str())))
+    {
+        return Ok(Action::await_change());
+    }
     let owners = ctx.client.api::<O>(ns);
     for r in &refs {
         match owners.get_opt(&r.name).await? {
@@ -51,6 +68,7 @@ async fn reconcile<C: Resource, O: Resource>(child: Arc<C>, ctx: Arc<Ctx>) -> Re
 /// Run the collector for children `C` of owners `O` until `shutdown`.
 pub async fn run<C: Resource, O: Resource>(client: Client, shutdown: CancellationToken) {
     let owner_writer = Writer::<O>::new();
+    let owners = owner_writer.as_reader();
     let owner_events = reflector(
         owner_writer,
         watcher_stream(client.api::<O>(None).watcher(WatchParams::default())),
@@ -67,11 +85,11 @@ pub async fn run<C: Resource, O: Resource>(client: Client, shutdown: Cancellatio
             .map(|c| ObjectRef::from_obj(c.as_ref()))
             .collect()
     });
-    let ctx = Arc::new(Ctx { client });
+    let ctx = Arc::new(Ctx { client, owners });
     controller
         .run(
             reconcile::<C, O>,
-            |_c: Arc<C>, _e: &Error, _ctx: Arc<Ctx>| Action::await_change(),
+            |_c: Arc<C>, _e: &Error, _ctx: Arc<Ctx<O>>| Action::await_change(),
             ctx,
             shutdown,
         )

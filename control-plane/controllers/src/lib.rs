@@ -200,15 +200,35 @@ pub async fn run_deployments(client: Client, shutdown: CancellationToken) {
         .await;
 }
 
-/// Run the Function controller until `shutdown`: reconciled when the Function or its
-/// Deployment changes (ready replicas feed its status).
+/// Run the Function controller until `shutdown`: reconciled when the Function or one of its
+/// children changes (its Deployment's ready replicas feed its status; an edited or deleted
+/// Service or Route is put back).
 pub async fn run_functions(client: Client, shutdown: CancellationToken) {
+    let (dw, sw, rw) = (
+        Writer::<Deployment>::new(),
+        Writer::<Service>::new(),
+        Writer::<Route>::new(),
+    );
     let ctx = Arc::new(function::Context {
         client: client.clone(),
         status: StatusDelay::new(STATUS_COALESCE),
+        deployments: dw.as_reader(),
+        services: sw.as_reader(),
+        routes: rw.as_reader(),
     });
     Controller::new(client.api::<Function>(None), WatchParams::default())
-        .owns(client.api::<Deployment>(None), WatchParams::default())
+        .owns_events(reflector(
+            dw,
+            watcher_stream(client.api::<Deployment>(None).watcher(WatchParams::default())),
+        ))
+        .owns_events(reflector(
+            sw,
+            watcher_stream(client.api::<Service>(None).watcher(WatchParams::default())),
+        ))
+        .owns_events(reflector(
+            rw,
+            watcher_stream(client.api::<Route>(None).watcher(WatchParams::default())),
+        ))
         .run(
             function::reconcile,
             |_f: Arc<Function>, _e: &Error, _c: Arc<function::Context>| {

@@ -75,11 +75,13 @@ pub(crate) async fn wait(
         tokio::spawn(async move { activate(&client, &ns, &name).await });
     }
     // The node agent's word that one of its pods is ready wakes this request directly: it
-    // admits the pod as a backend itself rather than wait for the table's next rebuild.
+    // admits the pod as a backend itself rather than wait for the table's next rebuild; so
+    // does a change in the ingress's caches (the pod may reach them after the agent's word).
     let mut local = config
         .local_readiness
         .as_ref()
         .map(wisp_sandbox::LocalReadiness::subscribe);
+    let mut caches = ingress.inner.caches_changed.subscribe();
     let deadline = tokio::time::Instant::now() + config.queue_timeout;
     loop {
         let pick = || svc.pick(local_only, |b| ingress.usable(b, gateway));
@@ -99,6 +101,7 @@ pub(crate) async fn wait(
         tokio::select! {
             changed = ready.changed() => if changed.is_err() { break },
             () = crate::local_change(&mut local) => {}
+            changed = caches.changed() => if changed.is_err() { break },
             () = tokio::time::sleep_until(deadline) => break,
         }
     }

@@ -84,6 +84,7 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
     // Let the observers' watches connect before the first request.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut cold = Vec::with_capacity(args.functions);
+    let cpu_before = process_cpu();
     let mut stages: Vec<Vec<Duration>> = vec![Vec::new(); STAGES.len()];
     for i in 0..args.functions {
         let name = format!("fn-{i}");
@@ -105,6 +106,9 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
         );
         cold.push(t);
     }
+    let cpu_per_start = process_cpu().zip(cpu_before).map(|(after, before)| {
+        after.saturating_sub(before) / u32::try_from(args.functions.max(1)).unwrap_or(1)
+    });
 
     progress(&format!(
         "{} warm requests through the ingress and to the sandbox",
@@ -181,6 +185,15 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
     ] {
         let cells = Latencies::new(all).cells(&[50.0, 90.0, 99.0], true, fmt);
         let _ = writeln!(out, "| {what} | {cells} |");
+    }
+    if let Some(cpu) = cpu_per_start {
+        let _ = writeln!(
+            out,
+            "\nCPU of the whole process (user + system, both cores) per cold start, the {} ms \
+             that follow each included: {:.2} ms",
+            args.gap_ms,
+            cpu.as_secs_f64() * 1000.0
+        );
     }
     if !observed {
         let _ = writeln!(
@@ -290,4 +303,17 @@ impl Timeline {
             t.abort();
         }
     }
+}
+
+/// User + system CPU time of this process so far (`/proc/self/stat`, in clock ticks of
+/// 1/100 s), where there is such a file.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command (which may hold spaces) and its closing parenthesis: state is
+    // the first, utime the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }
