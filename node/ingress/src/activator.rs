@@ -92,10 +92,11 @@ pub(crate) async fn wait(
             .then(pick)
             .flatten()
             .or_else(|| if ingress.admit_local(svc) { pick() } else { None });
-        if listed || picked.is_some() {
-            svc.activated_ms.store(0, Ordering::Release);
-        }
         if let Some(b) = picked {
+            // Awake: the next request at zero activates again. (Not merely listed: a
+            // listed backend that is not usable — a pod still stopping after a scale to
+            // zero — must not let each request of the burst activate once more.)
+            svc.activated_ms.store(0, Ordering::Release);
             return Ok(b);
         }
         tokio::select! {
