@@ -237,31 +237,32 @@ impl Ingress {
         ];
         let mut events = futures::stream::select_all(streams);
         let mut local = self.inner.config.local_readiness.as_ref().map(|r| r.subscribe());
+        // A change schedules a rebuild REBUILD_COALESCE later; the changes until then fold
+        // into it.
+        let mut due: Option<tokio::time::Instant> = None;
         loop {
+            let rebuild_due = async move {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 e = events.next() => {
                     if e.is_none() { return }
                     self.inner.caches_changed.send_replace(());
                 }
                 () = local_change(&mut local) => {}
+                () = rebuild_due => {
+                    due = None;
+                    let started = std::time::Instant::now();
+                    self.rebuild(caches);
+                    tracing::debug!(took_us = started.elapsed().as_micros(), "route table rebuilt");
+                    continue;
+                }
                 () = shutdown.cancelled() => return,
             }
-            // Fold the burst this change starts into one rebuild (see REBUILD_COALESCE).
-            let until = tokio::time::Instant::now() + REBUILD_COALESCE;
-            loop {
-                tokio::select! {
-                    e = events.next() => {
-                        if e.is_none() { return }
-                        self.inner.caches_changed.send_replace(());
-                    }
-                    () = local_change(&mut local) => {}
-                    () = tokio::time::sleep_until(until) => break,
-                    () = shutdown.cancelled() => return,
-                }
-            }
-            let started = std::time::Instant::now();
-            self.rebuild(caches);
-            tracing::debug!(took_us = started.elapsed().as_micros(), "route table rebuilt");
+            due.get_or_insert_with(|| tokio::time::Instant::now() + REBUILD_COALESCE);
         }
     }
 

@@ -177,13 +177,7 @@ where
                 () = cancel.cancelled() => Outcome::Cancelled,
             }
         };
-        let denied = store.data().limiter.denied;
-        // Dropping the store resets the instance's pool slot (zeroing the memory it kept
-        // resident: microseconds). The guest's last body frame has just woken the
-        // connection's task, most likely onto this worker: let it write the response first.
-        tokio::task::yield_now().await;
-        drop(store);
-        (outcome, denied)
+        (outcome, store.data().limiter.denied)
     });
     match rx.await {
         Ok(Ok(response)) => Ok(response),
