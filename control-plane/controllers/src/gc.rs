@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use wisp_api::Resource;
 use wisp_client::{Client, WatchParams};
-use wisp_runtime::{Action, Controller, ObjectRef, Store, Writer, reflector, watcher_stream};
+use wisp_runtime::{Action, Controller, ObjectRef, Store};
 
 use crate::Error;
 
@@ -67,12 +67,7 @@ async fn reconcile<C: Resource, O: Resource>(child: Arc<C>, ctx: Arc<Ctx<O>>) ->
 
 /// Run the collector for children `C` of owners `O` until `shutdown`.
 pub async fn run<C: Resource, O: Resource>(client: Client, shutdown: CancellationToken) {
-    let owner_writer = Writer::<O>::new();
-    let owners = owner_writer.as_reader();
-    let owner_events = reflector(
-        owner_writer,
-        watcher_stream(client.api::<O>(None).watcher(WatchParams::default())),
-    );
+    let (owners, owner_events) = crate::cached::<O>(&client);
     let controller = Controller::new(client.api::<C>(None), WatchParams::default());
     let children = controller.store();
     // When an owner changes or goes, look at the children that name it.

@@ -132,14 +132,26 @@ pub enum Error {
     Poisoned,
 }
 
+/// A watch cache of every `T` in the cluster: its reader, and the stream of events that
+/// fills it as it is polled (hand it to a controller as a trigger).
+pub(crate) fn cached<T: wisp_api::Resource>(
+    client: &Client,
+) -> (
+    wisp_runtime::Store<T>,
+    impl futures::Stream<Item = Result<wisp_client::WatcherEvent<T>, ClientError>> + Send + 'static,
+) {
+    let writer = Writer::<T>::new();
+    let reader = writer.as_reader();
+    let events = reflector(
+        writer,
+        watcher_stream(client.api::<T>(None).watcher(WatchParams::default())),
+    );
+    (reader, events)
+}
+
 /// Run the ReplicaSet controller until `shutdown`.
 pub async fn run_replicasets(client: Client, shutdown: CancellationToken) {
-    let pod_writer = Writer::<Pod>::new();
-    let pods = pod_writer.as_reader();
-    let pod_events = reflector(
-        pod_writer,
-        watcher_stream(client.api::<Pod>(None).watcher(WatchParams::default())),
-    );
+    let (pods, pod_events) = cached::<Pod>(&client);
     let ctx = Arc::new(replicaset::Context::new(client.clone(), pods));
     Controller::new(client.api::<ReplicaSet>(None), WatchParams::default())
         .owns_events(pod_events)
@@ -149,12 +161,7 @@ pub async fn run_replicasets(client: Client, shutdown: CancellationToken) {
 
 /// Run the Endpoints controller until `shutdown`.
 pub async fn run_endpoints(client: Client, shutdown: CancellationToken) {
-    let pod_writer = Writer::<Pod>::new();
-    let pods = pod_writer.as_reader();
-    let pod_events = reflector(
-        pod_writer,
-        watcher_stream(client.api::<Pod>(None).watcher(WatchParams::default())),
-    );
+    let (pods, pod_events) = cached::<Pod>(&client);
     let controller = Controller::new(client.api::<Service>(None), WatchParams::default());
     let services = controller.store();
     let ctx = Arc::new(endpoints::Context {
@@ -176,12 +183,7 @@ pub async fn run_endpoints(client: Client, shutdown: CancellationToken) {
 
 /// Run the Deployment controller until `shutdown`.
 pub async fn run_deployments(client: Client, shutdown: CancellationToken) {
-    let rs_writer = Writer::<ReplicaSet>::new();
-    let replicasets = rs_writer.as_reader();
-    let rs_events = reflector(
-        rs_writer,
-        watcher_stream(client.api::<ReplicaSet>(None).watcher(WatchParams::default())),
-    );
+    let (replicasets, rs_events) = cached::<ReplicaSet>(&client);
     let ctx = Arc::new(deployment::Context {
         client: client.clone(),
         replicasets,
@@ -204,31 +206,20 @@ pub async fn run_deployments(client: Client, shutdown: CancellationToken) {
 /// children changes (its Deployment's ready replicas feed its status; an edited or deleted
 /// Service or Route is put back).
 pub async fn run_functions(client: Client, shutdown: CancellationToken) {
-    let (dw, sw, rw) = (
-        Writer::<Deployment>::new(),
-        Writer::<Service>::new(),
-        Writer::<Route>::new(),
-    );
+    let (deployments, deployment_events) = cached::<Deployment>(&client);
+    let (services, service_events) = cached::<Service>(&client);
+    let (routes, route_events) = cached::<Route>(&client);
     let ctx = Arc::new(function::Context {
         client: client.clone(),
         status: StatusDelay::new(STATUS_COALESCE),
-        deployments: dw.as_reader(),
-        services: sw.as_reader(),
-        routes: rw.as_reader(),
+        deployments,
+        services,
+        routes,
     });
     Controller::new(client.api::<Function>(None), WatchParams::default())
-        .owns_events(reflector(
-            dw,
-            watcher_stream(client.api::<Deployment>(None).watcher(WatchParams::default())),
-        ))
-        .owns_events(reflector(
-            sw,
-            watcher_stream(client.api::<Service>(None).watcher(WatchParams::default())),
-        ))
-        .owns_events(reflector(
-            rw,
-            watcher_stream(client.api::<Route>(None).watcher(WatchParams::default())),
-        ))
+        .owns_events(deployment_events)
+        .owns_events(service_events)
+        .owns_events(route_events)
         .run(
             function::reconcile,
             |_f: Arc<Function>, _e: &Error, _c: Arc<function::Context>| {

@@ -46,10 +46,20 @@ const WAL_SIZE: u64 = 4 << 20;
 /// 6–14 ms, measured as the slowest cold starts.
 const SHORT_QUIET: Duration = Duration::from_millis(10);
 
-/// Whether an idle writer checkpoints now: something is logged and nothing was for a lease
-/// tick, or the log is over an eighth full and nothing was logged for [`SHORT_QUIET`].
+/// How long nothing must be logged before an idle writer checkpoints: a lease tick, or
+/// [`SHORT_QUIET`] (at most a tick) once the log is over an eighth full.
+fn quiet_needed(used: u64, capacity: u64, tick: Duration) -> Duration {
+    if used > capacity / 8 {
+        SHORT_QUIET.min(tick)
+    } else {
+        tick
+    }
+}
+
+/// Whether an idle writer checkpoints now: something is logged, and nothing was for
+/// [`quiet_needed`].
 fn idle_checkpoint_due(used: u64, capacity: u64, quiet: Duration, tick: Duration) -> bool {
-    used > 0 && (quiet >= tick || (used > capacity / 8 && quiet >= SHORT_QUIET.min(tick)))
+    used > 0 && quiet >= quiet_needed(used, capacity, tick)
 }
 
 /// Most requests folded into one transaction.
@@ -738,11 +748,7 @@ impl Writer {
         let _alive = AliveGuard(self.shared.clone());
         loop {
             let tick = self.options.lease_tick;
-            let wait = if self.wal.used() > self.wal.capacity() / 8 {
-                SHORT_QUIET.min(tick)
-            } else {
-                tick
-            };
+            let wait = quiet_needed(self.wal.used(), self.wal.capacity(), tick);
             let first = match rx.recv_timeout(wait) {
                 Ok(op) => Some(op),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
