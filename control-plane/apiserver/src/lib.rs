@@ -5,8 +5,9 @@
 //! health and Prometheus metrics.
 //!
 //! It is the only component that touches the store; it must not run workloads or
-//! controllers. [`ApiServer::service`] can be called without sockets (in-process clients,
-//! tests); [`serve`] runs it on a listener with graceful shutdown.
+//! controllers. [`ApiServer::service`] can be called without sockets (tests), and
+//! [`ApiServer::in_process_client`] gives the components sharing its process (`wisp up`) a
+//! client that calls it without one; [`serve`] runs it on a listener with graceful shutdown.
 
 pub mod auth;
 pub mod blobs;
@@ -27,10 +28,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::util::BoxCloneService;
 use tracing::Instrument;
 use wisp_store::Store;
@@ -86,6 +89,8 @@ pub struct State {
     pub shutdown: CancellationToken,
     /// Objects of recent events, decoded once for all watchers.
     pub events: Arc<resources::EventCache>,
+    /// `config.concurrency_limit` permits, shared by HTTP and in-process requests.
+    limit: Arc<tokio::sync::Semaphore>,
 }
 
 /// The API server, cheap to clone.
@@ -147,6 +152,7 @@ impl ApiServer {
         let openapi = serde_json::to_vec(&openapi::document())
             .unwrap_or_default()
             .into();
+        let config_limit = config.concurrency_limit;
         let state = State {
             auth: Auth::new(store.clone()),
             blobs: BlobStore::new(&config.blob_dir),
@@ -156,6 +162,7 @@ impl ApiServer {
             openapi,
             shutdown,
             events: Arc::default(),
+            limit: Arc::new(tokio::sync::Semaphore::new(config_limit)),
         };
         Self {
             state: Arc::new(state),
@@ -231,11 +238,33 @@ impl ApiServer {
         let this = self.clone();
         ServiceBuilder::new()
             .boxed_clone()
-            .concurrency_limit(self.state.config.concurrency_limit)
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+                self.state.limit.clone(),
+            ))
             .service(tower::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let this = this.clone();
                 async move { Ok::<_, Infallible>(this.handle(req).await) }
             }))
+    }
+
+    /// A client for the components that share this server's process: each request is handled
+    /// here as if it had come over HTTP — same token check, validation, compare-and-swap,
+    /// concurrency limit and watch streams — without a socket, HTTP framing or the wake-ups
+    /// of a loopback connection on either side. `url` is where the server listens, for those
+    /// who hand the address on.
+    pub fn in_process_client(&self, url: &str, token: &str) -> wisp_client::Client {
+        let this = self.clone();
+        let handler: wisp_client::LocalHandler = Arc::new(move |req| {
+            let this = this.clone();
+            Box::pin(async move {
+                // Closed only if the semaphore is, which it never is.
+                let _permit = this.state.limit.clone().acquire_owned().await.ok();
+                this.handle(req)
+                    .await
+                    .map(|b| b.map_err(|e| wisp_client::BodyError(e.into())).boxed_unsync())
+            })
+        });
+        wisp_client::Client::in_process(url, token, handler)
     }
 
     async fn route<B>(&self, req: Request<B>) -> Result<Response<ApiBody>, ApiError>

@@ -13,6 +13,7 @@ pub struct TestServer {
     /// The admin token.
     pub token: String,
     pub shutdown: CancellationToken,
+    api: ApiServer,
     _dir: tempfile::TempDir,
 }
 
@@ -37,13 +38,21 @@ impl TestServer {
         let url = format!("http://{}", listener.local_addr()?);
         let stop = shutdown.clone();
         // Ends with the shutdown token, which Drop cancels.
+        let api = server.clone();
         tokio::spawn(async move { serve(server, listener, stop).await });
         Ok(Self {
             url,
             token,
             shutdown,
+            api,
             _dir: dir,
         })
+    }
+
+    /// A client with the admin token that calls the server in this process, as `wisp up`'s
+    /// own components do (see [`ApiServer::in_process_client`]).
+    pub fn in_process_client(&self) -> wisp_client::Client {
+        self.api.in_process_client(&self.url, &self.token)
     }
 }
 

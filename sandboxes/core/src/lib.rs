@@ -58,9 +58,10 @@ impl Default for LocalReadiness {
 }
 
 impl LocalReadiness {
-    /// Records whether pod `uid` is ready; subscribers are woken only on a change.
-    pub fn set(&self, uid: &str, ready: bool) {
-        self.update(uid, Some(ready));
+    /// Records whether pod `uid` is ready; subscribers are woken only on a change, and the
+    /// answer says whether there was one.
+    pub fn set(&self, uid: &str, ready: bool) -> bool {
+        self.update(uid, Some(ready))
     }
 
     /// Says nothing more of pod `uid` (it is gone).
@@ -68,7 +69,7 @@ impl LocalReadiness {
         self.update(uid, None);
     }
 
-    fn update(&self, uid: &str, ready: Option<bool>) {
+    fn update(&self, uid: &str, ready: Option<bool>) -> bool {
         self.0.send_if_modified(|map| {
             if map.get(uid).copied() == ready {
                 return false;
@@ -80,7 +81,7 @@ impl LocalReadiness {
             };
             *map = std::sync::Arc::new(next);
             true
-        });
+        })
     }
 
     /// The agent's word on pod `uid`, if it has one.

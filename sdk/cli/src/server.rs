@@ -245,14 +245,14 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         signals.cancel();
     };
-    // In-process components still go through the API (validation, CAS, watch), with a
-    // token that lives only in this process.
+    // In-process components still go through the API (authentication, validation, CAS,
+    // watch), with a token that lives only in this process, but call it without a socket.
     let internal = || -> anyhow::Result<wisp_client::Client> {
         let token = api
             .auth()
             .issue_ephemeral(wisp_apiserver::auth::Principal { namespace: None })
             .context("token for the in-process components")?;
-        Ok(wisp_client::Client::new(&url, &token))
+        Ok(api.in_process_client(&url, &token))
     };
     let controllers = if args.up.controllers {
         let config = wisp_controllers::Config {

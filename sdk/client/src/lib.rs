@@ -8,12 +8,15 @@ pub mod config;
 pub mod watch;
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use http::{Method, Request, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -90,12 +93,35 @@ fn encode_query(pairs: &[(&str, String)]) -> String {
         .join("&")
 }
 
+/// Any error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An error while reading a response body: the connection broke, or the server's stream failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyError(pub BoxError);
+
+/// A response's body, whichever way the request went.
+pub type Body = UnsyncBoxBody<Bytes, BodyError>;
+
+/// Answers a request in this process: an API server sharing the process with its client
+/// (`wisp up`), called without a socket. It gets the request exactly as it would over HTTP
+/// (token, path, body), so authentication, validation and compare-and-swap all apply.
+pub type LocalHandler =
+    Arc<dyn Fn(Request<Full<Bytes>>) -> BoxFuture<'static, http::Response<Body>> + Send + Sync>;
+
+#[derive(Clone)]
+enum Transport {
+    Http(Arc<HyperClient<HttpConnector, Full<Bytes>>>),
+    InProcess(LocalHandler),
+}
+
 /// A connection to one Wisp API server. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
     base: String,
     token: String,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    transport: Transport,
 }
 
 impl Client {
@@ -109,7 +135,17 @@ impl Client {
         Self {
             base: server.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
-            http,
+            transport: Transport::Http(Arc::new(http)),
+        }
+    }
+
+    /// A client whose requests `handler` answers in this process; `server` is still the
+    /// server's address for those who need one (e.g. to hand to another process).
+    pub fn in_process(server: &str, token: &str, handler: LocalHandler) -> Self {
+        Self {
+            base: server.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            transport: Transport::InProcess(handler),
         }
     }
 
@@ -127,7 +163,7 @@ impl Client {
         method: Method,
         path_and_query: &str,
         body: Option<Bytes>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+    ) -> Result<http::Response<Body>> {
         let url = format!("{}{path_and_query}", self.base);
         let mut req = Request::builder()
             .method(method)
@@ -142,10 +178,17 @@ impl Client {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
-        let resp = self.http.request(req).await.map_err(|e| ClientError::Connect {
-            url: self.base.clone(),
-            reason: error_chain(&e),
-        })?;
+        let resp = match &self.transport {
+            Transport::Http(http) => http
+                .request(req)
+                .await
+                .map_err(|e| ClientError::Connect {
+                    url: self.base.clone(),
+                    reason: error_chain(&e),
+                })?
+                .map(|b| b.map_err(|e| BodyError(e.into())).boxed_unsync()),
+            Transport::InProcess(handler) => handler(req).await,
+        };
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -341,7 +384,7 @@ fn status_of(code: StatusCode, body: &[u8]) -> Status {
 
 /// Split a streaming body into newline-delimited JSON watch events.
 fn lines<O: DeserializeOwned + Send + 'static>(
-    body: hyper::body::Incoming,
+    body: Body,
 ) -> impl Stream<Item = Result<WatchEvent<O>>> + Send {
     futures::stream::unfold(
         (body, Vec::<u8>::new(), false),

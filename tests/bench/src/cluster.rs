@@ -33,7 +33,15 @@ impl Cluster {
         docker: Option<wisp_sandbox_docker::DockerConfig>,
     ) -> anyhow::Result<Self> {
         let server = TestServer::start().await?;
+        // The benchmark's own requests (creating Functions, watching steps) come over HTTP,
+        // like a user's; the components call the API in process, as in `wisp up`
+        // (`WISP_BENCH_TRANSPORT=http`: over loopback HTTP too, as before 2026-12-04).
         let client = Client::new(&server.url, &server.token);
+        let internal = if std::env::var("WISP_BENCH_TRANSPORT").is_ok_and(|t| t == "http") {
+            client.clone()
+        } else {
+            server.in_process_client()
+        };
         let shutdown = CancellationToken::new();
         let dir = tempfile::tempdir()?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -47,9 +55,9 @@ impl Cluster {
         );
         let mut ingress_config = wisp_ingress::IngressConfig::new(node);
         ingress_config.local_readiness = Some(config.local_readiness.clone());
-        let agent = wisp_node::Agent::new(client.clone(), config)?;
+        let agent = wisp_node::Agent::new(internal.clone(), config)?;
         let wasm = agent.runtimes().wasm.clone().context("wasm runtime")?;
-        let ingress = wisp_ingress::Ingress::new(client.clone(), ingress_config, Some(wasm.clone()));
+        let ingress = wisp_ingress::Ingress::new(internal.clone(), ingress_config, Some(wasm.clone()));
         let mut tasks = tokio::task::JoinSet::new();
         let s = shutdown.clone();
         tasks.spawn(async move {
@@ -59,11 +67,11 @@ impl Cluster {
         tasks.spawn(async move { i.sync(s).await });
         let (i, s) = (ingress.clone(), shutdown.clone());
         tasks.spawn(wisp_ingress::serve(i, listener, s));
-        let (c, s) = (client.clone(), shutdown.clone());
+        let (c, s) = (internal.clone(), shutdown.clone());
         tasks.spawn(async move {
             let _ = wisp_scheduler::run(c, wisp_scheduler::SchedulerConfig::default(), s).await;
         });
-        let (c, s) = (client.clone(), shutdown.clone());
+        let (c, s) = (internal, shutdown.clone());
         tasks.spawn(wisp_controllers::run(c, wisp_controllers::Config::default(), s));
         let http =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();

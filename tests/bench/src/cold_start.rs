@@ -84,12 +84,17 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
     // Let the observers' watches connect before the first request.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut cold = Vec::with_capacity(args.functions);
+    let mut window_cpu = Vec::with_capacity(args.functions);
     let cpu_before = process_cpu();
     let mut stages: Vec<Vec<Duration>> = vec![Vec::new(); STAGES.len()];
     for i in 0..args.functions {
         let name = format!("fn-{i}");
+        let ran_before = threads_ran();
         let sent = Instant::now();
         let (code, was_cold, t) = cluster.get(&host(&name)).await?;
+        if let (Some(after), Some(before)) = (threads_ran(), ran_before) {
+            window_cpu.push(after.saturating_sub(before));
+        }
         // Each cold start on an otherwise quiet cluster: the writes that follow one (pod
         // and Endpoints status, the controllers' status updates) settle before the next
         // request, and reach the observers.
@@ -185,6 +190,14 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
     ] {
         let cells = Latencies::new(all).cells(&[50.0, 90.0, 99.0], true, fmt);
         let _ = writeln!(out, "| {what} | {cells} |");
+    }
+    if let Some(p50) = Latencies::new(window_cpu).percentile(50.0) {
+        let _ = writeln!(
+            out,
+            "\nCPU the process used between sending a cold request and its first byte (both \
+             cores; 2 × the cold start's time would be both cores busy throughout), p50: {:.2} ms",
+            p50.as_secs_f64() * 1000.0
+        );
     }
     if let Some(cpu) = cpu_per_start {
         let _ = writeln!(
@@ -303,6 +316,17 @@ impl Timeline {
             t.abort();
         }
     }
+}
+
+/// Time this process's threads have run on a CPU so far, to the nanosecond
+/// (`/proc/self/task/*/schedstat`), where there are such files.
+fn threads_ran() -> Option<Duration> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(ns))
 }
 
 /// User + system CPU time of this process so far (`/proc/self/stat`, in clock ticks of
