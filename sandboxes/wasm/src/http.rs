@@ -156,6 +156,7 @@ where
     let deadline = r.deadline;
     // The guest keeps running after it has sent the response head, to stream the body, so the
     // call lives in a task tracked by the sandbox.
+    let tasks = r.tasks.clone();
     let task = r.tasks.spawn(async move {
         let outcome = {
             let call = async {
@@ -177,7 +178,17 @@ where
                 () = cancel.cancelled() => Outcome::Cancelled,
             }
         };
-        (outcome, store.data().limiter.denied)
+        let denied = store.data().limiter.denied;
+        // The only request in flight in this sandbox: let the response the guest has set go
+        // out before the store is dropped — which resets the instance's memory for the pool
+        // (a `memset` of up to `keep_resident`) and would otherwise run first, on this worker
+        // thread, ahead of the woken handler. With other requests in flight the reset runs at
+        // once (yielding would only add a turn per request under load).
+        if tasks.len() <= 1 {
+            tokio::task::yield_now().await;
+        }
+        drop(store);
+        (outcome, denied)
     });
     match rx.await {
         Ok(Ok(response)) => Ok(response),
