@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
@@ -259,9 +260,18 @@ impl ApiServer {
             Box::pin(async move {
                 // Closed only if the semaphore is, which it never is.
                 let _permit = this.state.limit.clone().acquire_owned().await.ok();
-                this.handle(req)
+                // A panic in a handler must not unwind into the calling component (over HTTP
+                // it would have ended one connection): it answers 500, like a server error.
+                let resp = std::panic::AssertUnwindSafe(this.handle(req))
+                    .catch_unwind()
                     .await
-                    .map(|b| b.map_err(|e| wisp_client::BodyError(e.into())).boxed_unsync())
+                    .unwrap_or_else(|_| {
+                        tracing::error!("a request handler panicked");
+                        error_response(&ApiError::Internal(
+                            "the API server failed on this request".into(),
+                        ))
+                    });
+                resp.map(|b| b.map_err(|e| wisp_client::BodyError(e.into())).boxed_unsync())
             })
         });
         wisp_client::Client::in_process(url, token, handler)

@@ -15,13 +15,15 @@ use wisp_client::{Client, ListParams};
 const NOWHERE: &str = "http://127.0.0.1:1";
 
 async fn server() -> (ApiServer, String, tempfile::TempDir) {
+    server_with(|_| {}).await
+}
+
+async fn server_with(tune: impl FnOnce(&mut Config)) -> (ApiServer, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = wisp_store::EmbeddedStore::open(dir.path(), Default::default()).expect("store");
-    let api = ApiServer::new(
-        Arc::new(store),
-        Config::new(dir.path().join("blobs")),
-        CancellationToken::new(),
-    );
+    let mut config = Config::new(dir.path().join("blobs"));
+    tune(&mut config);
+    let api = ApiServer::new(Arc::new(store), config, CancellationToken::new());
     let token = api.bootstrap().await.expect("bootstrap").expect("admin token");
     (api, token, dir)
 }
@@ -137,4 +139,49 @@ async fn validation_and_authentication_still_apply() {
         .await
         .expect_err("nothing listens");
     assert_eq!(over_http.code(), None, "{over_http}");
+}
+
+/// The concurrency limit's permit is held while a request is handled, not while its body is
+/// read: with a limit of one, an open watch (in process or over HTTP) leaves room for the
+/// next request.
+#[tokio::test]
+async fn an_open_watch_holds_no_permit() {
+    let (api, token, _dir) = server_with(|c| c.concurrency_limit = 1).await;
+    let client = api.in_process_client(NOWHERE, &token);
+    let cms = client.api::<ConfigMap>(Some("default"));
+    let mut watch = cms.watch(&ListParams::default(), None).await.expect("watch");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    let served = tokio::spawn(wisp_apiserver::serve(api.clone(), listener, stop.clone()));
+    let over_http = Client::new(&url, &token);
+    let mut http_watch = over_http
+        .api::<ConfigMap>(Some("default"))
+        .watch(&ListParams::default(), None)
+        .await
+        .expect("watch over HTTP");
+    // Both watches are open; a write through either way still gets its permit.
+    let created = tokio::time::timeout(Duration::from_secs(10), cms.create(&config_map("b", "1")))
+        .await
+        .expect("not starved by the open watches")
+        .expect("create");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        over_http.api::<ConfigMap>(Some("default")).get("b"),
+    )
+    .await
+    .expect("not starved by the open watches")
+    .expect("get over HTTP");
+    for w in [&mut watch, &mut http_watch] {
+        let ev = tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("stream open")
+            .expect("event decodes");
+        assert_eq!(ev.type_, EventType::Added);
+        assert_eq!(ev.object.metadata.uid, created.metadata.uid);
+    }
+    stop.cancel();
+    drop((watch, http_watch));
+    served.await.expect("server task").expect("served");
 }

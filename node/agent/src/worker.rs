@@ -257,11 +257,17 @@ impl Worker {
         self.run_probes().await;
         // The node's ingress learns of a change in readiness at once, before the status
         // write (and its watch) reach it — also while status writes are failing.
-        if self.publish_readiness() {
-            // A request held for this pod was woken by that, onto this worker thread's
-            // next-task slot: let it run before the status write, whose API call (in process
-            // under `wisp up`) would otherwise run first and keep it waiting ~0.3 ms. The
-            // status is for the rest of the cluster; the request is what a client waits for.
+        if self.publish_readiness()
+            && self
+                .ctx
+                .readiness
+                .is_ready(self.pod.metadata.uid.as_deref().unwrap_or_default())
+        {
+            // Just became ready: a request held for this pod was woken by that, onto this
+            // worker thread's next-task slot. Give it the thread before the status write,
+            // whose API call (in process under `wisp up`) would otherwise run first and keep it
+            // waiting ~0.3 ms (a scheduling hint: the yielded task runs after the ready ones).
+            // The status is for the rest of the cluster; the request is what a client waits for.
             tokio::task::yield_now().await;
         }
         if self.status_retry_at.is_none_or(|t| t <= Instant::now()) {

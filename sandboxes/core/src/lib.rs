@@ -349,3 +349,24 @@ pub trait Sandbox: Send + Sync {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::LocalReadiness;
+
+    #[test]
+    fn readiness_set_says_whether_it_changed_and_wakes_only_then() {
+        let r = LocalReadiness::default();
+        let mut rx = r.subscribe();
+        assert!(r.set("a", false), "unknown → not ready is a change");
+        assert!(rx.has_changed().expect("open"));
+        rx.mark_unchanged();
+        assert!(!r.set("a", false), "the same word again is not");
+        assert!(!rx.has_changed().expect("open"), "and wakes nobody");
+        assert!(r.set("a", true));
+        assert!(r.is_ready("a"));
+        assert!(rx.has_changed().expect("open"));
+        r.forget("a");
+        assert_eq!(r.state("a"), None);
+    }
+}

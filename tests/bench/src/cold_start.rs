@@ -1,8 +1,9 @@
 //! `cold-start`: time from an HTTP request to the first byte of its response for a Function
-//! at zero, through the whole chain of `wisp up` in one process over loopback HTTP: ingress →
-//! activator (scales the Deployment 0 → 1 through the API) → Deployment and ReplicaSet
-//! controllers → scheduler → node agent (compiled-cache hit) → Endpoints controller →
-//! ingress releases the request. Also, for the same Functions once warm, the latency of a
+//! at zero, through the whole chain of `wisp up` in one process (the request over loopback
+//! HTTP; the components call the API in process, as `wisp up`'s do, or over loopback HTTP with
+//! `WISP_BENCH_TRANSPORT=http`): ingress → activator (scales the Deployment 0 → 1 through the
+//! API) → Deployment and ReplicaSet controllers → scheduler → node agent (compiled-cache hit),
+//! whose word that the pod is ready releases the held request in the ingress. Also, for the same Functions once warm, the latency of a
 //! request through the ingress and of the same request to the sandbox directly (the
 //! ingress's own overhead).
 //!
@@ -194,8 +195,10 @@ pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
     if let Some(p50) = Latencies::new(window_cpu).percentile(50.0) {
         let _ = writeln!(
             out,
-            "\nCPU the process used between sending a cold request and its first byte (both \
-             cores; 2 × the cold start's time would be both cores busy throughout), p50: {:.2} ms",
+            "\nCPU the process's threads used while a cold request was answered (sent to body \
+             read, the /proc scan included; {} × the cold start's time would be every core \
+             busy throughout), p50: {:.2} ms",
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             p50.as_secs_f64() * 1000.0
         );
     }
