@@ -572,6 +572,7 @@ pub async fn serve(
     let options = wisp_runtime::http::ServeOptions {
         header_read_timeout: None,
         grace: server.state.config.shutdown_grace,
+        event_loops: 0,
     };
     wisp_runtime::http::serve(listener, server.service(), options, shutdown).await;
     Ok(())

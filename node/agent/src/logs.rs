@@ -155,6 +155,7 @@ pub async fn serve(server: Arc<LogServer>, listener: TcpListener, shutdown: Canc
     let options = wisp_runtime::http::ServeOptions {
         header_read_timeout: Some(Duration::from_secs(10)),
         grace: Duration::from_secs(1),
+        event_loops: 0,
     };
     wisp_runtime::http::serve(listener, service, options, shutdown).await;
 }

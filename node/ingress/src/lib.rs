@@ -59,6 +59,10 @@ pub struct IngressConfig {
     pub concurrency_limit: usize,
     /// How long in-flight requests may finish after shutdown (default 10 s).
     pub shutdown_grace: Duration,
+    /// Threads serving the public listener's connections, each its own event loop: a
+    /// connection, its requests and their in-process guests stay on one thread (default: one
+    /// per core; 0: on the caller's runtime). See `wisp_runtime::http`.
+    pub event_loops: usize,
     /// The node agent's in-process view of which of its pods are ready: such a pod is a
     /// backend as soon as the agent finds it ready, before its status write reaches this
     /// ingress through the API (`None`: only the API's view counts).
@@ -76,6 +80,7 @@ impl IngressConfig {
             header_read_timeout: Duration::from_secs(10),
             concurrency_limit: 10_000,
             shutdown_grace: Duration::from_secs(10),
+            event_loops: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             local_readiness: None,
         }
     }

@@ -465,6 +465,8 @@ async fn serve_on(ingress: Ingress, listener: TcpListener, shutdown: Cancellatio
     let options = wisp_runtime::http::ServeOptions {
         header_read_timeout: Some(config.header_read_timeout),
         grace: config.shutdown_grace,
+        // The gateway (guests' calls to Services) is served on the caller's runtime.
+        event_loops: if gateway { 0 } else { config.event_loops },
     };
     wisp_runtime::http::serve(listener, service, options, shutdown).await;
 }

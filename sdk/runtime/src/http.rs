@@ -1,9 +1,18 @@
 //! Serving an HTTP service on a listener until a shutdown token fires, then draining the
 //! connections still in flight for a grace period — the loop every Wisp server (API server,
 //! node agent, ingress) shares.
+//!
+//! Connections are served on the caller's runtime, or (the ingress) on event loops of their
+//! own: threads with a single-threaded runtime each, every connection handed to the loop that
+//! has the fewest open and served there to its end, with whatever it spawns (an in-process
+//! guest's request task). Nothing of a request then crosses threads: with a work-stealing
+//! runtime, each request woke an idle worker that found nothing to do — at one connection a
+//! quarter of the requests per second (BENCHMARKS.md, "warm throughput").
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,8 +20,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneService;
@@ -26,6 +37,125 @@ pub struct ServeOptions {
     pub header_read_timeout: Option<Duration>,
     /// How long in-flight requests may finish after shutdown.
     pub grace: Duration,
+    /// Event loops of their own for the connections (see the module docs); 0: serve them on
+    /// the caller's runtime.
+    pub event_loops: usize,
+}
+
+/// The connections one runtime serves, and their graceful shutdown.
+struct Connections<B> {
+    service: HttpService<B>,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: GracefulShutdown,
+    tracker: TaskTracker,
+}
+
+impl<B> Connections<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn new(service: HttpService<B>, options: ServeOptions) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        if let Some(t) = options.header_read_timeout {
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(t);
+        }
+        Self {
+            service,
+            builder,
+            graceful: GracefulShutdown::new(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Serves one connection in a task on the current runtime; `done` runs when it ends.
+    fn serve(&self, stream: TcpStream, peer: SocketAddr, done: impl FnOnce() + Send + 'static) {
+        let _ = stream.set_nodelay(true);
+        let conn = self.builder.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(self.service.clone()),
+        );
+        let conn = self.graceful.watch(conn.into_owned());
+        self.tracker.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            done();
+        });
+    }
+
+    /// Lets the connections in flight finish for `grace`.
+    async fn drain(self, grace: Duration) {
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight requests did not finish within {grace:?}");
+        }
+    }
+}
+
+/// One event loop: its thread takes connections from `conns` until it closes or `shutdown`.
+struct EventLoop {
+    conns: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    /// Connections open on this loop.
+    open: Arc<AtomicUsize>,
+    /// Fires (or closes) when the loop has drained and stopped.
+    stopped: oneshot::Receiver<()>,
+}
+
+impl EventLoop {
+    fn start<B>(
+        index: usize,
+        service: HttpService<B>,
+        options: ServeOptions,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (conns, mut rx) = mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
+        let (stopped_tx, stopped) = oneshot::channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        let counted = open.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("wisp-http-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let here = Connections::new(service, options);
+                    loop {
+                        let (stream, peer) = tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            next = rx.recv() => match next {
+                                Some(c) => c,
+                                None => break,
+                            },
+                        };
+                        let counted = counted.clone();
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => here.serve(stream, peer, move || {
+                                counted.fetch_sub(1, Ordering::Relaxed);
+                            }),
+                            Err(e) => {
+                                counted.fetch_sub(1, Ordering::Relaxed);
+                                tracing::warn!(%peer, error = %e, "cannot take over a connection");
+                            }
+                        }
+                    }
+                    here.drain(options.grace).await;
+                });
+                // Tasks the connections left behind (a guest still streaming) end with the
+                // runtime, here.
+                drop(runtime);
+                let _ = stopped_tx.send(());
+            })?;
+        Ok(Self { conns, open, stopped })
+    }
 }
 
 /// Serves `service` on `listener` (HTTP/1.1 and h2c) until `shutdown`, then lets in-flight
@@ -39,14 +169,17 @@ pub async fn serve<B>(
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let tracker = TaskTracker::new();
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    if let Some(t) = options.header_read_timeout {
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(t);
+    let mut loops = Vec::with_capacity(options.event_loops);
+    for i in 0..options.event_loops {
+        match EventLoop::start(i, service.clone(), options, shutdown.clone()) {
+            Ok(l) => loops.push(l),
+            // Served here instead (the caller's runtime).
+            Err(e) => tracing::warn!(error = %e, "cannot start an event loop"),
+        }
     }
+    let here = Connections::new(service, options);
     loop {
-        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+        let (stream, peer): (TcpStream, SocketAddr) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -57,20 +190,121 @@ pub async fn serve<B>(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
-        let conn = graceful.watch(conn.into_owned());
-        tracker.spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+        let Some(target) = loops.iter().min_by_key(|l| l.open.load(Ordering::Relaxed)) else {
+            here.serve(stream, peer, || ());
+            continue;
+        };
+        // A loop that stopped (it cannot, short of a bug) gives the connection back: it is
+        // served here.
+        let handed = stream.into_std().map_err(|e| e.to_string()).and_then(|s| {
+            target.open.fetch_add(1, Ordering::Relaxed);
+            target.conns.send((s, peer)).map_err(|e| {
+                target.open.fetch_sub(1, Ordering::Relaxed);
+                let (s, _) = e.0;
+                match TcpStream::from_std(s) {
+                    Ok(s) => {
+                        here.serve(s, peer, || ());
+                        "the event loop stopped; served on the caller's runtime".to_owned()
+                    }
+                    Err(e) => e.to_string(),
+                }
+            })
         });
+        if let Err(e) = handed {
+            tracing::warn!(%peer, error = %e, "connection not handed to an event loop");
+        }
     }
-    tracker.close();
-    if tokio::time::timeout(options.grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("in-flight requests did not finish within {:?}", options.grace);
+    here.drain(options.grace).await;
+    for l in loops {
+        drop(l.conns);
+        let _ = l.stopped.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A server answering each request with the name of the thread that served it.
+    async fn thread_names(
+        event_loops: usize,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let service = BoxCloneService::new(tower::service_fn(|_req: Request<Incoming>| async {
+            let name = std::thread::current().name().unwrap_or("unnamed").to_owned();
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
+        }));
+        let options = ServeOptions {
+            header_read_timeout: Some(Duration::from_secs(5)),
+            grace: Duration::from_secs(1),
+            event_loops,
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, service, options, shutdown.clone()));
+        (addr, shutdown, task)
+    }
+
+    /// One request on `conn`: the body (the serving thread's name).
+    async fn ask(conn: &mut TcpStream) -> String {
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = conn.read(&mut buf).await.expect("read");
+            assert!(n > 0, "connection closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.parse().ok())
+                    .expect("content-length");
+                if body.len() >= len {
+                    return body[..len].to_owned();
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn event_loops_keep_a_connection_on_one_thread_and_share_connections_out() {
+        let (addr, shutdown, task) = thread_names(2).await;
+        let mut first = TcpStream::connect(addr).await.expect("connect");
+        let mut names = Vec::new();
+        for _ in 0..20 {
+            names.push(ask(&mut first).await);
+        }
+        assert!(names[0].starts_with("wisp-http-"), "{names:?}");
+        assert!(names.iter().all(|n| n == &names[0]), "{names:?}");
+        // With that connection open, the next goes to the other loop.
+        let mut second = TcpStream::connect(addr).await.expect("connect");
+        let other = ask(&mut second).await;
+        assert!(other.starts_with("wisp-http-"), "{other}");
+        assert_ne!(other, names[0]);
+        // Shutdown: both loops drain (idle keep-alive connections are closed) and stop.
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stopped in time")
+            .expect("join");
+    }
+
+    #[tokio::test]
+    async fn without_event_loops_connections_are_served_on_the_callers_runtime() {
+        let (addr, shutdown, task) = thread_names(0).await;
+        let mut conn = TcpStream::connect(addr).await.expect("connect");
+        for _ in 0..3 {
+            let name = ask(&mut conn).await;
+            assert!(!name.starts_with("wisp-http-"), "{name}");
+        }
+        shutdown.cancel();
+        task.await.expect("join");
     }
 }
