@@ -573,6 +573,7 @@ pub async fn serve(
         header_read_timeout: None,
         grace: server.state.config.shutdown_grace,
         event_loops: 0,
+        busy_poll: std::time::Duration::ZERO,
     };
     wisp_runtime::http::serve(listener, server.service(), options, shutdown).await;
     Ok(())

@@ -156,6 +156,7 @@ pub async fn serve(server: Arc<LogServer>, listener: TcpListener, shutdown: Canc
         header_read_timeout: Some(Duration::from_secs(10)),
         grace: Duration::from_secs(1),
         event_loops: 0,
+        busy_poll: Duration::ZERO,
     };
     wisp_runtime::http::serve(listener, service, options, shutdown).await;
 }

@@ -63,6 +63,9 @@ pub struct IngressConfig {
     /// connection, its requests and their in-process guests stay on one thread (default: one
     /// per core; 0: on the caller's runtime). See `wisp_runtime::http`.
     pub event_loops: usize,
+    /// How long an event loop polls for its next request instead of sleeping, after its
+    /// connections last had traffic (see `wisp_runtime::http::spin`; default 200 µs; zero: off).
+    pub busy_poll: Duration,
     /// The node agent's in-process view of which of its pods are ready: such a pod is a
     /// backend as soon as the agent finds it ready, before its status write reaches this
     /// ingress through the API (`None`: only the API's view counts).
@@ -81,6 +84,7 @@ impl IngressConfig {
             concurrency_limit: 10_000,
             shutdown_grace: Duration::from_secs(10),
             event_loops: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            busy_poll: Duration::from_micros(200),
             local_readiness: None,
         }
     }

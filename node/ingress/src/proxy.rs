@@ -467,6 +467,7 @@ async fn serve_on(ingress: Ingress, listener: TcpListener, shutdown: Cancellatio
         grace: config.shutdown_grace,
         // The gateway (guests' calls to Services) is served on the caller's runtime.
         event_loops: if gateway { 0 } else { config.event_loops },
+        busy_poll: config.busy_poll,
     };
     wisp_runtime::http::serve(listener, service, options, shutdown).await;
 }

@@ -113,6 +113,7 @@ async fn run_node(
     let name = config.node_name.clone();
     let mut ingress_config = wisp_ingress::IngressConfig::new(name.clone());
     ingress_config.local_readiness = Some(config.local_readiness.clone());
+    ingress_config.busy_poll = std::time::Duration::from_micros(opts.ingress_busy_poll_us);
     let agent = wisp_node::Agent::new(client.clone(), config).context("node agent")?;
     let ingress = wisp_ingress::Ingress::new(client, ingress_config, agent.runtimes().wasm.clone());
     #[allow(clippy::print_stdout)]
