@@ -278,6 +278,9 @@ pub mod spin {
             })
             .await;
             while recent(window) {
+                // Let the kernel run another thread on this core (the client's, on a
+                // machine this small) rather than spin over it.
+                std::thread::yield_now();
                 tokio::task::yield_now().await;
             }
         }
