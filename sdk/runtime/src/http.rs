@@ -234,9 +234,16 @@ pub async fn serve<B>(
 /// short while, rather than going to sleep in `epoll_wait` and being woken by the kernel when
 /// the next request arrives — a wake-up that costs tens of microseconds on a virtual machine,
 /// as much as serving a small request in process. Go's scheduler spins the same way before it
-/// parks a thread, as does Linux's `busy_poll` for NIC queues. Costs CPU: up to the window's
-/// length after each burst of traffic on a loop, nothing on an idle one.
-pub mod spin {
+/// parks a thread. Costs CPU: up to the window's length after each burst of traffic on a loop,
+/// nothing on an idle one — but a connection that reads or writes more often than the window
+/// (a guest streaming a body in small pieces) keeps its loop polling for as long as it lasts.
+/// Only the served connections count as traffic: a loop waiting on a slow backend sleeps.
+///
+/// For single-threaded runtimes only (the event loops): the spinner and the streams meet in
+/// thread-locals. It rests on tokio's current-thread scheduler polling its I/O driver with a
+/// zero timeout when a task has yielded (`park_yield`), which is worth re-checking when tokio
+/// is upgraded.
+pub(crate) mod spin {
     use std::cell::{Cell, RefCell};
     use std::io::IoSlice;
     use std::pin::Pin;
@@ -250,6 +257,9 @@ pub mod spin {
         static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
         /// The spinner, while it waits for traffic.
         static IDLE: RefCell<Option<Waker>> = const { RefCell::new(None) };
+        /// Turns the spinner has polled (for the tests).
+        #[cfg(test)]
+        static TURNS: Cell<u64> = const { Cell::new(0) };
     }
 
     fn touch() {
@@ -266,7 +276,7 @@ pub mod spin {
     /// Runs on an event loop as long as it lives: while its connections had traffic within
     /// `window`, yields at every turn, so that the loop polls its sockets without blocking
     /// instead of sleeping; then waits, costing nothing, for the next traffic.
-    pub async fn spinner(window: Duration) {
+    pub(crate) async fn spinner(window: Duration) {
         loop {
             std::future::poll_fn(|cx| {
                 if recent(window) {
@@ -281,13 +291,15 @@ pub mod spin {
                 // Let the kernel run another thread on this core (the client's, on a
                 // machine this small) rather than spin over it.
                 std::thread::yield_now();
+                #[cfg(test)]
+                TURNS.set(TURNS.get() + 1);
                 tokio::task::yield_now().await;
             }
         }
     }
 
     /// A stream that notes, for its thread's spinner, when it reads or writes.
-    pub struct Touching<S>(pub S);
+    pub(crate) struct Touching<S>(pub(crate) S);
 
     impl<S: AsyncRead + Unpin> AsyncRead for Touching<S> {
         fn poll_read(
@@ -357,6 +369,11 @@ pub mod spin {
             let spinner = tokio::spawn(spinner(window));
             tokio::task::yield_now().await;
             assert!(waiting(), "no traffic yet: the spinner sleeps");
+            let before = TURNS.get();
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(TURNS.get(), before, "without traffic the spinner does not poll");
 
             let (mut client, server) = tokio::io::duplex(64);
             let mut server = Touching(server);
@@ -367,18 +384,34 @@ pub mod spin {
             for _ in 0..10 {
                 tokio::task::yield_now().await;
             }
+            // Each of our yields lets the spinner take a turn (unless the window has passed).
+            let spun = TURNS.get() - before;
             if read_at.elapsed() < window {
-                assert!(!waiting(), "within the window after a read, the spinner polls");
+                assert!(
+                    spun >= 5,
+                    "within the window after a read the spinner polls ({spun} turns)"
+                );
+                assert!(!waiting());
+            } else {
+                assert!(spun >= 1, "the spinner polled after the read");
             }
-            // Past the window it waits again (and keeps its thread asleep).
+
+            // Past the window it waits again, and takes no more turns.
             tokio::time::sleep(window + Duration::from_millis(50)).await;
             tokio::task::yield_now().await;
             assert!(waiting(), "past the window, the spinner sleeps");
+            let parked = TURNS.get();
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(TURNS.get(), parked, "a sleeping spinner does not poll");
 
             // A write counts as traffic too.
             server.write_all(b"pong").await.expect("write");
-            tokio::task::yield_now().await;
-            assert!(!waiting(), "a write wakes the spinner");
+            for _ in 0..5 {
+                tokio::task::yield_now().await;
+            }
+            assert!(TURNS.get() > parked, "a write wakes the spinner");
             spinner.abort();
         }
     }
