@@ -34,6 +34,7 @@ fn agent_config(opts: &NodeOptions, data_dir: PathBuf) -> anyhow::Result<wisp_no
     let mut c = wisp_node::AgentConfig::new(name, data_dir);
     c.address = opts.node_address.clone();
     c.listen = opts.agent_listen;
+    c.wasm_pagemap_reset = opts.wasm_pagemap_reset;
     c.lease_duration = Duration::from_secs(opts.lease_seconds.max(1));
     c.backoff.base = Duration::from_millis(opts.restart_backoff_ms.max(1));
     for (key, value) in [("cpu", &opts.node_cpu), ("memory", &opts.node_memory)] {
@@ -317,4 +318,29 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
     ran.context("node agent")?;
     served.context("API server")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Opts {
+        #[command(flatten)]
+        node: NodeOptions,
+    }
+
+    fn config(args: &[&str]) -> wisp_node::AgentConfig {
+        let opts = Opts::try_parse_from(std::iter::once("wisp").chain(args.iter().copied()))
+            .expect("arguments parse");
+        agent_config(&opts.node, PathBuf::from("/nonexistent")).expect("agent config")
+    }
+
+    #[test]
+    fn the_pagemap_reset_is_off_unless_asked_for() {
+        assert!(!config(&["--node-name", "n"]).wasm_pagemap_reset);
+        assert!(config(&["--node-name", "n", "--wasm-pagemap-reset"]).wasm_pagemap_reset);
+    }
 }
