@@ -4,6 +4,7 @@
 # -O pooling-allocator` (wasmtime-cli 48.0.8), both driven by the same wrk command.
 #
 #   tests/bench/warm.sh            # WISP_BENCH_SECONDS=10 WISP_BENCH_CONNECTIONS="1 16 64"
+#   WISP_WASM_PAGEMAP_RESET=true tests/bench/warm.sh   # wisp up with --wasm-pagemap-reset
 #
 # Needs wrk (apt) and wasmtime-cli (installed with cargo when missing). Prints a Markdown table.
 set -euo pipefail
