@@ -269,6 +269,14 @@ pub(crate) mod spin {
         }
     }
 
+    /// `r`, noting the traffic when the I/O it reports happened.
+    fn touched<T>(r: Poll<T>) -> Poll<T> {
+        if r.is_ready() {
+            touch();
+        }
+        r
+    }
+
     fn recent(window: Duration) -> bool {
         LAST.get().is_some_and(|t| t.elapsed() < window)
     }
@@ -307,11 +315,7 @@ pub(crate) mod spin {
             cx: &mut Context<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<std::io::Result<()>> {
-            let r = Pin::new(&mut self.0).poll_read(cx, buf);
-            if r.is_ready() {
-                touch();
-            }
-            r
+            touched(Pin::new(&mut self.0).poll_read(cx, buf))
         }
     }
 
@@ -321,11 +325,7 @@ pub(crate) mod spin {
             cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<std::io::Result<usize>> {
-            let r = Pin::new(&mut self.0).poll_write(cx, buf);
-            if r.is_ready() {
-                touch();
-            }
-            r
+            touched(Pin::new(&mut self.0).poll_write(cx, buf))
         }
 
         fn poll_write_vectored(
@@ -333,11 +333,7 @@ pub(crate) mod spin {
             cx: &mut Context<'_>,
             bufs: &[IoSlice<'_>],
         ) -> Poll<std::io::Result<usize>> {
-            let r = Pin::new(&mut self.0).poll_write_vectored(cx, bufs);
-            if r.is_ready() {
-                touch();
-            }
-            r
+            touched(Pin::new(&mut self.0).poll_write_vectored(cx, bufs))
         }
 
         fn is_write_vectored(&self) -> bool {
