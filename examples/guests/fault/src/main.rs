@@ -4,7 +4,9 @@
 //! Routes: `/loop` (spins forever), `/alloc?mb=N` (allocates and touches N MiB, default 1024),
 //! `/trap` (panics, i.e. traps), `/count` (increments a global: always 1 with a fresh instance
 //! per request), `/read?path=P` (reads a file), `/env?name=N`, `/fetch?url=U` (outbound GET),
-//! anything else: `fault ok`.
+//! `/mark?ms=N` (increments a counter alone on its own memory page, then waits N ms before
+//! answering with it: always 1 with a fresh, fully reset instance per request), anything else:
+//! `fault ok`.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -12,6 +14,12 @@ use wstd::http::body::Body;
 use wstd::http::{Client, Error, Request, Response, StatusCode};
 
 static COUNT: AtomicU32 = AtomicU32::new(0);
+
+/// A counter with a 4 KiB host page of linear memory to itself: after `/mark` increments it,
+/// nothing else in the instance touches that page again.
+#[repr(C, align(4096))]
+struct OwnPage(AtomicU32);
+static MARK: OwnPage = OwnPage(AtomicU32::new(0));
 
 fn query<'a>(request: &'a Request<Body>, key: &str) -> Option<&'a str> {
     request.uri().query()?.split('&').find_map(|kv| {
@@ -47,6 +55,12 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         }
         "/trap" => panic!("the guest traps on purpose"),
         "/count" => text(ok, format!("{}", COUNT.fetch_add(1, Ordering::SeqCst) + 1)),
+        "/mark" => {
+            let ms: u64 = query(&request, "ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let n = MARK.0.fetch_add(1, Ordering::SeqCst) + 1;
+            wstd::task::sleep(wstd::time::Duration::from_millis(ms)).await;
+            text(ok, format!("{n}"))
+        }
         "/read" => {
             let path = query(&request, "path").unwrap_or("/");
             match std::fs::read_to_string(path) {
