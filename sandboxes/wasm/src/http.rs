@@ -181,10 +181,11 @@ where
         let denied = store.data().limiter.denied;
         // The only request in flight in this sandbox, answered: give the woken handler a
         // chance to send the response before the store is dropped — which resets the
-        // instance's memory for the pool (a `memset` of up to `keep_resident`) and would
-        // otherwise run first, on this worker thread. A hint to the scheduler, not a
-        // guarantee (a yielded task runs after the worker's ready ones). With other requests
-        // in flight the reset runs at once: yielding would keep slots busy under load.
+        // instance's memory for the pool (the pages it dirtied, or a `memset` of up to
+        // `keep_resident` without the pagemap scan) and would otherwise run first, on this
+        // worker thread. A hint to the scheduler, not a guarantee (a yielded task runs after
+        // the worker's ready ones). With other requests in flight the reset runs at once:
+        // yielding would keep slots busy under load.
         if matches!(outcome, Outcome::Done) && tasks.len() <= 1 {
             tokio::task::yield_now().await;
         }

@@ -72,16 +72,16 @@ pub struct WasmConfig {
     /// served half the requests per second at 16 connections, BENCHMARKS.md). Larger memories
     /// `madvise` what lies beyond. Costs up to this much resident memory per pool slot used.
     pub keep_resident: usize,
-    /// Opt-in, off by default: reset only the pages an instance dirtied within the
-    /// kept-resident bytes, found with Linux's `PAGEMAP_SCAN` (6.7+; ignored where unavailable),
-    /// instead of `memset`ting all of them. Measured (`examples/bench_instantiate.rs`): instance
-    /// teardown 15 → 3 µs, in-process request p50 about halved for the hello component.
+    /// Reset only the pages an instance dirtied within the kept-resident bytes, found with
+    /// Linux's `PAGEMAP_SCAN` (6.7+; where it is unavailable wasmtime falls back to the
+    /// `memset`), instead of `memset`ting all of them; on by default. Measured
+    /// (`examples/bench_instantiate.rs`): instance teardown 15 → 3 µs, in-process request p50
+    /// about halved for the hello component; warm requests through the ingress 1.6–1.9× faster
+    /// (BENCHMARKS.md).
     ///
-    /// **Not safe for multi-tenant nodes** with wasmtime 48: the scan resets only *present*
-    /// dirty pages, so a dirty page that is swapped out — or being migrated by compaction — at
-    /// teardown is neither reset nor decommitted, and the next instance in that pool slot (maybe
-    /// another sandbox's) can read it (bytecodealliance/wasmtime#14357, open). Enable only where
-    /// any request may see what an earlier one left in memory.
+    /// Dirty pages that are swapped out or being migrated at teardown are reset too: the
+    /// workspace carries that fix to wasmtime 48 (`sandboxes/wasm/vendor/`, cf.
+    /// bytecodealliance/wasmtime#14357), shown by `tests/swap.rs`.
     pub pagemap_scan: bool,
     /// Epoch interruption granularity: deadlines are precise to one tick.
     pub epoch_tick: Duration,
@@ -103,7 +103,7 @@ impl WasmConfig {
             max_instances: 1000,
             max_memory_per_instance: 1 << 30,
             keep_resident: 2 << 20,
-            pagemap_scan: false,
+            pagemap_scan: true,
             epoch_tick: Duration::from_millis(10),
             max_wasm_stack: 512 << 10,
             log_lines: 10_000,

@@ -339,8 +339,11 @@ mod tests {
     }
 
     #[test]
-    fn the_pagemap_reset_is_off_unless_asked_for() {
-        assert!(!config(&["--node-name", "n"]).wasm_pagemap_reset);
+    fn the_pagemap_reset_is_on_unless_turned_off() {
+        assert!(config(&["--node-name", "n"]).wasm_pagemap_reset);
         assert!(config(&["--node-name", "n", "--wasm-pagemap-reset"]).wasm_pagemap_reset);
+        assert!(config(&["--node-name", "n", "--wasm-pagemap-reset=true"]).wasm_pagemap_reset);
+        assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset=false"]).wasm_pagemap_reset);
+        assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset", "false"]).wasm_pagemap_reset);
     }
 }
