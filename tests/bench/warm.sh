@@ -4,13 +4,15 @@
 # -O pooling-allocator` (wasmtime-cli 48.0.8), both driven by the same wrk command.
 #
 #   tests/bench/warm.sh            # WISP_BENCH_SECONDS=10 WISP_BENCH_CONNECTIONS="1 16 64"
-#   WISP_WASM_PAGEMAP_RESET=true tests/bench/warm.sh   # wisp up with --wasm-pagemap-reset
+#                                  # WISP_BENCH_ROUNDS=3 (alternating pairs; the median ratio)
+#   WISP_WASM_PAGEMAP_RESET=false tests/bench/warm.sh  # wisp up resetting pool slots by memset
 #
 # Needs wrk (apt) and wasmtime-cli (installed with cargo when missing). Prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs="${WISP_BENCH_SECONDS:-10}"
 conns="${WISP_BENCH_CONNECTIONS:-1 16 64}"
+rounds="${WISP_BENCH_ROUNDS:-3}"
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
@@ -56,13 +58,29 @@ run_wrk() { # url conns -> "req/s p50 p99"
   echo "$rps $p50 $p99"
 }
 
-echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); cpus: $(nproc); wrk -t1 -d${secs}s; $(wasmtime --version)"
+echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); cpus: $(nproc); wrk -t1 -d${secs}s; $(wasmtime --version); wisp up --wasm-pagemap-reset=${WISP_WASM_PAGEMAP_RESET:-true}"
 echo
-echo "| connections | wisp ingress req/s | p50 | p99 | wasmtime serve req/s | p50 | p99 | wisp ÷ wasmtime |"
-echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| connections | round | wisp ingress req/s | p50 | p99 | wasmtime serve req/s | p50 | p99 | wisp ÷ wasmtime |"
+echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+summary=()
 for c in $conns; do
-  read -r w_rps w_p50 w_p99 <<<"$(run_wrk "http://127.0.0.1:$ingress_port/" "$c")"
-  read -r s_rps s_p50 s_p99 <<<"$(run_wrk "http://127.0.0.1:$serve_port/" "$c")"
-  ratio="$(python3 -c "print(f'{$w_rps/$s_rps:.2f}×')")"
-  echo "| $c | $w_rps | $w_p50 | $w_p99 | $s_rps | $s_p50 | $s_p99 | $ratio |"
+  ratios=()
+  for r in $(seq "$rounds"); do
+    # Alternate which server goes first: the machine's drift then falls on both.
+    if ((r % 2)); then
+      read -r w_rps w_p50 w_p99 <<<"$(run_wrk "http://127.0.0.1:$ingress_port/" "$c")"
+      read -r s_rps s_p50 s_p99 <<<"$(run_wrk "http://127.0.0.1:$serve_port/" "$c")"
+    else
+      read -r s_rps s_p50 s_p99 <<<"$(run_wrk "http://127.0.0.1:$serve_port/" "$c")"
+      read -r w_rps w_p50 w_p99 <<<"$(run_wrk "http://127.0.0.1:$ingress_port/" "$c")"
+    fi
+    ratio="$(python3 -c "print(f'{$w_rps/$s_rps:.2f}')")"
+    ratios+=("$ratio")
+    echo "| $c | $r | $w_rps | $w_p50 | $w_p99 | $s_rps | $s_p50 | $s_p99 | ${ratio}× |"
+  done
+  summary+=("$c $(python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(f'{statistics.median(v):.2f}× ({min(v):.2f}–{max(v):.2f}×)')" "${ratios[@]}")")
 done
+echo
+echo "| connections | wisp ÷ wasmtime, median of $rounds rounds (range) |"
+echo "| ---: | ---: |"
+for line in "${summary[@]}"; do echo "| ${line%% *} | ${line#* } |"; done
