@@ -331,6 +331,10 @@ async fn store_api(args: &StoreApiArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same allocator as the `wisp` binary: the cluster this harness starts runs in process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     started();
