@@ -65,21 +65,25 @@ pub struct WasmConfig {
     /// Largest linear memory any instance may have (a pool slot's size).
     pub max_memory_per_instance: usize,
     /// Bytes of each pooled memory kept resident between instances (1/8 of it for tables);
-    /// default 2 MiB. A memory no larger is reset by `memset` and copying its data image back
-    /// alone: no `madvise`, so no page faults on the next instance and no TLB shootdown of the
-    /// other cores per request (a Rust guest's initial memory — 1 MiB of stack plus its data —
-    /// is just over 1 MiB; with 1 MiB kept, every request paid both, and the hello component
-    /// served half the requests per second at 16 connections, BENCHMARKS.md). Larger memories
-    /// `madvise` what lies beyond. Costs up to this much resident memory per pool slot used.
+    /// default 2 MiB. Within it a memory is reset in place (its dirty pages with
+    /// `pagemap_scan`, else the whole first `keep_resident` bytes by `memset` and copying its
+    /// data image back): no `madvise`, so no page faults on the next instance and no TLB
+    /// shootdown of the other cores per request (a Rust guest's initial memory — 1 MiB of stack
+    /// plus its data — is just over 1 MiB; with 1 MiB kept, every request paid both, and the
+    /// hello component served half the requests per second at 16 connections,
+    /// BENCHMARKS.md). What lies beyond is `madvise`d (and, with `pagemap_scan`, whatever the
+    /// scan cannot cover: swapped-out pages, more than 32 separate dirty runs). Costs up to
+    /// this much resident memory per pool slot used.
     pub keep_resident: usize,
-    /// Reset only the pages an instance dirtied within the kept-resident bytes, found with
-    /// Linux's `PAGEMAP_SCAN` (6.7+; where it is unavailable wasmtime falls back to the
-    /// `memset`), instead of `memset`ting all of them; on by default. Measured
+    /// Reset only the slot's private pages within the kept-resident bytes — those the
+    /// instance (or an earlier one since they were last dropped) wrote — found with Linux's
+    /// `PAGEMAP_SCAN` (6.7+; where it is unavailable wasmtime falls back to the `memset`),
+    /// instead of `memset`ting all of them; on by default. Measured
     /// (`examples/bench_instantiate.rs`): instance teardown 15 → 3 µs, in-process request p50
     /// about halved for the hello component; warm requests through the ingress 1.6–1.9× faster
     /// (BENCHMARKS.md).
     ///
-    /// Dirty pages that are swapped out or being migrated at teardown are reset too: the
+    /// Dirty pages that are swapped out or being migrated at teardown are decommitted: the
     /// workspace carries that fix to wasmtime 48 (`sandboxes/wasm/vendor/`, cf.
     /// bytecodealliance/wasmtime#14357), shown by `tests/swap.rs`.
     pub pagemap_scan: bool,

@@ -15,8 +15,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::{BodyExt, Empty};
-use wisp_sandbox::{Kind, Sandbox, SandboxSpec, Source};
+use wisp_sandbox::{Kind, LogOptions, Sandbox, SandboxSpec, Source};
 use wisp_sandbox_wasm::{HandleError, WasmConfig, WasmSandbox};
 
 fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
@@ -110,22 +111,21 @@ impl MemoryCgroup {
         std::fs::write(&path, value).map_err(|e| format!("write {value} to {}: {e}", path.display()))
     }
 
-    fn stat(&self, key: &str) -> u64 {
+    /// Bytes of this cgroup's memory in swap (`None` without swap accounting).
+    fn swapped(&self) -> Option<u64> {
         std::fs::read_to_string(self.dir.join("memory.stat"))
-            .unwrap_or_default()
+            .ok()?
             .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0)
+            .find_map(|l| l.strip_prefix("swap ")?.parse().ok())
     }
 
-    /// Lowers the limit until the kernel has reclaimed (swapped out) what it can, then lifts it.
+    /// Has the kernel reclaim (swap out) all it can of the cgroup's memory, and returns how
+    /// much of it is in swap.
     fn push_to_swap(&self) -> u64 {
-        // The kernel reclaims down to the limit when it is set; it answers EBUSY when it cannot
-        // get all the way there, having swapped out what it could.
-        let _ = self.write("memory.limit_in_bytes", &(1u64 << 20).to_string());
-        let swapped = self.stat("swap");
-        self.write("memory.limit_in_bytes", "-1").expect("lift the limit");
-        swapped
+        // cgroup v1's `memory.force_empty` reclaims every page it can, with the tasks still in.
+        let _ = self.write("memory.force_empty", "0");
+        self.swapped()
+            .expect("memory.stat has no swap line (swap accounting off?)")
     }
 }
 
@@ -147,8 +147,14 @@ fn stage() -> Result<(Swap, MemoryCgroup), String> {
     if !root {
         return Err("it needs root (swapon, a memory cgroup)".into());
     }
+    if !wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
+        return Err("this kernel has no PAGEMAP_SCAN (Linux 6.7+): the reset under test is off".into());
+    }
     let swap = Swap::ensure()?;
     let cgroup = MemoryCgroup::enter()?;
+    if cgroup.swapped().is_none() {
+        return Err("the memory cgroup does not account swap (memory.stat has no swap line)".into());
+    }
     Ok((swap, cgroup))
 }
 
@@ -206,16 +212,35 @@ async fn a_dirty_page_swapped_out_at_teardown_is_reset_for_the_next_instance() {
     s.create(&spec).await.expect("create");
     s.start(&spec.id).await.expect("start");
 
+    let mut logs = s
+        .logs(
+            &spec.id,
+            LogOptions {
+                follow: true,
+                tail: Some(0),
+            },
+        )
+        .await
+        .expect("logs");
     for round in 0..5 {
-        // The guest writes its counter (a page of its own), then waits before answering: the
-        // instance is alive, its counter page dirty, while the test swaps the process out.
+        // The guest writes its counter (a page of its own), says so, then waits before
+        // answering: the instance is alive, its counter page dirty, while the test swaps the
+        // process out.
         let lingering = {
             let s = s.clone();
             let spec = spec.clone();
-            tokio::spawn(async move { mark(&s, &spec, 1500).await })
+            tokio::spawn(async move { mark(&s, &spec, 1000).await })
         };
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let said = tokio::time::timeout(Duration::from_secs(10), logs.next())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the guest never said it marked"))
+            .expect("log stream");
+        assert_eq!(said.line, "marked 1", "round {round}");
         let swapped = cgroup.push_to_swap();
+        assert!(
+            !lingering.is_finished(),
+            "round {round}: the instance ended before the swap-out"
+        );
         assert!(swapped > 0, "round {round}: nothing went to swap");
         assert_eq!(lingering.await.expect("join"), "1", "round {round}");
         // The next instance takes the slot the answered one left.

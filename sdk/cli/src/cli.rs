@@ -126,6 +126,7 @@ pub struct NodeOptions {
         default_value_t = true,
         num_args = 0..=1,
         default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
         action = clap::ArgAction::Set
     )]
     pub wasm_pagemap_reset: bool,

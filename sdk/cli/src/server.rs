@@ -345,5 +345,7 @@ mod tests {
         assert!(config(&["--node-name", "n", "--wasm-pagemap-reset=true"]).wasm_pagemap_reset);
         assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset=false"]).wasm_pagemap_reset);
         assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset", "false"]).wasm_pagemap_reset);
+        assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset=0"]).wasm_pagemap_reset);
+        assert!(config(&["--node-name", "n", "--wasm-pagemap-reset=on"]).wasm_pagemap_reset);
     }
 }

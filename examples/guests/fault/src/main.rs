@@ -4,9 +4,9 @@
 //! Routes: `/loop` (spins forever), `/alloc?mb=N` (allocates and touches N MiB, default 1024),
 //! `/trap` (panics, i.e. traps), `/count` (increments a global: always 1 with a fresh instance
 //! per request), `/read?path=P` (reads a file), `/env?name=N`, `/fetch?url=U` (outbound GET),
-//! `/mark?ms=N` (increments a counter alone on its own memory page, then waits N ms before
-//! answering with it: always 1 with a fresh, fully reset instance per request), anything else:
-//! `fault ok`.
+//! `/mark?ms=N` (increments a counter alone on its own memory page, prints `marked N`, then
+//! waits N ms before answering with it: always 1 with a fresh, fully reset instance per
+//! request), anything else: `fault ok`.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -58,6 +58,7 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         "/mark" => {
             let ms: u64 = query(&request, "ms").and_then(|v| v.parse().ok()).unwrap_or(0);
             let n = MARK.0.fetch_add(1, Ordering::SeqCst) + 1;
+            println!("marked {n}");
             wstd::task::sleep(wstd::time::Duration::from_millis(ms)).await;
             text(ok, format!("{n}"))
         }

@@ -137,7 +137,6 @@ impl PageMap {
 /// for pages that:
 ///
 /// * Are present, or swapped out (see below).
-/// * Have been written.
 /// * Are NOT backed by the "zero" page.
 /// * Are NOT backed by a "file" page.
 ///
@@ -178,10 +177,12 @@ impl PageMap {
 ///   `WRITTEN | SWAPPED` but not `PRESENT`, and it must be reset like a
 ///   present one: otherwise it is neither reset nor decommitted (it sits
 ///   before `walk_end`) and the next instance in this slot reads it back.
-///   Resetting it in place faults it back in and overwrites it.
+///   Such regions are decommitted (see the end of this function).
 ///
-/// * `Categories::WRITTEN` - if a page was only read by the guest no need to
-///   take a look at it as the contents aren't changed from the initial image.
+/// * `Categories::WRITTEN` is not asked for: without userfaultfd
+///   write-protection it is set on every page with a page table entry, so it
+///   filters nothing; a page only read by the guest is the zero page or a file
+///   page, excluded below.
 ///
 /// * `!Categories::PFNZERO` - if a page is mapped to the zero page then it's
 ///   guaranteed to be readonly and it means that wasm read the memory but
@@ -294,18 +295,20 @@ pub unsafe fn reset_with_pagemap(
         // backed by files. Such pages mean that they haven't changed from their
         // original contents, so they're inverted.
         .category_inverted(Categories::PFNZERO | Categories::FILE)
-        // Search for pages that are written as those are the dirty pages.
-        // Additionally search for the zero page/file page as those are
-        // inverted above meaning we're searching for pages that specifically
-        // don't have those flags.
-        .category_mask(Categories::WRITTEN | Categories::PFNZERO | Categories::FILE)
-        // ... and that are present or swapped out: a dirty page swapped out or
-        // under migration at this point is still dirty (see above).
+        // Search for the zero page/file page as those are inverted above
+        // meaning we're searching for pages that specifically don't have
+        // those flags. `WRITTEN` is not required: without userfaultfd
+        // write-protection (not used here) the kernel reports it for every page
+        // with a page table entry anyway, and requiring it would make this
+        // scan find nothing (and reset nothing) if that ever changed.
+        .category_mask(Categories::PFNZERO | Categories::FILE)
+        // ... and that are present or swapped out: a private page swapped out
+        // or under migration at this point may be dirty (see above).
         .category_anyof_mask(Categories::PRESENT | Categories::SWAPPED)
-        // Don't return any categories back. This helps group regions together
-        // since the reported set of categories is always empty and we otherwise
-        // aren't looking for anything in particular.
-        .return_mask(Categories::empty())
+        // Return only whether a region is swapped out: regions are grouped by
+        // that alone, and swapped ones are decommitted below instead of being
+        // faulted back in to be overwritten.
+        .return_mask(Categories::SWAPPED)
         .build(&mut storage);
 
     // SAFETY: this should be a safe ioctl as we control the fd we're operating
@@ -333,9 +336,17 @@ pub unsafe fn reset_with_pagemap(
     };
 
     // For all regions that were written in the scan reset them manually, then
-    // afterwards decommit everything else.
+    // afterwards decommit everything else. Regions that are swapped out (or
+    // under migration, or hold a swap-in-error or poison marker) are
+    // decommitted instead: that drops their swap entries and restores the
+    // original contents on the next access, with no swap-in I/O here, and
+    // never writes to a page that cannot be read back.
     let mut bytes_resident = 0;
     for region in result.regions() {
+        if region.categories().contains(Categories::SWAPPED) {
+            decommit(region.start().cast_mut(), region.len());
+            continue;
+        }
         // SAFETY: we're relying on Linux to pass in valid region ranges within
         // the `ptr/len` we specified to the original syscall.
         unsafe {
@@ -583,10 +594,6 @@ mod ioctl {
         /// Note that this will only contain categories specified in
         /// [`PageMapScanBuilder::return_mask`].
         #[inline]
-        #[cfg_attr(
-            not(test),
-            expect(dead_code, reason = "bindings for the future if we need them")
-        )]
         pub fn categories(&self) -> Categories {
             self.0.categories
         }
