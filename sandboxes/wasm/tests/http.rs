@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
 use wisp_sandbox::{Endpoint, Kind, Mount, Sandbox, SandboxSpec, Source, State};
 use wisp_sandbox_wasm::{HandleError, WasmSandbox};
 
@@ -22,16 +20,6 @@ fn http_spec(id: &str, guest: &str) -> SandboxSpec {
     common::spec(id, Source::WasmFile(common::guest(guest)), Kind::Http, &[])
 }
 
-async fn get(s: &WasmSandbox, spec: &SandboxSpec, path: &str) -> Result<(u16, String), HandleError> {
-    let req = hyper::Request::get(format!("http://fn.local{path}"))
-        .body(Empty::<Bytes>::new())
-        .expect("request");
-    let resp = s.handle(&spec.id, req).await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_answers_in_process() {
     let (s, _dir) = common::runtime(None);
@@ -41,7 +29,7 @@ async fn hello_answers_in_process() {
     assert!(matches!(status.state, State::Running { .. }));
     assert_eq!(status.endpoint, Some(Endpoint::InProcess));
     assert_eq!(
-        get(&s, &spec, "/").await.expect("hello"),
+        common::get(&s, &spec, "/").await.expect("hello"),
         (200, "Hello from Wisp".to_owned())
     );
     // An HTTP sandbox runs until stopped; wait() returns then.
@@ -54,7 +42,7 @@ async fn hello_answers_in_process() {
     assert_eq!(exit.exit_code, 0);
     assert_eq!(waiter.await.expect("join").expect("wait"), exit);
     assert!(matches!(
-        get(&s, &spec, "/").await,
+        common::get(&s, &spec, "/").await,
         Err(HandleError::NotServing(_))
     ));
 }
@@ -67,7 +55,7 @@ async fn every_request_gets_a_fresh_instance() {
     // Enough requests that pool slots are reset and reused (by default, the pages the
     // instance dirtied within the 2 MiB kept resident, found by the pagemap scan).
     for _ in 0..20 {
-        assert_eq!(get(&s, &spec, "/count").await.expect("count").1, "1");
+        assert_eq!(common::get(&s, &spec, "/count").await.expect("count").1, "1");
     }
 }
 
@@ -91,7 +79,10 @@ async fn instantiate_only_times_a_fresh_instance_of_a_serving_sandbox() {
         assert!(t.instantiate > Duration::ZERO, "{t:?}");
     }
     // The instances were dropped: requests are still served.
-    assert_eq!(get(&s, &spec, "/").await.expect("hello").1, "Hello from Wisp");
+    assert_eq!(
+        common::get(&s, &spec, "/").await.expect("hello").1,
+        "Hello from Wisp"
+    );
     s.stop(&spec.id, Duration::from_secs(1)).await.expect("stop");
     assert!(matches!(
         s.instantiate_only(&spec.id).await,
@@ -112,7 +103,7 @@ async fn every_request_gets_a_fresh_instance_with_the_memset_reset() {
     started(&s, &spec).await;
     // Few slots, so the same one is reset and reused.
     for _ in 0..20 {
-        assert_eq!(get(&s, &spec, "/count").await.expect("count").1, "1");
+        assert_eq!(common::get(&s, &spec, "/count").await.expect("count").1, "1");
     }
 }
 
@@ -128,12 +119,12 @@ async fn an_infinite_loop_ends_at_the_deadline_and_others_keep_serving() {
     let spin = {
         let s = s.clone();
         let spec = looping.clone();
-        tokio::spawn(async move { get(&s, &spec, "/loop").await })
+        tokio::spawn(async move { common::get(&s, &spec, "/loop").await })
     };
     // Meanwhile another sandbox answers promptly.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let t = Instant::now();
-    assert_eq!(get(&s, &hello, "/").await.expect("hello").0, 200);
+    assert_eq!(common::get(&s, &hello, "/").await.expect("hello").0, 200);
     assert!(t.elapsed() < Duration::from_millis(250), "hello was not held up");
     let result = spin.await.expect("join");
     let took = started_at.elapsed();
@@ -143,7 +134,7 @@ async fn an_infinite_loop_ends_at_the_deadline_and_others_keep_serving() {
     );
     // Deadline + one epoch tick, with slack for a loaded 2-core machine.
     assert!(took < Duration::from_millis(800), "took {took:?}");
-    assert_eq!(get(&s, &looping, "/").await.expect("next request").0, 200);
+    assert_eq!(common::get(&s, &looping, "/").await.expect("next request").0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,12 +143,12 @@ async fn a_memory_bomb_is_capped_and_fails_only_its_request() {
     let mut spec = http_spec("bomb", "fault");
     spec.limits.memory_bytes = Some(32 << 20);
     started(&s, &spec).await;
-    let result = get(&s, &spec, "/alloc?mb=200").await;
+    let result = common::get(&s, &spec, "/alloc?mb=200").await;
     assert!(matches!(result, Err(HandleError::OutOfMemory)), "got {result:?}");
     assert_eq!(result.err().map(|e| e.status().as_u16()), Some(500));
     // Under the cap it works, and the sandbox keeps serving.
     assert_eq!(
-        get(&s, &spec, "/alloc?mb=8").await.expect("small alloc"),
+        common::get(&s, &spec, "/alloc?mb=8").await.expect("small alloc"),
         (200, "allocated 8 MiB".to_owned())
     );
 }
@@ -167,9 +158,9 @@ async fn a_trap_fails_only_its_request() {
     let (s, _dir) = common::runtime(None);
     let spec = http_spec("trap", "fault");
     started(&s, &spec).await;
-    let result = get(&s, &spec, "/trap").await;
+    let result = common::get(&s, &spec, "/trap").await;
     assert!(matches!(result, Err(HandleError::Guest(_))), "got {result:?}");
-    assert_eq!(get(&s, &spec, "/").await.expect("next").1, "fault ok");
+    assert_eq!(common::get(&s, &spec, "/").await.expect("next").1, "fault ok");
     // The guest's panic message went to the sandbox's logs.
     let logs: Vec<_> =
         futures::StreamExt::collect::<Vec<_>>(s.logs(&spec.id, Default::default()).await.expect("logs"))
@@ -195,28 +186,42 @@ async fn files_only_through_mounts_and_env_only_as_declared() {
     spec.env.push(("GREETING".into(), "hello".into()));
     started(&s, &spec).await;
     assert_eq!(
-        get(&s, &spec, "/read?path=/data/greeting").await.expect("read"),
+        common::get(&s, &spec, "/read?path=/data/greeting")
+            .await
+            .expect("read"),
         (200, "hi from a mount".to_owned())
     );
     assert_eq!(
-        get(&s, &spec, "/read?path=/etc/passwd").await.expect("outside").0,
+        common::get(&s, &spec, "/read?path=/etc/passwd")
+            .await
+            .expect("outside")
+            .0,
         403
     );
     assert_eq!(
-        get(&s, &spec, "/read?path=/data/../../etc/passwd")
+        common::get(&s, &spec, "/read?path=/data/../../etc/passwd")
             .await
             .expect("escape")
             .0,
         403
     );
-    assert_eq!(get(&s, &spec, "/write?path=/data/new").await.expect("ro").0, 403);
+    assert_eq!(
+        common::get(&s, &spec, "/write?path=/data/new")
+            .await
+            .expect("ro")
+            .0,
+        403
+    );
     assert!(!data.join("new").exists(), "a read-only mount was written");
     assert_eq!(
-        get(&s, &spec, "/env?name=GREETING").await.expect("env"),
+        common::get(&s, &spec, "/env?name=GREETING").await.expect("env"),
         (200, "hello".to_owned())
     );
     assert_eq!(
-        get(&s, &spec, "/env?name=PATH").await.expect("ambient env").0,
+        common::get(&s, &spec, "/env?name=PATH")
+            .await
+            .expect("ambient env")
+            .0,
         404
     );
 }
@@ -255,13 +260,13 @@ async fn outbound_http_only_to_allowed_hosts() {
     started(&s, &denied).await;
     started(&s, &allowed).await;
     let path = format!("/fetch?url=http://{addr}/");
-    let (status, body) = get(&s, &denied, &path).await.expect("denied");
+    let (status, body) = common::get(&s, &denied, &path).await.expect("denied");
     // The guest sees an error (wstd reports the denied request as a failed send) and the
     // upstream never sees a connection.
     assert_eq!(status, 502, "{body}");
     assert_eq!(connections.load(Ordering::SeqCst), 0, "a denied request went out");
     assert_eq!(
-        get(&s, &allowed, &path).await.expect("allowed"),
+        common::get(&s, &allowed, &path).await.expect("allowed"),
         (200, "upstream 200".to_owned())
     );
     assert_eq!(connections.load(Ordering::SeqCst), 1);

@@ -3,8 +3,8 @@
 //! slot reads the previous request's memory (the bug fixed by `sandboxes/wasm/vendor/`).
 //!
 //! The test sets the stage itself, which needs root: a swapfile (unless swap is on already) and
-//! a memory cgroup (cgroup v1) this test process moves into, whose limit it lowers for a moment
-//! to push the process's pages — the live instance's among them — out to swap. With `CI` set a
+//! a memory cgroup (cgroup v1) this test process moves into, whose `memory.force_empty` has the
+//! kernel push the process's pages — the live instance's among them — out to swap. With `CI` set a
 //! machine that cannot do that fails the test with the reason; without it the test is skipped
 //! with a notice. It is alone in this file: it moves its whole process between cgroups.
 
@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::{BodyExt, Empty};
 use wisp_sandbox::{Kind, LogOptions, Sandbox, SandboxSpec, Source};
 use wisp_sandbox_wasm::{HandleError, WasmConfig, WasmSandbox};
 
@@ -131,7 +129,6 @@ impl MemoryCgroup {
 
 impl Drop for MemoryCgroup {
     fn drop(&mut self) {
-        let _ = self.write("memory.limit_in_bytes", "-1");
         let _ = std::fs::write(self.parent.join("cgroup.procs"), std::process::id().to_string());
         let _ = std::fs::remove_dir(&self.dir);
     }
@@ -158,23 +155,16 @@ fn stage() -> Result<(Swap, MemoryCgroup), String> {
     Ok((swap, cgroup))
 }
 
-async fn mark_once(s: &WasmSandbox, spec: &SandboxSpec, ms: u64) -> Result<String, HandleError> {
-    let req = hyper::Request::get(format!("http://fn.local/mark?ms={ms}"))
-        .body(Empty::<Bytes>::new())
-        .expect("request");
-    let resp = s.handle(&spec.id, req).await?;
-    assert_eq!(resp.status().as_u16(), 200);
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
-}
-
 /// `/mark?ms=N` once the pool's one instance is free: the previous request's instance is
 /// dropped (and its slot reset) just after its response, so the pool can still be full.
 async fn mark(s: &WasmSandbox, spec: &SandboxSpec, ms: u64) -> String {
     let started = Instant::now();
     loop {
-        match mark_once(s, spec, ms).await {
-            Ok(n) => return n,
+        match common::get(s, spec, &format!("/mark?ms={ms}")).await {
+            Ok((status, n)) => {
+                assert_eq!(status, 200, "{n}");
+                return n;
+            }
             Err(e) if started.elapsed() < Duration::from_secs(10) => {
                 assert!(
                     matches!(e, HandleError::Guest(ref m) if m.contains("concurrent limit")),
@@ -245,6 +235,12 @@ async fn a_dirty_page_swapped_out_at_teardown_is_reset_for_the_next_instance() {
         assert_eq!(lingering.await.expect("join"), "1", "round {round}");
         // The next instance takes the slot the answered one left.
         let next = mark(&s, &spec, 0).await;
+        // Its own log line, read here so that the next round waits for its instance's.
+        let said = tokio::time::timeout(Duration::from_secs(10), logs.next())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the next instance never said it marked"))
+            .expect("log stream");
+        assert_eq!(said.line, format!("marked {next}"), "round {round}");
         assert_eq!(
             next, "1",
             "round {round}: the instance after a swapped-out one saw its counter ({swapped} bytes swapped)"

@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
 use wisp_sandbox::{ArtifactSource, Kind, SandboxId, SandboxSpec, Source};
-use wisp_sandbox_wasm::{WasmConfig, WasmSandbox};
+use wisp_sandbox_wasm::{HandleError, WasmConfig, WasmSandbox};
 
 /// A guest component built by `tests/build-guests.sh`.
 pub fn guest(name: &str) -> PathBuf {
@@ -26,4 +28,15 @@ pub fn spec(id: &str, source: Source, kind: Kind, args: &[&str]) -> SandboxSpec 
     let mut s = SandboxSpec::new(SandboxId::new(&format!("uid-{id}"), "main"), source, kind);
     s.args = args.iter().map(|a| (*a).to_owned()).collect();
     s
+}
+
+/// GET `path` through the sandbox's in-process hook: the status and the body as text.
+pub async fn get(s: &WasmSandbox, spec: &SandboxSpec, path: &str) -> Result<(u16, String), HandleError> {
+    let req = hyper::Request::get(format!("http://fn.local{path}"))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = s.handle(&spec.id, req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
