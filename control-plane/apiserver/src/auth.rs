@@ -1,10 +1,14 @@
-//! Bearer-token authentication and the namespace confinement of tokens.
+//! Bearer tokens: who a request acts as ([`Principal`]), minting, listing, expiry and
+//! revocation.
 //!
 //! Tokens are random; only their SHA-256 is stored (under `/wisp/tokens/<hex>`), so a copy
-//! of the store does not leak usable credentials.
+//! of the store does not leak usable credentials. A namespace token is bound to its
+//! Namespace's uid: it stops working when that namespace is deleted (from the moment it is
+//! `Terminating`), and never works on a namespace re-created with the same name.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -14,43 +18,151 @@ use crate::error::ApiError;
 
 const TOKENS: &str = "/wisp/tokens/";
 
+/// How long a token read from the store is trusted before it is read again (so a token
+/// revoked through another API server stops working within this).
+const RECHECK: Duration = Duration::from_secs(1);
+
 /// Who a request acts as.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Principal {
-    /// `None`: cluster admin. `Some(ns)`: confined to namespace `ns`.
-    pub namespace: Option<String>,
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Principal {
+    /// The cluster admin: everything.
+    Admin,
+    /// A team: the objects of one namespace (see `authz`).
+    #[serde(rename_all = "camelCase")]
+    Namespace {
+        namespace: String,
+        /// The uid of the Namespace the token was minted for.
+        namespace_uid: String,
+    },
+    /// A node agent and its ingress: its own Node and Lease, the status of the pods bound
+    /// to it, and what they need to read.
+    Node { node: String },
 }
 
 impl Principal {
     pub fn is_admin(&self) -> bool {
-        self.namespace.is_none()
+        matches!(self, Principal::Admin)
     }
 
-    /// May this principal touch objects in `namespace` (`None`: cluster-scoped or all)?
-    pub fn authorize(&self, namespace: Option<&str>) -> Result<(), ApiError> {
-        match (&self.namespace, namespace) {
-            (None, _) => Ok(()),
-            (Some(own), Some(ns)) if own == ns => Ok(()),
-            (Some(own), Some(ns)) => Err(ApiError::Forbidden(format!(
-                "this token is confined to namespace {own:?} and cannot access namespace {ns:?}"
-            ))),
-            (Some(own), None) => Err(ApiError::Forbidden(format!(
-                "this token is confined to namespace {own:?} and cannot access cluster-scoped or \
-                 cross-namespace resources"
-            ))),
+    /// The namespace a namespace token is confined to.
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Principal::Namespace { namespace, .. } => Some(namespace),
+            _ => None,
         }
     }
+
+    /// The node a node credential speaks for.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Principal::Node { node } => Some(node),
+            _ => None,
+        }
+    }
+
+    /// The principal and its scope, for messages: `namespace token of "team-a"`.
+    pub fn scope(&self) -> String {
+        match self {
+            Principal::Admin => "the cluster admin".into(),
+            Principal::Namespace { namespace, .. } => format!("a token of namespace {namespace:?}"),
+            Principal::Node { node } => format!("the credential of node {node:?}"),
+        }
+    }
+}
+
+/// A stored token (its digest is the key).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Record {
+    #[serde(flatten)]
+    principal: Principal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created_at: Option<String>,
+    /// RFC 3339; the token is refused from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+}
+
+/// A record written before tokens had kinds: `{"namespace": null}` was an admin token.
+#[derive(Deserialize)]
+struct LegacyRecord {
+    namespace: Option<String>,
+}
+
+fn decode_record(bytes: &[u8]) -> Result<Record, ApiError> {
+    if let Ok(r) = serde_json::from_slice::<Record>(bytes) {
+        return Ok(r);
+    }
+    match serde_json::from_slice::<LegacyRecord>(bytes) {
+        Ok(LegacyRecord { namespace: None }) => Ok(Record {
+            principal: Principal::Admin,
+            created_at: None,
+            expires_at: None,
+        }),
+        Ok(LegacyRecord { namespace: Some(ns) }) => Err(ApiError::Unauthorized(format!(
+            "this token of namespace {ns:?} predates tokens bound to a namespace's uid; mint a new one \
+             (wisp token create --namespace {ns})"
+        ))),
+        Err(e) => Err(ApiError::Internal(format!("corrupt token record: {e}"))),
+    }
+}
+
+/// One token as `wisp token list` shows it (never the token itself).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    /// The first 16 hex digits of the token's SHA-256: what `wisp token revoke` takes.
+    pub id: String,
+    /// `admin`, `namespace` or `node`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// Length of a token id (hex digits of the digest).
+pub const TOKEN_ID_LEN: usize = 16;
+
+impl TokenInfo {
+    fn of(digest: &str, r: &Record) -> Self {
+        let (kind, namespace, node) = match &r.principal {
+            Principal::Admin => ("admin", None, None),
+            Principal::Namespace { namespace, .. } => ("namespace", Some(namespace.clone()), None),
+            Principal::Node { node } => ("node", None, Some(node.clone())),
+        };
+        Self {
+            id: digest.chars().take(TOKEN_ID_LEN).collect(),
+            kind: kind.into(),
+            namespace,
+            node,
+            created_at: r.created_at.clone(),
+            expires_at: r.expires_at.clone(),
+        }
+    }
+}
+
+struct Cached {
+    principal: Principal,
+    expires: Option<jiff::Timestamp>,
+    /// When the store last confirmed it (`None`: lives only in this process).
+    checked: Option<Instant>,
 }
 
 /// Token verification with a cache of known tokens.
 #[derive(Clone)]
 pub struct Auth {
     store: Arc<dyn Store>,
-    cache: Arc<RwLock<HashMap<String, Principal>>>,
+    cache: Arc<RwLock<HashMap<String, Cached>>>,
 }
 
-fn digest(token: &str) -> String {
+/// The SHA-256 of a token, hex: its key in the store.
+pub fn digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
@@ -58,6 +170,19 @@ fn new_token() -> Result<String, ApiError> {
     let mut raw = [0u8; 32];
     getrandom::fill(&mut raw).map_err(|e| ApiError::Internal(format!("no randomness: {e}")))?;
     Ok(format!("wisp_{}", hex::encode(raw)))
+}
+
+fn parse_time(s: &str) -> Option<jiff::Timestamp> {
+    s.parse().ok()
+}
+
+/// The bearer token of an `Authorization` header value.
+pub fn bearer(header: Option<&str>) -> Result<&str, ApiError> {
+    header
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::Unauthorized("missing bearer token (Authorization: Bearer <token>)".into()))
 }
 
 impl Auth {
@@ -70,40 +195,127 @@ impl Auth {
 
     /// Check an `Authorization` header value.
     pub async fn authenticate(&self, header: Option<&str>) -> Result<Principal, ApiError> {
-        let token = header
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::Unauthorized("missing bearer token (Authorization: Bearer <token>)".into())
-            })?;
-        let key = digest(token);
-        if let Some(p) = self.cache.read().ok().and_then(|c| c.get(&key).cloned()) {
-            return Ok(p);
-        }
-        let kv = self
-            .store
-            .get(&format!("{TOKENS}{key}"))
-            .await
-            .map_err(|e| ApiError::from_store(e, "token"))?
-            .ok_or_else(|| ApiError::Unauthorized("invalid bearer token".into()))?;
-        let principal: Principal = serde_json::from_slice(&kv.value)
-            .map_err(|e| ApiError::Internal(format!("corrupt token record: {e}")))?;
-        if let Ok(mut cache) = self.cache.write() {
-            cache.insert(key, principal.clone());
+        let token = bearer(header)?;
+        self.authenticate_digest(&digest(token)).await
+    }
+
+    /// Check a token by its digest.
+    pub async fn authenticate_digest(&self, key: &str) -> Result<Principal, ApiError> {
+        let now = jiff::Timestamp::now();
+        let cached = self.cache.read().ok().and_then(|c| {
+            c.get(key).map(|e| {
+                let fresh = e.checked.is_none_or(|t| t.elapsed() < RECHECK);
+                (e.principal.clone(), e.expires, fresh)
+            })
+        });
+        let principal = match cached {
+            Some((_, Some(expires), _)) if expires <= now => {
+                self.forget(key);
+                return Err(ApiError::Unauthorized(format!("this token expired at {expires}")));
+            }
+            Some((p, _, true)) => p,
+            _ => self.load(key, now).await?,
+        };
+        if let Principal::Namespace {
+            namespace,
+            namespace_uid,
+        } = &principal
+        {
+            self.check_namespace(namespace, namespace_uid).await?;
         }
         Ok(principal)
     }
 
-    /// Mint a token for `principal` and record its digest.
-    pub async fn issue(&self, principal: &Principal) -> Result<String, ApiError> {
+    async fn load(&self, key: &str, now: jiff::Timestamp) -> Result<Principal, ApiError> {
+        let Some(kv) = self
+            .store
+            .get(&format!("{TOKENS}{key}"))
+            .await
+            .map_err(|e| ApiError::from_store(e, "token"))?
+        else {
+            self.forget(key);
+            return Err(ApiError::Unauthorized("invalid bearer token".into()));
+        };
+        let record = decode_record(&kv.value)?;
+        let expires = record.expires_at.as_deref().and_then(parse_time);
+        if let Some(at) = expires
+            && at <= now
+        {
+            return Err(ApiError::Unauthorized(format!("this token expired at {at}")));
+        }
+        if let Ok(mut cache) = self.cache.write() {
+            cache.insert(
+                key.to_owned(),
+                Cached {
+                    principal: record.principal.clone(),
+                    expires,
+                    checked: Some(Instant::now()),
+                },
+            );
+        }
+        Ok(record.principal)
+    }
+
+    /// A namespace token works only while the namespace it was minted for exists and is not
+    /// being deleted.
+    async fn check_namespace(&self, namespace: &str, uid: &str) -> Result<(), ApiError> {
+        let kv = self
+            .store
+            .get(&format!("/registry/namespaces/{namespace}"))
+            .await
+            .map_err(|e| ApiError::from_store(e, "namespace"))?;
+        let gone = || {
+            ApiError::Unauthorized(format!(
+                "this token's namespace {namespace:?} was deleted; its tokens no longer work"
+            ))
+        };
+        let Some(kv) = kv else { return Err(gone()) };
+        let ns: wisp_api::Namespace = serde_json::from_slice(&kv.value)
+            .map_err(|e| ApiError::Internal(format!("corrupt namespace {namespace}: {e}")))?;
+        if ns.metadata.uid.as_deref() != Some(uid) || ns.metadata.deletion_timestamp.is_some() {
+            return Err(gone());
+        }
+        Ok(())
+    }
+
+    fn forget(&self, key: &str) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remove(key);
+        }
+    }
+
+    /// Mint a token for `principal` (expiring after `ttl`, if given) and record its digest.
+    pub async fn issue(
+        &self,
+        principal: &Principal,
+        ttl: Option<Duration>,
+    ) -> Result<(String, TokenInfo), ApiError> {
         let token = new_token()?;
-        let record = serde_json::to_vec(principal).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let now = jiff::Timestamp::now();
+        let expires_at = match ttl {
+            Some(ttl) => {
+                let span = jiff::SignedDuration::try_from(ttl)
+                    .map_err(|_| ApiError::BadRequest("ttlSeconds: too large".into()))?;
+                Some(
+                    now.checked_add(span)
+                        .map_err(|_| ApiError::BadRequest("ttlSeconds: too large".into()))?
+                        .to_string(),
+                )
+            }
+            None => None,
+        };
+        let record = Record {
+            principal: principal.clone(),
+            created_at: Some(now.to_string()),
+            expires_at,
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let key = digest(&token);
         self.store
-            .create(&format!("{TOKENS}{}", digest(&token)), record.into(), None)
+            .create(&format!("{TOKENS}{key}"), bytes.into(), None)
             .await
             .map_err(|e| ApiError::from_store(e, "token"))?;
-        Ok(token)
+        Ok((token, TokenInfo::of(&key, &record)))
     }
 
     /// A token for `principal` that lives only in this process (never stored): for the
@@ -114,8 +326,107 @@ impl Auth {
             .cache
             .write()
             .map_err(|_| ApiError::Internal("token cache poisoned".into()))?;
-        cache.insert(digest(&token), principal);
+        cache.insert(
+            digest(&token),
+            Cached {
+                principal,
+                expires: None,
+                checked: None,
+            },
+        );
         Ok(token)
+    }
+
+    /// Every stored token, oldest first.
+    pub async fn list(&self) -> Result<Vec<TokenInfo>, ApiError> {
+        let listing = self
+            .store
+            .list(TOKENS)
+            .await
+            .map_err(|e| ApiError::from_store(e, "tokens"))?;
+        let mut out = Vec::new();
+        for kv in &listing.items {
+            let key = kv.key.trim_start_matches(TOKENS);
+            // A legacy namespace token cannot be used; it is still listed, to be revoked.
+            match decode_record(&kv.value) {
+                Ok(r) => out.push(TokenInfo::of(key, &r)),
+                Err(_) => out.push(TokenInfo {
+                    id: key.chars().take(TOKEN_ID_LEN).collect(),
+                    kind: "legacy".into(),
+                    namespace: None,
+                    node: None,
+                    created_at: None,
+                    expires_at: None,
+                }),
+            }
+        }
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Revoke the token whose id (a prefix of its digest, at least 8 hex digits) is `id`.
+    pub async fn revoke(&self, id: &str) -> Result<TokenInfo, ApiError> {
+        if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::BadRequest(format!(
+                "token id {id:?}: expected at least 8 hex digits, as `wisp token list` shows"
+            )));
+        }
+        let id = id.to_ascii_lowercase();
+        let listing = self
+            .store
+            .list(&format!("{TOKENS}{id}"))
+            .await
+            .map_err(|e| ApiError::from_store(e, "tokens"))?;
+        let kv = match listing.items.as_slice() {
+            [one] => one,
+            [] => return Err(ApiError::NotFound(format!("no token with id {id}"))),
+            _ => {
+                return Err(ApiError::Conflict(format!(
+                    "several tokens have ids starting with {id}; give more digits"
+                )));
+            }
+        };
+        let key = kv.key.trim_start_matches(TOKENS).to_owned();
+        let info = decode_record(&kv.value).map_or_else(
+            |_| TokenInfo {
+                id: key.chars().take(TOKEN_ID_LEN).collect(),
+                kind: "legacy".into(),
+                namespace: None,
+                node: None,
+                created_at: None,
+                expires_at: None,
+            },
+            |r| TokenInfo::of(&key, &r),
+        );
+        match self.store.delete(&kv.key, None).await {
+            Ok(_) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(ApiError::from_store(e, "token")),
+        }
+        self.forget(&key);
+        Ok(info)
+    }
+
+    /// Delete the tokens of the namespace whose uid is `uid` (it is gone).
+    pub async fn revoke_namespace(&self, uid: &str) -> Result<usize, ApiError> {
+        let listing = self
+            .store
+            .list(TOKENS)
+            .await
+            .map_err(|e| ApiError::from_store(e, "tokens"))?;
+        let mut n = 0;
+        for kv in &listing.items {
+            let Ok(r) = decode_record(&kv.value) else { continue };
+            if let Principal::Namespace { namespace_uid, .. } = &r.principal
+                && namespace_uid == uid
+            {
+                match self.store.delete(&kv.key, None).await {
+                    Ok(_) | Err(StoreError::NotFound(_)) => n += 1,
+                    Err(e) => return Err(ApiError::from_store(e, "token")),
+                }
+                self.forget(kv.key.trim_start_matches(TOKENS));
+            }
+        }
+        Ok(n)
     }
 
     /// On first start, mint the cluster-admin token and return it (exactly once per store).
@@ -131,7 +442,7 @@ impl Auth {
         }
         // Token first, marker second: a crash in between leaves no marker, so the next start
         // simply issues again (the orphaned digest is unusable without its token).
-        let token = self.issue(&Principal { namespace: None }).await?;
+        let (token, _) = self.issue(&Principal::Admin, None).await?;
         match self.store.create(marker, "issued".into(), None).await {
             Ok(_) => Ok(Some(token)),
             Err(StoreError::AlreadyExists(_)) => Ok(None), // another server bootstrapped first
@@ -142,7 +453,7 @@ impl Auth {
     /// A fresh admin token, for the local recovery path of a server whose CLI config was
     /// lost (only the process that owns the store can call this).
     pub async fn issue_admin(&self) -> Result<String, ApiError> {
-        self.issue(&Principal { namespace: None }).await
+        Ok(self.issue(&Principal::Admin, None).await?.0)
     }
 }
 
@@ -151,13 +462,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn namespace_token_is_confined() {
-        let p = Principal {
-            namespace: Some("team-a".into()),
+    fn records_round_trip_and_legacy_admin_tokens_still_work() {
+        let r = Record {
+            principal: Principal::Namespace {
+                namespace: "team-a".into(),
+                namespace_uid: "u1".into(),
+            },
+            created_at: None,
+            expires_at: None,
         };
-        assert!(p.authorize(Some("team-a")).is_ok());
-        assert_eq!(p.authorize(Some("team-b")).map_err(|e| e.code()), Err(403));
-        assert_eq!(p.authorize(None).map_err(|e| e.code()), Err(403));
-        assert!(Principal { namespace: None }.authorize(None).is_ok());
+        let json = serde_json::to_string(&r).expect("json");
+        assert_eq!(
+            json,
+            r#"{"kind":"namespace","namespace":"team-a","namespaceUid":"u1"}"#
+        );
+        assert_eq!(
+            decode_record(json.as_bytes()).expect("decoded").principal,
+            r.principal
+        );
+        let node = decode_record(br#"{"kind":"node","node":"n1"}"#).expect("node");
+        assert_eq!(node.principal, Principal::Node { node: "n1".into() });
+        assert_eq!(
+            decode_record(br#"{"namespace":null}"#).expect("legacy").principal,
+            Principal::Admin
+        );
+        let legacy_ns = decode_record(br#"{"namespace":"team-a"}"#).expect_err("unbound");
+        assert_eq!(legacy_ns.code(), 401);
     }
 }

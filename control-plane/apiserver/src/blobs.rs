@@ -1,19 +1,45 @@
-//! Content-addressed blob store for Wasm components: `sha256:<hex>` → file on disk.
+//! Content-addressed blob store for Wasm components: `sha256:<hex>` → file on disk, and who
+//! may see each blob.
 //!
-//! A blob is written to a temporary file, fsynced, then renamed into place, so a blob that
-//! exists is always complete and matches its digest.
+//! An upload streams to a temporary file while it is hashed (never held in memory), up to a
+//! size cap; it is fsynced and renamed into place only when it matches its digest, so a blob
+//! that exists is always complete. A tenant's upload records the namespace
+//! (`/wisp/blobrefs/<namespace>/<hex>`, with its size, for the `blobs.bytes` quota); a tenant
+//! reads only blobs its namespace uploaded or uses, a node only those of the pods bound to it.
+//! Blobs nothing uses are collected after a grace period ([`collect`]).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
+use wisp_api::DynamicObject;
+use wisp_store::StoreError;
 
+use crate::State;
+use crate::auth::Principal;
+use crate::body::BodyTimeouts;
 use crate::error::ApiError;
+
+const REFS: &str = "/wisp/blobrefs/";
+/// Kinds whose pod specs name components.
+const USERS: &[&str] = &["pods", "replicasets", "deployments", "jobs", "functions"];
 
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     dir: PathBuf,
+}
+
+/// A namespace's upload of a blob.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Ref {
+    size: u64,
+    created_at: String,
 }
 
 /// Parse `sha256:<64 lowercase hex>` into the hex part.
@@ -35,6 +61,10 @@ pub fn parse_digest(digest: &str) -> Result<&str, ApiError> {
     Ok(hex)
 }
 
+fn io(e: std::io::Error) -> ApiError {
+    ApiError::Internal(format!("blob store: {e}"))
+}
+
 impl BlobStore {
     pub fn new(dir: &Path) -> Self {
         Self {
@@ -42,27 +72,80 @@ impl BlobStore {
         }
     }
 
-    /// Store `data` under `digest` after checking that it hashes to it.
-    pub async fn put(&self, digest: &str, data: Bytes) -> Result<bool, ApiError> {
-        let hex = parse_digest(digest)?;
-        let actual = hex::encode(Sha256::digest(&data));
+    fn path(&self, hex: &str) -> PathBuf {
+        self.dir.join(hex)
+    }
+
+    /// Stream `body` to disk as blob `digest`, refusing more than `limit` bytes (413) and a
+    /// body that does not hash to the digest (400). Whether the blob is new, and its size.
+    pub async fn put<B>(
+        &self,
+        digest: &str,
+        body: B,
+        limit: u64,
+        timeouts: BodyTimeouts,
+    ) -> Result<(bool, u64), ApiError>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let hex = parse_digest(digest)?.to_owned();
+        tokio::fs::create_dir_all(&self.dir).await.map_err(io)?;
+        let tmp = self.dir.join(format!(".{hex}.{}", uuid::Uuid::new_v4()));
+        let result = self.receive(&hex, &tmp, body, limit, timeouts).await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    async fn receive<B>(
+        &self,
+        hex: &str,
+        tmp: &Path,
+        body: B,
+        limit: u64,
+        timeouts: BodyTimeouts,
+    ) -> Result<(bool, u64), ApiError>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut file = tokio::fs::File::create(tmp).await.map_err(io)?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut body = std::pin::pin!(body);
+        let deadline = tokio::time::Instant::now() + timeouts.total;
+        loop {
+            let frame = timeouts.next_frame(body.as_mut(), deadline).await?;
+            let Some(frame) = frame else { break };
+            let frame =
+                frame.map_err(|e| ApiError::BadRequest(format!("cannot read the blob: {}", e.into())))?;
+            let Ok(data) = frame.into_data() else { continue };
+            size += data.len() as u64;
+            if size > limit {
+                return Err(ApiError::TooLarge {
+                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                });
+            }
+            hasher.update(&data);
+            file.write_all(&data).await.map_err(io)?;
+        }
+        let actual = hex::encode(hasher.finalize());
         if actual != hex {
             return Err(ApiError::BadRequest(format!(
                 "blob digest mismatch: the URL says sha256:{hex} but the body hashes to sha256:{actual}"
             )));
         }
-        let path = self.dir.join(hex);
+        let path = self.path(hex);
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-            return Ok(false);
+            drop(file);
+            let _ = tokio::fs::remove_file(tmp).await;
+            return Ok((false, size));
         }
-        let io = |e: std::io::Error| ApiError::Internal(format!("blob store: {e}"));
-        tokio::fs::create_dir_all(&self.dir).await.map_err(io)?;
-        let tmp = self.dir.join(format!(".{hex}.{}", uuid::Uuid::new_v4()));
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
-        file.write_all(&data).await.map_err(io)?;
         file.sync_all().await.map_err(io)?;
         drop(file);
-        tokio::fs::rename(&tmp, &path).await.map_err(io)?;
+        tokio::fs::rename(tmp, &path).await.map_err(io)?;
         // Make the rename itself durable before acknowledging.
         tokio::fs::File::open(&self.dir)
             .await
@@ -70,17 +153,268 @@ impl BlobStore {
             .sync_all()
             .await
             .map_err(io)?;
-        Ok(true)
+        Ok((true, size))
     }
 
+    /// The blob's file and size.
+    pub async fn open(&self, digest: &str) -> Result<(tokio::fs::File, u64), ApiError> {
+        let hex = parse_digest(digest)?;
+        match tokio::fs::File::open(self.path(hex)).await {
+            Ok(f) => {
+                let len = f.metadata().await.map_err(io)?.len();
+                Ok((f, len))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(ApiError::NotFound(format!("blob {digest} not found")))
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// The whole blob (tests).
     pub async fn get(&self, digest: &str) -> Result<Bytes, ApiError> {
         let hex = parse_digest(digest)?;
-        match tokio::fs::read(self.dir.join(hex)).await {
+        match tokio::fs::read(self.path(hex)).await {
             Ok(data) => Ok(data.into()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(ApiError::NotFound(format!("blob {digest} not found")))
             }
-            Err(e) => Err(ApiError::Internal(format!("blob store: {e}"))),
+            Err(e) => Err(io(e)),
         }
     }
+
+    /// Every blob on disk: hex digest and last modification.
+    async fn all(&self) -> Result<Vec<(String, SystemTime)>, ApiError> {
+        let mut out = Vec::new();
+        let mut dir = match tokio::fs::read_dir(&self.dir).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io(e)),
+        };
+        while let Some(entry) = dir.next_entry().await.map_err(io)? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let modified = entry
+                .metadata()
+                .await
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            out.push((name, modified));
+        }
+        Ok(out)
+    }
+}
+
+/// Whether namespace `ns` uploaded blob `digest`.
+pub(crate) async fn namespace_has(state: &State, ns: &str, digest: &str) -> Result<bool, ApiError> {
+    let hex = parse_digest(digest)?;
+    Ok(state
+        .store
+        .get(&format!("{REFS}{ns}/{hex}"))
+        .await
+        .map_err(|e| ApiError::from_store(e, "blob reference"))?
+        .is_some())
+}
+
+/// Bytes of the blobs namespace `ns` uploaded.
+pub(crate) async fn namespace_bytes(state: &State, ns: &str) -> Result<u64, ApiError> {
+    let listing = state
+        .store
+        .list(&format!("{REFS}{ns}/"))
+        .await
+        .map_err(|e| ApiError::from_store(e, "blob references"))?;
+    Ok(listing
+        .items
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<Ref>(&kv.value).ok())
+        .map(|r| r.size)
+        .sum())
+}
+
+/// Records that `ns` uploaded blob `hex` of `size` bytes.
+pub(crate) async fn record(state: &State, ns: &str, hex: &str, size: u64) -> Result<(), ApiError> {
+    let r = Ref {
+        size,
+        created_at: jiff::Timestamp::now().to_string(),
+    };
+    let value = serde_json::to_vec(&r).map_err(|e| ApiError::Internal(e.to_string()))?;
+    match state
+        .store
+        .create(&format!("{REFS}{ns}/{hex}"), value.into(), None)
+        .await
+    {
+        Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(ApiError::from_store(e, "blob reference")),
+    }
+}
+
+/// Drops every blob reference of namespace `ns` (it is gone).
+pub(crate) async fn forget_namespace(state: &State, ns: &str) -> Result<(), ApiError> {
+    let listing = state
+        .store
+        .list(&format!("{REFS}{ns}/"))
+        .await
+        .map_err(|e| ApiError::from_store(e, "blob references"))?;
+    for kv in &listing.items {
+        match state.store.delete(&kv.key, None).await {
+            Ok(_) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(ApiError::from_store(e, "blob reference")),
+        }
+    }
+    Ok(())
+}
+
+/// The objects of the pod-spec kinds under `prefix_ns` (`""`: every namespace).
+async fn users(state: &State, ns: Option<&str>) -> Result<Vec<(&'static str, DynamicObject)>, ApiError> {
+    let mut out = Vec::new();
+    for plural in USERS {
+        let prefix = match ns {
+            Some(ns) => format!("/registry/{plural}/{ns}/"),
+            None => format!("/registry/{plural}/"),
+        };
+        let listing = state
+            .store
+            .list(&prefix)
+            .await
+            .map_err(|e| ApiError::from_store(e, plural))?;
+        out.extend(
+            listing
+                .items
+                .iter()
+                .filter_map(|kv| serde_json::from_slice::<DynamicObject>(&kv.value).ok())
+                .map(|o| (*plural, o)),
+        );
+    }
+    Ok(out)
+}
+
+fn names(obj: &DynamicObject, plural: &str, digest: &str) -> bool {
+    crate::admission::wasm_digests(obj, plural)
+        .iter()
+        .any(|d| d == digest)
+}
+
+/// May `principal` read blob `digest`? The same answer whether it exists or not.
+pub(crate) async fn authorize_read(
+    state: &State,
+    principal: &Principal,
+    digest: &str,
+) -> Result<(), ApiError> {
+    parse_digest(digest)?;
+    match principal {
+        Principal::Admin => Ok(()),
+        Principal::Namespace { namespace, .. } => {
+            if namespace_has(state, namespace, digest).await?
+                || users(state, Some(namespace))
+                    .await?
+                    .iter()
+                    .any(|(plural, o)| names(o, plural, digest))
+            {
+                return Ok(());
+            }
+            Err(ApiError::Forbidden(format!(
+                "{} cannot get blob {digest}: namespace {namespace:?} neither uploaded nor uses it",
+                principal.scope()
+            )))
+        }
+        Principal::Node { node } => {
+            let listing = state
+                .store
+                .list("/registry/pods/")
+                .await
+                .map_err(|e| ApiError::from_store(e, "pods"))?;
+            let used = listing
+                .items
+                .iter()
+                .filter_map(|kv| serde_json::from_slice::<DynamicObject>(&kv.value).ok())
+                .any(|p| {
+                    p.body
+                        .get("spec")
+                        .and_then(|s| s.get("nodeName"))
+                        .and_then(|n| n.as_str())
+                        == Some(node.as_str())
+                        && names(&p, "pods", digest)
+                });
+            if used {
+                Ok(())
+            } else {
+                Err(ApiError::Forbidden(format!(
+                    "{} cannot get blob {digest}: no pod bound to it uses it",
+                    principal.scope()
+                )))
+            }
+        }
+    }
+}
+
+/// One pass of blob garbage collection: a namespace's reference to a blob none of its objects
+/// uses is dropped once older than `grace`; a blob file with no reference that no object uses
+/// is removed once older than `grace`. How many files were removed.
+pub async fn collect(state: &State, grace: Duration) -> Result<usize, ApiError> {
+    let now = SystemTime::now();
+    let objects = users(state, None).await?;
+    let mut used: HashSet<(String, String)> = HashSet::new();
+    let mut used_anywhere: HashSet<String> = HashSet::new();
+    for (plural, o) in &objects {
+        let ns = o.metadata.namespace.clone().unwrap_or_default();
+        for d in crate::admission::wasm_digests(o, plural) {
+            if let Some(hex) = d.strip_prefix("sha256:") {
+                used.insert((ns.clone(), hex.to_owned()));
+                used_anywhere.insert(hex.to_owned());
+            }
+        }
+    }
+    let refs = state
+        .store
+        .list(REFS)
+        .await
+        .map_err(|e| ApiError::from_store(e, "blob references"))?;
+    let old = |ts: &str| {
+        ts.parse::<jiff::Timestamp>()
+            .is_ok_and(|t| jiff::Timestamp::now().duration_since(t).unsigned_abs() >= grace)
+    };
+    let mut referenced: HashSet<String> = HashSet::new();
+    for kv in &refs.items {
+        let Some((ns, hex)) = kv.key.trim_start_matches(REFS).split_once('/') else {
+            continue;
+        };
+        let stale = serde_json::from_slice::<Ref>(&kv.value).is_ok_and(|r| old(&r.created_at));
+        if stale && !used.contains(&(ns.to_owned(), hex.to_owned())) {
+            match state.store.delete(&kv.key, Some(kv.mod_revision)).await {
+                Ok(_) | Err(StoreError::NotFound(_) | StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(ApiError::from_store(e, "blob reference")),
+            }
+            continue;
+        }
+        referenced.insert(hex.to_owned());
+    }
+    let mut removed = 0;
+    for (name, modified) in state.blobs.all().await? {
+        if name.starts_with('.') {
+            // An upload in progress, or one a crash left behind.
+            if now.duration_since(modified).unwrap_or_default() > grace.max(Duration::from_secs(3600)) {
+                let _ = tokio::fs::remove_file(state.blobs.dir.join(&name)).await;
+            }
+            continue;
+        }
+        if referenced.contains(&name) || used_anywhere.contains(&name) {
+            continue;
+        }
+        if now.duration_since(modified).unwrap_or_default() >= grace {
+            tracing::info!(blob = %name, "removing a blob nothing uses");
+            tokio::fs::remove_file(state.blobs.path(&name))
+                .await
+                .map_err(io)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Streams an open blob file as a response body.
+pub(crate) fn file_body(file: tokio::fs::File) -> crate::body::ApiBody {
+    let stream = tokio_util::io::ReaderStream::new(file);
+    http_body_util::StreamBody::new(futures::StreamExt::map(stream, |r| {
+        r.map(hyper::body::Frame::data)
+    }))
+    .boxed_unsync()
 }

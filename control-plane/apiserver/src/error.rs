@@ -34,6 +34,10 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after_secs: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -51,6 +55,8 @@ impl ApiError {
             ApiError::TooLarge { .. } | ApiError::StoreTooLarge(_) => 413,
             ApiError::Invalid { .. } => 422,
             ApiError::Unavailable(_) => 503,
+            ApiError::RequestTimeout(_) => 408,
+            ApiError::TooManyRequests { .. } => 429,
             ApiError::Internal(_) => 500,
         }
     }
@@ -68,6 +74,8 @@ impl ApiError {
             ApiError::TooLarge { .. } | ApiError::StoreTooLarge(_) => "RequestEntityTooLarge",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::Unavailable(_) => "ServiceUnavailable",
+            ApiError::RequestTimeout(_) => "Timeout",
+            ApiError::TooManyRequests { .. } => "TooManyRequests",
             ApiError::Internal(_) => "InternalError",
         }
     }

@@ -1,21 +1,31 @@
 //! wisp-apiserver owns Wisp's HTTP API: Kubernetes-shaped REST and watch for every kind
-//! under `/apis/wisp.dev/v1`, bearer-token auth with namespace confinement, admission
-//! (validation through `wisp-api`), server-set metadata, the content-addressed blob store
-//! for Wasm components, pod logs (proxied to the agent of the pod's node), `/openapi/v3`,
-//! health and Prometheus metrics.
+//! under `/apis/wisp.dev/v1`; bearer tokens for three kinds of principal (the admin, namespace
+//! tokens bound to their namespace's uid, node credentials) with authorization by verb,
+//! resource, subresource and namespace (`authz`); admission (validation through `wisp-api`,
+//! then what a principal may write: no `spec.nodeName` from tenants, Route hosts a namespace
+//! owns, its own blobs, LimitRanges and ResourceQuotas); namespace deletion; server-set
+//! metadata; the content-addressed blob store for Wasm components (per-namespace, streamed,
+//! collected when unused); fair sharing (per-token rates, in-flight caps, separate permits
+//! for in-process components, body and header timeouts); pod logs (proxied to the agent of
+//! the pod's node); `/openapi/v3`, health and Prometheus metrics.
 //!
 //! It is the only component that touches the store; it must not run workloads or
 //! controllers. [`ApiServer::service`] can be called without sockets (tests), and
 //! [`ApiServer::in_process_client`] gives the components sharing its process (`wisp up`) a
 //! client that calls it without one; [`serve`] runs it on a listener with graceful shutdown.
 
+mod admission;
 pub mod auth;
+pub mod authz;
 pub mod blobs;
 pub mod body;
 pub mod error;
+pub mod fairness;
 mod logs;
 pub mod metrics;
+mod namespaces;
 pub mod openapi;
+mod quota;
 pub mod resources;
 #[cfg(feature = "test-util")]
 pub mod testutil;
@@ -39,31 +49,65 @@ use tower::util::BoxCloneService;
 use tracing::Instrument;
 use wisp_store::Store;
 
-use crate::auth::{Auth, Principal};
+pub use crate::admission::may_claim;
+use crate::auth::{Auth, Principal, TokenInfo};
+use crate::authz::{Decision, Verb};
 use crate::blobs::BlobStore;
-use crate::body::{ApiBody, error_response, full, json_response, read_limited};
+use crate::body::{ApiBody, BodyTimeouts, error_response, full, json_response, read_limited};
 use crate::error::ApiError;
+use crate::fairness::{Fairness, FairnessConfig};
 use crate::metrics::{Metrics, RequestLabels, VerbLabel};
 use crate::resources::{Filter, Target};
 
 /// The longest a watch may ask to stay open (`timeoutSeconds` is capped to it).
 const MAX_WATCH_SECONDS: u64 = 24 * 3600;
 
+/// Where nodes keep their heartbeat Leases.
+pub const LEASE_NAMESPACE: &str = "wisp-system";
+
+/// Namespaces that cannot be deleted.
+const PROTECTED_NAMESPACES: &[&str] = &["default", LEASE_NAMESPACE];
+
 /// API server settings.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Largest accepted object body (default 3 MiB).
     pub body_limit: usize,
-    /// Largest accepted blob (default 256 MiB).
-    pub blob_limit: usize,
+    /// Largest accepted blob (default 256 MiB); uploads stream to disk.
+    pub blob_limit: u64,
     /// Quiet time after which a watch gets a BOOKMARK (default 10 s).
     pub bookmark_interval: Duration,
     /// Where blobs live on disk.
     pub blob_dir: PathBuf,
-    /// In-flight request limit (watches count only while opening).
+    /// Requests external clients (HTTP) may have in flight at once (watches count only
+    /// while opening).
     pub concurrency_limit: usize,
+    /// The same for the control plane's own components in this process: apart, so that
+    /// slow or numerous external requests never hold the permits the controllers, the
+    /// scheduler and the in-process node need.
+    pub internal_concurrency_limit: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Time allowed to read a request's headers (default 10 s).
+    pub header_read_timeout: Duration,
+    /// Time allowed for an object's body (default: 10 s between pieces, 30 s in all).
+    pub body_timeouts: BodyTimeouts,
+    /// Time allowed for a blob's body (default: 30 s between pieces, 30 min in all).
+    pub blob_timeouts: BodyTimeouts,
+    /// Route hosts of namespace `ns` live under `<ns>.<cluster_domain>` (default `localhost`).
+    pub cluster_domain: String,
+    /// The largest `timeoutMs` any container may ask for (default 10 min).
+    pub max_timeout_ms: u64,
+    /// The largest `terminationGracePeriodSeconds` any pod may ask for (default 10 min).
+    pub max_grace_seconds: i64,
+    /// Per-token request budgets.
+    pub fairness: FairnessConfig,
+    /// Capabilities of `wisp_api::OPT_IN_CAPABILITIES` containers may add (default none).
+    pub allowed_capabilities: Vec<String>,
+    /// Blobs nothing uses are removed this long after their last use (default 1 h).
+    pub blob_grace: Duration,
+    /// How often blob garbage collection runs (default 10 min).
+    pub blob_gc_interval: Duration,
 }
 
 impl Config {
@@ -74,7 +118,24 @@ impl Config {
             bookmark_interval: Duration::from_secs(10),
             blob_dir,
             concurrency_limit: 4096,
+            internal_concurrency_limit: 4096,
             shutdown_grace: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            body_timeouts: BodyTimeouts {
+                idle: Duration::from_secs(10),
+                total: Duration::from_secs(30),
+            },
+            blob_timeouts: BodyTimeouts {
+                idle: Duration::from_secs(30),
+                total: Duration::from_secs(30 * 60),
+            },
+            cluster_domain: "localhost".into(),
+            max_timeout_ms: 600_000,
+            max_grace_seconds: 600,
+            fairness: FairnessConfig::default(),
+            allowed_capabilities: Vec::new(),
+            blob_grace: Duration::from_secs(3600),
+            blob_gc_interval: Duration::from_secs(600),
         }
     }
 }
@@ -90,8 +151,12 @@ pub struct State {
     pub shutdown: CancellationToken,
     /// Objects of recent events, decoded once for all watchers.
     pub events: Arc<resources::EventCache>,
-    /// `config.concurrency_limit` permits, shared by HTTP and in-process requests.
+    /// `config.concurrency_limit` permits, for requests over HTTP.
     limit: Arc<tokio::sync::Semaphore>,
+    /// `config.internal_concurrency_limit` permits, for in-process requests.
+    internal_limit: Arc<tokio::sync::Semaphore>,
+    fairness: Fairness,
+    quota_locks: quota::Locks,
 }
 
 /// The API server, cheap to clone.
@@ -101,15 +166,56 @@ pub struct ApiServer {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct TokenRequest {
+    /// A token confined to this namespace.
     namespace: Option<String>,
+    /// A node credential for this node.
+    node: Option<String>,
+    /// Expire after this many seconds.
+    ttl_seconds: Option<u64>,
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct TokenResponse {
     token: String,
-    namespace: Option<String>,
+    #[serde(flatten)]
+    info: TokenInfo,
+}
+
+/// `GET /apis/wisp.dev/v1/whoami`: who the caller's token speaks for.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WhoAmI {
+    /// `admin`, `namespace` or `node`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+impl From<&Principal> for WhoAmI {
+    fn from(p: &Principal) -> Self {
+        match p {
+            Principal::Admin => Self {
+                kind: "admin".into(),
+                namespace: None,
+                node: None,
+            },
+            Principal::Namespace { namespace, .. } => Self {
+                kind: "namespace".into(),
+                namespace: Some(namespace.clone()),
+                node: None,
+            },
+            Principal::Node { node } => Self {
+                kind: "node".into(),
+                namespace: None,
+                node: Some(node.clone()),
+            },
+        }
+    }
 }
 
 fn query_map(req_query: Option<&str>) -> HashMap<String, String> {
@@ -147,23 +253,32 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A request as it reaches routing: who sends it and how it came in.
+struct Caller {
+    principal: Principal,
+    /// The `Authorization` header, for the log proxy (which the agent checks against the API).
+    authorization: Option<String>,
+}
+
 impl ApiServer {
     /// Build a server over `store`; `shutdown` ends open watches.
     pub fn new(store: Arc<dyn Store>, config: Config, shutdown: CancellationToken) -> Self {
         let openapi = serde_json::to_vec(&openapi::document())
             .unwrap_or_default()
             .into();
-        let config_limit = config.concurrency_limit;
         let state = State {
             auth: Auth::new(store.clone()),
             blobs: BlobStore::new(&config.blob_dir),
             store,
-            config,
             metrics: Metrics::default(),
             openapi,
             shutdown,
             events: Arc::default(),
-            limit: Arc::new(tokio::sync::Semaphore::new(config_limit)),
+            limit: Arc::new(tokio::sync::Semaphore::new(config.concurrency_limit)),
+            internal_limit: Arc::new(tokio::sync::Semaphore::new(config.internal_concurrency_limit)),
+            fairness: Fairness::new(config.fairness.clone()),
+            quota_locks: quota::Locks::default(),
+            config,
         };
         Self {
             state: Arc::new(state),
@@ -174,10 +289,14 @@ impl ApiServer {
         &self.state.auth
     }
 
+    pub fn config(&self) -> &Config {
+        &self.state.config
+    }
+
     /// Create the `default` namespace and `wisp-system` (node leases) if missing, and on
     /// first start the admin token.
     pub async fn bootstrap(&self) -> Result<Option<String>, ApiError> {
-        for name in ["default", "wisp-system"] {
+        for name in PROTECTED_NAMESPACES {
             let ns = serde_json::json!({
                 "apiVersion": wisp_api::API_VERSION, "kind": "Namespace", "metadata": { "name": name }
             });
@@ -186,12 +305,43 @@ impl ApiServer {
                 namespace: None,
                 name: None,
             };
-            match resources::create(&self.state, &target, ns.to_string().as_bytes()).await {
+            match resources::create(
+                &self.state,
+                &Principal::Admin,
+                &target,
+                ns.to_string().as_bytes(),
+                None,
+            )
+            .await
+            {
                 Ok(_) | Err(ApiError::AlreadyExists(_)) => {}
                 Err(e) => return Err(e),
             }
         }
         self.state.auth.bootstrap_admin().await
+    }
+
+    /// One pass of blob garbage collection (see [`blobs::collect`]); how many were removed.
+    pub async fn collect_blobs(&self) -> Result<usize, ApiError> {
+        blobs::collect(&self.state, self.state.config.blob_grace).await
+    }
+
+    /// The server's background work until `shutdown`: blob garbage collection and the
+    /// rate limiter's housekeeping.
+    pub async fn background(&self, shutdown: CancellationToken) {
+        let mut gc = tokio::time::interval(self.state.config.blob_gc_interval);
+        let mut shrink = tokio::time::interval(Fairness::SHRINK_EVERY);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = gc.tick() => {
+                    if let Err(e) = self.collect_blobs().await {
+                        tracing::warn!(error = %e, "blob garbage collection failed");
+                    }
+                }
+                _ = shrink.tick() => self.state.fairness.shrink(),
+            }
+        }
     }
 
     /// Handle one request (no socket needed).
@@ -234,7 +384,8 @@ impl ApiServer {
         resp
     }
 
-    /// A tower service with the server's layers (concurrency limit), for hyper or in-process use.
+    /// A tower service with the server's layers (the external clients' concurrency limit),
+    /// for hyper.
     pub fn service(&self) -> BoxCloneService<Request<hyper::body::Incoming>, Response<ApiBody>, Infallible> {
         let this = self.clone();
         ServiceBuilder::new()
@@ -249,17 +400,18 @@ impl ApiServer {
     }
 
     /// A client for the components that share this server's process: each request is handled
-    /// here as if it had come over HTTP — same token check, validation, compare-and-swap,
-    /// concurrency limit and watch streams — without a socket, HTTP framing or the wake-ups
-    /// of a loopback connection on either side. `url` is where the server listens, for those
-    /// who hand the address on.
+    /// here as if it had come over HTTP — same token check, authorization, validation,
+    /// compare-and-swap and watch streams — without a socket, HTTP framing or the wake-ups
+    /// of a loopback connection on either side. Its requests take permits of their own
+    /// (`internal_concurrency_limit`), never those of external clients. `url` is where the
+    /// server listens, for those who hand the address on.
     pub fn in_process_client(&self, url: &str, token: &str) -> wisp_client::Client {
         let this = self.clone();
         let handler: wisp_client::LocalHandler = Arc::new(move |req| {
             let this = this.clone();
             Box::pin(async move {
                 // Closed only if the semaphore is, which it never is.
-                let _permit = this.state.limit.clone().acquire_owned().await.ok();
+                let _permit = this.state.internal_limit.clone().acquire_owned().await.ok();
                 // A panic in a handler must not unwind into the calling component (over HTTP
                 // it would have ended one connection): it answers 500, like a server error.
                 let resp = std::panic::AssertUnwindSafe(this.handle(req))
@@ -288,7 +440,7 @@ impl ApiServer {
             .split('/')
             .filter(|s| !s.is_empty())
             .collect();
-        // Unauthenticated endpoints.
+        // Health and readiness say nothing about the cluster: no token needed.
         match (req.method(), segments.as_slice()) {
             (&Method::GET, ["healthz"]) => return Ok(text(StatusCode::OK, "ok")),
             (&Method::GET, ["readyz"]) => {
@@ -297,7 +449,28 @@ impl ApiServer {
                     Err(e) => Err(ApiError::Unavailable(format!("store not ready: {e}"))),
                 };
             }
-            (&Method::GET, ["metrics"]) => {
+            _ => {}
+        }
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let token = auth::bearer(authorization.as_deref())?;
+        let token_key = auth::digest(token);
+        let principal = self.state.auth.authenticate_digest(&token_key).await?;
+        let query = query_map(req.uri().query());
+        let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+        let _slot = self.state.fairness.admit(&principal, &token_key, watching)?;
+        let caller = Caller {
+            principal,
+            authorization,
+        };
+        let method = req.method().clone();
+        let (parts, body) = req.into_parts();
+        let state = &self.state;
+        match segments.as_slice() {
+            ["metrics"] if method == Method::GET => {
                 let mut resp = text(StatusCode::OK, &self.state.metrics.encode());
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -305,77 +478,51 @@ impl ApiServer {
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     ),
                 );
-                return Ok(resp);
+                Ok(resp)
             }
-            _ => {}
-        }
-        let auth_header = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let principal = self.state.auth.authenticate(auth_header.as_deref()).await?;
-        let query = query_map(req.uri().query());
-        let method = req.method().clone();
-        let (parts, body) = req.into_parts();
-        let state = &self.state;
-        match segments.as_slice() {
             ["openapi", "v3"] => Ok(json_bytes(state.openapi.clone())),
-            ["blobs", digest] => match method {
-                Method::GET | Method::HEAD => {
-                    let data = state.blobs.get(digest).await?;
-                    let mut resp = Response::new(full(data));
-                    resp.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("application/octet-stream"),
-                    );
-                    Ok(resp)
-                }
-                Method::PUT => {
-                    let data = read_limited(&parts.headers, body, state.config.blob_limit).await?;
-                    let created = state.blobs.put(digest, data).await?;
-                    let code = if created {
-                        StatusCode::CREATED
-                    } else {
-                        StatusCode::OK
-                    };
-                    Ok(json_response(code, &serde_json::json!({ "digest": digest })))
-                }
-                _ => Err(ApiError::MethodNotAllowed(format!(
-                    "{method} is not supported on blobs"
-                ))),
-            },
-            ["apis", "wisp.dev", "v1", "tokens"] if method == Method::POST => {
-                principal.authorize(None)?;
-                let data = read_limited(&parts.headers, body, state.config.body_limit).await?;
-                let req: TokenRequest = serde_json::from_slice(&data)
-                    .map_err(|e| ApiError::BadRequest(format!("token request: {e}")))?;
-                if let Some(ns) = &req.namespace
-                    && ns.is_empty()
-                {
-                    return Err(ApiError::BadRequest("namespace: must not be empty".into()));
-                }
-                let token = state
-                    .auth
-                    .issue(&Principal {
-                        namespace: req.namespace.clone(),
-                    })
-                    .await?;
-                Ok(json_response(
-                    StatusCode::CREATED,
-                    &TokenResponse {
-                        token,
-                        namespace: req.namespace,
-                    },
-                ))
+            ["blobs", digest] => {
+                self.blob(&caller.principal, &method, digest, &parts.headers, body)
+                    .await
+            }
+            ["apis", "wisp.dev", "v1", "whoami"] if method == Method::GET => {
+                Ok(json_response(StatusCode::OK, &WhoAmI::from(&caller.principal)))
+            }
+            ["apis", "wisp.dev", "v1", "tokens", rest @ ..] => {
+                let data = match method {
+                    Method::POST => {
+                        read_limited(
+                            &parts.headers,
+                            body,
+                            state.config.body_limit,
+                            state.config.body_timeouts,
+                        )
+                        .await?
+                    }
+                    _ => Bytes::new(),
+                };
+                self.tokens(&caller.principal, &method, rest, &data).await
             }
             ["apis", "wisp.dev", "v1", rest @ ..] => {
                 let (target, subresource) = parse_target(rest)?;
-                authorize(&principal, &target, &method)?;
+                let verb = match (&method, &target.name) {
+                    (&Method::GET | &Method::HEAD, Some(_)) => Verb::Get,
+                    (&Method::GET | &Method::HEAD, None) if watching => Verb::Watch,
+                    (&Method::GET | &Method::HEAD, None) => Verb::List,
+                    (&Method::POST, _) => Verb::Create,
+                    (&Method::PUT, _) => Verb::Update,
+                    (&Method::DELETE, _) => Verb::Delete,
+                    _ => {
+                        return Err(ApiError::MethodNotAllowed(format!(
+                            "{method} is not supported on {path}"
+                        )));
+                    }
+                };
+                let decision = authz::authorize(&caller.principal, verb, &target, subresource)?;
                 if subresource == Some("log") {
                     return match (&target.name, &method) {
                         (Some(name), &Method::GET) if target.kind.plural == "pods" => {
-                            logs::pod_log(state, &target, name, &query, auth_header.as_deref()).await
+                            logs::pod_log(state, &target, name, &query, caller.authorization.as_deref()).await
                         }
                         _ => Err(ApiError::NotFound(format!(
                             "{method} {path}: logs are read with GET on a pod's log subresource"
@@ -384,18 +531,192 @@ impl ApiServer {
                 }
                 let data = match method {
                     Method::POST | Method::PUT => {
-                        read_limited(&parts.headers, body, state.config.body_limit).await?
+                        read_limited(
+                            &parts.headers,
+                            body,
+                            state.config.body_limit,
+                            state.config.body_timeouts,
+                        )
+                        .await?
                     }
                     _ => Bytes::new(),
                 };
-                self.dispatch(&method, &target, subresource, &query, &data).await
+                self.dispatch(
+                    &caller.principal,
+                    &decision,
+                    &method,
+                    &target,
+                    subresource,
+                    &query,
+                    &data,
+                )
+                .await
             }
             _ => Err(ApiError::NotFound(format!("no such path: {path}"))),
         }
     }
 
+    /// `GET|HEAD|PUT /blobs/sha256:<hex>`.
+    async fn blob<B>(
+        &self,
+        principal: &Principal,
+        method: &Method,
+        digest: &str,
+        headers: &http::HeaderMap,
+        body: B,
+    ) -> Result<Response<ApiBody>, ApiError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let state = &self.state;
+        match *method {
+            Method::GET | Method::HEAD => {
+                blobs::authorize_read(state, principal, digest).await?;
+                let (file, len) = state.blobs.open(digest).await?;
+                let mut resp = if *method == Method::HEAD {
+                    Response::new(full(Bytes::new()))
+                } else {
+                    Response::new(blobs::file_body(file))
+                };
+                let h = resp.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/octet-stream"),
+                );
+                h.insert(header::CONTENT_LENGTH, http::HeaderValue::from(len));
+                Ok(resp)
+            }
+            Method::PUT => {
+                if principal.node().is_some() {
+                    return Err(ApiError::Forbidden(format!(
+                        "{} cannot put blobs: nodes only read the components of their pods",
+                        principal.scope()
+                    )));
+                }
+                let hex = blobs::parse_digest(digest)?.to_owned();
+                let declared = headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if declared.is_some_and(|n| n > state.config.blob_limit) {
+                    return Err(ApiError::TooLarge {
+                        limit: usize::try_from(state.config.blob_limit).unwrap_or(usize::MAX),
+                    });
+                }
+                let ns = principal.namespace().map(str::to_owned);
+                // A declared size over the namespace's quota is refused before any byte is read.
+                if let (Some(ns), Some(n)) = (&ns, declared)
+                    && !blobs::namespace_has(state, ns, digest).await?
+                {
+                    drop(quota::admit_blob_bytes(state, ns, n).await?);
+                }
+                let (created, size) = state
+                    .blobs
+                    .put(digest, body, state.config.blob_limit, state.config.blob_timeouts)
+                    .await?;
+                if let Some(ns) = &ns
+                    && !blobs::namespace_has(state, ns, digest).await?
+                {
+                    let _quota = quota::admit_blob_bytes(state, ns, size).await?;
+                    blobs::record(state, ns, &hex, size).await?;
+                }
+                let code = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                Ok(json_response(
+                    code,
+                    &serde_json::json!({ "digest": digest, "size": size }),
+                ))
+            }
+            _ => Err(ApiError::MethodNotAllowed(format!(
+                "{method} is not supported on blobs"
+            ))),
+        }
+    }
+
+    /// `POST|GET /apis/wisp.dev/v1/tokens`, `DELETE /apis/wisp.dev/v1/tokens/<id>` (admin).
+    async fn tokens(
+        &self,
+        principal: &Principal,
+        method: &Method,
+        rest: &[&str],
+        data: &[u8],
+    ) -> Result<Response<ApiBody>, ApiError> {
+        let state = &self.state;
+        let verb = match *method {
+            Method::POST => Verb::Create,
+            Method::GET => Verb::List,
+            Method::DELETE => Verb::Delete,
+            _ => Verb::Update,
+        };
+        if !principal.is_admin() {
+            return Err(authz::forbidden(
+                principal,
+                verb,
+                "tokens",
+                None,
+                "only the cluster admin manages tokens",
+            ));
+        }
+        match (method, rest) {
+            (&Method::POST, []) => {
+                let req: TokenRequest = serde_json::from_slice(data)
+                    .map_err(|e| ApiError::BadRequest(format!("token request: {e}")))?;
+                let principal = match (&req.namespace, &req.node) {
+                    (Some(_), Some(_)) => {
+                        return Err(ApiError::BadRequest(
+                            "token request: give a namespace or a node, not both".into(),
+                        ));
+                    }
+                    (Some(ns), None) => {
+                        let uid = namespaces::uid_of(state, ns).await?;
+                        Principal::Namespace {
+                            namespace: ns.clone(),
+                            namespace_uid: uid,
+                        }
+                    }
+                    (None, Some(node)) => {
+                        let errs = wisp_api::validation::validate_dns1123_subdomain(node, "node");
+                        if let Some(e) = errs.first() {
+                            return Err(ApiError::BadRequest(format!("token request: {e}")));
+                        }
+                        Principal::Node { node: node.clone() }
+                    }
+                    (None, None) => Principal::Admin,
+                };
+                if req.ttl_seconds == Some(0) {
+                    return Err(ApiError::BadRequest("ttlSeconds: must be greater than 0".into()));
+                }
+                let ttl = req.ttl_seconds.map(Duration::from_secs);
+                let (token, info) = state.auth.issue(&principal, ttl).await?;
+                Ok(json_response(StatusCode::CREATED, &TokenResponse { token, info }))
+            }
+            (&Method::GET, []) => {
+                let items = state.auth.list().await?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({ "items": items }),
+                ))
+            }
+            (&Method::DELETE, [id]) => {
+                let info = state.auth.revoke(id).await?;
+                Ok(json_response(StatusCode::OK, &info))
+            }
+            _ => Err(ApiError::MethodNotAllowed(format!(
+                "{method} is not supported on tokens{}",
+                if rest.is_empty() { "" } else { "/<id>" }
+            ))),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn dispatch(
         &self,
+        principal: &Principal,
+        decision: &Decision,
         method: &Method,
         target: &Target,
         subresource: Option<&str>,
@@ -404,6 +725,10 @@ impl ApiServer {
     ) -> Result<Response<ApiBody>, ApiError> {
         let state = &self.state;
         let q = |k: &str| query.get(k).map(String::as_str);
+        let condition = match decision {
+            Decision::Allow => None,
+            Decision::AllowIf(c) => Some(c),
+        };
         match (&target.name, subresource, method) {
             (None, None, &Method::GET) => {
                 let filter = Filter::parse(q("labelSelector"), q("fieldSelector"))?;
@@ -421,7 +746,8 @@ impl ApiServer {
                     };
                     resources::watch(state, target, filter, q("resourceVersion"), timeout).await
                 } else {
-                    resources::list(state, target, &filter).await
+                    let page = resources::Page::parse(q("limit"), q("continue"))?;
+                    resources::list(state, target, &filter, &page).await
                 }
             }
             (None, None, &Method::POST) => {
@@ -431,14 +757,20 @@ impl ApiServer {
                         target.kind.plural, target.kind.plural
                     )));
                 }
-                resources::create(state, target, data).await
+                resources::create(state, principal, target, data, condition).await
             }
-            (Some(name), None, &Method::GET) => resources::get(state, target, name).await,
-            (Some(name), None, &Method::PUT) => resources::update(state, target, name, data, false).await,
+            (Some(name), None | Some("status"), &Method::GET) => {
+                resources::get(state, principal, target, name, condition).await
+            }
+            (Some(name), None, &Method::PUT) => {
+                resources::update(state, principal, target, name, data, false, condition).await
+            }
             (Some(name), Some("status"), &Method::PUT) => {
-                resources::update(state, target, name, data, true).await
+                resources::update(state, principal, target, name, data, true, condition).await
             }
-            (Some(name), Some("status"), &Method::GET) => resources::get(state, target, name).await,
+            (Some(name), None, &Method::DELETE) if target.kind.plural == "namespaces" => {
+                namespaces::delete(state, name, q("resourceVersion")).await
+            }
             (Some(name), None, &Method::DELETE) => {
                 resources::delete(state, target, name, q("resourceVersion")).await
             }
@@ -516,22 +848,6 @@ fn parse_target<'a>(rest: &[&'a str]) -> Result<(Target, Option<&'a str>), ApiEr
     })
 }
 
-fn authorize(principal: &Principal, target: &Target, method: &Method) -> Result<(), ApiError> {
-    if target.kind.namespaced {
-        return principal.authorize(target.namespace.as_deref());
-    }
-    // A namespace token may read its own Namespace object (never change or delete it),
-    // nothing else cluster-scoped.
-    if target.kind.plural == "namespaces"
-        && (method == Method::GET || method == Method::HEAD)
-        && let (Some(own), Some(name)) = (&principal.namespace, &target.name)
-        && own == name
-    {
-        return Ok(());
-    }
-    principal.authorize(None)
-}
-
 fn verb_of<B>(req: &Request<B>) -> &'static str {
     match *req.method() {
         Method::GET if req.uri().query().is_some_and(|q| q.contains("watch=true")) => "watch",
@@ -562,19 +878,23 @@ fn json_bytes(data: Bytes) -> Response<ApiBody> {
     resp
 }
 
-/// Serve `server` on `listener` until `shutdown`, then drain in-flight requests for the
-/// configured grace period.
+/// Serve `server` on `listener` (and run its background work) until `shutdown`, then drain
+/// in-flight requests for the configured grace period.
 pub async fn serve(
     server: ApiServer,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let options = wisp_runtime::http::ServeOptions {
-        header_read_timeout: None,
+        header_read_timeout: Some(server.state.config.header_read_timeout),
         grace: server.state.config.shutdown_grace,
         event_loops: 0,
         busy_poll: std::time::Duration::ZERO,
+        max_connections: 0,
     };
-    wisp_runtime::http::serve(listener, server.service(), options, shutdown).await;
+    tokio::join!(
+        wisp_runtime::http::serve(listener, server.service(), options, shutdown.clone()),
+        server.background(shutdown),
+    );
     Ok(())
 }

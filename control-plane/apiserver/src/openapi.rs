@@ -16,12 +16,18 @@ fn responses(ok_code: &str, ok: Value) -> Value {
     );
     for (code, text) in [
         ("400", "malformed request"),
-        ("401", "missing or invalid token"),
-        ("403", "token may not access this namespace"),
+        ("401", "missing, invalid or expired token"),
+        (
+            "403",
+            "this principal may not do this (the message names the verb, resource and scope), or a quota is exceeded",
+        ),
         ("404", "not found"),
+        ("405", "method not supported here"),
+        ("408", "the request body was not received in time"),
         ("409", "already exists or stale resourceVersion"),
         ("413", "body over the limit"),
         ("422", "validation failed; causes name each field"),
+        ("429", "over this token's request budget; see Retry-After"),
     ] {
         r.insert(
             code.into(),
@@ -65,6 +71,12 @@ fn kind_paths(kind: &KindInfo, paths: &mut Map<String, Value>) {
         param("watch", "query", "true: stream newline-delimited watch events"),
         param("resourceVersion", "query", "watch changes after this revision"),
         param("timeoutSeconds", "query", "end a watch after this many seconds"),
+        param(
+            "limit",
+            "query",
+            "at most this many items; metadata.continue then names the next page",
+        ),
+        param("continue", "query", "the metadata.continue of the previous page"),
     ]);
     paths.insert(
         collection.clone(),
@@ -115,21 +127,57 @@ pub fn document() -> Value {
     for kind in KINDS {
         kind_paths(kind, &mut paths);
     }
+    let status_responses = |ok: &str, description: &str, schema: Value| {
+        let mut r = responses(ok, schema);
+        if let Some(o) = r.get_mut(ok) {
+            o["description"] = json!(description);
+        }
+        r
+    };
+    let blob_param = [param("digest", "path", "sha256:<64 hex digits>")];
+    let mut blob_get = status_responses("200", "the blob", json!({}));
+    blob_get["200"] = json!({ "description": "the blob", "content": { "application/octet-stream": {} } });
+    let mut blob_put = status_responses("201", "stored", json!({ "type": "object" }));
+    blob_put["200"] = json!({ "description": "already present", "content": { "application/json": { "schema": { "type": "object" } } } });
     paths.insert(
         "/blobs/{digest}".into(),
         json!({
-            "get": { "operationId": "getBlob", "parameters": [param("digest", "path", "sha256:<hex>")],
-                     "responses": { "200": { "description": "the blob", "content": { "application/octet-stream": {} } }, "404": { "description": "no such blob" } } },
-            "put": { "operationId": "putBlob", "parameters": [param("digest", "path", "sha256:<hex>")],
-                     "requestBody": { "content": { "application/octet-stream": {} } },
-                     "responses": { "201": { "description": "stored" }, "200": { "description": "already present" }, "400": { "description": "digest mismatch" } } }
+            "get": { "operationId": "getBlob", "parameters": blob_param, "responses": blob_get },
+            "head": { "operationId": "headBlob", "parameters": blob_param, "responses": blob_get },
+            "put": { "operationId": "putBlob", "parameters": blob_param,
+                     "requestBody": { "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },
+                     "responses": blob_put }
+        }),
+    );
+    let token_info = json!({ "type": "object", "properties": {
+        "id": { "type": "string" }, "kind": { "type": "string" }, "namespace": { "type": "string" },
+        "node": { "type": "string" }, "createdAt": { "type": "string" }, "expiresAt": { "type": "string" } } });
+    let mut issued = token_info.clone();
+    issued["properties"]["token"] = json!({ "type": "string" });
+    paths.insert(
+        "/apis/wisp.dev/v1/tokens".into(),
+        json!({
+            "post": { "operationId": "createToken",
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false, "properties": {
+                    "namespace": { "type": "string", "description": "a token confined to this namespace" },
+                    "node": { "type": "string", "description": "a node credential for this node" },
+                    "ttlSeconds": { "type": "integer", "minimum": 1, "description": "expire after this many seconds" } } } } } },
+                "responses": status_responses("201", "the new token (shown once)", issued) },
+            "get": { "operationId": "listTokens",
+                "responses": status_responses("200", "every stored token (never the tokens themselves)",
+                    json!({ "type": "object", "properties": { "items": { "type": "array", "items": token_info } } })) }
         }),
     );
     paths.insert(
-        "/apis/wisp.dev/v1/tokens".into(),
-        json!({ "post": { "operationId": "createToken",
-            "requestBody": { "content": { "application/json": { "schema": { "type": "object", "properties": { "namespace": { "type": "string" } } } } } },
-            "responses": { "201": { "description": "the new token", "content": { "application/json": { "schema": { "type": "object", "properties": { "token": { "type": "string" }, "namespace": { "type": "string" } } } } } } } } }),
+        "/apis/wisp.dev/v1/tokens/{id}".into(),
+        json!({ "delete": { "operationId": "revokeToken",
+            "parameters": [param("id", "path", "a token id from listTokens (at least 8 hex digits)")],
+            "responses": status_responses("200", "revoked", token_info) } }),
+    );
+    paths.insert(
+        "/apis/wisp.dev/v1/whoami".into(),
+        json!({ "get": { "operationId": "whoAmI", "responses": status_responses("200", "who the token speaks for",
+            json!({ "type": "object", "properties": { "kind": { "type": "string" }, "namespace": { "type": "string" }, "node": { "type": "string" } } })) } }),
     );
     json!({
         "openapi": "3.0.3",

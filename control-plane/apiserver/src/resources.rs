@@ -16,7 +16,11 @@ use serde_json::Value;
 use wisp_api::{DynamicObject, EventType, KindInfo, LabelSelector, List, WatchEvent};
 use wisp_store::{EventKind, KeyValue};
 
+use serde::{Deserialize, Serialize};
+
 use crate::State;
+use crate::auth::Principal;
+use crate::authz::{self, Condition, Verb};
 use crate::body::{ApiBody, json_response};
 use crate::error::ApiError;
 
@@ -41,7 +45,7 @@ impl Target {
         format!("{}{name}", self.prefix())
     }
 
-    fn what(&self, name: &str) -> String {
+    pub(crate) fn what(&self, name: &str) -> String {
         match &self.namespace {
             Some(ns) if self.kind.namespaced => format!("{} \"{ns}/{name}\"", self.kind.plural),
             _ => format!("{} {name:?}", self.kind.plural),
@@ -170,14 +174,125 @@ fn spec_part(obj: &DynamicObject) -> BTreeMap<&String, &Value> {
     obj.body.iter().filter(|(k, _)| k.as_str() != "status").collect()
 }
 
-pub async fn get(state: &State, target: &Target, name: &str) -> Result<Response<ApiBody>, ApiError> {
+pub async fn get(
+    state: &State,
+    principal: &Principal,
+    target: &Target,
+    name: &str,
+    condition: Option<&Condition>,
+) -> Result<Response<ApiBody>, ApiError> {
     let kv = state
         .store
         .get(&target.key(name))
         .await
-        .map_err(|e| ApiError::from_store(e, &target.what(name)))?
-        .ok_or_else(|| ApiError::NotFound(format!("{} not found", target.what(name))))?;
+        .map_err(|e| ApiError::from_store(e, &target.what(name)))?;
+    // A conditional read is refused alike whether the object exists or not.
+    if let Some(c) = condition {
+        check_condition(state, principal, Verb::Get, target, name, c, None, None).await?;
+    }
+    let kv = kv.ok_or_else(|| ApiError::NotFound(format!("{} not found", target.what(name))))?;
     Ok(json_response(StatusCode::OK, &from_kv(&kv)?))
+}
+
+/// Whether a pod spec uses ConfigMap or Secret `name` (env or volume).
+fn uses(spec: &wisp_api::PodSpec, plural: &str, name: &str) -> bool {
+    let secret = plural == "secrets";
+    let env = spec.containers.iter().flat_map(|c| &c.env).any(|e| {
+        e.value_from.as_ref().is_some_and(|f| {
+            let r = if secret {
+                &f.secret_key_ref
+            } else {
+                &f.config_map_key_ref
+            };
+            r.as_ref().is_some_and(|r| r.name == name)
+        })
+    });
+    env || spec.volumes.iter().any(|v| {
+        if secret {
+            v.secret.as_ref().is_some_and(|s| s.secret_name == name)
+        } else {
+            v.config_map.as_ref().is_some_and(|c| c.name == name)
+        }
+    })
+}
+
+/// Checks a conditional permission (see `authz::Condition`) against the stored object
+/// (`existing`) and, for an update, the object it would become (`next`).
+#[allow(clippy::too_many_arguments)]
+async fn check_condition(
+    state: &State,
+    principal: &Principal,
+    verb: Verb,
+    target: &Target,
+    name: &str,
+    condition: &Condition,
+    existing: Option<&DynamicObject>,
+    next: Option<&DynamicObject>,
+) -> Result<(), ApiError> {
+    let resource = authz::resource_name(target, None);
+    let ns = target.namespace.as_deref();
+    let deny = |why: String| Err(authz::forbidden(principal, verb, &resource, ns, &why));
+    match condition {
+        Condition::PodOnNode(node) => {
+            let bound = existing
+                .and_then(|p| crate::admission::pod_spec(p, "pods"))
+                .and_then(|s| s.node_name);
+            if bound.as_deref() != Some(node.as_str()) {
+                return deny(format!("pod {name:?} is not bound to node {node:?}"));
+            }
+            Ok(())
+        }
+        Condition::UsedByPodOnNode(node) => {
+            let Some(ns) = ns else {
+                return deny("not a namespaced object".into());
+            };
+            let pods = crate::admission::list_in::<wisp_api::Pod>(state, "pods", ns).await?;
+            if pods.iter().any(|p| {
+                p.spec.node_name.as_deref() == Some(node.as_str()) && uses(&p.spec, target.kind.plural, name)
+            }) {
+                return Ok(());
+            }
+            deny(format!(
+                "no pod bound to node {node:?} uses {} {name:?}",
+                target.kind.singular
+            ))
+        }
+        Condition::Named(want) => {
+            if name != want {
+                return deny(format!("it may create only its own, named {want:?}"));
+            }
+            Ok(())
+        }
+        Condition::WakeFromZero => {
+            let (Some(existing), Some(next)) = (existing, next) else {
+                return deny("a node only wakes an existing Deployment".into());
+            };
+            let replicas = |o: &DynamicObject| {
+                o.body
+                    .get("spec")
+                    .and_then(|s| s.get("replicas"))
+                    .and_then(Value::as_i64)
+            };
+            let without = |o: &DynamicObject| {
+                let mut o = o.clone();
+                if let Some(spec) = o.body.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.remove("replicas");
+                }
+                o.metadata.generation = None;
+                o
+            };
+            if replicas(existing) != Some(0)
+                || replicas(next) != Some(1)
+                || without(existing) != without(next)
+            {
+                return deny(
+                    "a node's activator only wakes a Deployment from zero (spec.replicas 0 to 1, nothing else)"
+                        .into(),
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 async fn ensure_namespace(state: &State, target: &Target) -> Result<(), ApiError> {
@@ -187,18 +302,34 @@ async fn ensure_namespace(state: &State, target: &Target) -> Result<(), ApiError
             .get(&format!("/registry/namespaces/{ns}"))
             .await
             .map_err(|e| ApiError::from_store(e, "namespace"))?;
-        if found.is_none() {
+        let Some(kv) = found else {
             return Err(ApiError::NotFound(format!(
                 "namespace {ns:?} not found; create it first (kind: Namespace)"
+            )));
+        };
+        if from_kv(&kv)?.metadata.deletion_timestamp.is_some() {
+            return Err(ApiError::Forbidden(format!(
+                "namespace {ns:?} is being deleted (Terminating): nothing new can be created in it"
             )));
         }
     }
     Ok(())
 }
 
-pub async fn create(state: &State, target: &Target, body: &[u8]) -> Result<Response<ApiBody>, ApiError> {
+pub async fn create(
+    state: &State,
+    principal: &Principal,
+    target: &Target,
+    body: &[u8],
+    condition: Option<&Condition>,
+) -> Result<Response<ApiBody>, ApiError> {
     let mut obj = decode_body(target, body)?;
+    if let Some(c) = condition {
+        let name = obj.metadata.name.clone();
+        check_condition(state, principal, Verb::Create, target, &name, c, None, None).await?;
+    }
     ensure_namespace(state, target).await?;
+    let _admitted = crate::admission::admit(state, principal, target, &mut obj, None).await?;
     let name = obj.metadata.name.clone();
     obj.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
     obj.metadata.creation_timestamp = Some(jiff::Timestamp::now().to_string());
@@ -209,6 +340,11 @@ pub async fn create(state: &State, target: &Target, body: &[u8]) -> Result<Respo
     }
     // Status is written through the /status subresource only.
     obj.body.remove("status");
+    if target.kind.plural == "namespaces" {
+        // A new namespace is Active (a Terminating one is only ever made by a delete).
+        obj.body
+            .insert("status".into(), serde_json::json!({ "phase": "Active" }));
+    }
     let rev = state
         .store
         .create(&target.key(&name), encode(&obj)?, None)
@@ -221,10 +357,12 @@ pub async fn create(state: &State, target: &Target, body: &[u8]) -> Result<Respo
 /// PUT of the object (`status == false`) or of its status subresource.
 pub async fn update(
     state: &State,
+    principal: &Principal,
     target: &Target,
     name: &str,
     body: &[u8],
     status: bool,
+    condition: Option<&Condition>,
 ) -> Result<Response<ApiBody>, ApiError> {
     let incoming = decode_body(target, body)?;
     if incoming.metadata.name != name {
@@ -261,10 +399,37 @@ pub async fn update(
         }
         let existing = from_kv(&current)?;
         let mut next = merge(&existing, &incoming, status);
+        if let Some(c) = condition {
+            check_condition(
+                state,
+                principal,
+                Verb::Update,
+                target,
+                name,
+                c,
+                Some(&existing),
+                Some(&next),
+            )
+            .await?;
+        }
+        if target.kind.plural == "namespaces" {
+            // Terminating is only ever set (and never unset) by a delete.
+            next.metadata.deletion_timestamp = existing.metadata.deletion_timestamp.clone();
+            if existing.metadata.deletion_timestamp.is_some()
+                && let Some(st) = existing.body.get("status")
+            {
+                next.body.insert("status".into(), st.clone());
+            }
+        }
         if next == existing {
             // Nothing changed: no write, no event (like Kubernetes).
             return Ok(json_response(StatusCode::OK, &existing));
         }
+        let _admitted = if status {
+            None
+        } else {
+            Some(crate::admission::admit(state, principal, target, &mut next, Some(&existing)).await?)
+        };
         match state
             .store
             .update(&target.key(name), encode(&next)?, Some(current.mod_revision))
@@ -442,24 +607,101 @@ impl Filter {
     }
 }
 
-pub async fn list(state: &State, target: &Target, filter: &Filter) -> Result<Response<ApiBody>, ApiError> {
+/// `limit` and `continue` of a list.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub limit: Option<usize>,
+    /// The last key of the previous page, and the revision the first page was read at.
+    pub after: Option<(String, i64)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Continue {
+    key: String,
+    rv: i64,
+}
+
+impl Page {
+    /// From the query's `limit` and `continue`.
+    pub fn parse(limit: Option<&str>, cont: Option<&str>) -> Result<Self, ApiError> {
+        use base64::Engine;
+        let limit = match limit.filter(|l| !l.is_empty()) {
+            Some(l) => match l.parse::<usize>() {
+                Ok(0) => None,
+                Ok(n) => Some(n),
+                Err(_) => return Err(ApiError::BadRequest(format!("limit: {l:?} is not a number"))),
+            },
+            None => None,
+        };
+        let after = match cont.filter(|c| !c.is_empty()) {
+            Some(c) => {
+                let bad = || {
+                    ApiError::BadRequest(format!("continue: {c:?} is not a continue token of this server"))
+                };
+                let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(c)
+                    .map_err(|_| bad())?;
+                let t: Continue = serde_json::from_slice(&raw).map_err(|_| bad())?;
+                Some((t.key, t.rv))
+            }
+            None => None,
+        };
+        Ok(Self { limit, after })
+    }
+}
+
+/// A list, `page.limit` items at a time: the next page starts after the last key of this one
+/// (objects changed meanwhile show as they are then; the list's `resourceVersion` stays the
+/// first page's, from which a watch misses nothing).
+pub async fn list(
+    state: &State,
+    target: &Target,
+    filter: &Filter,
+    page: &Page,
+) -> Result<Response<ApiBody>, ApiError> {
+    use base64::Engine;
     let listing = state
         .store
         .list(&target.prefix())
         .await
         .map_err(|e| ApiError::from_store(e, target.kind.plural))?;
-    let mut items = Vec::with_capacity(listing.items.len());
-    for kv in &listing.items {
+    let mut kvs: Vec<&KeyValue> = listing.items.iter().collect();
+    kvs.sort_by(|a, b| a.key.cmp(&b.key));
+    let revision = page.after.as_ref().map_or(listing.revision, |(_, rv)| *rv);
+    let start = match &page.after {
+        Some((key, _)) => kvs.partition_point(|kv| kv.key.as_str() <= key.as_str()),
+        None => 0,
+    };
+    let mut items = Vec::new();
+    let mut last_key = None;
+    let mut remaining = 0i64;
+    for kv in &kvs[start..] {
         let obj = from_kv(kv)?;
-        if filter.matches(&obj) {
-            items.push(obj);
+        if !filter.matches(&obj) {
+            continue;
         }
+        if page.limit.is_some_and(|l| items.len() >= l) {
+            remaining += 1;
+            continue;
+        }
+        last_key = Some(kv.key.clone());
+        items.push(obj);
     }
+    let continue_ = match (remaining > 0, last_key) {
+        (true, Some(key)) => {
+            let token = serde_json::to_vec(&Continue { key, rv: revision })
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token))
+        }
+        _ => None,
+    };
     let list = List {
         api_version: wisp_api::API_VERSION.to_owned(),
         kind: format!("{}List", target.kind.kind),
         metadata: wisp_api::ListMeta {
-            resource_version: Some(listing.revision.to_string()),
+            resource_version: Some(revision.to_string()),
+            remaining_item_count: continue_.is_some().then_some(remaining),
+            continue_,
         },
         items,
     };

@@ -54,6 +54,35 @@ impl TestServer {
     pub fn in_process_client(&self) -> wisp_client::Client {
         self.api.in_process_client(&self.url, &self.token)
     }
+
+    /// An in-process client acting as `principal` (a node's agent and ingress, as in
+    /// `wisp up`), with a token that lives only in this process.
+    pub fn in_process_client_as(
+        &self,
+        principal: crate::auth::Principal,
+    ) -> std::io::Result<wisp_client::Client> {
+        let token = self
+            .api
+            .auth()
+            .issue_ephemeral(principal)
+            .map_err(std::io::Error::other)?;
+        Ok(self.api.in_process_client(&self.url, &token))
+    }
+
+    /// A stored token for `principal` (a namespace token, a node credential), over HTTP.
+    pub async fn token_for(&self, principal: &crate::auth::Principal) -> std::io::Result<String> {
+        self.api
+            .auth()
+            .issue(principal, None)
+            .await
+            .map(|(t, _)| t)
+            .map_err(std::io::Error::other)
+    }
+
+    /// The server itself (blob garbage collection, its configuration).
+    pub fn api(&self) -> &ApiServer {
+        &self.api
+    }
 }
 
 impl Drop for TestServer {

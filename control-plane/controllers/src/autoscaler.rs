@@ -120,11 +120,15 @@ pub fn decide(window: &mut Window, now: Instant, config: &AutoscalerConfig, i: &
     desired.clamp(i.min, i.max.max(i.min))
 }
 
-async fn scrape(http: &HttpClient, url: &str) -> Option<Vec<Sample>> {
+async fn scrape(http: &HttpClient, url: &str, token: &str) -> Option<Vec<Sample>> {
     let uri: http::Uri = format!("{}/.wisp/stats", url.trim_end_matches('/'))
         .parse()
         .ok()?;
-    let req = http::Request::get(uri).body(Empty::<Bytes>::new()).ok()?;
+    // The ingress answers its statistics only to the cluster admin and nodes.
+    let req = http::Request::get(uri)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Empty::<Bytes>::new())
+        .ok()?;
     let read = async {
         let resp = http.request(req).await.ok()?;
         if !resp.status().is_success() {
@@ -191,9 +195,10 @@ pub async fn run(client: Client, config: AutoscalerConfig, shutdown: Cancellatio
 async fn traffic(
     http: &HttpClient,
     urls: Vec<String>,
+    token: &str,
     state: &mut State,
 ) -> (HashMap<(String, String), Traffic>, bool) {
-    let reads = futures::future::join_all(urls.iter().map(|u| scrape(http, u))).await;
+    let reads = futures::future::join_all(urls.iter().map(|u| scrape(http, u, token))).await;
     let now = Instant::now();
     let mut out: HashMap<(String, String), Traffic> = HashMap::new();
     let mut failed = false;
@@ -235,7 +240,7 @@ async fn tick(
         .iter()
         .filter_map(|n| n.status.as_ref().and_then(|s| s.ingress_url.clone()))
         .collect();
-    let (totals, scrape_failed) = traffic(http, urls, state).await;
+    let (totals, scrape_failed) = traffic(http, urls, client.token(), state).await;
     let now = Instant::now();
     let now_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
     let mut live = std::collections::HashSet::new();

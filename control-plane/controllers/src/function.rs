@@ -32,6 +32,8 @@ pub struct Context {
     pub(crate) deployments: Store<Deployment>,
     pub(crate) services: Store<Service>,
     pub(crate) routes: Store<Route>,
+    /// A Function's default host is `<name>.<namespace>.<cluster_domain>`.
+    pub(crate) cluster_domain: String,
 }
 
 fn owner(f: &Function) -> OwnerReference {
@@ -52,16 +54,17 @@ fn meta(f: &Function) -> ObjectMeta {
     m
 }
 
-/// The host a Function answers on: its route's, or `<name>.<namespace>.localhost` (which
-/// resolves to loopback, so `curl http://hello.default.localhost:8080/` works on a laptop).
-pub fn host_of(f: &Function) -> String {
+/// The host a Function answers on: its route's, or `<name>.<namespace>.<cluster domain>`
+/// (with the default domain `localhost` that resolves to loopback, so
+/// `curl http://hello.default.localhost:8080/` works on a laptop).
+pub fn host_of(f: &Function, cluster_domain: &str) -> String {
     f.spec
         .route
         .as_ref()
         .and_then(|r| r.host.clone())
         .unwrap_or_else(|| {
             format!(
-                "{}.{}.localhost",
+                "{}.{}.{cluster_domain}",
                 f.metadata.name,
                 f.metadata.namespace.as_deref().unwrap_or("default")
             )
@@ -114,9 +117,9 @@ pub fn desired_service(f: &Function) -> Service {
     s
 }
 
-pub fn desired_route(f: &Function) -> Route {
+pub fn desired_route(f: &Function, cluster_domain: &str) -> Route {
     let mut r = Route::new(meta(f));
-    r.spec.host = Some(host_of(f));
+    r.spec.host = Some(host_of(f, cluster_domain));
     r.spec.path_prefix = path_of(f);
     r.spec.backends = vec![RouteBackend {
         service: f.metadata.name.clone(),
@@ -215,9 +218,12 @@ pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Er
         c.spec != w.spec || c.metadata.owner_references != w.metadata.owner_references
     })
     .await?;
-    let route = ensure(&routes, desired_route(&f), current_route, |c, w| {
-        c.spec != w.spec || c.metadata.owner_references != w.metadata.owner_references
-    })
+    let route = ensure(
+        &routes,
+        desired_route(&f, &ctx.cluster_domain),
+        current_route,
+        |c, w| c.spec != w.spec || c.metadata.owner_references != w.metadata.owner_references,
+    )
     .await?;
     let (Some(deployment), Some(_), Some(_)) = (deployment, service, route) else {
         // Created or changed concurrently: look again shortly.
@@ -227,7 +233,11 @@ pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Er
     let mut status = f.status.clone().unwrap_or_default();
     let ready = deployment.status.as_ref().map_or(0, |s| s.ready_replicas);
     let next = FunctionStatus {
-        url: Some(format!("http://{}{}", host_of(&f), path_of(&f))),
+        url: Some(format!(
+            "http://{}{}",
+            host_of(&f, &ctx.cluster_domain),
+            path_of(&f)
+        )),
         ready_replicas: ready,
         desired_replicas: deployment.spec.replicas,
         observed_generation: f.metadata.generation,
@@ -318,8 +328,10 @@ mod tests {
         let s = desired_service(&f);
         assert_eq!(s.spec.selector[FUNCTION_LABEL], "hello");
         assert_eq!(s.spec.ports[0].port, SERVICE_PORT);
-        let r = desired_route(&f);
+        let r = desired_route(&f, "localhost");
         assert_eq!(r.spec.host.as_deref(), Some("hello.team.localhost"));
+        let r = desired_route(&f, "fn.example.com");
+        assert_eq!(r.spec.host.as_deref(), Some("hello.team.fn.example.com"));
         assert_eq!(r.spec.path_prefix, "/");
         assert_eq!(r.spec.backends[0].service, "hello");
     }
@@ -331,7 +343,7 @@ mod tests {
             host: Some("api.example.com".into()),
             path_prefix: "/v1".into(),
         });
-        let r = desired_route(&f);
+        let r = desired_route(&f, "localhost");
         assert_eq!(r.spec.host.as_deref(), Some("api.example.com"));
         assert_eq!(r.spec.path_prefix, "/v1");
     }

@@ -3,8 +3,9 @@
 //! and ReplicaSet controllers, the Endpoints controller, the Function
 //! controller (Function → Deployment + Service + Route), the autoscaler (concurrency from
 //! the node ingresses → replicas, scale to zero), garbage collection through
-//! `ownerReferences`, and Node lifecycle (lease expiry → NotReady → pods
-//! failed and replaced).
+//! `ownerReferences`, Node lifecycle (lease expiry → NotReady → pods
+//! failed and replaced), and Namespace deletion (everything in a Terminating namespace is
+//! deleted, then the namespace).
 //!
 //! It must not touch the store or run workloads.
 
@@ -13,6 +14,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod function;
 pub mod gc;
+pub mod namespaces;
 pub mod nodes;
 pub mod replicaset;
 
@@ -205,7 +207,7 @@ pub async fn run_deployments(client: Client, shutdown: CancellationToken) {
 /// Run the Function controller until `shutdown`: reconciled when the Function or one of its
 /// children changes (its Deployment's ready replicas feed its status; an edited or deleted
 /// Service or Route is put back).
-pub async fn run_functions(client: Client, shutdown: CancellationToken) {
+pub async fn run_functions(client: Client, cluster_domain: String, shutdown: CancellationToken) {
     let (deployments, deployment_events) = cached::<Deployment>(&client);
     let (services, service_events) = cached::<Service>(&client);
     let (routes, route_events) = cached::<Route>(&client);
@@ -215,6 +217,7 @@ pub async fn run_functions(client: Client, shutdown: CancellationToken) {
         deployments,
         services,
         routes,
+        cluster_domain,
     });
     Controller::new(client.api::<Function>(None), WatchParams::default())
         .owns_events(deployment_events)
@@ -264,6 +267,8 @@ pub struct Config {
     /// A node is lost after this long without a lease renewal (default 10 s).
     pub node_grace: std::time::Duration,
     pub autoscaler: autoscaler::AutoscalerConfig,
+    /// Functions answer on `<name>.<namespace>.<cluster_domain>` by default (`localhost`).
+    pub cluster_domain: String,
 }
 
 impl Default for Config {
@@ -271,6 +276,7 @@ impl Default for Config {
         Self {
             node_grace: std::time::Duration::from_secs(10),
             autoscaler: autoscaler::AutoscalerConfig::default(),
+            cluster_domain: "localhost".into(),
         }
     }
 }
@@ -284,7 +290,8 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
         gc::run::<ReplicaSet, Deployment>(client.clone(), shutdown.clone()),
         run_endpoints(client.clone(), shutdown.clone()),
         gc::run::<Endpoints, Service>(client.clone(), shutdown.clone()),
-        run_functions(client.clone(), shutdown.clone()),
+        run_functions(client.clone(), config.cluster_domain.clone(), shutdown.clone()),
+        namespaces::run(client.clone(), shutdown.clone()),
         autoscaler::run(client.clone(), config.autoscaler, shutdown.clone()),
         gc::run::<Deployment, Function>(client.clone(), shutdown.clone()),
         gc::run::<Service, Function>(client.clone(), shutdown.clone()),

@@ -36,7 +36,7 @@ async fn function_expands_scales_within_bounds_and_is_collected() -> anyhow::Res
         let (c, s) = (client.clone(), shutdown.clone());
         async move {
             tokio::join!(
-                wisp_controllers::run_functions(c.clone(), s.clone()),
+                wisp_controllers::run_functions(c.clone(), "localhost".into(), s.clone()),
                 wisp_controllers::gc::run::<Deployment, Function>(c.clone(), s.clone()),
                 wisp_controllers::gc::run::<Service, Function>(c.clone(), s.clone()),
                 wisp_controllers::gc::run::<Route, Function>(c, s),
@@ -137,7 +137,11 @@ async fn function_never_takes_over_an_object_it_does_not_own() -> anyhow::Result
     }];
     client.api::<Service>(Some("default")).create(&svc).await?;
     let shutdown = CancellationToken::new();
-    let controllers = tokio::spawn(wisp_controllers::run_functions(client.clone(), shutdown.clone()));
+    let controllers = tokio::spawn(wisp_controllers::run_functions(
+        client.clone(),
+        "localhost".into(),
+        shutdown.clone(),
+    ));
     let mut f = Function::new(ObjectMeta::namespaced("default", "taken"));
     f.spec.template.spec.containers = vec![Container {
         name: "hello".into(),

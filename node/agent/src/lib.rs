@@ -87,6 +87,10 @@ pub struct AgentConfig {
     /// Where the agent publishes which of its pods are ready, for this node's ingress (which
     /// then routes to a pod the moment it is ready, before its status reaches the API).
     pub local_readiness: wisp_sandbox::LocalReadiness,
+    /// Where Wasm guests' outbound calls may connect.
+    pub egress: wisp_sandbox::EgressPolicy,
+    /// HTTP requests one namespace may run at once in this node's Wasm runtime.
+    pub wasm_namespace_slots: u32,
 }
 
 impl AgentConfig {
@@ -107,6 +111,8 @@ impl AgentConfig {
             docker: None,
             service_gateway: None,
             local_readiness: wisp_sandbox::LocalReadiness::default(),
+            egress: wisp_sandbox::EgressPolicy::default(),
+            wasm_namespace_slots: 500,
         }
     }
 }
@@ -143,6 +149,8 @@ impl Agent {
         wasm.max_instances = config.wasm_max_instances;
         wasm.pagemap_scan = config.wasm_pagemap_reset;
         wasm.service_gateway = config.service_gateway;
+        wasm.egress = config.egress.clone();
+        wasm.namespace_slots = config.wasm_namespace_slots.min(config.wasm_max_instances).max(1);
         let artifacts: Arc<dyn ArtifactSource> = Arc::new(ApiArtifacts(client.clone()));
         let runtime = WasmSandbox::new(wasm, Some(artifacts))?;
         let docker = config.docker.clone().map(DockerSandbox::new);
@@ -174,14 +182,21 @@ impl Agent {
     /// Registers the node, then heartbeats, runs its pods and serves their logs until
     /// `shutdown`. Sandboxes are left running when it returns (a next agent adopts them).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let listen = self.config.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| AgentError::Listen { addr: listen, source })?;
+        self.run_on(listener, shutdown).await
+    }
+
+    /// [`Agent::run`], serving logs on a listener bound already (so its address can be known
+    /// first: the node's egress policy refuses it).
+    pub async fn run_on(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), AgentError> {
         let c = &self.config;
-        let listener =
-            tokio::net::TcpListener::bind(c.listen)
-                .await
-                .map_err(|source| AgentError::Listen {
-                    addr: c.listen,
-                    source,
-                })?;
         let local = listener.local_addr().map_err(|source| AgentError::Listen {
             addr: c.listen,
             source,

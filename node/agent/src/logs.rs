@@ -157,6 +157,7 @@ pub async fn serve(server: Arc<LogServer>, listener: TcpListener, shutdown: Canc
         grace: Duration::from_secs(1),
         event_loops: 0,
         busy_poll: Duration::ZERO,
+        max_connections: 0,
     };
     wisp_runtime::http::serve(listener, service, options, shutdown).await;
 }

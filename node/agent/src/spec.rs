@@ -40,15 +40,14 @@ pub fn sandbox_id(pod: &Pod, container: &str) -> SandboxId {
 /// Where a container's code comes from.
 pub fn source_of(c: &Container) -> Result<Source, PrepareError> {
     if let Some(wasm) = c.wasm.as_deref().filter(|w| !w.is_empty()) {
+        // Only a digest of a blob uploaded to the API: never a path on this node's disk (the
+        // API refuses anything else; this holds also for a pod written before it did).
         if wasm.starts_with("sha256:") {
             return Ok(Source::WasmDigest(wasm.to_owned()));
         }
-        if wasm.starts_with('/') || wasm.starts_with("./") || wasm.ends_with(".wasm") {
-            return Ok(Source::WasmFile(PathBuf::from(wasm)));
-        }
         return Err(config_error(format!(
-            "container {:?}: wasm {wasm:?} is neither a blob digest (sha256:…) nor a .wasm file path; \
-             OCI references for components are not supported yet",
+            "container {:?}: wasm {wasm:?} is not a blob digest (sha256:…); components are uploaded \
+             to the API and named by digest, never by a path on the node",
             c.name
         )));
     }
@@ -58,6 +57,28 @@ pub fn source_of(c: &Container) -> Result<Source, PrepareError> {
             "container {:?}: neither wasm nor image is set",
             c.name
         ))),
+    }
+}
+
+/// When to pull a container's image: as its `imagePullPolicy` says, else as Kubernetes does
+/// (`Always` for `:latest` or an untagged image, `IfNotPresent` otherwise).
+pub fn pull_policy(c: &Container) -> wisp_sandbox::PullPolicy {
+    use wisp_api::PullPolicy as P;
+    match c.image_pull_policy {
+        Some(P::Always) => wisp_sandbox::PullPolicy::Always,
+        Some(P::Never) => wisp_sandbox::PullPolicy::Never,
+        Some(P::IfNotPresent) => wisp_sandbox::PullPolicy::IfNotPresent,
+        None => {
+            let image = c.image.as_deref().unwrap_or_default();
+            let name = image.rsplit('/').next().unwrap_or(image);
+            let pinned = image.contains('@');
+            let tag = name.split_once(':').map(|(_, t)| t);
+            if !pinned && tag.is_none_or(|t| t == "latest") {
+                wisp_sandbox::PullPolicy::Always
+            } else {
+                wisp_sandbox::PullPolicy::IfNotPresent
+            }
+        }
     }
 }
 
@@ -318,6 +339,12 @@ pub async fn drafts(client: &Client, pod: &Pod, pod_dir: &Path) -> Result<Vec<Dr
                     .map(wisp_api::SecurityContext::added_capabilities)
                     .unwrap_or_default(),
                 user: c.security_context.as_ref().and_then(|s| s.run_as_user),
+                run_as_non_root: c
+                    .security_context
+                    .as_ref()
+                    .and_then(|s| s.run_as_non_root)
+                    .unwrap_or(false),
+                pull_policy: pull_policy(c),
                 labels,
             },
         });
@@ -341,17 +368,41 @@ mod tests {
             source_of(&c(Some("sha256:ab"), None)),
             Ok(Source::WasmDigest("sha256:ab".into()))
         );
-        assert_eq!(
-            source_of(&c(Some("/srv/hello.wasm"), None)),
-            Ok(Source::WasmFile("/srv/hello.wasm".into()))
-        );
+        for path in ["/srv/hello.wasm", "/etc/passwd", "/dev/zero", "./x.wasm"] {
+            let err = source_of(&c(Some(path), None)).expect_err("a path on the node");
+            assert_eq!(err.reason, REASON_CONFIG, "{path}");
+        }
         assert_eq!(
             source_of(&c(None, Some("busybox:1"))),
             Ok(Source::Image("busybox:1".into()))
         );
         let err = source_of(&c(Some("ghcr.io/x/y:1"), None)).expect_err("oci");
         assert_eq!(err.reason, REASON_CONFIG);
-        assert!(err.message.contains("not supported yet"), "{err}");
+        assert!(err.message.contains("not a blob digest"), "{err}");
+    }
+
+    #[test]
+    fn pull_policies_follow_kubernetes_defaults() {
+        use wisp_sandbox::PullPolicy as P;
+        let c = |image: &str, policy: Option<wisp_api::PullPolicy>| Container {
+            name: "c".into(),
+            image: Some(image.into()),
+            image_pull_policy: policy,
+            ..Container::default()
+        };
+        assert_eq!(pull_policy(&c("busybox", None)), P::Always);
+        assert_eq!(pull_policy(&c("busybox:latest", None)), P::Always);
+        assert_eq!(pull_policy(&c("localhost:5000/busybox", None)), P::Always);
+        assert_eq!(pull_policy(&c("localhost:5000/busybox:1", None)), P::IfNotPresent);
+        assert_eq!(pull_policy(&c("busybox@sha256:ab", None)), P::IfNotPresent);
+        assert_eq!(
+            pull_policy(&c("busybox:1", Some(wisp_api::PullPolicy::Always))),
+            P::Always
+        );
+        assert_eq!(
+            pull_policy(&c("busybox", Some(wisp_api::PullPolicy::Never))),
+            P::Never
+        );
     }
 
     #[test]

@@ -84,6 +84,14 @@ impl Cluster {
         (stop, task)
     }
 
+    /// Uploads a guest component; its digest (what a pod's `wasm:` names).
+    async fn upload(&self, name: &str) -> anyhow::Result<String> {
+        Ok(self
+            .client
+            .put_blob(Bytes::from(std::fs::read(guest(name))?))
+            .await?)
+    }
+
     async fn create(&self, pod: &Pod) -> anyhow::Result<Pod> {
         Ok(self.client.api::<Pod>(Some("default")).create(pod).await?)
     }
@@ -234,7 +242,7 @@ async fn http_pod_runs_ready_and_is_removed_on_delete() -> anyhow::Result<()> {
 async fn crashing_container_restarts_with_backoff_and_crash_loop_reason() -> anyhow::Result<()> {
     let c = Cluster::start().await?;
     let (_stop, _task) = c.agent();
-    let file = guest("cli-fixture").display().to_string();
+    let file = c.upload("cli-fixture").await?;
     c.create(&pod(
         "crash",
         wasm_container(&file, &["exit", "3", "bye"]),
@@ -263,7 +271,7 @@ async fn crashing_container_restarts_with_backoff_and_crash_loop_reason() -> any
 async fn run_to_completion_pods_succeed_or_fail_per_exit_code() -> anyhow::Result<()> {
     let c = Cluster::start().await?;
     let (_stop, _task) = c.agent();
-    let file = guest("cli-fixture").display().to_string();
+    let file = c.upload("cli-fixture").await?;
     c.create(&pod(
         "ok",
         wasm_container(&file, &["exit", "0", "done"]),
@@ -347,7 +355,7 @@ async fn env_from_config_map_and_secret_reaches_the_guest_and_nothing_else() -> 
             optional: None,
         }),
     };
-    let mut container = wasm_container(&guest("fault").display().to_string(), &[]);
+    let mut container = wasm_container(&c.upload("fault").await?, &[]);
     container.env = vec![
         EnvVar {
             name: "GREETING".into(),
@@ -378,7 +386,7 @@ async fn env_from_config_map_and_secret_reaches_the_guest_and_nothing_else() -> 
     );
 
     // A missing key is a clear configuration error naming it.
-    let mut broken = wasm_container(&guest("fault").display().to_string(), &[]);
+    let mut broken = wasm_container(&c.upload("fault").await?, &[]);
     broken.env = vec![EnvVar {
         name: "X".into(),
         value: None,
@@ -399,7 +407,7 @@ async fn env_from_config_map_and_secret_reaches_the_guest_and_nothing_else() -> 
 async fn restarted_agent_adopts_running_sandboxes_without_duplicates() -> anyhow::Result<()> {
     let c = Cluster::start().await?;
     let (stop, task) = c.agent();
-    let file = guest("cli-fixture").display().to_string();
+    let file = c.upload("cli-fixture").await?;
     let created = c
         .create(&pod(
             "long",

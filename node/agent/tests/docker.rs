@@ -332,9 +332,13 @@ async fn daemon_down_keeps_the_node_and_wasm_pods_up_and_docker_pods_start_when_
     assert!(node.is_ready(), "the node itself is Ready");
 
     let hello = wisp_sandbox_wasm::guests::path("hello").map_err(anyhow::Error::msg)?;
+    let digest = c
+        .client
+        .put_blob(bytes::Bytes::from(std::fs::read(hello)?))
+        .await?;
     let wasm = Container {
         name: "main".into(),
-        wasm: Some(hello.display().to_string()),
+        wasm: Some(digest),
         ..Container::default()
     };
     c.create(&c.pod("wasm", wasm, RestartPolicy::Always)).await?;

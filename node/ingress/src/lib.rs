@@ -70,6 +70,11 @@ pub struct IngressConfig {
     /// backend as soon as the agent finds it ready, before its status write reaches this
     /// ingress through the API (`None`: only the API's view counts).
     pub local_readiness: Option<wisp_sandbox::LocalReadiness>,
+    /// Connections open at once on each listener (default 10,000).
+    pub max_connections: usize,
+    /// Which backend addresses requests may be sent to (besides the addresses nodes report
+    /// for their pods): the node's egress policy, with its own listeners.
+    pub egress: wisp_sandbox::EgressPolicy,
 }
 
 impl IngressConfig {
@@ -86,6 +91,8 @@ impl IngressConfig {
             event_loops: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             busy_poll: Duration::from_micros(200),
             local_readiness: None,
+            max_connections: 10_000,
+            egress: wisp_sandbox::EgressPolicy::default(),
         }
     }
 }
@@ -151,6 +158,9 @@ pub(crate) struct Inner {
     pub(crate) caches_changed: tokio::sync::watch::Sender<()>,
     pub(crate) http:
         hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, proxy::Body>,
+    /// Tokens checked for `/.wisp/` (digest → when, allowed).
+    pub(crate) internal_tokens:
+        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
 }
 
 /// A node's ingress. Cheap to clone.
@@ -182,6 +192,7 @@ impl Ingress {
                 backends_lock: std::sync::Mutex::new(()),
                 caches_changed: tokio::sync::watch::channel(()).0,
                 http,
+                internal_tokens: std::sync::Mutex::default(),
             }),
         }
     }
@@ -283,44 +294,57 @@ impl Ingress {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Looked up per address below: built once per rebuild.
+        // Other nodes' ingresses, where they report them: only at one of the node's own
+        // addresses (a node cannot point this ingress at anything else).
         let ingress_urls: std::collections::HashMap<String, String> = c
             .nodes
             .list()
             .iter()
             .filter_map(|n| {
-                let url = n.status.as_ref()?.ingress_url.clone()?;
-                Some((n.metadata.name.clone(), url))
+                let st = n.status.as_ref()?;
+                let url = st.ingress_url.clone()?;
+                let addr = url_addr(&url)?;
+                st.addresses
+                    .iter()
+                    .any(|a| a.address.parse::<std::net::IpAddr>().ok() == Some(addr.ip()))
+                    .then(|| (n.metadata.name.clone(), url))
             })
             .collect();
+        let listeners = self.listeners(&c.nodes);
         let wasm_containers = wasm_containers(&c.pods);
         let ready_locally = self.ready_locally();
         // Candidates per Service: what its Endpoints list, then this node's pods that are
         // ready and match its selector but are not listed yet (a cold start is released as
-        // soon as the pod is ready here, one Endpoints write and watch sooner).
+        // soon as the pod is ready here, one Endpoints write and watch sooner). Only pods of
+        // the Service's own namespace, reached where this ingress knows them to be — in
+        // process, at a port this node published, or through their node's ingress — never
+        // at an address written in an object.
         let mut wanted: std::collections::HashMap<(String, String), Vec<Candidate>> =
             std::collections::HashMap::new();
         for ep in c.endpoints.list() {
             let ns = ep.metadata.namespace.clone().unwrap_or_default();
-            let list = wanted.entry((ns, ep.metadata.name.clone())).or_default();
+            let list = wanted.entry((ns.clone(), ep.metadata.name.clone())).or_default();
             for a in ep.subsets.iter().flat_map(|s| s.addresses.iter()) {
                 let Some(r) = &a.target_ref else { continue };
+                if r.kind != "Pod" || r.namespace.as_deref() != Some(ns.as_str()) {
+                    continue;
+                }
                 let uid = r.uid.clone().unwrap_or_default();
                 // A pod of this node its agent has just found not ready (stopping, exited,
                 // failing its probe) is out before the Endpoints say so.
                 if ready_locally.get(&uid) == Some(&false) {
                     continue;
                 }
-                let target = if a.node_name.as_deref() == Some(node.as_str()) && inner.wasm.is_some() {
+                let target = if a.node_name.as_deref() == Some(node.as_str()) {
+                    // This node's pod: known here, in the Service's namespace.
                     match (wasm_containers.get(&uid), a.port) {
-                        (Some(c), _) => Some(Target::Local(wisp_sandbox::SandboxId::new(&uid, c))),
-                        (None, Some(port)) => format!("{}:{port}", a.ip).parse().ok().map(Target::Addr),
-                        (None, None) => None,
+                        (Some((pod_ns, _)), _) if *pod_ns != ns => None,
+                        (Some((_, c)), _) if inner.wasm.is_some() => {
+                            Some(Target::Local(wisp_sandbox::SandboxId::new(&uid, c)))
+                        }
+                        (_, Some(port)) => self.published(port, &listeners),
+                        _ => None,
                     }
-                } else if let Some(port) = a.port {
-                    format!("{}:{port}", a.ip)
-                        .parse::<SocketAddr>()
-                        .ok()
-                        .map(Target::Addr)
                 } else {
                     a.node_name
                         .as_ref()
@@ -337,7 +361,7 @@ impl Ingress {
             for svc in c.services.list() {
                 let ns = svc.metadata.namespace.clone().unwrap_or_default();
                 let list = wanted.entry((ns, svc.metadata.name.clone())).or_default();
-                self.local_candidates(&svc, &ready_here, &wasm_containers, list);
+                self.local_candidates(&svc, &ready_here, &wasm_containers, &listeners, list);
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -361,6 +385,7 @@ impl Ingress {
                 backends: vec![(inner.services.get_or_create(&ns, &ep.metadata.name), 1)],
                 timeout: None,
                 gateway_only: true,
+                created: String::new(),
                 name: format!("service:{}", ep.metadata.name),
                 namespace: ns,
             }
@@ -384,11 +409,46 @@ impl Ingress {
                         .collect(),
                     timeout: r.spec.timeout_seconds.map(|s| Duration::from_secs(u64::from(s))),
                     gateway_only: false,
+                    created: r.metadata.creation_timestamp.clone().unwrap_or_default(),
                 }
             })
             .chain(service_routes)
             .collect();
         inner.table.store(Arc::new(Table::new(entries)));
+    }
+
+    /// Every listener of the cluster's processes this ingress knows: the API server, and
+    /// each node's agent and ingress (as the Nodes report them), besides the node's own
+    /// (`IngressConfig::egress`). No request is ever sent to one of them as a backend.
+    fn listeners(&self, nodes: &Store<Node>) -> std::collections::HashSet<SocketAddr> {
+        let mut out: std::collections::HashSet<SocketAddr> =
+            self.inner.config.egress.listeners.iter().copied().collect();
+        out.extend(url_addr(self.inner.client.server()));
+        for n in nodes.list() {
+            let Some(st) = n.status.as_ref() else { continue };
+            out.extend(st.agent_url.as_deref().and_then(url_addr));
+            out.extend(st.ingress_url.as_deref().and_then(url_addr));
+        }
+        out
+    }
+
+    /// A port this node's runtime published for one of its pods (on loopback, where only
+    /// this node reaches it), unless it is one of the cluster's own listeners.
+    fn published(&self, port: u16, listeners: &std::collections::HashSet<SocketAddr>) -> Option<Target> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if listeners.contains(&addr)
+            || listeners
+                .iter()
+                .any(|l| l.port() == port && (l.ip().is_unspecified() || l.ip().is_loopback()))
+            || self.inner.config.egress.is_listener(addr)
+        {
+            tracing::warn!(
+                port,
+                "a pod reports one of the cluster's listeners as its port: not a backend"
+            );
+            return None;
+        }
+        Some(Target::Addr(addr))
     }
 
     /// Ready by this node's agent (its status write may be on the way); pods it has no word
@@ -407,7 +467,8 @@ impl Ingress {
         &self,
         svc: &Service,
         ready_here: &[Arc<Pod>],
-        wasm_containers: &std::collections::HashMap<String, String>,
+        wasm_containers: &WasmContainers,
+        listeners: &std::collections::HashSet<SocketAddr>,
         list: &mut Vec<Candidate>,
     ) {
         if svc.spec.selector.is_empty() {
@@ -427,18 +488,13 @@ impl Ingress {
             }
             let status = p.status.as_ref();
             let target = match (wasm_containers.get(&uid), status.and_then(|s| s.host_port)) {
-                (Some(c), _) if self.inner.wasm.is_some() => {
+                (Some((_, c)), _) if self.inner.wasm.is_some() => {
                     Target::Local(wisp_sandbox::SandboxId::new(&uid, c))
                 }
-                (_, Some(port)) => {
-                    let Some(ip) = status.and_then(|s| s.pod_ip.as_deref()) else {
-                        continue;
-                    };
-                    let Ok(addr) = format!("{ip}:{port}").parse::<SocketAddr>() else {
-                        continue;
-                    };
-                    Target::Addr(addr)
-                }
+                (_, Some(port)) => match self.published(port, listeners) {
+                    Some(t) => t,
+                    None => continue,
+                },
                 _ => continue,
             };
             list.push((
@@ -509,7 +565,14 @@ impl Ingress {
             .map(|b| (b.pod_uid.clone(), b.pod.clone(), b.node.clone(), b.target.clone()))
             .collect();
         let before = list.len();
-        self.local_candidates(service, &ready_here, &wasm_containers(pods), &mut list);
+        let listeners = self.listeners(&self.inner.caches.nodes);
+        self.local_candidates(
+            service,
+            &ready_here,
+            &wasm_containers(pods),
+            &listeners,
+            &mut list,
+        );
         (list.len() > before).then_some(list)
     }
 
@@ -554,8 +617,10 @@ pub(crate) async fn local_change(
     }
 }
 
-/// This node's pods' wasm containers: pod uid → container name.
-fn wasm_containers(pods: &Store<Pod>) -> std::collections::HashMap<String, String> {
+/// This node's pods' wasm containers: pod uid → (namespace, container name).
+type WasmContainers = std::collections::HashMap<String, (String, String)>;
+
+fn wasm_containers(pods: &Store<Pod>) -> WasmContainers {
     pods.list()
         .iter()
         .filter_map(|p| {
@@ -565,9 +630,19 @@ fn wasm_containers(pods: &Store<Pod>) -> std::collections::HashMap<String, Strin
                 .containers
                 .iter()
                 .find(|c| c.runtime() == wisp_api::RUNTIME_WASM)?;
-            Some((uid, c.name.clone()))
+            Some((
+                uid,
+                (p.metadata.namespace.clone().unwrap_or_default(), c.name.clone()),
+            ))
         })
         .collect()
+}
+
+/// The address of an `http://ip:port` URL.
+fn url_addr(url: &str) -> Option<SocketAddr> {
+    let uri: http::Uri = url.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    Some(SocketAddr::new(host.parse().ok()?, uri.port_u16().unwrap_or(80)))
 }
 
 /// This node's pods that take requests: ready by the agent's word on its own pod (which

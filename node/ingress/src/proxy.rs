@@ -165,6 +165,11 @@ impl Ingress {
         B::Error: Into<BoxError>,
     {
         let inner = &self.inner;
+        if req.uri().path().starts_with("/.wisp/")
+            && let Err(denied) = self.authorize_internal(&req).await
+        {
+            return denied;
+        }
         if req.uri().path() == STATS_PATH {
             let body = serde_json::to_vec(&self.stats()).unwrap_or_default();
             let mut r = text(StatusCode::OK, "");
@@ -308,6 +313,72 @@ impl Ingress {
             })
             .inc();
         resp
+    }
+
+    /// `/.wisp/*` (per-Service traffic of every namespace) answers only the cluster admin and
+    /// node credentials (the autoscaler and other nodes): the bearer token is checked with
+    /// the API server (`whoami`), and the answer kept for a while.
+    async fn authorize_internal<B>(&self, req: &Request<B>) -> Result<(), Response<Body>> {
+        const KEEP: std::time::Duration = std::time::Duration::from_secs(30);
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        let Some(token) = token else {
+            return Err(text(
+                StatusCode::UNAUTHORIZED,
+                "/.wisp/ needs a bearer token of the cluster admin or a node",
+            ));
+        };
+        let key = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(token.as_bytes()))
+        };
+        let known = self
+            .inner
+            .internal_tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .filter(|(at, _)| at.elapsed() < KEEP)
+            .map(|(_, ok)| *ok);
+        let ok = match known {
+            Some(ok) => ok,
+            None => {
+                let who = self.inner.client.with_token(token).whoami().await;
+                let ok = match who {
+                    Ok(w) => w.kind == "admin" || w.kind == "node",
+                    Err(e) if e.code() == Some(401) => false,
+                    Err(e) => {
+                        return Err(text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("cannot check the token with the API server: {e}"),
+                        ));
+                    }
+                };
+                let mut cache = self
+                    .inner
+                    .internal_tokens
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if cache.len() > 1024 {
+                    cache.retain(|_, (at, _)| at.elapsed() < KEEP);
+                }
+                cache.insert(key, (Instant::now(), ok));
+                ok
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(text(
+                StatusCode::FORBIDDEN,
+                "/.wisp/ answers only the cluster admin and node credentials",
+            ))
+        }
     }
 
     /// Whether a backend takes requests now: a local sandbox that is stopping (its pod is
@@ -468,6 +539,7 @@ async fn serve_on(ingress: Ingress, listener: TcpListener, shutdown: Cancellatio
         // The gateway (guests' calls to Services) is served on the caller's runtime.
         event_loops: if gateway { 0 } else { config.event_loops },
         busy_poll: config.busy_poll,
+        max_connections: config.max_connections,
     };
     wisp_runtime::http::serve(listener, service, options, shutdown).await;
 }
@@ -557,6 +629,7 @@ mod tests {
             backends: vec![(svc, 1)],
             timeout: None,
             gateway_only: false,
+            created: String::new(),
         };
         ingress.inner.table.store(Arc::new(Table::new(vec![route])));
         for _ in 0..30 {
@@ -580,16 +653,22 @@ mod tests {
             crate::IngressConfig::new("n"),
             None,
         );
-        let catch_all = RouteEntry {
+        let entry = |name: &str, host: &str| RouteEntry {
             namespace: "other".into(),
-            name: "everything".into(),
-            host: None,
+            name: name.into(),
+            host: Some(host.into()),
             prefix: "/".into(),
             backends: Vec::new(),
             timeout: None,
             gateway_only: false,
+            created: String::new(),
         };
-        ingress.inner.table.store(Arc::new(Table::new(vec![catch_all])));
+        // A wildcard over Service names (refused at admission; held here whatever the store says).
+        let catch_all = entry("everything", "*.svc");
+        ingress
+            .inner
+            .table
+            .store(Arc::new(Table::new(vec![catch_all, entry("web", "example.com")])));
         let request = |host: &str| {
             Request::get("/")
                 .header(header::HOST, host)
@@ -600,7 +679,7 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         assert!(String::from_utf8_lossy(&body).contains("no route"));
-        // Any other host does reach the catch-all (which has no backends here: 503).
+        // Another host does reach its Route (which has no backends here: 503).
         let resp = ingress.handle(request("example.com")).await;
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     }

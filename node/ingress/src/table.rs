@@ -26,7 +26,7 @@ pub struct Backend {
 pub enum Target {
     /// A wasm sandbox on this node, called in process.
     Local(SandboxId),
-    /// An address serving HTTP (a container's published port).
+    /// A port this node published for one of its pods' containers (on loopback).
     Addr(SocketAddr),
     /// Another node's ingress, which calls its local sandbox.
     Node(String),
@@ -109,7 +109,7 @@ impl ServiceState {
         let all = self.backends.load();
         let candidates: Vec<&Arc<Backend>> = all
             .iter()
-            .filter(|b| (!local_only || matches!(b.target, Target::Local(_))) && usable(b))
+            .filter(|b| (!local_only || !matches!(b.target, Target::Node(_))) && usable(b))
             .collect();
         match candidates.len() {
             0 => None,
@@ -179,6 +179,9 @@ pub struct RouteEntry {
     pub timeout: Option<Duration>,
     /// Matched only for requests through the node's Service gateway (`<svc>.<ns>.svc`).
     pub gateway_only: bool,
+    /// When the Route was created (RFC 3339): of the namespaces claiming one host, the
+    /// first to claim it keeps it.
+    pub created: String,
 }
 
 impl RouteEntry {
@@ -231,7 +234,39 @@ fn specificity(r: &RouteEntry) -> (u8, usize) {
 }
 
 impl Table {
-    pub fn new(mut routes: Vec<RouteEntry>) -> Self {
+    pub fn new(routes: Vec<RouteEntry>) -> Self {
+        // A host belongs to one namespace: the one whose Route claimed it first (admission
+        // already refuses a second claim; this holds whatever the store says). Another
+        // namespace's Route for the same host, even with a longer path prefix, is left out.
+        let mut owner: std::collections::HashMap<String, (&str, &str)> = std::collections::HashMap::new();
+        for r in routes.iter().filter(|r| !r.gateway_only) {
+            let Some(h) = &r.host else { continue };
+            let claim = (r.created.as_str(), r.namespace.as_str());
+            owner
+                .entry(h.to_ascii_lowercase())
+                .and_modify(|o| {
+                    if claim < *o {
+                        *o = claim;
+                    }
+                })
+                .or_insert(claim);
+        }
+        let owner: std::collections::HashMap<String, String> =
+            owner.into_iter().map(|(h, (_, ns))| (h, ns.to_owned())).collect();
+        let mut routes: Vec<RouteEntry> = routes
+            .into_iter()
+            .filter(|r| {
+                if r.gateway_only {
+                    return true;
+                }
+                match &r.host {
+                    Some(h) => owner.get(&h.to_ascii_lowercase()) == Some(&r.namespace),
+                    // A Route without a host is refused at admission; one that predates that
+                    // rule matches nothing rather than every host.
+                    None => false,
+                }
+            })
+            .collect();
         // Equal claims resolve the same way on every node and every rebuild.
         routes.sort_by(|a, b| {
             specificity(b)
@@ -293,13 +328,47 @@ mod tests {
             backends: vec![(Arc::new(ServiceState::new("default", name)), 100)],
             timeout: None,
             gateway_only: false,
+            created: String::new(),
         }
+    }
+
+    #[test]
+    fn a_host_belongs_to_the_namespace_that_claimed_it_first() {
+        let mut victim = route("hello", Some("hello.team-a.localhost"), "/");
+        victim.namespace = "team-a".into();
+        victim.created = "2026-12-01T00:00:00Z".into();
+        let mut thief = route("thief", Some("HELLO.team-a.localhost"), "/api");
+        thief.namespace = "team-b".into();
+        thief.created = "2026-12-02T00:00:00Z".into();
+        let mut own = route("own", Some("hello.team-a.localhost"), "/v2");
+        own.namespace = "team-a".into();
+        own.created = "2026-12-03T00:00:00Z".into();
+        let t = Table::new(vec![thief, victim, own]);
+        let name = |p: &str| {
+            t.lookup("hello.team-a.localhost", p, false)
+                .map(|r| r.name.clone())
+        };
+        assert_eq!(
+            name("/api/x").as_deref(),
+            Some("hello"),
+            "a longer prefix of another namespace does not shadow"
+        );
+        assert_eq!(
+            name("/v2/x").as_deref(),
+            Some("own"),
+            "the owner's own longer prefix does"
+        );
+        assert!(
+            Table::new(vec![route("any", None, "/")])
+                .lookup("x.example.com", "/", false)
+                .is_none()
+        );
     }
 
     #[test]
     fn exact_host_then_wildcard_then_any_and_longest_prefix() {
         let t = Table::new(vec![
-            route("any", None, "/"),
+            route("any", Some("example.com"), "/"),
             route("api", Some("api.example.com"), "/"),
             route("api-v2", Some("api.example.com"), "/v2"),
             route("wild", Some("*.example.com"), "/"),
@@ -318,6 +387,7 @@ mod tests {
             Some("any"),
             "a wildcard needs a label"
         );
+        assert!(name("other.org", "/").is_none());
         assert_eq!(name("API.EXAMPLE.COM", "/").as_deref(), Some("api"));
     }
 
@@ -398,6 +468,7 @@ mod tests {
             backends: vec![(a, 90), (b, 10)],
             timeout: None,
             gateway_only: false,
+            created: String::new(),
         };
         let mut to_b = 0;
         for _ in 0..10_000 {

@@ -6,6 +6,9 @@
 //! It must not know about the API server, pods as API objects, or any one runtime.
 
 pub mod conformance;
+pub mod egress;
+
+pub use egress::{EgressDenied, EgressPolicy};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -146,6 +149,18 @@ pub enum Source {
     Image(String),
 }
 
+/// When a runtime pulls an image (as Kubernetes' `imagePullPolicy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// On every start, even when the image is present (a moved tag is followed).
+    Always,
+    /// Only when the image is not present.
+    #[default]
+    IfNotPresent,
+    /// Never: an image that is not present fails the container.
+    Never,
+}
+
 /// What a sandbox runs as: an HTTP handler or a process with an exit status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -199,6 +214,10 @@ pub struct SandboxSpec {
     pub capabilities: Vec<String>,
     /// Numeric user id to run as (docker), instead of the image's.
     pub user: Option<i64>,
+    /// Refuse to start a container that would run as root (uid 0) (docker).
+    pub run_as_non_root: bool,
+    /// When the image is pulled (docker).
+    pub pull_policy: PullPolicy,
     /// Labels recorded with the sandbox (see the `LABEL_*` keys) and returned by `list`.
     pub labels: BTreeMap<String, String>,
 }
@@ -221,6 +240,8 @@ impl SandboxSpec {
             read_only_root: false,
             capabilities: Vec::new(),
             user: None,
+            run_as_non_root: false,
+            pull_policy: PullPolicy::IfNotPresent,
             labels: BTreeMap::new(),
         }
     }

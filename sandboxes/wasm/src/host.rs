@@ -28,6 +28,8 @@ pub(crate) struct CtxTemplate {
     outbound: Arc<[String]>,
     /// Where calls to cluster Services (`<service>.<namespace>.svc`) go: the node's ingress.
     pub(crate) gateway: Option<std::net::SocketAddr>,
+    /// Where other outbound calls may connect (checked on the resolved address).
+    pub(crate) egress: Arc<wisp_sandbox::EgressPolicy>,
     namespace: Option<Arc<str>>,
 }
 
@@ -59,6 +61,7 @@ impl CtxTemplate {
                 .map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
             outbound: spec.allowed_outbound_hosts.iter().cloned().collect(),
             gateway: None,
+            egress: Arc::default(),
             namespace: spec
                 .labels
                 .get(wisp_sandbox::LABEL_NAMESPACE)
@@ -106,6 +109,7 @@ impl CtxTemplate {
             hooks: Outbound {
                 allowed: self.outbound.clone(),
                 gateway: self.gateway,
+                egress: self.egress.clone(),
                 namespace: self.namespace.clone(),
             },
             limiter: Limiter {
@@ -179,10 +183,12 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-/// The outbound-HTTP policy: only the hosts the spec lists (`host` or `host:port`).
+/// The outbound-HTTP policy: only the hosts the spec lists (`host` or `host:port`), and of
+/// their addresses only those the node's egress policy allows.
 struct Outbound {
     allowed: Arc<[String]>,
     gateway: Option<std::net::SocketAddr>,
+    egress: Arc<wisp_sandbox::EgressPolicy>,
     /// The guest's namespace: the only one whose Services it may call by name.
     namespace: Option<Arc<str>>,
 }
@@ -244,14 +250,16 @@ impl WasiHttpHooks for Outbound {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let mut request = request;
-        let host = request.uri().host().unwrap_or_default();
+        let host = request.uri().host().unwrap_or_default().to_owned();
+        let host = host.as_str();
         if is_service_host(host) && !self.own_service(host) {
             tracing::debug!(uri = %request.uri(), "outbound request to another namespace's Service denied");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        if let Some(gateway) = self.gateway
-            && is_service_host(host)
-        {
+        if is_service_host(host) {
+            let Some(gateway) = self.gateway else {
+                return Box::new(async { Err(wasmtime_wasi_http::Error::DestinationNotFound) });
+            };
             // A Service is reached through the node's ingress; the Host header the host
             // already set (`<service>.<namespace>.svc`) selects it there.
             let path = request
@@ -268,14 +276,34 @@ impl WasiHttpHooks for Outbound {
                 Ok(uri) => *request.uri_mut() = uri,
                 Err(_) => return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestUriInvalid) }),
             }
+            return Box::new(async move {
+                use http_body_util::BodyExt;
+                let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+                Ok((
+                    res.map(BodyExt::boxed_unsync),
+                    Box::new(io) as Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                ))
+            });
         }
+        // Anything else: resolved here and sent to an address the egress policy allows.
+        let egress = self.egress.clone();
+        let host = host.to_owned();
+        let port = request
+            .uri()
+            .port_u16()
+            .unwrap_or(match request.uri().scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            });
         Box::new(async move {
-            use http_body_util::BodyExt;
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                res.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-            ))
+            let addrs = crate::outbound::resolve(&egress, &host, port)
+                .await
+                .inspect_err(|_| {
+                    tracing::debug!(host, port, "outbound request refused by the node's egress policy");
+                })?;
+            let (connect, first_byte) =
+                options.map_or((None, None), |o| (o.connect_timeout, o.first_byte_timeout));
+            crate::outbound::send(request, addrs, connect, first_byte).await
         })
     }
 }
@@ -289,6 +317,7 @@ mod tests {
         let o = Outbound {
             allowed: Arc::from(vec![]),
             gateway: None,
+            egress: Arc::default(),
             namespace: Some(Arc::from("team-a")),
         };
         assert!(o.own_service("db.team-a.svc"));
@@ -304,6 +333,7 @@ mod tests {
     fn outbound_allow_list_matches_host_or_host_port() {
         let o = Outbound {
             gateway: None,
+            egress: Arc::default(),
             namespace: None,
             allowed: Arc::from(vec!["api.example.com".to_owned(), "127.0.0.1:8080".to_owned()]),
         };

@@ -31,13 +31,19 @@ pub enum HandleError {
     Guest(String),
     #[error("cannot run the guest: {0}")]
     Unavailable(String),
+    #[error(
+        "namespace {namespace:?} already has {slots} requests running on this node (its share); retry shortly"
+    )]
+    Busy { namespace: String, slots: u32 },
 }
 
 impl HandleError {
     /// The HTTP status an ingress answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NotFound(_) | Self::NotServing(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotFound(_) | Self::NotServing(_) | Self::Unavailable(_) | Self::Busy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::OutOfMemory | Self::Guest(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -126,9 +132,74 @@ pub(crate) async fn instantiate_only(r: Request<'_>) -> Result<InstantiateTiming
     })
 }
 
+/// Cancels a request's guest when dropped before [`Disarm::disarm`]: the client went away
+/// (the future waiting for the response head, or the response body before its end, was
+/// dropped), so the guest stops instead of running on to its deadline.
+struct CancelOnDrop(Option<tokio_util::sync::CancellationToken>);
+
+impl CancelOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.cancel();
+        }
+    }
+}
+
+/// A guest's response body that cancels the guest if it is dropped before its end.
+struct Watched {
+    inner: HyperOutgoingBody,
+    guard: CancelOnDrop,
+    /// The body was seen to end (hyper may stop polling once `is_end_stream` says so).
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if self.ended.load(std::sync::atomic::Ordering::Relaxed) {
+            self.guard.disarm();
+        }
+    }
+}
+
+impl hyper::body::Body for Watched {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) {
+            this.guard.disarm();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            self.ended.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 pub(crate) async fn handle<B>(
     r: Request<'_>,
     req: hyper::Request<B>,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<hyper::Response<HyperOutgoingBody>, HandleError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -153,6 +224,8 @@ where
     };
     let pre = r.pre.clone();
     let cancel = r.cancel.clone();
+    let gone = tokio_util::sync::CancellationToken::new();
+    let mut guard = CancelOnDrop(Some(gone.clone()));
     let deadline = r.deadline;
     // The guest keeps running after it has sent the response head, to stream the body, so the
     // call lives in a task tracked by the sandbox.
@@ -176,8 +249,11 @@ where
                     Err(_) => Outcome::Deadline,
                 },
                 () = cancel.cancelled() => Outcome::Cancelled,
+                () = gone.cancelled() => Outcome::Cancelled,
             }
         };
+        // The namespace's slot is free again once the guest is done.
+        drop(slot);
         let denied = store.data().limiter.denied;
         // The only request in flight in this sandbox, answered: give the woken handler a
         // chance to send the response before the store is dropped — which resets the
@@ -193,7 +269,18 @@ where
         (outcome, denied)
     });
     match rx.await {
-        Ok(Ok(response)) => Ok(response),
+        Ok(Ok(response)) => {
+            use http_body_util::BodyExt;
+            let armed = CancelOnDrop(guard.0.take());
+            Ok(response.map(|inner| {
+                Watched {
+                    inner,
+                    guard: armed,
+                    ended: std::sync::atomic::AtomicBool::new(false),
+                }
+                .boxed_unsync()
+            }))
+        }
         Ok(Err(code)) => Err(guest_error_code(code)),
         Err(_) => match task.await {
             Ok((_, true)) => Err(HandleError::OutOfMemory),

@@ -22,6 +22,7 @@ mod host;
 mod http;
 mod kind;
 mod logs;
+mod outbound;
 mod process;
 
 use std::collections::HashMap;
@@ -97,6 +98,15 @@ pub struct WasmConfig {
     /// The node's ingress: outbound calls to `<service>.<namespace>.svc` (when allowed by
     /// the spec) are sent there, which routes them to the Service's ready pods.
     pub service_gateway: Option<std::net::SocketAddr>,
+    /// Where guests' other outbound calls may connect, checked on the resolved address (no
+    /// loopback, link-local, private ranges or node listeners unless allowed).
+    pub egress: wisp_sandbox::EgressPolicy,
+    /// HTTP requests one namespace may have running at once on this node (its share of
+    /// `max_instances`); past it a request is refused at once (503), so one tenant's flood
+    /// never takes the slots another's requests need.
+    pub namespace_slots: u32,
+    /// The longest a request may run, whatever its spec asks for.
+    pub max_request_timeout: Duration,
 }
 
 impl WasmConfig {
@@ -113,6 +123,9 @@ impl WasmConfig {
             log_lines: 10_000,
             default_request_timeout: Duration::from_secs(30),
             service_gateway: None,
+            egress: wisp_sandbox::EgressPolicy::default(),
+            namespace_slots: 500,
+            max_request_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -197,6 +210,9 @@ struct Inner {
     components: component::Components,
     sandboxes: Mutex<HashMap<SandboxId, Arc<Entry>>>,
     config: WasmConfig,
+    egress: Arc<wisp_sandbox::EgressPolicy>,
+    /// Each namespace's share of the instance slots, for HTTP requests.
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// Every sandbox's task and request; cancelled when the runtime is dropped.
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -243,6 +259,8 @@ impl WasmSandbox {
                 linker,
                 components,
                 sandboxes: Mutex::default(),
+                egress: Arc::new(config.egress.clone()),
+                slots: Mutex::default(),
                 config,
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -278,7 +296,37 @@ impl WasmSandbox {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let entry = self.serving(id)?;
-        http::handle(self.http_request(&entry)?, request).await
+        let slot = self.slot(&entry)?;
+        http::handle(self.http_request(&entry)?, request, slot).await
+    }
+
+    /// One of the sandbox's namespace's request slots, or `Busy` when it uses all of its share.
+    fn slot(&self, entry: &Entry) -> std::result::Result<tokio::sync::OwnedSemaphorePermit, HandleError> {
+        let ns = entry
+            .spec
+            .labels
+            .get(wisp_sandbox::LABEL_NAMESPACE)
+            .cloned()
+            .unwrap_or_default();
+        let share = self.inner.config.namespace_slots.max(1);
+        let sem = {
+            let mut slots = self
+                .inner
+                .slots
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if slots.len() > 4096 {
+                slots.retain(|_, s| Arc::strong_count(s) > 1);
+            }
+            slots
+                .entry(ns.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(share as usize)))
+                .clone()
+        };
+        sem.try_acquire_owned().map_err(|_| HandleError::Busy {
+            namespace: ns,
+            slots: share,
+        })
     }
 
     /// Times what [`handle`](Self::handle) does before it calls the guest — a fresh store from
@@ -324,7 +372,8 @@ impl WasmSandbox {
                 .spec
                 .limits
                 .request_timeout
-                .unwrap_or(self.inner.config.default_request_timeout),
+                .unwrap_or(self.inner.config.default_request_timeout)
+                .min(self.inner.config.max_request_timeout),
             epoch_tick: self.inner.config.epoch_tick,
             tasks: &entry.tasks,
             cancel: &entry.cancel,
@@ -348,6 +397,7 @@ impl WasmSandbox {
         let logs = LogBuffer::new(self.inner.config.log_lines);
         let mut template = CtxTemplate::new(spec, &spec.id.to_string(), &logs);
         template.gateway = self.inner.config.service_gateway;
+        template.egress = self.inner.egress.clone();
         template.validate()?;
         let entry = Arc::new(Entry {
             spec: spec.clone(),

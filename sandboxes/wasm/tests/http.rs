@@ -226,7 +226,8 @@ async fn files_only_through_mounts_and_env_only_as_declared() {
     );
 }
 
-/// A tiny HTTP/1.1 server on loopback answering 200 to every connection, counting them.
+/// A tiny HTTP/1.1 server on loopback answering 200 (body `secret`) to every connection,
+/// counting them.
 async fn upstream() -> (
     std::net::SocketAddr,
     Arc<AtomicUsize>,
@@ -243,7 +244,7 @@ async fn upstream() -> (
             let mut buf = [0u8; 4096];
             let _ = conn.read(&mut buf).await;
             let _ = conn
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nsecret")
                 .await;
         }
     });
@@ -252,7 +253,12 @@ async fn upstream() -> (
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_http_only_to_allowed_hosts() {
-    let (s, _dir) = common::runtime(None);
+    // The node's egress policy allows loopback here, so the allow-list alone decides.
+    let (s, _dir) = common::runtime_with(None, |c| {
+        c.egress
+            .allow
+            .push(wisp_sandbox::egress::parse_cidr("127.0.0.0/8").expect("cidr"));
+    });
     let (addr, connections, server) = upstream().await;
     let denied = http_spec("denied", "fault");
     let mut allowed = http_spec("allowed", "fault");
@@ -267,8 +273,90 @@ async fn outbound_http_only_to_allowed_hosts() {
     assert_eq!(connections.load(Ordering::SeqCst), 0, "a denied request went out");
     assert_eq!(
         common::get(&s, &allowed, &path).await.expect("allowed"),
-        (200, "upstream 200".to_owned())
+        (200, "upstream 200: secret".to_owned())
     );
     assert_eq!(connections.load(Ordering::SeqCst), 1);
     server.abort();
+}
+
+/// The guest lists loopback and metadata hosts itself: the node's default egress policy
+/// refuses them on the resolved address, by IP or by name, and no connection is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_egress_policy_holds_whatever_the_guest_allows_itself() {
+    let (s, _dir) = common::runtime(None);
+    let (addr, connections, server) = upstream().await;
+    let mut spec = http_spec("egress", "fault");
+    let port = addr.port();
+    spec.allowed_outbound_hosts = vec![
+        addr.to_string(),
+        format!("localhost:{port}"),
+        format!("[::ffff:127.0.0.1]:{port}"),
+        "169.254.169.254".into(),
+        "*".into(),
+    ];
+    started(&s, &spec).await;
+    for url in [
+        format!("http://{addr}/"),
+        format!("http://localhost:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+    ] {
+        let (status, body) = common::get(&s, &spec, &format!("/fetch?url={url}"))
+            .await
+            .expect("answered");
+        assert_eq!(status, 502, "{url}: {body}");
+        assert!(!body.contains("secret"), "{url}: {body}");
+        assert!(
+            body.contains("Prohibited"),
+            "{url}: the guest is told why: {body}"
+        );
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "nothing reached loopback");
+    server.abort();
+}
+
+/// A client that goes away stops its guest: a request to a guest that waits is cancelled when
+/// its caller drops it, and its namespace's slot is free again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_stops_when_its_client_goes_away_and_namespaces_share_the_pool() {
+    let (s, _dir) = common::runtime_with(None, |c| c.namespace_slots = 2);
+    let mut a = http_spec("slots-a", "fault");
+    a.labels
+        .insert(wisp_sandbox::LABEL_NAMESPACE.into(), "team-a".into());
+    let mut b = http_spec("slots-b", "fault");
+    b.labels
+        .insert(wisp_sandbox::LABEL_NAMESPACE.into(), "team-b".into());
+    started(&s, &a).await;
+    started(&s, &b).await;
+    // Two slow requests of team-a take its share; a third is refused at once, while team-b
+    // still gets through.
+    let slow = |spec: &wisp_sandbox::SandboxSpec| {
+        let (s, spec) = (s.clone(), spec.clone());
+        tokio::spawn(async move { common::get(&s, &spec, "/mark?ms=30000").await })
+    };
+    let first = slow(&a);
+    let second = slow(&a);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    match common::get(&s, &a, "/").await {
+        Err(e @ wisp_sandbox_wasm::HandleError::Busy { .. }) => assert_eq!(e.status().as_u16(), 503),
+        other => panic!("a third request of team-a must be refused: {other:?}"),
+    }
+    assert_eq!(
+        common::get(&s, &b, "/").await.expect("team-b"),
+        (200, "fault ok".to_owned())
+    );
+    // Team-a's clients go away: their guests are cancelled and the share is free again.
+    first.abort();
+    second.abort();
+    let freed = async {
+        loop {
+            if let Ok((200, _)) = common::get(&s, &a, "/").await {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), freed)
+        .await
+        .expect("the aborted requests' guests stopped and freed their slots long before their 30 s");
 }

@@ -29,7 +29,10 @@ impl<T: Resource> List<T> {
         Self {
             api_version: API_VERSION.to_owned(),
             kind: format!("{}List", T::KIND),
-            metadata: ListMeta { resource_version },
+            metadata: ListMeta {
+                resource_version,
+                ..ListMeta::default()
+            },
             items,
         }
     }

@@ -8,8 +8,8 @@ use serde_json::Value;
 use crate::API_VERSION;
 use crate::meta::ObjectMeta;
 use crate::resources::{
-    ConfigMap, Deployment, Endpoints, Function, Job, Lease, Namespace, Node, Pod, ReplicaSet, Route, Secret,
-    Service,
+    ConfigMap, Deployment, Endpoints, Function, Job, Lease, LimitRange, Namespace, Node, Pod, ReplicaSet,
+    ResourceQuota, Route, Secret, Service,
 };
 use crate::validation::{FieldError, ValidationErrors, validate_object_meta};
 
@@ -172,6 +172,8 @@ kinds! {
     ConfigMap: "configmaps", "configmap", ["cm"], namespaced = true;
     Secret: "secrets", "secret", [], namespaced = true;
     Job: "jobs", "job", [], namespaced = true;
+    ResourceQuota: "resourcequotas", "resourcequota", ["quota"], namespaced = true;
+    LimitRange: "limitranges", "limitrange", ["limits"], namespaced = true;
 }
 
 /// Case-insensitive match on kind, plural, singular or short name (`Pod`, `pods`, `po`).

@@ -24,6 +24,9 @@ fn pod(container: &Value) -> Value {
     })
 }
 
+/// A well-formed component digest.
+const DIGEST: &str = "sha256:abababababababababababababababababababababababababababababababab";
+
 fn has(errs: &[String], want: &str) -> bool {
     errs.iter().any(|e| e.starts_with(want))
 }
@@ -32,7 +35,7 @@ fn has(errs: &[String], want: &str) -> bool {
 fn valid_pod_is_normalised() {
     let out = decode(
         "pod",
-        pod(&json!({"name": "app", "wasm": "sha256:abc", "resources": {"limits": {"cpu": 0.5}}})),
+        pod(&json!({"name": "app", "wasm": DIGEST, "resources": {"limits": {"cpu": 0.5}}})),
     );
     let out = out.unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(out["spec"]["restartPolicy"], "Always");
@@ -56,6 +59,28 @@ fn missing_name_is_required() {
     let mut v = pod(&json!({"name": "app", "image": "nginx"}));
     v["metadata"] = json!({});
     assert_eq!(errors("pod", v), ["metadata.name: required"]);
+}
+
+#[test]
+fn wasm_names_an_uploaded_blob_by_digest_never_a_path() {
+    for bad in [
+        "/etc/passwd",
+        "/dev/zero",
+        "./hello.wasm",
+        "hello.wasm",
+        "sha256:abc",
+        "SHA256:AB",
+    ] {
+        let errs = errors("pod", pod(&json!({"name": "app", "wasm": bad})));
+        assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+        assert!(
+            errs[0].starts_with("spec.containers[0].wasm: "),
+            "{bad}: {errs:?}"
+        );
+    }
+    let oci = errors("pod", pod(&json!({"name": "app", "wasm": "oci://ghcr.io/x/y:1"})));
+    assert!(oci[0].contains("not supported yet"), "{oci:?}");
+    assert!(decode("pod", pod(&json!({"name": "app", "wasm": DIGEST}))).is_ok());
 }
 
 #[test]
@@ -285,8 +310,13 @@ fn selector_must_match_template() {
 #[test]
 fn route_prefix_must_start_with_slash() {
     let v = json!({"apiVersion": "wisp.dev/v1", "kind": "Route", "metadata": {"name": "r"},
-        "spec": {"pathPrefix": "api", "backends": [{"service": "web"}]}});
+        "spec": {"host": "r.default.localhost", "pathPrefix": "api", "backends": [{"service": "web"}]}});
     assert_eq!(errors("route", v), ["spec.pathPrefix: must start with \"/\""]);
+    // A Route claims one host: one without would catch every other host.
+    let hostless = json!({"apiVersion": "wisp.dev/v1", "kind": "Route", "metadata": {"name": "r"},
+        "spec": {"backends": [{"service": "web"}]}});
+    let errs = errors("route", hostless);
+    assert!(has(&errs, "spec.host: required"), "{errs:?}");
     let ok = json!({"apiVersion": "wisp.dev/v1", "kind": "Route", "metadata": {"name": "r"},
         "spec": {"host": "*.example.com", "backends": [{"service": "web"}]}});
     let out = decode("route", ok).unwrap_or_default();
@@ -319,7 +349,7 @@ fn secrets_and_jobs() {
         "data": {"ok": "aGk=", "bad": "not base64!"}});
     assert_eq!(errors("secret", s), ["data.bad: must be base64-encoded"]);
     let j = json!({"apiVersion": "wisp.dev/v1", "kind": "Job", "metadata": {"name": "j"},
-        "spec": {"template": {"spec": {"containers": [{"name": "c", "wasm": "job.wasm"}]}}}});
+        "spec": {"template": {"spec": {"containers": [{"name": "c", "wasm": DIGEST}]}}}});
     assert_eq!(
         errors("job", j),
         ["spec.template.spec.restartPolicy: must be OnFailure or Never for a Job"]
@@ -339,7 +369,7 @@ fn every_kind_decodes_a_minimal_object_or_says_why() {
 
 #[test]
 fn lookups_and_schemas() {
-    assert_eq!(KINDS.len(), 13);
+    assert_eq!(KINDS.len(), 15);
     for (name, kind) in [
         ("po", "Pod"),
         ("PODS", "Pod"),

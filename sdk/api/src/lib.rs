@@ -1,7 +1,8 @@
 //! `wisp-api`: the Wisp resource model.
 //!
 //! Owns the types of every kind (`wisp.dev/v1`: Namespace, Node, Lease, Pod, ReplicaSet,
-//! Deployment, Service, Endpoints, Route, Function, ConfigMap, Secret, Job), their strict
+//! Deployment, Service, Endpoints, Route, Function, ConfigMap, Secret, Job, ResourceQuota,
+//! LimitRange), their strict
 //! decoding and validation with field paths (`spec.containers[0].image`), label selectors,
 //! resource quantities, the `Status` error body, and the list / watch / dynamic-object
 //! envelopes the API speaks.

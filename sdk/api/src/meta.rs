@@ -165,6 +165,12 @@ pub struct ListMeta {
     /// Store revision the list was read at; start a watch from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<String>,
+    /// Set when the list was cut at `limit`: pass it as `continue` for the next page.
+    #[serde(rename = "continue", default, skip_serializing_if = "Option::is_none")]
+    pub continue_: Option<String>,
+    /// Items after this page (when the list was cut).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_item_count: Option<i64>,
 }
 
 #[cfg(test)]

@@ -37,7 +37,8 @@ pub enum Command {
     Up(UpArgs),
     /// Run the control plane on a chosen store (embedded or etcd).
     Server(ServerArgs),
-    /// Run a node agent: register this machine and run the pods bound to it.
+    /// Run a node agent: register this machine and run the pods bound to it (with a node
+    /// credential: `wisp token create --node NAME`).
     Node(NodeArgs),
     /// Print (or follow) a pod's container logs.
     Logs(LogsArgs),
@@ -92,6 +93,26 @@ pub struct UpArgs {
     /// Autoscaler: the short window that triggers panic mode (scale up only).
     #[arg(long, env = "WISP_AUTOSCALER_PANIC_SECONDS", default_value_t = 6)]
     pub autoscaler_panic_seconds: u64,
+    /// Namespace `ns` owns the Route hosts under `<ns>.<cluster domain>`; a Function answers
+    /// on `<name>.<ns>.<cluster domain>` by default.
+    #[arg(long, env = "WISP_CLUSTER_DOMAIN", default_value = "localhost")]
+    pub cluster_domain: String,
+    /// Capabilities containers may add beyond the safe default set (NET_RAW, MKNOD, SETUID,
+    /// SETGID, DAC_OVERRIDE), comma-separated.
+    #[arg(long, env = "WISP_ALLOW_CAPABILITIES", value_delimiter = ',')]
+    pub allow_capabilities: Vec<String>,
+    /// Largest Wasm component (blob) an upload may be, in MiB.
+    #[arg(long, env = "WISP_BLOB_LIMIT_MB", default_value_t = 256)]
+    pub blob_limit_mb: u64,
+    /// Seconds after its last use an unused blob is removed.
+    #[arg(long, env = "WISP_BLOB_GRACE_SECONDS", default_value_t = 3600)]
+    pub blob_grace_seconds: u64,
+    /// Requests per second a namespace token may make (sustained); past its burst, 429.
+    #[arg(long, env = "WISP_TENANT_QPS", default_value_t = 50)]
+    pub tenant_qps: u32,
+    /// Requests a namespace token may make at once before its rate applies.
+    #[arg(long, env = "WISP_TENANT_BURST", default_value_t = 100)]
+    pub tenant_burst: u32,
     /// The node agent that `wisp up` runs in this process (`wisp server` runs none).
     #[command(flatten)]
     pub node: NodeOptions,
@@ -155,6 +176,17 @@ pub struct NodeOptions {
     /// The Docker daemon's unix socket [default: $DOCKER_HOST's, else /var/run/docker.sock].
     #[arg(long, env = "WISP_DOCKER_SOCKET")]
     pub docker_socket: Option<PathBuf>,
+    /// Address ranges (CIDR, comma-separated) Wasm guests may call although they are
+    /// loopback, link-local or private; the node's own listeners stay refused.
+    #[arg(long, env = "WISP_ALLOW_EGRESS", value_delimiter = ',')]
+    pub allow_egress: Vec<String>,
+    /// HTTP requests one namespace may have running at once in this node's Wasm runtime (its
+    /// share of the instance pool); past it, 503.
+    #[arg(long, env = "WISP_WASM_NAMESPACE_SLOTS", default_value_t = 500)]
+    pub wasm_namespace_slots: u32,
+    /// Connections the ingress keeps open at once; more wait to be accepted.
+    #[arg(long, env = "WISP_INGRESS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub ingress_max_connections: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -227,6 +259,9 @@ pub struct GetArgs {
     /// Keep watching for changes.
     #[arg(short, long)]
     pub watch: bool,
+    /// Read lists this many objects at a time.
+    #[arg(long, default_value_t = 500)]
+    pub chunk_size: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -278,12 +313,26 @@ pub struct UndoArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
-    /// Mint a token confined to one namespace (needs an admin token).
+    /// Mint a token (needs an admin token): confined to one namespace, or a node's
+    /// credential for `wisp node`.
     Create(TokenCreateArgs),
+    /// List the tokens (ids, kinds, scopes, expiry; never the tokens themselves).
+    List,
+    /// Revoke a token by the id `wisp token list` shows.
+    Revoke { id: String },
 }
 
 #[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false, args = ["namespace", "node"])]
 pub struct TokenCreateArgs {
+    /// A token that reaches only this namespace (bound to it: gone when it is deleted).
     #[arg(short, long)]
-    pub namespace: String,
+    pub namespace: Option<String>,
+    /// A node credential for `wisp node --node-name NAME`: its own Node and Lease, the status
+    /// of the pods bound to it, and what its agent and ingress read.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Expire after this long (`30s`, `12h`, `90m`); default never.
+    #[arg(long)]
+    pub ttl: Option<String>,
 }

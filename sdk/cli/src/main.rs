@@ -67,5 +67,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token {
             command: TokenCommand::Create(args),
         } => resources::token_create(&cli.global, args).await,
+        Command::Token {
+            command: TokenCommand::List,
+        } => resources::token_list(&cli.global).await,
+        Command::Token {
+            command: TokenCommand::Revoke { id },
+        } => resources::token_revoke(&cli.global, &id).await,
     }
 }

@@ -188,7 +188,7 @@ fn row(
     Ok((headers, cells))
 }
 
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut t = Table::new();
     t.load_style(NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled)

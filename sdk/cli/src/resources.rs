@@ -1,4 +1,4 @@
-//! User commands: apply, get, describe, delete, token create.
+//! User commands: apply, get, describe, delete, token create|list|revoke.
 
 use anyhow::{Context, anyhow, bail};
 use futures::StreamExt;
@@ -234,7 +234,7 @@ pub async fn get(global: &Global, args: GetArgs) -> anyhow::Result<()> {
         field_selector: None,
     };
     let list = client
-        .list_dyn(kind, ns.as_deref(), &params)
+        .list_dyn_all(kind, ns.as_deref(), &params, args.chunk_size.max(1))
         .await
         .map_err(|e| anyhow!(describe_error(&e)))?;
     if format.is_none() && list.items.is_empty() && !args.watch {
@@ -320,11 +320,59 @@ pub async fn delete(global: &Global, args: DeleteArgs) -> anyhow::Result<()> {
 
 pub async fn token_create(global: &Global, args: TokenCreateArgs) -> anyhow::Result<()> {
     let client = client(global)?;
-    let token = client
-        .create_token(&args.namespace)
+    let req = wisp_client::TokenRequest {
+        namespace: args.namespace.clone(),
+        node: args.node.clone(),
+        ttl_seconds: args
+            .ttl
+            .as_deref()
+            .map(|t| {
+                wisp_api::validation::parse_duration(t)
+                    .map(|d| d.as_secs().max(1))
+                    .map_err(|e| anyhow!("--ttl {t:?}: {e}"))
+            })
+            .transpose()?,
+    };
+    let issued = client
+        .issue_token(&req)
         .await
         .map_err(|e| anyhow!(describe_error(&e)))?;
-    say(&token);
+    say(&issued.token);
+    Ok(())
+}
+
+pub async fn token_list(global: &Global) -> anyhow::Result<()> {
+    let client = client(global)?;
+    let tokens = client
+        .list_tokens()
+        .await
+        .map_err(|e| anyhow!(describe_error(&e)))?;
+    let rows = tokens
+        .into_iter()
+        .map(|t| {
+            vec![
+                t.id,
+                t.kind,
+                t.namespace.or(t.node).unwrap_or_else(|| "-".into()),
+                t.created_at.unwrap_or_else(|| "-".into()),
+                t.expires_at.unwrap_or_else(|| "never".into()),
+            ]
+        })
+        .collect();
+    say(&crate::output::table(
+        &["ID", "KIND", "SCOPE", "CREATED", "EXPIRES"],
+        rows,
+    ));
+    Ok(())
+}
+
+pub async fn token_revoke(global: &Global, id: &str) -> anyhow::Result<()> {
+    let client = client(global)?;
+    let t = client
+        .revoke_token(id)
+        .await
+        .map_err(|e| anyhow!(describe_error(&e)))?;
+    say(&format!("token {} ({}) revoked", t.id, t.kind));
     Ok(())
 }
 

@@ -47,18 +47,24 @@ fn agent_config(opts: &NodeOptions, data_dir: PathBuf) -> anyhow::Result<wisp_no
         "pods".into(),
         wisp_api::Quantity::from_units(opts.node_pods, wisp_api::QuantityFormat::DecimalSI),
     );
+    c.address
+        .parse::<std::net::IpAddr>()
+        .with_context(|| format!("--node-address {:?} is not an IP address", c.address))?;
     if opts.docker {
         let mut docker = wisp_sandbox_docker::DockerConfig::new(c.node_name.clone());
         if let Some(socket) = &opts.docker_socket {
             docker.socket = socket.clone();
         }
-        // Container ports are published where the node's pods are reached.
-        docker.publish_ip = c
-            .address
-            .parse()
-            .with_context(|| format!("--node-address {:?} is not an IP address", c.address))?;
+        // Container ports are published on loopback, where only this node (its ingress and
+        // agent) reaches them; other nodes come through this node's ingress.
+        docker.publish_ip = std::net::IpAddr::from([127, 0, 0, 1]);
         c.docker = Some(docker);
     }
+    for cidr in &opts.allow_egress {
+        let range = wisp_sandbox::egress::parse_cidr(cidr).with_context(|| "--allow-egress")?;
+        c.egress.allow.push(range);
+    }
+    c.wasm_namespace_slots = opts.wasm_namespace_slots;
     if let Some(labels) = &opts.node_labels {
         for pair in labels.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = pair
@@ -70,9 +76,29 @@ fn agent_config(opts: &NodeOptions, data_dir: PathBuf) -> anyhow::Result<wisp_no
     Ok(c)
 }
 
-/// `wisp node`: a node agent against a remote API server, until SIGINT/SIGTERM.
-pub async fn node(global: &Global, args: NodeArgs) -> anyhow::Result<()> {
+/// `wisp node`: a node agent against a remote API server, until SIGINT/SIGTERM. It acts
+/// with a node credential only (never the admin's): its name comes from the credential.
+pub async fn node(global: &Global, mut args: NodeArgs) -> anyhow::Result<()> {
     let client = crate::resources::client(global)?;
+    let who = client.whoami().await.with_context(|| {
+        format!(
+            "cannot check this node's credential with the API at {}",
+            client.server()
+        )
+    })?;
+    let Some(name) = who.node.filter(|_| who.kind == "node") else {
+        bail!(
+            "wisp node acts with a node credential, not a {} token: mint one with \
+             `wisp token create --node NAME` and pass it with --token (or WISP_TOKEN)",
+            who.kind
+        );
+    };
+    match &args.node.node_name {
+        Some(n) if *n != name => {
+            bail!("--node-name {n:?} does not match this credential, which is node {name:?}'s")
+        }
+        _ => args.node.node_name = Some(name),
+    }
     let dir = args.data_dir.clone().unwrap_or_else(|| {
         std::env::home_dir()
             .unwrap_or_else(|| PathBuf::from("."))
@@ -81,7 +107,8 @@ pub async fn node(global: &Global, args: NodeArgs) -> anyhow::Result<()> {
     });
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let shutdown = CancellationToken::new();
-    let run = Box::pin(run_node(client, &args.node, dir, shutdown.clone()));
+    let api_addr = api_listener(client.server());
+    let run = Box::pin(run_node(client, &args.node, dir, api_addr, shutdown.clone()));
     tokio::pin!(run);
     tokio::select! {
         r = &mut run => return r,
@@ -92,12 +119,24 @@ pub async fn node(global: &Global, args: NodeArgs) -> anyhow::Result<()> {
     run.await
 }
 
+/// The API server's listening address, from its URL (for the node's egress policy).
+fn api_listener(url: &str) -> Option<std::net::SocketAddr> {
+    let uri: http::Uri = url.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    Some(std::net::SocketAddr::new(
+        host.parse().ok()?,
+        uri.port_u16().unwrap_or(80),
+    ))
+}
+
 /// One node: the agent and the ingress (which calls the agent's wasm pods in process), until
-/// `shutdown`.
+/// `shutdown`. `api_addr`: where the API server listens, when it is an address (the node's
+/// egress policy never lets a guest or a backend reach it).
 async fn run_node(
     client: wisp_client::Client,
     opts: &NodeOptions,
     dir: PathBuf,
+    api_addr: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(opts.ingress_listen)
@@ -111,10 +150,26 @@ async fn run_node(
         .await
         .context("cannot listen on 127.0.0.1 for the Service gateway")?;
     config.service_gateway = Some(gateway.local_addr()?);
+    let agent_listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the agent", config.listen))?;
+    // The node's own listeners: never a guest's destination nor an ingress backend.
+    config.egress.listeners.extend(
+        [
+            Some(listener.local_addr()?),
+            Some(gateway.local_addr()?),
+            Some(agent_listener.local_addr()?),
+            api_addr,
+        ]
+        .into_iter()
+        .flatten(),
+    );
     let name = config.node_name.clone();
     let mut ingress_config = wisp_ingress::IngressConfig::new(name.clone());
     ingress_config.local_readiness = Some(config.local_readiness.clone());
     ingress_config.busy_poll = std::time::Duration::from_micros(opts.ingress_busy_poll_us);
+    ingress_config.max_connections = opts.ingress_max_connections;
+    ingress_config.egress = config.egress.clone();
     let agent = wisp_node::Agent::new(client.clone(), config).context("node agent")?;
     let ingress = wisp_ingress::Ingress::new(client, ingress_config, agent.runtimes().wasm.clone());
     #[allow(clippy::print_stdout)]
@@ -122,7 +177,7 @@ async fn run_node(
         println!("wisp node {name}: ingress on http://{}", listener.local_addr()?);
     }
     let (ran, (), (), ()) = tokio::join!(
-        Box::pin(agent.run(shutdown.clone())),
+        Box::pin(agent.run_on(agent_listener, shutdown.clone())),
         ingress.sync(shutdown.clone()),
         wisp_ingress::serve(ingress.clone(), listener, shutdown.clone()),
         wisp_ingress::serve_gateway(ingress.clone(), gateway, shutdown.clone()),
@@ -193,6 +248,27 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut config = wisp_apiserver::Config::new(dir.join("blobs"));
     config.bookmark_interval = Duration::from_millis(args.up.bookmark_ms.max(1));
+    config.cluster_domain = args.up.cluster_domain.clone();
+    config.allowed_capabilities = args
+        .up
+        .allow_capabilities
+        .iter()
+        .map(|c| c.trim().trim_start_matches("CAP_").to_ascii_uppercase())
+        .filter(|c| !c.is_empty())
+        .collect();
+    for cap in &config.allowed_capabilities {
+        if !wisp_api::OPT_IN_CAPABILITIES.contains(&cap.as_str()) {
+            bail!(
+                "--allow-capabilities {cap}: only {} can be allowed",
+                wisp_api::OPT_IN_CAPABILITIES.join(", ")
+            );
+        }
+    }
+    config.blob_limit = args.up.blob_limit_mb.max(1) << 20;
+    config.blob_grace = Duration::from_secs(args.up.blob_grace_seconds);
+    config.blob_gc_interval = Duration::from_secs((args.up.blob_grace_seconds / 6).clamp(1, 600));
+    config.fairness.tenant_qps = args.up.tenant_qps;
+    config.fairness.tenant_burst = args.up.tenant_burst;
     let api = wisp_apiserver::ApiServer::new(store, config, shutdown.clone());
     let listener = tokio::net::TcpListener::bind(args.up.listen)
         .await
@@ -249,13 +325,14 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
     };
     // In-process components still go through the API (authentication, validation, CAS,
     // watch), with a token that lives only in this process, but call it without a socket.
-    let internal = || -> anyhow::Result<wisp_client::Client> {
+    let internal = |principal: wisp_apiserver::auth::Principal| -> anyhow::Result<wisp_client::Client> {
         let token = api
             .auth()
-            .issue_ephemeral(wisp_apiserver::auth::Principal { namespace: None })
+            .issue_ephemeral(principal)
             .context("token for the in-process components")?;
         Ok(api.in_process_client(&url, &token))
     };
+    let admin = || internal(wisp_apiserver::auth::Principal::Admin);
     let controllers = if args.up.controllers {
         let config = wisp_controllers::Config {
             node_grace: Duration::from_secs(args.up.node_grace_seconds.max(1)),
@@ -264,21 +341,38 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
                 panic_window: Duration::from_secs(args.up.autoscaler_panic_seconds.max(1)),
                 ..Default::default()
             },
+            cluster_domain: args.up.cluster_domain.clone(),
         };
-        Some(wisp_controllers::run(internal()?, config, shutdown.clone()))
+        Some(wisp_controllers::run(admin()?, config, shutdown.clone()))
     } else {
         None
     };
     let scheduler = if args.up.scheduler {
         Some(wisp_scheduler::run(
-            internal()?,
+            admin()?,
             wisp_scheduler::SchedulerConfig::default(),
             shutdown.clone(),
         ))
     } else {
         None
     };
-    let node = if with_node { Some(internal()?) } else { None };
+    // The in-process node acts as a node, like any other: its own Node and Lease, its pods'
+    // status, what its agent and ingress read — never as the admin.
+    let node_name = args
+        .up
+        .node
+        .node_name
+        .clone()
+        .unwrap_or_else(wisp_node::node::hostname);
+    let node = if with_node {
+        Some(internal(wisp_apiserver::auth::Principal::Node {
+            node: node_name.clone(),
+        })?)
+    } else {
+        None
+    };
+    let mut node_opts = args.up.node.clone();
+    node_opts.node_name = Some(node_name);
     let (served, (), (), scheduled, ran) = tokio::join!(
         wisp_apiserver::serve(api, listener, shutdown.clone()),
         async {
@@ -302,8 +396,9 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
             let Some(client) = node else { return Ok(()) };
             let r = Box::pin(run_node(
                 client,
-                &args.up.node,
+                &node_opts,
                 dir.join("node"),
+                Some(addr),
                 shutdown.clone(),
             ))
             .await;

@@ -157,6 +157,21 @@ impl Client {
         &self.base
     }
 
+    /// The bearer token this client sends (for a component that must show it elsewhere: the
+    /// autoscaler to a node's ingress).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The same server and transport with another token (to ask the API who a token is).
+    pub fn with_token(&self, token: &str) -> Self {
+        Self {
+            base: self.base.clone(),
+            token: token.to_owned(),
+            transport: self.transport.clone(),
+        }
+    }
+
     /// Send a request; non-2xx answers become [`ClientError::Api`].
     pub async fn raw(
         &self,
@@ -240,6 +255,45 @@ impl Client {
         let q = encode_query(&params.query());
         self.send(Method::GET, &format!("{}?{q}", Self::path(kind, ns, None)), None)
             .await
+    }
+
+    /// Every object of a kind, read `page` at a time (`limit` / `continue`).
+    pub async fn list_dyn_all(
+        &self,
+        kind: &KindInfo,
+        ns: Option<&str>,
+        params: &ListParams,
+        page: usize,
+    ) -> Result<List<DynamicObject>> {
+        let path = Self::path(kind, ns, None);
+        let mut all: Option<List<DynamicObject>> = None;
+        let mut next: Option<String> = None;
+        loop {
+            let mut q = params.query();
+            q.push(("limit", page.to_string()));
+            if let Some(c) = &next {
+                q.push(("continue", c.clone()));
+            }
+            let mut list: List<DynamicObject> = self
+                .send(Method::GET, &format!("{path}?{}", encode_query(&q)), None)
+                .await?;
+            next = list.metadata.continue_.take();
+            match &mut all {
+                None => all = Some(list),
+                Some(a) => a.items.append(&mut list.items),
+            }
+            if next.is_none() {
+                break;
+            }
+        }
+        let mut all = all.unwrap_or_else(|| List {
+            api_version: wisp_api::API_VERSION.into(),
+            kind: format!("{}List", kind.kind),
+            metadata: wisp_api::ListMeta::default(),
+            items: Vec::new(),
+        });
+        all.metadata.remaining_item_count = None;
+        Ok(all)
     }
 
     pub async fn create_dyn(
@@ -343,16 +397,88 @@ impl Client {
 
     /// Mint a token confined to `namespace` (admin only).
     pub async fn create_token(&self, namespace: &str) -> Result<String> {
-        #[derive(serde::Deserialize)]
-        struct Resp {
-            token: String,
-        }
-        let body = to_body(&serde_json::json!({ "namespace": namespace }))?;
-        let resp: Resp = self
-            .send(Method::POST, "/apis/wisp.dev/v1/tokens", Some(body))
-            .await?;
-        Ok(resp.token)
+        let req = TokenRequest {
+            namespace: Some(namespace.to_owned()),
+            ..TokenRequest::default()
+        };
+        Ok(self.issue_token(&req).await?.token)
     }
+
+    /// Mint a token (admin only): confined to a namespace, a node's credential, or (neither)
+    /// another admin token; expiring after `ttl_seconds` when set.
+    pub async fn issue_token(&self, req: &TokenRequest) -> Result<IssuedToken> {
+        let body = to_body(req)?;
+        self.send(Method::POST, "/apis/wisp.dev/v1/tokens", Some(body))
+            .await
+    }
+
+    /// Every stored token (admin only; never the tokens themselves).
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
+        #[derive(serde::Deserialize)]
+        struct Items {
+            items: Vec<TokenInfo>,
+        }
+        let items: Items = self.send(Method::GET, "/apis/wisp.dev/v1/tokens", None).await?;
+        Ok(items.items)
+    }
+
+    /// Revoke the token with this id (a prefix of its digest, as `list_tokens` shows).
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenInfo> {
+        self.send(Method::DELETE, &format!("/apis/wisp.dev/v1/tokens/{id}"), None)
+            .await
+    }
+
+    /// Who this client's token speaks for.
+    pub async fn whoami(&self) -> Result<WhoAmI> {
+        self.send(Method::GET, "/apis/wisp.dev/v1/whoami", None).await
+    }
+}
+
+/// What a new token may do (admin only): at most one of `namespace` and `node`.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// A stored token as the API lists it.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub id: String,
+    pub kind: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// A token just minted (shown once) and its record.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct IssuedToken {
+    pub token: String,
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// Who a token speaks for.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+pub struct WhoAmI {
+    /// `admin`, `namespace` or `node`.
+    pub kind: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 fn to_body(obj: &impl Serialize) -> Result<Bytes> {
@@ -506,6 +632,37 @@ impl<T: Resource> Api<T> {
         let q = encode_query(&params.query());
         self.send(Method::GET, &format!("{}?{q}", self.path(None)), None)
             .await
+    }
+
+    /// One page of at most `limit` items, after the page `continue_` names (`None`: the
+    /// first); the list's `metadata.continue` names the next page, if any.
+    pub async fn list_page(
+        &self,
+        params: &ListParams,
+        limit: usize,
+        continue_: Option<&str>,
+    ) -> Result<List<T>> {
+        let mut q = params.query();
+        q.push(("limit", limit.to_string()));
+        if let Some(c) = continue_ {
+            q.push(("continue", c.to_owned()));
+        }
+        let q = encode_query(&q);
+        self.send(Method::GET, &format!("{}?{q}", self.path(None)), None)
+            .await
+    }
+
+    /// Every item, read `page` at a time.
+    pub async fn list_all(&self, params: &ListParams, page: usize) -> Result<List<T>> {
+        let mut first = self.list_page(params, page, None).await?;
+        let mut next = first.metadata.continue_.take();
+        while let Some(c) = next {
+            let mut more = self.list_page(params, page, Some(&c)).await?;
+            next = more.metadata.continue_.take();
+            first.items.append(&mut more.items);
+        }
+        first.metadata.remaining_item_count = None;
+        Ok(first)
     }
 
     pub async fn create(&self, obj: &T) -> Result<T> {

@@ -44,7 +44,13 @@ pub struct ServeOptions {
     /// connections last read or wrote (see [`spin`]); zero: it sleeps at once. Only with
     /// event loops.
     pub busy_poll: Duration,
+    /// Connections open at once; past it no more are accepted until one closes (they wait
+    /// in the listen backlog). 0: no limit.
+    pub max_connections: usize,
 }
+
+/// A connection's place under [`ServeOptions::max_connections`], held while it is open.
+type Permit = Option<tokio::sync::OwnedSemaphorePermit>;
 
 /// The connections one runtime serves, and their graceful shutdown.
 struct Connections<B> {
@@ -102,7 +108,7 @@ where
 
 /// One event loop: its thread takes connections from `conns` until it closes or `shutdown`.
 struct EventLoop {
-    conns: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    conns: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr, Permit)>,
     /// Connections open on this loop.
     open: Arc<AtomicUsize>,
     /// Fires (or closes) when the loop has drained and stopped.
@@ -120,7 +126,7 @@ impl EventLoop {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (conns, mut rx) = mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
+        let (conns, mut rx) = mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr, Permit)>();
         let (stopped_tx, stopped) = oneshot::channel();
         let open = Arc::new(AtomicUsize::new(0));
         let counted = open.clone();
@@ -135,7 +141,7 @@ impl EventLoop {
                     let spinner = (!options.busy_poll.is_zero())
                         .then(|| tokio::spawn(spin::spinner(options.busy_poll)));
                     loop {
-                        let (stream, peer) = tokio::select! {
+                        let (stream, peer, permit) = tokio::select! {
                             () = shutdown.cancelled() => break,
                             next = rx.recv() => match next {
                                 Some(c) => c,
@@ -146,6 +152,7 @@ impl EventLoop {
                         match TcpStream::from_std(stream) {
                             Ok(stream) => here.serve(stream, peer, move || {
                                 counted.fetch_sub(1, Ordering::Relaxed);
+                                drop(permit);
                             }),
                             Err(e) => {
                                 counted.fetch_sub(1, Ordering::Relaxed);
@@ -187,7 +194,16 @@ pub async fn serve<B>(
         }
     }
     let here = Connections::new(service, options);
+    let cap =
+        (options.max_connections > 0).then(|| Arc::new(tokio::sync::Semaphore::new(options.max_connections)));
     loop {
+        let permit: Permit = match &cap {
+            Some(cap) => tokio::select! {
+                () = shutdown.cancelled() => break,
+                p = cap.clone().acquire_owned() => p.ok(),
+            },
+            None => None,
+        };
         let (stream, peer): (TcpStream, SocketAddr) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -200,19 +216,19 @@ pub async fn serve<B>(
             },
         };
         let Some(target) = loops.iter().min_by_key(|l| l.open.load(Ordering::Relaxed)) else {
-            here.serve(stream, peer, || ());
+            here.serve(stream, peer, move || drop(permit));
             continue;
         };
         // A loop that stopped (it cannot, short of a bug) gives the connection back: it is
         // served here.
         let handed = stream.into_std().map_err(|e| e.to_string()).and_then(|s| {
             target.open.fetch_add(1, Ordering::Relaxed);
-            target.conns.send((s, peer)).map_err(|e| {
+            target.conns.send((s, peer, permit)).map_err(|e| {
                 target.open.fetch_sub(1, Ordering::Relaxed);
-                let (s, _) = e.0;
+                let (s, _, permit) = e.0;
                 match TcpStream::from_std(s) {
                     Ok(s) => {
-                        here.serve(s, peer, || ());
+                        here.serve(s, peer, move || drop(permit));
                         "the event loop stopped; served on the caller's runtime".to_owned()
                     }
                     Err(e) => e.to_string(),
@@ -435,6 +451,7 @@ mod tests {
             grace: Duration::from_secs(1),
             event_loops,
             busy_poll: Duration::ZERO,
+            max_connections: 0,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(listener, service, options, shutdown.clone()));

@@ -37,10 +37,20 @@ impl Cluster {
         // like a user's; the components call the API in process, as in `wisp up`
         // (`WISP_BENCH_TRANSPORT=http`: over loopback HTTP too, as before 2026-12-04).
         let client = Client::new(&server.url, &server.token);
-        let internal = if std::env::var("WISP_BENCH_TRANSPORT").is_ok_and(|t| t == "http") {
+        let over_http = std::env::var("WISP_BENCH_TRANSPORT").is_ok_and(|t| t == "http");
+        let internal = if over_http {
             client.clone()
         } else {
             server.in_process_client()
+        };
+        // The node acts with a node credential, as in `wisp up` and `wisp node`.
+        let as_node = wisp_apiserver::auth::Principal::Node {
+            node: node.to_owned(),
+        };
+        let node_client = if over_http {
+            Client::new(&server.url, &server.token_for(&as_node).await?)
+        } else {
+            server.in_process_client_as(as_node)?
         };
         let shutdown = CancellationToken::new();
         let dir = tempfile::tempdir()?;
@@ -55,9 +65,9 @@ impl Cluster {
         );
         let mut ingress_config = wisp_ingress::IngressConfig::new(node);
         ingress_config.local_readiness = Some(config.local_readiness.clone());
-        let agent = wisp_node::Agent::new(internal.clone(), config)?;
+        let agent = wisp_node::Agent::new(node_client.clone(), config)?;
         let wasm = agent.runtimes().wasm.clone().context("wasm runtime")?;
-        let ingress = wisp_ingress::Ingress::new(internal.clone(), ingress_config, Some(wasm.clone()));
+        let ingress = wisp_ingress::Ingress::new(node_client, ingress_config, Some(wasm.clone()));
         let mut tasks = tokio::task::JoinSet::new();
         let s = shutdown.clone();
         tasks.spawn(async move {
@@ -107,8 +117,12 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(60);
         let needle = format!("\"name\":\"{name}\"");
         loop {
-            let req =
-                http::Request::get(format!("{}/.wisp/stats", self.ingress_url)).body(Empty::<Bytes>::new())?;
+            let req = http::Request::get(format!("{}/.wisp/stats", self.ingress_url))
+                .header(
+                    http::header::AUTHORIZATION,
+                    format!("Bearer {}", self.client.token()),
+                )
+                .body(Empty::<Bytes>::new())?;
             let body = self
                 .http
                 .request(req)

@@ -194,6 +194,28 @@ pub fn guest(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The same component with a custom section appended: a different digest, same behaviour.
+pub fn variant(component: &[u8], tag: &str) -> Vec<u8> {
+    let name = b"wisp-test-variant";
+    let mut payload = vec![u8::try_from(name.len()).unwrap_or(0)];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = component.to_vec();
+    out.push(0); // custom section id
+    let mut len = payload.len();
+    loop {
+        let byte = u8::try_from(len & 0x7f).unwrap_or(0);
+        len >>= 7;
+        if len == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(&payload);
+    out
+}
+
 /// The repository's `examples/` directory.
 pub fn examples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples")
@@ -210,15 +232,20 @@ pub struct NodeAgent {
 }
 
 impl NodeAgent {
-    /// Start `wisp node --node-name <name>` on a fresh data directory.
+    /// Start `wisp node --node-name <name>` on a fresh data directory, with a node
+    /// credential minted for it (`wisp token create --node <name>`): never the admin token.
     pub fn start(wisp: &Wisp, name: &str) -> anyhow::Result<Self> {
+        let (ok, out, err) = wisp.cli(&["token", "create", "--node", name])?;
+        if !ok {
+            bail!("cannot mint a node credential for {name}: {err}");
+        }
         let tmp = tempfile::tempdir()?;
         let mut n = Self {
             child: None,
             name: name.to_owned(),
             dir: tmp.path().to_path_buf(),
             server: wisp.url.clone(),
-            token: wisp.token.clone(),
+            token: out.trim().to_owned(),
             _tmp: tmp,
         };
         n.boot()?;
@@ -262,6 +289,11 @@ impl NodeAgent {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         self.boot()
+    }
+
+    /// This node's credential.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 }
 
@@ -307,10 +339,19 @@ pub fn http_client() -> Http {
 }
 
 /// One counter (`coldStarts`, `readyBackends`, …) of Service `name` in the ingress's
-/// `/.wisp/stats` (0 when the ingress does not know the Service).
-pub async fn ingress_stat(http: &Http, ingress: &str, name: &str, field: &str) -> anyhow::Result<u64> {
+/// `/.wisp/stats` (0 when the ingress does not know the Service), read with `token` (the
+/// ingress answers only the admin and nodes).
+pub async fn ingress_stat(
+    http: &Http,
+    ingress: &str,
+    token: &str,
+    name: &str,
+    field: &str,
+) -> anyhow::Result<u64> {
     use http_body_util::BodyExt;
-    let req = http::Request::get(format!("{ingress}/.wisp/stats")).body(http_body_util::Empty::new())?;
+    let req = http::Request::get(format!("{ingress}/.wisp/stats"))
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(http_body_util::Empty::new())?;
     let body = http.request(req).await?.into_body().collect().await?.to_bytes();
     let stats: serde_json::Value = serde_json::from_slice(&body)?;
     Ok(stats

@@ -377,13 +377,15 @@ async fn auth_and_namespaces(w: &Wisp, _etcd: Option<&str>) {
         .code,
         401
     );
-    // Health, readiness and metrics need no token.
-    for path in ["/healthz", "/readyz", "/metrics"] {
+    // Health and readiness need no token; metrics do.
+    for path in ["/healthz", "/readyz"] {
         assert!(
             anonymous.raw(Method::GET, path, None).await.is_ok(),
             "{path} is open"
         );
     }
+    assert_eq!(api_err(anonymous.raw(Method::GET, "/metrics", None).await).code, 401);
+    assert!(admin.raw(Method::GET, "/metrics", None).await.is_ok());
     let blob = anonymous.raw(Method::GET, "/openapi/v3", None).await;
     assert_eq!(api_err(blob).code, 401, "everything else needs a token");
     let token = admin.create_token("team-a").await.expect("token");

@@ -43,8 +43,8 @@ async fn live_pods(client: &Client) -> anyhow::Result<Vec<Pod>> {
     Ok(pods.into_iter().filter(|p| !p.phase().is_terminal()).collect())
 }
 
-async fn cold_starts(http: &Http, ingress: &str) -> anyhow::Result<u64> {
-    ingress_stat(http, ingress, "hello", "coldStarts").await
+async fn cold_starts(http: &Http, ingress: &str, token: &str) -> anyhow::Result<u64> {
+    ingress_stat(http, ingress, token, "hello", "coldStarts").await
 }
 
 /// Sends a request every 5 ms until stopped; returns (requests, failures).
@@ -115,7 +115,9 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
     );
     // The Function controller writes the Route; the ingress knows it once its Service shows.
     until("the route in the ingress", 30, async || {
-        let req = http::Request::get(format!("{ingress}/.wisp/stats")).body(Empty::<Bytes>::new())?;
+        let req = http::Request::get(format!("{ingress}/.wisp/stats"))
+            .header(http::header::AUTHORIZATION, format!("Bearer {}", w.token))
+            .body(Empty::<Bytes>::new())?;
         let body = http.request(req).await?.into_body().collect().await?.to_bytes();
         Ok(String::from_utf8_lossy(&body).contains("\"name\":\"hello\""))
     })
@@ -149,7 +151,7 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
     .await?;
 
     // 100 concurrent requests at zero: all answered, one activation.
-    let before = cold_starts(&http, &ingress).await?;
+    let before = cold_starts(&http, &ingress, &w.token).await?;
     let mut burst = tokio::task::JoinSet::new();
     for _ in 0..100 {
         let (http, ingress) = (http.clone(), ingress.clone());
@@ -165,11 +167,13 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
         "every request of the burst answered"
     );
     assert_eq!(
-        cold_starts(&http, &ingress).await? - before,
+        cold_starts(&http, &ingress, &w.token).await? - before,
         1,
         "one activation for the burst"
     );
-    let req = http::Request::get(format!("{ingress}/.wisp/metrics")).body(Empty::<Bytes>::new())?;
+    let req = http::Request::get(format!("{ingress}/.wisp/metrics"))
+        .header(http::header::AUTHORIZATION, format!("Bearer {}", w.token))
+        .body(Empty::<Bytes>::new())?;
     let metrics = http.request(req).await?.into_body().collect().await?.to_bytes();
     let metrics = String::from_utf8_lossy(&metrics);
     for line in [

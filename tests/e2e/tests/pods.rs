@@ -86,28 +86,6 @@ async fn wait_nodes_ready(client: &Client, names: &[&str], secs: u64) -> anyhow:
     }
 }
 
-/// The same component with a custom section appended: a different digest, same behaviour.
-fn variant(component: &[u8], tag: &str) -> Vec<u8> {
-    let name = b"wisp-test-variant";
-    let mut payload = vec![u8::try_from(name.len()).unwrap_or(0)];
-    payload.extend_from_slice(name);
-    payload.extend_from_slice(tag.as_bytes());
-    let mut out = component.to_vec();
-    out.push(0); // custom section id
-    let mut len = payload.len();
-    loop {
-        let byte = u8::try_from(len & 0x7f).unwrap_or(0);
-        len >>= 7;
-        if len == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    }
-    out.extend_from_slice(&payload);
-    out
-}
-
 /// Follows the ready pods of `app` through its watch; returns the fewest seen ready at any
 /// moment after the first listing, once `stop` is cancelled.
 fn track_min_ready(client: &Client, app: &str, stop: CancellationToken) -> tokio::task::JoinHandle<usize> {
@@ -207,7 +185,9 @@ async fn hello_deployment_runs_heals_rolls_and_undoes() -> anyhow::Result<()> {
 
     // Roll to another digest, then undo, watching that some pod is ready at every moment.
     let hello = std::fs::read(guest("hello")?)?;
-    let digest_b = client.put_blob(Bytes::from(variant(&hello, "b"))).await?;
+    let digest_b = client
+        .put_blob(Bytes::from(wisp_e2e::variant(&hello, "b")))
+        .await?;
     assert_ne!(digest_a, digest_b);
     let stop = CancellationToken::new();
     let tracker = track_min_ready(&client, "hello", stop.clone());
@@ -238,8 +218,9 @@ async fn pods_of_a_killed_node_move_to_the_other_without_duplicates() -> anyhow:
     // Default node grace (10 s without a lease renewal).
     let w = Wisp::start(Options::default())?;
     let client = w.client();
+    // Each node acts with its own node credential (NodeAgent mints one): no admin token.
     let mut a = NodeAgent::start(&w, "node-a")?;
-    let _b = NodeAgent::start(&w, "node-b")?;
+    let b = NodeAgent::start(&w, "node-b")?;
     wait_nodes_ready(&client, &["node-a", "node-b"], 30).await?;
     let manifest = examples_dir().join("hello/hello.yaml");
     let (ok, out, err) = w.cli(&["apply", "-f", &manifest.display().to_string()])?;
@@ -252,6 +233,44 @@ async fn pods_of_a_killed_node_move_to_the_other_without_duplicates() -> anyhow:
     assert!(
         on_a >= 1,
         "the scheduler spreads a ReplicaSet's pods over both nodes"
+    );
+    // A node's credential writes the status of its own pods only, and its own Node only.
+    let as_b = Client::new(&w.url, b.token());
+    let mut a_pod = pods
+        .iter()
+        .find(|p| p.spec.node_name.as_deref() == Some("node-a"))
+        .cloned()
+        .context("a pod on node-a")?;
+    if let Some(st) = a_pod.status.as_mut() {
+        st.message = Some("written by node-b".into());
+    }
+    let refused = as_b.api::<Pod>(Some("default")).replace_status(&a_pod).await;
+    assert_eq!(
+        refused.err().and_then(|e| e.code()),
+        Some(403),
+        "node-b wrote node-a's pod status"
+    );
+    let mut node_a = client.api::<Node>(None).get("node-a").await?;
+    node_a.spec.unschedulable = true;
+    let refused = as_b.api::<Node>(None).replace(&node_a).await;
+    assert_eq!(
+        refused.err().and_then(|e| e.code()),
+        Some(403),
+        "node-b wrote node-a's Node"
+    );
+    assert_eq!(
+        as_b.api::<wisp_api::Secret>(Some("default"))
+            .list(&ListParams::default())
+            .await
+            .err()
+            .and_then(|e| e.code()),
+        Some(403),
+        "a node lists no Secrets"
+    );
+    let (ok, _, err) = w.cli(&["--token", b.token(), "token", "create", "--namespace", "default"])?;
+    assert!(
+        !ok && err.contains("only the cluster admin manages tokens"),
+        "a node mints no tokens: {err}"
     );
 
     let killed = Instant::now();

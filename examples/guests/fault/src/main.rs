@@ -3,7 +3,7 @@
 //!
 //! Routes: `/loop` (spins forever), `/alloc?mb=N` (allocates and touches N MiB, default 1024),
 //! `/trap` (panics, i.e. traps), `/count` (increments a global: always 1 with a fresh instance
-//! per request), `/read?path=P` (reads a file), `/env?name=N`, `/fetch?url=U` (outbound GET),
+//! per request), `/read?path=P` (reads a file), `/env?name=N`, `/fetch?url=U` (outbound GET; answers the upstream's status and body),
 //! `/mark?ms=N` (increments a counter alone on its own memory page, prints `marked N`, then
 //! waits N ms before answering with it: always 1 with a fresh, fully reset instance per
 //! request), anything else: `fault ok`.
@@ -87,7 +87,12 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
             let url = query(&request, "url").unwrap_or("http://localhost/");
             let outbound = Request::get(url).body(Body::empty())?;
             match Client::new().send(outbound).await {
-                Ok(r) => text(ok, format!("upstream {}", r.status().as_u16())),
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let mut body = r.into_body();
+                    let text_body = body.str_contents().await.map(str::to_owned).unwrap_or_default();
+                    text(ok, format!("upstream {status}: {text_body}"))
+                }
                 Err(e) => text(StatusCode::BAD_GATEWAY, format!("fetch {url}: {e:?}")),
             }
         }

@@ -16,10 +16,19 @@ pub fn guest(name: &str) -> PathBuf {
 
 /// A runtime with a small pool (tests run many engines in one process).
 pub fn runtime(artifacts: Option<Arc<dyn ArtifactSource>>) -> (WasmSandbox, tempfile::TempDir) {
+    runtime_with(artifacts, |_| {})
+}
+
+/// [`runtime`], with its configuration changed by `tune` first.
+pub fn runtime_with(
+    artifacts: Option<Arc<dyn ArtifactSource>>,
+    tune: impl FnOnce(&mut WasmConfig),
+) -> (WasmSandbox, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = WasmConfig::new(dir.path().join("cache"));
     config.max_instances = 32;
     config.max_memory_per_instance = 256 << 20;
+    tune(&mut config);
     let sandbox = WasmSandbox::new(config, artifacts).expect("wasm runtime");
     (sandbox, dir)
 }

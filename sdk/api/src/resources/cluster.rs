@@ -30,6 +30,10 @@ pub struct Namespace {
 pub struct NamespaceSpec {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub finalizers: Vec<String>,
+    /// DNS domains whose hosts (the domain and every name under it) this namespace's Routes
+    /// may claim, besides `<namespace>.<cluster domain>`. Set by the cluster admin.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub route_domains: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
@@ -58,6 +62,12 @@ impl Namespace {
                 if f.is_empty() {
                     errs.push(FieldError::required(index("spec.finalizers", i)));
                 }
+            }
+            for (i, d) in spec.route_domains.iter().enumerate() {
+                errs.extend(crate::validation::validate_dns1123_subdomain(
+                    d,
+                    &index("spec.routeDomains", i),
+                ));
             }
         }
         errs

@@ -20,7 +20,8 @@ pub const RESOURCE_MEMORY: &str = "memory";
 pub const RESOURCE_PIDS: &str = "pids";
 
 /// One process of a pod: exactly one of `image` (OCI, run by Docker) or `wasm` (a component
-/// run by wasmtime: a blob digest, a local file path, or an OCI reference).
+/// run by wasmtime, named by the digest of a blob uploaded to the API: `sha256:<64 hex>`; the
+/// CLI uploads local `.wasm` files and writes their digests).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Container {
@@ -198,6 +199,10 @@ pub struct SecurityContext {
     pub read_only_root_filesystem: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_as_user: Option<i64>,
+    /// Refuse to start the container if it would run as root (uid 0): its `runAsUser`, or
+    /// else the image's user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_as_non_root: Option<bool>,
     /// Accepted only as `false`: Wisp never runs a privileged container.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub privileged: Option<bool>,
@@ -214,24 +219,25 @@ pub struct Capabilities {
     pub add: Vec<String>,
 }
 
-/// The capabilities a container may add back (Docker's default set minus the ones that
-/// escape the sandbox; `SYS_ADMIN`, `NET_ADMIN`, `SYS_PTRACE`, `SYS_MODULE`… are refused).
-pub const ALLOWED_CAPABILITIES: &[&str] = &[
+/// The capabilities any container may add back (Docker's default set minus those that let
+/// a tenant's process act beyond its files and sockets).
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "CHOWN",
-    "DAC_OVERRIDE",
     "FOWNER",
     "FSETID",
     "KILL",
-    "SETGID",
-    "SETUID",
     "SETPCAP",
     "NET_BIND_SERVICE",
-    "NET_RAW",
     "SYS_CHROOT",
-    "MKNOD",
     "AUDIT_WRITE",
     "SETFCAP",
 ];
+
+/// Capabilities of Docker's default set that a container may add only where the cluster
+/// admin allows them (`wisp up|server --allow-capabilities`; `wisp node` checks its own):
+/// raw sockets (spoofing on the namespace's network), device nodes, changing users, and
+/// bypassing file permissions.
+pub const OPT_IN_CAPABILITIES: &[&str] = &["NET_RAW", "MKNOD", "SETUID", "SETGID", "DAC_OVERRIDE"];
 
 impl SecurityContext {
     /// The capabilities to add, normalised without the `CAP_` prefix.
@@ -253,18 +259,46 @@ impl SecurityContext {
             ));
         }
         for (i, cap) in self.added_capabilities().iter().enumerate() {
-            if !ALLOWED_CAPABILITIES.contains(&cap.as_str()) {
+            if !DEFAULT_CAPABILITIES.contains(&cap.as_str()) && !OPT_IN_CAPABILITIES.contains(&cap.as_str()) {
                 errs.push(FieldError::new(
                     index(&child(&child(path, "capabilities"), "add"), i),
                     format!(
-                        "capability {cap:?} cannot be added (allowed: {})",
-                        ALLOWED_CAPABILITIES.join(", ")
+                        "capability {cap:?} cannot be added (allowed: {}; where the admin allows them: {})",
+                        DEFAULT_CAPABILITIES.join(", "),
+                        OPT_IN_CAPABILITIES.join(", ")
                     ),
                 ));
             }
         }
         errs
     }
+}
+
+/// `wasm:` names a component by the digest of a blob uploaded to the API server: never a
+/// path on a node's disk.
+fn validate_wasm_ref(w: &str, path: &str) -> Vec<FieldError> {
+    let Some(hex) = w.strip_prefix("sha256:") else {
+        let why = if w.starts_with("oci://") {
+            format!("{w:?}: OCI references are not supported yet; upload the component and use its digest")
+        } else {
+            format!(
+                "{w:?} is not a blob digest: wasm takes sha256:<64 hex digits> of a component uploaded to \
+                 /blobs (wisp apply uploads the .wasm files a manifest names), never a path on a node"
+            )
+        };
+        return vec![FieldError::new(path, why)];
+    };
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return vec![FieldError::new(
+            path,
+            format!("{w:?}: a digest is sha256: followed by 64 lowercase hex digits"),
+        )];
+    }
+    Vec::new()
 }
 
 pub(crate) fn is_set(s: Option<&String>) -> bool {
@@ -287,6 +321,8 @@ impl Container {
         let mut errs = validate_dns1123_label(&self.name, &child(path, "name"));
         if is_set(self.image.as_ref()) == is_set(self.wasm.as_ref()) {
             errs.push(FieldError::new(path, "exactly one of image or wasm must be set"));
+        } else if let Some(w) = self.wasm.as_deref().filter(|w| !w.trim().is_empty()) {
+            errs.extend(validate_wasm_ref(w, &child(path, "wasm")));
         }
         for (i, e) in self.env.iter().enumerate() {
             errs.extend(validate_env(e, &index(&child(path, "env"), i)));

@@ -1,4 +1,4 @@
-//! The thirteen kinds and their spec/status types, each with field-path validation.
+//! The fifteen kinds and their spec/status types, each with field-path validation.
 
 use std::borrow::Cow;
 
@@ -13,6 +13,7 @@ pub mod container;
 pub mod function;
 pub mod networking;
 pub mod pod;
+pub mod policy;
 pub mod workloads;
 
 pub use cluster::*;
@@ -21,6 +22,7 @@ pub use container::*;
 pub use function::*;
 pub use networking::*;
 pub use pod::*;
+pub use policy::*;
 pub use workloads::*;
 
 /// Transport protocol of a port.

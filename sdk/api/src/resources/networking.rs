@@ -222,7 +222,9 @@ pub struct Route {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RouteSpec {
-    /// A DNS name, optionally with a leading `*.` wildcard.
+    /// A DNS name, optionally with a leading `*.` wildcard; required. A namespace may claim
+    /// hosts under `<namespace>.<cluster domain>` and under the domains the admin granted it
+    /// (`Namespace.spec.routeDomains`), and none another namespace holds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// Default `/`; must start with `/`.
@@ -313,6 +315,13 @@ impl Route {
     pub(crate) fn validate_fields(&self) -> Vec<FieldError> {
         let s = &self.spec;
         let mut errs = validate_host_and_prefix(s.host.as_ref(), &s.path_prefix, "spec");
+        if s.host.as_deref().is_none_or(str::is_empty) {
+            errs.push(FieldError::new(
+                "spec.host",
+                "required: a Route claims one host (<name>.<namespace>.<cluster domain>, or a domain the \
+                 admin granted the namespace); a Route without one would catch every other host",
+            ));
+        }
         if s.backends.is_empty() {
             errs.push(FieldError::new("spec.backends", "required: at least one backend"));
         } else if s.backends.iter().all(|b| b.weight == 0) {
