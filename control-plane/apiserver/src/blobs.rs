@@ -171,6 +171,23 @@ impl BlobStore {
         }
     }
 
+    /// Removes blob `hex` if no namespace recorded it and nothing uses it (an upload refused
+    /// after it was stored).
+    pub(crate) async fn remove_unrecorded(&self, state: &State, hex: &str) {
+        let digest = format!("sha256:{hex}");
+        let recorded = state
+            .store
+            .list(REFS)
+            .await
+            .is_ok_and(|l| l.items.iter().any(|kv| kv.key.ends_with(&format!("/{hex}"))));
+        let used = users(state, None)
+            .await
+            .is_ok_and(|objs| objs.iter().any(|(plural, o)| names(o, plural, &digest)));
+        if !recorded && !used {
+            let _ = tokio::fs::remove_file(self.path(hex)).await;
+        }
+    }
+
     /// The whole blob (tests).
     pub async fn get(&self, digest: &str) -> Result<Bytes, ApiError> {
         let hex = parse_digest(digest)?;

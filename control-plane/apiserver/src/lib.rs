@@ -618,7 +618,16 @@ impl ApiServer {
                 if let Some(ns) = &ns
                     && !blobs::namespace_has(state, ns, digest).await?
                 {
-                    let _quota = quota::admit_blob_bytes(state, ns, size).await?;
+                    let _quota = match quota::admit_blob_bytes(state, ns, size).await {
+                        Ok(guard) => guard,
+                        Err(e) => {
+                            // Over the quota: a blob stored just now for nothing goes again.
+                            if created {
+                                state.blobs.remove_unrecorded(state, &hex).await;
+                            }
+                            return Err(e);
+                        }
+                    };
                     blobs::record(state, ns, &hex, size).await?;
                 }
                 let code = if created {

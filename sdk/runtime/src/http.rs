@@ -440,6 +440,14 @@ mod tests {
     async fn thread_names(
         event_loops: usize,
     ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        capped(event_loops, 0).await
+    }
+
+    /// [`thread_names`] with at most `max_connections` open at once.
+    async fn capped(
+        event_loops: usize,
+        max_connections: usize,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let service = BoxCloneService::new(tower::service_fn(|_req: Request<Incoming>| async {
@@ -451,11 +459,37 @@ mod tests {
             grace: Duration::from_secs(1),
             event_loops,
             busy_poll: Duration::ZERO,
-            max_connections: 0,
+            max_connections,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(listener, service, options, shutdown.clone()));
         (addr, shutdown, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn past_the_connection_cap_a_connection_waits_until_one_closes() {
+        for event_loops in [0, 2] {
+            let (addr, shutdown, task) = capped(event_loops, 2).await;
+            let mut a = TcpStream::connect(addr).await.expect("connect");
+            let mut b = TcpStream::connect(addr).await.expect("connect");
+            ask(&mut a).await;
+            ask(&mut b).await;
+            // A third: accepted by the kernel, not served while two are open.
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            let waiting = tokio::time::timeout(Duration::from_millis(300), ask(&mut c)).await;
+            assert!(waiting.is_err(), "served past the cap ({event_loops} loops)");
+            drop(a);
+            // Its request was sent already: it is answered once a place is free.
+            let mut buf = [0u8; 256];
+            let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+                .await
+                .expect("served once a connection closed")
+                .expect("read");
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+            shutdown.cancel();
+            drop((b, c));
+            task.await.expect("join");
+        }
     }
 
     /// One request on `conn`: the body (the serving thread's name).

@@ -144,6 +144,48 @@ fn errors_name_what_is_wrong() {
     assert!(ok && token.trim().starts_with("wisp_"));
     let (ok, _, err) = w.cli(&["--token", token.trim(), "get", "nodes"]).expect("run");
     assert!(!ok && err.contains("confined to namespace"), "{err}");
+    // Tokens are listed (never shown again) and revoked by id; one may expire.
+    let (ok, _, err) = w
+        .cli(&["token", "create", "--namespace", "default", "--ttl", "bogus"])
+        .expect("run");
+    assert!(!ok && err.contains("--ttl"), "{err}");
+    let (ok, out, _) = w.cli(&["token", "list"]).expect("run");
+    assert!(
+        ok && out.contains("ID") && out.contains("namespace") && out.contains("admin"),
+        "{out}"
+    );
+    assert!(!out.contains(token.trim()), "the list never shows a token");
+    let id = out
+        .lines()
+        .find(|l| l.contains("namespace") && l.contains("default"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the namespace token's id")
+        .to_owned();
+    let (ok, out, err) = w.cli(&["token", "revoke", &id]).expect("run");
+    assert!(ok && out.contains("revoked"), "{out}{err}");
+    let (ok, _, err) = w.cli(&["--token", token.trim(), "get", "pods"]).expect("run");
+    assert!(
+        !ok && err.contains("invalid bearer token"),
+        "a revoked token: {err}"
+    );
+    // `wisp node` acts with a node credential only, never the admin's.
+    let (ok, _, err) = w
+        .cli(&["node", "--node-name", "n1", "--docker", "false"])
+        .expect("run");
+    assert!(!ok && err.contains("node credential"), "{err}");
+    // Lists are read in pages: a page smaller than the list still shows all of it.
+    for i in 0..5 {
+        let doc = write(
+            &w.dir,
+            &format!("page-{i}.yaml"),
+            &format!("apiVersion: wisp.dev/v1\nkind: ConfigMap\nmetadata: {{name: page-{i}}}\n"),
+        );
+        assert!(w.cli(&["apply", "-f", &doc]).expect("run").0);
+    }
+    let (ok, out, _) = w
+        .cli(&["get", "configmaps", "--chunk-size", "2", "-o", "name"])
+        .expect("run");
+    assert!(ok && (0..5).all(|i| out.contains(&format!("page-{i}"))), "{out}");
     // No config at all: a clear pointer to `wisp up`.
     let out = std::process::Command::new(wisp_e2e::wisp_bin().expect("bin"))
         .args(["get", "pods"])

@@ -1,0 +1,551 @@
+//! What a namespace token and a node credential may do, through the server's own handler:
+//! LimitRanges and ResourceQuotas at admission, blobs per namespace (capped, streamed,
+//! collected when unused), token expiry, list pages, the conditional permissions of nodes
+//! (their pods' Secrets, waking a Deployment from zero), and permits of their own for the
+//! in-process components.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use tokio_util::sync::CancellationToken;
+use wisp_api::{
+    Bounds, ConfigMap, Container, Deployment, EnvVar, EnvVarSource, KeySelector, LabelSelector, LimitRange,
+    LimitRangeItem, Namespace, ObjectMeta, Pod, PodPhase, PodStatus, Quantity, Resource, ResourceQuota,
+    Secret,
+};
+use wisp_apiserver::auth::Principal;
+use wisp_apiserver::{ApiServer, Config};
+use wisp_client::{Client, ClientError, ListParams, TokenRequest};
+
+/// Nothing listens here: every request goes through the in-process transport.
+const NOWHERE: &str = "http://127.0.0.1:1";
+
+struct Server {
+    api: ApiServer,
+    admin: Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn server_with(tune: impl FnOnce(&mut Config)) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = wisp_store::EmbeddedStore::open(dir.path(), Default::default()).expect("store");
+    let mut config = Config::new(dir.path().join("blobs"));
+    tune(&mut config);
+    let api = ApiServer::new(Arc::new(store), config, CancellationToken::new());
+    let token = api.bootstrap().await.expect("bootstrap").expect("admin token");
+    let admin = api.in_process_client(NOWHERE, &token);
+    Server {
+        api,
+        admin,
+        _dir: dir,
+    }
+}
+
+impl Server {
+    /// A namespace and a client confined to it.
+    async fn tenant(&self, ns: &str) -> Client {
+        self.admin
+            .api::<Namespace>(None)
+            .create(&Namespace::new(ObjectMeta::named(ns)))
+            .await
+            .expect("namespace");
+        let token = self.admin.create_token(ns).await.expect("token");
+        self.api.in_process_client(NOWHERE, &token)
+    }
+
+    fn node(&self, name: &str) -> Client {
+        let token = self
+            .api
+            .auth()
+            .issue_ephemeral(Principal::Node { node: name.into() })
+            .expect("node token");
+        self.api.in_process_client(NOWHERE, &token)
+    }
+}
+
+fn code<T>(r: Result<T, ClientError>) -> u16 {
+    r.map_or_else(|e| e.code().unwrap_or(0), |_| 200)
+}
+
+fn message<T: std::fmt::Debug>(r: Result<T, ClientError>) -> String {
+    match r {
+        Ok(v) => format!("accepted: {v:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn q(s: &str) -> Quantity {
+    Quantity::parse(s).expect("quantity")
+}
+
+fn pod(ns: &str, name: &str, image: &str) -> Pod {
+    let mut p = Pod::new(ObjectMeta::namespaced(ns, name));
+    p.spec.containers = vec![Container {
+        name: "c".into(),
+        image: Some(image.into()),
+        ..Container::default()
+    }];
+    p
+}
+
+#[tokio::test]
+async fn limit_ranges_fill_defaults_and_bound_every_pod_and_template() {
+    let s = server_with(|_| {}).await;
+    let t = s.tenant("team-a").await;
+    let mut lr = LimitRange::new(ObjectMeta::namespaced("team-a", "limits"));
+    lr.spec.limits = vec![LimitRangeItem {
+        type_: "Container".into(),
+        default: [("memory".to_owned(), q("64Mi"))].into(),
+        default_request: [("cpu".to_owned(), q("100m"))].into(),
+        max: [("memory".to_owned(), q("256Mi"))].into(),
+        ..LimitRangeItem::default()
+    }];
+    lr.spec.timeout_ms = Some(Bounds {
+        default: Some(5_000),
+        max: Some(10_000),
+    });
+    lr.spec.termination_grace_period_seconds = Some(Bounds {
+        default: Some(5),
+        max: Some(30),
+    });
+    assert_eq!(
+        code(t.api::<LimitRange>(Some("team-a")).create(&lr).await),
+        403,
+        "tenants set no limits"
+    );
+    s.admin
+        .api::<LimitRange>(Some("team-a"))
+        .create(&lr)
+        .await
+        .expect("admin");
+
+    let pods = t.api::<Pod>(Some("team-a"));
+    let created = pods
+        .create(&pod("team-a", "plain", "x:1"))
+        .await
+        .expect("created");
+    let c = &created.spec.containers[0];
+    assert_eq!(
+        c.resources.limits.get("memory"),
+        Some(&q("64Mi")),
+        "default limit"
+    );
+    assert_eq!(
+        c.resources.requests.get("cpu"),
+        Some(&q("100m")),
+        "default request"
+    );
+    assert_eq!(c.timeout_ms, Some(5_000));
+    assert_eq!(created.spec.termination_grace_period_seconds, Some(5));
+
+    let mut big = pod("team-a", "big", "x:1");
+    big.spec.containers[0]
+        .resources
+        .limits
+        .insert("memory".into(), q("1Gi"));
+    let msg = message(pods.create(&big).await);
+    assert!(
+        msg.contains("\"limits\"") && msg.contains("memory") && msg.contains("1Gi"),
+        "{msg}"
+    );
+    assert_eq!(code(pods.create(&big).await), 403);
+    let mut slow = pod("team-a", "slow", "x:1");
+    slow.spec.containers[0].timeout_ms = Some(20_000);
+    assert_eq!(
+        code(pods.create(&slow).await),
+        403,
+        "{}",
+        message(pods.create(&slow).await)
+    );
+    let mut lingering = pod("team-a", "lingering", "x:1");
+    lingering.spec.termination_grace_period_seconds = Some(300);
+    assert_eq!(code(pods.create(&lingering).await), 403);
+    // A template is bounded when it is written, not when its pods are.
+    let mut d = Deployment::new(ObjectMeta::namespaced("team-a", "d"));
+    d.spec.selector = LabelSelector::from_labels([("app".to_owned(), "d".to_owned())].into());
+    d.spec.template.metadata.labels.insert("app".into(), "d".into());
+    d.spec.template.spec = big.spec.clone();
+    let msg = message(t.api::<Deployment>(Some("team-a")).create(&d).await);
+    assert!(msg.contains("spec.template.spec.containers[0]"), "{msg}");
+}
+
+#[tokio::test]
+async fn the_cluster_bounds_timeouts_and_grace_whatever_a_namespace_says() {
+    let s = server_with(|c| {
+        c.max_timeout_ms = 60_000;
+        c.max_grace_seconds = 60;
+    })
+    .await;
+    let t = s.tenant("team-a").await;
+    let mut p = pod("team-a", "p", "x:1");
+    p.spec.containers[0].timeout_ms = Some(60_001);
+    let msg = message(t.api::<Pod>(Some("team-a")).create(&p).await);
+    assert!(msg.contains("timeoutMs") && msg.contains("60000"), "{msg}");
+    p.spec.containers[0].timeout_ms = Some(60_000);
+    p.spec.termination_grace_period_seconds = Some(61);
+    assert_eq!(code(t.api::<Pod>(Some("team-a")).create(&p).await), 403);
+    p.spec.termination_grace_period_seconds = Some(60);
+    t.api::<Pod>(Some("team-a"))
+        .create(&p)
+        .await
+        .expect("within the ceilings");
+}
+
+#[tokio::test]
+async fn quotas_count_pods_and_their_requests_until_they_end() {
+    let s = server_with(|_| {}).await;
+    let t = s.tenant("team-a").await;
+    let mut quota = ResourceQuota::new(ObjectMeta::namespaced("team-a", "q"));
+    quota.spec.hard = [("pods".to_owned(), q("2")), ("requests.cpu".to_owned(), q("1"))].into();
+    s.admin
+        .api::<ResourceQuota>(Some("team-a"))
+        .create(&quota)
+        .await
+        .expect("quota");
+    let pods = t.api::<Pod>(Some("team-a"));
+    let mut heavy = pod("team-a", "heavy", "x:1");
+    heavy.spec.containers[0]
+        .resources
+        .requests
+        .insert("cpu".into(), q("1500m"));
+    let msg = message(pods.create(&heavy).await);
+    assert!(
+        msg.contains("exceeded quota \"q\"") && msg.contains("requests.cpu=1500m"),
+        "{msg}"
+    );
+    let first = pods.create(&pod("team-a", "a", "x:1")).await.expect("first");
+    pods.create(&pod("team-a", "b", "x:1")).await.expect("second");
+    let msg = message(pods.create(&pod("team-a", "c", "x:1")).await);
+    assert!(
+        msg.contains("used pods=2") && msg.contains("limited pods=2"),
+        "{msg}"
+    );
+    // Controllers' writes count too: the admin's create in the namespace is refused alike.
+    assert_eq!(
+        code(
+            s.admin
+                .api::<Pod>(Some("team-a"))
+                .create(&pod("team-a", "c", "x:1"))
+                .await
+        ),
+        403
+    );
+    // A pod that has ended uses nothing.
+    let mut done = first.clone();
+    done.status = Some(PodStatus {
+        phase: PodPhase::Succeeded,
+        ..PodStatus::default()
+    });
+    s.admin
+        .api::<Pod>(Some("team-a"))
+        .replace_status(&done)
+        .await
+        .expect("status");
+    pods.create(&pod("team-a", "c", "x:1")).await.expect("room again");
+}
+
+#[tokio::test]
+async fn blobs_are_per_namespace_capped_and_collected_when_unused() {
+    let s = server_with(|c| {
+        c.blob_limit = 64 * 1024;
+        c.blob_grace = Duration::ZERO;
+    })
+    .await;
+    let a = s.tenant("team-a").await;
+    let b = s.tenant("team-b").await;
+    let used = Bytes::from_static(b"a component team-a uses");
+    let unused = Bytes::from_static(b"a component nobody uses");
+    let d_used = a.put_blob(used.clone()).await.expect("upload");
+    let d_unused = a.put_blob(unused.clone()).await.expect("upload");
+    assert_eq!(a.get_blob(&d_used).await.expect("own"), used);
+    assert_eq!(code(b.get_blob(&d_used).await), 403, "another namespace's blob");
+    assert_eq!(
+        code(b.get_blob(&format!("sha256:{}", "0".repeat(64))).await),
+        403,
+        "refused alike whether it exists or not"
+    );
+    // Uploading it itself (proving it has the bytes) makes it team-b's too.
+    b.put_blob(used.clone()).await.expect("upload of the same bytes");
+    assert_eq!(b.get_blob(&d_used).await.expect("now its own"), used);
+    // Over the size cap: 413, nothing kept.
+    let huge = Bytes::from(vec![7u8; 65 * 1024]);
+    assert_eq!(code(a.put_blob(huge.clone()).await), 413);
+    // Over the namespace's blob quota: 403.
+    let mut quota = ResourceQuota::new(ObjectMeta::namespaced("team-b", "blobs"));
+    quota.spec.hard = [("blobs.bytes".to_owned(), q("100"))].into();
+    s.admin
+        .api::<ResourceQuota>(Some("team-b"))
+        .create(&quota)
+        .await
+        .expect("quota");
+    let msg = message(b.put_blob(Bytes::from(vec![1u8; 200])).await);
+    assert!(msg.contains("blobs.bytes"), "{msg}");
+    // A node reads only the components of its pods.
+    let mut p = Pod::new(ObjectMeta::namespaced("team-a", "p"));
+    p.spec.containers = vec![Container {
+        name: "c".into(),
+        wasm: Some(d_used.clone()),
+        ..Container::default()
+    }];
+    p.spec.node_name = Some("n1".into());
+    s.admin.api::<Pod>(Some("team-a")).create(&p).await.expect("pod");
+    assert_eq!(s.node("n1").get_blob(&d_used).await.expect("its pod's"), used);
+    assert_eq!(code(s.node("n1").get_blob(&d_unused).await), 403);
+    assert_eq!(code(s.node("n2").get_blob(&d_used).await), 403);
+    assert_eq!(
+        code(s.node("n1").put_blob(unused.clone()).await),
+        403,
+        "nodes upload nothing"
+    );
+    // Collection: what a pod uses stays, the rest goes.
+    s.admin
+        .api::<Pod>(Some("team-b"))
+        .list(&ListParams::default())
+        .await
+        .expect("list");
+    let removed = s.api.collect_blobs().await.expect("collected");
+    assert_eq!(removed, 1, "the unused blob is removed");
+    assert_eq!(code(s.admin.get_blob(&d_unused).await), 404);
+    assert_eq!(s.admin.get_blob(&d_used).await.expect("kept"), used);
+}
+
+#[tokio::test]
+async fn tokens_expire_are_listed_and_revoked() {
+    let s = server_with(|_| {}).await;
+    s.tenant("team-a").await;
+    let issued = s
+        .admin
+        .issue_token(&TokenRequest {
+            namespace: Some("team-a".into()),
+            ttl_seconds: Some(1),
+            ..TokenRequest::default()
+        })
+        .await
+        .expect("issued");
+    assert!(issued.info.expires_at.is_some());
+    let t = s.api.in_process_client(NOWHERE, &issued.token);
+    t.api::<ConfigMap>(Some("team-a"))
+        .list(&ListParams::default())
+        .await
+        .expect("works for now");
+    let listed = s.admin.list_tokens().await.expect("list");
+    assert!(
+        listed
+            .iter()
+            .any(|i| i.id == issued.info.id && i.kind == "namespace"),
+        "{listed:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let msg = message(
+        t.api::<ConfigMap>(Some("team-a"))
+            .list(&ListParams::default())
+            .await,
+    );
+    assert!(msg.contains("expired"), "{msg}");
+    // A node credential, revoked.
+    let node = s
+        .admin
+        .issue_token(&TokenRequest {
+            node: Some("n1".into()),
+            ..TokenRequest::default()
+        })
+        .await
+        .expect("node token");
+    let n = s.api.in_process_client(NOWHERE, &node.token);
+    assert_eq!(n.whoami().await.expect("whoami").node.as_deref(), Some("n1"));
+    assert_eq!(code(n.list_tokens().await), 403, "a node lists no tokens");
+    s.admin.revoke_token(&node.info.id).await.expect("revoked");
+    assert_eq!(code(n.whoami().await), 401);
+    assert_eq!(code(s.admin.revoke_token("0123").await), 400, "too short an id");
+}
+
+#[tokio::test]
+async fn lists_come_in_pages() {
+    let s = server_with(|_| {}).await;
+    let t = s.tenant("team-a").await;
+    let cms = t.api::<ConfigMap>(Some("team-a"));
+    for i in 0..7 {
+        cms.create(&ConfigMap::new(ObjectMeta::namespaced(
+            "team-a",
+            format!("cm-{i}"),
+        )))
+        .await
+        .expect("create");
+    }
+    let p = ListParams::default();
+    let first = cms.list_page(&p, 3, None).await.expect("page 1");
+    assert_eq!(first.items.len(), 3);
+    assert_eq!(first.metadata.remaining_item_count, Some(4));
+    let next = first.metadata.continue_.clone().expect("continue");
+    let second = cms.list_page(&p, 3, Some(&next)).await.expect("page 2");
+    let third = cms
+        .list_page(&p, 3, second.metadata.continue_.as_deref())
+        .await
+        .expect("page 3");
+    assert_eq!((second.items.len(), third.items.len()), (3, 1));
+    assert!(third.metadata.continue_.is_none(), "the last page");
+    assert_eq!(second.metadata.resource_version, first.metadata.resource_version);
+    let mut names: Vec<String> = [first.items, second.items, third.items]
+        .concat()
+        .into_iter()
+        .map(|c| c.metadata.name)
+        .collect();
+    names.dedup();
+    assert_eq!(names.len(), 7, "every item once, in order: {names:?}");
+    assert_eq!(cms.list_all(&p, 2).await.expect("all").items.len(), 7);
+    assert_eq!(code(cms.list_page(&p, 3, Some("not-a-token")).await), 400);
+}
+
+#[tokio::test]
+async fn a_node_reads_its_pods_secrets_and_only_wakes_deployments() {
+    let s = server_with(|_| {}).await;
+    s.tenant("team-a").await;
+    let mut secret = Secret::new(ObjectMeta::namespaced("team-a", "creds"));
+    secret.string_data = [("k".to_owned(), "v".to_owned())].into();
+    s.admin
+        .api::<Secret>(Some("team-a"))
+        .create(&secret)
+        .await
+        .expect("secret");
+    let mut other = Secret::new(ObjectMeta::namespaced("team-a", "other"));
+    other.string_data = [("k".to_owned(), "v".to_owned())].into();
+    s.admin
+        .api::<Secret>(Some("team-a"))
+        .create(&other)
+        .await
+        .expect("secret");
+    let mut p = pod("team-a", "p", "x:1");
+    p.spec.node_name = Some("n1".into());
+    p.spec.containers[0].env = vec![EnvVar {
+        name: "K".into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(KeySelector {
+                name: "creds".into(),
+                key: "k".into(),
+                optional: None,
+            }),
+            config_map_key_ref: None,
+        }),
+    }];
+    s.admin.api::<Pod>(Some("team-a")).create(&p).await.expect("pod");
+    let n1 = s.node("n1");
+    n1.api::<Secret>(Some("team-a"))
+        .get("creds")
+        .await
+        .expect("its pod's Secret");
+    assert_eq!(code(n1.api::<Secret>(Some("team-a")).get("other").await), 403);
+    assert_eq!(
+        code(s.node("n2").api::<Secret>(Some("team-a")).get("creds").await),
+        403
+    );
+    assert_eq!(
+        code(
+            n1.api::<Secret>(Some("team-a"))
+                .list(&ListParams::default())
+                .await
+        ),
+        403
+    );
+
+    let mut d = Deployment::new(ObjectMeta::namespaced("team-a", "fn"));
+    d.spec.replicas = 0;
+    d.spec.selector = LabelSelector::from_labels([("app".to_owned(), "fn".to_owned())].into());
+    d.spec.template.metadata.labels.insert("app".into(), "fn".into());
+    d.spec.template.spec = pod("team-a", "x", "x:1").spec;
+    let d = s
+        .admin
+        .api::<Deployment>(Some("team-a"))
+        .create(&d)
+        .await
+        .expect("deployment");
+    let mut sneaky = d.clone();
+    sneaky.spec.replicas = 1;
+    sneaky.spec.template.spec.containers[0].image = Some("evil:1".into());
+    assert_eq!(
+        code(n1.api::<Deployment>(Some("team-a")).replace(&sneaky).await),
+        403,
+        "more than a wake-up"
+    );
+    let mut many = d.clone();
+    many.spec.replicas = 5;
+    assert_eq!(
+        code(n1.api::<Deployment>(Some("team-a")).replace(&many).await),
+        403,
+        "more than one"
+    );
+    let mut wake = d.clone();
+    wake.spec.replicas = 1;
+    n1.api::<Deployment>(Some("team-a"))
+        .replace(&wake)
+        .await
+        .expect("woken from zero");
+    let mut again = wake.clone();
+    again.metadata.resource_version = None;
+    again.spec.replicas = 1;
+    let up = s
+        .admin
+        .api::<Deployment>(Some("team-a"))
+        .get("fn")
+        .await
+        .expect("get");
+    let mut down = up.clone();
+    down.spec.replicas = 0;
+    assert_eq!(
+        code(n1.api::<Deployment>(Some("team-a")).replace(&down).await),
+        403,
+        "a node never scales down"
+    );
+}
+
+/// Slow external clients hold the external permits; the in-process components have their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_components_keep_their_permits_when_external_clients_hold_all_theirs() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = wisp_store::EmbeddedStore::open(dir.path(), Default::default()).expect("store");
+    let mut config = Config::new(dir.path().join("blobs"));
+    config.concurrency_limit = 2;
+    let shutdown = CancellationToken::new();
+    let api = ApiServer::new(Arc::new(store), config, shutdown.clone());
+    let token = api.bootstrap().await.expect("bootstrap").expect("admin token");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let serving = tokio::spawn(wisp_apiserver::serve(api.clone(), listener, shutdown.clone()));
+    // Two clients that never finish their bodies hold both external permits.
+    let mut slow = Vec::new();
+    for i in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST /apis/wisp.dev/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: 500\r\n\r\n{{\"metadata\":{{\"name\":\"slow-{i}\""
+        );
+        s.write_all(head.as_bytes()).await.expect("write");
+        slow.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let external = Client::new(&url, &token);
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(500),
+        external.raw(Method::GET, "/apis/wisp.dev/v1/namespaces", None),
+    )
+    .await;
+    assert!(waiting.is_err(), "a third external request waits for a permit");
+    let internal = api.in_process_client(&url, &token);
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        internal
+            .api::<ConfigMap>(Some("default"))
+            .list(&ListParams::default()),
+    )
+    .await
+    .expect("the in-process client is not held up")
+    .expect("listed");
+    drop(slow);
+    shutdown.cancel();
+    let _ = serving.await;
+}
