@@ -384,7 +384,10 @@ async fn auth_and_namespaces(w: &Wisp, _etcd: Option<&str>) {
             "{path} is open"
         );
     }
-    assert_eq!(api_err(anonymous.raw(Method::GET, "/metrics", None).await).code, 401);
+    assert_eq!(
+        api_err(anonymous.raw(Method::GET, "/metrics", None).await).code,
+        401
+    );
     assert!(admin.raw(Method::GET, "/metrics", None).await.is_ok());
     let blob = anonymous.raw(Method::GET, "/openapi/v3", None).await;
     assert_eq!(api_err(blob).code, 401, "everything else needs a token");
