@@ -2,10 +2,26 @@
 //! (bollard, over the daemon's unix socket, API version negotiated with the daemon). It
 //! implements the [`Sandbox`] trait of `wisp-sandbox` and passes its conformance suite.
 //!
+//! `prepare` follows the spec's [`PullPolicy`] as Kubernetes' `imagePullPolicy` does:
+//! `IfNotPresent` uses a present image or pulls it, `Always` pulls even a present one (a tag
+//! that moved is followed; a failed pull fails), `Never` never pulls and fails with a
+//! [`SandboxError::Fetch`] saying so when the image is absent — also when `create` finds the
+//! image removed since `prepare`, where the other policies pull it again.
+//!
 //! Every container is created locked down: all Linux capabilities dropped (the spec may add
-//! some back), `no-new-privileges`, a pids limit, never privileged, no host mounts but the
-//! pod's own volume directories, on one bridge network per namespace (containers of two
-//! namespaces cannot reach each other), with its ports published on the node's address only.
+//! back only those in [`DockerConfig::allowed_capabilities`], by default
+//! [`DEFAULT_ALLOWED_CAPABILITIES`]; any other is an [`SandboxError::InvalidSpec`]),
+//! `no-new-privileges`, a pids limit, never privileged, no host mounts but the pod's own
+//! volume directories, on one bridge network per namespace (containers of two namespaces
+//! cannot reach each other), with its ports published on the node's address only. A spec
+//! with `run_as_non_root` is refused at `create` (`InvalidSpec`) when it would run as uid 0:
+//! its `user`, else the image's `User` (none, `root` or `0`); a user name other than `root`
+//! cannot be verified and is refused too.
+//!
+//! A namespace's network is created with its first container and removed by `delete` with
+//! its last one (of any owner, in any state); both under a per-user file lock that creating
+//! a container holds shared, so neither breaks a concurrent create.
+//!
 //! Containers carry Wisp labels (pod uid, namespace, container, owner) so an agent adopts
 //! them after a restart; [`DockerConfig::owner`] keeps agents that share one daemon apart.
 //!
@@ -13,6 +29,8 @@
 //! [`SandboxError::Unavailable`] naming the socket, and the next call connects again.
 
 mod names;
+mod network;
+mod policy;
 pub mod testing;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -24,8 +42,7 @@ use std::time::{Duration, SystemTime};
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig,
-    NetworkCreateRequest, PortBinding,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
@@ -35,11 +52,12 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use wisp_sandbox::{
-    Endpoint, ExitStatus, LABEL_NAMESPACE, LogLine, LogOptions, LogStream, Sandbox, SandboxError, SandboxId,
-    SandboxSpec, SandboxStatus, Source, State,
+    Endpoint, ExitStatus, LABEL_NAMESPACE, LogLine, LogOptions, LogStream, PullPolicy, Sandbox, SandboxError,
+    SandboxId, SandboxSpec, SandboxStatus, Source, State,
 };
 
 pub use crate::names::{ImageRef, container_name, network_name};
+pub use crate::policy::DEFAULT_ALLOWED_CAPABILITIES;
 
 /// Label with the agent (node) that owns a container: `list` returns only its own.
 pub const LABEL_OWNER: &str = "wisp.dev/owner";
@@ -72,6 +90,10 @@ pub struct DockerConfig {
     /// How long the daemon may take to start answering one call before it counts as
     /// unreachable (a stop is timed by its grace period instead).
     pub request_timeout: Duration,
+    /// Capabilities a container may add back (`SandboxSpec::capabilities`, with or without
+    /// `CAP_`); `create` refuses any other. [`DEFAULT_ALLOWED_CAPABILITIES`] unless the
+    /// node's admin opts in to more (`NET_RAW`, `MKNOD`, `SETUID`, `SETGID`, `DAC_OVERRIDE`).
+    pub allowed_capabilities: Vec<String>,
 }
 
 impl DockerConfig {
@@ -82,6 +104,10 @@ impl DockerConfig {
             publish_ip: IpAddr::from([127, 0, 0, 1]),
             network_prefix: "wisp-".into(),
             request_timeout: Duration::from_secs(60),
+            allowed_capabilities: DEFAULT_ALLOWED_CAPABILITIES
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect(),
         }
     }
 }
@@ -200,43 +226,6 @@ impl DockerSandbox {
         }
     }
 
-    /// Creates the namespace's bridge network unless it exists. Creation is serialised
-    /// across processes sharing the daemon (Docker before API 1.44 allows duplicate names).
-    async fn ensure_network(&self, docker: &Docker, namespace: &str) -> Result<String, SandboxError> {
-        let name = network_name(&self.inner.config.network_prefix, namespace);
-        let mut known = self.inner.networks.lock().await;
-        if known.contains(&name) {
-            return Ok(name);
-        }
-        let lock = tokio::task::spawn_blocking(names::lock_networks)
-            .await
-            .map_err(|e| SandboxError::Runtime(e.to_string()))?
-            .map_err(|e| SandboxError::Runtime(format!("cannot lock the network lock file: {e}")))?;
-        let none = SandboxId(name.clone());
-        match docker.inspect_network(&name, None).await {
-            Ok(_) => {}
-            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {
-                let request = NetworkCreateRequest {
-                    name: name.clone(),
-                    driver: Some("bridge".into()),
-                    labels: Some(HashMap::from([
-                        (LABEL_NETWORK.to_owned(), "true".to_owned()),
-                        (LABEL_NAMESPACE.to_owned(), namespace.to_owned()),
-                    ])),
-                    ..NetworkCreateRequest::default()
-                };
-                if let Err(e) = docker.create_network(request).await {
-                    return Err(self.fail(&none, e).await);
-                }
-                tracing::info!(network = %name, "created the namespace's bridge network");
-            }
-            Err(e) => return Err(self.fail(&none, e).await),
-        }
-        drop(lock);
-        known.insert(name.clone());
-        Ok(name)
-    }
-
     async fn inspect(&self, id: &SandboxId) -> Result<ContainerInspectResponse, SandboxError> {
         let docker = self.docker().await?;
         match docker.inspect_container(&container_name(id), None).await {
@@ -347,10 +336,17 @@ impl DockerSandbox {
             )));
         };
         let docker = self.docker().await?;
-        match docker.inspect_image(image).await {
-            Ok(_) => return Ok(()),
-            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
-            Err(e) => return Err(self.fail(&spec.id, e).await),
+        // `Always` pulls even a present image (a tag that moved is followed); the others use
+        // a present one, and `Never` fails without it.
+        if spec.pull_policy != PullPolicy::Always {
+            match docker.inspect_image(image).await {
+                Ok(_) => return Ok(()),
+                Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
+                Err(e) => return Err(self.fail(&spec.id, e).await),
+            }
+            if spec.pull_policy == PullPolicy::Never {
+                return Err(policy::never_pulled(image));
+            }
         }
         self.pull(&docker, image).await?;
         match docker.inspect_image(image).await {
@@ -362,25 +358,67 @@ impl DockerSandbox {
         }
     }
 
+    /// Pulls an image that is gone since `prepare`, unless the spec says never to.
+    async fn repull(&self, docker: &Docker, spec: &SandboxSpec, image: &str) -> Result<(), SandboxError> {
+        if spec.pull_policy == PullPolicy::Never {
+            return Err(policy::never_pulled(image));
+        }
+        self.pull(docker, image).await
+    }
+
+    /// The image's configured `User` (empty when it sets none), pulling it again (as the
+    /// spec allows) when it is gone since `prepare`.
+    async fn image_user(
+        &self,
+        docker: &Docker,
+        spec: &SandboxSpec,
+        image: &str,
+    ) -> Result<String, SandboxError> {
+        let found = match docker.inspect_image(image).await {
+            Ok(found) => found,
+            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {
+                self.repull(docker, spec, image).await?;
+                match docker.inspect_image(image).await {
+                    Ok(found) => found,
+                    Err(e) => return Err(self.fail(&spec.id, e).await),
+                }
+            }
+            Err(e) => return Err(self.fail(&spec.id, e).await),
+        };
+        Ok(found.config.and_then(|c| c.user).unwrap_or_default())
+    }
+
     async fn create_container(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
         let Source::Image(image) = &spec.source else {
             return Err(SandboxError::InvalidSpec(
                 "the docker runtime runs OCI images only".into(),
             ));
         };
+        let capabilities = policy::check_capabilities(spec, &self.inner.config.allowed_capabilities)?;
         let docker = self.docker().await?;
+        let image_user = if policy::needs_image_user(spec) {
+            self.image_user(&docker, spec, image).await?
+        } else {
+            String::new()
+        };
+        policy::check_non_root(spec, image, &image_user)?;
         let namespace = spec.labels.get(LABEL_NAMESPACE).map_or("default", String::as_str);
         let options = CreateContainerOptions {
             name: Some(container_name(&spec.id)),
             ..CreateContainerOptions::default()
         };
-        // At most one repair: a network someone removed is created again, an image removed
-        // since `prepare` is pulled again.
+        // At most one repair: an image removed since `prepare` is pulled again (as the pull
+        // policy allows), a network a daemon that checks it at create says is gone is
+        // created again.
         let mut repaired = false;
         loop {
-            let network = self.ensure_network(&docker, namespace).await?;
-            let body = container_body(&self.inner.config, spec, image, &network)?;
-            match docker.create_container(Some(options.clone()), body).await {
+            // The network exists and stays while the container is created on it (Docker
+            // 20.10 creates a container on a missing network; only its start fails).
+            let (network, in_use) = self.network_in_use(&docker, namespace).await?;
+            let body = container_body(&self.inner.config, spec, &capabilities, image, &network)?;
+            let created = docker.create_container(Some(options.clone()), body).await;
+            drop(in_use);
+            match created {
                 Ok(_) => return Ok(()),
                 Err(DockerError::DockerResponseServerError { status_code: 409, .. }) => {
                     return Err(SandboxError::AlreadyExists(spec.id.clone()));
@@ -394,7 +432,7 @@ impl DockerSandbox {
                         tracing::info!(network = %network, "the namespace's network is gone; creating it again");
                         self.inner.networks.lock().await.remove(&network);
                     } else {
-                        self.pull(&docker, image).await?;
+                        self.repull(&docker, spec, image).await?;
                     }
                 }
                 Err(DockerError::DockerResponseServerError {
@@ -542,6 +580,7 @@ impl DockerSandbox {
 fn container_body(
     config: &DockerConfig,
     spec: &SandboxSpec,
+    capabilities: &[String],
     image: &str,
     network: &str,
 ) -> Result<ContainerCreateBody, SandboxError> {
@@ -588,7 +627,7 @@ fn container_body(
     let host_config = HostConfig {
         privileged: Some(false),
         cap_drop: Some(vec!["ALL".into()]),
-        cap_add: (!spec.capabilities.is_empty()).then(|| spec.capabilities.clone()),
+        cap_add: (!capabilities.is_empty()).then(|| capabilities.to_vec()),
         security_opt: Some(vec!["no-new-privileges".into()]),
         readonly_rootfs: Some(spec.read_only_root),
         memory,
@@ -805,17 +844,22 @@ impl Sandbox for DockerSandbox {
 
     fn delete<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, wisp_sandbox::Result<()>> {
         async move {
-            self.inspect(id).await?;
+            let c = self.inspect(id).await?;
             let docker = self.docker().await?;
             let options = RemoveContainerOptions {
                 force: true,
                 v: true,
                 link: false,
             };
-            match docker.remove_container(&container_name(id), Some(options)).await {
-                Ok(()) => Ok(()),
-                Err(e) => Err(self.fail(id, e).await),
+            if let Err(e) = docker.remove_container(&container_name(id), Some(options)).await {
+                return Err(self.fail(id, e).await);
             }
+            // The namespace's network goes with its last container.
+            let network = c.host_config.as_ref().and_then(|h| h.network_mode.as_deref());
+            if let Some(network) = network.filter(|n| !n.is_empty()) {
+                self.release_network(&docker, network).await;
+            }
+            Ok(())
         }
         .boxed()
     }

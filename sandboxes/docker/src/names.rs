@@ -73,9 +73,11 @@ impl ImageRef {
     }
 }
 
-/// Holds an exclusive lock on a file shared by every Wisp process on this machine, while
-/// networks are looked up and created.
-pub(crate) fn lock_networks() -> std::io::Result<std::fs::File> {
+/// Holds a lock on a file shared by every Wisp process of this user on this machine:
+/// exclusive while a namespace network is looked up and created or checked and removed,
+/// shared while a container is created on one (so a network is never removed between the
+/// check that it exists and the container that uses it).
+pub(crate) fn lock_networks(exclusive: bool) -> std::io::Result<std::fs::File> {
     // One lock file per user: another user's file in a sticky /tmp cannot be opened.
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -91,7 +93,11 @@ pub(crate) fn lock_networks() -> std::io::Result<std::fs::File> {
         .truncate(false)
         .write(true)
         .open(path)?;
-    file.lock()?;
+    if exclusive {
+        file.lock()?;
+    } else {
+        file.lock_shared()?;
+    }
     Ok(file)
 }
 

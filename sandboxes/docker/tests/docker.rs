@@ -1,7 +1,8 @@
 //! What the Docker runtime adds to the conformance suite, against the real engine: the
-//! container is locked down, namespaces are isolated, OOM kills are reported, ports are
-//! published on the node address, images are pulled from a real registry, and a daemon that
-//! is down answers `Unavailable` until it is back.
+//! container is locked down, namespaces are isolated, a namespace's network goes with its
+//! last container, OOM kills are reported, ports are published on the node address, images
+//! are pulled from a real registry, and a daemon that is down answers `Unavailable` until it
+//! is back.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -310,4 +311,125 @@ async fn a_daemon_that_is_down_is_unavailable_until_it_returns() {
         .expect("join")
         .expect("wait");
     assert_ne!(exit.exit_code, 0);
+}
+
+fn network_exists(name: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["network", "inspect", name])
+        .output()
+        .expect("network inspect")
+        .status
+        .success()
+}
+
+async fn stop_and_delete(s: &DockerSandbox, id: &SandboxId) {
+    s.stop(id, Duration::from_secs(5)).await.expect("stop");
+    s.delete(id).await.expect("delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_network_goes_with_its_last_container() {
+    let Some((s, mut cleanup)) = setup("network_gc") else {
+        return;
+    };
+    let namespace = testing::unique_owner("gc");
+    let network = wisp_sandbox_docker::network_name("wisp-", &namespace);
+    cleanup.networks.push(network.clone());
+    let sleeper = |pod: &str| spec(pod, &namespace, &["sleep", pod]);
+
+    // One container: deleting it removes the network.
+    let a = sleeper("uid-gc-a");
+    run(&s, &a).await;
+    assert!(network_exists(&network), "created with the first container");
+    stop_and_delete(&s, &a.id).await;
+    assert!(
+        !network_exists(&network),
+        "{network} is gone with its last container"
+    );
+
+    // Two: deleting one leaves it to the other, deleting both removes it.
+    let (b, c) = (sleeper("uid-gc-b"), sleeper("uid-gc-c"));
+    run(&s, &b).await;
+    run(&s, &c).await;
+    stop_and_delete(&s, &b.id).await;
+    assert!(network_exists(&network), "{c:?} still uses {network}", c = c.id);
+    assert!(matches!(
+        s.status(&c.id).await.expect("status").state,
+        State::Running { .. }
+    ));
+    // A container of another owner counts as well.
+    let other = DockerSandbox::new(DockerConfig::new(format!("{}-other", cleanup.owner)));
+    let _other_cleanup = Cleanup::new(&other.config().owner);
+    let d = sleeper("uid-gc-d");
+    run(&other, &d).await;
+    stop_and_delete(&s, &c.id).await;
+    assert!(
+        network_exists(&network),
+        "another owner's container still uses {network}"
+    );
+    stop_and_delete(&other, &d.id).await;
+    assert!(
+        !network_exists(&network),
+        "{network} is gone with its last container"
+    );
+
+    // Regression: a created, never started container is on no network yet as far as the
+    // network's own list says, but removing the network would make its start fail.
+    let (e, f) = (sleeper("uid-gc-e"), sleeper("uid-gc-f"));
+    s.prepare(&e).await.expect("prepare");
+    s.create(&e).await.expect("create");
+    run(&s, &f).await;
+    stop_and_delete(&s, &f.id).await;
+    assert!(
+        network_exists(&network),
+        "a created container still names {network}"
+    );
+    s.start(&e.id)
+        .await
+        .expect("the created container starts on its network");
+    stop_and_delete(&s, &e.id).await;
+    assert!(
+        !network_exists(&network),
+        "{network} is gone with its last container"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_and_deletes_racing_in_one_namespace_all_succeed() {
+    let Some((s, mut cleanup)) = setup("network_race") else {
+        return;
+    };
+    let namespace = testing::unique_owner("race");
+    cleanup
+        .networks
+        .push(wisp_sandbox_docker::network_name("wisp-", &namespace));
+    // Two runtimes (as two agents sharing the daemon would), each creating, starting and
+    // deleting containers in the same namespace: a network removed under one's feet fails
+    // its create or its start.
+    let owners = [
+        s,
+        DockerSandbox::new(DockerConfig::new(format!("{}-2", cleanup.owner))),
+    ];
+    let _second = Cleanup::new(&owners[1].config().owner);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, runtime) in owners.into_iter().enumerate() {
+        let namespace = namespace.clone();
+        tasks.spawn(async move {
+            for round in 0..4 {
+                let pod = format!("uid-race-{n}-{round}");
+                let spec = spec(&pod, &namespace, &["exit", "0", &pod]);
+                run(&runtime, &spec).await;
+                assert_eq!(runtime.wait(&spec.id).await.expect("wait").exit_code, 0);
+                runtime.delete(&spec.id).await.expect("delete");
+            }
+        });
+    }
+    // A lock taken in the wrong order would hang here: bounded.
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(done) = tasks.join_next().await {
+            done.expect("every round succeeds");
+        }
+    })
+    .await
+    .expect("no deadlock between creates and deletes");
 }
