@@ -4,8 +4,10 @@
 # -O pooling-allocator` (wasmtime-cli 48.0.8), both driven by the same wrk command.
 #
 #   tests/bench/warm.sh            # WISP_BENCH_SECONDS=10 WISP_BENCH_CONNECTIONS="1 16 64"
-#                                  # WISP_BENCH_ROUNDS=3 (alternating pairs; the median ratio)
+#                                  # WISP_BENCH_ROUNDS=3 (alternating rounds; the median ratio)
 #   WISP_WASM_PAGEMAP_RESET=false tests/bench/warm.sh  # wisp up resetting pool slots by memset
+#   WISP_BENCH_BASELINE=/path/to/an/older/wisp tests/bench/warm.sh
+#                                  # also that build's `wisp up`, in the same rounds: new ÷ old
 #
 # Needs wrk (apt) and wasmtime-cli (installed with cargo when missing). Prints a Markdown table.
 set -euo pipefail
@@ -14,6 +16,7 @@ secs="${WISP_BENCH_SECONDS:-10}"
 conns="${WISP_BENCH_CONNECTIONS:-1 16 64}"
 rounds="${WISP_BENCH_ROUNDS:-3}"
 target="${CARGO_TARGET_DIR:-$PWD/target}"
+baseline="${WISP_BENCH_BASELINE:-}"
 
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 command -v wasmtime >/dev/null || cargo install wasmtime-cli --version 48.0.8 --locked
@@ -27,21 +30,30 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-# wisp up, a Function at minScale 1.
-ingress_port="$(free_port)"
-export WISP_CONFIG="$tmp/config" WISP_LOG=warn
-"$target/release/wisp" up --listen 127.0.0.1:0 --data-dir "$tmp/data" --node-name bench \
-  --ingress-listen "127.0.0.1:$ingress_port" >"$tmp/wisp.out" 2>"$tmp/wisp.err" &
-pids+=($!)
-for _ in $(seq 100); do [ -s "$WISP_CONFIG" ] && break; sleep 0.1; done
-sed -e 's/minScale: 0/minScale: 1/' -e "s|wasm: .*|wasm: $hello|" examples/hello/function.yaml >"$tmp/function.yaml"
-"$target/release/wisp" apply -f "$tmp/function.yaml" >/dev/null
-for _ in $(seq 300); do
-  code="$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: hello.default.localhost' "http://127.0.0.1:$ingress_port/" || true)"
-  [ "$code" = 200 ] && break
-  sleep 0.1
-done
-[ "$code" = 200 ] || { echo "wisp's ingress never answered 200 (last: $code)" >&2; cat "$tmp/wisp.err" >&2; exit 1; }
+# `wisp up` of binary $1 in $tmp/$2, a Function at minScale 1; prints its ingress port.
+start_wisp() {
+  local bin="$1" dir="$tmp/$2" port
+  port="$(free_port)"
+  mkdir -p "$dir"
+  WISP_CONFIG="$dir/config" WISP_LOG=warn "$bin" up --listen 127.0.0.1:0 --data-dir "$dir/data" \
+    --node-name "bench-$2" --ingress-listen "127.0.0.1:$port" --docker false >"$dir/wisp.out" 2>"$dir/wisp.err" &
+  pids+=($!)
+  for _ in $(seq 100); do [ -s "$dir/config" ] && break; sleep 0.1; done
+  sed -e 's/minScale: 0/minScale: 1/' -e "s|wasm: .*|wasm: $hello|" examples/hello/function.yaml >"$dir/function.yaml"
+  WISP_CONFIG="$dir/config" "$bin" apply -f "$dir/function.yaml" >/dev/null
+  local code=""
+  for _ in $(seq 300); do
+    code="$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: hello.default.localhost' "http://127.0.0.1:$port/" || true)"
+    [ "$code" = 200 ] && break
+    sleep 0.1
+  done
+  [ "$code" = 200 ] || { echo "$bin: the ingress never answered 200 (last: $code)" >&2; cat "$dir/wisp.err" >&2; exit 1; }
+  echo "$port"
+}
+
+ingress_port="$(start_wisp "$target/release/wisp" new)"
+base_port=""
+[ -n "$baseline" ] && base_port="$(start_wisp "$baseline" base)"
 
 # wasmtime serve.
 serve_port="$(free_port)"
@@ -57,30 +69,54 @@ run_wrk() { # url conns -> "req/s p50 p99"
   p99="$(awk '$1=="99%" {print $2}' "$tmp/wrk.out")"
   echo "$rps $p50 $p99"
 }
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+median() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(f'{statistics.median(v):.2f}× ({min(v):.2f}–{max(v):.2f}×)')" "$@"; }
 
-echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); cpus: $(nproc); wrk -t1 -d${secs}s; $(wasmtime --version); wisp up --wasm-pagemap-reset=${WISP_WASM_PAGEMAP_RESET:-true}"
+echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); cpus: $(nproc); wrk -t1 -d${secs}s; $(wasmtime --version); wisp up --wasm-pagemap-reset=${WISP_WASM_PAGEMAP_RESET:-true}${baseline:+; baseline: $baseline}"
 echo
-echo "| connections | round | wisp ingress req/s | p50 | p99 | wasmtime serve req/s | p50 | p99 | wisp ÷ wasmtime |"
-echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+if [ -n "$baseline" ]; then
+  echo "| connections | round | wisp req/s | p50 | p99 | baseline req/s | p50 | p99 | wasmtime serve req/s | wisp ÷ wasmtime | wisp ÷ baseline |"
+  echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+else
+  echo "| connections | round | wisp ingress req/s | p50 | p99 | wasmtime serve req/s | p50 | p99 | wisp ÷ wasmtime |"
+  echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+fi
 summary=()
 for c in $conns; do
   ratios=()
+  vs_base=()
   for r in $(seq "$rounds"); do
-    # Alternate which server goes first: the machine's drift then falls on both.
-    if ((r % 2)); then
-      read -r w_rps w_p50 w_p99 <<<"$(run_wrk "http://127.0.0.1:$ingress_port/" "$c")"
-      read -r s_rps s_p50 s_p99 <<<"$(run_wrk "http://127.0.0.1:$serve_port/" "$c")"
+    # Rotate which server goes first: the machine's drift then falls on all of them.
+    order=(new serve)
+    [ -n "$baseline" ] && order=(new base serve)
+    shift_by=$(((r - 1) % ${#order[@]}))
+    order=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
+    for who in "${order[@]}"; do
+      case "$who" in
+        new) read -r w_rps w_p50 w_p99 <<<"$(run_wrk "http://127.0.0.1:$ingress_port/" "$c")" ;;
+        base) read -r b_rps b_p50 b_p99 <<<"$(run_wrk "http://127.0.0.1:$base_port/" "$c")" ;;
+        serve) read -r s_rps s_p50 s_p99 <<<"$(run_wrk "http://127.0.0.1:$serve_port/" "$c")" ;;
+      esac
+    done
+    ratios+=("$(ratio "$w_rps" "$s_rps")")
+    if [ -n "$baseline" ]; then
+      vs_base+=("$(ratio "$w_rps" "$b_rps")")
+      echo "| $c | $r | $w_rps | $w_p50 | $w_p99 | $b_rps | $b_p50 | $b_p99 | $s_rps | ${ratios[-1]}× | ${vs_base[-1]}× |"
     else
-      read -r s_rps s_p50 s_p99 <<<"$(run_wrk "http://127.0.0.1:$serve_port/" "$c")"
-      read -r w_rps w_p50 w_p99 <<<"$(run_wrk "http://127.0.0.1:$ingress_port/" "$c")"
+      echo "| $c | $r | $w_rps | $w_p50 | $w_p99 | $s_rps | $s_p50 | $s_p99 | ${ratios[-1]}× |"
     fi
-    ratio="$(python3 -c "print(f'{$w_rps/$s_rps:.2f}')")"
-    ratios+=("$ratio")
-    echo "| $c | $r | $w_rps | $w_p50 | $w_p99 | $s_rps | $s_p50 | $s_p99 | ${ratio}× |"
   done
-  summary+=("$c $(python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(f'{statistics.median(v):.2f}× ({min(v):.2f}–{max(v):.2f}×)')" "${ratios[@]}")")
+  line="$c $(median "${ratios[@]}")"
+  [ -n "$baseline" ] && line="$line|$(median "${vs_base[@]}")"
+  summary+=("$line")
 done
 echo
-echo "| connections | wisp ÷ wasmtime, median of $rounds rounds (range) |"
-echo "| ---: | ---: |"
-for line in "${summary[@]}"; do echo "| ${line%% *} | ${line#* } |"; done
+if [ -n "$baseline" ]; then
+  echo "| connections | wisp ÷ wasmtime, median of $rounds rounds (range) | wisp ÷ baseline |"
+  echo "| ---: | ---: | ---: |"
+  for line in "${summary[@]}"; do rest="${line#* }"; echo "| ${line%% *} | ${rest%%|*} | ${rest#*|} |"; done
+else
+  echo "| connections | wisp ÷ wasmtime, median of $rounds rounds (range) |"
+  echo "| ---: | ---: |"
+  for line in "${summary[@]}"; do echo "| ${line%% *} | ${line#* } |"; done
+fi

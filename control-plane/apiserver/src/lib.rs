@@ -253,6 +253,11 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Marks a request of the in-process client: the control plane's own components, which have
+/// permits of their own and no per-token budget.
+#[derive(Clone, Copy, Debug)]
+struct InProcess;
+
 /// A request as it reaches routing: who sends it and how it came in.
 struct Caller {
     principal: Principal,
@@ -407,8 +412,9 @@ impl ApiServer {
     /// server listens, for those who hand the address on.
     pub fn in_process_client(&self, url: &str, token: &str) -> wisp_client::Client {
         let this = self.clone();
-        let handler: wisp_client::LocalHandler = Arc::new(move |req| {
+        let handler: wisp_client::LocalHandler = Arc::new(move |mut req| {
             let this = this.clone();
+            req.extensions_mut().insert(InProcess);
             Box::pin(async move {
                 // Closed only if the semaphore is, which it never is.
                 let _permit = this.state.internal_limit.clone().acquire_owned().await.ok();
@@ -461,7 +467,11 @@ impl ApiServer {
         let principal = self.state.auth.authenticate_digest(&token_key).await?;
         let query = query_map(req.uri().query());
         let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
-        let _slot = self.state.fairness.admit(&principal, &token_key, watching)?;
+        let _slot = if req.extensions().get::<InProcess>().is_some() {
+            None
+        } else {
+            self.state.fairness.admit(&principal, &token_key, watching)?
+        };
         let caller = Caller {
             principal,
             authorization,

@@ -97,10 +97,6 @@ pub struct UpArgs {
     /// on `<name>.<ns>.<cluster domain>` by default.
     #[arg(long, env = "WISP_CLUSTER_DOMAIN", default_value = "localhost")]
     pub cluster_domain: String,
-    /// Capabilities containers may add beyond the safe default set (NET_RAW, MKNOD, SETUID,
-    /// SETGID, DAC_OVERRIDE), comma-separated.
-    #[arg(long, env = "WISP_ALLOW_CAPABILITIES", value_delimiter = ',')]
-    pub allow_capabilities: Vec<String>,
     /// Largest Wasm component (blob) an upload may be, in MiB.
     #[arg(long, env = "WISP_BLOB_LIMIT_MB", default_value_t = 256)]
     pub blob_limit_mb: u64,
@@ -176,6 +172,11 @@ pub struct NodeOptions {
     /// The Docker daemon's unix socket [default: $DOCKER_HOST's, else /var/run/docker.sock].
     #[arg(long, env = "WISP_DOCKER_SOCKET")]
     pub docker_socket: Option<PathBuf>,
+    /// Capabilities containers may add beyond the safe default set (of NET_RAW, MKNOD,
+    /// SETUID, SETGID, DAC_OVERRIDE), comma-separated: admitted by the API server (`up`,
+    /// `server`) and allowed by the node's Docker runtime (`up`, `node`).
+    #[arg(long, env = "WISP_ALLOW_CAPABILITIES", value_delimiter = ',')]
+    pub allow_capabilities: Vec<String>,
     /// Address ranges (CIDR, comma-separated) Wasm guests may call although they are
     /// loopback, link-local or private; the node's own listeners stay refused.
     #[arg(long, env = "WISP_ALLOW_EGRESS", value_delimiter = ',')]

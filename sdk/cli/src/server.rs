@@ -28,6 +28,30 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     Box::pin(self::server(server, true)).await
 }
 
+/// `--allow-capabilities`, normalised (`NET_RAW`), each one of the opt-in set.
+fn opt_in_capabilities(opts: &NodeOptions) -> anyhow::Result<Vec<String>> {
+    let caps: Vec<String> = opts
+        .allow_capabilities
+        .iter()
+        .map(|c| {
+            c.trim()
+                .to_ascii_uppercase()
+                .trim_start_matches("CAP_")
+                .to_owned()
+        })
+        .filter(|c| !c.is_empty())
+        .collect();
+    for cap in &caps {
+        if !wisp_api::OPT_IN_CAPABILITIES.contains(&cap.as_str()) {
+            bail!(
+                "--allow-capabilities {cap}: only {} can be allowed",
+                wisp_api::OPT_IN_CAPABILITIES.join(", ")
+            );
+        }
+    }
+    Ok(caps)
+}
+
 /// The agent's configuration from its flags.
 fn agent_config(opts: &NodeOptions, data_dir: PathBuf) -> anyhow::Result<wisp_node::AgentConfig> {
     let name = opts.node_name.clone().unwrap_or_else(wisp_node::node::hostname);
@@ -58,6 +82,7 @@ fn agent_config(opts: &NodeOptions, data_dir: PathBuf) -> anyhow::Result<wisp_no
         // Container ports are published on loopback, where only this node (its ingress and
         // agent) reaches them; other nodes come through this node's ingress.
         docker.publish_ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        docker.allowed_capabilities.extend(opt_in_capabilities(opts)?);
         c.docker = Some(docker);
     }
     for cidr in &opts.allow_egress {
@@ -249,21 +274,7 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
     let mut config = wisp_apiserver::Config::new(dir.join("blobs"));
     config.bookmark_interval = Duration::from_millis(args.up.bookmark_ms.max(1));
     config.cluster_domain = args.up.cluster_domain.clone();
-    config.allowed_capabilities = args
-        .up
-        .allow_capabilities
-        .iter()
-        .map(|c| c.trim().trim_start_matches("CAP_").to_ascii_uppercase())
-        .filter(|c| !c.is_empty())
-        .collect();
-    for cap in &config.allowed_capabilities {
-        if !wisp_api::OPT_IN_CAPABILITIES.contains(&cap.as_str()) {
-            bail!(
-                "--allow-capabilities {cap}: only {} can be allowed",
-                wisp_api::OPT_IN_CAPABILITIES.join(", ")
-            );
-        }
-    }
+    config.allowed_capabilities = opt_in_capabilities(&args.up.node)?;
     config.blob_limit = args.up.blob_limit_mb.max(1) << 20;
     config.blob_grace = Duration::from_secs(args.up.blob_grace_seconds);
     config.blob_gc_interval = Duration::from_secs((args.up.blob_grace_seconds / 6).clamp(1, 600));
@@ -431,6 +442,18 @@ mod tests {
         let opts = Opts::try_parse_from(std::iter::once("wisp").chain(args.iter().copied()))
             .expect("arguments parse");
         agent_config(&opts.node, PathBuf::from("/nonexistent")).expect("agent config")
+    }
+
+    #[test]
+    fn opt_in_capabilities_reach_the_nodes_docker_runtime_and_nothing_else_does() {
+        let docker = |args: &[&str]| config(args).docker.expect("docker on").allowed_capabilities;
+        let default = docker(&["--node-name", "n"]);
+        assert!(!default.iter().any(|c| c == "NET_RAW"), "{default:?}");
+        let allowed = docker(&["--node-name", "n", "--allow-capabilities", "cap_net_raw,MKNOD"]);
+        assert!(allowed.iter().any(|c| c == "NET_RAW") && allowed.iter().any(|c| c == "MKNOD"));
+        let opts = Opts::try_parse_from(["wisp", "--allow-capabilities", "SYS_ADMIN"]).expect("parse");
+        let err = agent_config(&opts.node, PathBuf::from("/nonexistent")).expect_err("refused");
+        assert!(err.to_string().contains("SYS_ADMIN"), "{err}");
     }
 
     #[test]
