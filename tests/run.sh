@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of Wisp on a fresh Debian machine: installs what is missing
 # (etcd-server for the etcd store tests, protobuf-compiler and libprotobuf-dev for the etcd
-# client, docker-registry for the image pull tests), builds the guest components and the
+# client, docker-registry for the image pull tests, schemathesis from PyPI in a venv for the
+# API fuzz test), builds the guest components and the
 # example container image, then rustfmt, clippy, and the whole test suite (unit, conformance
 # on embedded + real etcd, the Docker sandbox on the real engine, end-to-end against the
 # real `wisp` binary). The Docker engine itself must be running: with CI set (this script
@@ -17,6 +18,8 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 # The CNCF distribution registry, started by the image pull tests on a loopback port.
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+# The API fuzz test's schemathesis lives in a venv: python3 -m venv needs ensurepip (python3-venv).
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo
@@ -45,6 +48,14 @@ echo "== clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== build (the e2e tests run the real wisp binary)"
 cargo build --workspace --all-features --bins
+echo "== schemathesis (the API fuzz test, tests/fuzz)"
+fuzz_venv="${CARGO_TARGET_DIR:-target}/fuzz-venv"
+if ! "$fuzz_venv/bin/st" --version 2>/dev/null | grep -qF 'version 4.32.5'; then
+  python3 -m venv "$fuzz_venv"
+  "$fuzz_venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis==4.32.5'
+fi
+WISP_SCHEMATHESIS="$(cd "$fuzz_venv" && pwd)/bin/st"
+export WISP_SCHEMATHESIS
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-features --no-fail-fast

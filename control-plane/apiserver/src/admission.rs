@@ -126,7 +126,28 @@ async fn admit_pod_spec(
         return Ok(());
     };
     let field = path.join(".");
-    if let Principal::Namespace { .. } = principal {
+    // A pod's spec is fixed once it exists, but for its binding: changing what runs, or what
+    // it asks for, under a pod already bound would bypass the scheduler's fit.
+    if target.kind.plural == "pods"
+        && let Some(before) = existing.and_then(|e| pod_spec(e, "pods"))
+    {
+        let bound_once = before.node_name.is_none() || before.node_name == spec.node_name;
+        let mut a = before.clone();
+        let mut b = spec.clone();
+        a.node_name = None;
+        b.node_name = None;
+        if a != b || !bound_once {
+            return Err(invalid(
+                obj,
+                vec![FieldError::new(
+                    "spec",
+                    "a pod's spec cannot change once it is created (only spec.nodeName, set once when \
+                     the pod is bound); create a new pod instead",
+                )],
+            ));
+        }
+    }
+    if let Principal::Namespace { namespace_uid, .. } = principal {
         let before = existing
             .and_then(|e| pod_spec(e, target.kind.plural))
             .and_then(|s| s.node_name);
@@ -142,7 +163,7 @@ async fn admit_pod_spec(
         let mut errs = Vec::new();
         for (i, c) in spec.containers.iter().enumerate() {
             let Some(digest) = c.wasm.as_deref() else { continue };
-            if !crate::blobs::namespace_has(state, ns, digest).await? {
+            if !crate::blobs::namespace_has(state, ns, namespace_uid, digest).await? {
                 errs.push(FieldError::new(
                     format!("{field}.containers[{i}].wasm"),
                     format!(

@@ -38,6 +38,13 @@ pub enum Principal {
     /// A node agent and its ingress: its own Node and Lease, the status of the pods bound
     /// to it, and what they need to read.
     Node { node: String },
+    /// What the autoscaler shows the nodes' ingresses to read their `/.wisp/stats`: the API
+    /// answers it nothing but `whoami` (a node that keeps it gains nothing).
+    Scraper,
+    /// A ticket the API server mints for one log request and hands the pod's node agent:
+    /// it may read that one pod and nothing else (never the caller's own token).
+    #[serde(rename_all = "camelCase")]
+    PodLogs { namespace: String, pod: String },
 }
 
 impl Principal {
@@ -67,6 +74,19 @@ impl Principal {
             Principal::Admin => "the cluster admin".into(),
             Principal::Namespace { namespace, .. } => format!("a token of namespace {namespace:?}"),
             Principal::Node { node } => format!("the credential of node {node:?}"),
+            Principal::Scraper => "the ingress statistics credential".into(),
+            Principal::PodLogs { namespace, pod } => format!("the log ticket of pod {namespace}/{pod}"),
+        }
+    }
+
+    /// The kind's name, as `whoami` and `wisp token list` say it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Principal::Admin => "admin",
+            Principal::Namespace { .. } => "namespace",
+            Principal::Node { .. } => "node",
+            Principal::Scraper => "scraper",
+            Principal::PodLogs { .. } => "podLogs",
         }
     }
 }
@@ -131,14 +151,16 @@ pub const TOKEN_ID_LEN: usize = 16;
 
 impl TokenInfo {
     fn of(digest: &str, r: &Record) -> Self {
-        let (kind, namespace, node) = match &r.principal {
-            Principal::Admin => ("admin", None, None),
-            Principal::Namespace { namespace, .. } => ("namespace", Some(namespace.clone()), None),
-            Principal::Node { node } => ("node", None, Some(node.clone())),
+        let (namespace, node) = match &r.principal {
+            Principal::Namespace { namespace, .. } | Principal::PodLogs { namespace, .. } => {
+                (Some(namespace.clone()), None)
+            }
+            Principal::Node { node } => (None, Some(node.clone())),
+            Principal::Admin | Principal::Scraper => (None, None),
         };
         Self {
             id: digest.chars().take(TOKEN_ID_LEN).collect(),
-            kind: kind.into(),
+            kind: r.principal.kind().into(),
             namespace,
             node,
             created_at: r.created_at.clone(),
@@ -152,6 +174,9 @@ struct Cached {
     expires: Option<jiff::Timestamp>,
     /// When the store last confirmed it (`None`: lives only in this process).
     checked: Option<Instant>,
+    /// Good only for requests of this process's own components (the in-process client),
+    /// never over the network: the control plane's own admin and node tokens.
+    in_process_only: bool,
 }
 
 /// Token verification with a cache of known tokens.
@@ -193,27 +218,31 @@ impl Auth {
         }
     }
 
-    /// Check an `Authorization` header value.
+    /// Check an `Authorization` header value (of a request from the network).
     pub async fn authenticate(&self, header: Option<&str>) -> Result<Principal, ApiError> {
         let token = bearer(header)?;
-        self.authenticate_digest(&digest(token)).await
+        self.authenticate_digest(&digest(token), false).await
     }
 
-    /// Check a token by its digest.
-    pub async fn authenticate_digest(&self, key: &str) -> Result<Principal, ApiError> {
+    /// Check a token by its digest; `in_process`: the request comes from this process's own
+    /// components (which alone may use the in-process admin and node tokens).
+    pub async fn authenticate_digest(&self, key: &str, in_process: bool) -> Result<Principal, ApiError> {
         let now = jiff::Timestamp::now();
         let cached = self.cache.read().ok().and_then(|c| {
             c.get(key).map(|e| {
                 let fresh = e.checked.is_none_or(|t| t.elapsed() < RECHECK);
-                (e.principal.clone(), e.expires, fresh)
+                (e.principal.clone(), e.expires, fresh, e.in_process_only)
             })
         });
         let principal = match cached {
-            Some((_, Some(expires), _)) if expires <= now => {
+            Some((_, _, _, true)) if !in_process => {
+                return Err(ApiError::Unauthorized("invalid bearer token".into()));
+            }
+            Some((_, Some(expires), _, _)) if expires <= now => {
                 self.forget(key);
                 return Err(ApiError::Unauthorized(format!("this token expired at {expires}")));
             }
-            Some((p, _, true)) => p,
+            Some((p, _, true, _)) => p,
             _ => self.load(key, now).await?,
         };
         if let Principal::Namespace {
@@ -250,6 +279,7 @@ impl Auth {
                     principal: record.principal.clone(),
                     expires,
                     checked: Some(Instant::now()),
+                    in_process_only: false,
                 },
             );
         }
@@ -318,20 +348,61 @@ impl Auth {
         Ok((token, TokenInfo::of(&key, &record)))
     }
 
-    /// A token for `principal` that lives only in this process (never stored): for the
-    /// components `wisp up` runs in-process, which must still go through the API.
+    /// A token for `principal` that lives only in this process (never stored) and is good
+    /// only for requests of the in-process client: for the components `wisp up` runs in
+    /// process, which must still go through the API. Refused over the network, so a copy
+    /// that leaks (it is never sent anywhere) is worth nothing.
     pub fn issue_ephemeral(&self, principal: Principal) -> Result<String, ApiError> {
+        self.remember(principal, None, true)
+    }
+
+    /// A memory-only token good over the network too, expiring after `ttl` if given: for
+    /// principals that may reach other processes and can do next to nothing
+    /// ([`Principal::Scraper`], [`Principal::PodLogs`]).
+    pub fn issue_ticket(&self, principal: Principal, ttl: Option<Duration>) -> Result<String, ApiError> {
+        if matches!(
+            principal,
+            Principal::Admin | Principal::Node { .. } | Principal::Namespace { .. }
+        ) {
+            return Err(ApiError::Internal(format!(
+                "a ticket is never minted for {}",
+                principal.scope()
+            )));
+        }
+        let expires = match ttl {
+            Some(ttl) => Some(
+                jiff::SignedDuration::try_from(ttl)
+                    .ok()
+                    .and_then(|d| jiff::Timestamp::now().checked_add(d).ok())
+                    .ok_or_else(|| ApiError::Internal("ticket lifetime too long".into()))?,
+            ),
+            None => None,
+        };
+        self.remember(principal, expires, false)
+    }
+
+    fn remember(
+        &self,
+        principal: Principal,
+        expires: Option<jiff::Timestamp>,
+        in_process_only: bool,
+    ) -> Result<String, ApiError> {
         let token = new_token()?;
         let mut cache = self
             .cache
             .write()
             .map_err(|_| ApiError::Internal("token cache poisoned".into()))?;
+        if cache.len() > 10_000 {
+            let now = jiff::Timestamp::now();
+            cache.retain(|_, e| e.expires.is_none_or(|t| t > now));
+        }
         cache.insert(
             digest(&token),
             Cached {
                 principal,
-                expires: None,
+                expires,
                 checked: None,
+                in_process_only,
             },
         );
         Ok(token)

@@ -142,6 +142,19 @@ pub fn authorize(
             Ok(Decision::Allow)
         }
         Principal::Node { node } => node_rules(node, verb, target, subresource, deny),
+        Principal::Scraper => deny("this credential only reads the ingresses' statistics"),
+        Principal::PodLogs { namespace, pod } => {
+            if verb == Verb::Get
+                && subresource.is_none()
+                && target.kind.plural == "pods"
+                && ns == Some(namespace.as_str())
+                && target.name.as_deref() == Some(pod.as_str())
+            {
+                Ok(Decision::Allow)
+            } else {
+                deny("a log ticket reads its one pod")
+            }
+        }
     }
 }
 
@@ -338,5 +351,21 @@ mod tests {
             ok(Verb::Update, &t("deployments", Some("team-a"), Some("d")), None),
             Ok(Decision::AllowIf(Condition::WakeFromZero))
         );
+    }
+
+    #[test]
+    fn tickets_and_the_scraper_credential_can_do_next_to_nothing() {
+        let s = Principal::Scraper;
+        assert!(authorize(&s, Verb::Get, &t("pods", Some("a"), Some("p")), None).is_err());
+        assert!(authorize(&s, Verb::List, &t("nodes", None, None), None).is_err());
+        let l = Principal::PodLogs {
+            namespace: "a".into(),
+            pod: "p".into(),
+        };
+        assert!(authorize(&l, Verb::Get, &t("pods", Some("a"), Some("p")), None).is_ok());
+        assert!(authorize(&l, Verb::Get, &t("pods", Some("a"), Some("q")), None).is_err());
+        assert!(authorize(&l, Verb::Get, &t("pods", Some("b"), Some("p")), None).is_err());
+        assert!(authorize(&l, Verb::Update, &t("pods", Some("a"), Some("p")), Some("status")).is_err());
+        assert!(authorize(&l, Verb::Get, &t("secrets", Some("a"), Some("p")), None).is_err());
     }
 }

@@ -40,6 +40,10 @@ pub struct BlobStore {
 struct Ref {
     size: u64,
     created_at: String,
+    /// The uid of the namespace that uploaded it: a namespace re-created with the same name
+    /// does not inherit the old one's blobs.
+    #[serde(default)]
+    namespace_uid: String,
 }
 
 /// Parse `sha256:<64 lowercase hex>` into the hex part.
@@ -221,15 +225,21 @@ impl BlobStore {
     }
 }
 
-/// Whether namespace `ns` uploaded blob `digest`.
-pub(crate) async fn namespace_has(state: &State, ns: &str, digest: &str) -> Result<bool, ApiError> {
+/// Whether namespace `ns` (with uid `uid`) uploaded blob `digest`.
+pub(crate) async fn namespace_has(
+    state: &State,
+    ns: &str,
+    uid: &str,
+    digest: &str,
+) -> Result<bool, ApiError> {
     let hex = parse_digest(digest)?;
     Ok(state
         .store
         .get(&format!("{REFS}{ns}/{hex}"))
         .await
         .map_err(|e| ApiError::from_store(e, "blob reference"))?
-        .is_some())
+        .and_then(|kv| serde_json::from_slice::<Ref>(&kv.value).ok())
+        .is_some_and(|r| r.namespace_uid == uid))
 }
 
 /// Bytes of the blobs namespace `ns` uploaded.
@@ -247,19 +257,26 @@ pub(crate) async fn namespace_bytes(state: &State, ns: &str) -> Result<u64, ApiE
         .sum())
 }
 
-/// Records that `ns` uploaded blob `hex` of `size` bytes.
-pub(crate) async fn record(state: &State, ns: &str, hex: &str, size: u64) -> Result<(), ApiError> {
+/// Records that `ns` (uid `uid`) uploaded blob `hex` of `size` bytes (replacing a record of
+/// an earlier namespace of that name).
+pub(crate) async fn record(state: &State, ns: &str, uid: &str, hex: &str, size: u64) -> Result<(), ApiError> {
     let r = Ref {
         size,
         created_at: jiff::Timestamp::now().to_string(),
+        namespace_uid: uid.to_owned(),
     };
     let value = serde_json::to_vec(&r).map_err(|e| ApiError::Internal(e.to_string()))?;
-    match state
-        .store
-        .create(&format!("{REFS}{ns}/{hex}"), value.into(), None)
-        .await
-    {
-        Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
+    let key = format!("{REFS}{ns}/{hex}");
+    match state.store.create(&key, value.clone().into(), None).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::AlreadyExists(_)) => {
+            state
+                .store
+                .update(&key, value.into(), None)
+                .await
+                .map_err(|e| ApiError::from_store(e, "blob reference"))?;
+            Ok(())
+        }
         Err(e) => Err(ApiError::from_store(e, "blob reference")),
     }
 }
@@ -319,8 +336,11 @@ pub(crate) async fn authorize_read(
     parse_digest(digest)?;
     match principal {
         Principal::Admin => Ok(()),
-        Principal::Namespace { namespace, .. } => {
-            if namespace_has(state, namespace, digest).await?
+        Principal::Namespace {
+            namespace,
+            namespace_uid,
+        } => {
+            if namespace_has(state, namespace, namespace_uid, digest).await?
                 || users(state, Some(namespace))
                     .await?
                     .iter()
@@ -333,6 +353,10 @@ pub(crate) async fn authorize_read(
                 principal.scope()
             )))
         }
+        Principal::Scraper | Principal::PodLogs { .. } => Err(ApiError::Forbidden(format!(
+            "{} cannot get blobs",
+            principal.scope()
+        ))),
         Principal::Node { node } => {
             let listing = state
                 .store

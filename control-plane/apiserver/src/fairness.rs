@@ -119,7 +119,8 @@ impl Fairness {
         let limiter = match principal {
             Principal::Admin => return Ok(None),
             Principal::Namespace { .. } => &self.tenants,
-            Principal::Node { .. } => &self.nodes,
+            // Node-side credentials share the nodes' budget.
+            Principal::Node { .. } | Principal::Scraper | Principal::PodLogs { .. } => &self.nodes,
         };
         if let Err(not_until) = limiter.check_key(&token.to_owned()) {
             let wait = not_until.wait_time_from(self.clock.now());

@@ -88,6 +88,8 @@ pub struct Config {
     pub internal_concurrency_limit: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Connections open at once (default 2,048); more wait in the listen backlog.
+    pub max_connections: usize,
     /// Time allowed to read a request's headers (default 10 s).
     pub header_read_timeout: Duration,
     /// Time allowed for an object's body (default: 10 s between pieces, 30 s in all).
@@ -120,6 +122,7 @@ impl Config {
             concurrency_limit: 4096,
             internal_concurrency_limit: 4096,
             shutdown_grace: Duration::from_secs(5),
+            max_connections: 2048,
             header_read_timeout: Duration::from_secs(10),
             body_timeouts: BodyTimeouts {
                 idle: Duration::from_secs(10),
@@ -188,32 +191,30 @@ struct TokenResponse {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WhoAmI {
-    /// `admin`, `namespace` or `node`.
+    /// `admin`, `namespace`, `node`, `scraper` or `podLogs`.
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The pod a log ticket reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 impl From<&Principal> for WhoAmI {
     fn from(p: &Principal) -> Self {
-        match p {
-            Principal::Admin => Self {
-                kind: "admin".into(),
-                namespace: None,
-                node: None,
-            },
-            Principal::Namespace { namespace, .. } => Self {
-                kind: "namespace".into(),
-                namespace: Some(namespace.clone()),
-                node: None,
-            },
-            Principal::Node { node } => Self {
-                kind: "node".into(),
-                namespace: None,
-                node: Some(node.clone()),
-            },
+        let (namespace, node, pod) = match p {
+            Principal::Namespace { namespace, .. } => (Some(namespace.clone()), None, None),
+            Principal::Node { node } => (None, Some(node.clone()), None),
+            Principal::PodLogs { namespace, pod } => (Some(namespace.clone()), None, Some(pod.clone())),
+            Principal::Admin | Principal::Scraper => (None, None, None),
+        };
+        Self {
+            kind: p.kind().into(),
+            namespace,
+            node,
+            pod,
         }
     }
 }
@@ -257,13 +258,6 @@ fn percent_decode(s: &str) -> String {
 /// permits of their own and no per-token budget.
 #[derive(Clone, Copy, Debug)]
 struct InProcess;
-
-/// A request as it reaches routing: who sends it and how it came in.
-struct Caller {
-    principal: Principal,
-    /// The `Authorization` header, for the log proxy (which the agent checks against the API).
-    authorization: Option<String>,
-}
 
 impl ApiServer {
     /// Build a server over `store`; `shutdown` ends open watches.
@@ -464,22 +458,23 @@ impl ApiServer {
             .map(str::to_owned);
         let token = auth::bearer(authorization.as_deref())?;
         let token_key = auth::digest(token);
-        let principal = self.state.auth.authenticate_digest(&token_key).await?;
+        let in_process = req.extensions().get::<InProcess>().is_some();
+        let principal = self
+            .state
+            .auth
+            .authenticate_digest(&token_key, in_process)
+            .await?;
         let query = query_map(req.uri().query());
         let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
-        let _slot = if req.extensions().get::<InProcess>().is_some() {
+        let slot = if in_process {
             None
         } else {
             self.state.fairness.admit(&principal, &token_key, watching)?
         };
-        let caller = Caller {
-            principal,
-            authorization,
-        };
         let method = req.method().clone();
         let (parts, body) = req.into_parts();
         let state = &self.state;
-        match segments.as_slice() {
+        let result = match segments.as_slice() {
             ["metrics"] if method == Method::GET => {
                 let mut resp = text(StatusCode::OK, &self.state.metrics.encode());
                 resp.headers_mut().insert(
@@ -491,12 +486,9 @@ impl ApiServer {
                 Ok(resp)
             }
             ["openapi", "v3"] => Ok(json_bytes(state.openapi.clone())),
-            ["blobs", digest] => {
-                self.blob(&caller.principal, &method, digest, &parts.headers, body)
-                    .await
-            }
+            ["blobs", digest] => self.blob(&principal, &method, digest, &parts.headers, body).await,
             ["apis", "wisp.dev", "v1", "whoami"] if method == Method::GET => {
-                Ok(json_response(StatusCode::OK, &WhoAmI::from(&caller.principal)))
+                Ok(json_response(StatusCode::OK, &WhoAmI::from(&principal)))
             }
             ["apis", "wisp.dev", "v1", "tokens", rest @ ..] => {
                 let data = match method {
@@ -511,7 +503,7 @@ impl ApiServer {
                     }
                     _ => Bytes::new(),
                 };
-                self.tokens(&caller.principal, &method, rest, &data).await
+                self.tokens(&principal, &method, rest, &data).await
             }
             ["apis", "wisp.dev", "v1", rest @ ..] => {
                 let (target, subresource) = parse_target(rest)?;
@@ -528,11 +520,11 @@ impl ApiServer {
                         )));
                     }
                 };
-                let decision = authz::authorize(&caller.principal, verb, &target, subresource)?;
+                let decision = authz::authorize(&principal, verb, &target, subresource)?;
                 if subresource == Some("log") {
                     return match (&target.name, &method) {
                         (Some(name), &Method::GET) if target.kind.plural == "pods" => {
-                            logs::pod_log(state, &target, name, &query, caller.authorization.as_deref()).await
+                            logs::pod_log(state, &target, name, &query).await
                         }
                         _ => Err(ApiError::NotFound(format!(
                             "{method} {path}: logs are read with GET on a pod's log subresource"
@@ -552,7 +544,7 @@ impl ApiServer {
                     _ => Bytes::new(),
                 };
                 self.dispatch(
-                    &caller.principal,
+                    &principal,
                     &decision,
                     &method,
                     &target,
@@ -563,6 +555,20 @@ impl ApiServer {
                 .await
             }
             _ => Err(ApiError::NotFound(format!("no such path: {path}"))),
+        };
+        // A streamed answer (a watch, a blob) holds its place in the token's budget until
+        // its body ends, not just until its head is sent.
+        match slot {
+            Some(slot) => result.map(|resp| {
+                resp.map(|body| {
+                    body.map_frame(move |f| {
+                        let _held = &slot;
+                        f
+                    })
+                    .boxed_unsync()
+                })
+            }),
+            None => result,
         }
     }
 
@@ -614,19 +620,28 @@ impl ApiServer {
                         limit: usize::try_from(state.config.blob_limit).unwrap_or(usize::MAX),
                     });
                 }
-                let ns = principal.namespace().map(str::to_owned);
+                let tenant = match principal {
+                    Principal::Namespace {
+                        namespace,
+                        namespace_uid,
+                    } => Some((namespace.as_str(), namespace_uid.as_str())),
+                    _ => None,
+                };
+                let had = match tenant {
+                    Some((ns, uid)) => blobs::namespace_has(state, ns, uid, digest).await?,
+                    None => false,
+                };
                 // A declared size over the namespace's quota is refused before any byte is read.
-                if let (Some(ns), Some(n)) = (&ns, declared)
-                    && !blobs::namespace_has(state, ns, digest).await?
-                {
+                if let (Some((ns, _)), Some(n), false) = (tenant, declared, had) {
                     drop(quota::admit_blob_bytes(state, ns, n).await?);
                 }
                 let (created, size) = state
                     .blobs
                     .put(digest, body, state.config.blob_limit, state.config.blob_timeouts)
                     .await?;
-                if let Some(ns) = &ns
-                    && !blobs::namespace_has(state, ns, digest).await?
+                let mut recorded = false;
+                if let Some((ns, uid)) = tenant
+                    && !blobs::namespace_has(state, ns, uid, digest).await?
                 {
                     let _quota = match quota::admit_blob_bytes(state, ns, size).await {
                         Ok(guard) => guard,
@@ -638,9 +653,12 @@ impl ApiServer {
                             return Err(e);
                         }
                     };
-                    blobs::record(state, ns, &hex, size).await?;
+                    blobs::record(state, ns, uid, &hex, size).await?;
+                    recorded = true;
                 }
-                let code = if created {
+                // New to this namespace: 201, whether another namespace had the same bytes or
+                // not (which a tenant must not learn).
+                let code = if created || recorded {
                     StatusCode::CREATED
                 } else {
                     StatusCode::OK
@@ -691,6 +709,11 @@ impl ApiServer {
                         ));
                     }
                     (Some(ns), None) => {
+                        if ns == LEASE_NAMESPACE {
+                            return Err(ApiError::Forbidden(format!(
+                                "namespace {ns:?} holds the nodes' leases: it has no tokens"
+                            )));
+                        }
                         let uid = namespaces::uid_of(state, ns).await?;
                         Principal::Namespace {
                             namespace: ns.clone(),
@@ -909,7 +932,9 @@ pub async fn serve(
         grace: server.state.config.shutdown_grace,
         event_loops: 0,
         busy_poll: std::time::Duration::ZERO,
-        max_connections: 0,
+        max_connections: server.state.config.max_connections,
+        // The CLI, the nodes and the in-process transport speak HTTP/1.1.
+        http1_only: true,
     };
     tokio::join!(
         wisp_runtime::http::serve(listener, server.service(), options, shutdown.clone()),

@@ -1,6 +1,8 @@
 //! `GET /apis/wisp.dev/v1/namespaces/<ns>/pods/<name>/log?container=&follow=&tailLines=`:
-//! proxied to the agent of the pod's node (its `status.agentUrl`), which checks the caller's
-//! token against this API before it streams anything.
+//! proxied to the agent of the pod's node (its `status.agentUrl`). The caller's own token is
+//! never sent there (the node wrote that URL): the agent gets a ticket this server mints for
+//! that one pod, good for a minute, and checks it against this API before it streams
+//! anything.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -30,12 +32,14 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
+/// How long a log ticket may be presented (the stream it opens may last longer).
+const TICKET_TTL: Duration = Duration::from_secs(60);
+
 pub async fn pod_log(
     state: &State,
     target: &Target,
     name: &str,
     query: &HashMap<String, String>,
-    authorization: Option<&str>,
 ) -> Result<Response<ApiBody>, ApiError> {
     let ns = target.namespace.clone().unwrap_or_default();
     let what = format!("pod {ns}/{name}");
@@ -109,10 +113,14 @@ pub async fn pod_log(
     if !params.is_empty() {
         url = format!("{url}?{}", params.join("&"));
     }
-    let mut req = Request::get(&url);
-    if let Some(a) = authorization {
-        req = req.header(header::AUTHORIZATION, a);
-    }
+    let ticket = state.auth.issue_ticket(
+        crate::auth::Principal::PodLogs {
+            namespace: ns.clone(),
+            pod: name.to_owned(),
+        },
+        Some(TICKET_TTL),
+    )?;
+    let req = Request::get(&url).header(header::AUTHORIZATION, format!("Bearer {ticket}"));
     let req = req
         .body(Empty::<Bytes>::new())
         .map_err(|e| ApiError::Internal(format!("log request to {url}: {e}")))?;

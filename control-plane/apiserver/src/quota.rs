@@ -112,6 +112,37 @@ pub(crate) async fn admit(
     if !quotas.iter().any(relevant) {
         return Ok(None);
     }
+    // A quota on requests or limits needs every container to say its own: a pod without
+    // one would otherwise count as nothing and slip any number of them past the quota.
+    if plural == "pods"
+        && let Some(spec) = pod_spec(obj, "pods")
+    {
+        for q in &quotas {
+            for resource in q.spec.hard.keys() {
+                let (limit, name) = match resource.as_str() {
+                    QUOTA_REQUESTS_CPU => (false, "cpu"),
+                    QUOTA_REQUESTS_MEMORY => (false, "memory"),
+                    QUOTA_LIMITS_CPU => (true, "cpu"),
+                    QUOTA_LIMITS_MEMORY => (true, "memory"),
+                    _ => continue,
+                };
+                for (i, c) in spec.containers.iter().enumerate() {
+                    let set = if limit {
+                        c.resources.limits.contains_key(name)
+                    } else {
+                        c.resources.effective_request(name).is_some()
+                    };
+                    if !set {
+                        return Err(ApiError::Forbidden(format!(
+                            "spec.containers[{i}].resources: must say its {resource}: quota {:?} limits it \
+                             (a LimitRange can give containers a default)",
+                            q.metadata.name
+                        )));
+                    }
+                }
+            }
+        }
+    }
     let guard = state.quota_locks.lock(ns).await;
     // What everything else of this kind in the namespace uses.
     let listing = state

@@ -205,6 +205,15 @@ async fn quotas_count_pods_and_their_requests_until_they_end() {
         .await
         .expect("quota");
     let pods = t.api::<Pod>(Some("team-a"));
+    // Every container must say its cpu request under this quota.
+    let pod = |ns: &str, name: &str, image: &str| {
+        let mut p = pod(ns, name, image);
+        p.spec.containers[0]
+            .resources
+            .requests
+            .insert("cpu".into(), q("100m"));
+        p
+    };
     let mut heavy = pod("team-a", "heavy", "x:1");
     heavy.spec.containers[0]
         .resources
@@ -546,6 +555,136 @@ async fn in_process_components_keep_their_permits_when_external_clients_hold_all
     .expect("the in-process client is not held up")
     .expect("listed");
     drop(slow);
+    shutdown.cancel();
+    let _ = serving.await;
+}
+
+#[tokio::test]
+async fn a_pods_spec_is_fixed_once_created_and_quotas_need_every_container_to_say_its_requests() {
+    let s = server_with(|_| {}).await;
+    let t = s.tenant("team-a").await;
+    let pods = t.api::<Pod>(Some("team-a"));
+    let mut small = pod("team-a", "small", "x:1");
+    small.spec.containers[0]
+        .resources
+        .requests
+        .insert("cpu".into(), q("10m"));
+    let created = pods.create(&small).await.expect("created");
+    // Asking for more once it may be bound (the scheduler checked the first ask) is refused.
+    let mut grown = created.clone();
+    grown.spec.containers[0]
+        .resources
+        .requests
+        .insert("cpu".into(), q("1000"));
+    let msg = message(pods.replace(&grown).await);
+    assert!(msg.contains("spec") && msg.contains("cannot change"), "{msg}");
+    let mut swapped = created.clone();
+    swapped.spec.containers[0].image = Some("other:1".into());
+    assert_eq!(code(pods.replace(&swapped).await), 422, "nor what it runs");
+    // Labels may change; the binding is set once, by the scheduler (the admin here).
+    let mut relabelled = created.clone();
+    relabelled.metadata.labels.insert("tier".into(), "web".into());
+    let relabelled = pods.replace(&relabelled).await.expect("labels change");
+    let mut bound = relabelled.clone();
+    bound.spec.node_name = Some("n1".into());
+    let bound = s
+        .admin
+        .api::<Pod>(Some("team-a"))
+        .replace(&bound)
+        .await
+        .expect("bound");
+    let mut moved = bound.clone();
+    moved.spec.node_name = Some("n2".into());
+    assert_eq!(
+        code(s.admin.api::<Pod>(Some("team-a")).replace(&moved).await),
+        422,
+        "bound once"
+    );
+
+    let mut quota = ResourceQuota::new(ObjectMeta::namespaced("team-a", "cpu"));
+    quota.spec.hard = [("requests.cpu".to_owned(), q("1"))].into();
+    s.admin
+        .api::<ResourceQuota>(Some("team-a"))
+        .create(&quota)
+        .await
+        .expect("quota");
+    let msg = message(pods.create(&pod("team-a", "bare", "x:1")).await);
+    assert!(
+        msg.contains("requests.cpu") && msg.contains("\"cpu\""),
+        "a pod without requests slips no quota: {msg}"
+    );
+    let mut asks = pod("team-a", "asks", "x:1");
+    asks.spec.containers[0]
+        .resources
+        .requests
+        .insert("cpu".into(), q("100m"));
+    pods.create(&asks).await.expect("with its request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_tokens_are_refused_over_the_network_and_tickets_do_next_to_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = wisp_store::EmbeddedStore::open(dir.path(), Default::default()).expect("store");
+    let shutdown = CancellationToken::new();
+    let api = ApiServer::new(
+        Arc::new(store),
+        Config::new(dir.path().join("blobs")),
+        shutdown.clone(),
+    );
+    api.bootstrap().await.expect("bootstrap");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let serving = tokio::spawn(wisp_apiserver::serve(api.clone(), listener, shutdown.clone()));
+    for principal in [Principal::Admin, Principal::Node { node: "n1".into() }] {
+        let token = api.auth().issue_ephemeral(principal.clone()).expect("token");
+        api.in_process_client(&url, &token)
+            .whoami()
+            .await
+            .expect("good in process");
+        let over_http = Client::new(&url, &token).whoami().await;
+        assert_eq!(
+            code(over_http),
+            401,
+            "{principal:?}'s in-process token over the network"
+        );
+    }
+    let scraper = api.auth().issue_ticket(Principal::Scraper, None).expect("ticket");
+    let sc = Client::new(&url, &scraper);
+    assert_eq!(sc.whoami().await.expect("whoami").kind, "scraper");
+    assert_eq!(
+        code(sc.api::<Pod>(Some("default")).list(&ListParams::default()).await),
+        403
+    );
+    assert_eq!(code(sc.api::<Namespace>(None).get("default").await), 403);
+    assert_eq!(code(sc.list_tokens().await), 403);
+    assert!(
+        api.auth().issue_ticket(Principal::Admin, None).is_err(),
+        "no admin tickets"
+    );
+    let ticket = api
+        .auth()
+        .issue_ticket(
+            Principal::PodLogs {
+                namespace: "default".into(),
+                pod: "p".into(),
+            },
+            Some(Duration::from_millis(300)),
+        )
+        .expect("ticket");
+    let tc = Client::new(&url, &ticket);
+    assert_eq!(tc.whoami().await.expect("whoami").pod.as_deref(), Some("p"));
+    assert_eq!(code(tc.api::<Pod>(Some("default")).get("other").await), 403);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(code(tc.whoami().await), 401, "a ticket expires");
+    let admin_token = api.auth().issue_admin().await.expect("admin");
+    let admin = Client::new(&url, &admin_token);
+    let refused = admin
+        .issue_token(&TokenRequest {
+            namespace: Some("wisp-system".into()),
+            ..TokenRequest::default()
+        })
+        .await;
+    assert_eq!(code(refused), 403, "no tokens for the nodes' lease namespace");
     shutdown.cancel();
     let _ = serving.await;
 }

@@ -24,6 +24,11 @@ pub struct AutoscalerConfig {
     pub tick: Duration,
     pub stable_window: Duration,
     pub panic_window: Duration,
+    /// The token shown to the ingresses for `/.wisp/stats`: a credential that can do nothing
+    /// else (`wisp up|server` mint one), since each Node names its ingress's URL itself and
+    /// a node that lies must not collect a token worth anything. `None`: this client's own
+    /// token (tests and benchmarks whose ingress runs in the same process).
+    pub stats_token: Option<String>,
 }
 
 impl Default for AutoscalerConfig {
@@ -32,6 +37,7 @@ impl Default for AutoscalerConfig {
             tick: Duration::from_secs(1),
             stable_window: Duration::from_secs(60),
             panic_window: Duration::from_secs(6),
+            stats_token: None,
         }
     }
 }
@@ -240,7 +246,13 @@ async fn tick(
         .iter()
         .filter_map(|n| n.status.as_ref().and_then(|s| s.ingress_url.clone()))
         .collect();
-    let (totals, scrape_failed) = traffic(http, urls, client.token(), state).await;
+    let (totals, scrape_failed) = traffic(
+        http,
+        urls,
+        config.stats_token.as_deref().unwrap_or(client.token()),
+        state,
+    )
+    .await;
     let now = Instant::now();
     let now_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
     let mut live = std::collections::HashSet::new();

@@ -16,6 +16,9 @@ use wisp_runtime::{Action, ObjectRef, Store};
 
 use crate::Error;
 
+/// Most pods one reconcile of a ReplicaSet creates (the next reconcile makes more).
+const MAX_BURST: usize = 500;
+
 /// What one ReplicaSet is waiting to observe.
 #[derive(Default, Debug)]
 struct Expectation {
@@ -125,15 +128,33 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
     let pods_api = ctx.client.api::<Pod>(ns.as_deref());
     let mut expectation = Expectation::default();
     if active.len() < want {
-        let new: Vec<Pod> = (0..want - active.len()).map(|_| pod_for(&rs)).collect();
-        let results = join_all(new.iter().map(|p| pods_api.create(p))).await;
-        for (pod, r) in new.iter().zip(results) {
-            match r {
-                Ok(_) => {
-                    expectation.to_appear.insert(pod.metadata.name.clone());
+        // Slow start, as Kubernetes does: batches of 1, 2, 4, … pods, at most MAX_BURST per
+        // reconcile, stopping at the first batch with a failure (a quota refusing more, the
+        // API away) — a Deployment asking for millions of pods makes a few refused requests,
+        // not millions, and never holds them all in memory.
+        let mut missing = (want - active.len()).min(MAX_BURST);
+        let mut batch = 1;
+        while missing > 0 {
+            let n = batch.min(missing);
+            let new: Vec<Pod> = (0..n).map(|_| pod_for(&rs)).collect();
+            let results = join_all(new.iter().map(|p| pods_api.create(p))).await;
+            let mut failed = false;
+            for (pod, r) in new.iter().zip(results) {
+                match r {
+                    Ok(_) => {
+                        expectation.to_appear.insert(pod.metadata.name.clone());
+                    }
+                    Err(e) => {
+                        failed = true;
+                        tracing::warn!(pod = %pod.metadata.name, error = %e, "cannot create pod");
+                    }
                 }
-                Err(e) => tracing::warn!(pod = %pod.metadata.name, error = %e, "cannot create pod"),
             }
+            if failed {
+                break;
+            }
+            missing -= n;
+            batch *= 2;
         }
     } else if active.len() > want {
         let doomed: Vec<Arc<Pod>> = deletion_order(active.clone())

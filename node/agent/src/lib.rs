@@ -112,7 +112,7 @@ impl AgentConfig {
             service_gateway: None,
             local_readiness: wisp_sandbox::LocalReadiness::default(),
             egress: wisp_sandbox::EgressPolicy::default(),
-            wasm_namespace_slots: 500,
+            wasm_namespace_slots: 250,
         }
     }
 }

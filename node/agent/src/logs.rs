@@ -79,18 +79,32 @@ impl LogServer {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| text(StatusCode::UNAUTHORIZED, "a bearer token is required"))?;
-        // The API decides: this token must be able to read the pod.
-        let pod: Pod = Client::new(&self.api_url, token)
-            .api::<Pod>(Some(ns))
-            .get(pod_name)
-            .await
-            .map_err(|e| {
-                let code = e
-                    .code()
-                    .and_then(|c| StatusCode::from_u16(c).ok())
-                    .unwrap_or(StatusCode::BAD_GATEWAY);
-                text(code, format!("pod {ns}/{pod_name}: {e}"))
-            })?;
+        // Only the API server's ticket for this very pod (never a user's, a node's or the
+        // admin's own token, which the API server does not forward): it checked who asks.
+        let api = Client::new(&self.api_url, token);
+        let who = api.whoami().await.map_err(|e| {
+            let code = e
+                .code()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+            text(code, format!("cannot check the token with the API server: {e}"))
+        })?;
+        if who.kind != "podLogs"
+            || who.namespace.as_deref() != Some(*ns)
+            || who.pod.as_deref() != Some(*pod_name)
+        {
+            return Err(text(
+                StatusCode::FORBIDDEN,
+                format!("logs of pod {ns}/{pod_name} are read through the API server (wisp logs)"),
+            ));
+        }
+        let pod: Pod = api.api::<Pod>(Some(ns)).get(pod_name).await.map_err(|e| {
+            let code = e
+                .code()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+            text(code, format!("pod {ns}/{pod_name}: {e}"))
+        })?;
         if pod.spec.node_name.as_deref() != Some(self.node.as_str()) {
             return Err(text(
                 StatusCode::NOT_FOUND,
@@ -157,7 +171,8 @@ pub async fn serve(server: Arc<LogServer>, listener: TcpListener, shutdown: Canc
         grace: Duration::from_secs(1),
         event_loops: 0,
         busy_poll: Duration::ZERO,
-        max_connections: 0,
+        max_connections: 256,
+        http1_only: true,
     };
     wisp_runtime::http::serve(listener, service, options, shutdown).await;
 }

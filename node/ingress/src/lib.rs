@@ -161,6 +161,8 @@ pub(crate) struct Inner {
     /// Tokens checked for `/.wisp/` (digest → when, allowed).
     pub(crate) internal_tokens:
         std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
+    /// How fast tokens not seen before are looked up with the API for `/.wisp/`.
+    pub(crate) token_lookups: governor::DefaultDirectRateLimiter,
 }
 
 /// A node's ingress. Cheap to clone.
@@ -193,6 +195,9 @@ impl Ingress {
                 caches_changed: tokio::sync::watch::channel(()).0,
                 http,
                 internal_tokens: std::sync::Mutex::default(),
+                token_lookups: governor::RateLimiter::direct(governor::Quota::per_second(
+                    std::num::NonZeroU32::new(20).unwrap_or(std::num::NonZeroU32::MIN),
+                )),
             }),
         }
     }
@@ -294,23 +299,59 @@ impl Ingress {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Looked up per address below: built once per rebuild.
-        // Other nodes' ingresses, where they report them: only at one of the node's own
-        // addresses (a node cannot point this ingress at anything else).
+        let listeners = self.listeners(&c.nodes);
+        // Other nodes' ingresses, where they report them: at one of the node's own
+        // addresses, never at another listener of the cluster (the API server, an agent, this
+        // node's gateway), never link-local, and loopback or private only where this node is
+        // itself on loopback or a private network (a cluster on one machine, a private node
+        // network). A node's credential cannot make this ingress a proxy to anything else.
+        let own_class = c
+            .nodes
+            .list()
+            .iter()
+            .find(|n| n.metadata.name == *node)
+            .and_then(|n| n.status.as_ref())
+            .and_then(|st| st.addresses.first())
+            .and_then(|a| a.address.parse::<std::net::IpAddr>().ok())
+            .map(wisp_sandbox::egress::restricted_class);
+        let not_ingress: std::collections::HashSet<SocketAddr> = {
+            let ingresses: std::collections::HashSet<SocketAddr> = c
+                .nodes
+                .list()
+                .iter()
+                .filter_map(|n| n.status.as_ref()?.ingress_url.as_deref().and_then(url_addr))
+                .collect();
+            let mut l: std::collections::HashSet<SocketAddr> = listeners
+                .iter()
+                .copied()
+                .filter(|a| !ingresses.contains(a))
+                .collect();
+            l.extend(inner.config.egress.listeners.iter().copied());
+            l
+        };
         let ingress_urls: std::collections::HashMap<String, String> = c
             .nodes
             .list()
             .iter()
+            .filter(|n| n.metadata.name != *node)
             .filter_map(|n| {
                 let st = n.status.as_ref()?;
                 let url = st.ingress_url.clone()?;
                 let addr = url_addr(&url)?;
-                st.addresses
+                let at_its_address = st
+                    .addresses
                     .iter()
-                    .any(|a| a.address.parse::<std::net::IpAddr>().ok() == Some(addr.ip()))
+                    .any(|a| a.address.parse::<std::net::IpAddr>().ok() == Some(addr.ip()));
+                let class = wisp_sandbox::egress::restricted_class(addr.ip());
+                let reachable = match class {
+                    None => true,
+                    Some("link-local" | "unspecified" | "multicast or reserved") => false,
+                    Some(c) => own_class == Some(Some(c)),
+                };
+                (at_its_address && reachable && !not_ingress.contains(&addr))
                     .then(|| (n.metadata.name.clone(), url))
             })
             .collect();
-        let listeners = self.listeners(&c.nodes);
         let wasm_containers = wasm_containers(&c.pods);
         let ready_locally = self.ready_locally();
         // Candidates per Service: what its Endpoints list, then this node's pods that are
@@ -370,9 +411,18 @@ impl Ingress {
             seen.insert((ns, name));
             set_candidates(&svc, candidates);
         }
+        let exists = |ns: &str, name: &str| c.services.get(&ObjectRef::new(name).within(ns)).is_some();
         for svc in inner.services.all() {
             if !seen.contains(&(svc.namespace.clone(), svc.name.clone())) {
                 svc.set_backends(Vec::new());
+            }
+            // A Service that is gone leaves no state behind once idle (Routes may name any
+            // number of Services that never exist: those get none).
+            if !exists(&svc.namespace, &svc.name)
+                && svc.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0
+                && svc.queued.load(std::sync::atomic::Ordering::Relaxed) == 0
+            {
+                inner.services.remove(&svc.namespace, &svc.name);
             }
         }
         // Every Service answers on `<service>.<namespace>.svc` too (Wasm guests call
@@ -405,6 +455,7 @@ impl Ingress {
                         .spec
                         .backends
                         .iter()
+                        .filter(|b| exists(&ns, &b.service))
                         .map(|b| (inner.services.get_or_create(&ns, &b.service), b.weight))
                         .collect(),
                     timeout: r.spec.timeout_seconds.map(|s| Duration::from_secs(u64::from(s))),

@@ -315,9 +315,11 @@ impl Ingress {
         resp
     }
 
-    /// `/.wisp/*` (per-Service traffic of every namespace) answers only the cluster admin and
-    /// node credentials (the autoscaler and other nodes): the bearer token is checked with
-    /// the API server (`whoami`), and the answer kept for a while.
+    /// `/.wisp/*` (per-Service traffic of every namespace) answers only the cluster admin,
+    /// node credentials and the autoscaler's statistics credential: the bearer token is
+    /// checked with the API server (`whoami`), and the answer kept for a while. Tokens not
+    /// seen before are looked up at a bounded rate (a flood of made-up tokens gets 429 rather
+    /// than a queue of API calls).
     async fn authorize_internal<B>(&self, req: &Request<B>) -> Result<(), Response<Body>> {
         const KEEP: std::time::Duration = std::time::Duration::from_secs(30);
         let token = req
@@ -348,9 +350,18 @@ impl Ingress {
         let ok = match known {
             Some(ok) => ok,
             None => {
+                if self.inner.token_lookups.check().is_err() {
+                    let mut r = text(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many unknown tokens presented to /.wisp/; retry shortly",
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return Err(r);
+                }
                 let who = self.inner.client.with_token(token).whoami().await;
                 let ok = match who {
-                    Ok(w) => w.kind == "admin" || w.kind == "node",
+                    Ok(w) => matches!(w.kind.as_str(), "admin" | "node" | "scraper"),
                     Err(e) if e.code() == Some(401) => false,
                     Err(e) => {
                         return Err(text(
@@ -364,8 +375,9 @@ impl Ingress {
                     .internal_tokens
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if cache.len() > 1024 {
-                    cache.retain(|_, (at, _)| at.elapsed() < KEEP);
+                if cache.len() >= 1024 {
+                    // Bounded: past it, start over (lookups are rate-limited anyway).
+                    cache.clear();
                 }
                 cache.insert(key, (Instant::now(), ok));
                 ok
@@ -540,6 +552,7 @@ async fn serve_on(ingress: Ingress, listener: TcpListener, shutdown: Cancellatio
         event_loops: if gateway { 0 } else { config.event_loops },
         busy_poll: config.busy_poll,
         max_connections: config.max_connections,
+        http1_only: false,
     };
     wisp_runtime::http::serve(listener, service, options, shutdown).await;
 }

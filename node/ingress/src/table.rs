@@ -305,6 +305,14 @@ impl Services {
             .clone()
     }
 
+    /// Forgets a Service (its counters too).
+    pub fn remove(&self, namespace: &str, name: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
     pub fn all(&self) -> Vec<Arc<ServiceState>> {
         self.0
             .lock()

@@ -69,6 +69,13 @@ impl CtxTemplate {
         }
     }
 
+    /// The memory cap when the spec sets none.
+    pub(crate) fn default_memory(&mut self, cap: Option<usize>) {
+        if self.memory_bytes.is_none() {
+            self.memory_bytes = cap;
+        }
+    }
+
     /// Checks the mounts can be opened, so a bad spec fails at create, not per request.
     pub(crate) fn validate(&self) -> Result<(), SandboxError> {
         for (host, guest, _) in &self.preopens {

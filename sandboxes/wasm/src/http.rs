@@ -54,6 +54,8 @@ impl HandleError {
 enum Outcome {
     Done,
     Failed(String),
+    /// The node's instance pool is full (every slot in use).
+    PoolFull(String),
     Deadline,
     Cancelled,
 }
@@ -244,6 +246,9 @@ where
                     Ok(Ok(())) => Outcome::Done,
                     Ok(Err(e)) => match e.downcast_ref::<wasmtime::Trap>() {
                         Some(wasmtime::Trap::Interrupt) => Outcome::Deadline,
+                        _ if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => {
+                            Outcome::PoolFull(format!("{e:#}"))
+                        }
                         _ => Outcome::Failed(format!("{e:#}")),
                     },
                     Err(_) => Outcome::Deadline,
@@ -286,6 +291,7 @@ where
             Ok((_, true)) => Err(HandleError::OutOfMemory),
             Ok((Outcome::Deadline, false)) => Err(HandleError::DeadlineExceeded(deadline)),
             Ok((Outcome::Failed(e), false)) => Err(HandleError::Guest(e)),
+            Ok((Outcome::PoolFull(e), false)) => Err(HandleError::Unavailable(e)),
             Ok((Outcome::Cancelled, false)) => {
                 Err(HandleError::Unavailable("the sandbox was stopped".into()))
             }

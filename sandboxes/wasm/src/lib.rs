@@ -107,6 +107,9 @@ pub struct WasmConfig {
     pub namespace_slots: u32,
     /// The longest a request may run, whatever its spec asks for.
     pub max_request_timeout: Duration,
+    /// The memory cap of an instance whose spec sets no memory limit (default 256 MiB; a
+    /// namespace's LimitRange gives its containers their own defaults).
+    pub default_memory_limit: Option<usize>,
 }
 
 impl WasmConfig {
@@ -124,8 +127,9 @@ impl WasmConfig {
             default_request_timeout: Duration::from_secs(30),
             service_gateway: None,
             egress: wisp_sandbox::EgressPolicy::default(),
-            namespace_slots: 500,
+            namespace_slots: 250,
             max_request_timeout: Duration::from_secs(600),
+            default_memory_limit: Some(256 << 20),
         }
     }
 }
@@ -398,6 +402,7 @@ impl WasmSandbox {
         let mut template = CtxTemplate::new(spec, &spec.id.to_string(), &logs);
         template.gateway = self.inner.config.service_gateway;
         template.egress = self.inner.egress.clone();
+        template.default_memory(self.inner.config.default_memory_limit);
         template.validate()?;
         let entry = Arc::new(Entry {
             spec: spec.clone(),

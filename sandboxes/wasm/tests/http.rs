@@ -360,3 +360,30 @@ async fn a_guest_stops_when_its_client_goes_away_and_namespaces_share_the_pool()
         .await
         .expect("the aborted requests' guests stopped and freed their slots long before their 30 s");
 }
+
+/// A node whose instance pool is full answers 503 (retry), not 500 (the guest failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_is_unavailable_not_a_guest_failure() {
+    let (s, _dir) = common::runtime_with(None, |c| {
+        c.max_instances = 2;
+        c.namespace_slots = 10;
+    });
+    if !s.pooling() {
+        eprintln!("no pooling allocator here: nothing to fill");
+        return;
+    }
+    let spec = http_spec("pool", "fault");
+    started(&s, &spec).await;
+    let slow = |s: &WasmSandbox| {
+        let (s, spec) = (s.clone(), spec.clone());
+        tokio::spawn(async move { common::get(&s, &spec, "/mark?ms=3000").await })
+    };
+    let (a, b) = (slow(&s), slow(&s));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    match common::get(&s, &spec, "/").await {
+        Err(e) => assert_eq!(e.status().as_u16(), 503, "{e}"),
+        Ok(r) => panic!("a third instance in a pool of two: {r:?}"),
+    }
+    a.abort();
+    b.abort();
+}

@@ -167,7 +167,7 @@ async fn mark(s: &WasmSandbox, spec: &SandboxSpec, ms: u64) -> String {
             }
             Err(e) if started.elapsed() < Duration::from_secs(10) => {
                 assert!(
-                    matches!(e, HandleError::Guest(ref m) if m.contains("concurrent limit")),
+                    matches!(e, HandleError::Unavailable(ref m) if m.contains("concurrent limit")),
                     "{e}"
                 );
                 tokio::time::sleep(Duration::from_millis(10)).await;

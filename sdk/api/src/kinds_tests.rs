@@ -84,6 +84,35 @@ fn wasm_names_an_uploaded_blob_by_digest_never_a_path() {
 }
 
 #[test]
+fn counts_of_pods_are_bounded() {
+    let rs = |replicas: i64| {
+        json!({"apiVersion": "wisp.dev/v1", "kind": "ReplicaSet", "metadata": {"name": "r"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"a": "b"}},
+                     "template": {"metadata": {"labels": {"a": "b"}},
+                                  "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}})
+    };
+    assert!(decode("replicaset", rs(10_000)).is_ok());
+    let errs = errors("replicaset", rs(2_147_483_647));
+    assert_eq!(errs, ["spec.replicas: must be at most 10000"]);
+    let f = json!({"apiVersion": "wisp.dev/v1", "kind": "Function", "metadata": {"name": "f"},
+        "spec": {"template": {"spec": {"containers": [{"name": "c", "wasm": DIGEST}]}},
+                 "scaling": {"maxScale": 4_294_967_295_u32}}});
+    assert!(has(
+        &errors("function", f),
+        "spec.scaling.maxScale: must be at most 10000"
+    ));
+    let many: Vec<_> = (0..17).map(|i| json!({"service": format!("s{i}")})).collect();
+    let r = json!({"apiVersion": "wisp.dev/v1", "kind": "Route", "metadata": {"name": "r"},
+        "spec": {"host": "r.default.localhost", "backends": many, "timeoutSeconds": 4000}});
+    let errs = errors("route", r);
+    assert!(has(&errs, "spec.backends: at most 16"), "{errs:?}");
+    assert!(
+        has(&errs, "spec.timeoutSeconds: must be at most 3600"),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn image_and_wasm_are_exclusive() {
     let both = errors(
         "pod",

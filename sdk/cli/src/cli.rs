@@ -183,7 +183,7 @@ pub struct NodeOptions {
     pub allow_egress: Vec<String>,
     /// HTTP requests one namespace may have running at once in this node's Wasm runtime (its
     /// share of the instance pool); past it, 503.
-    #[arg(long, env = "WISP_WASM_NAMESPACE_SLOTS", default_value_t = 500)]
+    #[arg(long, env = "WISP_WASM_NAMESPACE_SLOTS", default_value_t = 250)]
     pub wasm_namespace_slots: u32,
     /// Connections the ingress keeps open at once; more wait to be accepted.
     #[arg(long, env = "WISP_INGRESS_MAX_CONNECTIONS", default_value_t = 10_000)]

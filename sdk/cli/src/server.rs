@@ -350,6 +350,12 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
             autoscaler: wisp_controllers::autoscaler::AutoscalerConfig {
                 stable_window: Duration::from_secs(args.up.autoscaler_stable_seconds.max(1)),
                 panic_window: Duration::from_secs(args.up.autoscaler_panic_seconds.max(1)),
+                // What the nodes' ingresses are shown: good for their statistics only.
+                stats_token: Some(
+                    api.auth()
+                        .issue_ticket(wisp_apiserver::auth::Principal::Scraper, None)
+                        .context("the ingress statistics credential")?,
+                ),
                 ..Default::default()
             },
             cluster_domain: args.up.cluster_domain.clone(),

@@ -473,12 +473,15 @@ pub struct IssuedToken {
 /// Who a token speaks for.
 #[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
 pub struct WhoAmI {
-    /// `admin`, `namespace` or `node`.
+    /// `admin`, `namespace`, `node`, `scraper` (reads ingress statistics) or `podLogs` (a
+    /// ticket the API server mints to read one pod's logs from its agent).
     pub kind: String,
     #[serde(default)]
     pub namespace: Option<String>,
     #[serde(default)]
     pub node: Option<String>,
+    #[serde(default)]
+    pub pod: Option<String>,
 }
 
 fn to_body(obj: &impl Serialize) -> Result<Bytes> {

@@ -47,6 +47,8 @@ pub struct ServeOptions {
     /// Connections open at once; past it no more are accepted until one closes (they wait
     /// in the listen backlog). 0: no limit.
     pub max_connections: usize,
+    /// Speak HTTP/1.1 only (no h2c): for servers whose clients never need HTTP/2.
+    pub http1_only: bool,
 }
 
 /// A connection's place under [`ServeOptions::max_connections`], held while it is open.
@@ -55,6 +57,9 @@ type Permit = Option<tokio::sync::OwnedSemaphorePermit>;
 /// The connections one runtime serves, and their graceful shutdown.
 struct Connections<B> {
     service: HttpService<B>,
+    /// A connection that sends no byte for this long is closed (hyper's header-read timeout
+    /// starts only once it knows the protocol, i.e. after the first bytes).
+    first_byte: Option<Duration>,
     builder: auto::Builder<TokioExecutor>,
     graceful: GracefulShutdown,
     tracker: TaskTracker,
@@ -69,9 +74,20 @@ where
         let mut builder = auto::Builder::new(TokioExecutor::new());
         if let Some(t) = options.header_read_timeout {
             builder.http1().timer(TokioTimer::new()).header_read_timeout(t);
+            // An HTTP/2 connection that stops answering pings is closed.
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(t))
+                .keep_alive_timeout(t)
+                .max_concurrent_streams(256);
+        }
+        if options.http1_only {
+            builder = builder.http1_only();
         }
         Self {
             service,
+            first_byte: options.header_read_timeout,
             builder,
             graceful: GracefulShutdown::new(),
             tracker: TaskTracker::new(),
@@ -82,7 +98,7 @@ where
     fn serve(&self, stream: TcpStream, peer: SocketAddr, done: impl FnOnce() + Send + 'static) {
         let _ = stream.set_nodelay(true);
         let conn = self.builder.serve_connection(
-            TokioIo::new(spin::Touching(stream)),
+            TokioIo::new(FirstByte::new(spin::Touching(stream), self.first_byte)),
             TowerToHyperService::new(self.service.clone()),
         );
         let conn = self.graceful.watch(conn.into_owned());
@@ -103,6 +119,83 @@ where
         {
             tracing::warn!("in-flight requests did not finish within {grace:?}");
         }
+    }
+}
+
+/// A stream whose first byte must arrive before a deadline: a client that connects and sends
+/// nothing is cut off instead of holding a connection (and a file descriptor) for good.
+struct FirstByte<S> {
+    inner: S,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstByte<S> {
+    fn new(inner: S, within: Option<Duration>) -> Self {
+        Self {
+            inner,
+            deadline: within.map(|d| Box::pin(tokio::time::sleep(d))),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByte<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.deadline.is_some() {
+            if buf.filled().len() > before {
+                self.deadline = None;
+            } else if polled.is_pending()
+                && let Some(d) = self.deadline.as_mut()
+                && d.as_mut().poll(cx).is_ready()
+            {
+                return std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no request within the header read timeout",
+                )));
+            }
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByte<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -460,10 +553,54 @@ mod tests {
             event_loops,
             busy_poll: Duration::ZERO,
             max_connections,
+            http1_only: false,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(listener, service, options, shutdown.clone()));
         (addr, shutdown, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let service = BoxCloneService::new(tower::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        }));
+        let options = ServeOptions {
+            header_read_timeout: Some(Duration::from_millis(300)),
+            grace: Duration::from_secs(1),
+            event_loops: 0,
+            busy_poll: Duration::ZERO,
+            max_connections: 0,
+            http1_only: false,
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, service, options, shutdown.clone()));
+        // Silent, and silent after the h2c preface: both are hung up on.
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        let mut h2 = TcpStream::connect(addr).await.expect("connect");
+        h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .expect("preface");
+        for conn in [&mut silent, &mut h2] {
+            let mut buf = [0u8; 64];
+            let closed = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            assert!(closed.is_ok(), "a connection sending nothing stayed open");
+        }
+        // One that talks is served.
+        let mut ok = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(ask(&mut ok).await, "ok");
+        shutdown.cancel();
+        task.await.expect("join");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -427,6 +427,9 @@ async fn a_hostile_tenant_is_refused_or_contained_and_the_victim_keeps_answering
         .await?;
         assert_eq!(c, 502, "{url}: {body}");
         assert!(!body.contains(&secret.text), "{url}: {body}");
+        // Refused by the node's policy, not merely unanswered (there is no metadata server
+        // here to answer 169.254.169.254 anyway).
+        assert!(body.contains("DestinationIpProhibited"), "{url}: {body}");
     }
 
     // --- Quotas: past the limit, a 403 naming the quota and what is used.
@@ -633,8 +636,16 @@ async fn slow_clients_do_not_stall_the_control_plane() -> anyhow::Result<()> {
     let te = tenant(&w, &admin, "team-e").await?;
     let token = te.token().to_owned();
     let addr = w.url.trim_start_matches("http://").to_owned();
-    // 300 connections that never finish their headers, 30 that never finish a body.
+    // 300 connections that never finish their headers, 30 that never finish a body, 30 that
+    // send nothing at all and 30 that send only an HTTP/2 preface.
     let mut slow = Vec::new();
+    for i in 0..60 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await?;
+        if i % 2 == 0 {
+            s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+        }
+        slow.push(s);
+    }
     for _ in 0..300 {
         let mut s = tokio::net::TcpStream::connect(&addr).await?;
         s.write_all(b"GET /apis/wisp.dev/v1/namespaces HTTP/1.1\r\nHost: x\r\n")
@@ -665,7 +676,7 @@ async fn slow_clients_do_not_stall_the_control_plane() -> anyhow::Result<()> {
     let t = Instant::now();
     answering(&http, &ingress, "hello.team-e.localhost").await?;
     eprintln!(
-        "with 330 slow clients: an API write in {api_ms:?}, a Function up from zero in {:?}",
+        "with 390 slow clients: an API write in {api_ms:?}, a Function up from zero in {:?}",
         t.elapsed()
     );
     assert!(
@@ -673,20 +684,26 @@ async fn slow_clients_do_not_stall_the_control_plane() -> anyhow::Result<()> {
         "the API answered while slow clients hung on"
     );
     // Past the header and body timeouts (10 s), the server has hung up on them.
+    // (the API speaks HTTP/1.1 only: a preface is a malformed request, closed at once).
     tokio::time::sleep(Duration::from_secs(12)).await;
     let mut closed = 0;
     for s in &mut slow {
+        // Whatever the server said last (a 408, a 400), it has hung up: EOF or a reset.
         let mut buf = [0u8; 512];
-        match tokio::time::timeout(
-            Duration::from_millis(100),
-            tokio::io::AsyncReadExt::read(s, &mut buf),
-        )
-        .await
-        {
-            // EOF, a 408 answer, or a reset: hung up.
-            Ok(Ok(0) | Err(_)) => closed += 1,
-            Ok(Ok(n)) if String::from_utf8_lossy(&buf[..n]).contains(" 408 ") => closed += 1,
-            _ => {}
+        loop {
+            match tokio::time::timeout(
+                Duration::from_millis(100),
+                tokio::io::AsyncReadExt::read(s, &mut buf),
+            )
+            .await
+            {
+                Ok(Ok(0) | Err(_)) => {
+                    closed += 1;
+                    break;
+                }
+                Ok(Ok(_)) => {}
+                Err(_) => break,
+            }
         }
     }
     assert_eq!(closed, slow.len(), "every slow client was cut off");
@@ -701,7 +718,6 @@ async fn slow_clients_do_not_stall_the_control_plane() -> anyhow::Result<()> {
 async fn one_tenants_flood_leaves_another_its_latency() -> anyhow::Result<()> {
     let w = Wisp::start(Options {
         command: Some("up".into()),
-        args: ["--wasm-namespace-slots", "200"].map(str::to_owned).to_vec(),
         ..Options::default()
     })?;
     let admin = w.client();
@@ -737,6 +753,8 @@ async fn one_tenants_flood_leaves_another_its_latency() -> anyhow::Result<()> {
         }
         Ok(p99(v))
     };
+    // Warm up (connections, the instance pool), then measure.
+    measure().await?;
     let unloaded = measure().await?;
 
     // 1,000 concurrent slow requests (each waits 8 s in the guest), on connections of their own.
@@ -768,7 +786,8 @@ async fn one_tenants_flood_leaves_another_its_latency() -> anyhow::Result<()> {
         "victim p99 unloaded {unloaded:?}, under a 1,000-request flood {loaded:?}; the flood got {codes:?}"
     );
     assert!(
-        codes.get(&200).copied().unwrap_or(0) <= 200,
+        // The default share of a node's Wasm instances: 250 of its 1,000.
+        codes.get(&200).copied().unwrap_or(0) <= 250,
         "the flooder ran at most its share: {codes:?}"
     );
     assert!(

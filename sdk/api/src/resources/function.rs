@@ -112,7 +112,12 @@ impl Function {
         let s = &self.spec;
         let mut errs = s.template.validate("spec.template");
         let sc = &s.scaling;
-        if sc.max_scale == 0 {
+        if sc.max_scale > crate::resources::workloads::MAX_REPLICAS.unsigned_abs() {
+            errs.push(FieldError::new(
+                "spec.scaling.maxScale",
+                format!("must be at most {}", crate::resources::workloads::MAX_REPLICAS),
+            ));
+        } else if sc.max_scale == 0 {
             errs.push(FieldError::new("spec.scaling.maxScale", "must be greater than 0"));
         } else if sc.max_scale < sc.min_scale {
             errs.push(FieldError::new(

@@ -198,6 +198,11 @@ impl Endpoints {
     }
 }
 
+/// Services one Route may split traffic between.
+pub const MAX_ROUTE_BACKENDS: usize = 16;
+/// The longest a Route may let a request take.
+pub const MAX_ROUTE_TIMEOUT_SECONDS: u32 = 3600;
+
 fn default_path_prefix() -> String {
     "/".into()
 }
@@ -322,6 +327,12 @@ impl Route {
                  admin granted the namespace); a Route without one would catch every other host",
             ));
         }
+        if s.backends.len() > MAX_ROUTE_BACKENDS {
+            errs.push(FieldError::new(
+                "spec.backends",
+                format!("at most {MAX_ROUTE_BACKENDS} backends"),
+            ));
+        }
         if s.backends.is_empty() {
             errs.push(FieldError::new("spec.backends", "required: at least one backend"));
         } else if s.backends.iter().all(|b| b.weight == 0) {
@@ -339,6 +350,11 @@ impl Route {
         }
         if s.timeout_seconds == Some(0) {
             errs.push(FieldError::new("spec.timeoutSeconds", "must be greater than 0"));
+        } else if s.timeout_seconds.is_some_and(|t| t > MAX_ROUTE_TIMEOUT_SECONDS) {
+            errs.push(FieldError::new(
+                "spec.timeoutSeconds",
+                format!("must be at most {MAX_ROUTE_TIMEOUT_SECONDS}"),
+            ));
         }
         errs
     }

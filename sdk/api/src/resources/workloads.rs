@@ -37,6 +37,17 @@ fn validate_selector_and_template(
     errs
 }
 
+/// The most replicas one object may ask for: past it a typo (or a hostile tenant) would have
+/// a controller create pods without end; quotas bound what a namespace holds below this.
+pub const MAX_REPLICAS: i32 = 10_000;
+
+fn replicas(v: i32, path: &str) -> Option<FieldError> {
+    if v > MAX_REPLICAS {
+        return Some(FieldError::new(path, format!("must be at most {MAX_REPLICAS}")));
+    }
+    non_negative(Some(v), path)
+}
+
 fn non_negative(v: Option<i32>, path: &str) -> Option<FieldError> {
     v.is_some_and(|v| v < 0)
         .then(|| FieldError::new(path, "must be non-negative"))
@@ -92,7 +103,7 @@ pub struct ReplicaSetStatus {
 impl ReplicaSet {
     pub(crate) fn validate_fields(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
-        errs.extend(non_negative(Some(self.spec.replicas), "spec.replicas"));
+        errs.extend(replicas(self.spec.replicas, "spec.replicas"));
         errs.extend(validate_selector_and_template(
             &self.spec.selector,
             &self.spec.template,
@@ -199,7 +210,7 @@ impl Deployment {
     pub(crate) fn validate_fields(&self) -> Vec<FieldError> {
         let s = &self.spec;
         let mut errs = Vec::new();
-        errs.extend(non_negative(Some(s.replicas), "spec.replicas"));
+        errs.extend(replicas(s.replicas, "spec.replicas"));
         errs.extend(validate_selector_and_template(&s.selector, &s.template, "spec"));
         errs.extend(non_negative(
             Some(s.revision_history_limit),
@@ -300,7 +311,7 @@ impl Job {
             ));
         }
         errs.extend(non_negative(s.completions, "spec.completions"));
-        errs.extend(non_negative(s.parallelism, "spec.parallelism"));
+        errs.extend(s.parallelism.and_then(|p| replicas(p, "spec.parallelism")));
         errs.extend(non_negative(s.backoff_limit, "spec.backoffLimit"));
         errs
     }
