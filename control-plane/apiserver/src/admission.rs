@@ -132,7 +132,7 @@ async fn admit_pod_spec(
         && let Some(before) = existing.and_then(|e| pod_spec(e, "pods"))
     {
         let bound_once = before.node_name.is_none() || before.node_name == spec.node_name;
-        let mut a = before.clone();
+        let mut a = before;
         let mut b = spec.clone();
         a.node_name = None;
         b.node_name = None;

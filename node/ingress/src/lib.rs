@@ -866,4 +866,99 @@ mod tests {
         );
         drop(w);
     }
+
+    /// A node credential writes its own Node, `ingressUrl` included: this ingress forwards to
+    /// another node's ingress only at an address of that node that is no listener of the
+    /// cluster (here: the API server's), never where the node points it otherwise.
+    #[test]
+    fn another_nodes_ingress_is_used_only_where_it_can_be_one() {
+        use wisp_api::{EndpointAddress, EndpointSubset, NodeAddress, NodeStatus, ObjectReference};
+        let api = "127.0.0.1:7700";
+        let ingress = Ingress::new(
+            Client::new(&format!("http://{api}"), "token"),
+            IngressConfig::new("node-a"),
+            None,
+        );
+        let mut w = ingress
+            .inner
+            .writers
+            .lock()
+            .expect("lock")
+            .take()
+            .expect("writers");
+        let node = |name: &str, ip: &str, url: &str| {
+            let mut n = Node::new(ObjectMeta::named(name));
+            n.status = Some(NodeStatus {
+                addresses: vec![NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: ip.into(),
+                }],
+                ingress_url: Some(url.into()),
+                ..NodeStatus::default()
+            });
+            n
+        };
+        let svc = |name: &str| {
+            let mut s = Service::new(ObjectMeta::namespaced("default", name));
+            s.spec.selector.insert("app".into(), name.into());
+            s
+        };
+        let endpoints = |name: &str, on: &str| {
+            let mut ep = Endpoints::new(ObjectMeta::namespaced("default", name));
+            ep.subsets = vec![EndpointSubset {
+                addresses: vec![EndpointAddress {
+                    ip: "127.0.0.1".into(),
+                    port: None,
+                    node_name: Some(on.into()),
+                    target_ref: Some(ObjectReference {
+                        kind: "Pod".into(),
+                        name: format!("{name}-1"),
+                        namespace: Some("default".into()),
+                        uid: Some(format!("uid-{name}")),
+                    }),
+                }],
+                ..EndpointSubset::default()
+            }];
+            ep
+        };
+        w.nodes.apply(&WatcherEvent::Restarted(vec![
+            node("node-a", "127.0.0.1", "http://127.0.0.1:8080"),
+            node("good", "127.0.0.1", "http://127.0.0.1:8081"),
+            node("liar", "127.0.0.1", &format!("http://{api}")),
+            node("stray", "127.0.0.1", "http://169.254.169.254:80"),
+            node("elsewhere", "127.0.0.1", "http://10.9.9.9:8080"),
+        ]));
+        w.services.apply(&WatcherEvent::Restarted(vec![
+            svc("a"),
+            svc("b"),
+            svc("c"),
+            svc("d"),
+        ]));
+        w.endpoints.apply(&WatcherEvent::Restarted(vec![
+            endpoints("a", "good"),
+            endpoints("b", "liar"),
+            endpoints("c", "stray"),
+            endpoints("d", "elsewhere"),
+        ]));
+        ingress.rebuild(&ingress.inner.caches);
+        let targets = |name: &str| {
+            ingress
+                .inner
+                .services
+                .get_or_create("default", name)
+                .backends
+                .load()
+                .iter()
+                .map(|b| b.target.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(targets("a"), [Target::Node("http://127.0.0.1:8081".into())]);
+        assert!(
+            targets("b").is_empty(),
+            "the API server as another node's ingress"
+        );
+        assert!(targets("c").is_empty(), "a metadata address, not the node's own");
+        assert!(targets("d").is_empty(), "not at the node's own address");
+        drop(w);
+    }
 }

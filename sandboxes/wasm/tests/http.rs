@@ -363,6 +363,7 @@ async fn a_guest_stops_when_its_client_goes_away_and_namespaces_share_the_pool()
 
 /// A node whose instance pool is full answers 503 (retry), not 500 (the guest failed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::print_stderr)]
 async fn a_full_instance_pool_is_unavailable_not_a_guest_failure() {
     let (s, _dir) = common::runtime_with(None, |c| {
         c.max_instances = 2;

@@ -850,3 +850,122 @@ async fn raw_status(url: &str, token: &str, path: &str) -> anyhow::Result<(u16, 
             .map(str::to_owned),
     ))
 }
+
+/// A node credential names its own ingress's URL: what the control plane sends there is
+/// worth nothing beyond reading ingress statistics, and a log request never carries a
+/// user's token to a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_node_collects_no_token_worth_anything() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = Wisp::start(Options {
+        command: Some("up".into()),
+        ..Options::default()
+    })?;
+    let admin = w.client();
+    let (ok, out, err) = w.cli(&["token", "create", "--node", "evil"])?;
+    anyhow::ensure!(ok, "{err}");
+    let evil = Client::new(&w.url, out.trim());
+    // A listener that keeps every Authorization header sent to it.
+    let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let trap_url = format!("http://{}", trap.local_addr()?);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let kept = seen.clone();
+    let catcher = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = trap.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                for line in head.lines() {
+                    if let Some(v) = line
+                        .strip_prefix("authorization: Bearer ")
+                        .or_else(|| line.strip_prefix("Authorization: Bearer "))
+                    {
+                        kept.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(v.trim().to_owned());
+                    }
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]")
+                    .await;
+            });
+        }
+    });
+    let mut node = Node::new(ObjectMeta::named("evil"));
+    node = evil.api::<Node>(None).create(&node).await?;
+    node.status = Some(wisp_api::NodeStatus {
+        addresses: vec![wisp_api::NodeAddress {
+            type_: "InternalIP".into(),
+            address: "127.0.0.1".into(),
+        }],
+        ingress_url: Some(trap_url.clone()),
+        agent_url: Some(trap_url),
+        ..wisp_api::NodeStatus::default()
+    });
+    evil.api::<Node>(None).replace_status(&node).await?;
+    // The autoscaler reads every node's ingress each second.
+    until("the autoscaler at the lying node's ingress", 15, async || {
+        Ok(!seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty())
+    })
+    .await?;
+    // A log request for a pod bound to the liar.
+    let mut p = Pod::new(ObjectMeta::namespaced("default", "on-evil"));
+    p.spec.containers = vec![Container {
+        name: "c".into(),
+        image: Some("x:1".into()),
+        ..Container::default()
+    }];
+    p.spec.node_name = Some("evil".into());
+    admin.api::<Pod>(Some("default")).create(&p).await?;
+    let _ = admin
+        .raw(
+            Method::GET,
+            "/apis/wisp.dev/v1/namespaces/default/pods/on-evil/log",
+            None,
+        )
+        .await;
+    let tokens = seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    assert!(
+        !tokens.contains(&w.token),
+        "the admin's own token reached the node"
+    );
+    let mut kinds = std::collections::BTreeSet::new();
+    for t in &tokens {
+        let c = Client::new(&w.url, t);
+        if let Ok(who) = c.whoami().await {
+            kinds.insert(who.kind.clone());
+            assert!(matches!(who.kind.as_str(), "scraper" | "podLogs"), "{who:?}");
+        }
+        assert_eq!(
+            code(c.api::<Pod>(Some("team-a")).list(&ListParams::default()).await),
+            403
+        );
+        assert_eq!(
+            code(c.api::<Namespace>(None).list(&ListParams::default()).await),
+            403
+        );
+        assert_eq!(code(c.list_tokens().await), 403);
+        assert_eq!(
+            code(c.api::<wisp_api::Secret>(Some("default")).get("x").await),
+            403
+        );
+    }
+    eprintln!(
+        "the lying node collected {} tokens of kinds {kinds:?}",
+        tokens.len()
+    );
+    assert!(
+        kinds.contains("scraper"),
+        "the statistics credential is what it saw"
+    );
+    catcher.abort();
+    Ok(())
+}
