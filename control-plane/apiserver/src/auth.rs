@@ -79,6 +79,16 @@ impl Principal {
         }
     }
 
+    /// The namespace, node and pod the principal names (each where it has one).
+    pub fn parts(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
+        match self {
+            Principal::Namespace { namespace, .. } => (Some(namespace), None, None),
+            Principal::Node { node } => (None, Some(node), None),
+            Principal::PodLogs { namespace, pod } => (Some(namespace), None, Some(pod)),
+            Principal::Admin | Principal::Scraper => (None, None, None),
+        }
+    }
+
     /// The kind's name, as `whoami` and `wisp token list` say it.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -150,19 +160,29 @@ pub struct TokenInfo {
 pub const TOKEN_ID_LEN: usize = 16;
 
 impl TokenInfo {
+    /// What a stored record says (a legacy one that no longer works is still listed, to be
+    /// revoked).
+    fn stored(digest: &str, value: &[u8]) -> Self {
+        decode_record(value).map_or_else(
+            |_| Self {
+                id: digest.chars().take(TOKEN_ID_LEN).collect(),
+                kind: "legacy".into(),
+                namespace: None,
+                node: None,
+                created_at: None,
+                expires_at: None,
+            },
+            |r| Self::of(digest, &r),
+        )
+    }
+
     fn of(digest: &str, r: &Record) -> Self {
-        let (namespace, node) = match &r.principal {
-            Principal::Namespace { namespace, .. } | Principal::PodLogs { namespace, .. } => {
-                (Some(namespace.clone()), None)
-            }
-            Principal::Node { node } => (None, Some(node.clone())),
-            Principal::Admin | Principal::Scraper => (None, None),
-        };
+        let (namespace, node, _) = r.principal.parts();
         Self {
             id: digest.chars().take(TOKEN_ID_LEN).collect(),
             kind: r.principal.kind().into(),
-            namespace,
-            node,
+            namespace: namespace.map(str::to_owned),
+            node: node.map(str::to_owned),
             created_at: r.created_at.clone(),
             expires_at: r.expires_at.clone(),
         }
@@ -419,17 +439,7 @@ impl Auth {
         for kv in &listing.items {
             let key = kv.key.trim_start_matches(TOKENS);
             // A legacy namespace token cannot be used; it is still listed, to be revoked.
-            match decode_record(&kv.value) {
-                Ok(r) => out.push(TokenInfo::of(key, &r)),
-                Err(_) => out.push(TokenInfo {
-                    id: key.chars().take(TOKEN_ID_LEN).collect(),
-                    kind: "legacy".into(),
-                    namespace: None,
-                    node: None,
-                    created_at: None,
-                    expires_at: None,
-                }),
-            }
+            out.push(TokenInfo::stored(key, &kv.value));
         }
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
         Ok(out)
@@ -458,17 +468,7 @@ impl Auth {
             }
         };
         let key = kv.key.trim_start_matches(TOKENS).to_owned();
-        let info = decode_record(&kv.value).map_or_else(
-            |_| TokenInfo {
-                id: key.chars().take(TOKEN_ID_LEN).collect(),
-                kind: "legacy".into(),
-                namespace: None,
-                node: None,
-                created_at: None,
-                expires_at: None,
-            },
-            |r| TokenInfo::of(&key, &r),
-        );
+        let info = TokenInfo::stored(&key, &kv.value);
         match self.store.delete(&kv.key, None).await {
             Ok(_) | Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(ApiError::from_store(e, "token")),

@@ -204,17 +204,12 @@ pub struct WhoAmI {
 
 impl From<&Principal> for WhoAmI {
     fn from(p: &Principal) -> Self {
-        let (namespace, node, pod) = match p {
-            Principal::Namespace { namespace, .. } => (Some(namespace.clone()), None, None),
-            Principal::Node { node } => (None, Some(node.clone()), None),
-            Principal::PodLogs { namespace, pod } => (Some(namespace.clone()), None, Some(pod.clone())),
-            Principal::Admin | Principal::Scraper => (None, None, None),
-        };
+        let (namespace, node, pod) = p.parts();
         Self {
             kind: p.kind().into(),
-            namespace,
-            node,
-            pod,
+            namespace: namespace.map(str::to_owned),
+            node: node.map(str::to_owned),
+            pod: pod.map(str::to_owned),
         }
     }
 }

@@ -7,27 +7,11 @@ use wisp_sandbox::{LABEL_CONTAINER, SandboxError, SandboxSpec};
 /// The capabilities a container may add back by default: Docker's default set minus those
 /// that let a tenant's process act beyond its own files and sockets (`NET_RAW`, `MKNOD`,
 /// `SETUID`, `SETGID`, `DAC_OVERRIDE` are opt-in, through
-/// [`DockerConfig::allowed_capabilities`](crate::DockerConfig::allowed_capabilities)).
-pub const DEFAULT_ALLOWED_CAPABILITIES: &[&str] = &[
-    "CHOWN",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETPCAP",
-    "NET_BIND_SERVICE",
-    "SYS_CHROOT",
-    "AUDIT_WRITE",
-    "SETFCAP",
-];
+/// [`DockerConfig::allowed_capabilities`](crate::DockerConfig::allowed_capabilities)); the
+/// same list the API admits.
+pub use wisp_api::DEFAULT_CAPABILITIES as DEFAULT_ALLOWED_CAPABILITIES;
 
-/// A capability name as Docker and the allow-list compare it: upper case, no `CAP_`.
-pub(crate) fn normalize_capability(name: &str) -> String {
-    let upper = name.trim().to_ascii_uppercase();
-    match upper.strip_prefix("CAP_") {
-        Some(bare) => bare.to_owned(),
-        None => upper,
-    }
-}
+pub(crate) use wisp_api::normalize_capability;
 
 /// The container's name for messages: its `wisp.dev/container` label, else the sandbox
 /// id's last segment.

@@ -33,12 +33,7 @@ fn opt_in_capabilities(opts: &NodeOptions) -> anyhow::Result<Vec<String>> {
     let caps: Vec<String> = opts
         .allow_capabilities
         .iter()
-        .map(|c| {
-            c.trim()
-                .to_ascii_uppercase()
-                .trim_start_matches("CAP_")
-                .to_owned()
-        })
+        .map(|c| wisp_api::normalize_capability(c))
         .filter(|c| !c.is_empty())
         .collect();
     for cap in &caps {

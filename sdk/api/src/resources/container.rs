@@ -239,14 +239,20 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
 /// bypassing file permissions.
 pub const OPT_IN_CAPABILITIES: &[&str] = &["NET_RAW", "MKNOD", "SETUID", "SETGID", "DAC_OVERRIDE"];
 
+/// A capability name as Docker and the allow-lists compare it: upper case, no `CAP_`.
+pub fn normalize_capability(name: &str) -> String {
+    let upper = name.trim().to_ascii_uppercase();
+    match upper.strip_prefix("CAP_") {
+        Some(bare) => bare.to_owned(),
+        None => upper,
+    }
+}
+
 impl SecurityContext {
-    /// The capabilities to add, normalised without the `CAP_` prefix.
+    /// The capabilities to add, normalised ([`normalize_capability`]).
     pub fn added_capabilities(&self) -> Vec<String> {
         self.capabilities.as_ref().map_or_else(Vec::new, |c| {
-            c.add
-                .iter()
-                .map(|n| n.trim_start_matches("CAP_").to_ascii_uppercase())
-                .collect()
+            c.add.iter().map(|n| normalize_capability(n)).collect()
         })
     }
 
