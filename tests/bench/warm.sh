@@ -8,6 +8,7 @@
 #   WISP_WASM_PAGEMAP_RESET=false tests/bench/warm.sh  # wisp up resetting pool slots by memset
 #   WISP_BENCH_BASELINE=/path/to/an/older/wisp tests/bench/warm.sh
 #                                  # also that build's `wisp up`, in the same rounds: new ÷ old
+#   WISP_BENCH_SERVE=false ...     # without wasmtime serve (with a baseline: new ÷ old only)
 #
 # Needs wrk (apt) and wasmtime-cli (installed with cargo when missing). Prints a Markdown table.
 set -euo pipefail
@@ -17,9 +18,11 @@ conns="${WISP_BENCH_CONNECTIONS:-1 16 64}"
 rounds="${WISP_BENCH_ROUNDS:-3}"
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 baseline="${WISP_BENCH_BASELINE:-}"
+serve="${WISP_BENCH_SERVE:-true}"
+[ "$serve" = true ] || [ -n "$baseline" ] || { echo "WISP_BENCH_SERVE=false needs WISP_BENCH_BASELINE" >&2; exit 2; }
 
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-command -v wasmtime >/dev/null || cargo install wasmtime-cli --version 48.0.8 --locked
+[ "$serve" != true ] || command -v wasmtime >/dev/null || cargo install wasmtime-cli --version 48.0.8 --locked
 bash tests/build-guests.sh >/dev/null
 cargo build --release -q -p wisp
 hello="$PWD/examples/target/wasm32-wasip2/release/hello.wasm"
@@ -56,10 +59,13 @@ base_port=""
 [ -n "$baseline" ] && base_port="$(start_wisp "$baseline" base)"
 
 # wasmtime serve.
-serve_port="$(free_port)"
-wasmtime serve -S cli=y -O pooling-allocator --addr "127.0.0.1:$serve_port" "$hello" >"$tmp/serve.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$serve_port/" && break; sleep 0.1; done
+serve_port=""
+if [ "$serve" = true ]; then
+  serve_port="$(free_port)"
+  wasmtime serve -S cli=y -O pooling-allocator --addr "127.0.0.1:$serve_port" "$hello" >"$tmp/serve.out" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$serve_port/" && break; sleep 0.1; done
+fi
 
 run_wrk() { # url conns -> "req/s p50 p99"
   wrk -t1 -c"$2" -d"${secs}s" --latency -H 'Host: hello.default.localhost' "$1" >"$tmp/wrk.out"
@@ -72,7 +78,9 @@ run_wrk() { # url conns -> "req/s p50 p99"
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 median() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(f'{statistics.median(v):.2f}× ({min(v):.2f}–{max(v):.2f}×)')" "$@"; }
 
-echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); cpus: $(nproc); wrk -t1 -d${secs}s; $(wasmtime --version); wisp up --wasm-pagemap-reset=${WISP_WASM_PAGEMAP_RESET:-true}${baseline:+; baseline: $baseline}"
+peer="no wasmtime serve"
+[ "$serve" = true ] && peer="$(wasmtime --version)"
+echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); cpus: $(nproc); wrk -t1 -d${secs}s; $peer; wisp up --wasm-pagemap-reset=${WISP_WASM_PAGEMAP_RESET:-true}${baseline:+; baseline: $baseline}"
 echo
 if [ -n "$baseline" ]; then
   echo "| connections | round | wisp req/s | p50 | p99 | baseline req/s | p50 | p99 | wasmtime serve req/s | wisp ÷ wasmtime | wisp ÷ baseline |"
@@ -87,8 +95,9 @@ for c in $conns; do
   vs_base=()
   for r in $(seq "$rounds"); do
     # Rotate which server goes first: the machine's drift then falls on all of them.
-    order=(new serve)
-    [ -n "$baseline" ] && order=(new base serve)
+    order=(new)
+    [ -n "$baseline" ] && order+=(base)
+    [ "$serve" = true ] && order+=(serve)
     shift_by=$(((r - 1) % ${#order[@]}))
     order=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
     for who in "${order[@]}"; do
@@ -98,15 +107,16 @@ for c in $conns; do
         serve) read -r s_rps s_p50 s_p99 <<<"$(run_wrk "http://127.0.0.1:$serve_port/" "$c")" ;;
       esac
     done
-    ratios+=("$(ratio "$w_rps" "$s_rps")")
+    if [ "$serve" = true ]; then ratios+=("$(ratio "$w_rps" "$s_rps")"); else s_rps="-"; ratios+=(0); fi
     if [ -n "$baseline" ]; then
       vs_base+=("$(ratio "$w_rps" "$b_rps")")
-      echo "| $c | $r | $w_rps | $w_p50 | $w_p99 | $b_rps | $b_p50 | $b_p99 | $s_rps | ${ratios[-1]}× | ${vs_base[-1]}× |"
+      echo "| $c | $r | $w_rps | $w_p50 | $w_p99 | $b_rps | $b_p50 | $b_p99 | $s_rps | $([ "$serve" = true ] && echo "${ratios[-1]}×" || echo -) | ${vs_base[-1]}× |"
     else
       echo "| $c | $r | $w_rps | $w_p50 | $w_p99 | $s_rps | $s_p50 | $s_p99 | ${ratios[-1]}× |"
     fi
   done
-  line="$c $(median "${ratios[@]}")"
+  line="$c -"
+  [ "$serve" = true ] && line="$c $(median "${ratios[@]}")"
   [ -n "$baseline" ] && line="$line|$(median "${vs_base[@]}")"
   summary+=("$line")
 done

@@ -314,21 +314,17 @@ impl Ingress {
             .and_then(|st| st.addresses.first())
             .and_then(|a| a.address.parse::<std::net::IpAddr>().ok())
             .map(wisp_sandbox::egress::restricted_class);
-        let not_ingress: std::collections::HashSet<SocketAddr> = {
-            let ingresses: std::collections::HashSet<SocketAddr> = c
-                .nodes
-                .list()
-                .iter()
-                .filter_map(|n| n.status.as_ref()?.ingress_url.as_deref().and_then(url_addr))
-                .collect();
-            let mut l: std::collections::HashSet<SocketAddr> = listeners
-                .iter()
-                .copied()
-                .filter(|a| !ingresses.contains(a))
-                .collect();
-            l.extend(inner.config.egress.listeners.iter().copied());
-            l
-        };
+        // The API server's, every agent's and this node's own listeners: no ingress is there.
+        let not_ingress: std::collections::HashSet<SocketAddr> = url_addr(inner.client.server())
+            .into_iter()
+            .chain(
+                c.nodes
+                    .list()
+                    .iter()
+                    .filter_map(|n| n.status.as_ref()?.agent_url.as_deref().and_then(url_addr)),
+            )
+            .chain(inner.config.egress.listeners.iter().copied())
+            .collect();
         let ingress_urls: std::collections::HashMap<String, String> = c
             .nodes
             .list()
