@@ -90,6 +90,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Connections open at once (default 2,048); more wait in the listen backlog.
     pub max_connections: usize,
+    /// Connections one remote address may hold (default 128; loopback excepted).
+    pub max_connections_per_ip: usize,
     /// Time allowed to read a request's headers (default 10 s).
     pub header_read_timeout: Duration,
     /// Time allowed for an object's body (default: 10 s between pieces, 30 s in all).
@@ -123,6 +125,7 @@ impl Config {
             internal_concurrency_limit: 4096,
             shutdown_grace: Duration::from_secs(5),
             max_connections: 2048,
+            max_connections_per_ip: 128,
             header_read_timeout: Duration::from_secs(10),
             body_timeouts: BodyTimeouts {
                 idle: Duration::from_secs(10),
@@ -517,37 +520,39 @@ impl ApiServer {
                 };
                 let decision = authz::authorize(&principal, verb, &target, subresource)?;
                 if subresource == Some("log") {
-                    return match (&target.name, &method) {
+                    // A log stream holds its slot too (below), like a watch.
+                    match (&target.name, &method) {
                         (Some(name), &Method::GET) if target.kind.plural == "pods" => {
                             logs::pod_log(state, &target, name, &query).await
                         }
                         _ => Err(ApiError::NotFound(format!(
                             "{method} {path}: logs are read with GET on a pod's log subresource"
                         ))),
-                    };
-                }
-                let data = match method {
-                    Method::POST | Method::PUT => {
-                        read_limited(
-                            &parts.headers,
-                            body,
-                            state.config.body_limit,
-                            state.config.body_timeouts,
-                        )
-                        .await?
                     }
-                    _ => Bytes::new(),
-                };
-                self.dispatch(
-                    &principal,
-                    &decision,
-                    &method,
-                    &target,
-                    subresource,
-                    &query,
-                    &data,
-                )
-                .await
+                } else {
+                    let data = match method {
+                        Method::POST | Method::PUT => {
+                            read_limited(
+                                &parts.headers,
+                                body,
+                                state.config.body_limit,
+                                state.config.body_timeouts,
+                            )
+                            .await?
+                        }
+                        _ => Bytes::new(),
+                    };
+                    self.dispatch(
+                        &principal,
+                        &decision,
+                        &method,
+                        &target,
+                        subresource,
+                        &query,
+                        &data,
+                    )
+                    .await
+                }
             }
             _ => Err(ApiError::NotFound(format!("no such path: {path}"))),
         };
@@ -599,9 +604,9 @@ impl ApiServer {
                 Ok(resp)
             }
             Method::PUT => {
-                if principal.node().is_some() {
+                if !matches!(principal, Principal::Admin | Principal::Namespace { .. }) {
                     return Err(ApiError::Forbidden(format!(
-                        "{} cannot put blobs: nodes only read the components of their pods",
+                        "{} cannot put blobs: components are uploaded by the admin and tenants",
                         principal.scope()
                     )));
                 }
@@ -930,6 +935,7 @@ pub async fn serve(
         max_connections: server.state.config.max_connections,
         // The CLI, the nodes and the in-process transport speak HTTP/1.1.
         http1_only: true,
+        max_connections_per_ip: server.state.config.max_connections_per_ip,
     };
     tokio::join!(
         wisp_runtime::http::serve(listener, server.service(), options, shutdown.clone()),

@@ -35,6 +35,45 @@ fn encode(s: &str) -> String {
 /// How long a log ticket may be presented (the stream it opens may last longer).
 const TICKET_TTL: Duration = Duration::from_secs(60);
 
+/// Where node `node`'s agent listens, from what the node reports: only the host and port of
+/// its `agentUrl` (never a path or query of the node's choosing), at one of the node's own
+/// addresses, and never a link-local (cloud metadata) or unspecified one — so a lying node
+/// cannot have this server fetch an address of its choosing.
+fn agent_addr(
+    node: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Result<std::net::SocketAddr, ApiError> {
+    let url = str_at(node, &["status", "agentUrl"])
+        .ok_or_else(|| ApiError::Unavailable(format!("node {name} does not publish an agent URL")))?;
+    let bad = |why: &str| ApiError::Unavailable(format!("node {name}'s agent URL {url:?} {why}"));
+    let uri: http::Uri = url.parse().map_err(|_| bad("is not a URL"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| bad("has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let ip: std::net::IpAddr = host.parse().map_err(|_| bad("does not name an IP address"))?;
+    let own = node
+        .get("status")
+        .and_then(|s| s.get("addresses"))
+        .and_then(|a| a.as_array())
+        .is_some_and(|a| {
+            a.iter()
+                .filter_map(|x| x.get("address").and_then(|v| v.as_str()))
+                .any(|x| x.parse::<std::net::IpAddr>().ok() == Some(ip))
+        });
+    if !own {
+        return Err(bad("is not at one of the node's addresses"));
+    }
+    if matches!(
+        wisp_sandbox::egress::restricted_class(ip),
+        Some("link-local" | "unspecified" | "multicast or reserved")
+    ) {
+        return Err(bad("is at an address no agent listens on"));
+    }
+    Ok(std::net::SocketAddr::new(ip, uri.port_u16().unwrap_or(80)))
+}
+
 pub async fn pod_log(
     state: &State,
     target: &Target,
@@ -92,11 +131,9 @@ pub async fn pod_log(
         .map_err(|e| ApiError::from_store(e, &format!("node {node}")))?
         .ok_or_else(|| ApiError::Unavailable(format!("node {node} of {what} is not registered")))?;
     let node_obj = from_kv(&node_obj)?;
-    let agent = str_at(&node_obj.body, &["status", "agentUrl"])
-        .ok_or_else(|| ApiError::Unavailable(format!("node {node} does not publish an agent URL")))?;
+    let agent = agent_addr(&node_obj.body, &node)?;
     let mut url = format!(
-        "{}/containerLogs/{}/{}/{}",
-        agent.trim_end_matches('/'),
+        "http://{agent}/containerLogs/{}/{}/{}",
         encode(&ns),
         encode(name),
         encode(&container)

@@ -115,6 +115,7 @@ pub(crate) async fn admit(
     // A quota on requests or limits needs every container to say its own: a pod without
     // one would otherwise count as nothing and slip any number of them past the quota.
     if plural == "pods"
+        && existing.is_none()
         && let Some(spec) = pod_spec(obj, "pods")
     {
         for q in &quotas {

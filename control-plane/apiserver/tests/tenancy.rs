@@ -657,6 +657,11 @@ async fn in_process_tokens_are_refused_over_the_network_and_tickets_do_next_to_n
     );
     assert_eq!(code(sc.api::<Namespace>(None).get("default").await), 403);
     assert_eq!(code(sc.list_tokens().await), 403);
+    assert_eq!(
+        code(sc.put_blob(Bytes::from_static(b"disk filler")).await),
+        403,
+        "the statistics credential uploads nothing"
+    );
     assert!(
         api.auth().issue_ticket(Principal::Admin, None).is_err(),
         "no admin tickets"
@@ -674,6 +679,11 @@ async fn in_process_tokens_are_refused_over_the_network_and_tickets_do_next_to_n
     let tc = Client::new(&url, &ticket);
     assert_eq!(tc.whoami().await.expect("whoami").pod.as_deref(), Some("p"));
     assert_eq!(code(tc.api::<Pod>(Some("default")).get("other").await), 403);
+    assert_eq!(
+        code(tc.put_blob(Bytes::from_static(b"disk filler")).await),
+        403,
+        "nor a log ticket"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(code(tc.whoami().await), 401, "a ticket expires");
     let admin_token = api.auth().issue_admin().await.expect("admin");

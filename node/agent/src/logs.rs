@@ -173,6 +173,7 @@ pub async fn serve(server: Arc<LogServer>, listener: TcpListener, shutdown: Canc
         busy_poll: Duration::ZERO,
         max_connections: 256,
         http1_only: true,
+        max_connections_per_ip: 0,
     };
     wisp_runtime::http::serve(listener, service, options, shutdown).await;
 }

@@ -344,7 +344,7 @@ impl Ingress {
                     Some("link-local" | "unspecified" | "multicast or reserved") => false,
                     Some(c) => own_class == Some(Some(c)),
                 };
-                (at_its_address && reachable && !not_ingress.contains(&addr))
+                (at_its_address && reachable && !is_listener(&not_ingress, addr))
                     .then(|| (n.metadata.name.clone(), url))
             })
             .collect();
@@ -683,6 +683,14 @@ fn wasm_containers(pods: &Store<Pod>) -> WasmContainers {
             ))
         })
         .collect()
+}
+
+/// Whether `addr` is one of `listeners` (one bound to every address counts for its port).
+fn is_listener(listeners: &std::collections::HashSet<SocketAddr>, addr: SocketAddr) -> bool {
+    listeners.contains(&addr)
+        || listeners
+            .iter()
+            .any(|l| l.ip().is_unspecified() && l.port() == addr.port())
 }
 
 /// The address of an `http://ip:port` URL.

@@ -339,18 +339,22 @@ impl Ingress {
             use sha2::Digest;
             hex::encode(sha2::Sha256::digest(token.as_bytes()))
         };
+        // Only tokens found good are kept (a flood of made-up ones cannot push them out), and
+        // one found good before is honoured past its freshness while lookups are throttled.
         let known = self
             .inner
             .internal_tokens
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&key)
-            .filter(|(at, _)| at.elapsed() < KEEP)
-            .map(|(_, ok)| *ok);
+            .map(|(at, _)| at.elapsed() < KEEP);
         let ok = match known {
-            Some(ok) => ok,
-            None => {
+            Some(true) => true,
+            stale => {
                 if self.inner.token_lookups.check().is_err() {
+                    if stale.is_some() {
+                        return Ok(());
+                    }
                     let mut r = text(
                         StatusCode::TOO_MANY_REQUESTS,
                         "too many unknown tokens presented to /.wisp/; retry shortly",
@@ -375,11 +379,14 @@ impl Ingress {
                     .internal_tokens
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if cache.len() >= 1024 {
-                    // Bounded: past it, start over (lookups are rate-limited anyway).
-                    cache.clear();
+                if ok {
+                    if cache.len() >= 1024 {
+                        cache.retain(|_, (at, _)| at.elapsed() < KEEP);
+                    }
+                    cache.insert(key, (Instant::now(), true));
+                } else {
+                    cache.remove(&key);
                 }
-                cache.insert(key, (Instant::now(), ok));
                 ok
             }
         };
@@ -553,6 +560,8 @@ async fn serve_on(ingress: Ingress, listener: TcpListener, shutdown: Cancellatio
         busy_poll: config.busy_poll,
         max_connections: config.max_connections,
         http1_only: false,
+        // Many clients may come through one proxy or balancer in front of the ingress.
+        max_connections_per_ip: 0,
     };
     wisp_runtime::http::serve(listener, service, options, shutdown).await;
 }

@@ -49,10 +49,56 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// Speak HTTP/1.1 only (no h2c): for servers whose clients never need HTTP/2.
     pub http1_only: bool,
+    /// Connections one remote address may have open at once (loopback excepted: the
+    /// machine's own processes); past it a new one is closed at once. 0: no limit.
+    pub max_connections_per_ip: usize,
 }
 
-/// A connection's place under [`ServeOptions::max_connections`], held while it is open.
-type Permit = Option<tokio::sync::OwnedSemaphorePermit>;
+/// A connection's places — under [`ServeOptions::max_connections`] and its address's share —
+/// held while it is open.
+type Permit = (Option<tokio::sync::OwnedSemaphorePermit>, Option<PeerSlot>);
+
+/// Open connections per remote address.
+#[derive(Clone, Default)]
+struct Peers(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One connection of an address, until dropped.
+struct PeerSlot {
+    peers: Peers,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .peers
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Peers {
+    /// A place for a connection from `ip`, or `None` when it has `max` open already.
+    fn enter(&self, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
 
 /// The connections one runtime serves, and their graceful shutdown.
 struct Connections<B> {
@@ -289,8 +335,9 @@ pub async fn serve<B>(
     let here = Connections::new(service, options);
     let cap =
         (options.max_connections > 0).then(|| Arc::new(tokio::sync::Semaphore::new(options.max_connections)));
+    let peers = Peers::default();
     loop {
-        let permit: Permit = match &cap {
+        let global = match &cap {
             Some(cap) => tokio::select! {
                 () = shutdown.cancelled() => break,
                 p = cap.clone().acquire_owned() => p.ok(),
@@ -308,6 +355,20 @@ pub async fn serve<B>(
                 }
             },
         };
+        let ip = peer.ip();
+        let per_ip = if options.max_connections_per_ip == 0 || ip.is_loopback() {
+            None
+        } else {
+            match peers.enter(ip, options.max_connections_per_ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(%peer, "too many connections from this address: closed");
+                    drop(stream);
+                    continue;
+                }
+            }
+        };
+        let permit: Permit = (global, per_ip);
         let Some(target) = loops.iter().min_by_key(|l| l.open.load(Ordering::Relaxed)) else {
             here.serve(stream, peer, move || drop(permit));
             continue;
@@ -554,6 +615,7 @@ mod tests {
             busy_poll: Duration::ZERO,
             max_connections,
             http1_only: false,
+            max_connections_per_ip: 0,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(listener, service, options, shutdown.clone()));
@@ -574,6 +636,7 @@ mod tests {
             busy_poll: Duration::ZERO,
             max_connections: 0,
             http1_only: false,
+            max_connections_per_ip: 0,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(listener, service, options, shutdown.clone()));
@@ -601,6 +664,24 @@ mod tests {
         assert_eq!(ask(&mut ok).await, "ok");
         shutdown.cancel();
         task.await.expect("join");
+    }
+
+    #[test]
+    fn an_address_gets_its_share_of_connections_and_no_more() {
+        let peers = Peers::default();
+        let ip: std::net::IpAddr = "10.1.2.3".parse().expect("ip");
+        let a = peers.enter(ip, 2).expect("first");
+        let _b = peers.enter(ip, 2).expect("second");
+        assert!(peers.enter(ip, 2).is_none(), "a third from the same address");
+        assert!(
+            peers.enter("10.1.2.4".parse().expect("ip"), 2).is_some(),
+            "another address"
+        );
+        drop(a);
+        assert!(
+            peers.enter(ip, 2).is_some(),
+            "a closed connection frees its place"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
