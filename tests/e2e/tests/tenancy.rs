@@ -98,6 +98,18 @@ async fn ingress_of(admin: &Client) -> anyhow::Result<String> {
     url.context("ingressUrl")
 }
 
+/// `wisp up` with `args`: the server, an admin client, the node's ingress and an HTTP client.
+async fn cluster(args: &[&str]) -> anyhow::Result<(Wisp, Client, String, Http)> {
+    let w = Wisp::start(Options {
+        command: Some("up".into()),
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+        ..Options::default()
+    })?;
+    let admin = w.client();
+    let ingress = ingress_of(&admin).await?;
+    Ok((w, admin, ingress, wisp_e2e::http_client()))
+}
+
 /// A request through the ingress: (status, body).
 async fn get(
     http: &Http,
@@ -166,13 +178,7 @@ fn prober(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_tenant_is_refused_or_contained_and_the_victim_keeps_answering() -> anyhow::Result<()> {
-    let w = Wisp::start(Options {
-        command: Some("up".into()),
-        ..Options::default()
-    })?;
-    let admin = w.client();
-    let ingress = ingress_of(&admin).await?;
-    let http = wisp_e2e::http_client();
+    let (w, admin, ingress, http) = cluster(&[]).await?;
     let secret = secret_server().await?;
     let ta = tenant(&w, &admin, "team-a").await?;
     let tb = tenant(&w, &admin, "team-b").await?;
@@ -503,13 +509,7 @@ async fn a_hostile_tenant_is_refused_or_contained_and_the_victim_keeps_answering
 /// and its tokens stop working — also on a namespace re-created with the same name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_namespace_takes_its_objects_and_tokens_with_it() -> anyhow::Result<()> {
-    let w = Wisp::start(Options {
-        command: Some("up".into()),
-        ..Options::default()
-    })?;
-    let admin = w.client();
-    let ingress = ingress_of(&admin).await?;
-    let http = wisp_e2e::http_client();
+    let (w, admin, ingress, http) = cluster(&[]).await?;
     let tc = tenant(&w, &admin, "team-c").await?;
     let hello = std::fs::read(wisp_e2e::guest("hello")?)?;
     let digest = tc.put_blob(Bytes::from(hello)).await?;
@@ -623,16 +623,7 @@ async fn a_deleted_namespace_takes_its_objects_and_tokens_with_it() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_do_not_stall_the_control_plane() -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
-    let w = Wisp::start(Options {
-        command: Some("up".into()),
-        args: ["--tenant-qps", "1000", "--tenant-burst", "1000"]
-            .map(str::to_owned)
-            .to_vec(),
-        ..Options::default()
-    })?;
-    let admin = w.client();
-    let ingress = ingress_of(&admin).await?;
-    let http = wisp_e2e::http_client();
+    let (w, admin, ingress, http) = cluster(&["--tenant-qps", "1000", "--tenant-burst", "1000"]).await?;
     let te = tenant(&w, &admin, "team-e").await?;
     let token = te.token().to_owned();
     let addr = w.url.trim_start_matches("http://").to_owned();
@@ -716,13 +707,7 @@ async fn slow_clients_do_not_stall_the_control_plane() -> anyhow::Result<()> {
 /// another tenant's requests go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenants_flood_leaves_another_its_latency() -> anyhow::Result<()> {
-    let w = Wisp::start(Options {
-        command: Some("up".into()),
-        ..Options::default()
-    })?;
-    let admin = w.client();
-    let ingress = ingress_of(&admin).await?;
-    let http = wisp_e2e::http_client();
+    let (w, admin, ingress, http) = cluster(&[]).await?;
     let ta = tenant(&w, &admin, "team-a").await?;
     let tb = tenant(&w, &admin, "team-b").await?;
     let hello = std::fs::read(wisp_e2e::guest("hello")?)?;
