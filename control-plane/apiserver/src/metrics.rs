@@ -18,11 +18,18 @@ pub struct VerbLabel {
     pub verb: String,
 }
 
+/// The kind a watch stream is of, by its plural (`pods`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabel {
+    pub resource: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<VerbLabel, Histogram>,
-    pub watches: Gauge,
+    /// Open watch streams by resource (`wisp_apiserver_watches{resource="pods"}`).
+    pub watches: Family<ResourceLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -32,7 +39,7 @@ impl Default for Metrics {
         let latency = Family::<VerbLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
         });
-        let watches = Gauge::default();
+        let watches = Family::<ResourceLabel, Gauge>::default();
         registry.register(
             "requests",
             "API requests by verb and status code",
@@ -43,7 +50,7 @@ impl Default for Metrics {
             "API request latency by verb",
             latency.clone(),
         );
-        registry.register("watches", "Open watch streams", watches.clone());
+        registry.register("watches", "Open watch streams by resource", watches.clone());
         Self {
             registry,
             requests,

@@ -771,7 +771,13 @@ pub async fn watch(
     let interval = state.config.bookmark_interval;
     let shutdown = state.shutdown.clone();
     let cache = state.events.clone();
-    let gauge = state.metrics.watches.clone();
+    let gauge = state
+        .metrics
+        .watches
+        .get_or_create(&crate::metrics::ResourceLabel {
+            resource: kind.plural.to_owned(),
+        })
+        .clone();
     gauge.inc();
     let guard = GaugeGuard(gauge);
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);

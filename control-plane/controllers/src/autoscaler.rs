@@ -13,7 +13,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use tokio_util::sync::CancellationToken;
 use wisp_api::{Deployment, Function, Node};
-use wisp_client::{Client, ListParams};
+use wisp_client::Client;
+use wisp_runtime::{Informers, ObjectRef, Store};
 
 /// Default target in-flight requests per pod: wasm pods take many at once.
 pub const DEFAULT_TARGET_WASM: u32 = 100;
@@ -178,7 +179,13 @@ struct Traffic {
 }
 
 /// Runs the autoscaler until `shutdown`.
-pub async fn run(client: Client, config: AutoscalerConfig, shutdown: CancellationToken) {
+pub async fn run(informers: Informers, config: AutoscalerConfig, shutdown: CancellationToken) {
+    let caches = Caches {
+        functions: informers.store(),
+        nodes: informers.store(),
+        deployments: informers.store(),
+    };
+    let client = informers.client().clone();
     let http: HttpClient =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let mut state = State::default();
@@ -189,7 +196,10 @@ pub async fn run(client: Client, config: AutoscalerConfig, shutdown: Cancellatio
             _ = ticker.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        if let Err(e) = tick(&client, &http, &config, &mut state).await {
+        if !caches.ready() {
+            continue;
+        }
+        if let Err(e) = tick(&client, &caches, &http, &config, &mut state).await {
             tracing::warn!(error = %e, "autoscaler tick failed");
         }
     }
@@ -229,19 +239,32 @@ async fn traffic(
     (out, failed)
 }
 
+/// What a tick reads: the process's shared watch caches, never a list per tick.
+struct Caches {
+    functions: Store<Function>,
+    nodes: Store<Node>,
+    deployments: Store<Deployment>,
+}
+
+impl Caches {
+    fn ready(&self) -> bool {
+        self.functions.ready() && self.nodes.ready() && self.deployments.ready()
+    }
+}
+
 async fn tick(
     client: &Client,
+    caches: &Caches,
     http: &HttpClient,
     config: &AutoscalerConfig,
     state: &mut State,
 ) -> Result<(), wisp_client::ClientError> {
-    let all = ListParams::default();
-    let functions = client.api::<Function>(None).list(&all).await?.items;
+    let functions = caches.functions.list();
     if functions.is_empty() {
         state.windows.clear();
         return Ok(());
     }
-    let nodes = client.api::<Node>(None).list(&all).await?.items;
+    let nodes = caches.nodes.list();
     let urls: Vec<String> = nodes
         .iter()
         .filter_map(|n| n.status.as_ref().and_then(|s| s.ingress_url.clone()))
@@ -278,14 +301,15 @@ async fn tick(
         let window = state.windows.entry(key).or_default();
         window.push(now, concurrency, config.stable_window);
         let deployments = client.api::<Deployment>(Some(&ns));
-        let mut d = match deployments.get_opt(&f.metadata.name).await {
-            Ok(Some(d)) => d,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!(function = %f.metadata.name, namespace = %ns, error = %e, "cannot read the deployment");
-                continue;
-            }
+        // From the cache: a scale written on a stale copy fails its CAS (409) and the next
+        // tick decides again on a fresher one.
+        let Some(d) = caches
+            .deployments
+            .get(&ObjectRef::new(f.metadata.name.clone()).within(ns.clone()))
+        else {
+            continue;
         };
+        let mut d = (*d).clone();
         let wasm = f.spec.template.spec.containers.iter().all(|c| c.wasm.is_some());
         let inputs = Inputs {
             current: u32::try_from(d.spec.replicas.max(0)).unwrap_or(0),
@@ -322,7 +346,7 @@ async fn tick(
             let stamp = jiff::Timestamp::from_millisecond(i64::try_from(seen).unwrap_or(0))
                 .map(|t| t.to_string())
                 .ok();
-            let mut next = f.clone();
+            let mut next = (*f).clone();
             next.status.get_or_insert_with(Default::default).last_request_time = stamp;
             let _ = client.api::<Function>(Some(&ns)).replace_status(&next).await;
         }

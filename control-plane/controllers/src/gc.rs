@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use wisp_api::Resource;
-use wisp_client::{Client, WatchParams};
-use wisp_runtime::{Action, Controller, ObjectRef, Store};
+use wisp_client::Client;
+use wisp_runtime::{Action, Controller, Informers, ObjectRef, Store};
 
 use crate::Error;
 
@@ -66,9 +66,10 @@ async fn reconcile<C: Resource, O: Resource>(child: Arc<C>, ctx: Arc<Ctx<O>>) ->
 }
 
 /// Run the collector for children `C` of owners `O` until `shutdown`.
-pub async fn run<C: Resource, O: Resource>(client: Client, shutdown: CancellationToken) {
-    let (owners, owner_events) = crate::cached::<O>(&client);
-    let controller = Controller::new(client.api::<C>(None), WatchParams::default());
+pub async fn run<C: Resource, O: Resource>(informers: Informers, shutdown: CancellationToken) {
+    let (owners, owner_events) = informers.cached::<O>();
+    let client = informers.client().clone();
+    let controller = Controller::<C>::shared(&informers);
     let children = controller.store();
     // When an owner changes or goes, look at the children that name it.
     let controller = controller.watches_events(owner_events, move |owner: &O| {

@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use wisp_api::{Deployment, Endpoints, Function, Lease, Node, Pod, ReplicaSet, Route, Service};
-use wisp_client::{Client, ClientError, WatchParams};
-use wisp_runtime::{Action, Controller, Writer, reflector, watcher_stream};
+use wisp_client::ClientError;
+use wisp_runtime::{Action, Controller, Informers};
 
 /// How long a changed status waits before it is written (see [`StatusDelay`]).
 pub const STATUS_COALESCE: std::time::Duration = std::time::Duration::from_millis(25);
@@ -134,40 +134,23 @@ pub enum Error {
     Poisoned,
 }
 
-/// A watch cache of every `T` in the cluster: its reader, and the stream of events that
-/// fills it as it is polled (hand it to a controller as a trigger).
-pub(crate) fn cached<T: wisp_api::Resource>(
-    client: &Client,
-) -> (
-    wisp_runtime::Store<T>,
-    impl futures::Stream<Item = Result<wisp_client::WatcherEvent<T>, ClientError>> + Send + 'static,
-) {
-    let writer = Writer::<T>::new();
-    let reader = writer.as_reader();
-    let events = reflector(
-        writer,
-        watcher_stream(client.api::<T>(None).watcher(WatchParams::default())),
-    );
-    (reader, events)
-}
-
 /// Run the ReplicaSet controller until `shutdown`.
-pub async fn run_replicasets(client: Client, shutdown: CancellationToken) {
-    let (pods, pod_events) = cached::<Pod>(&client);
-    let ctx = Arc::new(replicaset::Context::new(client.clone(), pods));
-    Controller::new(client.api::<ReplicaSet>(None), WatchParams::default())
+pub async fn run_replicasets(informers: Informers, shutdown: CancellationToken) {
+    let (pods, pod_events) = informers.cached::<Pod>();
+    let ctx = Arc::new(replicaset::Context::new(informers.client().clone(), pods));
+    Controller::<ReplicaSet>::shared(&informers)
         .owns_events(pod_events)
         .run(replicaset::reconcile, replicaset::error_policy, ctx, shutdown)
         .await;
 }
 
 /// Run the Endpoints controller until `shutdown`.
-pub async fn run_endpoints(client: Client, shutdown: CancellationToken) {
-    let (pods, pod_events) = cached::<Pod>(&client);
-    let controller = Controller::new(client.api::<Service>(None), WatchParams::default());
+pub async fn run_endpoints(informers: Informers, shutdown: CancellationToken) {
+    let (pods, pod_events) = informers.cached::<Pod>();
+    let controller = Controller::<Service>::shared(&informers);
     let services = controller.store();
     let ctx = Arc::new(endpoints::Context {
-        client: client.clone(),
+        client: informers.client().clone(),
         pods,
     });
     controller
@@ -184,14 +167,14 @@ pub async fn run_endpoints(client: Client, shutdown: CancellationToken) {
 }
 
 /// Run the Deployment controller until `shutdown`.
-pub async fn run_deployments(client: Client, shutdown: CancellationToken) {
-    let (replicasets, rs_events) = cached::<ReplicaSet>(&client);
+pub async fn run_deployments(informers: Informers, shutdown: CancellationToken) {
+    let (replicasets, rs_events) = informers.cached::<ReplicaSet>();
     let ctx = Arc::new(deployment::Context {
-        client: client.clone(),
+        client: informers.client().clone(),
         replicasets,
         status: StatusDelay::new(STATUS_COALESCE),
     });
-    Controller::new(client.api::<Deployment>(None), WatchParams::default())
+    Controller::<Deployment>::shared(&informers)
         .owns_events(rs_events)
         .run(
             deployment::reconcile,
@@ -207,19 +190,19 @@ pub async fn run_deployments(client: Client, shutdown: CancellationToken) {
 /// Run the Function controller until `shutdown`: reconciled when the Function or one of its
 /// children changes (its Deployment's ready replicas feed its status; an edited or deleted
 /// Service or Route is put back).
-pub async fn run_functions(client: Client, cluster_domain: String, shutdown: CancellationToken) {
-    let (deployments, deployment_events) = cached::<Deployment>(&client);
-    let (services, service_events) = cached::<Service>(&client);
-    let (routes, route_events) = cached::<Route>(&client);
+pub async fn run_functions(informers: Informers, cluster_domain: String, shutdown: CancellationToken) {
+    let (deployments, deployment_events) = informers.cached::<Deployment>();
+    let (services, service_events) = informers.cached::<Service>();
+    let (routes, route_events) = informers.cached::<Route>();
     let ctx = Arc::new(function::Context {
-        client: client.clone(),
+        client: informers.client().clone(),
         status: StatusDelay::new(STATUS_COALESCE),
         deployments,
         services,
         routes,
         cluster_domain,
     });
-    Controller::new(client.api::<Function>(None), WatchParams::default())
+    Controller::<Function>::shared(&informers)
         .owns_events(deployment_events)
         .owns_events(service_events)
         .owns_events(route_events)
@@ -235,22 +218,22 @@ pub async fn run_functions(client: Client, cluster_domain: String, shutdown: Can
 }
 
 /// Run the Node lifecycle controller until `shutdown`.
-pub async fn run_nodes(client: Client, grace: std::time::Duration, shutdown: CancellationToken) {
-    let lease_writer = Writer::<Lease>::new();
-    let leases = lease_writer.as_reader();
-    let lease_api = client.api::<Lease>(Some(nodes::LEASE_NAMESPACE));
-    let lease_events = reflector(
-        lease_writer,
-        watcher_stream(lease_api.watcher(WatchParams::default())),
-    );
+pub async fn run_nodes(informers: Informers, grace: std::time::Duration, shutdown: CancellationToken) {
+    // Leases live in one namespace: the shared cache of the kind holds only those the
+    // cluster has (every Lease is a node's).
+    let (leases, lease_events) = informers.cached::<Lease>();
     let ctx = Arc::new(nodes::Context {
-        client: client.clone(),
+        client: informers.client().clone(),
         leases,
         grace,
     });
-    Controller::new(client.api::<Node>(None), WatchParams::default())
+    Controller::<Node>::shared(&informers)
         .watches_events(lease_events, |l: &Lease| {
-            vec![wisp_runtime::ObjectRef::new(l.metadata.name.clone())]
+            if l.metadata.namespace.as_deref() == Some(nodes::LEASE_NAMESPACE) {
+                vec![wisp_runtime::ObjectRef::new(l.metadata.name.clone())]
+            } else {
+                Vec::new()
+            }
         })
         .run(
             nodes::reconcile,
@@ -281,21 +264,23 @@ impl Default for Config {
     }
 }
 
-/// Run every controller this crate has until `shutdown`.
-pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
+/// Run every controller this crate has until `shutdown`, all reading the shared caches of
+/// `informers` (one watch per kind, whoever else in the process reads them too).
+pub async fn run(informers: Informers, config: Config, shutdown: CancellationToken) {
+    let i = &informers;
     tokio::join!(
-        run_deployments(client.clone(), shutdown.clone()),
-        run_replicasets(client.clone(), shutdown.clone()),
-        gc::run::<Pod, ReplicaSet>(client.clone(), shutdown.clone()),
-        gc::run::<ReplicaSet, Deployment>(client.clone(), shutdown.clone()),
-        run_endpoints(client.clone(), shutdown.clone()),
-        gc::run::<Endpoints, Service>(client.clone(), shutdown.clone()),
-        run_functions(client.clone(), config.cluster_domain.clone(), shutdown.clone()),
-        namespaces::run(client.clone(), shutdown.clone()),
-        autoscaler::run(client.clone(), config.autoscaler, shutdown.clone()),
-        gc::run::<Deployment, Function>(client.clone(), shutdown.clone()),
-        gc::run::<Service, Function>(client.clone(), shutdown.clone()),
-        gc::run::<Route, Function>(client.clone(), shutdown.clone()),
-        run_nodes(client, config.node_grace, shutdown),
+        run_deployments(i.clone(), shutdown.clone()),
+        run_replicasets(i.clone(), shutdown.clone()),
+        gc::run::<Pod, ReplicaSet>(i.clone(), shutdown.clone()),
+        gc::run::<ReplicaSet, Deployment>(i.clone(), shutdown.clone()),
+        run_endpoints(i.clone(), shutdown.clone()),
+        gc::run::<Endpoints, Service>(i.clone(), shutdown.clone()),
+        run_functions(i.clone(), config.cluster_domain.clone(), shutdown.clone()),
+        namespaces::run(i.clone(), shutdown.clone()),
+        autoscaler::run(i.clone(), config.autoscaler, shutdown.clone()),
+        gc::run::<Deployment, Function>(i.clone(), shutdown.clone()),
+        gc::run::<Service, Function>(i.clone(), shutdown.clone()),
+        gc::run::<Route, Function>(i.clone(), shutdown.clone()),
+        run_nodes(i.clone(), config.node_grace, shutdown),
     );
 }

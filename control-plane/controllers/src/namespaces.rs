@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use wisp_api::{KINDS, Namespace};
-use wisp_client::{Client, ListParams, WatchParams};
-use wisp_runtime::{Action, Controller};
+use wisp_client::{Client, ListParams};
+use wisp_runtime::{Action, Controller, Informers};
 
 use crate::Error;
 
@@ -65,11 +65,11 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
 }
 
 /// Run the Namespace controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
     let ctx = Arc::new(Context {
-        client: client.clone(),
+        client: informers.client().clone(),
     });
-    Controller::new(client.api::<Namespace>(None), WatchParams::default())
+    Controller::<Namespace>::shared(&informers)
         .run(
             reconcile,
             |_n: Arc<Namespace>, _e: &Error, _c: Arc<Context>| Action::requeue(Duration::from_secs(1)),

@@ -118,7 +118,7 @@ async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
 async fn rolling_update_keeps_ready_pods_and_undo_restores() {
     let (client, shutdown, _dir) = server().await;
     let controllers = tokio::spawn(wisp_controllers::run(
-        client.clone(),
+        wisp_runtime::Informers::new(client.clone(), shutdown.clone()),
         wisp_controllers::Config::default(),
         shutdown.clone(),
     ));

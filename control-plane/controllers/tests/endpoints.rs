@@ -74,7 +74,7 @@ async fn eventually(api: &wisp_client::Api<Endpoints>, want: (Vec<&str>, Vec<&st
 async fn endpoints_follow_pod_readiness() {
     let (client, shutdown, _dir) = server().await;
     let controllers = tokio::spawn(wisp_controllers::run(
-        client.clone(),
+        wisp_runtime::Informers::new(client.clone(), shutdown.clone()),
         wisp_controllers::Config::default(),
         shutdown.clone(),
     ));

@@ -34,12 +34,13 @@ async fn function_expands_scales_within_bounds_and_is_collected() -> anyhow::Res
     // the replicas this test sets stand for the "autoscaler's choice".
     let controllers = tokio::spawn({
         let (c, s) = (client.clone(), shutdown.clone());
+        let i = wisp_runtime::Informers::new(c, s.clone());
         async move {
             tokio::join!(
-                wisp_controllers::run_functions(c.clone(), "localhost".into(), s.clone()),
-                wisp_controllers::gc::run::<Deployment, Function>(c.clone(), s.clone()),
-                wisp_controllers::gc::run::<Service, Function>(c.clone(), s.clone()),
-                wisp_controllers::gc::run::<Route, Function>(c, s),
+                wisp_controllers::run_functions(i.clone(), "localhost".into(), s.clone()),
+                wisp_controllers::gc::run::<Deployment, Function>(i.clone(), s.clone()),
+                wisp_controllers::gc::run::<Service, Function>(i.clone(), s.clone()),
+                wisp_controllers::gc::run::<Route, Function>(i, s),
             );
         }
     });
@@ -138,7 +139,7 @@ async fn function_never_takes_over_an_object_it_does_not_own() -> anyhow::Result
     client.api::<Service>(Some("default")).create(&svc).await?;
     let shutdown = CancellationToken::new();
     let controllers = tokio::spawn(wisp_controllers::run_functions(
-        client.clone(),
+        wisp_runtime::Informers::new(client.clone(), shutdown.clone()),
         "localhost".into(),
         shutdown.clone(),
     ));

@@ -63,7 +63,7 @@ where
 async fn replicaset_keeps_its_pods_and_gc_cleans_up() {
     let (client, shutdown, _dir) = server().await;
     let controllers = tokio::spawn(wisp_controllers::run(
-        client.clone(),
+        wisp_runtime::Informers::new(client.clone(), shutdown.clone()),
         wisp_controllers::Config::default(),
         shutdown.clone(),
     ));

@@ -138,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
     let sched_stop = CancellationToken::new();
     let start = Instant::now();
     let scheduler = tokio::spawn(wisp_scheduler::run(
-        Client::new(&server.url, &server.token),
+        wisp_runtime::Informers::new(Client::new(&server.url, &server.token), sched_stop.clone()),
         config,
         sched_stop.clone(),
     ));

@@ -20,7 +20,8 @@ mod scheduler;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use wisp_client::{Client, ClientError};
+use wisp_client::ClientError;
+use wisp_runtime::Informers;
 
 pub use cache::{Cache, Decision};
 pub use plugins::{Allocation, NodeInfo, PodRequirements, Rejection};
@@ -80,9 +81,11 @@ pub enum SchedulerError {
 /// in-flight binds finish (up to [`SchedulerConfig::shutdown_grace`]). `client` needs a token
 /// that may read nodes and read and write pods in all namespaces (the admin token).
 pub async fn run(
-    client: Client,
+    informers: Informers,
     config: SchedulerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), SchedulerError> {
-    scheduler::Scheduler::new(client, config).run(shutdown).await
+    scheduler::Scheduler::new(informers.client().clone(), config)
+        .run(&informers, shutdown)
+        .await
 }

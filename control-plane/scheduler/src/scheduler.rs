@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use wisp_api::{Condition, Node, Pod, Resource};
-use wisp_client::{Api, Client, ClientError, WatchParams, WatcherEvent};
-use wisp_runtime::{ObjectRef, watcher_stream};
+use wisp_client::{Api, Client, ClientError, WatcherEvent};
+use wisp_runtime::{Informers, ObjectRef};
 
 use crate::cache::{Cache, Decision};
 use crate::plugins::PodRequirements;
@@ -138,9 +138,11 @@ impl Scheduler {
         }
     }
 
-    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), SchedulerError> {
-        let node_events = watcher_stream(self.client.api::<Node>(None).watcher(WatchParams::default()));
-        let pod_events = watcher_stream(self.client.api::<Pod>(None).watcher(WatchParams::default()));
+    pub(crate) async fn run(mut self, informers: &Informers, shutdown: CancellationToken) -> Result<(), SchedulerError> {
+        // Its own cache is built from the shared watches' events (the scheduler assumes
+        // binds in it before the API has confirmed them).
+        let node_events = informers.subscribe::<Node>();
+        let pod_events = informers.subscribe::<Pod>();
         let mut node_events = std::pin::pin!(node_events);
         let mut pod_events = std::pin::pin!(pod_events);
         let mut resync = tokio::time::interval(self.config.unschedulable_retry);

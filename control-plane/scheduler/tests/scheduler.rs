@@ -25,7 +25,11 @@ impl Cluster {
             unschedulable_retry: Duration::from_secs(3600),
             ..SchedulerConfig::default()
         };
-        let scheduler = tokio::spawn(wisp_scheduler::run(client.clone(), config, shutdown.clone()));
+        let scheduler = tokio::spawn(wisp_scheduler::run(
+            wisp_runtime::Informers::new(client.clone(), shutdown.clone()),
+            config,
+            shutdown.clone(),
+        ));
         Ok(Self {
             client,
             shutdown,

@@ -338,7 +338,9 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
             .context("token for the in-process components")?;
         Ok(api.in_process_client(&url, &token))
     };
-    let admin = || internal(wisp_apiserver::auth::Principal::Admin);
+    // One watch per kind for the whole process: the controllers, the scheduler and the node
+    // read the same caches (writes still go with each component's own credential).
+    let informers = wisp_runtime::Informers::new(internal(wisp_apiserver::auth::Principal::Admin)?, shutdown.clone());
     let controllers = if args.up.controllers {
         let config = wisp_controllers::Config {
             node_grace: Duration::from_secs(args.up.node_grace_seconds.max(1)),
@@ -355,13 +357,13 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
             },
             cluster_domain: args.up.cluster_domain.clone(),
         };
-        Some(wisp_controllers::run(admin()?, config, shutdown.clone()))
+        Some(wisp_controllers::run(informers.clone(), config, shutdown.clone()))
     } else {
         None
     };
     let scheduler = if args.up.scheduler {
         Some(wisp_scheduler::run(
-            admin()?,
+            informers.clone(),
             wisp_scheduler::SchedulerConfig::default(),
             shutdown.clone(),
         ))

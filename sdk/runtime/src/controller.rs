@@ -15,6 +15,7 @@ use wisp_api::Resource;
 use wisp_client::{Api, ClientError, WatchParams, WatcherEvent};
 
 use crate::reflector::{ObjectRef, Store, Writer, reflector, watcher_stream};
+use crate::shared::Informers;
 use crate::runner::{self, Action, Outcome, RunnerConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -50,8 +51,8 @@ type Events<T> = BoxStream<'static, Result<WatcherEvent<T>, ClientError>>;
 /// Reconciles every object of kind `T`. Build with [`Controller::new`], add child triggers
 /// with [`Controller::owns`] / [`Controller::watches`], then [`Controller::run`].
 pub struct Controller<T: Resource> {
+    /// The watched kind's events, already applied to `store` when they arrive.
     events: Events<T>,
-    writer: Writer<T>,
     store: Store<T>,
     triggers: Vec<BoxStream<'static, Vec<ObjectRef>>>,
     config: Config,
@@ -63,7 +64,19 @@ impl<T: Resource> Controller<T> {
         Self::from_events(watcher_stream(api.watcher(params)))
     }
 
-    /// From any stream of watch events (tests, or a watcher built elsewhere).
+    /// On the process's shared cache of `T` (see [`Informers`]): no watch of its own.
+    pub fn shared(informers: &Informers) -> Self {
+        let shared = informers.shared::<T>();
+        Self {
+            events: shared.subscribe(),
+            store: shared.store(),
+            triggers: Vec::new(),
+            config: Config::default(),
+        }
+    }
+
+    /// From any stream of watch events (tests, or a watcher built elsewhere), through a cache
+    /// of its own.
     pub fn from_events<S>(events: S) -> Self
     where
         S: Stream<Item = Result<WatcherEvent<T>, ClientError>> + Send + 'static,
@@ -71,8 +84,7 @@ impl<T: Resource> Controller<T> {
         let writer = Writer::new();
         let store = writer.as_reader();
         Self {
-            events: events.boxed(),
-            writer,
+            events: reflector(writer, events).boxed(),
             store,
             triggers: Vec::new(),
             config: Config::default(),
@@ -155,13 +167,11 @@ impl<T: Resource> Controller<T> {
     {
         let Controller {
             events,
-            writer,
             store,
             mut triggers,
             config,
         } = self;
-        let main = reflector(writer, events);
-        triggers.push(to_triggers(main, |ev| match ev {
+        triggers.push(to_triggers(events, |ev| match ev {
             WatcherEvent::Restarted(objs) => objs.iter().map(ObjectRef::from_obj).collect(),
             WatcherEvent::Applied(o) => vec![ObjectRef::from_obj(&o)],
             WatcherEvent::Deleted(_) => Vec::new(),

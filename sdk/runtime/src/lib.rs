@@ -1,7 +1,7 @@
 //! `wisp-runtime`: the machinery every Wisp control loop is built from.
 //!
 //! Owns the path from a watch to a reconcile: [`watcher_stream`] (a resumable watch from
-//! `wisp-client` as a stream) → [`reflector`] (a read-only, watch-fed cache of objects) →
+//! `wisp-client` as a stream) → [`reflector`] (a read-only, watch-fed cache of objects; [`Informers`] share one per kind per process) →
 //! [`Controller`] (a level-triggered reconcile loop with per-object exclusivity, coalescing,
 //! bounded concurrency, per-object exponential backoff and periodic resync) — and the
 //! serving loop every Wisp HTTP server shares ([`http::serve`]: accept, serve, drain on
@@ -14,7 +14,9 @@ pub mod controller;
 pub mod http;
 pub mod reflector;
 pub mod runner;
+pub mod shared;
 
 pub use controller::{Config, Controller};
 pub use reflector::{ObjectRef, Store, Writer, reflector, watcher_stream};
 pub use runner::{Action, Outcome, RunnerConfig};
+pub use shared::{Informers, Shared};

@@ -77,12 +77,17 @@ impl Cluster {
         tasks.spawn(async move { i.sync(s).await });
         let (i, s) = (ingress.clone(), shutdown.clone());
         tasks.spawn(wisp_ingress::serve(i, listener, s));
-        let (c, s) = (internal.clone(), shutdown.clone());
+        // The scheduler and the controllers share one watch per kind, as in `wisp up`.
+        let informers = wisp_runtime::Informers::new(internal, shutdown.clone());
+        let (i, s) = (informers.clone(), shutdown.clone());
         tasks.spawn(async move {
-            let _ = wisp_scheduler::run(c, wisp_scheduler::SchedulerConfig::default(), s).await;
+            let _ = wisp_scheduler::run(i, wisp_scheduler::SchedulerConfig::default(), s).await;
         });
-        let (c, s) = (internal, shutdown.clone());
-        tasks.spawn(wisp_controllers::run(c, wisp_controllers::Config::default(), s));
+        tasks.spawn(wisp_controllers::run(
+            informers,
+            wisp_controllers::Config::default(),
+            shutdown.clone(),
+        ));
         let http =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
         Ok(Self {

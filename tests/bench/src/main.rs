@@ -10,6 +10,7 @@ mod cluster;
 mod cold_start;
 mod docker_cold_start;
 mod drive;
+mod fanout;
 mod pod_start;
 mod report;
 mod scenario;
@@ -43,6 +44,8 @@ enum Command {
     ColdStart(cold_start::ColdStartArgs),
     /// Scale-from-zero of a Docker-backed Function through the ingress vs raw `docker run`.
     DockerColdStart(docker_cold_start::DockerColdStartArgs),
+    /// What one write costs a whole `wisp up` process (every watch of its kind), per binary.
+    WriteFanout(fanout::FanoutArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -363,6 +366,12 @@ async fn main() -> std::process::ExitCode {
             Err(e) => Err(e),
         },
         Command::DockerColdStart(args) => match docker_cold_start::run(args).await {
+            Ok(report) => std::io::stdout()
+                .write_all(report.as_bytes())
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        },
+        Command::WriteFanout(args) => match fanout::run(args).await {
             Ok(report) => std::io::stdout()
                 .write_all(report.as_bytes())
                 .map_err(anyhow::Error::from),

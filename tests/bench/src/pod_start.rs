@@ -99,7 +99,7 @@ pub async fn run(args: &PodStartArgs) -> anyhow::Result<String> {
         .as_ref()
         .is_some_and(wisp_sandbox_wasm::WasmSandbox::pooling);
     let scheduler = tokio::spawn(wisp_scheduler::run(
-        client.clone(),
+        wisp_runtime::Informers::new(client.clone(), shutdown.clone()),
         wisp_scheduler::SchedulerConfig::default(),
         shutdown.clone(),
     ));
