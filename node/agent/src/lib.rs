@@ -6,21 +6,24 @@
 //! from the API's blob store, and adopts the sandboxes it already runs after a restart.
 //!
 //! It talks to the control plane only through the API (`wisp-client`) and to runtimes only
-//! through the `Sandbox` trait (plus the wasm runtime's in-process HTTP hook for probes). It
-//! must not schedule pods, mark nodes lost or replace pods (scheduler and controllers).
+//! through the `wisp-sandbox` contract ([`Runtimes`]: `Sandbox` trait objects by runtime name,
+//! their in-process HTTP capability for probes, their health for the node's conditions); the
+//! binary constructs the runtimes. It publishes which of its pods are ready to the node's
+//! ingress in process ([`LocalReadiness`]). It must not schedule pods, mark nodes lost or
+//! replace pods (scheduler and controllers), nor name a concrete runtime.
 
 pub mod lifecycle;
 pub mod logs;
 pub mod node;
 mod pods;
 mod probe;
+pub mod readiness;
 pub mod spec;
 mod worker;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,10 +33,9 @@ use tokio_util::sync::CancellationToken;
 use wisp_api::Quantity;
 use wisp_client::Client;
 use wisp_sandbox::{ArtifactSource, SandboxError};
-use wisp_sandbox_docker::{DockerConfig, DockerSandbox};
-use wisp_sandbox_wasm::{WasmConfig, WasmSandbox};
 
 pub use crate::lifecycle::Backoff;
+pub use crate::readiness::{LocalReadiness, ReadinessMap};
 pub use crate::worker::Runtimes;
 
 /// Label the agent adds to listed sandboxes: the runtime that holds them.
@@ -41,8 +43,6 @@ pub(crate) const LABEL_RUNTIME: &str = "wisp.dev/runtime";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot start the wasm runtime: {0}")]
-    Runtime(#[from] SandboxError),
     #[error("cannot listen on {addr} for the log endpoint: {source}")]
     Listen {
         addr: SocketAddr,
@@ -71,26 +71,11 @@ pub struct AgentConfig {
     /// The lease is renewed every `lease_duration / 4` (default 10 s → 2.5 s).
     pub lease_duration: Duration,
     pub backoff: Backoff,
-    /// Pooling allocator and pool size of the wasm runtime.
-    pub wasm_pooling: bool,
-    pub wasm_max_instances: u32,
-    /// Reset a Wasm pool slot by the pages the instance dirtied (`WasmConfig::pagemap_scan`)
-    /// instead of clearing all it keeps resident; on by default.
-    pub wasm_pagemap_reset: bool,
     /// This node's ingress, published on the Node for other nodes and the autoscaler.
     pub ingress_url: Option<String>,
-    /// The Docker runtime (`None`: this node runs Wasm only). A daemon that is down does
-    /// not stop the node: it reports `DockerReady=False` until the daemon answers.
-    pub docker: Option<DockerConfig>,
-    /// Where Wasm guests' calls to `<service>.<namespace>.svc` go (this node's ingress).
-    pub service_gateway: Option<SocketAddr>,
     /// Where the agent publishes which of its pods are ready, for this node's ingress (which
     /// then routes to a pod the moment it is ready, before its status reaches the API).
-    pub local_readiness: wisp_sandbox::LocalReadiness,
-    /// Where Wasm guests' outbound calls may connect.
-    pub egress: wisp_sandbox::EgressPolicy,
-    /// HTTP requests one namespace may run at once in this node's Wasm runtime.
-    pub wasm_namespace_slots: u32,
+    pub local_readiness: LocalReadiness,
 }
 
 impl AgentConfig {
@@ -104,15 +89,8 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             lease_duration: Duration::from_secs(10),
             backoff: Backoff::default(),
-            wasm_pooling: true,
-            wasm_max_instances: 1000,
-            wasm_pagemap_reset: true,
             ingress_url: None,
-            docker: None,
-            service_gateway: None,
-            local_readiness: wisp_sandbox::LocalReadiness::default(),
-            egress: wisp_sandbox::EgressPolicy::default(),
-            wasm_namespace_slots: 250,
+            local_readiness: LocalReadiness::default(),
         }
     }
 }
@@ -123,17 +101,17 @@ pub struct ApiArtifacts(pub Client);
 impl ArtifactSource for ApiArtifacts {
     fn fetch<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, wisp_sandbox::Result<Bytes>> {
         async move {
-            self.0.get_blob(digest).await.map_err(|e| SandboxError::Fetch {
-                what: digest.to_owned(),
-                reason: e.to_string(),
-            })
+            self.0
+                .get_blob(digest)
+                .await
+                .map_err(|e| SandboxError::fetch(digest, e))
         }
         .boxed()
     }
 }
 
-/// A node agent: its runtimes are built by [`Agent::new`]; [`Agent::run`] registers and
-/// serves until shutdown.
+/// A node agent over the runtimes the binary built; [`Agent::run`] registers and serves until
+/// shutdown.
 pub struct Agent {
     client: Client,
     config: AgentConfig,
@@ -141,33 +119,9 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Builds the wasm runtime (compiled components cached under `data_dir/wasm`, fetched
-    /// through `client`).
-    pub fn new(client: Client, config: AgentConfig) -> Result<Self, AgentError> {
-        let mut wasm = WasmConfig::new(config.data_dir.join("wasm"));
-        wasm.pooling = config.wasm_pooling;
-        wasm.max_instances = config.wasm_max_instances;
-        wasm.pagemap_scan = config.wasm_pagemap_reset;
-        wasm.service_gateway = config.service_gateway;
-        wasm.egress = config.egress.clone();
-        wasm.namespace_slots = config.wasm_namespace_slots.min(config.wasm_max_instances).max(1);
-        let artifacts: Arc<dyn ArtifactSource> = Arc::new(ApiArtifacts(client.clone()));
-        let runtime = WasmSandbox::new(wasm, Some(artifacts))?;
-        let docker = config.docker.clone().map(DockerSandbox::new);
-        Ok(Self::with_runtimes(
-            client,
-            config,
-            Runtimes {
-                wasm: Some(runtime),
-                docker,
-                others: Vec::new(),
-            },
-        ))
-    }
-
-    /// An agent over runtimes built elsewhere (tests: an agent restarted over the same
-    /// runtimes must adopt what they run).
-    pub fn with_runtimes(client: Client, config: AgentConfig, runtimes: Runtimes) -> Self {
+    /// An agent over `runtimes` (an agent restarted over the same runtimes adopts what they
+    /// run).
+    pub fn new(client: Client, config: AgentConfig, runtimes: Runtimes) -> Self {
         Self {
             client,
             config,
@@ -210,10 +164,10 @@ impl Agent {
             agent_url: Some(format!("http://{}:{}", c.address, local.port())),
             ingress_url: c.ingress_url.clone(),
             lease_duration: c.lease_duration,
-            docker: self.runtimes.docker.clone(),
-            docker_ready: Arc::default(),
+            checked: self.runtimes.checked(),
+            health: std::sync::Arc::default(),
         };
-        node::refresh_docker(&info).await;
+        node::refresh_health(&info).await;
         let register = async {
             node::renew(&self.client, &info).await?;
             node::register(&self.client, &info).await
@@ -223,7 +177,7 @@ impl Agent {
             source,
         })?;
         tracing::info!(node = %c.node_name, runtimes = ?info.runtimes, logs = %local, "node registered");
-        let ctx = Arc::new(worker::Ctx {
+        let ctx = std::sync::Arc::new(worker::Ctx {
             client: self.client.clone(),
             node: c.node_name.clone(),
             address: c.address.clone(),
@@ -232,7 +186,7 @@ impl Agent {
             pods_dir: c.data_dir.join("pods"),
             readiness: c.local_readiness.clone(),
         });
-        let log_server = Arc::new(logs::LogServer {
+        let log_server = std::sync::Arc::new(logs::LogServer {
             shutdown: shutdown.clone(),
             api_url: self.client.server().to_owned(),
             node: c.node_name.clone(),
@@ -240,7 +194,7 @@ impl Agent {
         });
         let interval = (c.lease_duration / 4).max(Duration::from_millis(100));
         tokio::join!(
-            node::docker_monitor(
+            node::health_monitor(
                 info.clone(),
                 interval.min(Duration::from_secs(2)),
                 shutdown.clone()

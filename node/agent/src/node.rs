@@ -1,7 +1,9 @@
 //! The node's registration and heartbeat: the Node object (capacity, runtimes, addresses,
 //! `Ready`) and its Lease in `wisp-system`, renewed every `renew_interval`. When the node
 //! lifecycle controller has marked the node `NotReady` (the lease ran out while this agent
-//! was away or stalled), the next heartbeat sets `Ready=True` again.
+//! was away or stalled), the next heartbeat sets `Ready=True` again. A runtime that depends on
+//! a service outside the process (docker: the daemon) has its own `<Runtime>Ready` condition
+//! (`DockerReady`), kept current by [`health_monitor`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -10,6 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wisp_api::{Condition, Lease, Node, NodeAddress, NodeStatus, ObjectMeta, Quantity, Resource};
 use wisp_client::{Client, ClientError};
+use wisp_sandbox::Sandbox;
 
 /// Where node Leases live (the node lifecycle controller reads them there).
 pub const LEASE_NAMESPACE: &str = "wisp-system";
@@ -25,11 +28,22 @@ pub struct NodeInfo {
     pub agent_url: Option<String>,
     pub ingress_url: Option<String>,
     pub lease_duration: Duration,
-    /// Pinged by [`docker_monitor`] for the `DockerReady` condition.
-    pub docker: Option<wisp_sandbox_docker::DockerSandbox>,
-    /// The last `DockerReady` condition the monitor found (heartbeats read it, never wait
-    /// on the daemon).
-    pub docker_ready: Arc<Mutex<Option<Condition>>>,
+    /// The runtimes whose health [`health_monitor`] checks, each for its `<Runtime>Ready`
+    /// condition.
+    pub checked: Vec<Arc<dyn Sandbox>>,
+    /// The last condition the monitor found for each of them, by condition type (heartbeats
+    /// read it, never wait on a runtime's service).
+    pub health: Arc<Mutex<BTreeMap<String, Condition>>>,
+}
+
+/// The node condition for runtime `name`'s service: `docker` → `DockerReady`.
+pub fn health_condition_type(name: &str) -> String {
+    let mut chars = name.chars();
+    let first = chars
+        .next()
+        .map(|c| c.to_uppercase().collect::<String>())
+        .unwrap_or_default();
+    format!("{first}{}Ready", chars.as_str())
 }
 
 fn now() -> String {
@@ -50,40 +64,46 @@ fn ready_condition(conditions: &mut Vec<Condition>) {
     );
 }
 
-/// Pings the daemon (bounded by the runtime's short timeouts) and records `DockerReady`.
-pub async fn refresh_docker(info: &NodeInfo) {
-    let Some(docker) = info.docker.as_ref() else {
-        return;
-    };
-    let (status, reason, message) = match docker.ping().await {
-        Ok(version) => ("True", "DaemonReady", format!("Docker {version} answers")),
-        Err(e) => ("False", "DaemonUnreachable", e.to_string()),
-    };
-    let condition = Condition {
-        type_: wisp_api::NODE_DOCKER_READY.into(),
-        status: status.into(),
-        reason: Some(reason.into()),
-        message: Some(message),
-        ..Condition::default()
-    };
-    *info
-        .docker_ready
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(condition);
+/// Asks each checked runtime whether its service answers (bounded by the runtime's own
+/// timeouts) and records its `<Runtime>Ready` condition.
+pub async fn refresh_health(info: &NodeInfo) {
+    for runtime in &info.checked {
+        let Some(check) = runtime.health() else {
+            continue;
+        };
+        let name = runtime.runtime();
+        let (status, reason, message) = match check.await {
+            Ok(version) => ("True", "DaemonReady", format!("{name} {version} answers")),
+            Err(e) => ("False", "DaemonUnreachable", e.to_string()),
+        };
+        let condition = Condition {
+            type_: health_condition_type(name),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(message),
+            ..Condition::default()
+        };
+        info.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(condition.type_.clone(), condition);
+    }
 }
 
-/// The last recorded `DockerReady` condition.
-fn docker_condition(info: &NodeInfo) -> Option<Condition> {
-    info.docker_ready
+/// The last recorded health conditions.
+fn health_conditions(info: &NodeInfo) -> Vec<Condition> {
+    info.health
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
+        .values()
+        .cloned()
+        .collect()
 }
 
-/// Keeps `DockerReady` current, apart from the heartbeat, so a daemon that hangs never
-/// delays the lease.
-pub async fn docker_monitor(info: NodeInfo, interval: Duration, shutdown: CancellationToken) {
-    if info.docker.is_none() {
+/// Keeps the runtimes' health conditions current, apart from the heartbeat, so a daemon that
+/// hangs never delays the lease.
+pub async fn health_monitor(info: NodeInfo, interval: Duration, shutdown: CancellationToken) {
+    if info.checked.is_empty() {
         return;
     }
     let mut ticker = tokio::time::interval(interval);
@@ -94,13 +114,13 @@ pub async fn docker_monitor(info: NodeInfo, interval: Duration, shutdown: Cancel
             () = shutdown.cancelled() => return,
         }
         tokio::select! {
-            () = refresh_docker(&info) => {}
+            () = refresh_health(&info) => {}
             () = shutdown.cancelled() => return,
         }
     }
 }
 
-fn desired_status(info: &NodeInfo, current: Option<&NodeStatus>, docker: Option<&Condition>) -> NodeStatus {
+fn desired_status(info: &NodeInfo, current: Option<&NodeStatus>, health: &[Condition]) -> NodeStatus {
     let mut st = current.cloned().unwrap_or_default();
     st.capacity = info.capacity.clone();
     st.allocatable = info.capacity.clone();
@@ -113,7 +133,7 @@ fn desired_status(info: &NodeInfo, current: Option<&NodeStatus>, docker: Option<
     st.ingress_url = info.ingress_url.clone();
     st.agent_version = Some(env!("CARGO_PKG_VERSION").into());
     ready_condition(&mut st.conditions);
-    if let Some(c) = docker {
+    for c in health {
         // Only a change of status rewrites the condition (its message carries no news).
         let same = st
             .conditions
@@ -157,8 +177,8 @@ pub async fn register(client: &Client, info: &NodeInfo) -> Result<(), ClientErro
 }
 
 async fn post_status(client: &Client, info: &NodeInfo, mut node: Node) -> Result<(), ClientError> {
-    let docker = docker_condition(info);
-    let desired = desired_status(info, node.status.as_ref(), docker.as_ref());
+    let health = health_conditions(info);
+    let desired = desired_status(info, node.status.as_ref(), &health);
     if node.status.as_ref() == Some(&desired) {
         return Ok(());
     }
@@ -219,9 +239,9 @@ pub async fn heartbeat(client: Client, info: NodeInfo, interval: Duration, shutd
             }
         };
         let result = match node {
-            Some(node) if node.is_ready() && !docker_changed(&info, &node) => Ok(()),
+            Some(node) if node.is_ready() && !health_changed(&info, &node) => Ok(()),
             Some(node) if node.is_ready() => {
-                tracing::info!(node = %info.name, "the Docker daemon's state changed; reporting it");
+                tracing::info!(node = %info.name, "a runtime's service changed state; reporting it");
                 post_status(&client, &info, node).await
             }
             Some(node) => {
@@ -236,16 +256,27 @@ pub async fn heartbeat(client: Client, info: NodeInfo, interval: Duration, shutd
     }
 }
 
-/// Whether the daemon's state differs from the node's `DockerReady` condition.
-fn docker_changed(info: &NodeInfo, node: &Node) -> bool {
-    let Some(c) = docker_condition(info) else {
-        return false;
-    };
-    let current = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|x| x.type_ == c.type_));
-    current.is_none_or(|x| x.status != c.status)
+/// Whether a runtime's service state differs from the node's condition for it.
+fn health_changed(info: &NodeInfo, node: &Node) -> bool {
+    health_conditions(info).iter().any(|c| {
+        let current = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|x| x.type_ == c.type_));
+        current.is_none_or(|x| x.status != c.status)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_runtimes_condition_is_named_after_it() {
+        assert_eq!(
+            super::health_condition_type(wisp_api::RUNTIME_DOCKER),
+            wisp_api::NODE_DOCKER_READY
+        );
+        assert_eq!(super::health_condition_type("wasm"), "WasmReady");
+    }
 }
 
 /// The machine's capacity: CPUs and memory as the OS reports them.

@@ -23,8 +23,6 @@ use wisp_client::Client;
 use wisp_sandbox::{
     Endpoint, ExitStatus, Kind, Sandbox, SandboxError, SandboxId, SandboxSpec, SandboxStatus, Source, State,
 };
-use wisp_sandbox_docker::DockerSandbox;
-use wisp_sandbox_wasm::WasmSandbox;
 
 use crate::lifecycle::{self, Backoff, Lifecycle, Stage, Terminated};
 use crate::probe;
@@ -37,44 +35,55 @@ const UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
 /// How often a slow preparation's progress is read for the pod's status.
 const PROGRESS_PERIOD: Duration = Duration::from_millis(500);
 
-/// The runtimes of this node, by name.
+/// The runtimes of this node, by name ([`Sandbox::runtime`]): the agent knows them only
+/// through the `wisp-sandbox` contract.
 #[derive(Clone, Default)]
-pub struct Runtimes {
-    /// The wasm runtime (also used for in-process readiness probes and kind detection).
-    pub wasm: Option<WasmSandbox>,
-    /// The Docker runtime (also pinged for the node's `DockerReady` condition).
-    pub docker: Option<DockerSandbox>,
-    /// Other runtimes, looked up by [`Sandbox::runtime`].
-    pub others: Vec<Arc<dyn Sandbox>>,
+pub struct Runtimes(std::collections::BTreeMap<&'static str, Arc<dyn Sandbox>>);
+
+impl std::fmt::Debug for Runtimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl FromIterator<Arc<dyn Sandbox>> for Runtimes {
+    /// A later runtime of the same name replaces an earlier one.
+    fn from_iter<I: IntoIterator<Item = Arc<dyn Sandbox>>>(iter: I) -> Self {
+        Self(iter.into_iter().map(|s| (s.runtime(), s)).collect())
+    }
 }
 
 impl Runtimes {
-    pub fn get(&self, name: &str) -> Option<Arc<dyn Sandbox>> {
-        if let Some(s) = self.others.iter().find(|s| s.runtime() == name) {
-            return Some(s.clone());
-        }
-        match (&self.wasm, &self.docker) {
-            (Some(w), _) if name == wisp_api::RUNTIME_WASM => Some(Arc::new(w.clone())),
-            (_, Some(d)) if name == wisp_api::RUNTIME_DOCKER => Some(Arc::new(d.clone())),
-            _ => None,
-        }
+    /// Adds `runtime` (replacing one of the same name).
+    pub fn insert(&mut self, runtime: Arc<dyn Sandbox>) {
+        self.0.insert(runtime.runtime(), runtime);
     }
 
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Sandbox>> {
+        self.0.get(name).cloned()
+    }
+
+    /// The names, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.others.iter().map(|s| s.runtime().to_owned()).collect();
-        if self.wasm.is_some() {
-            names.push(wisp_api::RUNTIME_WASM.to_owned());
-        }
-        if self.docker.is_some() {
-            names.push(wisp_api::RUNTIME_DOCKER.to_owned());
-        }
-        names.sort();
-        names.dedup();
-        names
+        self.0.keys().map(|&n| n.to_owned()).collect()
     }
 
     pub fn all(&self) -> Vec<Arc<dyn Sandbox>> {
-        self.names().iter().filter_map(|n| self.get(n)).collect()
+        self.0.values().cloned().collect()
+    }
+
+    /// The runtimes that have a service outside the process to check ([`Sandbox::health`]).
+    pub fn checked(&self) -> Vec<Arc<dyn Sandbox>> {
+        self.0
+            .values()
+            .filter(|s| s.health().is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Whether runtime `name` serves HTTP sandboxes in process.
+    pub fn serves_in_process(&self, name: &str) -> bool {
+        self.0.get(name).is_some_and(|s| s.in_process_http().is_some())
     }
 }
 
@@ -89,7 +98,7 @@ pub struct Ctx {
     /// Volumes live under `<pods_dir>/<pod uid>/`.
     pub pods_dir: PathBuf,
     /// This node's in-process view of which pods are ready (read by its ingress).
-    pub readiness: wisp_sandbox::LocalReadiness,
+    pub readiness: crate::LocalReadiness,
 }
 
 struct Prepared {
@@ -145,7 +154,7 @@ fn reason_of(err: &SandboxError, source: &Source) -> &'static str {
         SandboxError::Fetch { .. } => "ArtifactPullBackOff",
         SandboxError::Compile { .. } => "InvalidComponent",
         SandboxError::InvalidSpec(_) => spec::REASON_CONFIG,
-        SandboxError::Unavailable(_) => REASON_UNAVAILABLE,
+        SandboxError::Unavailable { .. } => REASON_UNAVAILABLE,
         _ => "PrepareError",
     }
 }
@@ -496,9 +505,7 @@ impl Worker {
         let c = self.pod.spec.containers.iter().find(|c| c.name == name)?;
         let probe = c.readiness_probe.clone()?;
         let reachable = self.endpoints.contains_key(name)
-            || (spec.kind == Kind::Http
-                && self.ctx.runtimes.wasm.is_some()
-                && c.runtime() == wisp_api::RUNTIME_WASM);
+            || (spec.kind == Kind::Http && self.ctx.runtimes.serves_in_process(c.runtime()));
         (probe.http_get.is_some() && reachable).then_some(probe)
     }
 
@@ -598,8 +605,8 @@ impl Worker {
     }
 
     /// One HTTP GET of `path` to the container: over its published address when it has one,
-    /// else in process (wasm). With `need_success`, only a 2xx/3xx counts; without, any
-    /// HTTP answer does.
+    /// else in process (through its runtime's in-process HTTP). With `need_success`, only a
+    /// 2xx/3xx counts; without, any HTTP answer does.
     async fn answers(&self, name: &str, path: &str, need_success: bool, timeout: Duration) -> bool {
         let Ok(request) = http::Request::get(format!("http://localhost{path}"))
             .header(http::header::USER_AGENT, "wisp-probe")
@@ -614,9 +621,12 @@ impl Worker {
                 let status = probe::get(*addr, request).await?;
                 return Some(judge(status));
             }
-            let wasm = self.ctx.runtimes.wasm.as_ref()?;
+            let container = self.pod.spec.containers.iter().find(|c| c.name == name)?;
+            let runtime = self.ctx.runtimes.get(container.runtime())?;
+            let http = runtime.in_process_http()?;
             let id = spec::sandbox_id(&self.pod, name);
-            let resp = wasm.handle(&id, request).await.ok()?;
+            let request = request.map(|b| b.map_err(|never| match never {}).boxed_unsync());
+            let resp = http.handle(&id, request).await.ok()?;
             let ok = judge(resp.status());
             resp.into_body().collect().await.ok()?;
             Some(ok)
@@ -863,14 +873,10 @@ async fn prepare(ctx: &Ctx, pod: &Pod) -> Result<Vec<Prepared>, PrepareError> {
             reason: reason_of(&e, &spec.source),
             message: format!("container {:?}: {e}", c.name),
         })?;
-        if draft.runtime == wisp_api::RUNTIME_WASM
-            && let Some(wasm) = &ctx.runtimes.wasm
-        {
-            spec.kind = wasm.kind_of(&spec.source).await.map_err(|e| PrepareError {
-                reason: reason_of(&e, &spec.source),
-                message: format!("container {:?}: {e}", c.name),
-            })?;
-        }
+        spec.kind = runtime.kind(&spec).await.map_err(|e| PrepareError {
+            reason: reason_of(&e, &spec.source),
+            message: format!("container {:?}: {e}", c.name),
+        })?;
         out.push(Prepared {
             name: c.name.clone(),
             runtime,

@@ -80,7 +80,7 @@ pub(crate) async fn wait(
     let mut local = config
         .local_readiness
         .as_ref()
-        .map(wisp_sandbox::LocalReadiness::subscribe);
+        .map(wisp_node::LocalReadiness::subscribe);
     let mut caches = ingress.inner.caches_changed.subscribe();
     let deadline = tokio::time::Instant::now() + config.queue_timeout;
     loop {

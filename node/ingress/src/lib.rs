@@ -2,15 +2,17 @@
 //! weighted Services) resolved to the Services' ready endpoints, kept in memory from watches
 //! and swapped in whole ([`table`]: no lock on the request path); least-outstanding balancing
 //! (power of two choices); a wasm endpoint on this node called in process through the
-//! sandbox (no socket), others over pooled HTTP/1.1; and the **activator**: a Service with no
+//! sandbox contract's `InProcessHttp` ([`InProcess`], no socket), others over pooled
+//! HTTP/1.1; and the **activator**: a Service with no
 //! ready endpoint holds its requests in a bounded queue, is woken (one activation per burst:
 //! a Deployment at zero replicas is set to one through the API) and releases them as soon as
 //! an endpoint is ready, with `x-wisp-cold-start` headers. It counts requests and in-flight
 //! requests per Service for the autoscaler (`GET /.wisp/stats`) and serves Prometheus
 //! metrics on `GET /.wisp/metrics`.
 //!
-//! It talks to the control plane only through the API and must not schedule, scale beyond
-//! waking a Service from zero (the autoscaler decides), or run pods.
+//! It talks to the control plane only through the API, to runtimes only through the
+//! `wisp-sandbox` traits (it names none), and must not schedule, scale beyond waking a
+//! Service from zero (the autoscaler decides), or run pods.
 
 mod activator;
 pub mod metrics;
@@ -27,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use wisp_api::{Endpoints, Node, Pod, Route, Service};
 use wisp_client::{Client, ListParams, WatchParams};
 use wisp_runtime::{ObjectRef, Store, Writer, reflector, watcher_stream};
-use wisp_sandbox_wasm::WasmSandbox;
+use wisp_sandbox::InProcessHttp;
 
 pub use crate::proxy::{Body, COLD_START_HEADER, COLD_START_WAIT_HEADER, Gateway, serve, serve_gateway};
 use crate::table::{Backend, RouteEntry, ServiceState, Services, Table, Target};
@@ -69,7 +71,7 @@ pub struct IngressConfig {
     /// The node agent's in-process view of which of its pods are ready: such a pod is a
     /// backend as soon as the agent finds it ready, before its status write reaches this
     /// ingress through the API (`None`: only the API's view counts).
-    pub local_readiness: Option<wisp_sandbox::LocalReadiness>,
+    pub local_readiness: Option<wisp_node::LocalReadiness>,
     /// Connections open at once on each listener (default 10,000).
     pub max_connections: usize,
     /// Which backend addresses requests may be sent to (besides the addresses nodes report
@@ -142,7 +144,7 @@ type Candidate = (String, String, Option<String>, Target);
 pub(crate) struct Inner {
     pub(crate) client: Client,
     pub(crate) config: IngressConfig,
-    pub(crate) wasm: Option<WasmSandbox>,
+    pub(crate) in_process: Option<InProcess>,
     pub(crate) table: ArcSwap<Table>,
     pub(crate) services: Services,
     pub(crate) metrics: metrics::Metrics,
@@ -165,6 +167,32 @@ pub(crate) struct Inner {
     pub(crate) token_lookups: governor::DefaultDirectRateLimiter,
 }
 
+/// The runtime of this node whose sandboxes the ingress calls in process (no socket, no
+/// serialization), through the `wisp-sandbox` contract.
+#[derive(Clone)]
+pub struct InProcess {
+    /// The runtime's name, as pods' containers name theirs (`wasm`).
+    pub runtime: String,
+    pub http: Arc<dyn InProcessHttp>,
+}
+
+impl InProcess {
+    pub fn new(runtime: impl Into<String>, http: Arc<dyn InProcessHttp>) -> Self {
+        Self {
+            runtime: runtime.into(),
+            http,
+        }
+    }
+}
+
+impl std::fmt::Debug for InProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcess")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A node's ingress. Cheap to clone.
 #[derive(Clone)]
 pub struct Ingress {
@@ -172,9 +200,9 @@ pub struct Ingress {
 }
 
 impl Ingress {
-    /// `wasm`: this node's wasm runtime, for in-process calls (none: every endpoint is
-    /// reached over HTTP).
-    pub fn new(client: Client, config: IngressConfig, wasm: Option<WasmSandbox>) -> Self {
+    /// `in_process`: the runtime of this node whose pods are called in process (none: every
+    /// endpoint is reached over HTTP).
+    pub fn new(client: Client, config: IngressConfig, in_process: Option<InProcess>) -> Self {
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_nodelay(true);
         let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -185,7 +213,7 @@ impl Ingress {
             inner: Arc::new(Inner {
                 client,
                 config,
-                wasm,
+                in_process,
                 table: ArcSwap::from_pointee(Table::default()),
                 services: Services::default(),
                 metrics: metrics::Metrics::default(),
@@ -348,7 +376,7 @@ impl Ingress {
                     .then(|| (n.metadata.name.clone(), url))
             })
             .collect();
-        let wasm_containers = wasm_containers(&c.pods);
+        let wasm_containers = in_process_containers(&c.pods, self.inner.in_process.as_ref());
         let ready_locally = self.ready_locally();
         // Candidates per Service: what its Endpoints list, then this node's pods that are
         // ready and match its selector but are not listed yet (a cold start is released as
@@ -376,7 +404,7 @@ impl Ingress {
                     // This node's pod: known here, in the Service's namespace.
                     match (wasm_containers.get(&uid), a.port) {
                         (Some((pod_ns, _)), _) if *pod_ns != ns => None,
-                        (Some((_, c)), _) if inner.wasm.is_some() => {
+                        (Some((_, c)), _) if inner.in_process.is_some() => {
                             Some(Target::Local(wisp_sandbox::SandboxId::new(&uid, c)))
                         }
                         (_, Some(port)) => self.published(port, &listeners),
@@ -500,12 +528,12 @@ impl Ingress {
 
     /// Ready by this node's agent (its status write may be on the way); pods it has no word
     /// on are judged by the API.
-    fn ready_locally(&self) -> Arc<wisp_sandbox::ReadinessMap> {
+    fn ready_locally(&self) -> Arc<wisp_node::ReadinessMap> {
         self.inner
             .config
             .local_readiness
             .as_ref()
-            .map(wisp_sandbox::LocalReadiness::snapshot)
+            .map(wisp_node::LocalReadiness::snapshot)
             .unwrap_or_default()
     }
 
@@ -535,7 +563,7 @@ impl Ingress {
             }
             let status = p.status.as_ref();
             let target = match (wasm_containers.get(&uid), status.and_then(|s| s.host_port)) {
-                (Some((_, c)), _) if self.inner.wasm.is_some() => {
+                (Some((_, c)), _) if self.inner.in_process.is_some() => {
                     Target::Local(wisp_sandbox::SandboxId::new(&uid, c))
                 }
                 (_, Some(port)) => match self.published(port, listeners) {
@@ -616,7 +644,7 @@ impl Ingress {
         self.local_candidates(
             service,
             &ready_here,
-            &wasm_containers(pods),
+            &in_process_containers(pods, self.inner.in_process.as_ref()),
             &listeners,
             &mut list,
         );
@@ -653,7 +681,7 @@ impl Ingress {
 /// Resolves when the node agent's readiness of its pods changes; never without an agent
 /// (or once it is gone).
 pub(crate) async fn local_change(
-    local: &mut Option<tokio::sync::watch::Receiver<Arc<wisp_sandbox::ReadinessMap>>>,
+    local: &mut Option<tokio::sync::watch::Receiver<Arc<wisp_node::ReadinessMap>>>,
 ) {
     let open = match local.as_mut() {
         Some(rx) => rx.changed().await.is_ok(),
@@ -664,19 +692,19 @@ pub(crate) async fn local_change(
     }
 }
 
-/// This node's pods' wasm containers: pod uid → (namespace, container name).
+/// This node's pods' containers run by the in-process runtime (wasm): pod uid → (namespace,
+/// container name).
 type WasmContainers = std::collections::HashMap<String, (String, String)>;
 
-fn wasm_containers(pods: &Store<Pod>) -> WasmContainers {
+fn in_process_containers(pods: &Store<Pod>, in_process: Option<&InProcess>) -> WasmContainers {
+    let Some(runtime) = in_process.map(|p| p.runtime.as_str()) else {
+        return WasmContainers::new();
+    };
     pods.list()
         .iter()
         .filter_map(|p| {
             let uid = p.metadata.uid.clone()?;
-            let c = p
-                .spec
-                .containers
-                .iter()
-                .find(|c| c.runtime() == wisp_api::RUNTIME_WASM)?;
+            let c = p.spec.containers.iter().find(|c| c.runtime() == runtime)?;
             Some((
                 uid,
                 (p.metadata.namespace.clone().unwrap_or_default(), c.name.clone()),
@@ -702,7 +730,7 @@ fn url_addr(url: &str) -> Option<SocketAddr> {
 
 /// This node's pods that take requests: ready by the agent's word on its own pod (which
 /// overrides the API's, as that lags it), else by the API; not being deleted or finished.
-fn ready_here(pods: &Store<Pod>, ready_locally: &wisp_sandbox::ReadinessMap) -> Vec<Arc<Pod>> {
+fn ready_here(pods: &Store<Pod>, ready_locally: &wisp_node::ReadinessMap) -> Vec<Arc<Pod>> {
     pods.list()
         .into_iter()
         .filter(|p| {
@@ -781,7 +809,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_held_request_admits_a_pod_the_agent_finds_ready_without_a_rebuild() {
         let port = pod_server("from the pod").await;
-        let readiness = wisp_sandbox::LocalReadiness::default();
+        let readiness = wisp_node::LocalReadiness::default();
         let mut config = IngressConfig::new("node-a");
         config.queue_timeout = Duration::from_secs(10);
         config.local_readiness = Some(readiness.clone());

@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -19,8 +18,10 @@ use tower::ServiceBuilder;
 use crate::Ingress;
 use crate::table::{Backend, ServiceState, Target};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub use wisp_sandbox::BoxError;
+/// The body of requests and responses through the ingress: the sandbox contract's, so a
+/// request handed to an in-process runtime is not boxed again.
+pub type Body = wisp_sandbox::HttpBody;
 
 /// `true` on a response whose request waited for its Service to wake from zero.
 pub const COLD_START_HEADER: &str = "x-wisp-cold-start";
@@ -406,8 +407,8 @@ impl Ingress {
     /// forwarded to another node's ingress (whose public listener does not answer Service
     /// names): it uses this node's pods and containers' addresses.
     pub(crate) fn usable(&self, b: &Backend, gateway: bool) -> bool {
-        match (&b.target, &self.inner.wasm) {
-            (Target::Local(id), Some(wasm)) => wasm.is_serving(id),
+        match (&b.target, &self.inner.in_process) {
+            (Target::Local(id), Some(local)) => local.http.is_serving(id),
             (Target::Local(_), None) => false,
             (Target::Node(_), _) => !gateway,
             (Target::Addr(_), _) => true,
@@ -422,25 +423,18 @@ impl Ingress {
         };
         match &backend.target {
             Target::Local(id) => {
-                let Some(wasm) = &self.inner.wasm else {
+                let Some(local) = &self.inner.in_process else {
                     return Err(fail(text(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "no wasm runtime on this node",
+                        "no in-process runtime on this node",
                     )));
                 };
-                let req = req.map(|b| {
-                    b.map_err(|e| wisp_sandbox_wasm::WasiHttpError::InternalError(Some(e.to_string())))
-                        .boxed_unsync()
-                });
-                match wasm.handle(id, req).await {
-                    Ok(resp) => Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
+                // The body goes over as it is (the contract's body type is this one).
+                match local.http.handle(id, req).await {
+                    Ok(resp) => Ok(resp),
                     Err(e) => Err(Failed {
                         // The sandbox stopped between the pick and the call: nothing ran.
-                        retry: matches!(
-                            e,
-                            wisp_sandbox_wasm::HandleError::NotServing(_)
-                                | wisp_sandbox_wasm::HandleError::NotFound(_)
-                        ),
+                        retry: e.is_not_serving(),
                         response: text(e.status(), format!("pod {}: {e}", backend.pod)),
                     }),
                 }

@@ -200,7 +200,7 @@ async fn a_pod_ready_by_the_local_agent_takes_requests_before_its_status_is_writ
     assert!(!pod.is_ready());
     let uid = pod.metadata.uid.clone().context("uid")?;
 
-    let readiness = wisp_sandbox::LocalReadiness::default();
+    let readiness = wisp_node::LocalReadiness::default();
     let mut config = IngressConfig::new("node-a");
     config.queue_timeout = Duration::from_secs(10);
     config.local_readiness = Some(readiness.clone());

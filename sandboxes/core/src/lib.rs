@@ -1,14 +1,21 @@
-//! wisp-sandbox owns the contract between the node agent and a container runtime: the
-//! object-safe [`Sandbox`] trait (prepare, create, start, stop with grace, kill, wait,
-//! status, logs, delete, list for adoption), its spec/status/error types, and a generic
-//! conformance suite ([`conformance`]) that every runtime (wasm, docker) must pass.
+//! wisp-sandbox owns the contract between the node (agent and ingress) and a container
+//! runtime: the object-safe [`Sandbox`] trait (prepare, create, start, stop with grace, kill,
+//! wait, status, logs, delete, list for adoption, the kind of a program, the health of what
+//! the runtime depends on), the in-process HTTP capability ([`InProcessHttp`]) a runtime may
+//! offer, their spec/status/error types, a generic conformance suite ([`conformance`]) that
+//! every runtime (wasm, docker) must pass, and — behind the `fake` feature — an in-memory
+//! runtime that passes it too ([`fake`]), for tests of the agent and the ingress.
 //!
 //! It must not know about the API server, pods as API objects, or any one runtime.
 
 pub mod conformance;
 pub mod egress;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+pub mod http;
 
 pub use egress::{EgressDenied, EgressPolicy};
+pub use http::{BoxError, HandleError, HttpBody, InProcessHttp};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,103 +44,6 @@ impl SandboxId {
 impl std::fmt::Display for SandboxId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-/// What this node's agent knows of its pods' readiness, by pod uid, shared in process with
-/// the node's ingress: a pod the agent has just found ready takes requests at once, without
-/// waiting for its status write to reach the ingress through the API (one store write and
-/// watch less on a cold start), and one it has found not ready (stopping, failing its probe,
-/// exited) stops taking them at once too. The agent's word overrides the API's view of its
-/// own pods; a pod it says nothing of is judged by the API. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct LocalReadiness(std::sync::Arc<tokio::sync::watch::Sender<std::sync::Arc<ReadinessMap>>>);
-
-/// Pod uid → ready.
-pub type ReadinessMap = std::collections::HashMap<String, bool>;
-
-impl Default for LocalReadiness {
-    fn default() -> Self {
-        Self(std::sync::Arc::new(tokio::sync::watch::Sender::new(
-            std::sync::Arc::default(),
-        )))
-    }
-}
-
-impl LocalReadiness {
-    /// Records whether pod `uid` is ready; subscribers are woken only on a change, and the
-    /// answer says whether there was one.
-    pub fn set(&self, uid: &str, ready: bool) -> bool {
-        self.update(uid, Some(ready))
-    }
-
-    /// Says nothing more of pod `uid` (it is gone).
-    pub fn forget(&self, uid: &str) {
-        self.update(uid, None);
-    }
-
-    fn update(&self, uid: &str, ready: Option<bool>) -> bool {
-        self.0.send_if_modified(|map| {
-            if map.get(uid).copied() == ready {
-                return false;
-            }
-            let mut next = (**map).clone();
-            match ready {
-                Some(r) => next.insert(uid.to_owned(), r),
-                None => next.remove(uid),
-            };
-            *map = std::sync::Arc::new(next);
-            true
-        })
-    }
-
-    /// The agent's word on pod `uid`, if it has one.
-    pub fn state(&self, uid: &str) -> Option<bool> {
-        self.0.borrow().get(uid).copied()
-    }
-
-    pub fn is_ready(&self, uid: &str) -> bool {
-        self.state(uid) == Some(true)
-    }
-
-    /// The current map.
-    pub fn snapshot(&self) -> std::sync::Arc<ReadinessMap> {
-        self.0.borrow().clone()
-    }
-
-    /// Wakes on every change (see [`tokio::sync::watch::Receiver::changed`]).
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<std::sync::Arc<ReadinessMap>> {
-        self.0.subscribe()
-    }
-}
-
-#[cfg(test)]
-mod local_readiness_tests {
-    use super::LocalReadiness;
-
-    #[tokio::test]
-    async fn set_wakes_subscribers_only_on_change() {
-        let board = LocalReadiness::default();
-        let mut rx = board.subscribe();
-        board.set("a", true);
-        assert!(rx.has_changed().expect("sender alive"));
-        rx.borrow_and_update();
-        board.set("a", true);
-        assert!(!rx.has_changed().expect("sender alive"), "no change, no wake-up");
-        assert!(board.is_ready("a") && !board.is_ready("b"));
-        assert_eq!((board.state("a"), board.state("b")), (Some(true), None));
-        board.set("a", false);
-        assert!(rx.has_changed().expect("sender alive"));
-        rx.borrow_and_update();
-        assert_eq!(board.state("a"), Some(false), "known not ready");
-        board.forget("b");
-        assert!(
-            !rx.has_changed().expect("sender alive"),
-            "forgetting the unknown changes nothing"
-        );
-        board.forget("a");
-        assert!(rx.has_changed().expect("sender alive"));
-        assert!(board.snapshot().is_empty());
     }
 }
 
@@ -320,16 +230,87 @@ pub enum SandboxError {
     AlreadyExists(SandboxId),
     #[error("invalid sandbox spec: {0}")]
     InvalidSpec(String),
-    #[error("cannot fetch {what}: {reason}")]
-    Fetch { what: String, reason: String },
-    #[error("cannot compile or load {what}: {reason}")]
-    Compile { what: String, reason: String },
+    #[error("cannot fetch {what}: {}", Chain(&**source))]
+    Fetch {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("cannot compile or load {what}: {}", Chain(&**source))]
+    Compile {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("sandbox {id} is in the wrong state: {reason}")]
     WrongState { id: SandboxId, reason: String },
-    #[error("runtime unavailable: {0}")]
-    Unavailable(String),
-    #[error("runtime error: {0}")]
-    Runtime(String),
+    #[error("runtime unavailable: {what}: {}", Chain(&**source))]
+    Unavailable {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("runtime error: {what}: {}", Chain(&**source))]
+    Runtime {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl SandboxError {
+    /// `what` could not be fetched (or pulled) because of `source`.
+    pub fn fetch(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Fetch {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    /// `what` could not be compiled or loaded because of `source`.
+    pub fn compile(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Compile {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The runtime cannot serve now (`what`: e.g. its daemon is not reachable).
+    pub fn unavailable(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Unavailable {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The runtime failed at `what`.
+    pub fn runtime(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Runtime {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Shows an error with its causes (`outer: cause: root`), for messages that must say why. A
+/// cause that the text so far already ends with (an error that shows its own source) is not
+/// repeated.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = self.0.to_string();
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            let cause = e.to_string();
+            if !text.ends_with(&cause) {
+                text.push_str(": ");
+                text.push_str(&cause);
+            }
+            next = e.source();
+        }
+        f.write_str(&text)
+    }
 }
 
 pub type Result<T, E = SandboxError> = std::result::Result<T, E>;
@@ -369,25 +350,48 @@ pub trait Sandbox: Send + Sync {
     fn progress(&self, _spec: &SandboxSpec) -> Option<String> {
         None
     }
+    /// What the prepared code of `spec` runs as, when the runtime tells it from the code
+    /// itself (wasm: the component's exports); by default the spec's own `kind`.
+    fn kind<'a>(&'a self, spec: &'a SandboxSpec) -> BoxFuture<'a, Result<Kind>> {
+        Box::pin(std::future::ready(Ok(spec.kind)))
+    }
+    /// Whether what the runtime depends on outside the process (docker: the daemon) answers,
+    /// for the node's `<Runtime>Ready` condition: `None` when there is nothing to check,
+    /// else the answer (`Ok`: a description such as the daemon's version).
+    fn health(&self) -> Option<BoxFuture<'_, Result<String>>> {
+        None
+    }
+    /// This runtime's in-process HTTP capability, when it serves sandboxes' HTTP without a
+    /// socket (wasm); `None` when its HTTP sandboxes are reached over the network (docker).
+    fn in_process_http(&self) -> Option<&dyn InProcessHttp> {
+        None
+    }
+}
+
+impl std::fmt::Debug for dyn Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sandbox({})", self.runtime())
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::LocalReadiness;
+    use super::{Chain, SandboxError};
 
     #[test]
-    fn readiness_set_says_whether_it_changed_and_wakes_only_then() {
-        let r = LocalReadiness::default();
-        let mut rx = r.subscribe();
-        assert!(r.set("a", false), "unknown → not ready is a change");
-        assert!(rx.has_changed().expect("open"));
-        rx.mark_unchanged();
-        assert!(!r.set("a", false), "the same word again is not");
-        assert!(!rx.has_changed().expect("open"), "and wakes nobody");
-        assert!(r.set("a", true));
-        assert!(r.is_ready("a"));
-        assert!(rx.has_changed().expect("open"));
-        r.forget("a");
-        assert_eq!(r.state("a"), None);
+    fn errors_keep_their_cause_and_say_it() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = SandboxError::fetch("blob sha256:ab", io);
+        let source = std::error::Error::source(&e).expect("the cause is kept");
+        assert_eq!(
+            source.downcast_ref::<std::io::Error>().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound)
+        );
+        assert_eq!(e.to_string(), "cannot fetch blob sha256:ab: no such file");
+        let outer = SandboxError::runtime("starting", e);
+        assert_eq!(
+            Chain(&outer).to_string(),
+            "runtime error: starting: cannot fetch blob sha256:ab: no such file"
+        );
     }
 }

@@ -163,11 +163,14 @@ impl DockerSandbox {
         &self.inner.config
     }
 
-    fn unavailable(&self, e: impl std::fmt::Display) -> SandboxError {
-        SandboxError::Unavailable(format!(
-            "the Docker daemon at {} is not reachable: {e}",
-            self.inner.config.socket.display()
-        ))
+    fn unavailable(&self, e: impl Into<wisp_sandbox::BoxError>) -> SandboxError {
+        SandboxError::unavailable(
+            format!(
+                "the Docker daemon at {} is not reachable",
+                self.inner.config.socket.display()
+            ),
+            e,
+        )
     }
 
     /// The connected client, connecting and negotiating the API version first if needed —
@@ -202,14 +205,14 @@ impl DockerSandbox {
                 id: id.clone(),
                 reason: message,
             },
-            DockerError::DockerResponseServerError { status_code, message } => {
-                SandboxError::Runtime(format!("Docker answered {status_code}: {message}"))
+            e @ DockerError::DockerResponseServerError { .. } => {
+                SandboxError::runtime("the Docker daemon refused a request", e)
             }
             e if is_transport(&e) => {
                 *self.inner.client.lock().await = None;
                 self.unavailable(e)
             }
-            e => SandboxError::Runtime(e.to_string()),
+            e => SandboxError::runtime("a Docker request failed", e),
         }
     }
 
@@ -309,10 +312,7 @@ impl DockerSandbox {
         match result {
             Ok(()) => Ok(()),
             Err(e) if is_transport(&e) => Err(self.fail(&SandboxId(image.into()), e).await),
-            Err(e) => Err(SandboxError::Fetch {
-                what: format!("image {image}"),
-                reason: pull_reason(e),
-            }),
+            Err(e) => Err(SandboxError::fetch(format!("image {image}"), e)),
         }
     }
 
@@ -351,10 +351,10 @@ impl DockerSandbox {
         self.pull(&docker, image).await?;
         match docker.inspect_image(image).await {
             Ok(_) => Ok(()),
-            Err(e) => Err(SandboxError::Fetch {
-                what: format!("image {image}"),
-                reason: format!("pulled, but the daemon does not show it: {e}"),
-            }),
+            Err(e) => Err(SandboxError::fetch(
+                format!("image {image} (pulled, but the daemon does not show it)"),
+                e,
+            )),
         }
     }
 
@@ -435,14 +435,8 @@ impl DockerSandbox {
                         self.repull(&docker, spec, image).await?;
                     }
                 }
-                Err(DockerError::DockerResponseServerError {
-                    status_code: 404,
-                    message,
-                }) => {
-                    return Err(SandboxError::Fetch {
-                        what: format!("image {image}"),
-                        reason: message,
-                    });
+                Err(e @ DockerError::DockerResponseServerError { status_code: 404, .. }) => {
+                    return Err(SandboxError::fetch(format!("image {image}"), e));
                 }
                 Err(e) => return Err(self.fail(&spec.id, e).await),
             }
@@ -455,8 +449,8 @@ impl DockerSandbox {
     async fn wait_exit(&self, id: &SandboxId) -> Result<ExitStatus, SandboxError> {
         loop {
             match self.wait_once(id).await {
-                Err(SandboxError::Unavailable(reason)) => {
-                    tracing::debug!(%id, %reason, "waiting for the Docker daemon to come back");
+                Err(e @ SandboxError::Unavailable { .. }) => {
+                    tracing::debug!(%id, error = %e, "waiting for the Docker daemon to come back");
                     tokio::time::sleep(UNREACHABLE_RETRY).await;
                 }
                 done => return done,
@@ -679,14 +673,6 @@ fn is_transport(e: &DockerError) -> bool {
     )
 }
 
-fn pull_reason(e: DockerError) -> String {
-    match e {
-        DockerError::DockerResponseServerError { message, .. } => message,
-        DockerError::DockerStreamError { error } => error,
-        e => e.to_string(),
-    }
-}
-
 fn parse_time(t: Option<&String>) -> Option<SystemTime> {
     let t: jiff::Timestamp = t?.parse().ok()?;
     // Docker reports "0001-01-01T00:00:00Z" for "never".
@@ -878,5 +864,15 @@ impl Sandbox for DockerSandbox {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(image)
             .cloned()
+    }
+
+    /// The daemon answers (its version), for the node's `DockerReady` condition.
+    fn health(&self) -> Option<BoxFuture<'_, wisp_sandbox::Result<String>>> {
+        Some(self.ping().boxed())
+    }
+
+    /// Containers serve HTTP on their own network, reached over a socket: never in process.
+    fn in_process_http(&self) -> Option<&dyn wisp_sandbox::InProcessHttp> {
+        None
     }
 }

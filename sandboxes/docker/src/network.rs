@@ -20,8 +20,8 @@ use crate::{DockerSandbox, LABEL_NETWORK, names, network_name};
 pub(crate) async fn lock(exclusive: bool) -> Result<std::fs::File, SandboxError> {
     tokio::task::spawn_blocking(move || names::lock_networks(exclusive))
         .await
-        .map_err(|e| SandboxError::Runtime(format!("the network lock task failed: {e}")))?
-        .map_err(|e| SandboxError::Runtime(format!("cannot lock the network lock file: {e}")))
+        .map_err(|e| SandboxError::runtime("the network lock task failed", e))?
+        .map_err(|e| SandboxError::runtime("cannot lock the network lock file", e))
 }
 
 impl DockerSandbox {
@@ -83,10 +83,10 @@ impl DockerSandbox {
                     self.inner.networks.lock().await.remove(&name);
                     attempt += 1;
                     if attempt == ATTEMPTS {
-                        return Err(SandboxError::Runtime(format!(
-                            "the namespace's network {name} was removed {ATTEMPTS} times while a \
-                             container was being created on it"
-                        )));
+                        return Err(SandboxError::runtime(
+                            format!("creating a container on the namespace's network {name}"),
+                            format!("the network was removed {ATTEMPTS} times meanwhile"),
+                        ));
                     }
                     tracing::info!(network = %name, "the namespace's network is gone; creating it again");
                 }

@@ -125,13 +125,13 @@ pub(crate) fn check_non_root(spec: &SandboxSpec, image: &str, image_user: &str) 
 
 /// The error of an image that is not on this node when the spec says never to pull it.
 pub(crate) fn never_pulled(image: &str) -> SandboxError {
-    SandboxError::Fetch {
-        what: format!("image {image}"),
-        reason: format!(
+    SandboxError::fetch(
+        format!("image {image}"),
+        format!(
             "image {image} is not present on this node and imagePullPolicy is Never \
              (load it onto the node, or use IfNotPresent or Always)"
         ),
-    }
+    )
 }
 
 #[cfg(test)]

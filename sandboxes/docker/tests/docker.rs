@@ -255,9 +255,12 @@ async fn images_are_pulled_from_a_registry() {
     missing.id = SandboxId::new("uid-missing", "main");
     missing.source = Source::Image(format!("{}/wisp/echo:no-such-tag", registry.addr));
     match s.prepare(&missing).await {
-        Err(SandboxError::Fetch { what, reason }) => {
+        Err(SandboxError::Fetch { what, source }) => {
             assert!(what.contains("no-such-tag"), "{what}");
-            assert!(!reason.is_empty());
+            assert!(
+                source.downcast_ref::<bollard::errors::Error>().is_some(),
+                "the daemon's error is kept: {source:?}"
+            );
         }
         other => panic!("a fetch error, not {other:?}"),
     }
@@ -278,7 +281,9 @@ async fn a_daemon_that_is_down_is_unavailable_until_it_returns() {
     let s = DockerSandbox::new(config);
     let spec = spec("uid-down", "down", &["sleep", "up"]);
     match s.prepare(&spec).await {
-        Err(SandboxError::Unavailable(m)) => assert!(m.contains(&socket.display().to_string()), "{m}"),
+        Err(SandboxError::Unavailable { what, .. }) => {
+            assert!(what.contains(&socket.display().to_string()), "{what}");
+        }
         other => panic!("unavailable, not {other:?}"),
     }
     assert!(s.ping().await.is_err());
@@ -294,7 +299,7 @@ async fn a_daemon_that_is_down_is_unavailable_until_it_returns() {
     };
     proxy.stop().await;
     match s.status(&spec.id).await {
-        Err(SandboxError::Unavailable(_)) => {}
+        Err(SandboxError::Unavailable { .. }) => {}
         other => panic!("unavailable, not {other:?}"),
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;

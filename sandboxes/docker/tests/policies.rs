@@ -119,7 +119,8 @@ fn invalid(r: wisp_sandbox::Result<()>) -> String {
 
 fn never_pulled(r: wisp_sandbox::Result<()>, image: &str) {
     match r {
-        Err(SandboxError::Fetch { what, reason }) => {
+        Err(SandboxError::Fetch { what, source }) => {
+            let reason = source.to_string();
             assert!(what.contains(image), "{what}");
             assert!(
                 reason.contains(&format!(

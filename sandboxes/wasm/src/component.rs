@@ -69,10 +69,9 @@ impl Components {
                 Ok(component.clone())
             }
             Source::WasmFile(path) => {
-                let bytes = tokio::fs::read(path).await.map_err(|e| SandboxError::Fetch {
-                    what: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                let bytes = tokio::fs::read(path)
+                    .await
+                    .map_err(|e| SandboxError::fetch(path.display().to_string(), e))?;
                 let digest = digest_of(&bytes);
                 let cell = self.cell(&digest);
                 let what = path.display().to_string();
@@ -94,10 +93,7 @@ impl Components {
             }
             tracing::warn!(path = %path.display(), "cached blob is corrupt; fetching again");
         }
-        let fetch_err = |reason: String| SandboxError::Fetch {
-            what: digest.to_owned(),
-            reason,
-        };
+        let fetch_err = |reason: String| SandboxError::fetch(digest, reason);
         let artifacts = self
             .artifacts
             .as_ref()
@@ -127,11 +123,8 @@ impl Components {
         let started = std::time::Instant::now();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
             .await
-            .map_err(|e| SandboxError::Runtime(format!("compile task failed: {e}")))?
-            .map_err(|e| SandboxError::Compile {
-                what: what.to_owned(),
-                reason: format!("{e:#}"),
-            })?;
+            .map_err(|e| SandboxError::runtime(format!("compiling {what}"), e))?
+            .map_err(|e| SandboxError::compile(what, e))?;
         tracing::debug!(component = what, elapsed = ?started.elapsed(), "component ready");
         Ok(component)
     }

@@ -105,7 +105,7 @@ impl CtxTemplate {
             .allow_udp(false);
         for (host, guest, perms) in &self.preopens {
             b.preopened_dir(host, guest, *perms)
-                .map_err(|e| SandboxError::Runtime(format!("cannot open mount {}: {e}", host.display())))?;
+                .map_err(|e| SandboxError::runtime(format!("cannot open mount {}", host.display()), e))?;
         }
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);

@@ -6,49 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::StatusCode;
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wisp_sandbox::SandboxId;
+use wisp_sandbox::HandleError;
 
 use crate::host::{CtxTemplate, Host};
-
-/// Why a request got no response from the guest.
-#[derive(Debug, thiserror::Error)]
-pub enum HandleError {
-    #[error("sandbox {0} not found")]
-    NotFound(SandboxId),
-    #[error("sandbox {0} is not serving HTTP")]
-    NotServing(SandboxId),
-    #[error("the guest did not answer within {0:?}")]
-    DeadlineExceeded(Duration),
-    #[error("the guest exceeded its memory limit")]
-    OutOfMemory,
-    #[error("the guest failed: {0}")]
-    Guest(String),
-    #[error("cannot run the guest: {0}")]
-    Unavailable(String),
-    #[error(
-        "namespace {namespace:?} already has {slots} requests running on this node (its share); retry shortly"
-    )]
-    Busy { namespace: String, slots: u32 },
-}
-
-impl HandleError {
-    /// The HTTP status an ingress answers with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::NotFound(_) | Self::NotServing(_) | Self::Unavailable(_) | Self::Busy { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::OutOfMemory | Self::Guest(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
 
 /// What one request's task ended with.
 enum Outcome {
@@ -154,7 +119,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// A guest's response body that cancels the guest if it is dropped before its end.
-struct Watched {
+pub(crate) struct Watched {
     inner: HyperOutgoingBody,
     guard: CancelOnDrop,
     /// The body was seen to end (hyper may stop polling once `is_end_stream` says so).
@@ -202,7 +167,7 @@ pub(crate) async fn handle<B>(
     r: Request<'_>,
     req: hyper::Request<B>,
     slot: tokio::sync::OwnedSemaphorePermit,
-) -> Result<hyper::Response<HyperOutgoingBody>, HandleError>
+) -> Result<hyper::Response<Watched>, HandleError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
@@ -275,15 +240,11 @@ where
     });
     match rx.await {
         Ok(Ok(response)) => {
-            use http_body_util::BodyExt;
             let armed = CancelOnDrop(guard.0.take());
-            Ok(response.map(|inner| {
-                Watched {
-                    inner,
-                    guard: armed,
-                    ended: std::sync::atomic::AtomicBool::new(false),
-                }
-                .boxed_unsync()
+            Ok(response.map(|inner| Watched {
+                inner,
+                guard: armed,
+                ended: std::sync::atomic::AtomicBool::new(false),
             }))
         }
         Ok(Err(code)) => Err(guest_error_code(code)),

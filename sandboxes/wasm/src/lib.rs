@@ -2,8 +2,9 @@
 //! node (Cranelift, pooling allocator when the host allows it, epoch interruption driven by a
 //! ticker thread), components fetched by digest, verified, compiled once and cached on disk,
 //! `wasi:cli/run` components as processes with an exit status and captured logs, and
-//! `wasi:http/proxy` components served in-process through [`WasmSandbox::handle`] with a fresh
-//! `Store` per request, a memory cap and a deadline.
+//! `wasi:http/proxy` components served in-process — the contract's [`InProcessHttp`]
+//! capability, or [`WasmSandbox::handle`] directly — with a fresh `Store` per request, a
+//! memory cap and a deadline.
 //!
 //! Guests get no ambient authority: exactly the spec's env and args, files only through the
 //! spec's mounts (preopened directories), no sockets, outbound HTTP only to the spec's allowed
@@ -41,12 +42,13 @@ use wasmtime::component::Linker;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wisp_sandbox::{
-    ArtifactSource, Endpoint, ExitStatus, Kind, LogLine, LogOptions, Result, Sandbox, SandboxError,
-    SandboxId, SandboxSpec, SandboxStatus, State,
+    ArtifactSource, BoxError, Endpoint, ExitStatus, HttpBody, InProcessHttp, Kind, LogLine, LogOptions, Result,
+    Sandbox, SandboxError, SandboxId, SandboxSpec, SandboxStatus, State,
 };
 
 pub use crate::component::digest_of;
-pub use crate::http::{HandleError, InstantiateTimings};
+pub use crate::http::InstantiateTimings;
+pub use wisp_sandbox::HandleError;
 pub use wasmtime_wasi_http::Error as WasiHttpError;
 pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
@@ -250,7 +252,7 @@ impl WasmSandbox {
     ///
     /// [`Source::WasmDigest`]: wisp_sandbox::Source::WasmDigest
     pub fn new(config: WasmConfig, artifacts: Option<Arc<dyn ArtifactSource>>) -> Result<Self> {
-        let unavailable = |e: wasmtime::Error| SandboxError::Unavailable(format!("{e:#}"));
+        let unavailable = |e: wasmtime::Error| SandboxError::unavailable("cannot set up the wasm engine", e);
         let engine = engine::build(&config).map_err(unavailable)?;
         let mut linker = Linker::new(&engine.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(unavailable)?;
@@ -299,9 +301,11 @@ impl WasmSandbox {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        use http_body_util::BodyExt;
         let entry = self.serving(id)?;
         let slot = self.slot(&entry)?;
-        http::handle(self.http_request(&entry)?, request, slot).await
+        let resp = http::handle(self.http_request(&entry)?, request, slot).await?;
+        Ok(resp.map(BodyExt::boxed_unsync))
     }
 
     /// One of the sandbox's namespace's request slots, or `Busy` when it uses all of its share.
@@ -389,10 +393,7 @@ impl WasmSandbox {
             return Err(SandboxError::AlreadyExists(spec.id.clone()));
         }
         let component = self.inner.components.load(&spec.source).await?;
-        let compile = |e: wasmtime::Error| SandboxError::Compile {
-            what: spec.id.to_string(),
-            reason: format!("{e:#}"),
-        };
+        let compile = |e: wasmtime::Error| SandboxError::compile(spec.id.to_string(), e);
         let pre = self.inner.linker.instantiate_pre(&component).map_err(compile)?;
         let runnable = match spec.kind {
             Kind::Process => Runnable::Command(CommandPre::new(pre).map_err(compile)?),
@@ -592,6 +593,47 @@ impl Sandbox for WasmSandbox {
             let mut all: Vec<_> = self.sandboxes().values().map(|e| e.status()).collect();
             all.sort_by(|a, b| a.id.cmp(&b.id));
             Ok(all)
+        }
+        .boxed()
+    }
+
+    fn kind<'a>(&'a self, spec: &'a SandboxSpec) -> BoxFuture<'a, Result<Kind>> {
+        self.kind_of(&spec.source).boxed()
+    }
+
+    fn in_process_http(&self) -> Option<&dyn InProcessHttp> {
+        Some(self)
+    }
+}
+
+/// A request body's error as wasi-http takes it (hyper's own errors keep their type).
+fn wasi_http_error(e: BoxError) -> WasiHttpError {
+    match e.downcast::<hyper::Error>() {
+        Ok(e) => WasiHttpError::Hyper(*e),
+        Err(e) => WasiHttpError::InternalError(Some(e.to_string())),
+    }
+}
+
+/// The contract's in-process HTTP: the same path as [`WasmSandbox::handle`], with the
+/// contract's body types. The request body is only wrapped (wasi-http boxes it once, as it
+/// does any body) and the response body is boxed once.
+impl InProcessHttp for WasmSandbox {
+    fn is_serving(&self, id: &SandboxId) -> bool {
+        WasmSandbox::is_serving(self, id)
+    }
+
+    fn handle<'a>(
+        &'a self,
+        id: &'a SandboxId,
+        request: hyper::Request<HttpBody>,
+    ) -> BoxFuture<'a, std::result::Result<hyper::Response<HttpBody>, HandleError>> {
+        use http_body_util::BodyExt;
+        async move {
+            let entry = self.serving(id)?;
+            let slot = self.slot(&entry)?;
+            let request = request.map(|b| b.map_err(wasi_http_error));
+            let resp = http::handle(self.http_request(&entry)?, request, slot).await?;
+            Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
         }
         .boxed()
     }

@@ -47,13 +47,27 @@ fn opt_in_capabilities(opts: &NodeOptions) -> anyhow::Result<Vec<String>> {
     Ok(caps)
 }
 
-/// The agent's configuration from its flags.
-fn agent_config(opts: &NodeOptions, data_dir: PathBuf) -> anyhow::Result<wisp_node::AgentConfig> {
+/// What a node's flags configure: its agent, and the runtimes this binary builds for it (the
+/// agent and the ingress know them only through the `wisp-sandbox` contract).
+struct NodeSettings {
+    agent: wisp_node::AgentConfig,
+    wasm: wisp_sandbox_wasm::WasmConfig,
+    /// The Docker runtime (`None`: this node runs Wasm only). A daemon that is down does not
+    /// stop the node: it reports `DockerReady=False` until the daemon answers.
+    docker: Option<wisp_sandbox_docker::DockerConfig>,
+    /// Where guests' outbound calls (and the ingress's backends) may connect.
+    egress: wisp_sandbox::EgressPolicy,
+}
+
+/// The node's configuration from its flags.
+fn node_settings(opts: &NodeOptions, data_dir: PathBuf) -> anyhow::Result<NodeSettings> {
     let name = opts.node_name.clone().unwrap_or_else(wisp_node::node::hostname);
+    let mut wasm = wisp_sandbox_wasm::WasmConfig::new(data_dir.join("wasm"));
+    wasm.pagemap_scan = opts.wasm_pagemap_reset;
+    wasm.namespace_slots = opts.wasm_namespace_slots.min(wasm.max_instances).max(1);
     let mut c = wisp_node::AgentConfig::new(name, data_dir);
     c.address = opts.node_address.clone();
     c.listen = opts.agent_listen;
-    c.wasm_pagemap_reset = opts.wasm_pagemap_reset;
     c.lease_duration = Duration::from_secs(opts.lease_seconds.max(1));
     c.backoff.base = Duration::from_millis(opts.restart_backoff_ms.max(1));
     for (key, value) in [("cpu", &opts.node_cpu), ("memory", &opts.node_memory)] {
@@ -69,22 +83,23 @@ fn agent_config(opts: &NodeOptions, data_dir: PathBuf) -> anyhow::Result<wisp_no
     c.address
         .parse::<std::net::IpAddr>()
         .with_context(|| format!("--node-address {:?} is not an IP address", c.address))?;
+    let mut docker = None;
     if opts.docker {
-        let mut docker = wisp_sandbox_docker::DockerConfig::new(c.node_name.clone());
+        let mut d = wisp_sandbox_docker::DockerConfig::new(c.node_name.clone());
         if let Some(socket) = &opts.docker_socket {
-            docker.socket = socket.clone();
+            d.socket = socket.clone();
         }
         // Container ports are published on loopback, where only this node (its ingress and
         // agent) reaches them; other nodes come through this node's ingress.
-        docker.publish_ip = std::net::IpAddr::from([127, 0, 0, 1]);
-        docker.allowed_capabilities.extend(opt_in_capabilities(opts)?);
-        c.docker = Some(docker);
+        d.publish_ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        d.allowed_capabilities.extend(opt_in_capabilities(opts)?);
+        docker = Some(d);
     }
+    let mut egress = wisp_sandbox::EgressPolicy::default();
     for cidr in &opts.allow_egress {
         let range = wisp_sandbox::egress::parse_cidr(cidr).with_context(|| "--allow-egress")?;
-        c.egress.allow.push(range);
+        egress.allow.push(range);
     }
-    c.wasm_namespace_slots = opts.wasm_namespace_slots;
     if let Some(labels) = &opts.node_labels {
         for pair in labels.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = pair
@@ -93,7 +108,12 @@ fn agent_config(opts: &NodeOptions, data_dir: PathBuf) -> anyhow::Result<wisp_no
             c.labels.insert(k.trim().to_owned(), v.trim().to_owned());
         }
     }
-    Ok(c)
+    Ok(NodeSettings {
+        agent: c,
+        wasm,
+        docker,
+        egress,
+    })
 }
 
 /// `wisp node`: a node agent against a remote API server, until SIGINT/SIGTERM. It acts
@@ -149,8 +169,8 @@ fn api_listener(url: &str) -> Option<std::net::SocketAddr> {
     ))
 }
 
-/// One node: the agent and the ingress (which calls the agent's wasm pods in process), until
-/// `shutdown`. `api_addr`: where the API server listens, when it is an address (the node's
+/// One node: its runtimes (built here, the only place that names them), the agent and the
+/// ingress (which calls the wasm runtime's pods in process), until `shutdown`. `api_addr`: where the API server listens, when it is an address (the node's
 /// egress policy never lets a guest or a backend reach it).
 async fn run_node(
     client: wisp_client::Client,
@@ -163,18 +183,23 @@ async fn run_node(
         .await
         .with_context(|| format!("cannot listen on {} for the ingress", opts.ingress_listen))?;
     let port = listener.local_addr()?.port();
-    let mut config = agent_config(opts, dir)?;
+    let NodeSettings {
+        agent: mut config,
+        wasm: mut wasm_config,
+        docker,
+        mut egress,
+    } = node_settings(opts, dir)?;
     config.ingress_url = Some(format!("http://{}:{port}", config.address));
     // Wasm guests reach Services by name through a gateway on loopback only.
     let gateway = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on 127.0.0.1 for the Service gateway")?;
-    config.service_gateway = Some(gateway.local_addr()?);
+    wasm_config.service_gateway = Some(gateway.local_addr()?);
     let agent_listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} for the agent", config.listen))?;
     // The node's own listeners: never a guest's destination nor an ingress backend.
-    config.egress.listeners.extend(
+    egress.listeners.extend(
         [
             Some(listener.local_addr()?),
             Some(gateway.local_addr()?),
@@ -189,9 +214,18 @@ async fn run_node(
     ingress_config.local_readiness = Some(config.local_readiness.clone());
     ingress_config.busy_poll = std::time::Duration::from_micros(opts.ingress_busy_poll_us);
     ingress_config.max_connections = opts.ingress_max_connections;
-    ingress_config.egress = config.egress.clone();
-    let agent = wisp_node::Agent::new(client.clone(), config).context("node agent")?;
-    let ingress = wisp_ingress::Ingress::new(client, ingress_config, agent.runtimes().wasm.clone());
+    ingress_config.egress = egress.clone();
+    wasm_config.egress = egress;
+    let artifacts: Arc<dyn wisp_sandbox::ArtifactSource> = Arc::new(wisp_node::ApiArtifacts(client.clone()));
+    let wasm = wisp_sandbox_wasm::WasmSandbox::new(wasm_config, Some(artifacts)).context("the wasm runtime")?;
+    let mut runtimes = wisp_node::Runtimes::default();
+    runtimes.insert(Arc::new(wasm.clone()));
+    if let Some(docker) = docker {
+        runtimes.insert(Arc::new(wisp_sandbox_docker::DockerSandbox::new(docker)));
+    }
+    let agent = wisp_node::Agent::new(client.clone(), config, runtimes);
+    let in_process = wisp_ingress::InProcess::new(wisp_api::RUNTIME_WASM, Arc::new(wasm));
+    let ingress = wisp_ingress::Ingress::new(client, ingress_config, Some(in_process));
     #[allow(clippy::print_stdout)]
     {
         println!("wisp node {name}: ingress on http://{}", listener.local_addr()?);
@@ -441,10 +475,10 @@ mod tests {
         node: NodeOptions,
     }
 
-    fn config(args: &[&str]) -> wisp_node::AgentConfig {
+    fn config(args: &[&str]) -> NodeSettings {
         let opts = Opts::try_parse_from(std::iter::once("wisp").chain(args.iter().copied()))
             .expect("arguments parse");
-        agent_config(&opts.node, PathBuf::from("/nonexistent")).expect("agent config")
+        node_settings(&opts.node, PathBuf::from("/nonexistent")).expect("node settings")
     }
 
     #[test]
@@ -455,18 +489,20 @@ mod tests {
         let allowed = docker(&["--node-name", "n", "--allow-capabilities", "cap_net_raw,MKNOD"]);
         assert!(allowed.iter().any(|c| c == "NET_RAW") && allowed.iter().any(|c| c == "MKNOD"));
         let opts = Opts::try_parse_from(["wisp", "--allow-capabilities", "SYS_ADMIN"]).expect("parse");
-        let err = agent_config(&opts.node, PathBuf::from("/nonexistent")).expect_err("refused");
+        let Err(err) = node_settings(&opts.node, PathBuf::from("/nonexistent")) else {
+            panic!("SYS_ADMIN is refused");
+        };
         assert!(err.to_string().contains("SYS_ADMIN"), "{err}");
     }
 
     #[test]
     fn the_pagemap_reset_is_on_unless_turned_off() {
-        assert!(config(&["--node-name", "n"]).wasm_pagemap_reset);
-        assert!(config(&["--node-name", "n", "--wasm-pagemap-reset"]).wasm_pagemap_reset);
-        assert!(config(&["--node-name", "n", "--wasm-pagemap-reset=true"]).wasm_pagemap_reset);
-        assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset=false"]).wasm_pagemap_reset);
-        assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset", "false"]).wasm_pagemap_reset);
-        assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset=0"]).wasm_pagemap_reset);
-        assert!(config(&["--node-name", "n", "--wasm-pagemap-reset=on"]).wasm_pagemap_reset);
+        assert!(config(&["--node-name", "n"]).wasm.pagemap_scan);
+        assert!(config(&["--node-name", "n", "--wasm-pagemap-reset"]).wasm.pagemap_scan);
+        assert!(config(&["--node-name", "n", "--wasm-pagemap-reset=true"]).wasm.pagemap_scan);
+        assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset=false"]).wasm.pagemap_scan);
+        assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset", "false"]).wasm.pagemap_scan);
+        assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset=0"]).wasm.pagemap_scan);
+        assert!(config(&["--node-name", "n", "--wasm-pagemap-reset=on"]).wasm.pagemap_scan);
     }
 }

@@ -58,16 +58,28 @@ impl Cluster {
         let ingress_url = format!("http://{}", listener.local_addr()?);
         let mut config = wisp_node::AgentConfig::new(node, dir.path());
         config.ingress_url = Some(ingress_url.clone());
-        config.docker = docker;
         config.capacity.insert(
             "pods".into(),
             wisp_api::Quantity::from_units(100_000, wisp_api::QuantityFormat::DecimalSI),
         );
         let mut ingress_config = wisp_ingress::IngressConfig::new(node);
         ingress_config.local_readiness = Some(config.local_readiness.clone());
-        let agent = wisp_node::Agent::new(node_client.clone(), config)?;
-        let wasm = agent.runtimes().wasm.clone().context("wasm runtime")?;
-        let ingress = wisp_ingress::Ingress::new(node_client, ingress_config, Some(wasm.clone()));
+        // The runtimes are built here, as the binary builds them.
+        let artifacts: std::sync::Arc<dyn wisp_sandbox::ArtifactSource> =
+            std::sync::Arc::new(wisp_node::ApiArtifacts(node_client.clone()));
+        let wasm = wisp_sandbox_wasm::WasmSandbox::new(
+            wisp_sandbox_wasm::WasmConfig::new(dir.path().join("wasm")),
+            Some(artifacts),
+        )
+        .context("wasm runtime")?;
+        let mut runtimes = wisp_node::Runtimes::default();
+        runtimes.insert(std::sync::Arc::new(wasm.clone()));
+        if let Some(docker) = docker {
+            runtimes.insert(std::sync::Arc::new(wisp_sandbox_docker::DockerSandbox::new(docker)));
+        }
+        let agent = wisp_node::Agent::new(node_client.clone(), config, runtimes);
+        let in_process = wisp_ingress::InProcess::new(wisp_api::RUNTIME_WASM, std::sync::Arc::new(wasm.clone()));
+        let ingress = wisp_ingress::Ingress::new(node_client, ingress_config, Some(in_process));
         let mut tasks = tokio::task::JoinSet::new();
         let s = shutdown.clone();
         tasks.spawn(async move {

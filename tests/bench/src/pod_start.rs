@@ -92,12 +92,16 @@ pub async fn run(args: &PodStartArgs) -> anyhow::Result<String> {
         "pods".into(),
         wisp_api::Quantity::from_units(100_000, wisp_api::QuantityFormat::DecimalSI),
     );
-    let agent = wisp_node::Agent::new(client.clone(), config)?;
-    let pooling = agent
-        .runtimes()
-        .wasm
-        .as_ref()
-        .is_some_and(wisp_sandbox_wasm::WasmSandbox::pooling);
+    let artifacts: std::sync::Arc<dyn wisp_sandbox::ArtifactSource> =
+        std::sync::Arc::new(wisp_node::ApiArtifacts(client.clone()));
+    let wasm = wisp_sandbox_wasm::WasmSandbox::new(
+        wisp_sandbox_wasm::WasmConfig::new(dir.path().join("wasm")),
+        Some(artifacts),
+    )?;
+    let pooling = wasm.pooling();
+    let mut runtimes = wisp_node::Runtimes::default();
+    runtimes.insert(std::sync::Arc::new(wasm));
+    let agent = wisp_node::Agent::new(client.clone(), config, runtimes);
     let scheduler = tokio::spawn(wisp_scheduler::run(
         wisp_runtime::Informers::new(client.clone(), shutdown.clone()),
         wisp_scheduler::SchedulerConfig::default(),

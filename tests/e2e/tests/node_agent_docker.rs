@@ -4,9 +4,8 @@
 //! agent adopts it and removes an orphan; an OOM kill is reported; a missing image is
 //! `ImagePullBackOff`; with the daemon down the node stays up with `DockerReady=False`, Wasm
 //! pods run, Docker pods wait with `RuntimeUnavailable`, and start once the daemon is back.
-//! In CI an unreachable engine fails these tests; elsewhere they skip with a notice.
-
-mod common;
+//! In CI an unreachable engine fails these tests; elsewhere they skip with a notice. (Moved
+//! from node/agent/tests: the agent crate knows no concrete runtime.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +23,31 @@ use wisp_sandbox::Sandbox;
 use wisp_sandbox_docker::testing::{self, Cleanup, ECHO_IMAGE, SocketProxy};
 use wisp_sandbox_docker::{DockerConfig, DockerSandbox};
 use wisp_sandbox_wasm::{WasmConfig, WasmSandbox};
+
+/// Polls pod `default/<name>` every 20 ms until `check` holds; fails after `secs` with the
+/// pod's last status.
+async fn wait_pod_until(
+    client: &Client,
+    name: &str,
+    secs: u64,
+    check: impl Fn(&Pod) -> bool,
+) -> anyhow::Result<Pod> {
+    let api = client.api::<Pod>(Some("default"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let pod = api.get(name).await?;
+        if check(&pod) {
+            return Ok(pod);
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "pod {name} did not reach the expected state in {secs} s; last status: {:#?}",
+                pod.status
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 struct Cluster {
     _server: TestServer,
@@ -74,12 +98,11 @@ impl Cluster {
             max: Duration::from_secs(2),
             reset_after: Duration::from_secs(60),
         };
-        let runtimes = Runtimes {
-            wasm: Some(self.wasm.clone()),
-            docker: Some(self.docker.clone()),
-            others: Vec::new(),
-        };
-        let agent = Agent::with_runtimes(self.client.clone(), config, runtimes);
+        let runtimes = Runtimes::from_iter([
+            Arc::new(self.wasm.clone()) as Arc<dyn Sandbox>,
+            Arc::new(self.docker.clone()),
+        ]);
+        let agent = Agent::new(self.client.clone(), config, runtimes);
         let stop = CancellationToken::new();
         let token = stop.clone();
         let task = tokio::spawn(async move {
@@ -104,7 +127,7 @@ impl Cluster {
     }
 
     async fn wait_pod(&self, name: &str, secs: u64, check: impl Fn(&Pod) -> bool) -> anyhow::Result<Pod> {
-        common::wait_pod(&self.client, name, secs, check).await
+        wait_pod_until(&self.client, name, secs, check).await
     }
 
     async fn wait_node(&self, secs: u64, check: impl Fn(&Node) -> bool) -> anyhow::Result<Node> {

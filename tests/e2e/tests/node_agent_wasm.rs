@@ -1,8 +1,7 @@
 //! The node agent against a real API server (embedded store, HTTP on loopback) and the real
 //! wasm runtime, with the guest components built from `examples/` (tests/build-guests.sh). Pods are bound by
-//! hand (`spec.nodeName`), no scheduler or controllers run here.
-
-mod common;
+//! hand (`spec.nodeName`), no scheduler or controllers run here. (Moved from node/agent/tests:
+//! the agent crate knows no concrete runtime; its own tests run on the fake one.)
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +21,31 @@ use wisp_node::{Agent, AgentConfig, ApiArtifacts, Backoff, Runtimes};
 use wisp_sandbox::{Sandbox, SandboxId};
 use wisp_sandbox_wasm::{WasmConfig, WasmSandbox};
 
+/// Polls pod `default/<name>` every 20 ms until `check` holds; fails after `secs` with the
+/// pod's last status.
+async fn wait_pod_until(
+    client: &Client,
+    name: &str,
+    secs: u64,
+    check: impl Fn(&Pod) -> bool,
+) -> anyhow::Result<Pod> {
+    let api = client.api::<Pod>(Some("default"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let pod = api.get(name).await?;
+        if check(&pod) {
+            return Ok(pod);
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "pod {name} did not reach the expected state in {secs} s; last status: {:#?}",
+                pod.status
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 const NODE: &str = "node-a";
 
 fn guest(name: &str) -> PathBuf {
@@ -34,7 +58,7 @@ struct Cluster {
     wasm: WasmSandbox,
     dir: tempfile::TempDir,
     /// What the agents publish for the node's ingress.
-    readiness: wisp_sandbox::LocalReadiness,
+    readiness: wisp_node::LocalReadiness,
 }
 
 impl Cluster {
@@ -51,16 +75,12 @@ impl Cluster {
             client,
             wasm,
             dir,
-            readiness: wisp_sandbox::LocalReadiness::default(),
+            readiness: wisp_node::LocalReadiness::default(),
         })
     }
 
     fn runtimes(&self) -> Runtimes {
-        Runtimes {
-            wasm: Some(self.wasm.clone()),
-            docker: None,
-            others: Vec::new(),
-        }
+        Runtimes::from_iter([Arc::new(self.wasm.clone()) as Arc<dyn Sandbox>])
     }
 
     /// Starts an agent over this cluster's wasm runtime; cancel the token to stop it.
@@ -73,7 +93,7 @@ impl Cluster {
             max: Duration::from_secs(2),
             reset_after: Duration::from_secs(60),
         };
-        let agent = Agent::with_runtimes(self.client.clone(), config, self.runtimes());
+        let agent = Agent::new(self.client.clone(), config, self.runtimes());
         let stop = CancellationToken::new();
         let token = stop.clone();
         let task = tokio::spawn(async move {
@@ -98,7 +118,7 @@ impl Cluster {
 
     /// Polls the pod until `check` holds (or fails after `secs`).
     async fn wait_pod(&self, name: &str, secs: u64, check: impl Fn(&Pod) -> bool) -> anyhow::Result<Pod> {
-        common::wait_pod(&self.client, name, secs, check).await
+        wait_pod_until(&self.client, name, secs, check).await
     }
 }
 
