@@ -86,7 +86,11 @@ async fn lost_node_is_marked_not_ready_and_its_pods_are_replaced() {
         let (c, s) = (client.clone(), shutdown.clone());
         async move {
             tokio::join!(
-                wisp_controllers::run_nodes(wisp_runtime::Informers::new(c.clone(), s.clone()), grace, s.clone()),
+                wisp_controllers::run_nodes(
+                    wisp_runtime::Informers::new(c.clone(), s.clone()),
+                    grace,
+                    s.clone()
+                ),
                 wisp_controllers::run_replicasets(wisp_runtime::Informers::new(c, s.clone()), s)
             );
         }

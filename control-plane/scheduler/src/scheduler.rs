@@ -138,7 +138,11 @@ impl Scheduler {
         }
     }
 
-    pub(crate) async fn run(mut self, informers: &Informers, shutdown: CancellationToken) -> Result<(), SchedulerError> {
+    pub(crate) async fn run(
+        mut self,
+        informers: &Informers,
+        shutdown: CancellationToken,
+    ) -> Result<(), SchedulerError> {
         // Its own cache is built from the shared watches' events (the scheduler assumes
         // binds in it before the API has confirmed them).
         let node_events = informers.subscribe::<Node>();

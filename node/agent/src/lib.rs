@@ -116,6 +116,7 @@ pub struct Agent {
     client: Client,
     config: AgentConfig,
     runtimes: Runtimes,
+    informers: Option<wisp_runtime::Informers>,
 }
 
 impl Agent {
@@ -126,7 +127,16 @@ impl Agent {
             client,
             config,
             runtimes,
+            informers: None,
         }
+    }
+
+    /// Reads this node's pods from the process's shared watch caches (the same watch as the
+    /// scheduler's and the controllers' in `wisp up`) instead of a watch of its own; it still
+    /// writes with its own (node) credential and acts only on pods bound to it.
+    pub fn on_informers(mut self, informers: &wisp_runtime::Informers) -> Self {
+        self.informers = Some(informers.clone());
+        self
     }
 
     pub fn runtimes(&self) -> &Runtimes {
@@ -185,6 +195,7 @@ impl Agent {
             backoff: c.backoff,
             pods_dir: c.data_dir.join("pods"),
             readiness: c.local_readiness.clone(),
+            informers: self.informers.clone(),
         });
         let log_server = std::sync::Arc::new(logs::LogServer {
             shutdown: shutdown.clone(),

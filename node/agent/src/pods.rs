@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -145,27 +146,39 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         tasks: TaskTracker::new(),
         shutdown: shutdown.clone(),
     };
-    let params = WatchParams {
-        list: ListParams {
-            label_selector: None,
-            field_selector: Some(format!("spec.nodeName={}", ctx.node)),
-        },
-        ..WatchParams::default()
+    let mut events = match &ctx.informers {
+        // A shared cache holds every node's pods: this agent takes only its own.
+        Some(informers) => informers.subscribe::<Pod>(),
+        None => {
+            let params = WatchParams {
+                list: ListParams {
+                    label_selector: None,
+                    field_selector: Some(format!("spec.nodeName={}", ctx.node)),
+                },
+                ..WatchParams::default()
+            };
+            wisp_runtime::watcher_stream(ctx.client.api::<Pod>(None).watcher(params)).boxed()
+        }
     };
-    let mut watcher = ctx.client.api::<Pod>(None).watcher(params);
+    let mine = |p: &Pod| p.spec.node_name.as_deref() == Some(ctx.node.as_str());
     let mut first = true;
     loop {
         let event = tokio::select! {
-            e = watcher.next() => e,
+            e = events.next() => match e {
+                Some(e) => e,
+                None => break,
+            },
             () = shutdown.cancelled() => break,
         };
         match event {
             Ok(WatcherEvent::Restarted(pods)) => {
-                d.relist(pods, first).await;
+                d.relist(pods.into_iter().filter(|p| mine(p)).collect(), first)
+                    .await;
                 first = false;
             }
-            Ok(WatcherEvent::Applied(pod)) => d.apply(pod),
-            Ok(WatcherEvent::Deleted(pod)) => d.delete(&pod),
+            Ok(WatcherEvent::Applied(pod)) if mine(&pod) => d.apply(pod),
+            Ok(WatcherEvent::Deleted(pod)) if mine(&pod) => d.delete(&pod),
+            Ok(_) => {}
             Err(e) => {
                 tracing::error!(error = %e, "the pod watch failed; retrying in 5 s");
                 tokio::select! {

@@ -99,6 +99,9 @@ pub struct Ctx {
     pub pods_dir: PathBuf,
     /// This node's in-process view of which pods are ready (read by its ingress).
     pub readiness: crate::LocalReadiness,
+    /// The process's shared watch caches, when the agent reads pods from them (`wisp up`)
+    /// instead of watching its own.
+    pub informers: Option<wisp_runtime::Informers>,
 }
 
 struct Prepared {

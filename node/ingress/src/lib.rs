@@ -28,7 +28,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use wisp_api::{Endpoints, Node, Pod, Route, Service};
 use wisp_client::{Client, ListParams, WatchParams};
-use wisp_runtime::{ObjectRef, Store, Writer, reflector, watcher_stream};
+use wisp_runtime::{Informers, ObjectRef, Store, Writer, reflector, watcher_stream};
 use wisp_sandbox::InProcessHttp;
 
 pub use crate::proxy::{Body, COLD_START_HEADER, COLD_START_WAIT_HEADER, Gateway, serve, serve_gateway};
@@ -138,6 +138,24 @@ impl Writers {
     }
 }
 
+/// Where an ingress's caches come from.
+enum Source {
+    /// Watches of its own.
+    Own(Writers),
+    /// The process's shared watches.
+    Shared(Informers),
+}
+
+#[cfg(test)]
+impl Source {
+    fn own(self) -> Writers {
+        match self {
+            Source::Own(w) => w,
+            Source::Shared(_) => panic!("this ingress reads shared caches"),
+        }
+    }
+}
+
 /// One candidate backend while the table is built: pod uid, pod name, node, target.
 type Candidate = (String, String, Option<String>, Target);
 
@@ -149,7 +167,8 @@ pub(crate) struct Inner {
     pub(crate) services: Services,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) caches: Caches,
-    writers: std::sync::Mutex<Option<Writers>>,
+    /// Where the caches are filled from, taken by the one [`Ingress::sync`].
+    writers: std::sync::Mutex<Option<Source>>,
     /// Held while Services' backends are recomputed (a whole rebuild, or one Service's pods
     /// of this node being admitted by a waiting request), so an older computation never
     /// overwrites a newer one.
@@ -203,12 +222,47 @@ impl Ingress {
     /// `in_process`: the runtime of this node whose pods are called in process (none: every
     /// endpoint is reached over HTTP).
     pub fn new(client: Client, config: IngressConfig, in_process: Option<InProcess>) -> Self {
+        let (writers, caches) = Writers::new();
+        Self::build(client, config, in_process, caches, Source::Own(writers))
+    }
+
+    /// Like [`Ingress::new`], reading the process's shared watch caches (`wisp up`: the same
+    /// watches as the scheduler, the controllers and the node agent) instead of opening
+    /// watches of its own. Only pods bound to this node are ever taken for local ones.
+    pub fn on_informers(
+        client: Client,
+        config: IngressConfig,
+        in_process: Option<InProcess>,
+        informers: &Informers,
+    ) -> Self {
+        let caches = Caches {
+            routes: informers.store(),
+            endpoints: informers.store(),
+            services: informers.store(),
+            pods: informers.store(),
+            nodes: informers.store(),
+        };
+        Self::build(
+            client,
+            config,
+            in_process,
+            caches,
+            Source::Shared(informers.clone()),
+        )
+    }
+
+    fn build(
+        client: Client,
+        config: IngressConfig,
+        in_process: Option<InProcess>,
+        caches: Caches,
+        source: Source,
+    ) -> Self {
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_nodelay(true);
         let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        let (writers, caches) = Writers::new();
         Self {
             inner: Arc::new(Inner {
                 client,
@@ -218,7 +272,7 @@ impl Ingress {
                 services: Services::default(),
                 metrics: metrics::Metrics::default(),
                 caches,
-                writers: std::sync::Mutex::new(Some(writers)),
+                writers: std::sync::Mutex::new(Some(source)),
                 backends_lock: std::sync::Mutex::new(()),
                 caches_changed: tokio::sync::watch::channel(()).0,
                 http,
@@ -240,18 +294,30 @@ impl Ingress {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        let Some(Writers {
+        let writers = match taken {
+            Some(Source::Own(writers)) => writers,
+            Some(Source::Shared(informers)) => {
+                let streams = vec![
+                    informers.subscribe::<Route>().map(|_| ()).boxed(),
+                    informers.subscribe::<Endpoints>().map(|_| ()).boxed(),
+                    informers.subscribe::<Service>().map(|_| ()).boxed(),
+                    informers.subscribe::<Pod>().map(|_| ()).boxed(),
+                    informers.subscribe::<Node>().map(|_| ()).boxed(),
+                ];
+                return self.follow(futures::stream::select_all(streams), shutdown).await;
+            }
+            None => {
+                tracing::error!("this ingress is already being kept in sync");
+                return;
+            }
+        };
+        let Writers {
             routes: rw,
             endpoints: ew,
             services: sw,
             pods: pw,
             nodes: nw,
-        }) = taken
-        else {
-            tracing::error!("this ingress is already being kept in sync");
-            return;
-        };
-        let caches = &self.inner.caches;
+        } = writers;
         let local = WatchParams {
             list: ListParams {
                 label_selector: None,
@@ -288,7 +354,13 @@ impl Ingress {
             .map(|_| ())
             .boxed(),
         ];
-        let mut events = futures::stream::select_all(streams);
+        self.follow(futures::stream::select_all(streams), shutdown).await;
+    }
+
+    /// Rebuilds the table after each burst of `events` (and of the agent's readiness word)
+    /// until `shutdown`.
+    async fn follow(&self, mut events: impl futures::Stream<Item = ()> + Unpin, shutdown: CancellationToken) {
+        let caches = &self.inner.caches;
         let mut local = self.inner.config.local_readiness.as_ref().map(|r| r.subscribe());
         // A change schedules a rebuild REBUILD_COALESCE later; the changes until then fold
         // into it.
@@ -376,7 +448,11 @@ impl Ingress {
                     .then(|| (n.metadata.name.clone(), url))
             })
             .collect();
-        let wasm_containers = in_process_containers(&c.pods, self.inner.in_process.as_ref());
+        let wasm_containers = in_process_containers(
+            &c.pods,
+            &self.inner.config.node_name,
+            self.inner.in_process.as_ref(),
+        );
         let ready_locally = self.ready_locally();
         // Candidates per Service: what its Endpoints list, then this node's pods that are
         // ready and match its selector but are not listed yet (a cold start is released as
@@ -421,7 +497,7 @@ impl Ingress {
                 }
             }
         }
-        let ready_here = ready_here(&c.pods, &ready_locally);
+        let ready_here = ready_here(&c.pods, &self.inner.config.node_name, &ready_locally);
         if !ready_here.is_empty() {
             for svc in c.services.list() {
                 let ns = svc.metadata.namespace.clone().unwrap_or_default();
@@ -626,7 +702,7 @@ impl Ingress {
         {
             return None;
         }
-        let ready_here: Vec<Arc<Pod>> = ready_here(pods, &ready_locally)
+        let ready_here: Vec<Arc<Pod>> = ready_here(pods, &self.inner.config.node_name, &ready_locally)
             .into_iter()
             .filter(|p| {
                 p.metadata
@@ -644,7 +720,7 @@ impl Ingress {
         self.local_candidates(
             service,
             &ready_here,
-            &in_process_containers(pods, self.inner.in_process.as_ref()),
+            &in_process_containers(pods, &self.inner.config.node_name, self.inner.in_process.as_ref()),
             &listeners,
             &mut list,
         );
@@ -696,11 +772,19 @@ pub(crate) async fn local_change(
 /// container name).
 type WasmContainers = std::collections::HashMap<String, (String, String)>;
 
-fn in_process_containers(pods: &Store<Pod>, in_process: Option<&InProcess>) -> WasmContainers {
+/// The pods of `pods` bound to `node` (a shared cache holds every node's).
+fn on_node(pods: &Store<Pod>, node: &str) -> Vec<Arc<Pod>> {
+    pods.list()
+        .into_iter()
+        .filter(|p| p.spec.node_name.as_deref() == Some(node))
+        .collect()
+}
+
+fn in_process_containers(pods: &Store<Pod>, node: &str, in_process: Option<&InProcess>) -> WasmContainers {
     let Some(runtime) = in_process.map(|p| p.runtime.as_str()) else {
         return WasmContainers::new();
     };
-    pods.list()
+    on_node(pods, node)
         .iter()
         .filter_map(|p| {
             let uid = p.metadata.uid.clone()?;
@@ -730,8 +814,8 @@ fn url_addr(url: &str) -> Option<SocketAddr> {
 
 /// This node's pods that take requests: ready by the agent's word on its own pod (which
 /// overrides the API's, as that lags it), else by the API; not being deleted or finished.
-fn ready_here(pods: &Store<Pod>, ready_locally: &wisp_node::ReadinessMap) -> Vec<Arc<Pod>> {
-    pods.list()
+fn ready_here(pods: &Store<Pod>, node: &str, ready_locally: &wisp_node::ReadinessMap) -> Vec<Arc<Pod>> {
+    on_node(pods, node)
         .into_iter()
         .filter(|p| {
             let ready = p
@@ -821,7 +905,8 @@ mod tests {
             .lock()
             .expect("lock")
             .take()
-            .expect("writers");
+            .expect("writers")
+            .own();
 
         let mut svc = Service::new(ObjectMeta::namespaced("default", "web"));
         svc.spec.selector.insert("app".into(), "web".into());
@@ -917,7 +1002,8 @@ mod tests {
             .lock()
             .expect("lock")
             .take()
-            .expect("writers");
+            .expect("writers")
+            .own();
         let node = |name: &str, ip: &str, url: &str| {
             let mut n = Node::new(ObjectMeta::named(name));
             n.status = Some(NodeStatus {

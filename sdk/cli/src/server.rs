@@ -148,15 +148,38 @@ pub async fn node(global: &Global, mut args: NodeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let shutdown = CancellationToken::new();
     let api_addr = api_listener(client.server());
-    let run = Box::pin(run_node(client, &args.node, dir, api_addr, shutdown.clone()));
+    // The agent and the ingress share one watch per kind; the pods watched are this node's.
+    let informers = wisp_runtime::Informers::new(client.clone(), shutdown.clone())
+        .with_params::<wisp_api::Pod>(wisp_client::WatchParams {
+            list: wisp_client::ListParams {
+                label_selector: None,
+                field_selector: Some(format!(
+                    "spec.nodeName={}",
+                    args.node.node_name.as_deref().unwrap_or_default()
+                )),
+            },
+            ..wisp_client::WatchParams::default()
+        });
+    let run = Box::pin(run_node(
+        client,
+        &informers,
+        &args.node,
+        dir,
+        api_addr,
+        shutdown.clone(),
+    ));
     tokio::pin!(run);
-    tokio::select! {
-        r = &mut run => return r,
-        () = signalled() => {}
-    }
-    tracing::info!("shutting down");
+    let result = tokio::select! {
+        r = &mut run => r,
+        () = signalled() => {
+            tracing::info!("shutting down");
+            shutdown.cancel();
+            run.await
+        }
+    };
     shutdown.cancel();
-    run.await
+    informers.join().await;
+    result
 }
 
 /// The API server's listening address, from its URL (for the node's egress policy).
@@ -174,6 +197,7 @@ fn api_listener(url: &str) -> Option<std::net::SocketAddr> {
 /// egress policy never lets a guest or a backend reach it).
 async fn run_node(
     client: wisp_client::Client,
+    informers: &wisp_runtime::Informers,
     opts: &NodeOptions,
     dir: PathBuf,
     api_addr: Option<std::net::SocketAddr>,
@@ -217,15 +241,16 @@ async fn run_node(
     ingress_config.egress = egress.clone();
     wasm_config.egress = egress;
     let artifacts: Arc<dyn wisp_sandbox::ArtifactSource> = Arc::new(wisp_node::ApiArtifacts(client.clone()));
-    let wasm = wisp_sandbox_wasm::WasmSandbox::new(wasm_config, Some(artifacts)).context("the wasm runtime")?;
+    let wasm =
+        wisp_sandbox_wasm::WasmSandbox::new(wasm_config, Some(artifacts)).context("the wasm runtime")?;
     let mut runtimes = wisp_node::Runtimes::default();
     runtimes.insert(Arc::new(wasm.clone()));
     if let Some(docker) = docker {
         runtimes.insert(Arc::new(wisp_sandbox_docker::DockerSandbox::new(docker)));
     }
-    let agent = wisp_node::Agent::new(client.clone(), config, runtimes);
+    let agent = wisp_node::Agent::new(client.clone(), config, runtimes).on_informers(informers);
     let in_process = wisp_ingress::InProcess::new(wisp_api::RUNTIME_WASM, Arc::new(wasm));
-    let ingress = wisp_ingress::Ingress::new(client, ingress_config, Some(in_process));
+    let ingress = wisp_ingress::Ingress::on_informers(client, ingress_config, Some(in_process), informers);
     #[allow(clippy::print_stdout)]
     {
         println!("wisp node {name}: ingress on http://{}", listener.local_addr()?);
@@ -374,7 +399,10 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
     };
     // One watch per kind for the whole process: the controllers, the scheduler and the node
     // read the same caches (writes still go with each component's own credential).
-    let informers = wisp_runtime::Informers::new(internal(wisp_apiserver::auth::Principal::Admin)?, shutdown.clone());
+    let informers = wisp_runtime::Informers::new(
+        internal(wisp_apiserver::auth::Principal::Admin)?,
+        shutdown.clone(),
+    );
     let controllers = if args.up.controllers {
         let config = wisp_controllers::Config {
             node_grace: Duration::from_secs(args.up.node_grace_seconds.max(1)),
@@ -444,6 +472,7 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
             let Some(client) = node else { return Ok(()) };
             let r = Box::pin(run_node(
                 client,
+                &informers,
                 &node_opts,
                 dir.join("node"),
                 Some(addr),
@@ -457,6 +486,8 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
             r
         }
     );
+    shutdown.cancel();
+    informers.join().await;
     scheduled.context("scheduler")?;
     ran.context("node agent")?;
     served.context("API server")?;
@@ -498,11 +529,35 @@ mod tests {
     #[test]
     fn the_pagemap_reset_is_on_unless_turned_off() {
         assert!(config(&["--node-name", "n"]).wasm.pagemap_scan);
-        assert!(config(&["--node-name", "n", "--wasm-pagemap-reset"]).wasm.pagemap_scan);
-        assert!(config(&["--node-name", "n", "--wasm-pagemap-reset=true"]).wasm.pagemap_scan);
-        assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset=false"]).wasm.pagemap_scan);
-        assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset", "false"]).wasm.pagemap_scan);
-        assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset=0"]).wasm.pagemap_scan);
-        assert!(config(&["--node-name", "n", "--wasm-pagemap-reset=on"]).wasm.pagemap_scan);
+        assert!(
+            config(&["--node-name", "n", "--wasm-pagemap-reset"])
+                .wasm
+                .pagemap_scan
+        );
+        assert!(
+            config(&["--node-name", "n", "--wasm-pagemap-reset=true"])
+                .wasm
+                .pagemap_scan
+        );
+        assert!(
+            !config(&["--node-name", "n", "--wasm-pagemap-reset=false"])
+                .wasm
+                .pagemap_scan
+        );
+        assert!(
+            !config(&["--node-name", "n", "--wasm-pagemap-reset", "false"])
+                .wasm
+                .pagemap_scan
+        );
+        assert!(
+            !config(&["--node-name", "n", "--wasm-pagemap-reset=0"])
+                .wasm
+                .pagemap_scan
+        );
+        assert!(
+            config(&["--node-name", "n", "--wasm-pagemap-reset=on"])
+                .wasm
+                .pagemap_scan
+        );
     }
 }

@@ -15,8 +15,8 @@ use wisp_api::Resource;
 use wisp_client::{Api, ClientError, WatchParams, WatcherEvent};
 
 use crate::reflector::{ObjectRef, Store, Writer, reflector, watcher_stream};
-use crate::shared::Informers;
 use crate::runner::{self, Action, Outcome, RunnerConfig};
+use crate::shared::Informers;
 use tokio_util::sync::CancellationToken;
 
 /// Pause after a watch error the watcher cannot fix itself (401/403/404) before retrying.

@@ -16,8 +16,8 @@
 //! itself (401/403/404) reach every subscriber, and the watch pauses before it tries again.
 
 use std::any::{Any, TypeId};
-use std::future::Future;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -122,10 +122,7 @@ impl Informers {
     /// The cache of `T` and a stream of its events.
     pub fn cached<T: Resource>(
         &self,
-    ) -> (
-        Store<T>,
-        BoxStream<'static, Result<WatcherEvent<T>, ClientError>>,
-    ) {
+    ) -> (Store<T>, BoxStream<'static, Result<WatcherEvent<T>, ClientError>>) {
         let shared = self.shared::<T>();
         (shared.store(), shared.subscribe())
     }
@@ -181,7 +178,11 @@ impl<T: Resource> Shared<T> {
                 match sub.rx.recv().await {
                     Ok(ev) => return Some((ev.map_err(ClientError::Api), sub)),
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::debug!(kind = T::KIND, missed, "subscriber fell behind; sending a snapshot");
+                        tracing::debug!(
+                            kind = T::KIND,
+                            missed,
+                            "subscriber fell behind; sending a snapshot"
+                        );
                         let (rx, snapshot) = join(&sub.inner)?;
                         sub.rx = rx;
                         if let Some(snapshot) = snapshot {
@@ -197,7 +198,10 @@ impl<T: Resource> Shared<T> {
 
     /// A cache fed by `events` (the caller polls the future, which ends at `shutdown` or when
     /// `events` does): what [`Informers::shared`] runs for a watch, and tests for any stream.
-    pub fn from_events<S>(events: S, shutdown: CancellationToken) -> (Self, impl Future<Output = ()> + Send + 'static)
+    pub fn from_events<S>(
+        events: S,
+        shutdown: CancellationToken,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static)
     where
         S: Stream<Item = Result<WatcherEvent<T>, ClientError>> + Send + 'static,
     {
@@ -234,8 +238,12 @@ fn join<T: Resource>(
 }
 
 /// The one watch of a kind: applies each event to the cache and sends it to subscribers.
-async fn feed<T, S>(mut writer: Writer<T>, events: S, shared: Arc<SharedInner<T>>, shutdown: CancellationToken)
-where
+async fn feed<T, S>(
+    mut writer: Writer<T>,
+    events: S,
+    shared: Arc<SharedInner<T>>,
+    shutdown: CancellationToken,
+) where
     T: Resource,
     S: Stream<Item = Result<WatcherEvent<T>, ClientError>> + Send + 'static,
 {

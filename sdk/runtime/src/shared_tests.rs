@@ -1,7 +1,7 @@
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wisp_api::{ConfigMap, ObjectMeta, Status};
+use wisp_api::{ConfigMap, ObjectMeta, Resource, Status};
 use wisp_client::{ClientError, WatcherEvent};
 
 use super::{CHANNEL_CAPACITY, Shared};
@@ -16,7 +16,12 @@ fn cm(name: &str, v: &str) -> ConfigMap {
 type Tx = mpsc::UnboundedSender<Result<WatcherEvent<ConfigMap>, ClientError>>;
 
 /// A shared cache fed from a channel, its feed running on a task.
-fn fed() -> (Shared<ConfigMap>, Tx, CancellationToken, tokio::task::JoinHandle<()>) {
+fn fed() -> (
+    Shared<ConfigMap>,
+    Tx,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     let events = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
     let stop = CancellationToken::new();
@@ -36,7 +41,9 @@ fn names(ev: &WatcherEvent<ConfigMap>) -> Vec<String> {
     }
 }
 
-async fn next(s: &mut futures::stream::BoxStream<'static, Result<WatcherEvent<ConfigMap>, ClientError>>) -> Vec<String> {
+async fn next(
+    s: &mut futures::stream::BoxStream<'static, Result<WatcherEvent<ConfigMap>, ClientError>>,
+) -> Vec<String> {
     let ev = tokio::time::timeout(std::time::Duration::from_secs(5), s.next())
         .await
         .expect("an event in time")
@@ -50,7 +57,8 @@ async fn every_subscriber_sees_the_list_then_each_later_event_once() {
     let (shared, tx, stop, task) = fed();
     // Subscribed before the first list: the list arrives as the feed's own Restarted.
     let mut early = shared.subscribe();
-    tx.send(Ok(WatcherEvent::Restarted(vec![cm("a", "1"), cm("b", "1")]))).expect("send");
+    tx.send(Ok(WatcherEvent::Restarted(vec![cm("a", "1"), cm("b", "1")])))
+        .expect("send");
     assert_eq!(next(&mut early).await, vec!["=a", "=b"]);
     assert!(shared.store().wait_ready().await);
     // Subscribed after: the cache's contents as a snapshot, then only what came later.
@@ -62,19 +70,26 @@ async fn every_subscriber_sees_the_list_then_each_later_event_once() {
     assert_eq!(next(&mut early).await, vec!["-b"]);
     assert_eq!(next(&mut late).await, vec!["-b"]);
     let a = ObjectRef::new("a").within("default");
-    assert_eq!(shared.store().get(&a).map(|c| c.data["v"].clone()), Some("2".into()));
+    assert_eq!(
+        shared.store().get(&a).map(|c| c.data["v"].clone()),
+        Some("2".into())
+    );
     assert_eq!(shared.store().len(), 1);
     // The watch stops: every subscriber's stream ends.
     stop.cancel();
     task.await.expect("feed ends");
     assert!(early.next().await.is_none() && late.next().await.is_none());
-    assert!(shared.subscribe().next().await.is_none(), "nothing to join once stopped");
+    assert!(
+        shared.subscribe().next().await.is_none(),
+        "nothing to join once stopped"
+    );
 }
 
 #[tokio::test]
 async fn a_subscriber_that_falls_behind_is_caught_up_with_a_snapshot() {
     let (shared, tx, stop, task) = fed();
-    tx.send(Ok(WatcherEvent::Restarted(vec![cm("a", "0")]))).expect("send");
+    tx.send(Ok(WatcherEvent::Restarted(vec![cm("a", "0")])))
+        .expect("send");
     let mut slow = shared.subscribe();
     let mut fast = shared.subscribe();
     assert_eq!(next(&mut slow).await, vec!["=a"]);
@@ -82,17 +97,24 @@ async fn a_subscriber_that_falls_behind_is_caught_up_with_a_snapshot() {
     assert_eq!(next(&mut fast).await, vec!["=a"]);
     let total = CHANNEL_CAPACITY + 10;
     for i in 1..=total {
-        tx.send(Ok(WatcherEvent::Applied(cm("a", &i.to_string())))).expect("send");
+        tx.send(Ok(WatcherEvent::Applied(cm("a", &i.to_string()))))
+            .expect("send");
         if i % 64 == 0 {
             // Keep `fast` current and let the feed run.
-            while shared.store().get(&ObjectRef::new("a").within("default")).map(|c| c.data["v"].clone())
+            while shared
+                .store()
+                .get(&ObjectRef::new("a").within("default"))
+                .map(|c| c.data["v"].clone())
                 != Some(i.to_string())
             {
                 tokio::task::yield_now().await;
             }
         }
     }
-    while shared.store().get(&ObjectRef::new("a").within("default")).map(|c| c.data["v"].clone())
+    while shared
+        .store()
+        .get(&ObjectRef::new("a").within("default"))
+        .map(|c| c.data["v"].clone())
         != Some(total.to_string())
     {
         tokio::task::yield_now().await;

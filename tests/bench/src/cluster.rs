@@ -75,11 +75,17 @@ impl Cluster {
         let mut runtimes = wisp_node::Runtimes::default();
         runtimes.insert(std::sync::Arc::new(wasm.clone()));
         if let Some(docker) = docker {
-            runtimes.insert(std::sync::Arc::new(wisp_sandbox_docker::DockerSandbox::new(docker)));
+            runtimes.insert(std::sync::Arc::new(wisp_sandbox_docker::DockerSandbox::new(
+                docker,
+            )));
         }
-        let agent = wisp_node::Agent::new(node_client.clone(), config, runtimes);
-        let in_process = wisp_ingress::InProcess::new(wisp_api::RUNTIME_WASM, std::sync::Arc::new(wasm.clone()));
-        let ingress = wisp_ingress::Ingress::new(node_client, ingress_config, Some(in_process));
+        // Every component shares one watch per kind, as in `wisp up`.
+        let informers = wisp_runtime::Informers::new(internal, shutdown.clone());
+        let agent = wisp_node::Agent::new(node_client.clone(), config, runtimes).on_informers(&informers);
+        let in_process =
+            wisp_ingress::InProcess::new(wisp_api::RUNTIME_WASM, std::sync::Arc::new(wasm.clone()));
+        let ingress =
+            wisp_ingress::Ingress::on_informers(node_client, ingress_config, Some(in_process), &informers);
         let mut tasks = tokio::task::JoinSet::new();
         let s = shutdown.clone();
         tasks.spawn(async move {
@@ -89,8 +95,6 @@ impl Cluster {
         tasks.spawn(async move { i.sync(s).await });
         let (i, s) = (ingress.clone(), shutdown.clone());
         tasks.spawn(wisp_ingress::serve(i, listener, s));
-        // The scheduler and the controllers share one watch per kind, as in `wisp up`.
-        let informers = wisp_runtime::Informers::new(internal, shutdown.clone());
         let (i, s) = (informers.clone(), shutdown.clone());
         tasks.spawn(async move {
             let _ = wisp_scheduler::run(i, wisp_scheduler::SchedulerConfig::default(), s).await;

@@ -107,11 +107,15 @@ fn clock_ticks() -> u64 {
 /// its total as `all`).
 async fn watches(client: &Client) -> anyhow::Result<Vec<(String, u64)>> {
     let resp = client.raw(http::Method::GET, "/metrics", None).await?;
-    let body = http_body_util::BodyExt::collect(resp.into_body()).await?.to_bytes();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await?
+        .to_bytes();
     let text = String::from_utf8_lossy(&body);
     let mut out = Vec::new();
     for line in text.lines().filter(|l| l.starts_with("wisp_apiserver_watches")) {
-        let Some((name, value)) = line.rsplit_once(' ') else { continue };
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
         let n: u64 = value.parse().unwrap_or(0);
         let resource = name
             .split_once("resource=\"")
@@ -123,7 +127,12 @@ async fn watches(client: &Client) -> anyhow::Result<Vec<(String, u64)>> {
 }
 
 /// `writes` unconditional updates of `obj` (a changing annotation) from `clients` writers.
-async fn write_loop<T: Resource>(client: &Client, obj: &T, writes: usize, clients: usize) -> anyhow::Result<()> {
+async fn write_loop<T: Resource>(
+    client: &Client,
+    obj: &T,
+    writes: usize,
+    clients: usize,
+) -> anyhow::Result<()> {
     let per = writes.div_ceil(clients.max(1));
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients.max(1) {
@@ -159,7 +168,12 @@ async fn measure(label: &str, bin: &Path, args: &FanoutArgs) -> anyhow::Result<V
     // Settled: the node registered and every component watching.
     let started = Instant::now();
     loop {
-        if client.api::<wisp_api::Node>(None).get_opt("bench").await?.is_some() {
+        if client
+            .api::<wisp_api::Node>(None)
+            .get_opt("bench")
+            .await?
+            .is_some()
+        {
             break;
         }
         if started.elapsed() > Duration::from_secs(30) {
@@ -255,7 +269,10 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<String> {
     );
     for (label, _) in &bins {
         for kind in ["configmaps", "pods", "services"] {
-            let of: Vec<&Sample> = samples.iter().filter(|s| &s.binary == label && s.kind == kind).collect();
+            let of: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| &s.binary == label && s.kind == kind)
+                .collect();
             let Some(first) = of.first() else { continue };
             out.push_str(&format!(
                 "| {label} | {kind} | {} | {:.0} | {:.0} |\n",

@@ -87,7 +87,9 @@ async fn wisp_up_opens_one_watch_per_kind() -> anyhow::Result<()> {
         let req = http::Request::get(format!("{ingress}/"))
             .header(http::header::HOST, "hello.default.localhost")
             .body(Empty::<Bytes>::new())?;
-        let Ok(resp) = http.request(req).await else { return Ok(false) };
+        let Ok(resp) = http.request(req).await else {
+            return Ok(false);
+        };
         let ok = resp.status() == 200;
         let body = resp.into_body().collect().await?.to_bytes();
         Ok(ok && body.as_ref() == b"Hello from Wisp")
