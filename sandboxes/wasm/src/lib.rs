@@ -42,15 +42,15 @@ use wasmtime::component::Linker;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wisp_sandbox::{
-    ArtifactSource, BoxError, Endpoint, ExitStatus, HttpBody, InProcessHttp, Kind, LogLine, LogOptions, Result,
-    Sandbox, SandboxError, SandboxId, SandboxSpec, SandboxStatus, State,
+    ArtifactSource, BoxError, Endpoint, ExitStatus, HttpBody, InProcessHttp, Kind, LogLine, LogOptions,
+    Result, Sandbox, SandboxError, SandboxId, SandboxSpec, SandboxStatus, State,
 };
 
 pub use crate::component::digest_of;
 pub use crate::http::InstantiateTimings;
-pub use wisp_sandbox::HandleError;
 pub use wasmtime_wasi_http::Error as WasiHttpError;
 pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+pub use wisp_sandbox::HandleError;
 
 use crate::host::{CtxTemplate, Host};
 use crate::logs::LogBuffer;

@@ -217,7 +217,8 @@ async fn run_node(
     ingress_config.egress = egress.clone();
     wasm_config.egress = egress;
     let artifacts: Arc<dyn wisp_sandbox::ArtifactSource> = Arc::new(wisp_node::ApiArtifacts(client.clone()));
-    let wasm = wisp_sandbox_wasm::WasmSandbox::new(wasm_config, Some(artifacts)).context("the wasm runtime")?;
+    let wasm =
+        wisp_sandbox_wasm::WasmSandbox::new(wasm_config, Some(artifacts)).context("the wasm runtime")?;
     let mut runtimes = wisp_node::Runtimes::default();
     runtimes.insert(Arc::new(wasm.clone()));
     if let Some(docker) = docker {
@@ -496,11 +497,35 @@ mod tests {
     #[test]
     fn the_pagemap_reset_is_on_unless_turned_off() {
         assert!(config(&["--node-name", "n"]).wasm.pagemap_scan);
-        assert!(config(&["--node-name", "n", "--wasm-pagemap-reset"]).wasm.pagemap_scan);
-        assert!(config(&["--node-name", "n", "--wasm-pagemap-reset=true"]).wasm.pagemap_scan);
-        assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset=false"]).wasm.pagemap_scan);
-        assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset", "false"]).wasm.pagemap_scan);
-        assert!(!config(&["--node-name", "n", "--wasm-pagemap-reset=0"]).wasm.pagemap_scan);
-        assert!(config(&["--node-name", "n", "--wasm-pagemap-reset=on"]).wasm.pagemap_scan);
+        assert!(
+            config(&["--node-name", "n", "--wasm-pagemap-reset"])
+                .wasm
+                .pagemap_scan
+        );
+        assert!(
+            config(&["--node-name", "n", "--wasm-pagemap-reset=true"])
+                .wasm
+                .pagemap_scan
+        );
+        assert!(
+            !config(&["--node-name", "n", "--wasm-pagemap-reset=false"])
+                .wasm
+                .pagemap_scan
+        );
+        assert!(
+            !config(&["--node-name", "n", "--wasm-pagemap-reset", "false"])
+                .wasm
+                .pagemap_scan
+        );
+        assert!(
+            !config(&["--node-name", "n", "--wasm-pagemap-reset=0"])
+                .wasm
+                .pagemap_scan
+        );
+        assert!(
+            config(&["--node-name", "n", "--wasm-pagemap-reset=on"])
+                .wasm
+                .pagemap_scan
+        );
     }
 }

@@ -75,10 +75,13 @@ impl Cluster {
         let mut runtimes = wisp_node::Runtimes::default();
         runtimes.insert(std::sync::Arc::new(wasm.clone()));
         if let Some(docker) = docker {
-            runtimes.insert(std::sync::Arc::new(wisp_sandbox_docker::DockerSandbox::new(docker)));
+            runtimes.insert(std::sync::Arc::new(wisp_sandbox_docker::DockerSandbox::new(
+                docker,
+            )));
         }
         let agent = wisp_node::Agent::new(node_client.clone(), config, runtimes);
-        let in_process = wisp_ingress::InProcess::new(wisp_api::RUNTIME_WASM, std::sync::Arc::new(wasm.clone()));
+        let in_process =
+            wisp_ingress::InProcess::new(wisp_api::RUNTIME_WASM, std::sync::Arc::new(wasm.clone()));
         let ingress = wisp_ingress::Ingress::new(node_client, ingress_config, Some(in_process));
         let mut tasks = tokio::task::JoinSet::new();
         let s = shutdown.clone();
