@@ -44,172 +44,655 @@ const COVERAGE: &[(&str, Cover)] = &[
     ("*.spec", S),
     ("*.status", S),
     ("ObjectMeta.name", E(CRUD)),
-    ("ObjectMeta.namespace", E(&["cluster_scoped_kinds_reject_namespace", "crud_cas_and_watch_without_a_socket"])),
+    (
+        "ObjectMeta.namespace",
+        E(&[
+            "cluster_scoped_kinds_reject_namespace",
+            "crud_cas_and_watch_without_a_socket",
+        ]),
+    ),
     ("ObjectMeta.uid", E(&["crud_cas_and_watch_without_a_socket"])),
-    ("ObjectMeta.labels", E(&["endpoints_follow_pod_readiness", "replicaset_keeps_its_pods_and_gc_cleans_up"])),
-    ("ObjectMeta.annotations", E(&["rolling_update_keeps_ready_pods_and_undo_restores"])),
-    ("ObjectMeta.resourceVersion", E(&["crud_cas_and_watch_without_a_socket"])),
-    ("ObjectMeta.generation", E(&["rolling_update_keeps_ready_pods_and_undo_restores"])),
-    ("ObjectMeta.creationTimestamp", E(&["silence_counts_from_the_lease_or_else_from_creation"])),
-    ("ObjectMeta.deletionTimestamp", E(&["a_deleted_namespace_takes_its_objects_and_tokens_with_it"])),
-    ("ObjectMeta.ownerReferences", E(&["replicaset_keeps_its_pods_and_gc_cleans_up"])),
-    ("OwnerReference.apiVersion", E(&["replicaset_keeps_its_pods_and_gc_cleans_up"])),
-    ("OwnerReference.kind", E(&["replicaset_keeps_its_pods_and_gc_cleans_up"])),
-    ("OwnerReference.name", E(&["replicaset_keeps_its_pods_and_gc_cleans_up"])),
-    ("OwnerReference.uid", E(&["replicaset_keeps_its_pods_and_gc_cleans_up"])),
-    ("OwnerReference.controller", E(&["replicaset_keeps_its_pods_and_gc_cleans_up", "function_never_takes_over_an_object_it_does_not_own"])),
-    ("Condition.type", E(&["registers_the_node_and_renews_its_lease", "endpoints_follow_pod_readiness"])),
-    ("Condition.status", E(&["registers_the_node_and_renews_its_lease", "endpoints_follow_pod_readiness"])),
-    ("Condition.reason", E(&["crashing_container_restarts_with_backoff_and_crash_loop_reason"])),
-    ("Condition.message", E(&["preparation_failures_back_off_then_recover"])),
-    ("Condition.lastTransitionTime", E(&["set_condition_keeps_transition_time", "min_ready_seconds_gates_availability_and_the_rollout"])),
-    ("Condition.observedGeneration", Gap("no component writes or reads a condition's observedGeneration")),
-    ("LabelSelector.matchLabels", E(&["replicaset_keeps_its_pods_and_gc_cleans_up", "selector_must_match_template"])),
-    ("LabelSelector.matchExpressions", E(&["parses_full_syntax", "validate_reports_paths"])),
+    (
+        "ObjectMeta.labels",
+        E(&[
+            "endpoints_follow_pod_readiness",
+            "replicaset_keeps_its_pods_and_gc_cleans_up",
+        ]),
+    ),
+    (
+        "ObjectMeta.annotations",
+        E(&["rolling_update_keeps_ready_pods_and_undo_restores"]),
+    ),
+    (
+        "ObjectMeta.resourceVersion",
+        E(&["crud_cas_and_watch_without_a_socket"]),
+    ),
+    (
+        "ObjectMeta.generation",
+        E(&["rolling_update_keeps_ready_pods_and_undo_restores"]),
+    ),
+    (
+        "ObjectMeta.creationTimestamp",
+        E(&["silence_counts_from_the_lease_or_else_from_creation"]),
+    ),
+    (
+        "ObjectMeta.deletionTimestamp",
+        E(&["a_deleted_namespace_takes_its_objects_and_tokens_with_it"]),
+    ),
+    (
+        "ObjectMeta.ownerReferences",
+        E(&["replicaset_keeps_its_pods_and_gc_cleans_up"]),
+    ),
+    (
+        "OwnerReference.apiVersion",
+        E(&["replicaset_keeps_its_pods_and_gc_cleans_up"]),
+    ),
+    (
+        "OwnerReference.kind",
+        E(&["replicaset_keeps_its_pods_and_gc_cleans_up"]),
+    ),
+    (
+        "OwnerReference.name",
+        E(&["replicaset_keeps_its_pods_and_gc_cleans_up"]),
+    ),
+    (
+        "OwnerReference.uid",
+        E(&["replicaset_keeps_its_pods_and_gc_cleans_up"]),
+    ),
+    (
+        "OwnerReference.controller",
+        E(&[
+            "replicaset_keeps_its_pods_and_gc_cleans_up",
+            "function_never_takes_over_an_object_it_does_not_own",
+        ]),
+    ),
+    (
+        "Condition.type",
+        E(&[
+            "registers_the_node_and_renews_its_lease",
+            "endpoints_follow_pod_readiness",
+        ]),
+    ),
+    (
+        "Condition.status",
+        E(&[
+            "registers_the_node_and_renews_its_lease",
+            "endpoints_follow_pod_readiness",
+        ]),
+    ),
+    (
+        "Condition.reason",
+        E(&["crashing_container_restarts_with_backoff_and_crash_loop_reason"]),
+    ),
+    (
+        "Condition.message",
+        E(&["preparation_failures_back_off_then_recover"]),
+    ),
+    (
+        "Condition.lastTransitionTime",
+        E(&[
+            "set_condition_keeps_transition_time",
+            "min_ready_seconds_gates_availability_and_the_rollout",
+        ]),
+    ),
+    (
+        "Condition.observedGeneration",
+        Gap("no component writes or reads a condition's observedGeneration"),
+    ),
+    (
+        "LabelSelector.matchLabels",
+        E(&[
+            "replicaset_keeps_its_pods_and_gc_cleans_up",
+            "selector_must_match_template",
+        ]),
+    ),
+    (
+        "LabelSelector.matchExpressions",
+        E(&["parses_full_syntax", "validate_reports_paths"]),
+    ),
     ("LabelSelectorRequirement.key", E(&["parses_full_syntax"])),
-    ("LabelSelectorRequirement.operator", E(&["in_and_notin_are_complements_when_key_present"])),
+    (
+        "LabelSelectorRequirement.operator",
+        E(&["in_and_notin_are_complements_when_key_present"]),
+    ),
     ("LabelSelectorRequirement.values", E(&["parses_full_syntax"])),
     // Namespace, Node, Lease.
     ("NamespaceSpec.finalizers", Refused),
-    ("NamespaceSpec.routeDomains", E(&["hosts_belong_to_their_namespace_and_granted_domains"])),
-    ("NamespaceStatus.phase", E(&["a_deleted_namespace_takes_its_objects_and_tokens_with_it"])),
-    ("NodeSpec.unschedulable", E(&["honours_node_selector_resources_readiness_and_cordons", "filter_checks_in_order"])),
-    ("NodeStatus.capacity", E(&["registers_the_node_and_renews_its_lease", "capacity_is_used_without_allocatable_and_missing_means_zero"])),
-    ("NodeStatus.allocatable", E(&["capacity_is_used_without_allocatable_and_missing_means_zero"])),
-    ("NodeStatus.runtimes", E(&["registers_the_node_and_renews_its_lease", "docker_pod_waits_for_a_docker_node"])),
-    ("NodeStatus.conditions", E(&["registers_the_node_and_renews_its_lease", "lost_node_is_marked_not_ready_and_its_pods_are_replaced"])),
-    ("NodeStatus.addresses", E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"])),
-    ("NodeAddress.type", E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"])),
-    ("NodeAddress.address", E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"])),
-    ("NodeStatus.ingressUrl", E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"])),
-    ("NodeStatus.agentUrl", E(&["registers_the_node_and_renews_its_lease"])),
-    ("NodeStatus.agentVersion", Gap("written by the agent for `wisp get nodes`; no test reads it")),
-    ("LeaseSpec.holderIdentity", E(&["lost_node_is_marked_not_ready_and_its_pods_are_replaced"])),
-    ("LeaseSpec.renewTime", E(&["registers_the_node_and_renews_its_lease", "silence_counts_from_the_lease_or_else_from_creation"])),
-    ("LeaseSpec.acquireTime", Gap("written by the agent with renewTime; the node controller reads renewTime only")),
-    ("LeaseSpec.leaseDurationSeconds", Gap("written by the agent; the node controller uses its own grace period")),
+    (
+        "NamespaceSpec.routeDomains",
+        E(&["hosts_belong_to_their_namespace_and_granted_domains"]),
+    ),
+    (
+        "NamespaceStatus.phase",
+        E(&["a_deleted_namespace_takes_its_objects_and_tokens_with_it"]),
+    ),
+    (
+        "NodeSpec.unschedulable",
+        E(&[
+            "honours_node_selector_resources_readiness_and_cordons",
+            "filter_checks_in_order",
+        ]),
+    ),
+    (
+        "NodeStatus.capacity",
+        E(&[
+            "registers_the_node_and_renews_its_lease",
+            "capacity_is_used_without_allocatable_and_missing_means_zero",
+        ]),
+    ),
+    (
+        "NodeStatus.allocatable",
+        E(&["capacity_is_used_without_allocatable_and_missing_means_zero"]),
+    ),
+    (
+        "NodeStatus.runtimes",
+        E(&[
+            "registers_the_node_and_renews_its_lease",
+            "docker_pod_waits_for_a_docker_node",
+        ]),
+    ),
+    (
+        "NodeStatus.conditions",
+        E(&[
+            "registers_the_node_and_renews_its_lease",
+            "lost_node_is_marked_not_ready_and_its_pods_are_replaced",
+        ]),
+    ),
+    (
+        "NodeStatus.addresses",
+        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+    ),
+    (
+        "NodeAddress.type",
+        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+    ),
+    (
+        "NodeAddress.address",
+        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+    ),
+    (
+        "NodeStatus.ingressUrl",
+        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+    ),
+    (
+        "NodeStatus.agentUrl",
+        E(&["registers_the_node_and_renews_its_lease"]),
+    ),
+    (
+        "NodeStatus.agentVersion",
+        Gap("written by the agent for `wisp get nodes`; no test reads it"),
+    ),
+    (
+        "LeaseSpec.holderIdentity",
+        E(&["lost_node_is_marked_not_ready_and_its_pods_are_replaced"]),
+    ),
+    (
+        "LeaseSpec.renewTime",
+        E(&[
+            "registers_the_node_and_renews_its_lease",
+            "silence_counts_from_the_lease_or_else_from_creation",
+        ]),
+    ),
+    (
+        "LeaseSpec.acquireTime",
+        Gap("written by the agent with renewTime; the node controller reads renewTime only"),
+    ),
+    (
+        "LeaseSpec.leaseDurationSeconds",
+        Gap("written by the agent; the node controller uses its own grace period"),
+    ),
     ("LeaseSpec.leaseTransitions", Refused),
     // Pods and containers.
     ("PodSpec.containers", S),
     ("PodSpec.volumes", S),
-    ("PodSpec.nodeName", E(&["http_pod_runs_ready_and_is_removed_on_delete", "honours_node_selector_resources_readiness_and_cordons"])),
-    ("PodSpec.nodeSelector", E(&["honours_node_selector_resources_readiness_and_cordons", "filter_node_selector_and_pod_count"])),
-    ("PodSpec.restartPolicy", E(&["on_failure_restarts_failures_only_and_succeeds", "run_to_completion_pods_succeed_or_fail_per_exit_code"])),
-    ("PodSpec.terminationGracePeriodSeconds", E(&["limit_ranges_fill_defaults_and_bound_every_pod_and_template", "a_spinning_guest_is_killed_after_its_grace"])),
-    ("PodTemplateSpec.metadata", E(&["new_pods_carry_template_labels_and_a_controller_ref"])),
+    (
+        "PodSpec.nodeName",
+        E(&[
+            "http_pod_runs_ready_and_is_removed_on_delete",
+            "honours_node_selector_resources_readiness_and_cordons",
+        ]),
+    ),
+    (
+        "PodSpec.nodeSelector",
+        E(&[
+            "honours_node_selector_resources_readiness_and_cordons",
+            "filter_node_selector_and_pod_count",
+        ]),
+    ),
+    (
+        "PodSpec.restartPolicy",
+        E(&[
+            "on_failure_restarts_failures_only_and_succeeds",
+            "run_to_completion_pods_succeed_or_fail_per_exit_code",
+        ]),
+    ),
+    (
+        "PodSpec.terminationGracePeriodSeconds",
+        E(&[
+            "limit_ranges_fill_defaults_and_bound_every_pod_and_template",
+            "a_spinning_guest_is_killed_after_its_grace",
+        ]),
+    ),
+    (
+        "PodTemplateSpec.metadata",
+        E(&["new_pods_carry_template_labels_and_a_controller_ref"]),
+    ),
     ("PodTemplateSpec.spec", S),
     ("Container.name", E(CRUD)),
-    ("Container.image", E(&["sources", "containers_and_wasm_side_by_side_through_the_ingress"])),
-    ("Container.wasm", E(&["sources", "http_pod_runs_ready_and_is_removed_on_delete"])),
-    ("Container.imagePullPolicy", E(&["pull_policies_follow_kubernetes_defaults"])),
-    ("Container.command", E(&["drafts_carry_what_the_container_asks_for"])),
-    ("Container.args", E(&["drafts_carry_what_the_container_asks_for", "env_args_and_files_are_only_what_the_spec_gives"])),
-    ("Container.env", E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"])),
-    ("EnvVar.name", E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"])),
-    ("EnvVar.value", E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"])),
-    ("EnvVar.valueFrom", E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"])),
-    ("EnvVarSource.configMapKeyRef", E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"])),
-    ("EnvVarSource.secretKeyRef", E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"])),
-    ("KeySelector.name", E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"])),
-    ("KeySelector.key", E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"])),
-    ("KeySelector.optional", E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"])),
+    (
+        "Container.image",
+        E(&["sources", "containers_and_wasm_side_by_side_through_the_ingress"]),
+    ),
+    (
+        "Container.wasm",
+        E(&["sources", "http_pod_runs_ready_and_is_removed_on_delete"]),
+    ),
+    (
+        "Container.imagePullPolicy",
+        E(&["pull_policies_follow_kubernetes_defaults"]),
+    ),
+    (
+        "Container.command",
+        E(&["drafts_carry_what_the_container_asks_for"]),
+    ),
+    (
+        "Container.args",
+        E(&[
+            "drafts_carry_what_the_container_asks_for",
+            "env_args_and_files_are_only_what_the_spec_gives",
+        ]),
+    ),
+    (
+        "Container.env",
+        E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"]),
+    ),
+    (
+        "EnvVar.name",
+        E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"]),
+    ),
+    (
+        "EnvVar.value",
+        E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"]),
+    ),
+    (
+        "EnvVar.valueFrom",
+        E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"]),
+    ),
+    (
+        "EnvVarSource.configMapKeyRef",
+        E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"]),
+    ),
+    (
+        "EnvVarSource.secretKeyRef",
+        E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"]),
+    ),
+    (
+        "KeySelector.name",
+        E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"]),
+    ),
+    (
+        "KeySelector.key",
+        E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"]),
+    ),
+    (
+        "KeySelector.optional",
+        E(&["env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"]),
+    ),
     ("Container.ports", S),
     ("ContainerPort.name", E(&["endpoints_follow_pod_readiness"])),
-    ("ContainerPort.containerPort", E(&["drafts_carry_what_the_container_asks_for", "endpoints_follow_pod_readiness"])),
+    (
+        "ContainerPort.containerPort",
+        E(&[
+            "drafts_carry_what_the_container_asks_for",
+            "endpoints_follow_pod_readiness",
+        ]),
+    ),
     ("ContainerPort.protocol", Refused),
     ("Container.resources", S),
-    ("ResourceRequirements.requests", E(&["quotas_count_pods_and_their_requests_until_they_end", "requirements_of_a_pod"])),
-    ("ResourceRequirements.limits", E(&["drafts_carry_what_the_container_asks_for", "oom_and_missing_images_are_reported"])),
+    (
+        "ResourceRequirements.requests",
+        E(&[
+            "quotas_count_pods_and_their_requests_until_they_end",
+            "requirements_of_a_pod",
+        ]),
+    ),
+    (
+        "ResourceRequirements.limits",
+        E(&[
+            "drafts_carry_what_the_container_asks_for",
+            "oom_and_missing_images_are_reported",
+        ]),
+    ),
     ("Container.volumeMounts", S),
-    ("VolumeMount.name", E(&["drafts_carry_what_the_container_asks_for"])),
-    ("VolumeMount.mountPath", E(&["drafts_carry_what_the_container_asks_for"])),
-    ("VolumeMount.readOnly", E(&["drafts_carry_what_the_container_asks_for", "files_only_through_mounts_and_env_only_as_declared"])),
+    (
+        "VolumeMount.name",
+        E(&["drafts_carry_what_the_container_asks_for"]),
+    ),
+    (
+        "VolumeMount.mountPath",
+        E(&["drafts_carry_what_the_container_asks_for"]),
+    ),
+    (
+        "VolumeMount.readOnly",
+        E(&[
+            "drafts_carry_what_the_container_asks_for",
+            "files_only_through_mounts_and_env_only_as_declared",
+        ]),
+    ),
     ("Container.readinessProbe", S),
     ("Container.livenessProbe", Refused),
     ("Probe.httpGet", S),
     ("Probe.tcpSocket", Refused),
     ("TcpSocketAction.port", Refused),
-    ("HttpGetAction.path", Gap("used by the agent's readiness probe (worker.rs); no test sets a path")),
+    (
+        "HttpGetAction.path",
+        Gap("used by the agent's readiness probe (worker.rs); no test sets a path"),
+    ),
     ("HttpGetAction.port", Refused),
-    ("Probe.initialDelaySeconds", Gap("used by the agent's readiness probe (worker.rs); no test sets it")),
-    ("Probe.periodSeconds", Gap("used by the agent's readiness probe (worker.rs); no test checks the period")),
-    ("Probe.timeoutSeconds", Gap("used by the agent's readiness probe (worker.rs); no test checks it")),
-    ("Probe.successThreshold", Gap("used by the agent's readiness probe (worker.rs); no test checks it")),
-    ("Probe.failureThreshold", Gap("used by the agent's readiness probe (worker.rs); no test checks it")),
-    ("Container.allowedOutboundHosts", E(&["outbound_http_only_to_allowed_hosts"])),
-    ("Container.timeoutMs", E(&["drafts_carry_what_the_container_asks_for", "the_cluster_bounds_timeouts_and_grace_whatever_a_namespace_says"])),
+    (
+        "Probe.initialDelaySeconds",
+        Gap("used by the agent's readiness probe (worker.rs); no test sets it"),
+    ),
+    (
+        "Probe.periodSeconds",
+        Gap("used by the agent's readiness probe (worker.rs); no test checks the period"),
+    ),
+    (
+        "Probe.timeoutSeconds",
+        Gap("used by the agent's readiness probe (worker.rs); no test checks it"),
+    ),
+    (
+        "Probe.successThreshold",
+        Gap("used by the agent's readiness probe (worker.rs); no test checks it"),
+    ),
+    (
+        "Probe.failureThreshold",
+        Gap("used by the agent's readiness probe (worker.rs); no test checks it"),
+    ),
+    (
+        "Container.allowedOutboundHosts",
+        E(&["outbound_http_only_to_allowed_hosts"]),
+    ),
+    (
+        "Container.timeoutMs",
+        E(&[
+            "drafts_carry_what_the_container_asks_for",
+            "the_cluster_bounds_timeouts_and_grace_whatever_a_namespace_says",
+        ]),
+    ),
     ("Container.securityContext", S),
-    ("SecurityContext.readOnlyRootFilesystem", E(&["drafts_carry_what_the_container_asks_for"])),
-    ("SecurityContext.runAsUser", E(&["drafts_carry_what_the_container_asks_for"])),
-    ("SecurityContext.runAsNonRoot", E(&["run_as_non_root_refuses_root_and_runs_non_root_users"])),
-    ("SecurityContext.privileged", E(&["docker_containers_are_confined"])),
+    (
+        "SecurityContext.readOnlyRootFilesystem",
+        E(&["drafts_carry_what_the_container_asks_for"]),
+    ),
+    (
+        "SecurityContext.runAsUser",
+        E(&["drafts_carry_what_the_container_asks_for"]),
+    ),
+    (
+        "SecurityContext.runAsNonRoot",
+        E(&["run_as_non_root_refuses_root_and_runs_non_root_users"]),
+    ),
+    (
+        "SecurityContext.privileged",
+        E(&["docker_containers_are_confined"]),
+    ),
     ("SecurityContext.capabilities", S),
-    ("Capabilities.add", E(&["opt_in_capabilities_need_the_node_admin", "drafts_carry_what_the_container_asks_for"])),
-    ("Volume.name", E(&["config_map_volume_mounts_binary_data_as_bytes"])),
+    (
+        "Capabilities.add",
+        E(&[
+            "opt_in_capabilities_need_the_node_admin",
+            "drafts_carry_what_the_container_asks_for",
+        ]),
+    ),
+    (
+        "Volume.name",
+        E(&["config_map_volume_mounts_binary_data_as_bytes"]),
+    ),
     ("Volume.configMap", S),
-    ("ConfigMapVolumeSource.name", E(&["config_map_volume_mounts_binary_data_as_bytes"])),
-    ("ConfigMapVolumeSource.optional", E(&["drafts_carry_what_the_container_asks_for"])),
+    (
+        "ConfigMapVolumeSource.name",
+        E(&["config_map_volume_mounts_binary_data_as_bytes"]),
+    ),
+    (
+        "ConfigMapVolumeSource.optional",
+        E(&["drafts_carry_what_the_container_asks_for"]),
+    ),
     ("Volume.secret", S),
-    ("SecretVolumeSource.secretName", E(&["drafts_carry_what_the_container_asks_for"])),
-    ("SecretVolumeSource.optional", E(&["drafts_carry_what_the_container_asks_for"])),
-    ("Volume.emptyDir", E(&["drafts_carry_what_the_container_asks_for"])),
+    (
+        "SecretVolumeSource.secretName",
+        E(&["drafts_carry_what_the_container_asks_for"]),
+    ),
+    (
+        "SecretVolumeSource.optional",
+        E(&["drafts_carry_what_the_container_asks_for"]),
+    ),
+    (
+        "Volume.emptyDir",
+        E(&["drafts_carry_what_the_container_asks_for"]),
+    ),
     ("EmptyDirVolumeSource.sizeLimit", Refused),
     // Pod status, reported by the node agent.
-    ("PodStatus.phase", E(&["http_pod_runs_ready_and_is_removed_on_delete", "run_to_completion_pods_succeed_or_fail_per_exit_code"])),
-    ("PodStatus.conditions", E(&["http_pod_runs_ready_and_is_removed_on_delete"])),
-    ("PodStatus.nodeName", E(&["http_pod_runs_ready_and_is_removed_on_delete"])),
-    ("PodStatus.hostIP", E(&["pod_status_addresses_use_kubernetes_spelling"])),
-    ("PodStatus.podIP", E(&["pod_status_addresses_use_kubernetes_spelling", "endpoints_follow_pod_readiness"])),
-    ("PodStatus.hostPort", E(&["container_pod_serves_logs_and_is_adopted_after_restart"])),
-    ("PodStatus.containerStatuses", E(&["crashing_container_restarts_with_backoff_and_crash_loop_reason"])),
-    ("PodStatus.startTime", Gap("written by the agent; no test reads it")),
+    (
+        "PodStatus.phase",
+        E(&[
+            "http_pod_runs_ready_and_is_removed_on_delete",
+            "run_to_completion_pods_succeed_or_fail_per_exit_code",
+        ]),
+    ),
+    (
+        "PodStatus.conditions",
+        E(&["http_pod_runs_ready_and_is_removed_on_delete"]),
+    ),
+    (
+        "PodStatus.nodeName",
+        E(&["http_pod_runs_ready_and_is_removed_on_delete"]),
+    ),
+    (
+        "PodStatus.hostIP",
+        E(&["pod_status_addresses_use_kubernetes_spelling"]),
+    ),
+    (
+        "PodStatus.podIP",
+        E(&[
+            "pod_status_addresses_use_kubernetes_spelling",
+            "endpoints_follow_pod_readiness",
+        ]),
+    ),
+    (
+        "PodStatus.hostPort",
+        E(&["container_pod_serves_logs_and_is_adopted_after_restart"]),
+    ),
+    (
+        "PodStatus.containerStatuses",
+        E(&["crashing_container_restarts_with_backoff_and_crash_loop_reason"]),
+    ),
+    (
+        "PodStatus.startTime",
+        Gap("written by the agent; no test reads it"),
+    ),
     ("PodStatus.reason", E(&["oom_and_missing_images_are_reported"])),
-    ("PodStatus.message", E(&["preparation_failures_back_off_then_recover"])),
-    ("ContainerStatus.name", E(&["crashing_container_restarts_with_backoff_and_crash_loop_reason"])),
-    ("ContainerStatus.ready", E(&["ready_needs_every_container_running_and_ready"])),
-    ("ContainerStatus.restartCount", E(&["crashing_container_restarts_with_backoff_and_crash_loop_reason"])),
+    (
+        "PodStatus.message",
+        E(&["preparation_failures_back_off_then_recover"]),
+    ),
+    (
+        "ContainerStatus.name",
+        E(&["crashing_container_restarts_with_backoff_and_crash_loop_reason"]),
+    ),
+    (
+        "ContainerStatus.ready",
+        E(&["ready_needs_every_container_running_and_ready"]),
+    ),
+    (
+        "ContainerStatus.restartCount",
+        E(&["crashing_container_restarts_with_backoff_and_crash_loop_reason"]),
+    ),
     ("ContainerStatus.state", S),
-    ("ContainerStatus.lastState", E(&["crashing_container_restarts_with_backoff_and_crash_loop_reason"])),
-    ("ContainerStatus.containerId", E(&["container_pod_serves_logs_and_is_adopted_after_restart"])),
-    ("ContainerState.waiting", E(&["oom_and_missing_images_are_reported"])),
-    ("ContainerState.running", E(&["restarted_agent_adopts_running_sandboxes_without_duplicates"])),
-    ("ContainerState.terminated", E(&["run_to_completion_pods_succeed_or_fail_per_exit_code"])),
-    ("ContainerStateWaiting.reason", E(&["oom_and_missing_images_are_reported"])),
-    ("ContainerStateWaiting.message", E(&["oom_and_missing_images_are_reported"])),
-    ("ContainerStateRunning.startedAt", E(&["restarted_agent_adopts_running_sandboxes_without_duplicates"])),
-    ("ContainerStateTerminated.exitCode", E(&["run_to_completion_pods_succeed_or_fail_per_exit_code"])),
-    ("ContainerStateTerminated.reason", E(&["oom_and_missing_images_are_reported"])),
-    ("ContainerStateTerminated.message", Gap("written by the agent on an exit; no test reads it")),
-    ("ContainerStateTerminated.startedAt", Gap("written by the agent on an exit; no test reads it")),
-    ("ContainerStateTerminated.finishedAt", Gap("written by the agent on an exit; no test reads it")),
+    (
+        "ContainerStatus.lastState",
+        E(&["crashing_container_restarts_with_backoff_and_crash_loop_reason"]),
+    ),
+    (
+        "ContainerStatus.containerId",
+        E(&["container_pod_serves_logs_and_is_adopted_after_restart"]),
+    ),
+    (
+        "ContainerState.waiting",
+        E(&["oom_and_missing_images_are_reported"]),
+    ),
+    (
+        "ContainerState.running",
+        E(&["restarted_agent_adopts_running_sandboxes_without_duplicates"]),
+    ),
+    (
+        "ContainerState.terminated",
+        E(&["run_to_completion_pods_succeed_or_fail_per_exit_code"]),
+    ),
+    (
+        "ContainerStateWaiting.reason",
+        E(&["oom_and_missing_images_are_reported"]),
+    ),
+    (
+        "ContainerStateWaiting.message",
+        E(&["oom_and_missing_images_are_reported"]),
+    ),
+    (
+        "ContainerStateRunning.startedAt",
+        E(&["restarted_agent_adopts_running_sandboxes_without_duplicates"]),
+    ),
+    (
+        "ContainerStateTerminated.exitCode",
+        E(&["run_to_completion_pods_succeed_or_fail_per_exit_code"]),
+    ),
+    (
+        "ContainerStateTerminated.reason",
+        E(&["oom_and_missing_images_are_reported"]),
+    ),
+    (
+        "ContainerStateTerminated.message",
+        Gap("written by the agent on an exit; no test reads it"),
+    ),
+    (
+        "ContainerStateTerminated.startedAt",
+        Gap("written by the agent on an exit; no test reads it"),
+    ),
+    (
+        "ContainerStateTerminated.finishedAt",
+        Gap("written by the agent on an exit; no test reads it"),
+    ),
     // Workloads.
-    ("ReplicaSetSpec.replicas", E(&["replicaset_keeps_its_pods_and_gc_cleans_up"])),
-    ("ReplicaSetSpec.selector", E(&["replicaset_keeps_its_pods_and_gc_cleans_up"])),
-    ("ReplicaSetSpec.template", E(&["new_pods_carry_template_labels_and_a_controller_ref"])),
-    ("ReplicaSetSpec.minReadySeconds", E(&["min_ready_seconds_delays_availability", "min_ready_seconds_gates_availability_and_the_rollout"])),
-    ("ReplicaSetStatus.replicas", E(&["replicaset_keeps_its_pods_and_gc_cleans_up"])),
-    ("ReplicaSetStatus.readyReplicas", E(&["min_ready_seconds_gates_availability_and_the_rollout"])),
-    ("ReplicaSetStatus.availableReplicas", E(&["min_ready_seconds_gates_availability_and_the_rollout"])),
-    ("ReplicaSetStatus.observedGeneration", Gap("written by the ReplicaSet controller and read by the Deployment's; no test checks it")),
-    ("ReplicaSetStatus.conditions", Gap("kept as found; no component writes ReplicaSet conditions")),
-    ("DeploymentSpec.replicas", E(&["rolling_update_keeps_ready_pods_and_undo_restores"])),
-    ("DeploymentSpec.selector", E(&["rolling_update_keeps_ready_pods_and_undo_restores"])),
-    ("DeploymentSpec.template", E(&["rolling_update_keeps_ready_pods_and_undo_restores"])),
+    (
+        "ReplicaSetSpec.replicas",
+        E(&["replicaset_keeps_its_pods_and_gc_cleans_up"]),
+    ),
+    (
+        "ReplicaSetSpec.selector",
+        E(&["replicaset_keeps_its_pods_and_gc_cleans_up"]),
+    ),
+    (
+        "ReplicaSetSpec.template",
+        E(&["new_pods_carry_template_labels_and_a_controller_ref"]),
+    ),
+    (
+        "ReplicaSetSpec.minReadySeconds",
+        E(&[
+            "min_ready_seconds_delays_availability",
+            "min_ready_seconds_gates_availability_and_the_rollout",
+        ]),
+    ),
+    (
+        "ReplicaSetStatus.replicas",
+        E(&["replicaset_keeps_its_pods_and_gc_cleans_up"]),
+    ),
+    (
+        "ReplicaSetStatus.readyReplicas",
+        E(&["min_ready_seconds_gates_availability_and_the_rollout"]),
+    ),
+    (
+        "ReplicaSetStatus.availableReplicas",
+        E(&["min_ready_seconds_gates_availability_and_the_rollout"]),
+    ),
+    (
+        "ReplicaSetStatus.observedGeneration",
+        Gap("written by the ReplicaSet controller and read by the Deployment's; no test checks it"),
+    ),
+    (
+        "ReplicaSetStatus.conditions",
+        Gap("kept as found; no component writes ReplicaSet conditions"),
+    ),
+    (
+        "DeploymentSpec.replicas",
+        E(&["rolling_update_keeps_ready_pods_and_undo_restores"]),
+    ),
+    (
+        "DeploymentSpec.selector",
+        E(&["rolling_update_keeps_ready_pods_and_undo_restores"]),
+    ),
+    (
+        "DeploymentSpec.template",
+        E(&["rolling_update_keeps_ready_pods_and_undo_restores"]),
+    ),
     ("DeploymentSpec.strategy", S),
     ("DeploymentStrategy.type", E(&["limits_never_both_zero"])),
     ("DeploymentStrategy.rollingUpdate", S),
-    ("RollingUpdateDeployment.maxSurge", E(&["limits_never_both_zero", "min_ready_seconds_gates_availability_and_the_rollout"])),
-    ("RollingUpdateDeployment.maxUnavailable", E(&["limits_never_both_zero", "min_ready_seconds_gates_availability_and_the_rollout"])),
-    ("DeploymentSpec.revisionHistoryLimit", Gap("the Deployment controller deletes old ReplicaSets past it; no test checks it")),
-    ("DeploymentSpec.minReadySeconds", E(&["min_ready_seconds_gates_availability_and_the_rollout"])),
-    ("DeploymentSpec.paused", Gap("the Deployment controller holds a new template while paused; no test checks it")),
-    ("DeploymentStatus.replicas", E(&["rolling_update_keeps_ready_pods_and_undo_restores"])),
-    ("DeploymentStatus.updatedReplicas", E(&["rolling_update_keeps_ready_pods_and_undo_restores"])),
-    ("DeploymentStatus.readyReplicas", E(&["min_ready_seconds_gates_availability_and_the_rollout"])),
-    ("DeploymentStatus.availableReplicas", E(&["rolling_update_keeps_ready_pods_and_undo_restores", "min_ready_seconds_gates_availability_and_the_rollout"])),
-    ("DeploymentStatus.unavailableReplicas", Gap("written by the Deployment controller; no test reads it")),
-    ("DeploymentStatus.observedGeneration", E(&["deployments_roll_out_and_undo_through_the_cli"])),
-    ("DeploymentStatus.conditions", Gap("Available/Progressing written by the Deployment controller; no test reads them")),
+    (
+        "RollingUpdateDeployment.maxSurge",
+        E(&[
+            "limits_never_both_zero",
+            "min_ready_seconds_gates_availability_and_the_rollout",
+        ]),
+    ),
+    (
+        "RollingUpdateDeployment.maxUnavailable",
+        E(&[
+            "limits_never_both_zero",
+            "min_ready_seconds_gates_availability_and_the_rollout",
+        ]),
+    ),
+    (
+        "DeploymentSpec.revisionHistoryLimit",
+        Gap("the Deployment controller deletes old ReplicaSets past it; no test checks it"),
+    ),
+    (
+        "DeploymentSpec.minReadySeconds",
+        E(&["min_ready_seconds_gates_availability_and_the_rollout"]),
+    ),
+    (
+        "DeploymentSpec.paused",
+        Gap("the Deployment controller holds a new template while paused; no test checks it"),
+    ),
+    (
+        "DeploymentStatus.replicas",
+        E(&["rolling_update_keeps_ready_pods_and_undo_restores"]),
+    ),
+    (
+        "DeploymentStatus.updatedReplicas",
+        E(&["rolling_update_keeps_ready_pods_and_undo_restores"]),
+    ),
+    (
+        "DeploymentStatus.readyReplicas",
+        E(&["min_ready_seconds_gates_availability_and_the_rollout"]),
+    ),
+    (
+        "DeploymentStatus.availableReplicas",
+        E(&[
+            "rolling_update_keeps_ready_pods_and_undo_restores",
+            "min_ready_seconds_gates_availability_and_the_rollout",
+        ]),
+    ),
+    (
+        "DeploymentStatus.unavailableReplicas",
+        Gap("written by the Deployment controller; no test reads it"),
+    ),
+    (
+        "DeploymentStatus.observedGeneration",
+        E(&["deployments_roll_out_and_undo_through_the_cli"]),
+    ),
+    (
+        "DeploymentStatus.conditions",
+        Gap("Available/Progressing written by the Deployment controller; no test reads them"),
+    ),
     // Job: the whole kind is refused until a controller runs it.
     ("Job.*", Refused),
     ("JobSpec.*", Refused),
@@ -219,72 +702,219 @@ const COVERAGE: &[(&str, Cover)] = &[
     ("ServiceSpec.ports", S),
     ("ServicePort.name", E(&["endpoints_follow_pod_readiness"])),
     ("ServicePort.port", E(&["endpoints_follow_pod_readiness"])),
-    ("ServicePort.targetPort", E(&["endpoints_follow_pod_readiness", "ready_and_not_ready_pods_are_split_and_others_ignored"])),
+    (
+        "ServicePort.targetPort",
+        E(&[
+            "endpoints_follow_pod_readiness",
+            "ready_and_not_ready_pods_are_split_and_others_ignored",
+        ]),
+    ),
     ("ServicePort.protocol", Refused),
-    ("ServiceStatus.conditions", Gap("no component writes Service conditions")),
+    (
+        "ServiceStatus.conditions",
+        Gap("no component writes Service conditions"),
+    ),
     ("Endpoints.subsets", S),
     ("EndpointSubset.addresses", E(&["endpoints_follow_pod_readiness"])),
-    ("EndpointSubset.notReadyAddresses", E(&["ready_and_not_ready_pods_are_split_and_others_ignored"])),
+    (
+        "EndpointSubset.notReadyAddresses",
+        E(&["ready_and_not_ready_pods_are_split_and_others_ignored"]),
+    ),
     ("EndpointSubset.ports", E(&["endpoints_follow_pod_readiness"])),
     ("EndpointAddress.ip", E(&["endpoints_follow_pod_readiness"])),
-    ("EndpointAddress.port", E(&["a_held_request_admits_a_pod_the_agent_finds_ready_without_a_rebuild"])),
-    ("EndpointAddress.nodeName", E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"])),
+    (
+        "EndpointAddress.port",
+        E(&["a_held_request_admits_a_pod_the_agent_finds_ready_without_a_rebuild"]),
+    ),
+    (
+        "EndpointAddress.nodeName",
+        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+    ),
     ("EndpointAddress.targetRef", S),
-    ("ObjectReference.kind", E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"])),
-    ("ObjectReference.name", E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"])),
-    ("ObjectReference.namespace", E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"])),
-    ("ObjectReference.uid", E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"])),
+    (
+        "ObjectReference.kind",
+        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+    ),
+    (
+        "ObjectReference.name",
+        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+    ),
+    (
+        "ObjectReference.namespace",
+        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+    ),
+    (
+        "ObjectReference.uid",
+        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+    ),
     ("EndpointPort.name", E(&["endpoints_follow_pod_readiness"])),
     ("EndpointPort.port", E(&["endpoints_follow_pod_readiness"])),
     ("EndpointPort.protocol", Refused),
-    ("RouteSpec.host", E(&["exact_host_then_wildcard_then_any_and_longest_prefix", "a_host_belongs_to_the_namespace_that_claimed_it_first"])),
-    ("RouteSpec.pathPrefix", E(&["exact_host_then_wildcard_then_any_and_longest_prefix"])),
+    (
+        "RouteSpec.host",
+        E(&[
+            "exact_host_then_wildcard_then_any_and_longest_prefix",
+            "a_host_belongs_to_the_namespace_that_claimed_it_first",
+        ]),
+    ),
+    (
+        "RouteSpec.pathPrefix",
+        E(&["exact_host_then_wildcard_then_any_and_longest_prefix"]),
+    ),
     ("RouteSpec.backends", S),
     ("RouteBackend.service", E(&["weights_split_traffic"])),
-    ("RouteBackend.port", E(&["a_held_request_admits_a_pod_the_agent_finds_ready_without_a_rebuild"])),
+    (
+        "RouteBackend.port",
+        E(&["a_held_request_admits_a_pod_the_agent_finds_ready_without_a_rebuild"]),
+    ),
     ("RouteBackend.weight", E(&["weights_split_traffic"])),
-    ("RouteSpec.timeoutSeconds", Gap("the ingress bounds a request by it; no test checks it")),
+    (
+        "RouteSpec.timeoutSeconds",
+        Gap("the ingress bounds a request by it; no test checks it"),
+    ),
     ("RouteStatus.url", Gap("no component writes a Route's status")),
-    ("RouteStatus.observedGeneration", Gap("no component writes a Route's status")),
-    ("RouteStatus.conditions", Gap("no component writes a Route's status")),
+    (
+        "RouteStatus.observedGeneration",
+        Gap("no component writes a Route's status"),
+    ),
+    (
+        "RouteStatus.conditions",
+        Gap("no component writes a Route's status"),
+    ),
     // Function.
-    ("FunctionSpec.template", E(&["function_expands_scales_within_bounds_and_is_collected"])),
+    (
+        "FunctionSpec.template",
+        E(&["function_expands_scales_within_bounds_and_is_collected"]),
+    ),
     ("FunctionSpec.scaling", S),
-    ("ScalingSpec.minScale", E(&["function_expands_scales_within_bounds_and_is_collected"])),
-    ("ScalingSpec.maxScale", E(&["function_expands_scales_within_bounds_and_is_collected"])),
-    ("ScalingSpec.targetConcurrency", E(&["function_scales_from_and_to_zero_through_the_ingress"])),
-    ("ScalingSpec.scaleToZeroAfter", E(&["function_scales_from_and_to_zero_through_the_ingress"])),
+    (
+        "ScalingSpec.minScale",
+        E(&["function_expands_scales_within_bounds_and_is_collected"]),
+    ),
+    (
+        "ScalingSpec.maxScale",
+        E(&["function_expands_scales_within_bounds_and_is_collected"]),
+    ),
+    (
+        "ScalingSpec.targetConcurrency",
+        E(&["function_scales_from_and_to_zero_through_the_ingress"]),
+    ),
+    (
+        "ScalingSpec.scaleToZeroAfter",
+        E(&["function_scales_from_and_to_zero_through_the_ingress"]),
+    ),
     ("FunctionSpec.route", S),
     ("FunctionRoute.host", E(&["route_comes_from_the_spec_when_given"])),
-    ("FunctionRoute.pathPrefix", E(&["route_comes_from_the_spec_when_given"])),
-    ("FunctionStatus.url", E(&["function_scales_from_and_to_zero_through_the_ingress"])),
-    ("FunctionStatus.readyReplicas", E(&["function_expands_scales_within_bounds_and_is_collected"])),
-    ("FunctionStatus.desiredReplicas", E(&["function_expands_scales_within_bounds_and_is_collected"])),
-    ("FunctionStatus.lastRequestTime", Gap("written by the autoscaler from the ingress's counts; no test reads it")),
-    ("FunctionStatus.observedGeneration", Gap("written by the Function controller; no test reads it")),
-    ("FunctionStatus.conditions", Gap("written by the Function controller; no test reads them")),
+    (
+        "FunctionRoute.pathPrefix",
+        E(&["route_comes_from_the_spec_when_given"]),
+    ),
+    (
+        "FunctionStatus.url",
+        E(&["function_scales_from_and_to_zero_through_the_ingress"]),
+    ),
+    (
+        "FunctionStatus.readyReplicas",
+        E(&["function_expands_scales_within_bounds_and_is_collected"]),
+    ),
+    (
+        "FunctionStatus.desiredReplicas",
+        E(&["function_expands_scales_within_bounds_and_is_collected"]),
+    ),
+    (
+        "FunctionStatus.lastRequestTime",
+        Gap("written by the autoscaler from the ingress's counts; no test reads it"),
+    ),
+    (
+        "FunctionStatus.observedGeneration",
+        Gap("written by the Function controller; no test reads it"),
+    ),
+    (
+        "FunctionStatus.conditions",
+        Gap("written by the Function controller; no test reads them"),
+    ),
     // ConfigMap and Secret.
-    ("ConfigMap.data", E(&["config_map_volume_mounts_binary_data_as_bytes", "env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"])),
-    ("ConfigMap.binaryData", E(&["config_map_volume_mounts_binary_data_as_bytes", "binary_data_is_stored_returned_and_kept_apart_from_data"])),
-    ("ConfigMap.immutable", E(&["immutable_config_maps_and_secrets_keep_their_values"])),
-    ("Secret.data", E(&["secret_values_decode_data_and_take_string_data", "env_from_config_map_and_secret_reaches_the_guest_and_nothing_else"])),
-    ("Secret.stringData", E(&["secret_values_decode_data_and_take_string_data"])),
-    ("Secret.type", E(&["immutable_config_maps_and_secrets_keep_their_values"])),
-    ("Secret.immutable", E(&["immutable_config_maps_and_secrets_keep_their_values"])),
+    (
+        "ConfigMap.data",
+        E(&[
+            "config_map_volume_mounts_binary_data_as_bytes",
+            "env_from_config_map_and_secret_reaches_the_guest_and_nothing_else",
+        ]),
+    ),
+    (
+        "ConfigMap.binaryData",
+        E(&[
+            "config_map_volume_mounts_binary_data_as_bytes",
+            "binary_data_is_stored_returned_and_kept_apart_from_data",
+        ]),
+    ),
+    (
+        "ConfigMap.immutable",
+        E(&["immutable_config_maps_and_secrets_keep_their_values"]),
+    ),
+    (
+        "Secret.data",
+        E(&[
+            "secret_values_decode_data_and_take_string_data",
+            "env_from_config_map_and_secret_reaches_the_guest_and_nothing_else",
+        ]),
+    ),
+    (
+        "Secret.stringData",
+        E(&["secret_values_decode_data_and_take_string_data"]),
+    ),
+    (
+        "Secret.type",
+        E(&["immutable_config_maps_and_secrets_keep_their_values"]),
+    ),
+    (
+        "Secret.immutable",
+        E(&["immutable_config_maps_and_secrets_keep_their_values"]),
+    ),
     // ResourceQuota and LimitRange.
-    ("ResourceQuotaSpec.hard", E(&["quotas_count_pods_and_their_requests_until_they_end"])),
-    ("ResourceQuotaStatus.hard", Gap("no component writes a ResourceQuota's status")),
-    ("ResourceQuotaStatus.used", Gap("no component writes a ResourceQuota's status")),
+    (
+        "ResourceQuotaSpec.hard",
+        E(&["quotas_count_pods_and_their_requests_until_they_end"]),
+    ),
+    (
+        "ResourceQuotaStatus.hard",
+        Gap("no component writes a ResourceQuota's status"),
+    ),
+    (
+        "ResourceQuotaStatus.used",
+        Gap("no component writes a ResourceQuota's status"),
+    ),
     ("LimitRangeSpec.limits", S),
-    ("LimitRangeItem.type", E(&["limit_ranges_fill_defaults_and_bound_every_pod_and_template"])),
-    ("LimitRangeItem.default", E(&["limit_ranges_fill_defaults_and_bound_every_pod_and_template"])),
-    ("LimitRangeItem.defaultRequest", E(&["limit_ranges_fill_defaults_and_bound_every_pod_and_template"])),
-    ("LimitRangeItem.max", E(&["limit_ranges_fill_defaults_and_bound_every_pod_and_template"])),
-    ("LimitRangeItem.min", E(&["limit_ranges_fill_defaults_and_bound_every_pod_and_template"])),
+    (
+        "LimitRangeItem.type",
+        E(&["limit_ranges_fill_defaults_and_bound_every_pod_and_template"]),
+    ),
+    (
+        "LimitRangeItem.default",
+        E(&["limit_ranges_fill_defaults_and_bound_every_pod_and_template"]),
+    ),
+    (
+        "LimitRangeItem.defaultRequest",
+        E(&["limit_ranges_fill_defaults_and_bound_every_pod_and_template"]),
+    ),
+    (
+        "LimitRangeItem.max",
+        E(&["limit_ranges_fill_defaults_and_bound_every_pod_and_template"]),
+    ),
+    (
+        "LimitRangeItem.min",
+        E(&["limit_ranges_fill_defaults_and_bound_every_pod_and_template"]),
+    ),
     ("LimitRangeSpec.timeoutMs", S),
     ("LimitRangeSpec.terminationGracePeriodSeconds", S),
-    ("Bounds.default", E(&["limit_ranges_fill_defaults_and_bound_every_pod_and_template"])),
-    ("Bounds.max", E(&["limit_ranges_fill_defaults_and_bound_every_pod_and_template"])),
+    (
+        "Bounds.default",
+        E(&["limit_ranges_fill_defaults_and_bound_every_pod_and_template"]),
+    ),
+    (
+        "Bounds.max",
+        E(&["limit_ranges_fill_defaults_and_bound_every_pod_and_template"]),
+    ),
 ];
 
 const WASM: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
@@ -311,9 +941,15 @@ fn with_pod_spec(kind: &str, spec: Value) -> (Value, &'static str) {
     let template = json!({ "metadata": { "labels": labels }, "spec": spec });
     match kind {
         "Pod" => (manifest("Pod", spec), "spec"),
-        "Function" => (manifest("Function", json!({ "template": template })), "spec.template.spec"),
+        "Function" => (
+            manifest("Function", json!({ "template": template })),
+            "spec.template.spec",
+        ),
         other => (
-            manifest(other, json!({ "selector": { "matchLabels": labels }, "template": template })),
+            manifest(
+                other,
+                json!({ "selector": { "matchLabels": labels }, "template": template }),
+            ),
             "spec.template.spec",
         ),
     }
@@ -354,7 +990,10 @@ fn refusal_sample(key: &str) -> (&'static str, Value, String) {
         ),
         "ServicePort.protocol" => (
             "services",
-            manifest("Service", json!({ "selector": { "app": "x" }, "ports": [{ "port": 53, "protocol": "UDP" }] })),
+            manifest(
+                "Service",
+                json!({ "selector": { "app": "x" }, "ports": [{ "port": 53, "protocol": "UDP" }] }),
+            ),
             "spec.ports[0].protocol".into(),
         ),
         "EndpointPort.protocol" => (
@@ -469,7 +1108,9 @@ fn test_fns() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let mut dirs = vec![root];
     while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             let name = e.file_name().to_string_lossy().into_owned();
@@ -484,7 +1125,10 @@ fn test_fns() -> BTreeSet<String> {
                     let t = line.trim_start();
                     let t = t.strip_prefix("async ").unwrap_or(t);
                     if let Some(rest) = t.strip_prefix("fn ") {
-                        let n: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                        let n: String = rest
+                            .chars()
+                            .take_while(|c| c.is_alphanumeric() || *c == '_')
+                            .collect();
                         names.insert(n);
                     }
                 }
@@ -509,7 +1153,11 @@ async fn server() -> Server {
         CancellationToken::new(),
     );
     let token = api.bootstrap().await.expect("bootstrap").expect("admin token");
-    Server { api, token, _dir: dir }
+    Server {
+        api,
+        token,
+        _dir: dir,
+    }
 }
 
 impl Server {
@@ -556,6 +1204,8 @@ fn assert_not_supported((code, body): &(u16, Value), path: &str) {
     assert!(message.contains(path), "the message must name {path}: {message}");
 }
 
+/// Prints the known gaps (with `--no-capture`) so they stay in sight.
+#[allow(clippy::print_stderr)]
 #[tokio::test]
 async fn every_field_is_exercised_or_refused() {
     let doc = wisp_apiserver::openapi::document();
@@ -565,7 +1215,14 @@ async fn every_field_is_exercised_or_refused() {
     let mut objects = BTreeSet::new();
     let mut seen: BTreeSet<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
     for k in wisp_api::KINDS {
-        walk(schemas, k.kind, &schemas[k.kind], &mut seen, &mut fields, &mut objects);
+        walk(
+            schemas,
+            k.kind,
+            &schemas[k.kind],
+            &mut seen,
+            &mut fields,
+            &mut objects,
+        );
     }
     assert!(fields.len() > 200, "the walk found only {} fields", fields.len());
     let table: BTreeMap<&str, Cover> = COVERAGE.iter().copied().collect();
@@ -608,7 +1265,11 @@ async fn every_field_is_exercised_or_refused() {
             }
             Cover::Refused => {
                 // One sample per table entry (Job.* stands for the whole kind).
-                let key = if table.contains_key(f.as_str()) { f.clone() } else { "Job".into() };
+                let key = if table.contains_key(f.as_str()) {
+                    f.clone()
+                } else {
+                    "Job".into()
+                };
                 refused.insert(key);
             }
             Cover::Gap(why) => gaps.push(format!("{f}: {why}")),
@@ -623,9 +1284,18 @@ async fn every_field_is_exercised_or_refused() {
         missing.is_empty(),
         "fields with neither a test nor a refusal (add them to COVERAGE): {missing:#?}"
     );
-    assert!(unknown_tests.is_empty(), "COVERAGE names tests that do not exist: {unknown_tests:#?}");
-    assert!(not_objects.is_empty(), "Structural entries that are not objects: {not_objects:#?}");
-    assert!(stale.is_empty(), "COVERAGE entries that match no field: {stale:?}");
+    assert!(
+        unknown_tests.is_empty(),
+        "COVERAGE names tests that do not exist: {unknown_tests:#?}"
+    );
+    assert!(
+        not_objects.is_empty(),
+        "Structural entries that are not objects: {not_objects:#?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "COVERAGE entries that match no field: {stale:?}"
+    );
 
     // Every refusal holds: a create that sets the field gets a 422 saying so.
     let server = server().await;
@@ -634,7 +1304,12 @@ async fn every_field_is_exercised_or_refused() {
         let got = server.create(plural, &body).await;
         assert_not_supported(&got, &path);
     }
-    eprintln!("{} fields; {} refused; known gaps ({}):", fields.len(), refused.len(), gaps.len());
+    eprintln!(
+        "{} fields; {} refused; known gaps ({}):",
+        fields.len(),
+        refused.len(),
+        gaps.len()
+    );
     for g in &gaps {
         eprintln!("  {g}");
     }
@@ -649,7 +1324,11 @@ async fn job_create_is_refused_as_not_supported() {
     let message = got.1["message"].as_str().unwrap_or_default().to_owned();
     assert!(message.contains("Job"), "{message}");
     let (code, _) = server
-        .call(http::Method::GET, "/apis/wisp.dev/v1/namespaces/default/jobs/x", None)
+        .call(
+            http::Method::GET,
+            "/apis/wisp.dev/v1/namespaces/default/jobs/x",
+            None,
+        )
         .await;
     assert_eq!(code, 404, "nothing was stored");
 }
@@ -663,7 +1342,10 @@ async fn liveness_probe_is_refused_in_pods_and_every_template() {
         ("ReplicaSet", "replicasets"),
         ("Function", "functions"),
     ] {
-        let spec = pod_spec(json!({ "livenessProbe": { "httpGet": { "path": "/healthz" } } }), json!([]));
+        let spec = pod_spec(
+            json!({ "livenessProbe": { "httpGet": { "path": "/healthz" } } }),
+            json!([]),
+        );
         let (body, at) = with_pod_spec(kind, spec);
         let got = server.create(plural, &body).await;
         assert_not_supported(&got, &format!("{at}.containers[0].livenessProbe"));
@@ -682,16 +1364,29 @@ async fn binary_data_is_stored_returned_and_kept_apart_from_data() {
     let (code, created) = server.create("configmaps", &cm).await;
     assert_eq!(code, 201, "{created}");
     let (code, got) = server
-        .call(http::Method::GET, "/apis/wisp.dev/v1/namespaces/default/configmaps/bin", None)
+        .call(
+            http::Method::GET,
+            "/apis/wisp.dev/v1/namespaces/default/configmaps/bin",
+            None,
+        )
         .await;
     assert_eq!(code, 200);
-    assert_eq!(got["binaryData"]["b.bin"], "AP8Q", "binaryData is stored and returned: {got}");
+    assert_eq!(
+        got["binaryData"]["b.bin"], "AP8Q",
+        "binaryData is stored and returned: {got}"
+    );
     assert_eq!(got["data"]["a.txt"], "text");
     let clash = json!({ "apiVersion": "wisp.dev/v1", "kind": "ConfigMap", "metadata": { "name": "clash" },
                         "data": { "k": "text" }, "binaryData": { "k": "AP8Q" } });
     let (code, body) = server.create("configmaps", &clash).await;
     assert_eq!(code, 422, "{body}");
-    assert!(body["message"].as_str().unwrap_or_default().contains("binaryData.k"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("binaryData.k"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -751,5 +1446,8 @@ async fn immutable_config_maps_and_secrets_keep_their_values() {
     unfreeze.as_object_mut().map(|o| o.remove("immutable"));
     let (code, body) = server.replace("secrets", "s", &unfreeze).await;
     assert_eq!(code, 422, "immutable cannot be unset: {body}");
-    assert!(body["message"].as_str().unwrap_or_default().contains("immutable"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap_or_default().contains("immutable"),
+        "{body}"
+    );
 }

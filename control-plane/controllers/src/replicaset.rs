@@ -77,10 +77,7 @@ pub fn availability(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> 
         // Ready since an unknown time: never known to be Ready long enough (as Kubernetes).
         return Ok(false);
     };
-    let ready_for = now
-        .duration_since(since)
-        .as_secs_f64()
-        .max(0.0);
+    let ready_for = now.duration_since(since).as_secs_f64().max(0.0);
     let min = Duration::from_secs(min);
     if ready_for >= min.as_secs_f64() {
         Ok(true)
@@ -336,7 +333,11 @@ mod tests {
     fn min_ready_seconds_delays_availability() {
         let now: jiff::Timestamp = "2026-01-01T00:01:00Z".parse().expect("time");
         let p = ready_since("2026-01-01T00:00:50Z");
-        assert_eq!(availability(&p, 0, now), Ok(true), "no minimum: Ready is available");
+        assert_eq!(
+            availability(&p, 0, now),
+            Ok(true),
+            "no minimum: Ready is available"
+        );
         assert_eq!(
             availability(&p, 10, now),
             Ok(true),

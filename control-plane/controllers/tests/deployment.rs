@@ -202,9 +202,12 @@ async fn rolling_update_keeps_ready_pods_and_undo_restores() {
         .expect("join");
 }
 
+/// What the timed agent saw: `ready` or `deleted`, the pod's template hash, and when.
+type Log = Arc<Mutex<Vec<(String, String, tokio::time::Instant)>>>;
+
 /// Like [`fake_agent`], but each pod's Ready condition carries the time it became Ready
 /// (as the real agent's does), and every Ready time and deletion is recorded.
-async fn timed_agent(client: Client, log: Arc<Mutex<Vec<(String, String, tokio::time::Instant)>>>) {
+async fn timed_agent(client: Client, log: Log) {
     let api = client.api::<Pod>(Some("default"));
     let mut w = api.watcher(WatchParams::default());
     loop {
@@ -272,9 +275,7 @@ async fn min_ready_seconds_gates_availability_and_the_rollout() {
 
     // Both pods Ready: the ReplicaSet carries minReadySeconds and counts them ready, not
     // available, until they have been Ready for it.
-    let ready_count = |l: &Arc<Mutex<Vec<(String, String, tokio::time::Instant)>>>| {
-        l.lock().expect("lock").iter().filter(|e| e.0 == "ready").count()
-    };
+    let ready_count = |l: &Log| l.lock().expect("lock").iter().filter(|e| e.0 == "ready").count();
     eventually("2 ready pods", || ready_count(&log) == 2).await;
     let both_ready = log.lock().expect("lock")[1].2;
     let rs_status = async || {

@@ -473,7 +473,9 @@ fn fields_nothing_acts_on_are_refused_at_their_path() {
         "spec.containers[0].readinessProbe.tcpSocket",
     );
     refused(
-        pod(&c(json!({"readinessProbe": {"httpGet": {"path": "/", "port": 9090}}}))),
+        pod(&c(
+            json!({"readinessProbe": {"httpGet": {"path": "/", "port": 9090}}}),
+        )),
         "spec.containers[0].readinessProbe.httpGet.port",
     );
     refused(
@@ -493,7 +495,9 @@ fn fields_nothing_acts_on_are_refused_at_their_path() {
     // What Wisp does is still accepted: an httpGet probe on the served port, or none.
     decode(
         "pod",
-        pod(&c(json!({"readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}}}))),
+        pod(&c(
+            json!({"readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}}}),
+        )),
     )
     .unwrap_or_else(|e| panic!("{e:?}"));
     let svc = json!({"apiVersion": "wisp.dev/v1", "kind": "Service", "metadata": {"name": "s", "namespace": "default"},
@@ -518,5 +522,8 @@ fn replica_set_min_ready_seconds_is_kept_and_checked() {
     };
     let out = decode("replicaset", rs(5)).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(out["spec"]["minReadySeconds"], 5);
-    assert!(has(&errors("replicaset", rs(-1)), "spec.minReadySeconds: must be non-negative"));
+    assert!(has(
+        &errors("replicaset", rs(-1)),
+        "spec.minReadySeconds: must be non-negative"
+    ));
 }
