@@ -10,7 +10,10 @@
 //! * Route (and Function route) hosts: a namespace claims hosts under
 //!   `<namespace>.<cluster domain>` and the domains the admin granted it, and never a host
 //!   another namespace holds;
-//! * ResourceQuotas, checked and written under a per-namespace lock.
+//! * ResourceQuotas, checked and written under a per-namespace lock;
+//! * what nothing acts on yet is refused, not accepted and ignored: a Job is not created
+//!   (no controller runs it); the fields of that kind are refused by `wisp-api`'s validation;
+//! * a ConfigMap or Secret marked `immutable` keeps its values and the mark.
 
 use serde_json::Value;
 use wisp_api::{
@@ -81,6 +84,19 @@ pub(crate) async fn admit(
     existing: Option<&DynamicObject>,
 ) -> Result<Admitted, ApiError> {
     let plural = target.kind.plural;
+    if plural == "jobs" && existing.is_none() {
+        return Err(invalid(
+            obj,
+            vec![FieldError::not_supported(
+                "kind",
+                "no controller runs Jobs, so a Job would never start a pod; run the work as a Pod \
+                 with restartPolicy: Never or OnFailure",
+            )],
+        ));
+    }
+    if let Some(before) = existing {
+        admit_immutable(obj, before)?;
+    }
     let Some(ns) = target.namespace.clone().filter(|_| target.kind.namespaced) else {
         return Ok(Admitted { _quota: None });
     };
@@ -109,6 +125,43 @@ pub(crate) async fn admit(
     }
     let quota = crate::quota::admit(state, target, &ns, obj, existing).await?;
     Ok(Admitted { _quota: quota })
+}
+
+/// A ConfigMap or Secret marked `immutable: true` keeps its values and the mark for good
+/// (like Kubernetes): each changed field is named.
+fn admit_immutable(obj: &DynamicObject, before: &DynamicObject) -> Result<(), ApiError> {
+    let fields: &[&str] = match obj.kind.as_str() {
+        "ConfigMap" => &["data", "binaryData"],
+        "Secret" => &["data", "stringData", "type"],
+        _ => return Ok(()),
+    };
+    if before.body.get("immutable") != Some(&Value::Bool(true)) {
+        return Ok(());
+    }
+    let mut errs = Vec::new();
+    if obj.body.get("immutable") != Some(&Value::Bool(true)) {
+        errs.push(FieldError::new(
+            "immutable",
+            "field is immutable when `immutable` is set: it cannot be unset; delete and recreate the object",
+        ));
+    }
+    for field in fields {
+        if obj.body.get(*field) != before.body.get(*field) {
+            errs.push(FieldError::new(
+                *field,
+                format!(
+                    "field is immutable when `immutable` is set: this {} cannot change; delete and \
+                     recreate it",
+                    obj.kind
+                ),
+            ));
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(obj, errs))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -3,6 +3,8 @@
 //! once with `Recreate`; revisions numbered in an annotation on each ReplicaSet (the
 //! Deployment itself is left as its author wrote it, so re-applying it changes nothing); old
 //! ReplicaSets kept up to `revisionHistoryLimit` so `wisp rollout undo` can bring one back.
+//! `minReadySeconds` is handed to every ReplicaSet, whose available count (a pod Ready for
+//! that long) is what the rolling arithmetic plans with.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +80,7 @@ fn new_replicaset(d: &Deployment, hash: &str, revision: i64, replicas: i32) -> R
     });
     let mut rs = ReplicaSet::new(meta);
     rs.spec.replicas = replicas;
+    rs.spec.min_ready_seconds = d.spec.min_ready_seconds;
     let mut selector: LabelSelector = d.spec.selector.clone();
     selector.match_labels.insert(TEMPLATE_HASH.into(), hash.into());
     rs.spec.selector = selector;
@@ -154,13 +157,22 @@ pub fn plan(
     (new_replicas, old_replicas)
 }
 
-async fn scale(ctx: &Context, rs: &ReplicaSet, replicas: i32, revision: Option<i64>) -> Result<(), Error> {
+/// Sets `rs` to `replicas` (and `revision`), with the Deployment's `minReadySeconds`.
+async fn scale(
+    ctx: &Context,
+    d: &Deployment,
+    rs: &ReplicaSet,
+    replicas: i32,
+    revision: Option<i64>,
+) -> Result<(), Error> {
     let rev_matches = revision.is_none_or(|r| revision_of(rs) == r);
-    if rs.spec.replicas == replicas && rev_matches {
+    let min_ready = d.spec.min_ready_seconds;
+    if rs.spec.replicas == replicas && rev_matches && rs.spec.min_ready_seconds == min_ready {
         return Ok(());
     }
     let mut next = rs.clone();
     next.spec.replicas = replicas;
+    next.spec.min_ready_seconds = min_ready;
     if let Some(r) = revision {
         next.metadata.annotations.insert(REVISION.into(), r.to_string());
     }
@@ -187,7 +199,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         Some(rs) => {
             // A template seen before (rollback): it becomes the newest revision again.
             if revision_of(&rs) != max_revision {
-                scale(&ctx, &rs, rs.spec.replicas, Some(max_revision + 1)).await?;
+                scale(&ctx, &d, &rs, rs.spec.replicas, Some(max_revision + 1)).await?;
                 return Ok(Action::requeue(Duration::from_millis(100)));
             }
             rs
@@ -219,10 +231,10 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
                     .map(|rs| rs.status.as_ref().map_or(0, |s| s.replicas))
                     .sum();
                 for rs in &olds {
-                    scale(&ctx, rs, 0, None).await?;
+                    scale(&ctx, &d, rs, 0, None).await?;
                 }
                 if old_running == 0 {
-                    scale(&ctx, &new, desired, None).await?;
+                    scale(&ctx, &d, &new, desired, None).await?;
                 }
             }
             DeploymentStrategyType::RollingUpdate => {
@@ -238,9 +250,9 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
                     (new.spec.replicas, plannable(&new, true)),
                     &old_counts,
                 );
-                scale(&ctx, &new, new_replicas, None).await?;
+                scale(&ctx, &d, &new, new_replicas, None).await?;
                 for (rs, n) in olds.iter().zip(old_replicas) {
-                    scale(&ctx, rs, n, None).await?;
+                    scale(&ctx, &d, rs, n, None).await?;
                 }
             }
         }

@@ -56,6 +56,36 @@ fn active(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none() && !pod.phase().is_terminal()
 }
 
+/// Whether a pod counts as available at `now` (Kubernetes' definition): Ready, and Ready
+/// for at least `min_ready_seconds` by its Ready condition's `lastTransitionTime`.
+/// `Err(wait)`: Ready, available after `wait`. Without that time a pod is not available.
+pub fn availability(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> Result<bool, Duration> {
+    if !pod.is_ready() {
+        return Ok(false);
+    }
+    let min = u64::try_from(min_ready_seconds).unwrap_or(0);
+    if min == 0 {
+        return Ok(true);
+    }
+    let since = pod
+        .status
+        .as_ref()
+        .and_then(|s| wisp_api::meta::find_condition(&s.conditions, wisp_api::POD_READY))
+        .and_then(|c| c.last_transition_time.as_deref())
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let Some(since) = since else {
+        // Ready since an unknown time: never known to be Ready long enough (as Kubernetes).
+        return Ok(false);
+    };
+    let ready_for = now.duration_since(since).as_secs_f64().max(0.0);
+    let min = Duration::from_secs(min);
+    if ready_for >= min.as_secs_f64() {
+        Ok(true)
+    } else {
+        Err(min - Duration::from_secs_f64(ready_for))
+    }
+}
+
 /// Which pods to delete when scaling down: unscheduled first, then not ready, then newest.
 pub fn deletion_order(mut pods: Vec<Arc<Pod>>) -> Vec<Arc<Pod>> {
     pods.sort_by(|a, b| {
@@ -204,10 +234,24 @@ async fn update_status(
     active: &[Arc<Pod>],
 ) -> Result<Option<Duration>, Error> {
     let ready = i32::try_from(active.iter().filter(|p| p.is_ready()).count()).unwrap_or(i32::MAX);
+    // Pods Ready for less than minReadySeconds are not available yet: look again when the
+    // first of them will be.
+    let now = jiff::Timestamp::now();
+    let mut available = 0i32;
+    let mut next_available: Option<Duration> = None;
+    for p in active {
+        match availability(p, rs.spec.min_ready_seconds, now) {
+            Ok(true) => available = available.saturating_add(1),
+            Ok(false) => {}
+            Err(wait) => next_available = Some(next_available.map_or(wait, |n| n.min(wait))),
+        }
+    }
+    // A little past the moment, so the pass that looks sees it passed.
+    let next_available = next_available.map(|w| w + Duration::from_millis(20));
     let status = ReplicaSetStatus {
         replicas: i32::try_from(active.len()).unwrap_or(i32::MAX),
         ready_replicas: ready,
-        available_replicas: ready,
+        available_replicas: available,
         observed_generation: rs.metadata.generation,
         conditions: rs
             .status
@@ -218,18 +262,18 @@ async fn update_status(
     let k = key(rs);
     if rs.status.as_ref() == Some(&status) {
         ctx.status.settled(&k);
-        return Ok(None);
+        return Ok(next_available);
     }
     if let Err(wait) = ctx.status.write_now(&k) {
-        return Ok(Some(wait));
+        return Ok(Some(next_available.map_or(wait, |n| n.min(wait))));
     }
     let mut next = rs.clone();
     next.status = Some(status);
     let api = ctx.client.api::<ReplicaSet>(rs.metadata.namespace.as_deref());
     match api.replace_status(&next).await {
-        Ok(_) => Ok(None),
+        Ok(_) => Ok(next_available),
         // A newer version exists: its own event triggers another reconcile.
-        Err(ClientError::Api(s)) if s.code == 409 || s.code == 404 => Ok(None),
+        Err(ClientError::Api(s)) if s.code == 409 || s.code == 404 => Ok(next_available),
         Err(e) => Err(e.into()),
     }
 }
@@ -275,6 +319,44 @@ mod tests {
             .map(|p| p.metadata.name.clone())
             .collect();
         assert_eq!(order, ["unscheduled", "unready", "ready-new", "ready-old"]);
+    }
+
+    fn ready_since(since: &str) -> Pod {
+        let mut p = (*pod("p", Some("n1"), true, "2026-01-01T00:00:00Z")).clone();
+        if let Some(st) = p.status.as_mut() {
+            st.conditions[0].last_transition_time = Some(since.into());
+        }
+        p
+    }
+
+    #[test]
+    fn min_ready_seconds_delays_availability() {
+        let now: jiff::Timestamp = "2026-01-01T00:01:00Z".parse().expect("time");
+        let p = ready_since("2026-01-01T00:00:50Z");
+        assert_eq!(
+            availability(&p, 0, now),
+            Ok(true),
+            "no minimum: Ready is available"
+        );
+        assert_eq!(
+            availability(&p, 10, now),
+            Ok(true),
+            "Ready for exactly minReadySeconds"
+        );
+        assert_eq!(
+            availability(&p, 30, now),
+            Err(Duration::from_secs(20)),
+            "Ready 10 s of 30: available in 20 s"
+        );
+        let unready = pod("u", Some("n1"), false, "2026-01-01T00:00:00Z");
+        assert_eq!(availability(&unready, 30, now), Ok(false));
+        let unknown = pod("k", Some("n1"), true, "2026-01-01T00:00:00Z");
+        assert_eq!(
+            availability(&unknown, 5, now),
+            Ok(false),
+            "Ready since an unknown time is never known to be available"
+        );
+        assert_eq!(availability(&unknown, 0, now), Ok(true));
     }
 
     #[test]

@@ -201,3 +201,165 @@ async fn rolling_update_keeps_ready_pods_and_undo_restores() {
         .expect("stop")
         .expect("join");
 }
+
+/// What the timed agent saw: `ready` or `deleted`, the pod's template hash, and when.
+type Log = Arc<Mutex<Vec<(String, String, tokio::time::Instant)>>>;
+
+/// Like [`fake_agent`], but each pod's Ready condition carries the time it became Ready
+/// (as the real agent's does), and every Ready time and deletion is recorded.
+async fn timed_agent(client: Client, log: Log) {
+    let api = client.api::<Pod>(Some("default"));
+    let mut w = api.watcher(WatchParams::default());
+    loop {
+        let Ok(ev) = w.next().await else { return };
+        let pods = match ev {
+            WatcherEvent::Restarted(all) => all,
+            WatcherEvent::Applied(p) => vec![p],
+            WatcherEvent::Deleted(p) => {
+                let hash = p.metadata.labels.get(TEMPLATE_HASH).cloned().unwrap_or_default();
+                log.lock()
+                    .expect("lock")
+                    .push(("deleted".into(), hash, tokio::time::Instant::now()));
+                continue;
+            }
+        };
+        for mut p in pods {
+            if p.is_ready() || p.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let mut st = PodStatus {
+                phase: PodPhase::Running,
+                ..PodStatus::default()
+            };
+            st.conditions.push(Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                last_transition_time: Some(jiff::Timestamp::now().to_string()),
+                ..Condition::default()
+            });
+            p.status = Some(st);
+            if api.replace_status(&p).await.is_ok() {
+                let hash = p.metadata.labels.get(TEMPLATE_HASH).cloned().unwrap_or_default();
+                log.lock()
+                    .expect("lock")
+                    .push(("ready".into(), hash, tokio::time::Instant::now()));
+            }
+        }
+    }
+}
+
+/// `minReadySeconds`: a Ready pod is not available until it has been Ready that long, and a
+/// rolling update (maxUnavailable 0) takes no old pod down before a new one is available.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_ready_seconds_gates_availability_and_the_rollout() {
+    const MIN_READY: u64 = 2;
+    let (client, shutdown, _dir) = server().await;
+    let controllers = tokio::spawn(wisp_controllers::run(
+        client.clone(),
+        wisp_controllers::Config::default(),
+        shutdown.clone(),
+    ));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let agent = tokio::spawn(timed_agent(client.clone(), log.clone()));
+    let deployments = client.api::<Deployment>(Some("default"));
+    let replicasets = client.api::<ReplicaSet>(Some("default"));
+
+    let mut d = deployment('a');
+    d.spec.replicas = 2;
+    d.spec.min_ready_seconds = i32::try_from(MIN_READY).expect("small");
+    d.spec.strategy.rolling_update = Some(wisp_api::RollingUpdateDeployment {
+        max_surge: wisp_api::IntOrString::Int(1),
+        max_unavailable: wisp_api::IntOrString::Int(0),
+    });
+    deployments.create(&d).await.expect("create");
+
+    // Both pods Ready: the ReplicaSet carries minReadySeconds and counts them ready, not
+    // available, until they have been Ready for it.
+    let ready_count = |l: &Log| l.lock().expect("lock").iter().filter(|e| e.0 == "ready").count();
+    eventually("2 ready pods", || ready_count(&log) == 2).await;
+    let both_ready = log.lock().expect("lock")[1].2;
+    let rs_status = async || {
+        let sets = replicasets.list(&Default::default()).await.expect("list").items;
+        assert_eq!(sets.len(), 1);
+        assert_eq!(
+            sets[0].spec.min_ready_seconds, 2,
+            "the Deployment hands minReadySeconds to its ReplicaSet"
+        );
+        sets[0].status.clone().unwrap_or_default()
+    };
+    let mut saw_ready_not_available = false;
+    loop {
+        let st = rs_status().await;
+        let elapsed = both_ready.elapsed();
+        if st.available_replicas == 2 {
+            assert!(
+                elapsed >= Duration::from_millis(MIN_READY * 1000 - 300),
+                "available after {elapsed:?}, before minReadySeconds"
+            );
+            break;
+        }
+        if st.ready_replicas == 2 {
+            saw_ready_not_available = true;
+        }
+        assert!(elapsed < Duration::from_secs(MIN_READY + 8), "never available");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        saw_ready_not_available,
+        "the ReplicaSet reported its pods ready but not yet available"
+    );
+    eventually_async(&deployments, |d| {
+        d.status
+            .as_ref()
+            .is_some_and(|s| s.available_replicas == 2 && s.ready_replicas == 2)
+    })
+    .await;
+    let first_hash = log.lock().expect("lock")[0].1.clone();
+
+    // Roll: no old pod goes before a new pod has been Ready for minReadySeconds.
+    log.lock().expect("lock").clear();
+    set_template(&deployments, 'b').await;
+    eventually("the old pods gone", || {
+        log.lock()
+            .expect("lock")
+            .iter()
+            .filter(|e| e.0 == "deleted" && e.1 == first_hash)
+            .count()
+            == 2
+    })
+    .await;
+    let events = log.lock().expect("lock").clone();
+    let first_new_ready = events
+        .iter()
+        .find(|e| e.0 == "ready" && e.1 != first_hash)
+        .map(|e| e.2)
+        .expect("a new pod became ready");
+    let first_old_deleted = events
+        .iter()
+        .find(|e| e.0 == "deleted" && e.1 == first_hash)
+        .map(|e| e.2)
+        .expect("an old pod was deleted");
+    let gap = first_old_deleted.saturating_duration_since(first_new_ready);
+    assert!(
+        gap >= Duration::from_millis(MIN_READY * 1000 - 300),
+        "an old pod went {gap:?} after the first new pod was Ready (minReadySeconds {MIN_READY})"
+    );
+
+    shutdown.cancel();
+    agent.abort();
+    tokio::time::timeout(Duration::from_secs(15), controllers)
+        .await
+        .expect("stop")
+        .expect("join");
+}
+
+async fn eventually_async(api: &wisp_client::Api<Deployment>, check: impl Fn(&Deployment) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        if check(&api.get("web").await.expect("get")) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for the deployment status");
+}

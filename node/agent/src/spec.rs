@@ -140,6 +140,26 @@ fn secret_values(s: &Secret) -> Result<BTreeMap<String, Vec<u8>>, PrepareError> 
     Ok(out)
 }
 
+/// A ConfigMap's files: `data` as UTF-8 text, `binaryData` decoded from base64 (the API
+/// keeps their keys apart).
+fn config_map_files(cm: &ConfigMap) -> Result<BTreeMap<String, Vec<u8>>, PrepareError> {
+    let mut out: BTreeMap<String, Vec<u8>> = cm
+        .data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+        .collect();
+    for (k, v) in &cm.binary_data {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(v).map_err(|e| {
+            config_error(format!(
+                "ConfigMap {}: binaryData.{k} is not base64: {e}",
+                cm.metadata.name
+            ))
+        })?;
+        out.insert(k.clone(), bytes);
+    }
+    Ok(out)
+}
+
 async fn env_value(
     client: &Client,
     ns: &str,
@@ -226,14 +246,7 @@ async fn volumes(
         let dir = pod_dir.join("volumes").join(&v.name);
         if let Some(src) = &v.config_map {
             match lookups.config_map(client, ns, &src.name).await? {
-                Some(cm) => {
-                    let files = cm
-                        .data
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-                        .collect();
-                    write_files(&dir, &files)?;
-                }
+                Some(cm) => write_files(&dir, &config_map_files(cm)?)?,
                 None if src.optional == Some(true) => write_files(&dir, &BTreeMap::new())?,
                 None => {
                     return Err(config_error(format!(
@@ -355,6 +368,7 @@ pub async fn drafts(client: &Client, pod: &Pod, pod_dir: &Path) -> Result<Vec<Dr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wisp_api::Resource as _;
 
     #[test]
     fn sources() {
@@ -403,6 +417,189 @@ mod tests {
             pull_policy(&c("busybox", Some(wisp_api::PullPolicy::Never))),
             P::Never
         );
+    }
+
+    #[test]
+    fn config_map_files_hold_data_and_decoded_binary_data() {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = "cm".into();
+        cm.data.insert("text".into(), "plain".into());
+        // 0x00 0xff 0x10: not UTF-8, so only binaryData can carry it.
+        cm.binary_data.insert("blob".into(), "AP8Q".into());
+        let files = config_map_files(&cm).expect("decode");
+        assert_eq!(files["text"], b"plain");
+        assert_eq!(files["blob"], [0x00, 0xff, 0x10]);
+        cm.binary_data.insert("bad".into(), "!!".into());
+        let err = config_map_files(&cm).expect_err("bad base64");
+        assert!(err.message.contains("binaryData.bad"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn config_map_volume_mounts_binary_data_as_bytes() {
+        let server = wisp_apiserver::testutil::TestServer::start()
+            .await
+            .expect("server");
+        let client = wisp_client::Client::new(&server.url, &server.token);
+        let mut cm = ConfigMap::new(wisp_api::ObjectMeta::namespaced("default", "files"));
+        cm.data.insert("greeting".into(), "hello".into());
+        cm.binary_data.insert("logo.bin".into(), "AP8Q".into());
+        client
+            .api::<ConfigMap>(Some("default"))
+            .create(&cm)
+            .await
+            .expect("create the ConfigMap");
+        let mut pod = Pod::new(wisp_api::ObjectMeta::namespaced("default", "p"));
+        pod.spec.volumes.push(wisp_api::Volume {
+            name: "cfg".into(),
+            config_map: Some(wisp_api::ConfigMapVolumeSource {
+                name: "files".into(),
+                optional: None,
+            }),
+            ..wisp_api::Volume::default()
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vols = volumes(&client, &pod, dir.path(), &mut Lookups::default())
+            .await
+            .expect("volumes");
+        let (path, read_only) = &vols["cfg"];
+        assert!(read_only, "ConfigMap volumes are read-only");
+        assert_eq!(std::fs::read(path.join("greeting")).expect("data file"), b"hello");
+        assert_eq!(
+            std::fs::read(path.join("logo.bin")).expect("binaryData file"),
+            [0x00, 0xff, 0x10]
+        );
+    }
+
+    /// What a container asks for reaches its sandbox spec: command and args, ports, limits,
+    /// the request timeout, the security context, and each volume (Secret, optional
+    /// ConfigMap, emptyDir) mounted where asked, Secret and ConfigMap files read-only.
+    #[tokio::test]
+    async fn drafts_carry_what_the_container_asks_for() {
+        use wisp_api::{
+            Capabilities, ConfigMapVolumeSource, ContainerPort, EmptyDirVolumeSource, ObjectMeta, Quantity,
+            SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+        };
+        let server = wisp_apiserver::testutil::TestServer::start()
+            .await
+            .expect("server");
+        let client = wisp_client::Client::new(&server.url, &server.token);
+        let mut secret = Secret::new(ObjectMeta::namespaced("default", "creds"));
+        secret.data.insert("token".into(), "aGk=".into());
+        client
+            .api::<Secret>(Some("default"))
+            .create(&secret)
+            .await
+            .expect("create the Secret");
+        let mut pod = Pod::new(ObjectMeta::namespaced("default", "p"));
+        pod.metadata.uid = Some("uid-1".into());
+        pod.spec.volumes = vec![
+            Volume {
+                name: "creds".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: "creds".into(),
+                    optional: None,
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "gone".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: "missing".into(),
+                    optional: Some(true),
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "cfg".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: "missing".into(),
+                    optional: Some(true),
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "scratch".into(),
+                empty_dir: Some(EmptyDirVolumeSource { size_limit: None }),
+                ..Volume::default()
+            },
+        ];
+        let q = |s: &str| Quantity::parse(s).expect("quantity");
+        let mount = |name: &str, path: &str| VolumeMount {
+            name: name.into(),
+            mount_path: path.into(),
+            read_only: false,
+        };
+        let mut c = Container {
+            name: "main".into(),
+            image: Some("busybox:1".into()),
+            command: vec!["/bin/serve".into()],
+            args: vec!["--port".into(), "8080".into()],
+            ports: vec![ContainerPort {
+                container_port: 8080,
+                ..ContainerPort::default()
+            }],
+            timeout_ms: Some(1500),
+            volume_mounts: vec![
+                mount("creds", "/etc/creds"),
+                mount("cfg", "/etc/cfg"),
+                mount("scratch", "/scratch"),
+            ],
+            security_context: Some(SecurityContext {
+                read_only_root_filesystem: Some(true),
+                run_as_user: Some(1000),
+                run_as_non_root: Some(true),
+                capabilities: Some(Capabilities {
+                    add: vec!["cap_net_bind_service".into()],
+                }),
+                ..SecurityContext::default()
+            }),
+            ..Container::default()
+        };
+        c.resources.limits.insert(RESOURCE_MEMORY.into(), q("64Mi"));
+        c.resources.limits.insert(RESOURCE_CPU.into(), q("500m"));
+        c.resources.limits.insert(RESOURCE_PIDS.into(), q("32"));
+        pod.spec.containers.push(c);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let drafts = drafts(&client, &pod, dir.path()).await.expect("drafts");
+        assert_eq!(drafts.len(), 1);
+        let spec = &drafts[0].spec;
+        assert_eq!(drafts[0].runtime, wisp_api::RUNTIME_DOCKER);
+        assert_eq!(spec.command, ["/bin/serve"]);
+        assert_eq!(spec.args, ["--port", "8080"]);
+        assert_eq!(spec.ports, [8080]);
+        assert_eq!(spec.kind, Kind::Http, "a container with ports serves HTTP");
+        assert_eq!(spec.limits.memory_bytes, Some(64 * 1024 * 1024));
+        assert_eq!(spec.limits.cpu_millis, Some(500));
+        assert_eq!(spec.limits.pids, Some(32));
+        assert_eq!(spec.limits.request_timeout, Some(Duration::from_millis(1500)));
+        assert!(spec.read_only_root);
+        assert_eq!(spec.user, Some(1000));
+        assert!(spec.run_as_non_root);
+        assert_eq!(spec.capabilities, ["NET_BIND_SERVICE"]);
+        let at = |guest: &str| {
+            spec.mounts
+                .iter()
+                .find(|m| m.guest_path == guest)
+                .unwrap_or_else(|| panic!("no mount at {guest}: {:?}", spec.mounts))
+        };
+        let creds = at("/etc/creds");
+        assert!(creds.read_only, "Secret files are read-only");
+        assert_eq!(
+            std::fs::read(creds.host_path.join("token")).expect("secret file"),
+            b"hi"
+        );
+        let cfg = at("/etc/cfg");
+        assert!(cfg.read_only);
+        assert_eq!(
+            std::fs::read_dir(&cfg.host_path)
+                .expect("an optional missing ConfigMap mounts empty")
+                .count(),
+            0
+        );
+        let scratch = at("/scratch");
+        assert!(!scratch.read_only, "an emptyDir is writable");
+        assert!(scratch.host_path.is_dir());
+        assert_eq!(spec.mounts.len(), 3, "only the mounts the container asks for");
     }
 
     #[test]

@@ -445,3 +445,85 @@ fn pod_status_addresses_use_kubernetes_spelling() {
     let back: crate::PodStatus = serde_json::from_value(v).expect("decode");
     assert_eq!(back, st);
 }
+
+/// Fields Wisp's types know but nothing acts on are refused, each at its path, with a
+/// message that says so (never accepted and ignored).
+#[test]
+fn fields_nothing_acts_on_are_refused_at_their_path() {
+    let c = |extra: Value| {
+        let mut c = json!({"name": "app", "wasm": DIGEST, "ports": [{"containerPort": 8080}]});
+        c.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        c
+    };
+    let refused = |v: Value, path: &str| {
+        let errs = errors(v["kind"].as_str().unwrap_or_default(), v.clone());
+        assert!(
+            has(&errs, &format!("{path}: {}", crate::NOT_SUPPORTED)),
+            "{path}: {errs:?}"
+        );
+    };
+    refused(
+        pod(&c(json!({"livenessProbe": {"httpGet": {"path": "/"}}}))),
+        "spec.containers[0].livenessProbe",
+    );
+    refused(
+        pod(&c(json!({"readinessProbe": {"tcpSocket": {"port": 8080}}}))),
+        "spec.containers[0].readinessProbe.tcpSocket",
+    );
+    refused(
+        pod(&c(
+            json!({"readinessProbe": {"httpGet": {"path": "/", "port": 9090}}}),
+        )),
+        "spec.containers[0].readinessProbe.httpGet.port",
+    );
+    refused(
+        pod(&c(json!({"ports": [{"containerPort": 53, "protocol": "UDP"}]}))),
+        "spec.containers[0].ports[0].protocol",
+    );
+    let mut p = pod(&c(json!({})));
+    p["spec"]["volumes"] = json!([{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]);
+    refused(p, "spec.volumes[0].emptyDir.sizeLimit");
+    // In a template, the path is the template's.
+    let d = json!({
+        "apiVersion": "wisp.dev/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}},
+                 "spec": {"containers": [c(json!({"livenessProbe": {"httpGet": {"path": "/"}}}))]}}}
+    });
+    refused(d, "spec.template.spec.containers[0].livenessProbe");
+    // What Wisp does is still accepted: an httpGet probe on the served port, or none.
+    decode(
+        "pod",
+        pod(&c(
+            json!({"readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}}}),
+        )),
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let svc = json!({"apiVersion": "wisp.dev/v1", "kind": "Service", "metadata": {"name": "s", "namespace": "default"},
+                     "spec": {"ports": [{"port": 53, "protocol": "UDP"}]}});
+    refused(svc, "spec.ports[0].protocol");
+    let ns = json!({"apiVersion": "wisp.dev/v1", "kind": "Namespace", "metadata": {"name": "n"},
+                    "spec": {"finalizers": ["example.com/x"]}});
+    refused(ns, "spec.finalizers[0]");
+    let lease = json!({"apiVersion": "wisp.dev/v1", "kind": "Lease", "metadata": {"name": "l", "namespace": "default"},
+                       "spec": {"leaseTransitions": 1}});
+    refused(lease, "spec.leaseTransitions");
+}
+
+#[test]
+fn replica_set_min_ready_seconds_is_kept_and_checked() {
+    let rs = |min: i64| {
+        json!({
+            "apiVersion": "wisp.dev/v1", "kind": "ReplicaSet", "metadata": {"name": "r", "namespace": "default"},
+            "spec": {"minReadySeconds": min, "selector": {"matchLabels": {"a": "b"}},
+                     "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "wasm": DIGEST}]}}}
+        })
+    };
+    let out = decode("replicaset", rs(5)).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(out["spec"]["minReadySeconds"], 5);
+    assert!(has(
+        &errors("replicaset", rs(-1)),
+        "spec.minReadySeconds: must be non-negative"
+    ));
+}

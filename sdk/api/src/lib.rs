@@ -28,7 +28,7 @@ pub use quantity::{Quantity, QuantityError, QuantityFormat};
 pub use resources::*;
 pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorError, SelectorOperator};
 pub use status::{Status, StatusCause, StatusDetails};
-pub use validation::{FieldError, ValidationErrors};
+pub use validation::{FieldError, NOT_SUPPORTED, ValidationErrors};
 
 pub const GROUP: &str = "wisp.dev";
 pub const VERSION: &str = "v1";

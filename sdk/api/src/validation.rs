@@ -27,6 +27,12 @@ impl FieldError {
     pub fn required(path: impl Into<String>) -> Self {
         Self::new(path, "required")
     }
+
+    /// `path: not supported yet: <why>` — a field Wisp's types know but nothing acts on yet,
+    /// refused rather than accepted and ignored.
+    pub fn not_supported(path: impl Into<String>, why: impl fmt::Display) -> Self {
+        Self::new(path, format!("{NOT_SUPPORTED}: {why}"))
+    }
 }
 
 impl fmt::Display for FieldError {
@@ -38,6 +44,9 @@ impl fmt::Display for FieldError {
         }
     }
 }
+
+/// What the message of a refused, not yet implemented field starts with.
+pub const NOT_SUPPORTED: &str = "not supported yet";
 
 /// Every problem found in one object; never empty when returned as an error.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

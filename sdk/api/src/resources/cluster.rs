@@ -61,6 +61,12 @@ impl Namespace {
             for (i, f) in spec.finalizers.iter().enumerate() {
                 if f.is_empty() {
                     errs.push(FieldError::required(index("spec.finalizers", i)));
+                } else {
+                    errs.push(FieldError::not_supported(
+                        index("spec.finalizers", i),
+                        "nothing waits on a namespace's finalizers: deleting a namespace deletes \
+                         everything in it at once",
+                    ));
                 }
             }
             for (i, d) in spec.route_domains.iter().enumerate() {
@@ -224,6 +230,11 @@ impl Lease {
         }
         if self.spec.lease_transitions < 0 {
             errs.push(FieldError::new("spec.leaseTransitions", "must be non-negative"));
+        } else if self.spec.lease_transitions > 0 {
+            errs.push(FieldError::not_supported(
+                "spec.leaseTransitions",
+                "nothing counts lease transitions; leave it 0",
+            ));
         }
         errs
     }

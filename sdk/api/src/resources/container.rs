@@ -336,6 +336,12 @@ impl Container {
         let mut port_names = Vec::new();
         for (i, p) in self.ports.iter().enumerate() {
             let pp = index(&child(path, "ports"), i);
+            if p.protocol == Protocol::Udp {
+                errs.push(FieldError::not_supported(
+                    child(&pp, "protocol"),
+                    "only TCP ports are served (UDP is neither published nor routed)",
+                ));
+            }
             if p.container_port == 0 {
                 errs.push(FieldError::new(
                     child(&pp, "containerPort"),
@@ -363,13 +369,34 @@ impl Container {
                 ));
             }
         }
-        for (field, probe) in [
-            ("readinessProbe", &self.readiness_probe),
-            ("livenessProbe", &self.liveness_probe),
-        ] {
-            if let Some(p) = probe {
-                errs.extend(validate_probe(p, &child(path, field)));
+        if let Some(p) = &self.readiness_probe {
+            let pp = child(path, "readinessProbe");
+            errs.extend(validate_probe(p, &pp));
+            // The agent probes where the container serves: its first port.
+            let served = self.ports.first().map(|p| p.container_port);
+            if let Some(port) = p.http_get.as_ref().and_then(|h| h.port)
+                && port != 0
+                && Some(port) != served
+            {
+                errs.push(FieldError::not_supported(
+                    child(&child(&pp, "httpGet"), "port"),
+                    match served {
+                        Some(s) => format!(
+                            "the agent probes the port the container serves on (ports[0], {s}); omit port or use {s}"
+                        ),
+                        None => "the agent probes the port the container serves on, and this container \
+                                 declares none; omit port"
+                            .to_owned(),
+                    },
+                ));
             }
+        }
+        if self.liveness_probe.is_some() {
+            errs.push(FieldError::not_supported(
+                child(path, "livenessProbe"),
+                "no node agent restarts a container on a failing liveness probe; remove it \
+                 (readinessProbe with httpGet is supported)",
+            ));
         }
         for (i, h) in self.allowed_outbound_hosts.iter().enumerate() {
             if h.is_empty() || h.contains(char::is_whitespace) {
@@ -475,10 +502,10 @@ fn validate_probe(p: &Probe, path: &str) -> Vec<FieldError> {
             ));
         }
     }
-    if p.tcp_socket.as_ref().is_some_and(|t| t.port == 0) {
-        errs.push(FieldError::new(
-            child(&child(path, "tcpSocket"), "port"),
-            "must be between 1 and 65535",
+    if p.tcp_socket.is_some() {
+        errs.push(FieldError::not_supported(
+            child(path, "tcpSocket"),
+            "the node agent probes readiness over HTTP only; use httpGet",
         ));
     }
     for (field, v, min) in [

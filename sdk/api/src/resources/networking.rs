@@ -89,6 +89,12 @@ impl Service {
             if p.port == 0 {
                 errs.push(FieldError::new(child(&pp, "port"), "must be between 1 and 65535"));
             }
+            if p.protocol == Protocol::Udp {
+                errs.push(FieldError::not_supported(
+                    child(&pp, "protocol"),
+                    "the ingress routes HTTP over TCP only",
+                ));
+            }
             if p.target_port == Some(0) {
                 errs.push(FieldError::new(
                     child(&pp, "targetPort"),
@@ -188,6 +194,12 @@ impl Endpoints {
                 let pp = index(&child(&sp, "ports"), j);
                 if p.port == 0 {
                     errs.push(FieldError::new(child(&pp, "port"), "must be between 1 and 65535"));
+                }
+                if p.protocol == Protocol::Udp {
+                    errs.push(FieldError::not_supported(
+                        child(&pp, "protocol"),
+                        "the ingress routes HTTP over TCP only",
+                    ));
                 }
                 if let Some(n) = &p.name {
                     errs.extend(validate_dns1123_label(n, &child(&pp, "name")));

@@ -169,6 +169,12 @@ impl PodSpec {
                     &child(&child(&vp, "configMap"), "name"),
                 ));
             }
+            if v.empty_dir.as_ref().is_some_and(|e| e.size_limit.is_some()) {
+                errs.push(FieldError::not_supported(
+                    child(&child(&vp, "emptyDir"), "sizeLimit"),
+                    "no runtime bounds an emptyDir's size; remove it",
+                ));
+            }
             if let Some(s) = &v.secret {
                 errs.extend(validate_dns1123_subdomain(
                     &s.secret_name,

@@ -76,6 +76,14 @@ pub struct ReplicaSetSpec {
     /// Required and non-empty; must match `template.metadata.labels`.
     pub selector: LabelSelector,
     pub template: PodTemplateSpec,
+    /// Seconds a pod must have been Ready before it counts as available; default 0. A
+    /// Deployment sets it on its ReplicaSets from its own `minReadySeconds`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub min_ready_seconds: i32,
+}
+
+fn is_zero(v: &i32) -> bool {
+    *v == 0
 }
 
 impl Default for ReplicaSetSpec {
@@ -84,6 +92,7 @@ impl Default for ReplicaSetSpec {
             replicas: default_replicas(),
             selector: LabelSelector::default(),
             template: PodTemplateSpec::default(),
+            min_ready_seconds: 0,
         }
     }
 }
@@ -104,6 +113,10 @@ impl ReplicaSet {
     pub(crate) fn validate_fields(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         errs.extend(replicas(self.spec.replicas, "spec.replicas"));
+        errs.extend(non_negative(
+            Some(self.spec.min_ready_seconds),
+            "spec.minReadySeconds",
+        ));
         errs.extend(validate_selector_and_template(
             &self.spec.selector,
             &self.spec.template,
@@ -138,7 +151,8 @@ pub struct DeploymentSpec {
     pub strategy: DeploymentStrategy,
     /// Old ReplicaSets kept for rollback; default 10.
     pub revision_history_limit: i32,
-    /// Seconds a new pod must be ready before it counts as available; default 0.
+    /// Seconds a new pod must have been Ready before it counts as available (and a rolling
+    /// update may take down the next old pod); default 0.
     pub min_ready_seconds: i32,
     pub paused: bool,
 }
