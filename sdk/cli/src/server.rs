@@ -336,7 +336,8 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
             .auth()
             .issue_ephemeral(principal)
             .context("token for the in-process components")?;
-        Ok(api.in_process_client(&url, &token))
+        let api = api.clone();
+        Ok(wisp_client::Client::in_process(&url, &token, move |req| api.handle_in_process(req)))
     };
     let admin = || internal(wisp_apiserver::auth::Principal::Admin);
     let controllers = if args.up.controllers {
