@@ -11,8 +11,9 @@
 //!
 //! It is the only component that touches the store; it must not run workloads or
 //! controllers. [`ApiServer::service`] can be called without sockets (tests), and
-//! [`ApiServer::in_process_client`] gives the components sharing its process (`wisp up`) a
-//! client that calls it without one; [`serve`] runs it on a listener with graceful shutdown.
+//! [`ApiServer::handle_in_process`] answers the components sharing its process (`wisp up`,
+//! through `wisp-client`'s in-process transport, which this crate does not depend on);
+//! [`serve`] runs it on a listener with graceful shutdown.
 
 mod admission;
 pub mod auth;
@@ -217,39 +218,12 @@ impl From<&Principal> for WhoAmI {
     }
 }
 
+/// A request's query parameters, decoded (`application/x-www-form-urlencoded`: `+` is a
+/// space, `%XX` a byte); a name given twice keeps its last value.
 fn query_map(req_query: Option<&str>) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    for pair in req_query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        out.insert(percent_decode(k), percent_decode(v));
-    }
-    out
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::parse(req_query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
 }
 
 /// Marks a request of the in-process client: the control plane's own components, which have
@@ -396,35 +370,34 @@ impl ApiServer {
             }))
     }
 
-    /// A client for the components that share this server's process: each request is handled
-    /// here as if it had come over HTTP — same token check, authorization, validation,
-    /// compare-and-swap and watch streams — without a socket, HTTP framing or the wake-ups
-    /// of a loopback connection on either side. Its requests take permits of their own
-    /// (`internal_concurrency_limit`), never those of external clients. `url` is where the
-    /// server listens, for those who hand the address on.
-    pub fn in_process_client(&self, url: &str, token: &str) -> wisp_client::Client {
+    /// Handles a request from a component that shares this server's process (`wisp up`), as
+    /// if it had come over HTTP — same token check, authorization, validation,
+    /// compare-and-swap and watch streams — without a socket, HTTP framing or the wake-ups of
+    /// a loopback connection on either side. Such requests take permits of their own
+    /// (`internal_concurrency_limit`), never those of external clients. The client side of
+    /// this transport is `wisp_client::Client::in_process`, wired where the components are
+    /// (the CLI's `up`); this crate does not depend on the client.
+    pub fn handle_in_process(
+        &self,
+        mut req: Request<http_body_util::Full<Bytes>>,
+    ) -> impl Future<Output = Response<ApiBody>> + Send + use<> {
         let this = self.clone();
-        let handler: wisp_client::LocalHandler = Arc::new(move |mut req| {
-            let this = this.clone();
-            req.extensions_mut().insert(InProcess);
-            Box::pin(async move {
-                // Closed only if the semaphore is, which it never is.
-                let _permit = this.state.internal_limit.clone().acquire_owned().await.ok();
-                // A panic in a handler must not unwind into the calling component (over HTTP
-                // it would have ended one connection): it answers 500, like a server error.
-                let resp = std::panic::AssertUnwindSafe(this.handle(req))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|_| {
-                        tracing::error!("a request handler panicked");
-                        error_response(&ApiError::Internal(
-                            "the API server failed on this request".into(),
-                        ))
-                    });
-                resp.map(|b| b.map_err(|e| wisp_client::BodyError(e.into())).boxed_unsync())
-            })
-        });
-        wisp_client::Client::in_process(url, token, handler)
+        req.extensions_mut().insert(InProcess);
+        async move {
+            // Closed only if the semaphore is, which it never is.
+            let _permit = this.state.internal_limit.clone().acquire_owned().await.ok();
+            // A panic in a handler must not unwind into the calling component (over HTTP
+            // it would have ended one connection): it answers 500, like a server error.
+            std::panic::AssertUnwindSafe(this.handle(req))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!("a request handler panicked");
+                    error_response(&ApiError::Internal(
+                        "the API server failed on this request".into(),
+                    ))
+                })
+        }
     }
 
     async fn route<B>(&self, req: Request<B>) -> Result<Response<ApiBody>, ApiError>
@@ -892,13 +865,19 @@ fn parse_target<'a>(rest: &[&'a str]) -> Result<(Target, Option<&'a str>), ApiEr
 
 fn verb_of<B>(req: &Request<B>) -> &'static str {
     match *req.method() {
-        Method::GET if req.uri().query().is_some_and(|q| q.contains("watch=true")) => "watch",
+        Method::GET if is_watch(req.uri().query()) => "watch",
         Method::GET => "get",
         Method::POST => "create",
         Method::PUT => "update",
         Method::DELETE => "delete",
         _ => "other",
     }
+}
+
+/// Whether a query asks for a watch (`watch=true` or `watch=1`, as the handler reads it).
+fn is_watch(query: Option<&str>) -> bool {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .any(|(k, v)| k == "watch" && (v == "true" || v == "1"))
 }
 
 fn text(code: StatusCode, body: &str) -> Response<ApiBody> {
@@ -927,7 +906,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let options = wisp_runtime::http::ServeOptions {
+    let options = wisp_http::ServeOptions {
         header_read_timeout: Some(server.state.config.header_read_timeout),
         grace: server.state.config.shutdown_grace,
         event_loops: 0,
@@ -938,8 +917,38 @@ pub async fn serve(
         max_connections_per_ip: server.state.config.max_connections_per_ip,
     };
     tokio::join!(
-        wisp_runtime::http::serve(listener, server.service(), options, shutdown.clone()),
+        wisp_http::serve(listener, server.service(), options, shutdown.clone()),
         server.background(shutdown),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_with_reserved_characters_and_unicode_decode_exactly() {
+        let selector = "app in (a&b, c=d), tier!=100% été";
+        let encoded = form_urlencoded::Serializer::new(String::new())
+            .append_pair("labelSelector", selector)
+            .append_pair("fieldSelector", "metadata.name=x y")
+            .append_pair("watch", "true")
+            .finish();
+        let q = query_map(Some(&encoded));
+        assert_eq!(q.get("labelSelector").map(String::as_str), Some(selector));
+        assert_eq!(
+            q.get("fieldSelector").map(String::as_str),
+            Some("metadata.name=x y")
+        );
+        assert!(is_watch(Some(&encoded)));
+        // Spaces as `%20` or `+`, a bare name, an empty pair, a stray `%`.
+        let q = query_map(Some("a=x%20y+z&flag&&b=100%&c=%E2%9C%93"));
+        assert_eq!(q.get("a").map(String::as_str), Some("x y z"));
+        assert_eq!(q.get("flag").map(String::as_str), Some(""));
+        assert_eq!(q.get("b").map(String::as_str), Some("100%"));
+        assert_eq!(q.get("c").map(String::as_str), Some("✓"));
+        assert!(!is_watch(Some("watch=false&x=watch%3Dtrue")));
+        assert!(query_map(None).is_empty());
+    }
 }

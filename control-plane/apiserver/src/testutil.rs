@@ -1,11 +1,27 @@
 //! For tests and benchmarks of the components above the API: a real API server on a fresh
-//! embedded store, serving HTTP on a free loopback port, stopped when dropped.
+//! embedded store, serving HTTP on a free loopback port, stopped when dropped; and clients
+//! that call a server in this process (what `wisp up` wires for its own components).
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::{ApiServer, Config, serve};
+
+/// A client of `api` that calls it in this process, as `wisp up`'s own components do (see
+/// [`ApiServer::handle_in_process`]).
+pub trait InProcessClient {
+    /// A client with `token`; `url` is where the server says it listens (never dialled).
+    fn in_process_client(&self, url: &str, token: &str) -> wisp_client::Client;
+}
+
+impl InProcessClient for ApiServer {
+    fn in_process_client(&self, url: &str, token: &str) -> wisp_client::Client {
+        let api = self.clone();
+        wisp_client::Client::in_process(url, token, move |req| api.handle_in_process(req))
+    }
+}
 
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`
@@ -14,6 +30,8 @@ pub struct TestServer {
     pub token: String,
     pub shutdown: CancellationToken,
     api: ApiServer,
+    /// The server: drained by [`TestServer::stop`], aborted if dropped first.
+    serving: Option<AbortOnDropHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -36,17 +54,25 @@ impl TestServer {
             .ok_or_else(|| std::io::Error::other("a fresh store must issue an admin token"))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let stop = shutdown.clone();
-        // Ends with the shutdown token, which Drop cancels.
         let api = server.clone();
-        tokio::spawn(async move { serve(server, listener, stop).await });
+        let serving = AbortOnDropHandle::new(tokio::spawn(serve(server, listener, shutdown.clone())));
         Ok(Self {
             url,
             token,
             shutdown,
             api,
+            serving: Some(serving),
             _dir: dir,
         })
+    }
+
+    /// Stops the server and waits until it has drained its connections.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        self.shutdown.cancel();
+        match self.serving.take() {
+            Some(serving) => serving.await.map_err(std::io::Error::other)?,
+            None => Ok(()),
+        }
     }
 
     /// A client with the admin token that calls the server in this process, as `wisp up`'s

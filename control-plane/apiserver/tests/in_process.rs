@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use wisp_api::{ConfigMap, EventType, ObjectMeta};
+use wisp_apiserver::testutil::InProcessClient;
 use wisp_apiserver::{ApiServer, Config};
 use wisp_client::{Client, ListParams};
 
@@ -153,7 +154,11 @@ async fn an_open_watch_holds_no_permit() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let stop = CancellationToken::new();
-    let served = tokio::spawn(wisp_apiserver::serve(api.clone(), listener, stop.clone()));
+    let served = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(wisp_apiserver::serve(
+        api.clone(),
+        listener,
+        stop.clone(),
+    )));
     let over_http = Client::new(&url, &token);
     let mut http_watch = over_http
         .api::<ConfigMap>(Some("default"))

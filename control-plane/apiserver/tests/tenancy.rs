@@ -16,6 +16,7 @@ use wisp_api::{
     Secret,
 };
 use wisp_apiserver::auth::Principal;
+use wisp_apiserver::testutil::InProcessClient;
 use wisp_apiserver::{ApiServer, Config};
 use wisp_client::{Client, ClientError, ListParams, TokenRequest};
 
@@ -522,7 +523,11 @@ async fn in_process_components_keep_their_permits_when_external_clients_hold_all
     let token = api.bootstrap().await.expect("bootstrap").expect("admin token");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let serving = tokio::spawn(wisp_apiserver::serve(api.clone(), listener, shutdown.clone()));
+    let serving = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(wisp_apiserver::serve(
+        api.clone(),
+        listener,
+        shutdown.clone(),
+    )));
     // Two clients that never finish their bodies hold both external permits.
     let mut slow = Vec::new();
     for i in 0..2 {
@@ -634,7 +639,11 @@ async fn in_process_tokens_are_refused_over_the_network_and_tickets_do_next_to_n
     api.bootstrap().await.expect("bootstrap");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let serving = tokio::spawn(wisp_apiserver::serve(api.clone(), listener, shutdown.clone()));
+    let serving = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(wisp_apiserver::serve(
+        api.clone(),
+        listener,
+        shutdown.clone(),
+    )));
     for principal in [Principal::Admin, Principal::Node { node: "n1".into() }] {
         let token = api.auth().issue_ephemeral(principal.clone()).expect("token");
         api.in_process_client(&url, &token)

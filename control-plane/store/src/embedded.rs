@@ -8,11 +8,16 @@
 //! before answering any of them: an acknowledged write is on disk, in the log until a
 //! checkpoint (a durable redb commit, when idle or the log is half full) makes the redb
 //! file hold it (see `wal.rs`).
+//!
+//! The writer thread is owned: [`EmbeddedStore::close`] (or dropping the last handle) stops
+//! it after what it was sent, checkpoints, joins it and releases the redb file, so the same
+//! directory can be opened again at once. Scans (lists, the change log a watch reads) run on
+//! tokio's blocking threads, never on its async workers.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,9 +25,13 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, stream};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::wal::{self, Mutation, Payload, Wal};
-use crate::{Event, EventKind, KeyValue, LeaseId, Listing, Result, Revision, Store, StoreError, WatchStream};
+use crate::{
+    BackendError, BoxError, Event, EventKind, KeyValue, LeaseId, Listing, Result, Revision, Store,
+    StoreError, WatchStream,
+};
 
 const KV: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<'_, i64, &[u8]> = TableDefinition::new("log");
@@ -83,8 +92,14 @@ impl Default for EmbeddedOptions {
     }
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+/// A redb (or I/O) error, kept as the source.
+fn backend(e: impl Into<BoxError>) -> StoreError {
+    StoreError::Backend(BackendError::new("redb", e))
+}
+
+/// A failure with no underlying error (a corrupt record).
+fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Backend(BackendError::msg(what))
 }
 
 /// Value layout in the `kv` table: create revision, mod revision, lease (0 = none), data.
@@ -101,7 +116,7 @@ fn read_i64(raw: &[u8], at: usize) -> Result<i64> {
     raw.get(at..at + 8)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map(i64::from_le_bytes)
-        .ok_or_else(|| StoreError::Backend("corrupt record: too short".into()))
+        .ok_or_else(|| corrupt("corrupt record: too short"))
 }
 
 fn decode_kv(key: &str, raw: &[u8]) -> Result<KeyValue> {
@@ -143,7 +158,7 @@ fn read_u32(raw: &[u8], at: usize) -> Option<usize> {
 }
 
 fn decode_log(revision: Revision, raw: &[u8]) -> Result<Event> {
-    let corrupt = || StoreError::Backend(format!("corrupt log record at revision {revision}"));
+    let corrupt = || corrupt(format!("corrupt log record at revision {revision}"));
     let kind = match raw.first() {
         Some(0) => EventKind::Added,
         Some(1) => EventKind::Modified,
@@ -208,32 +223,145 @@ enum Op {
         id: LeaseId,
         reply: Reply<()>,
     },
+    /// Stop after the operations sent before this one (see [`EmbeddedStore::close`]).
+    Close,
 }
 
 struct Shared {
-    db: Database,
+    /// The database for reads; `None` once closed. A read holds the lock while it reads, so
+    /// that closing waits for the reads in flight before it releases the file.
+    db: RwLock<Option<Arc<Database>>>,
     /// False once the writer thread has exited (or panicked): writes can no longer succeed.
     alive: AtomicBool,
     revision: AtomicI64,
     compacted: AtomicI64,
     events: broadcast::Sender<Arc<[Event]>>,
+    /// Cancelled when the store closes: watches end with [`StoreError::Closed`].
+    closed: CancellationToken,
 }
 
-/// The redb-backed store. Cheap to clone; the writer thread (which owns the database's
-/// write side) exits once the last clone is dropped.
+impl Shared {
+    /// `read` on the open database ([`StoreError::Closed`] once closed).
+    fn with_db<T>(&self, read: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        match db.as_deref() {
+            Some(db) => read(db),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// Events under `prefix` in `(after, upto]`, read from one snapshot whose compaction
+    /// point is checked in that same snapshot (so a concurrent compaction cannot silently
+    /// remove part of the range).
+    fn read_log(&self, prefix: &str, after: Revision, upto: Revision) -> Result<Vec<Event>> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let compacted = txn
+                .open_table(META)
+                .map_err(backend)?
+                .get(META_COMPACTED)
+                .map_err(backend)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            if after.saturating_add(1) < compacted {
+                return Err(StoreError::Compacted {
+                    requested: after,
+                    compacted,
+                });
+            }
+            let log = txn.open_table(LOG).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in log.range(after.saturating_add(1)..=upto).map_err(backend)? {
+                let (rev, raw) = row.map_err(backend)?;
+                let event = decode_log(rev.value(), raw.value())?;
+                if event.kv.key.starts_with(prefix) {
+                    out.push(event);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// [`Shared::read_log`] on a blocking thread (the log may hold many changes).
+    async fn read_log_blocking(
+        self: &Arc<Self>,
+        prefix: &str,
+        after: Revision,
+        upto: Revision,
+    ) -> Result<Vec<Event>> {
+        let this = self.clone();
+        let prefix = prefix.to_owned();
+        blocking(move || this.read_log(&prefix, after, upto)).await
+    }
+}
+
+/// `read` on one of tokio's blocking threads.
+async fn blocking<T: Send + 'static>(read: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| StoreError::Backend(BackendError::new("a store read did not finish", e)))?
+}
+
+/// The redb-backed store. Cheap to clone; the last clone dropped closes it (see
+/// [`EmbeddedStore::close`]).
 #[derive(Clone)]
 pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+/// What the clones of one store share: the writer thread is owned here.
+struct Inner {
     shared: Arc<Shared>,
     ops: mpsc::Sender<Op>,
+    /// The writer thread; `None` once closed. Locked for the whole of a close, so that a
+    /// second close returns only once the first is done.
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Inner {
+    /// Stops the writer after what it was sent (a final checkpoint), joins it, waits for the
+    /// reads in flight and releases the database file. Blocks; idempotent. False if the
+    /// writer thread had panicked.
+    fn shutdown(&self) -> bool {
+        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(thread) = writer.take() else {
+            return true;
+        };
+        self.shared.closed.cancel();
+        let _ = self.ops.send(Op::Close);
+        let joined = thread.join().is_ok();
+        if !joined {
+            tracing::error!("the store's writer thread panicked");
+        }
+        let db = self
+            .shared
+            .db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        // The writer's handle went with its thread: this was the last one.
+        drop(db);
+        joined
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
 }
 
 impl EmbeddedStore {
     /// Open (or create) the store in directory `dir` (file `wisp.redb` inside it).
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(backend)?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| BackendError::new(format!("cannot create {}", dir.display()), e))?;
         let path: PathBuf = dir.join("wisp.redb");
-        let db = Database::create(&path).map_err(backend)?;
-        let mut wal = Wal::open(&dir.join(WAL_FILE), WAL_SIZE).map_err(backend)?;
+        let db = Database::create(&path)
+            .map_err(|e| BackendError::new(format!("cannot open {}", path.display()), e))?;
+        let wal_path = dir.join(WAL_FILE);
+        let mut wal = Wal::open(&wal_path, WAL_SIZE)
+            .map_err(|e| BackendError::new(format!("cannot open {}", wal_path.display()), e))?;
         let (revision, compacted, epoch) = {
             let txn = db.begin_write().map_err(backend)?;
             let (revision, compacted, next_epoch);
@@ -245,7 +373,9 @@ impl EmbeddedStore {
                     .get(META_WAL_EPOCH)
                     .map_err(backend)?
                     .map_or(0, |g| g.value());
-                let records = wal.read_epoch(epoch.cast_unsigned()).map_err(backend)?;
+                let records = wal
+                    .read_epoch(epoch.cast_unsigned())
+                    .map_err(|e| BackendError::new("cannot read the write-ahead log", e))?;
                 if !records.is_empty() {
                     tracing::info!(records = records.len(), "replaying the write-ahead log");
                 }
@@ -253,9 +383,8 @@ impl EmbeddedStore {
                 let mut log = txn.open_table(LOG).map_err(backend)?;
                 let mut leases = txn.open_table(LEASES).map_err(backend)?;
                 for (i, raw) in records.iter().enumerate() {
-                    let muts = wal::decode(raw).ok_or_else(|| {
-                        StoreError::Backend(format!("write-ahead log record {i} is malformed"))
-                    })?;
+                    let muts = wal::decode(raw)
+                        .ok_or_else(|| corrupt(format!("write-ahead log record {i} is malformed")))?;
                     for m in muts {
                         match m {
                             Mutation::KvPut(k, v) => drop(kv.insert(k, v).map_err(backend)?),
@@ -289,15 +418,18 @@ impl EmbeddedStore {
         wal.restart(epoch.cast_unsigned());
         let lease_state = load_leases(&db)?;
         let (events, _) = broadcast::channel(4096);
+        let db = Arc::new(db);
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(db.clone())),
             alive: AtomicBool::new(true),
             revision: AtomicI64::new(revision),
             compacted: AtomicI64::new(compacted),
             events,
+            closed: CancellationToken::new(),
         });
         let (ops, rx) = mpsc::channel();
         let writer = Writer {
+            db,
             shared: shared.clone(),
             leases: lease_state,
             options,
@@ -305,51 +437,49 @@ impl EmbeddedStore {
             dead: false,
             last_logged: Instant::now(),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("wisp-store-writer".into())
             .spawn(move || writer.run(&rx))
-            .map_err(backend)?;
-        Ok(Self { shared, ops })
+            .map_err(|e| BackendError::new("cannot start the store's writer thread", e))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                ops,
+                writer: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Closes the store, for every clone: the writer finishes what it was sent and
+    /// checkpoints, its thread is joined, reads in flight finish, watches end with
+    /// [`StoreError::Closed`], and the redb file is released — the same directory can be
+    /// opened again as soon as this returns. Later calls (of any clone) fail with
+    /// [`StoreError::Closed`]. Dropping the last clone does the same (blocking the dropping
+    /// thread for as long).
+    pub async fn close(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        let joined = tokio::task::spawn_blocking(move || inner.shutdown())
+            .await
+            .map_err(|e| BackendError::new("closing the store did not finish", e))?;
+        if joined {
+            Ok(())
+        } else {
+            Err(corrupt("the store's writer thread had panicked"))
+        }
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.ops.send(make(tx)).map_err(|_| StoreError::Closed)?;
+        self.inner.ops.send(make(tx)).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Events under `prefix` in `(after, upto]`, read from one snapshot whose compaction
-    /// point is checked in that same snapshot (so a concurrent compaction cannot silently
-    /// remove part of the range).
-    fn read_log(&self, prefix: &str, after: Revision, upto: Revision) -> Result<Vec<Event>> {
-        let txn = self.shared.db.begin_read().map_err(backend)?;
-        let compacted = txn
-            .open_table(META)
-            .map_err(backend)?
-            .get(META_COMPACTED)
-            .map_err(backend)?
-            .map(|g| g.value())
-            .unwrap_or(0);
-        if after.saturating_add(1) < compacted {
-            return Err(StoreError::Compacted {
-                requested: after,
-                compacted,
-            });
-        }
-        let log = txn.open_table(LOG).map_err(backend)?;
-        let mut out = Vec::new();
-        for row in log.range(after.saturating_add(1)..=upto).map_err(backend)? {
-            let (rev, raw) = row.map_err(backend)?;
-            let event = decode_log(rev.value(), raw.value())?;
-            if event.kv.key.starts_with(prefix) {
-                out.push(event);
-            }
-        }
-        Ok(out)
-    }
-
     fn check_compacted(&self, after: Revision) -> Result<()> {
-        let compacted = self.shared.compacted.load(Ordering::Acquire);
+        let compacted = self.shared().compacted.load(Ordering::Acquire);
         if after.saturating_add(1) < compacted {
             return Err(StoreError::Compacted {
                 requested: after,
@@ -361,7 +491,7 @@ impl EmbeddedStore {
 }
 
 struct WatchState {
-    store: EmbeddedStore,
+    shared: Arc<Shared>,
     prefix: String,
     last: Revision,
     rx: broadcast::Receiver<Arc<[Event]>>,
@@ -379,7 +509,12 @@ impl WatchState {
                 self.last = ev.revision;
                 return Some((Ok(ev), self));
             }
-            match self.rx.recv().await {
+            let received = tokio::select! {
+                biased;
+                () = self.shared.closed.cancelled() => Err(broadcast::error::RecvError::Closed),
+                r = self.rx.recv() => r,
+            };
+            match received {
                 Ok(batch) => {
                     let last = self.last;
                     self.pending.extend(
@@ -391,8 +526,8 @@ impl WatchState {
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Fell behind the in-memory fan-out: catch up from the on-disk log.
-                    let upto = self.store.shared.revision.load(Ordering::Acquire);
-                    let caught_up = self.store.read_log(&self.prefix, self.last, upto);
+                    let upto = self.shared.revision.load(Ordering::Acquire);
+                    let caught_up = self.shared.read_log_blocking(&self.prefix, self.last, upto).await;
                     match caught_up {
                         Ok(events) => self.pending.extend(events),
                         Err(e) => {
@@ -412,39 +547,47 @@ impl WatchState {
 
 impl Store for EmbeddedStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>>> {
+        // One key: a point read, short enough for an async worker.
         async move {
-            let txn = self.shared.db.begin_read().map_err(backend)?;
-            let kv = txn.open_table(KV).map_err(backend)?;
-            match kv.get(key).map_err(backend)? {
-                Some(v) => Ok(Some(decode_kv(key, v.value())?)),
-                None => Ok(None),
-            }
+            self.shared().with_db(|db| {
+                let txn = db.begin_read().map_err(backend)?;
+                let kv = txn.open_table(KV).map_err(backend)?;
+                match kv.get(key).map_err(backend)? {
+                    Some(v) => Ok(Some(decode_kv(key, v.value())?)),
+                    None => Ok(None),
+                }
+            })
         }
         .boxed()
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Listing>> {
-        async move {
-            let txn = self.shared.db.begin_read().map_err(backend)?;
-            let revision = txn
-                .open_table(META)
-                .map_err(backend)?
-                .get(META_REVISION)
-                .map_err(backend)?
-                .map(|g| g.value())
-                .unwrap_or(0);
-            let kv = txn.open_table(KV).map_err(backend)?;
-            let mut items = Vec::new();
-            for row in kv.range(prefix..).map_err(backend)? {
-                let (k, v) = row.map_err(backend)?;
-                let key = k.value();
-                if !key.starts_with(prefix) {
-                    break;
+        let shared = self.shared().clone();
+        let prefix = prefix.to_owned();
+        // A scan of any length: on a blocking thread.
+        blocking(move || {
+            shared.with_db(|db| {
+                let txn = db.begin_read().map_err(backend)?;
+                let revision = txn
+                    .open_table(META)
+                    .map_err(backend)?
+                    .get(META_REVISION)
+                    .map_err(backend)?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
+                let kv = txn.open_table(KV).map_err(backend)?;
+                let mut items = Vec::new();
+                for row in kv.range(prefix.as_str()..).map_err(backend)? {
+                    let (k, v) = row.map_err(backend)?;
+                    let key = k.value();
+                    if !key.starts_with(prefix.as_str()) {
+                        break;
+                    }
+                    items.push(decode_kv(key, v.value())?);
                 }
-                items.push(decode_kv(key, v.value())?);
-            }
-            Ok(Listing { items, revision })
-        }
+                Ok(Listing { items, revision })
+            })
+        })
         .boxed()
     }
 
@@ -489,19 +632,20 @@ impl Store for EmbeddedStore {
 
     fn watch<'a>(&'a self, prefix: &'a str, after: Revision) -> BoxFuture<'a, Result<WatchStream>> {
         async move {
+            let shared = self.shared();
             // Subscribe first so nothing committed after the history read is missed.
-            let rx = self.shared.events.subscribe();
+            let rx = shared.events.subscribe();
             self.check_compacted(after)?;
-            let upto = self.shared.revision.load(Ordering::Acquire);
+            let upto = shared.revision.load(Ordering::Acquire);
             // read_log checks compaction in the same snapshot it reads, so a racing
             // compaction is caught there.
             let history = if after < upto {
-                self.read_log(prefix, after, upto)?
+                shared.read_log_blocking(prefix, after, upto).await?
             } else {
                 Vec::new()
             };
             let state = WatchState {
-                store: self.clone(),
+                shared: shared.clone(),
                 prefix: prefix.to_owned(),
                 last: after,
                 rx,
@@ -514,8 +658,9 @@ impl Store for EmbeddedStore {
     }
 
     fn revision(&self) -> BoxFuture<'_, Result<Revision>> {
-        let rev = if self.shared.alive.load(Ordering::Acquire) {
-            Ok(self.shared.revision.load(Ordering::Acquire))
+        let shared = self.shared();
+        let rev = if shared.alive.load(Ordering::Acquire) {
+            Ok(shared.revision.load(Ordering::Acquire))
         } else {
             Err(StoreError::Closed)
         };
@@ -591,6 +736,8 @@ struct LeaseState {
 }
 
 struct Writer {
+    /// The database's write side (readers reach it through [`Shared::db`]).
+    db: Arc<Database>,
     shared: Arc<Shared>,
     leases: HashMap<LeaseId, LeaseState>,
     options: EmbeddedOptions,
@@ -610,8 +757,14 @@ enum Done {
 }
 
 impl Done {
-    fn fail(self, err: &str) {
-        let e = || StoreError::Backend(err.to_owned());
+    /// The batch's commit failed with `cause`: every request in it gets that as its source.
+    fn fail(self, cause: &Arc<StoreError>) {
+        let e = || {
+            StoreError::Backend(BackendError::new(
+                "the commit of this write's batch failed",
+                cause.clone(),
+            ))
+        };
         match self {
             Done::Rev(r, _) => drop(r.send(Err(e()))),
             Done::Kv(r, _) => drop(r.send(Err(e()))),
@@ -759,11 +912,17 @@ impl Writer {
                     return;
                 }
             };
-            let mut ops: Vec<Op> = first.into_iter().collect();
-            while ops.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(op) => ops.push(op),
-                    Err(_) => break,
+            let mut closing = false;
+            let mut ops: Vec<Op> = Vec::new();
+            let mut next = first;
+            while let Some(op) = next.take() {
+                if matches!(op, Op::Close) {
+                    closing = true;
+                    break;
+                }
+                ops.push(op);
+                if ops.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
                 }
             }
             let now = Instant::now();
@@ -773,6 +932,17 @@ impl Writer {
                 .filter(|(_, s)| s.deadline <= now)
                 .map(|(id, _)| *id)
                 .collect();
+            if closing {
+                // What was sent before the close, then a checkpoint: the redb file alone
+                // holds everything when the store is reopened.
+                if !ops.is_empty() || !expired.is_empty() {
+                    self.apply(ops, &expired);
+                }
+                if !self.dead && self.wal.used() > 0 {
+                    self.checkpoint();
+                }
+                return;
+            }
             if ops.is_empty() && expired.is_empty() {
                 // Idle: make what the log holds durable in redb, off any request's path.
                 if idle_checkpoint_due(
@@ -804,7 +974,7 @@ impl Writer {
         let next = self.wal.epoch() + 1;
         let started = Instant::now();
         let result = (|| -> Result<()> {
-            let txn = self.shared.db.begin_write().map_err(backend)?;
+            let txn = self.db.begin_write().map_err(backend)?;
             txn.open_table(META)
                 .map_err(backend)?
                 .insert(META_WAL_EPOCH, next.cast_signed())
@@ -843,12 +1013,12 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed");
-                let msg = e.to_string();
+                let cause = Arc::new(e);
                 for d in done {
-                    d.fail(&msg);
+                    d.fail(&cause);
                 }
                 // The batch changed lease state in memory that never reached disk: reload it.
-                match load_leases(&self.shared.db) {
+                match load_leases(&self.db) {
                     Ok(leases) => self.leases = leases,
                     Err(e) => tracing::error!(error = %e, "cannot reload leases after a failed commit"),
                 }
@@ -857,7 +1027,7 @@ impl Writer {
     }
 
     fn transact(&mut self, ops: Vec<Op>, expired: &[LeaseId], done: &mut Vec<Done>) -> Result<Vec<Event>> {
-        let mut txn = self.shared.db.begin_write().map_err(backend)?;
+        let mut txn = self.db.begin_write().map_err(backend)?;
         // Made durable by the write-ahead log below, not by redb.
         txn.set_durability(redb::Durability::None).map_err(backend)?;
         let mut compact_to = None;
@@ -915,8 +1085,9 @@ impl Writer {
                 // like a database whose fsync failed; the outcome is unknown to the callers.
                 tracing::error!(error = %e, "cannot write the write-ahead log; stopping the store");
                 self.dead = true;
-                return Err(StoreError::Backend(format!(
-                    "write-ahead log failed ({e}); the write may or may not have been applied and the store has stopped"
+                return Err(StoreError::Backend(BackendError::new(
+                    "write-ahead log failed; the write may or may not have been applied and the store has stopped",
+                    e,
                 )));
             }
             self.last_logged = Instant::now();
@@ -925,8 +1096,9 @@ impl Writer {
                 // serve a store that misses a logged write.
                 tracing::error!(error = %e, "store commit failed after the write-ahead log had it; stopping the store");
                 self.dead = true;
-                return Err(StoreError::Backend(format!(
-                    "store commit failed ({e}); the write may or may not have been applied and the store has stopped"
+                return Err(StoreError::Backend(BackendError::new(
+                    "store commit failed; the write may or may not have been applied and the store has stopped",
+                    e,
                 )));
             }
         }
@@ -1021,7 +1193,7 @@ impl Writer {
             }
             Op::Compact { revision, reply } => {
                 let res = if revision > b.revision {
-                    Err(StoreError::Backend(format!(
+                    Err(corrupt(format!(
                         "cannot compact to revision {revision}: newer than the current revision {}",
                         b.revision
                     )))
@@ -1061,6 +1233,8 @@ impl Writer {
                 };
                 done.push(Done::Unit(reply, res));
             }
+            // Taken out of the batch by `run`.
+            Op::Close => {}
             Op::LeaseRevoke { id, reply } => {
                 let res = if self.revoke(b, id)? {
                     Ok(())

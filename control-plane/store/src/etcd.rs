@@ -12,8 +12,13 @@ use etcd_client::{
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 
-use crate::{Event, EventKind, KeyValue, LeaseId, Listing, Result, Revision, Store, StoreError, WatchStream};
+use crate::{
+    BackendError, Event, EventKind, KeyValue, LeaseId, Listing, Result, Revision, Store, StoreError,
+    WatchStream,
+};
 
+/// An etcd error as a store error: the answers the contract names (an unknown lease, a
+/// request too large, a compacted revision) by kind, any other kept as the source.
 fn backend(e: etcd_client::Error) -> StoreError {
     let text = e.to_string();
     if text.contains("lease not found") {
@@ -21,6 +26,7 @@ fn backend(e: etcd_client::Error) -> StoreError {
         return StoreError::LeaseNotFound(0);
     }
     if text.contains("request is too large") {
+        // The contract's variant carries text: this is etcd's own answer, not a cause lost.
         return StoreError::TooLarge(format!("{text} (raise etcd's --max-request-bytes)"));
     }
     if text.contains("required revision has been compacted") {
@@ -29,14 +35,14 @@ fn backend(e: etcd_client::Error) -> StoreError {
             compacted: 0,
         };
     }
-    StoreError::Backend(text)
+    StoreError::Backend(BackendError::new("etcd", e))
 }
 
 fn convert(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
     Ok(KeyValue {
         key: kv
             .key_str()
-            .map_err(|e| StoreError::Backend(e.to_string()))?
+            .map_err(|e| BackendError::new("etcd returned a key that is not UTF-8", e))?
             .to_owned(),
         value: Bytes::copy_from_slice(kv.value()),
         create_revision: kv.create_revision(),
@@ -81,7 +87,7 @@ impl EtcdStore {
         // Fail now, not on first use, when nothing answers.
         tokio::time::timeout(Duration::from_secs(5), store.client.clone().status())
             .await
-            .map_err(|_| StoreError::Backend(format!("etcd at {endpoints:?} did not answer within 5 s")))?
+            .map_err(|e| BackendError::new(format!("etcd at {endpoints:?} did not answer within 5 s"), e))?
             .map_err(backend)?;
         Ok(store)
     }
@@ -250,9 +256,9 @@ impl Store for EtcdStore {
             for _ in 0..if compacted { 2 } else { 1 } {
                 let msg = tokio::time::timeout(Duration::from_secs(5), stream.message())
                     .await
-                    .map_err(|_| StoreError::Backend("etcd did not confirm the watch within 5 s".into()))?
+                    .map_err(|e| BackendError::new("etcd did not confirm the watch within 5 s", e))?
                     .map_err(backend)?
-                    .ok_or_else(|| StoreError::Backend("etcd closed the watch".into()))?;
+                    .ok_or_else(|| BackendError::msg("etcd closed the watch"))?;
                 if msg.compact_revision() != 0 {
                     return Err(StoreError::Compacted {
                         requested: after,
@@ -277,10 +283,10 @@ impl Store for EtcdStore {
                         })]
                     }
                     Ok(m) if m.canceled() => {
-                        vec![Err(StoreError::Backend(format!(
+                        vec![Err(StoreError::Backend(BackendError::msg(format!(
                             "etcd canceled the watch: {}",
                             m.cancel_reason()
-                        )))]
+                        ))))]
                     }
                     Ok(m) => match events_of(&m, after) {
                         Ok(evs) => evs.into_iter().map(Ok).collect(),

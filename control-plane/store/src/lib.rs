@@ -98,8 +98,41 @@ pub enum StoreError {
     TooLarge(String),
     #[error("store is shut down")]
     Closed,
-    #[error("store backend: {0}")]
-    Backend(String),
+    /// The backend itself failed (I/O, a corrupt file, etcd unreachable); the error it got
+    /// is the source.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Any error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A failure of a store backend: what it was doing, and the error it got (redb's, an I/O
+/// error, etcd's) as its source when there is one.
+#[derive(Debug, thiserror::Error)]
+#[error("store backend: {what}")]
+pub struct BackendError {
+    what: String,
+    #[source]
+    source: Option<BoxError>,
+}
+
+impl BackendError {
+    /// `what` failed because of `source`.
+    pub fn new(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// `what` failed (no underlying error: a corrupt record, a timeout).
+    pub fn msg(what: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            source: None,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use wisp_store::{EmbeddedOptions, EmbeddedStore, Store};
+use wisp_store::{EmbeddedOptions, EmbeddedStore, Store, StoreError};
 
 async fn embedded() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -13,17 +13,6 @@ async fn embedded() -> (Arc<dyn Store>, tempfile::TempDir) {
 
 wisp_store::store_conformance!(embedded());
 
-async fn reopen(dir: &std::path::Path) -> EmbeddedStore {
-    // The previous writer thread releases the file when it notices its channel closed.
-    for _ in 0..100 {
-        if let Ok(s) = EmbeddedStore::open(dir, EmbeddedOptions::default()) {
-            return s;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("store did not reopen");
-}
-
 #[tokio::test]
 async fn data_revision_and_history_survive_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -31,9 +20,11 @@ async fn data_revision_and_history_survive_reopen() {
         let s = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).expect("open");
         let r1 = s.create("/k/a", "1".into(), None).await.expect("create");
         let r2 = s.update("/k/a", "2".into(), Some(r1)).await.expect("update");
+        s.close().await.expect("close");
         (r1, r2)
     };
-    let s = reopen(dir.path()).await;
+    // Closed: the file is free at once, no retrying.
+    let s = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).expect("reopen");
     let kv = s.get("/k/a").await.expect("get").expect("present after reopen");
     assert_eq!(
         (kv.value.as_ref(), kv.create_revision, kv.mod_revision),
@@ -65,4 +56,57 @@ async fn automatic_compaction_bounds_history() {
     }
     let err = s.watch("/c/", 1).await.err().expect("old revision compacted");
     assert!(matches!(err, wisp_store::StoreError::Compacted { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn close_ends_every_clone_and_its_watches_and_frees_the_directory_at_once() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).expect("open");
+    let clone = s.clone();
+    let rev = s.create("/c/a", "1".into(), None).await.expect("create");
+    let mut watch = clone.watch("/c/", rev).await.expect("watch");
+    s.close().await.expect("close");
+    // Every clone is closed, and so is a watch that was open.
+    assert!(matches!(clone.get("/c/a").await, Err(StoreError::Closed)));
+    assert!(matches!(clone.list("/c/").await, Err(StoreError::Closed)));
+    assert!(matches!(
+        clone.create("/c/b", "2".into(), None).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(clone.revision().await, Err(StoreError::Closed)));
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next())
+        .await
+        .expect("the watch ended");
+    assert!(matches!(ended, Some(Err(StoreError::Closed))), "{ended:?}");
+    // A second close (of any clone) is a no-op.
+    clone.close().await.expect("close again");
+    // Reopened at once, with the write: the file lock is released.
+    let again = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).expect("reopen");
+    let kv = again.get("/c/a").await.expect("get").expect("kept");
+    assert_eq!(kv.mod_revision, rev);
+}
+
+#[tokio::test]
+async fn dropping_the_last_clone_frees_the_directory_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).expect("open");
+    s.create("/d/a", "1".into(), None).await.expect("create");
+    let clone = s.clone();
+    drop(s);
+    // One clone is left: the store is open and the directory taken.
+    clone.get("/d/a").await.expect("still open");
+    let taken = EmbeddedStore::open(dir.path(), EmbeddedOptions::default());
+    let err = taken.err().expect("the directory is in use");
+    drop(clone);
+    let again = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).expect("reopen after drop");
+    assert!(again.get("/d/a").await.expect("get").is_some());
+    // The failed open kept redb's error as its source.
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    let source = std::error::Error::source(&err).expect("a source");
+    assert!(
+        source.downcast_ref::<redb::DatabaseError>().is_some(),
+        "the source is redb's error: {source:?}"
+    );
+    assert!(err.to_string().contains("wisp.redb"), "names the file: {err}");
 }

@@ -166,7 +166,7 @@ pub async fn serve(server: Arc<LogServer>, listener: TcpListener, shutdown: Canc
             let server = server.clone();
             async move { Ok::<_, Infallible>(server.handle(req).await) }
         }));
-    let options = wisp_runtime::http::ServeOptions {
+    let options = wisp_http::ServeOptions {
         header_read_timeout: Some(Duration::from_secs(10)),
         grace: Duration::from_secs(1),
         event_loops: 0,
@@ -175,5 +175,5 @@ pub async fn serve(server: Arc<LogServer>, listener: TcpListener, shutdown: Canc
         http1_only: true,
         max_connections_per_ip: 0,
     };
-    wisp_runtime::http::serve(listener, service, options, shutdown).await;
+    wisp_http::serve(listener, service, options, shutdown).await;
 }

@@ -63,10 +63,10 @@ pub struct IngressConfig {
     pub shutdown_grace: Duration,
     /// Threads serving the public listener's connections, each its own event loop: a
     /// connection, its requests and their in-process guests stay on one thread (default: one
-    /// per core; 0: on the caller's runtime). See `wisp_runtime::http`.
+    /// per core; 0: on the caller's runtime). See `wisp_http`.
     pub event_loops: usize,
     /// How long an event loop polls for its next request instead of sleeping, after its
-    /// connections last had traffic (see `wisp_runtime::http::spin`; default 200 µs; zero: off).
+    /// connections last had traffic (see `wisp_http::spin`; default 200 µs; zero: off).
     pub busy_poll: Duration,
     /// The node agent's in-process view of which of its pods are ready: such a pod is a
     /// backend as soon as the agent finds it ready, before its status write reaches this

@@ -546,7 +546,7 @@ async fn serve_on(ingress: Ingress, listener: TcpListener, shutdown: Cancellatio
                 async move { Ok::<_, Infallible>(this.handle(req).await) }
             },
         ));
-    let options = wisp_runtime::http::ServeOptions {
+    let options = wisp_http::ServeOptions {
         header_read_timeout: Some(config.header_read_timeout),
         grace: config.shutdown_grace,
         // The gateway (guests' calls to Services) is served on the caller's runtime.
@@ -557,7 +557,7 @@ async fn serve_on(ingress: Ingress, listener: TcpListener, shutdown: Cancellatio
         // Many clients may come through one proxy or balancer in front of the ingress.
         max_connections_per_ip: 0,
     };
-    wisp_runtime::http::serve(listener, service, options, shutdown).await;
+    wisp_http::serve(listener, service, options, shutdown).await;
 }
 
 #[cfg(test)]

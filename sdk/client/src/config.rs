@@ -26,23 +26,32 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Self, ClientError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ClientError::Config(format!(
-                "cannot read the Wisp config {}: {e} (start a cluster with `wisp up`, or set WISP_CONFIG)",
+        let text = std::fs::read_to_string(path).map_err(|e| ClientError::Config {
+            what: format!(
+                "cannot read the Wisp config {} (start a cluster with `wisp up`, or set WISP_CONFIG)",
                 path.display()
-            ))
+            ),
+            source: e.into(),
         })?;
-        serde_json::from_str(&text)
-            .map_err(|e| ClientError::Config(format!("config {} is malformed: {e}", path.display())))
+        serde_json::from_str(&text).map_err(|e| ClientError::Config {
+            what: format!("config {} is malformed", path.display()),
+            source: e.into(),
+        })
     }
 
     /// Write the file (mode 0600: it holds a credential), creating its directory.
     pub fn save(&self, path: &Path) -> Result<(), ClientError> {
-        let err = |e: std::io::Error| ClientError::Config(format!("cannot write {}: {e}", path.display()));
+        let err = |e: std::io::Error| ClientError::Config {
+            what: format!("cannot write {}", path.display()),
+            source: e.into(),
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let text = serde_json::to_string_pretty(self).map_err(|e| ClientError::Config(e.to_string()))?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| ClientError::Config {
+            what: "cannot encode the config".into(),
+            source: e.into(),
+        })?;
         let tmp = path.with_extension("tmp");
         {
             use std::io::Write;

@@ -28,18 +28,34 @@ use wisp_api::{DynamicObject, KindInfo, List, Resource, Status, WatchEvent};
 pub use config::Config;
 pub use watch::{WatchParams, Watcher, WatcherEvent};
 
-/// Every client failure.
+/// Every client failure. Each keeps the error that caused it as its source (print the chain
+/// to see it).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server answered with an error `Status` (its message names the problem).
     #[error("{}", .0.message)]
     Api(Box<Status>),
-    #[error("cannot reach the Wisp API at {url}: {reason}")]
-    Connect { url: String, reason: String },
-    #[error("bad response from the server: {0}")]
-    Decode(String),
-    #[error("{0}")]
-    Config(String),
+    /// The request or its answer did not get through (connecting, or reading the body).
+    #[error("cannot reach the Wisp API at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: BoxError,
+    },
+    /// An answer (or a request body) that is not what it should be: `what` says which.
+    #[error("bad response from the server: {what}")]
+    Decode {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The config file cannot be read or written.
+    #[error("{what}")]
+    Config {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
 }
 
 impl ClientError {
@@ -74,23 +90,11 @@ impl ListParams {
     }
 }
 
+/// `pairs` as a query string (`application/x-www-form-urlencoded`, as the server decodes it).
 fn encode_query(pairs: &[(&str, String)]) -> String {
-    let enc = |s: &str| {
-        let mut out = String::new();
-        for b in s.bytes() {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                out.push(char::from(b));
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-        out
-    };
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={}", enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }
 
 /// Any error, boxed.
@@ -104,10 +108,8 @@ pub struct BodyError(pub BoxError);
 /// A response's body, whichever way the request went.
 pub type Body = UnsyncBoxBody<Bytes, BodyError>;
 
-/// Answers a request in this process: an API server sharing the process with its client
-/// (`wisp up`), called without a socket. It gets the request exactly as it would over HTTP
-/// (token, path, body), so authentication, validation and compare-and-swap all apply.
-pub type LocalHandler =
+/// Answers a request in this process (see [`Client::in_process`]).
+type LocalHandler =
     Arc<dyn Fn(Request<Full<Bytes>>) -> BoxFuture<'static, http::Response<Body>> + Send + Sync>;
 
 #[derive(Clone)]
@@ -139,9 +141,26 @@ impl Client {
         }
     }
 
-    /// A client whose requests `handler` answers in this process; `server` is still the
-    /// server's address for those who need one (e.g. to hand to another process).
-    pub fn in_process(server: &str, token: &str, handler: LocalHandler) -> Self {
+    /// A client whose requests `handler` answers in this process: an API server sharing the
+    /// process with its client (`wisp up`: `wisp_apiserver::ApiServer::handle_in_process`),
+    /// called without a socket. It gets each request exactly as it would over HTTP (token,
+    /// path, body), so authentication, validation and compare-and-swap all apply. `server`
+    /// is still the server's address for those who need one (e.g. to hand to another
+    /// process).
+    pub fn in_process<F, Fut, B>(server: &str, token: &str, handler: F) -> Self
+    where
+        F: Fn(Request<Full<Bytes>>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = http::Response<B>> + Send + 'static,
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let handler: LocalHandler = Arc::new(move |req| {
+            let resp = handler(req);
+            Box::pin(async move {
+                resp.await
+                    .map(|b| b.map_err(|e| BodyError(e.into())).boxed_unsync())
+            })
+        });
         Self {
             base: server.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
@@ -191,7 +210,7 @@ impl Client {
             .body(Full::new(body.unwrap_or_default()))
             .map_err(|e| ClientError::Connect {
                 url: url.clone(),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
         let resp = match &self.transport {
             Transport::Http(http) => http
@@ -199,7 +218,7 @@ impl Client {
                 .await
                 .map_err(|e| ClientError::Connect {
                     url: self.base.clone(),
-                    reason: error_chain(&e),
+                    source: e.into(),
                 })?
                 .map(|b| b.map_err(|e| BodyError(e.into())).boxed_unsync()),
             Transport::InProcess(handler) => handler(req).await,
@@ -219,13 +238,24 @@ impl Client {
 
     async fn send<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<T> {
         let resp = self.raw(method, path, body).await?;
-        let bytes = resp
+        let bytes = self.body(resp).await?;
+        serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode {
+            what: format!("answer to {path}"),
+            source,
+        })
+    }
+
+    /// A whole response body; a body that breaks off is a connection failure.
+    async fn body(&self, resp: http::Response<Body>) -> Result<Bytes> {
+        Ok(resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| ClientError::Decode(e.to_string()))?
-            .to_bytes();
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(format!("{e}")))
+            .map_err(|e| ClientError::Connect {
+                url: self.base.clone(),
+                source: e.into(),
+            })?
+            .to_bytes())
     }
 
     /// The path of a collection (`name == None`) or one object.
@@ -387,12 +417,7 @@ impl Client {
 
     pub async fn get_blob(&self, digest: &str) -> Result<Bytes> {
         let resp = self.raw(Method::GET, &format!("/blobs/{digest}"), None).await?;
-        Ok(resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Decode(e.to_string()))?
-            .to_bytes())
+        self.body(resp).await
     }
 
     /// Mint a token confined to `namespace` (admin only).
@@ -487,18 +512,10 @@ pub struct WhoAmI {
 fn to_body(obj: &impl Serialize) -> Result<Bytes> {
     serde_json::to_vec(obj)
         .map(Bytes::from)
-        .map_err(|e| ClientError::Decode(e.to_string()))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
+        .map_err(|source| ClientError::Decode {
+            what: "request body".into(),
+            source,
+        })
 }
 
 fn status_of(code: StatusCode, body: &[u8]) -> Status {
@@ -539,7 +556,7 @@ fn lines<O: DeserializeOwned + Send + 'static>(
                         // The connection broke: retryable, unlike an undecodable event.
                         let err = ClientError::Connect {
                             url: "watch stream".into(),
-                            reason: e.to_string(),
+                            source: e.into(),
                         };
                         return Some((Err(err), (body, buf, true)));
                     }
@@ -559,15 +576,16 @@ fn decode_event<O: DeserializeOwned>(line: &[u8]) -> Result<WatchEvent<O>> {
         return Ok(ev);
     }
     // An error event, or a line that is not an event of `O`: say which.
-    let ev = serde_json::from_slice::<WatchEvent<serde_json::Value>>(line)
-        .map_err(|e| ClientError::Decode(format!("watch event: {e}")))?;
+    let decode = |what: &str| {
+        let what = what.to_owned();
+        move |source| ClientError::Decode { what, source }
+    };
+    let ev = serde_json::from_slice::<WatchEvent<serde_json::Value>>(line).map_err(decode("watch event"))?;
     if ev.type_ == wisp_api::EventType::Error {
-        let status: Status = serde_json::from_value(ev.object)
-            .map_err(|e| ClientError::Decode(format!("watch error event: {e}")))?;
+        let status: Status = serde_json::from_value(ev.object).map_err(decode("watch error event"))?;
         return Err(ClientError::Api(Box::new(status)));
     }
-    let object =
-        serde_json::from_value(ev.object).map_err(|e| ClientError::Decode(format!("watch object: {e}")))?;
+    let object = serde_json::from_value(ev.object).map_err(decode("watch object"))?;
     Ok(WatchEvent {
         type_: ev.type_,
         object,
@@ -589,7 +607,10 @@ fn info<T: Resource>() -> &'static KindInfo {
 /// A decode error names the kind it was decoding.
 fn of_kind<T: Resource, O>(r: Result<O>) -> Result<O> {
     r.map_err(|e| match e {
-        ClientError::Decode(msg) => ClientError::Decode(format!("{}: {msg}", T::KIND)),
+        ClientError::Decode { what, source } => ClientError::Decode {
+            what: format!("{}: {what}", T::KIND),
+            source,
+        },
         e => e,
     })
 }
@@ -720,6 +741,69 @@ mod tests {
     }
 
     #[test]
+    fn selectors_with_reserved_characters_and_unicode_survive_the_query_string() {
+        let label = "app in (a&b, c=d),tier!=100% café,x+y";
+        let field = "metadata.name=z&watch=true";
+        let params = ListParams {
+            label_selector: Some(label.into()),
+            field_selector: Some(field.into()),
+        };
+        let mut q = params.query();
+        q.push(("continue", "a b/c?d#e".into()));
+        let encoded = encode_query(&q);
+        assert!(!encoded.contains(' ') && !encoded.contains('#'), "{encoded}");
+        // Exactly three pairs: no `&` or `=` of a value splits it.
+        let decoded: Vec<(String, String)> =
+            form_urlencoded::parse(encoded.as_bytes()).into_owned().collect();
+        assert_eq!(
+            decoded,
+            vec![
+                ("labelSelector".to_owned(), label.to_owned()),
+                ("fieldSelector".to_owned(), field.to_owned()),
+                ("continue".to_owned(), "a b/c?d#e".to_owned()),
+            ]
+        );
+        assert_eq!(encode_query(&[]), "");
+    }
+
+    /// Every error in `e`'s chain, outermost first.
+    fn chain<'a>(e: &'a (dyn std::error::Error + 'static)) -> Vec<&'a (dyn std::error::Error + 'static)> {
+        std::iter::successors(Some(e), |e| e.source()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_keeps_the_io_error_as_its_cause() {
+        // Nothing listens on port 1.
+        let err = Client::new("http://127.0.0.1:1", "t")
+            .whoami()
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+        let io = chain(&err)
+            .into_iter()
+            .find_map(|e| e.downcast_ref::<std::io::Error>())
+            .unwrap_or_else(|| panic!("no io::Error in the chain of {err:?}"));
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+        // The message says where; the cause is in the chain, not repeated in it.
+        assert_eq!(err.to_string(), "cannot reach the Wisp API at http://127.0.0.1:1");
+    }
+
+    #[test]
+    fn decode_and_config_errors_keep_their_causes() {
+        let err = decode_event::<ConfigMap>(b"not json").expect_err("not an event");
+        let source = std::error::Error::source(&err).expect("a source");
+        assert!(source.downcast_ref::<serde_json::Error>().is_some(), "{source:?}");
+
+        let missing = std::env::temp_dir().join("wisp-client-no-such-dir/config");
+        let err = Config::load(&missing).expect_err("no file");
+        let io = std::error::Error::source(&err)
+            .and_then(|e| e.downcast_ref::<std::io::Error>())
+            .expect("the io error");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        assert!(err.to_string().contains("wisp-client-no-such-dir"), "{err}");
+    }
+
+    #[test]
     fn watch_lines_decode_straight_into_the_kind_and_error_events_into_errors() {
         let mut cm = ConfigMap::new(ObjectMeta::namespaced("default", "c"));
         cm.data.insert("k".into(), "v".into());
@@ -741,12 +825,12 @@ mod tests {
         }
         // Not an event at all: a decode error that says so.
         match decode_event::<ConfigMap>(b"{\"type\":\"ADDED\"") {
-            Err(ClientError::Decode(msg)) => assert!(msg.starts_with("watch event:"), "{msg}"),
+            Err(ClientError::Decode { what, .. }) => assert_eq!(what, "watch event"),
             other => panic!("not a decode error: {other:?}"),
         }
         // An event whose object is not of the kind.
         match decode_event::<ConfigMap>(br#"{"type":"ADDED","object":{"data":7}}"#) {
-            Err(ClientError::Decode(msg)) => assert!(msg.starts_with("watch object:"), "{msg}"),
+            Err(ClientError::Decode { what, .. }) => assert_eq!(what, "watch object"),
             other => panic!("not a decode error: {other:?}"),
         }
     }

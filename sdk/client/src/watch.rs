@@ -109,7 +109,7 @@ impl<T: Resource> Watcher<T> {
                     }
                     // An event this client cannot decode would fail again after every
                     // reconnect: report it instead of looping.
-                    Some(Err(e @ ClientError::Decode(_))) => return Err(e),
+                    Some(Err(e @ ClientError::Decode { .. })) => return Err(e),
                     Some(Err(e)) if e.code() == Some(410) => self.phase = Some(Phase::List),
                     Some(Err(e)) => {
                         self.phase = Some(Phase::Watch { rv });

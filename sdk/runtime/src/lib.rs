@@ -3,15 +3,13 @@
 //! Owns the path from a watch to a reconcile: [`watcher_stream`] (a resumable watch from
 //! `wisp-client` as a stream) → [`reflector`] (a read-only, watch-fed cache of objects; [`Informers`] share one per kind per process) →
 //! [`Controller`] (a level-triggered reconcile loop with per-object exclusivity, coalescing,
-//! bounded concurrency, per-object exponential backoff and periodic resync) — and the
-//! serving loop every Wisp HTTP server shares ([`http::serve`]: accept, serve, drain on
-//! shutdown).
+//! bounded concurrency, per-object exponential backoff and periodic resync). The serving
+//! loop every Wisp HTTP server shares is `wisp-http`'s.
 //!
 //! It must not talk to the store: everything goes through the Wisp API via `wisp-client`.
 //! Every task it starts honours a `CancellationToken` and lives in a `JoinSet`.
 
 pub mod controller;
-pub mod http;
 pub mod reflector;
 pub mod runner;
 pub mod shared;

@@ -1,13 +1,19 @@
-//! Serving an HTTP service on a listener until a shutdown token fires, then draining the
-//! connections still in flight for a grace period — the loop every Wisp server (API server,
-//! node agent, ingress) shares.
+//! wisp-http owns serving an HTTP service on a listener — the loop every Wisp server (API
+//! server, node agent, ingress, the CLI's `up`) shares: accept (under a global and a
+//! per-address connection cap), serve HTTP/1.1 and h2c with a first-byte and header-read
+//! timeout, and on shutdown drain the connections still in flight for a grace period.
 //!
 //! Connections are served on the caller's runtime, or (the ingress) on event loops of their
 //! own: threads with a single-threaded runtime each, every connection handed to the loop that
 //! has the fewest open and served there to its end, with whatever it spawns (an in-process
 //! guest's request task). Nothing of a request then crosses threads: with a work-stealing
 //! runtime, each request woke an idle worker that found nothing to do — at one connection a
-//! quarter of the requests per second (BENCHMARKS.md, "warm throughput").
+//! quarter of the requests per second (BENCHMARKS.md, "warm throughput"). An event loop may
+//! also busy-poll after traffic ([`ServeOptions::busy_poll`], see the `spin` module); zero turns it off.
+//!
+//! It must not know what it serves (routing, auth and limits are the servers' own layers),
+//! and every task and thread it starts ends with the shutdown token and is waited for by
+//! [`serve`] before it returns.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,7 +31,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tower::util::BoxCloneService;
 
 /// A server's request handler, as every Wisp server builds it.
@@ -252,6 +258,8 @@ struct EventLoop {
     open: Arc<AtomicUsize>,
     /// Fires (or closes) when the loop has drained and stopped.
     stopped: oneshot::Receiver<()>,
+    /// Its thread, joined once it has stopped.
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl EventLoop {
@@ -272,13 +280,14 @@ impl EventLoop {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("wisp-http-{index}"))
             .spawn(move || {
                 runtime.block_on(async move {
                     let here = Connections::new(service, options);
+                    // Aborted when dropped: before the drain, or if this loop panics.
                     let spinner = (!options.busy_poll.is_zero())
-                        .then(|| tokio::spawn(spin::spinner(options.busy_poll)));
+                        .then(|| AbortOnDropHandle::new(tokio::spawn(spin::spinner(options.busy_poll))));
                     loop {
                         let (stream, peer, permit) = tokio::select! {
                             () = shutdown.cancelled() => break,
@@ -299,9 +308,7 @@ impl EventLoop {
                             }
                         }
                     }
-                    if let Some(s) = spinner {
-                        s.abort();
-                    }
+                    drop(spinner);
                     here.drain(options.grace).await;
                 });
                 // Tasks the connections left behind (a guest still streaming) end with the
@@ -309,7 +316,12 @@ impl EventLoop {
                 drop(runtime);
                 let _ = stopped_tx.send(());
             })?;
-        Ok(Self { conns, open, stopped })
+        Ok(Self {
+            conns,
+            open,
+            stopped,
+            thread,
+        })
     }
 }
 
@@ -397,6 +409,11 @@ pub async fn serve<B>(
     for l in loops {
         drop(l.conns);
         let _ = l.stopped.await;
+        // It has stopped (or panicked): the join returns at once.
+        let thread = l.thread;
+        if let Ok(Err(_)) = tokio::task::spawn_blocking(move || thread.join()).await {
+            tracing::error!("an event loop panicked");
+        }
     }
 }
 
@@ -522,6 +539,7 @@ pub(crate) mod spin {
     #[cfg(test)]
     mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_util::task::AbortOnDropHandle;
 
         use super::*;
 
@@ -532,7 +550,7 @@ pub(crate) mod spin {
         #[tokio::test]
         async fn the_spinner_polls_after_traffic_for_its_window_then_sleeps() {
             let window = Duration::from_millis(200);
-            let spinner = tokio::spawn(spinner(window));
+            let spinner = AbortOnDropHandle::new(tokio::spawn(spinner(window)));
             tokio::task::yield_now().await;
             assert!(waiting(), "no traffic yet: the spinner sleeps");
             let before = TURNS.get();
@@ -578,7 +596,7 @@ pub(crate) mod spin {
                 tokio::task::yield_now().await;
             }
             assert!(TURNS.get() > parked, "a write wakes the spinner");
-            spinner.abort();
+            drop(spinner);
         }
     }
 }
@@ -591,9 +609,7 @@ mod tests {
     use super::*;
 
     /// A server answering each request with the name of the thread that served it.
-    async fn thread_names(
-        event_loops: usize,
-    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+    async fn thread_names(event_loops: usize) -> (SocketAddr, CancellationToken, AbortOnDropHandle<()>) {
         capped(event_loops, 0).await
     }
 
@@ -601,7 +617,7 @@ mod tests {
     async fn capped(
         event_loops: usize,
         max_connections: usize,
-    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+    ) -> (SocketAddr, CancellationToken, AbortOnDropHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let service = BoxCloneService::new(tower::service_fn(|_req: Request<Incoming>| async {
@@ -618,7 +634,7 @@ mod tests {
             max_connections_per_ip: 0,
         };
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, service, options, shutdown.clone()));
+        let task = AbortOnDropHandle::new(tokio::spawn(serve(listener, service, options, shutdown.clone())));
         (addr, shutdown, task)
     }
 
@@ -639,7 +655,7 @@ mod tests {
             max_connections_per_ip: 0,
         };
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, service, options, shutdown.clone()));
+        let task = AbortOnDropHandle::new(tokio::spawn(serve(listener, service, options, shutdown.clone())));
         // Silent, and silent after the h2c preface: both are hung up on.
         let mut silent = TcpStream::connect(addr).await.expect("connect");
         let mut h2 = TcpStream::connect(addr).await.expect("connect");
