@@ -255,7 +255,7 @@ async fn min_ready_seconds_gates_availability_and_the_rollout() {
     const MIN_READY: u64 = 2;
     let (client, shutdown, _dir) = server().await;
     let controllers = tokio::spawn(wisp_controllers::run(
-        client.clone(),
+        wisp_runtime::Informers::new(client.clone(), shutdown.clone()),
         wisp_controllers::Config::default(),
         shutdown.clone(),
     ));
