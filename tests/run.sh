@@ -1,14 +1,30 @@
 #!/usr/bin/env bash
-# Runs every check and test of Wisp on a fresh Debian machine: installs what is missing
-# (etcd-server for the etcd store tests, protobuf-compiler and libprotobuf-dev for the etcd
-# client, docker-registry for the image pull tests, schemathesis from PyPI in a venv for the
-# API fuzz test), builds the guest components and the
-# example container image, then rustfmt, clippy, and the whole test suite (unit, conformance
-# on embedded + real etcd, the Docker sandbox on the real engine, end-to-end against the
-# real `wisp` binary). The Docker engine itself must be running: with CI set (this script
-# sets it) a Docker test fails, naming the reason, when the engine does not answer.
+# Runs every check and test of Wisp on a fresh Debian machine (cgroup v1 or v2): installs what
+# is missing (etcd-server for the etcd store tests, protobuf-compiler and libprotobuf-dev for
+# the etcd client, docker-registry for the image pull tests, schemathesis from PyPI in a venv
+# for the API fuzz test, cargo-deny and cargo-machete under the target directory), builds the
+# guest components and the example container image, then: wasmtime resolves to the vendored,
+# fixed copy; rustfmt; cargo-deny (licenses, bans, sources); cargo-machete (unused
+# dependencies); clippy (the workspace and examples/); rustdoc with warnings denied; and the
+# whole test suite (unit, conformance on embedded + real etcd, the Docker sandbox on the real
+# engine, end-to-end against the real `wisp` binary), everything with `--locked`. The Docker
+# engine itself must be running: with CI set (this script sets it) a Docker test fails, naming
+# the reason, when the engine does not answer.
+#
+# Usage: tests/run.sh [--privileged-tests]
+#   --privileged-tests  also run the tests that change the host and need root (a swapfile,
+#                       moving the test process into a memory cgroup: see README.md, "Test
+#                       it"); sets WISP_PRIVILEGED_TESTS=1. .ci/run passes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+for arg in "$@"; do
+  case "$arg" in
+    --privileged-tests) export WISP_PRIVILEGED_TESTS=1 ;;
+    -h | --help) sed -n '14,17p' "$0"; exit 0 ;;
+    *) echo "tests/run.sh: unknown argument $arg (usage: tests/run.sh [--privileged-tests])" >&2; exit 2 ;;
+  esac
+done
 
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
@@ -36,18 +52,61 @@ docker version --format 'Docker engine {{.Server.Version}}' || echo "WARNING: th
 
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
+# cargo-deny and cargo-machete, built once into the target directory (kept between CI runs on
+# one machine with the rest of it: .ci/run keeps CARGO_TARGET_DIR outside the clone).
+tools="$(mkdir -p "${CARGO_TARGET_DIR:-target}/tools" && cd "${CARGO_TARGET_DIR:-target}/tools" && pwd)"
+export PATH="$tools/bin:$PATH"
+install_tool() { # crate, version
+  if ! "$1" --version 2>/dev/null | grep -qF "$2"; then
+    echo "installing $1 $2 into $tools"
+    # Built in a temporary directory of its own, not the workspace's target directory.
+    env -u CARGO_TARGET_DIR cargo install --quiet --locked --root "$tools" "$1@$2"
+  fi
+}
+install_tool cargo-deny 0.20.2
+install_tool cargo-machete 0.9.2
+
+echo "== wasmtime resolves to the vendored, fixed copy (sandboxes/wasm/vendor/README.md)"
+vendored="$(pwd -P)/sandboxes/wasm/vendor/wasmtime"  # cargo prints the physical path
+resolved="$(cargo tree --locked --workspace --all-features -i wasmtime --depth 0 2>&1)" || resolved="cargo tree failed: $resolved"
+if [[ "$resolved" != "wasmtime v48.0.8 ($vendored)" ]]; then
+  echo "ERROR: wasmtime must resolve to the vendored copy with the pool-reset fix, $vendored," >&2
+  echo "but \`cargo tree -i wasmtime\` says:" >&2
+  echo "$resolved" >&2
+  echo "Keep the wasmtime family pinned at =48.0.8 in Cargo.toml and its [patch.crates-io] entry." >&2
+  exit 1
+fi
+echo "$resolved"
+
+echo "== rustfmt"
+cargo fmt --all --check
+cargo fmt --manifest-path examples/Cargo.toml --all --check
+cargo fmt --manifest-path examples/container-echo/Cargo.toml --all --check
+echo "== cargo deny (licenses, bans, sources; deny.toml says why not advisories)"
+cargo deny --locked check --hide-inclusion-graph --show-stats bans licenses sources
+echo "== cargo machete (unused dependencies)"
+# Each manifest named, not the whole tree: the vendored wasmtime is upstream's manifest.
+cargo machete --skip-target-dir Cargo.toml sdk/*/Cargo.toml control-plane/*/Cargo.toml \
+  sandboxes/*/Cargo.toml node/*/Cargo.toml tests/*/Cargo.toml examples
+
 echo "== guest components (wasm32-wasip2)"
 rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 bash tests/build-guests.sh
 echo "== example container image (static musl binary, FROM scratch)"
 bash examples/container-echo/build-image.sh
 
-echo "== rustfmt"
-cargo fmt --all --check
 echo "== clippy"
-cargo clippy --workspace --all-targets --all-features -- -D warnings
-echo "== build (the e2e tests run the real wisp binary)"
-cargo build --workspace --all-features --bins
+cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
+# examples/: the guests for their target, in the directory tests/build-guests.sh builds them
+# in; the container example for the host, in the one its build-image.sh uses.
+CARGO_TARGET_DIR="${WISP_GUESTS_TARGET_DIR:-$PWD/examples/target}" \
+  cargo clippy --locked --manifest-path examples/Cargo.toml --workspace --all-targets --target wasm32-wasip2 -- -D warnings
+CARGO_TARGET_DIR="${WISP_ECHO_TARGET_DIR:-$PWD/examples/target}" \
+  cargo clippy --locked --manifest-path examples/container-echo/Cargo.toml --all-targets -- -D warnings
+echo "== rustdoc"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --all-features --no-deps
+echo "== build (the e2e tests run the real wisp binary; they refuse one older than the sources)"
+cargo build --locked --workspace --all-features --bins
 echo "== schemathesis (the API fuzz test, tests/fuzz)"
 fuzz_venv="${CARGO_TARGET_DIR:-target}/fuzz-venv"
 if ! "$fuzz_venv/bin/st" --version 2>/dev/null | grep -qF 'version 4.32.5'; then
@@ -56,9 +115,9 @@ if ! "$fuzz_venv/bin/st" --version 2>/dev/null | grep -qF 'version 4.32.5'; then
 fi
 WISP_SCHEMATHESIS="$(cd "$fuzz_venv" && pwd)/bin/st"
 export WISP_SCHEMATHESIS
-echo "== tests"
+echo "== tests${WISP_PRIVILEGED_TESTS:+ (with the privileged tests)}"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --all-features --no-fail-fast
+  cargo nextest run --locked --workspace --all-features --no-fail-fast
 else
-  cargo test --workspace --all-features --no-fail-fast
+  cargo test --locked --workspace --all-features --no-fail-fast
 fi

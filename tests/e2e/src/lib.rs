@@ -1,19 +1,25 @@
 //! The end-to-end harness: starts the real `wisp` binary (and, when asked, a real etcd) on
 //! free loopback ports with a temporary data directory, and stops them after.
 //!
-//! The binary is `$WISP_BIN`, else `target/<profile>/wisp` next to the test executable
-//! (`cargo test --workspace` builds it).
+//! The binary is `$WISP_BIN`, else `target/<profile>/wisp` next to the test executable.
+//! Cargo sets `CARGO_BIN_EXE_wisp` only for tests of the `wisp` package itself, and
+//! `cargo test -p wisp-e2e` does not build another package's binary: `tests/run.sh` builds it
+//! first (`cargo build --workspace --all-features --bins`), and [`wisp_bin`] refuses a binary
+//! older than any source it is built from, so a test never runs a stale `wisp`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 
 pub use wisp_store::testutil::EtcdServer;
 
-/// Path of the `wisp` binary under test.
+/// Path of the `wisp` binary under test: `$WISP_BIN` as given, else the one in this test's
+/// target directory, which must be newer than every source of the workspace's crates (and
+/// `Cargo.toml`, `Cargo.lock`) — otherwise an error that says which file and what to build.
 pub fn wisp_bin() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("WISP_BIN") {
         return Ok(PathBuf::from(p));
@@ -25,14 +31,67 @@ pub fn wisp_bin() -> anyhow::Result<PathBuf> {
         .and_then(Path::parent)
         .map(|d| d.join("wisp"))
         .context("cannot locate the target directory")?;
-    if !candidate.exists() {
-        bail!(
-            "the wisp binary is not built at {}: run `cargo build -p wisp` (or `cargo test --workspace`) first, \
-             or set WISP_BIN",
+    let built = match std::fs::metadata(&candidate).and_then(|m| m.modified()) {
+        Ok(t) => t,
+        Err(_) => bail!(
+            "the wisp binary is not built at {}: run `cargo build -p wisp --features etcd` \
+             (tests/run.sh does) first, or set WISP_BIN",
             candidate.display()
+        ),
+    };
+    if let Some((source, changed)) = newest_source()
+        && *changed > built
+    {
+        bail!(
+            "the wisp binary at {} is older than {}: run `cargo build -p wisp --features etcd` \
+             (tests/run.sh does) first, or set WISP_BIN to the binary to test",
+            candidate.display(),
+            source.display()
         );
     }
     Ok(candidate)
+}
+
+/// The most recently modified file the `wisp` binary is built from (the workspace's crates
+/// under `sdk/`, `control-plane/`, `node/`, `sandboxes/`, and the root `Cargo.toml` and
+/// `Cargo.lock`), found once per test process.
+fn newest_source() -> &'static Option<(PathBuf, SystemTime)> {
+    static NEWEST: OnceLock<Option<(PathBuf, SystemTime)>> = OnceLock::new();
+    NEWEST.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut newest: Option<(PathBuf, SystemTime)> = None;
+        let mut visit = |path: PathBuf| {
+            if let Ok(t) = std::fs::metadata(&path).and_then(|m| m.modified())
+                && newest.as_ref().is_none_or(|(_, n)| t > *n)
+            {
+                newest = Some((path, t));
+            }
+        };
+        visit(root.join("Cargo.toml"));
+        visit(root.join("Cargo.lock"));
+        let mut dirs: Vec<PathBuf> = ["sdk", "control-plane", "node", "sandboxes"]
+            .iter()
+            .map(|d| root.join(d))
+            .collect();
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                // Build output and editor or VCS state are not sources.
+                if name == "target" || name.to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => dirs.push(entry.path()),
+                    Ok(t) if t.is_file() => visit(entry.path()),
+                    _ => {}
+                }
+            }
+        }
+        newest
+    })
 }
 
 /// Options of one `wisp server` (or `wisp up`) process.

@@ -8,7 +8,11 @@ use wstd::http::{Client, Error, Request, Response, StatusCode};
 #[wstd::http_server]
 async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
     let base = std::env::var("BACKEND_URL").unwrap_or_else(|_| "http://backend.default.svc".into());
-    let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
     let outgoing = Request::get(format!("{}{path}", base.trim_end_matches('/'))).body(Body::empty())?;
     match Client::new().send(outgoing).await {
         Ok(response) => {
