@@ -57,7 +57,20 @@ pub fn describe_error(e: &ClientError) -> String {
             }
             out
         }
-        other => other.to_string(),
+        // The whole chain: "cannot reach the Wisp API at …: connection refused".
+        other => {
+            let mut out = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                if !out.contains(&text) {
+                    out.push_str(": ");
+                    out.push_str(&text);
+                }
+                cause = c.source();
+            }
+            out
+        }
     }
 }
 
@@ -410,4 +423,23 @@ pub async fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_error;
+    use wisp_client::ClientError;
+
+    #[test]
+    fn a_transport_error_is_printed_with_its_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let e = ClientError::Connect {
+            url: "http://127.0.0.1:1".into(),
+            source: Box::new(io),
+        };
+        assert_eq!(
+            describe_error(&e),
+            "cannot reach the Wisp API at http://127.0.0.1:1: connection refused"
+        );
+    }
 }
