@@ -396,7 +396,9 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
             .issue_ephemeral(principal)
             .context("token for the in-process components")?;
         let api = api.clone();
-        Ok(wisp_client::Client::in_process(&url, &token, move |req| api.handle_in_process(req)))
+        Ok(wisp_client::Client::in_process(&url, &token, move |req| {
+            api.handle_in_process(req)
+        }))
     };
     // One watch per kind for the whole process: the controllers, the scheduler and the node
     // read the same caches (writes still go with each component's own credential).
