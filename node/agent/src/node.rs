@@ -267,18 +267,6 @@ fn health_changed(info: &NodeInfo, node: &Node) -> bool {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_runtimes_condition_is_named_after_it() {
-        assert_eq!(
-            super::health_condition_type(wisp_api::RUNTIME_DOCKER),
-            wisp_api::NODE_DOCKER_READY
-        );
-        assert_eq!(super::health_condition_type("wasm"), "WasmReady");
-    }
-}
-
 /// The machine's capacity: CPUs and memory as the OS reports them.
 pub fn machine_capacity(pods: i64) -> BTreeMap<String, Quantity> {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
@@ -317,4 +305,16 @@ pub fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "node".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_runtimes_condition_is_named_after_it() {
+        assert_eq!(
+            super::health_condition_type(wisp_api::RUNTIME_DOCKER),
+            wisp_api::NODE_DOCKER_READY
+        );
+        assert_eq!(super::health_condition_type("wasm"), "WasmReady");
+    }
 }

@@ -88,10 +88,10 @@ impl Informers {
     /// The shared cache of `T`, starting its watch on first use.
     pub fn shared<T: Resource>(&self) -> Shared<T> {
         let mut kinds = self.inner.kinds.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(existing) = kinds.get(&TypeId::of::<T>()) {
-            if let Ok(shared) = Arc::clone(existing).downcast::<Shared<T>>() {
-                return (*shared).clone();
-            }
+        if let Some(existing) = kinds.get(&TypeId::of::<T>())
+            && let Ok(shared) = Arc::clone(existing).downcast::<Shared<T>>()
+        {
+            return (*shared).clone();
         }
         let params = self
             .inner

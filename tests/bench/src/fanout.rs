@@ -256,7 +256,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<String> {
             bins.iter().rev().collect()
         };
         for (label, bin) in order {
-            eprintln!("round {}: {label}", round + 1);
+            crate::progress(&format!("write fan-out, round {}: {label}", round + 1));
             samples.extend(measure(label, bin, args).await?);
         }
     }

@@ -31,13 +31,12 @@ pub fn wisp_bin() -> anyhow::Result<PathBuf> {
         .and_then(Path::parent)
         .map(|d| d.join("wisp"))
         .context("cannot locate the target directory")?;
-    let built = match std::fs::metadata(&candidate).and_then(|m| m.modified()) {
-        Ok(t) => t,
-        Err(_) => bail!(
+    let Ok(built) = std::fs::metadata(&candidate).and_then(|m| m.modified()) else {
+        bail!(
             "the wisp binary is not built at {}: run `cargo build -p wisp --features etcd` \
              (tests/run.sh does) first, or set WISP_BIN",
             candidate.display()
-        ),
+        )
     };
     if let Some((source, changed)) = newest_source()
         && *changed > built
