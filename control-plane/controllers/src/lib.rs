@@ -25,7 +25,7 @@ use wisp_api::{Deployment, Endpoints, Function, Lease, Node, Pod, ReplicaSet, Ro
 use wisp_client::ClientError;
 use wisp_runtime::{Action, Controller, Informers};
 
-/// How long a changed status waits before it is written (see [`StatusDelay`]).
+/// How long a changed status waits before it is written (see `StatusDelay`).
 pub const STATUS_COALESCE: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// Status writes that wait until a status has been out of date for a moment: a scale-up

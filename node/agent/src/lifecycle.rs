@@ -1,5 +1,5 @@
 //! The pod lifecycle as a pure state machine: no I/O, only the decisions. The worker
-//! ([`crate::worker`]) feeds it what happened (preparation done or failed, a container
+//! (`crate::worker`) feeds it what happened (preparation done or failed, a container
 //! started or exited, a probe result) and asks it what to do next and what the pod's status
 //! is.
 //!

@@ -47,7 +47,7 @@ pub struct ServeOptions {
     /// the caller's runtime.
     pub event_loops: usize,
     /// How long an event loop keeps polling for work, instead of sleeping, after one of its
-    /// connections last read or wrote (see [`spin`]); zero: it sleeps at once. Only with
+    /// connections last read or wrote (see `spin`); zero: it sleeps at once. Only with
     /// event loops.
     pub busy_poll: Duration,
     /// Connections open at once; past it no more are accepted until one closes (they wait

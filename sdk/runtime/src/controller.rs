@@ -1,5 +1,5 @@
 //! A level-triggered controller: triggers from the watched kind, its children and a periodic
-//! resync feed the [runner](crate::runner); each run reads the latest object from the
+//! resync feed the [`crate::runner`]; each run reads the latest object from the
 //! reflector cache and calls `reconcile` (never for an object that no longer exists).
 
 use std::fmt::Display;

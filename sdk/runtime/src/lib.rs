@@ -1,7 +1,8 @@
 //! `wisp-runtime`: the machinery every Wisp control loop is built from.
 //!
 //! Owns the path from a watch to a reconcile: [`watcher_stream`] (a resumable watch from
-//! `wisp-client` as a stream) → [`reflector`] (a read-only, watch-fed cache of objects; [`Informers`] share one per kind per process) →
+//! `wisp-client` as a stream) → [`reflector()`] (a read-only, watch-fed cache of objects;
+//! [`Informers`] share one per kind per process) →
 //! [`Controller`] (a level-triggered reconcile loop with per-object exclusivity, coalescing,
 //! bounded concurrency, per-object exponential backoff and periodic resync). The serving
 //! loop every Wisp HTTP server shares is `wisp-http`'s.
