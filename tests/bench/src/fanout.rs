@@ -38,6 +38,7 @@ struct Up {
     child: Child,
     url: String,
     token: String,
+    drain: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -56,8 +57,14 @@ impl Up {
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
+        let mut reader = std::io::BufReader::new(stdout);
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        std::io::BufRead::read_line(&mut reader, &mut line)?;
+        // Keep reading what it prints (a closed pipe would fail its next line); the thread
+        // ends when the process does and is joined on drop.
+        let drain = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
         let url = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
@@ -68,6 +75,7 @@ impl Up {
             child,
             url,
             token,
+            drain: Some(drain),
             _dir: dir,
         })
     }
@@ -90,6 +98,9 @@ impl Drop for Up {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(drain) = self.drain.take() {
+            let _ = drain.join();
+        }
     }
 }
 
@@ -143,7 +154,14 @@ async fn write_loop<T: Resource>(
                 let meta = obj.metadata_mut();
                 meta.resource_version = None;
                 meta.annotations.insert("bench/n".into(), format!("{c}-{i}"));
-                api.replace(&obj).await?;
+                // An unconditional update can still lose a race with another writer's (409):
+                // write it again.
+                loop {
+                    match api.replace(&obj).await {
+                        Err(e) if e.code() == Some(409) => continue,
+                        r => break r.map(drop)?,
+                    }
+                }
             }
             anyhow::Ok(())
         });
