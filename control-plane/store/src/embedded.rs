@@ -11,8 +11,9 @@
 //!
 //! The writer thread is owned: [`EmbeddedStore::close`] (or dropping the last handle) stops
 //! it after what it was sent, checkpoints, joins it and releases the redb file, so the same
-//! directory can be opened again at once. Scans (lists, the change log a watch reads) run on
-//! tokio's blocking threads, never on its async workers.
+//! directory can be opened again at once. Long scans (lists past a few rows, the change log a
+//! watch reads) run on tokio's blocking threads, never on its async workers; a short list is
+//! read where it was asked for, since two thread wake-ups would cost more than it does.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,10 @@ use crate::{
     BackendError, BoxError, Event, EventKind, KeyValue, LeaseId, Listing, Result, Revision, Store,
     StoreError, WatchStream,
 };
+
+/// Rows a list scans on the async worker that asked for it before it moves to a blocking
+/// thread.
+const INLINE_ROWS: usize = 128;
 
 const KV: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<'_, i64, &[u8]> = TableDefinition::new("log");
@@ -292,6 +297,35 @@ impl Shared {
         let this = self.clone();
         let prefix = prefix.to_owned();
         blocking(move || this.read_log(&prefix, after, upto)).await
+    }
+
+    /// The keys under `prefix` and the revision, from one snapshot; `None` when there are
+    /// more than `limit` of them.
+    fn scan(&self, prefix: &str, limit: Option<usize>) -> Result<Option<Listing>> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let revision = txn
+                .open_table(META)
+                .map_err(backend)?
+                .get(META_REVISION)
+                .map_err(backend)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            let kv = txn.open_table(KV).map_err(backend)?;
+            let mut items = Vec::new();
+            for row in kv.range(prefix..).map_err(backend)? {
+                let (k, v) = row.map_err(backend)?;
+                let key = k.value();
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                if limit.is_some_and(|limit| items.len() == limit) {
+                    return Ok(None);
+                }
+                items.push(decode_kv(key, v.value())?);
+            }
+            Ok(Some(Listing { items, revision }))
+        })
     }
 }
 
@@ -562,32 +596,22 @@ impl Store for EmbeddedStore {
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Listing>> {
-        let shared = self.shared().clone();
-        let prefix = prefix.to_owned();
-        // A scan of any length: on a blocking thread.
-        blocking(move || {
-            shared.with_db(|db| {
-                let txn = db.begin_read().map_err(backend)?;
-                let revision = txn
-                    .open_table(META)
-                    .map_err(backend)?
-                    .get(META_REVISION)
-                    .map_err(backend)?
-                    .map(|g| g.value())
-                    .unwrap_or(0);
-                let kv = txn.open_table(KV).map_err(backend)?;
-                let mut items = Vec::new();
-                for row in kv.range(prefix.as_str()..).map_err(backend)? {
-                    let (k, v) = row.map_err(backend)?;
-                    let key = k.value();
-                    if !key.starts_with(prefix.as_str()) {
-                        break;
-                    }
-                    items.push(decode_kv(key, v.value())?);
-                }
-                Ok(Listing { items, revision })
+        // Most lists are short (a namespace's quotas or limit ranges, read on every write):
+        // scanned right here, since handing them to a blocking thread and back would cost
+        // two thread wake-ups, more than the scan. A scan that runs past INLINE_ROWS stops
+        // and starts over, from its own snapshot, on a blocking thread.
+        async move {
+            if let Some(listing) = self.shared().scan(prefix, Some(INLINE_ROWS))? {
+                return Ok(listing);
+            }
+            let shared = self.shared().clone();
+            let prefix = prefix.to_owned();
+            blocking(move || match shared.scan(&prefix, None)? {
+                Some(listing) => Ok(listing),
+                None => unreachable!("a scan without a limit runs to its end"),
             })
-        })
+            .await
+        }
         .boxed()
     }
 
@@ -1269,5 +1293,45 @@ mod checkpoint_tests {
         assert!(idle_checkpoint_due(eighth + 1, cap, SHORT_QUIET, tick));
         // A lease tick shorter than the short quiet bounds it.
         assert!(idle_checkpoint_due(eighth + 1, cap, ms(2), ms(2)));
+    }
+}
+
+#[cfg(test)]
+mod list_tests {
+    use bytes::Bytes;
+
+    use super::{EmbeddedOptions, EmbeddedStore, INLINE_ROWS};
+    use crate::Store;
+
+    /// A list short enough to scan on the worker and one long enough to move to a blocking
+    /// thread give the same thing: every key under the prefix, in order, nothing else.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn short_and_long_lists_hold_every_key_under_their_prefix_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).expect("open");
+        let long = INLINE_ROWS * 2 + 3;
+        for i in 0..long {
+            store
+                .create(&format!("/long/{i:05}"), Bytes::from(format!("{i}")), None)
+                .await
+                .expect("create");
+        }
+        for i in 0..3 {
+            store
+                .create(&format!("/short/{i}"), Bytes::new(), None)
+                .await
+                .expect("create");
+        }
+        store.create("/longer", Bytes::new(), None).await.expect("create");
+        for (prefix, n) in [("/long/", long), ("/short/", 3)] {
+            let listing = store.list(prefix).await.expect("list");
+            let keys: Vec<&str> = listing.items.iter().map(|kv| kv.key.as_str()).collect();
+            assert_eq!(keys.len(), n, "{prefix}");
+            assert!(keys.iter().all(|k| k.starts_with(prefix)), "{prefix}: {keys:?}");
+            assert!(keys.windows(2).all(|w| w[0] < w[1]), "{prefix}: out of order");
+            assert_eq!(listing.revision, i64::try_from(long + 4).expect("small"));
+        }
+        assert_eq!(store.list("/long/00002").await.expect("list").items.len(), 1);
+        store.close().await.expect("close");
     }
 }
