@@ -68,7 +68,8 @@ install_tool cargo-machete 0.9.2
 
 echo "== wasmtime resolves to the vendored, fixed copy (sandboxes/wasm/vendor/README.md)"
 vendored="$(pwd -P)/sandboxes/wasm/vendor/wasmtime"  # cargo prints the physical path
-resolved="$(cargo tree --locked --workspace --all-features -i wasmtime --depth 0 2>&1)" || resolved="cargo tree failed: $resolved"
+# stdout only: on a fresh machine cargo's stderr also says what it downloads first.
+resolved="$(cargo tree --locked --workspace --all-features -i wasmtime --depth 0)" || resolved="cargo tree failed (its error above)"
 if [[ "$resolved" != "wasmtime v48.0.8 ($vendored)" ]]; then
   echo "ERROR: wasmtime must resolve to the vendored copy with the pool-reset fix, $vendored," >&2
   echo "but \`cargo tree -i wasmtime\` says:" >&2

@@ -9,6 +9,10 @@
 #   WISP_BENCH_BASELINE=/path/to/an/older/wisp tests/bench/warm.sh
 #                                  # also that build's `wisp up`, in the same rounds: new ÷ old
 #   WISP_BENCH_SERVE=false ...     # without wasmtime serve (with a baseline: new ÷ old only)
+#   WISP_BENCH_ARGS / WISP_BENCH_BASELINE_ARGS: more `wisp up` flags for the new build / the
+#                                  baseline; an A/B of one flag on one binary, e.g. busy polling:
+#   WISP_BENCH_BASELINE=target/release/wisp WISP_BENCH_BASELINE_ARGS="--ingress-busy-poll-us 0" \
+#     WISP_BENCH_SERVE=false tests/bench/warm.sh
 #
 # Needs wrk (apt) and wasmtime-cli (installed with cargo when missing). Prints a Markdown table.
 set -euo pipefail
@@ -33,13 +37,14 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-# `wisp up` of binary $1 in $tmp/$2, a Function at minScale 1; prints its ingress port.
+# `wisp up` of binary $1 in $tmp/$2 with more flags $3, a Function at minScale 1; prints its
+# ingress port.
 start_wisp() {
-  local bin="$1" dir="$tmp/$2" port
+  local bin="$1" dir="$tmp/$2" extra="${3:-}" port
   port="$(free_port)"
   mkdir -p "$dir"
   WISP_CONFIG="$dir/config" WISP_LOG=warn "$bin" up --listen 127.0.0.1:0 --data-dir "$dir/data" \
-    --node-name "bench-$2" --ingress-listen "127.0.0.1:$port" --docker false >"$dir/wisp.out" 2>"$dir/wisp.err" &
+    --node-name "bench-$2" --ingress-listen "127.0.0.1:$port" --docker false $extra >"$dir/wisp.out" 2>"$dir/wisp.err" &
   pids+=($!)
   for _ in $(seq 100); do [ -s "$dir/config" ] && break; sleep 0.1; done
   sed -e 's/minScale: 0/minScale: 1/' -e "s|wasm: .*|wasm: $hello|" examples/hello/function.yaml >"$dir/function.yaml"
@@ -54,9 +59,9 @@ start_wisp() {
   echo "$port"
 }
 
-ingress_port="$(start_wisp "$target/release/wisp" new)"
+ingress_port="$(start_wisp "$target/release/wisp" new "${WISP_BENCH_ARGS:-}")"
 base_port=""
-[ -n "$baseline" ] && base_port="$(start_wisp "$baseline" base)"
+[ -n "$baseline" ] && base_port="$(start_wisp "$baseline" base "${WISP_BENCH_BASELINE_ARGS:-}")"
 
 # wasmtime serve.
 serve_port=""
@@ -80,7 +85,7 @@ median() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:]]
 
 peer="no wasmtime serve"
 [ "$serve" = true ] && peer="$(wasmtime --version)"
-echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); cpus: $(nproc); wrk -t1 -d${secs}s; $peer; wisp up --wasm-pagemap-reset=${WISP_WASM_PAGEMAP_RESET:-true}${baseline:+; baseline: $baseline}"
+echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); cpus: $(nproc); wrk -t1 -d${secs}s; $peer; wisp up --wasm-pagemap-reset=${WISP_WASM_PAGEMAP_RESET:-true}${WISP_BENCH_ARGS:+ $WISP_BENCH_ARGS}${baseline:+; baseline: $baseline ${WISP_BENCH_BASELINE_ARGS:-}}"
 echo
 if [ -n "$baseline" ]; then
   echo "| connections | round | wisp req/s | p50 | p99 | baseline req/s | p50 | p99 | wasmtime serve req/s | wisp ÷ wasmtime | wisp ÷ baseline |"
