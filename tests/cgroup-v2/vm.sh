@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
-# Runs the test command on a cgroup v2 host: a Debian 13 (trixie) virtual machine — kernel
-# 6.12, systemd's default unified cgroup hierarchy (cgroup v2 only), Docker from Debian's
-# docker.io — that is, the machine a developer has today, started here under KVM with qemu.
+# Runs Wisp's tests on a cgroup v2 host: a Debian 13 (trixie) virtual machine — kernel 6.12,
+# systemd's default unified cgroup hierarchy (cgroup v2 only), Docker 26 from Debian's
+# docker.io — that is, the machine a developer has today, started here with qemu.
 #
 # The VM mounts this checkout, the cargo target directory, /root (rustup's toolchains,
 # cargo's registry cache) and /usr/local (cargo-nextest) from this machine over 9p at the
 # same paths, so it reuses what was built here; its own disk (ext4) holds the system, Docker's
 # state and the privileged tests' swapfile. Inside, tests/cgroup-v2/in-vm.sh checks that the
-# VM really is cgroup v2 only, then runs `tests/run.sh` with the arguments given here.
+# VM really is cgroup v2 only (and its Docker engine too), then runs the tests.
 #
-# Usage (root, /dev/kvm): tests/cgroup-v2/vm.sh [--privileged-tests]
-#                         tests/cgroup-v2/vm.sh --prepare   # only build the VM's image
+# Usage (root):
+#   tests/cgroup-v2/vm.sh [--privileged-tests]   # the whole test command, tests/run.sh
+#   tests/cgroup-v2/vm.sh --cgroup-tests         # only the tests whose behaviour depends on the
+#       cgroup version, built here first: the swap tests (sandboxes/wasm/tests/swap.rs: on v2
+#       they reclaim through memory.reclaim) and every test of the Docker sandbox (memory and
+#       swap limits, OOM kills, pids limits, isolation, pulls), with the privileged opt-in
+#   tests/cgroup-v2/vm.sh --prepare              # only build the VM's image
+#   WISP_VM_ACCEL     kvm (default, needs /dev/kvm) or tcg (software emulation: several times
+#                     slower, for machines whose KVM cannot run this guest — nested KVM on
+#                     this project's CI VMs; use it with --cgroup-tests)
 #   WISP_VM_DIR       where the image is built and kept (default /var/tmp/wisp-cgroup-v2-vm)
 #   WISP_VM_MEMORY    the VM's memory (default 12G); WISP_VM_CPUS (default: this machine's)
 #   WISP_VM_TIMEOUT   seconds before the VM is stopped (default 5400)
 # Output: the run's log in <target dir>/cgroup-v2-vm/run.log, the console in $WISP_VM_DIR;
-# exits with the test command's status.
+# exits with the tests' status.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo="$(pwd -P)"
@@ -26,16 +34,26 @@ vm="${WISP_VM_DIR:-/var/tmp/wisp-cgroup-v2-vm}"
 mem="${WISP_VM_MEMORY:-12G}"
 cpus="${WISP_VM_CPUS:-$(nproc)}"
 timeout_s="${WISP_VM_TIMEOUT:-5400}"
-prepare=false
-[ "${1:-}" = --prepare ] && { prepare=true; shift; }
+accel="${WISP_VM_ACCEL:-kvm}"
+prepare=false mode=full
+case "${1:-}" in
+  --prepare) prepare=true; shift ;;
+  --cgroup-tests) mode=cgroup; shift ;;
+esac
 args="$*"
 
 [ "$(id -u)" -eq 0 ] || { echo "tests/cgroup-v2/vm.sh needs root (debootstrap, 9p passthrough)" >&2; exit 2; }
-[ -w /dev/kvm ] || { echo "tests/cgroup-v2/vm.sh needs /dev/kvm" >&2; exit 2; }
+case "$accel" in
+  kvm) [ -w /dev/kvm ] || { echo "WISP_VM_ACCEL=kvm needs /dev/kvm (or set WISP_VM_ACCEL=tcg)" >&2; exit 2; }
+       machine=(-enable-kvm -cpu "${WISP_VM_CPU_MODEL:-host,-arch-capabilities}") ;;
+  tcg) machine=(-accel tcg,thread=multi -cpu max) ;;
+  *) echo "WISP_VM_ACCEL must be kvm or tcg" >&2; exit 2 ;;
+esac
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v zstd >/dev/null || need+=(zstd)
 if ((${#need[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
@@ -93,18 +111,43 @@ if [ ! -f "$image" ]; then
   mkfs.ext4 -q -F -d "$root" "$image"
 fi
 $prepare && { echo "the VM's image is ready in $vm"; exit 0; }
-kernel="$(ls "$root"/boot/vmlinuz-* | sort -V | tail -1)"
 initrd="$(ls "$root"/boot/initrd.img-* | sort -V | tail -1)"
+# The kernel booted straight at its PVH entry (an ELF vmlinux, out of Debian's zstd-packed
+# bzImage): under nested KVM the bzImage's own decompressor stops on an instruction KVM
+# cannot emulate.
+kernel="$vm/vmlinux"
+if [ ! -s "$kernel" ]; then
+  bz="$(ls "$root"/boot/vmlinuz-* | sort -V | tail -1)"
+  at="$(LC_ALL=C grep -obUaP '\x28\xb5\x2f\xfd' "$bz" | head -1 | cut -d: -f1)"
+  tail -c +"$((at + 1))" "$bz" | zstd -dcq > "$kernel" 2>/dev/null || true
+  [ -s "$kernel" ] || { echo "cannot unpack the kernel $bz" >&2; exit 1; }
+fi
 
 out="$target/cgroup-v2-vm"
 rm -rf "$out"
 mkdir -p "$out"
+if [ "$mode" = cgroup ]; then
+  echo "== building the tests that depend on the cgroup version (here, not in the VM)"
+  bash tests/build-guests.sh >/dev/null
+  bash examples/container-echo/build-image.sh >/dev/null
+  # Each test executable with the directory cargo would run it in (its package's).
+  cargo test --locked --no-run --all-features --message-format=json \
+    -p wisp-sandbox-wasm --test swap -p wisp-sandbox-docker 2>/dev/null |
+    python3 -c '
+import json, os, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"] + "\t" + os.path.dirname(m["manifest_path"]))' > "$out/tests.list"
+  [ -s "$out/tests.list" ] || { echo "no test executables were built" >&2; exit 1; }
+  cat "$out/tests.list"
+fi
 echo "== booting the VM ($cpus CPUs, $mem; console in $vm/console.log; log in $out/run.log)"
 share() { echo "-virtfs local,path=$1,mount_tag=$2,security_model=passthrough,id=$2"; }
 # shellcheck disable=SC2046
-timeout --foreground "$timeout_s" qemu-system-x86_64 -enable-kvm -cpu "${WISP_VM_CPU_MODEL:-host,-arch-capabilities}" -smp "$cpus" -m "$mem" \
+timeout --foreground "$timeout_s" qemu-system-x86_64 "${machine[@]}" -smp "$cpus" -m "$mem" \
   -kernel "$kernel" -initrd "$initrd" \
-  -append "root=/dev/vda rw console=ttyS0 quiet wisp.repo=$repo wisp.target=$target wisp.args=${args// /,}" \
+  -append "root=/dev/vda rw console=ttyS0 quiet wisp.repo=$repo wisp.target=$target wisp.mode=$mode wisp.args=${args// /,}" \
   -drive "file=$image,if=virtio,format=raw" \
   $(share "$repo" repo) $(share "$target" target) $(share /root home) $(share /usr/local usrlocal) \
   -nic user,model=virtio-net-pci -display none -serial "file:$vm/console.log" -monitor none \

@@ -446,6 +446,18 @@ impl ApiServer {
         let (parts, body) = req.into_parts();
         let state = &self.state;
         let result = match segments.as_slice() {
+            // Every namespace's traffic, by resource and verb: for the admin and the
+            // statistics credential only.
+            ["metrics"]
+                if method == Method::GET
+                    && !matches!(principal, auth::Principal::Admin | auth::Principal::Scraper) =>
+            {
+                Err(ApiError::Forbidden(
+                    "/metrics describes the whole cluster's traffic: it needs the admin token or \
+                     the statistics credential"
+                        .into(),
+                ))
+            }
             ["metrics"] if method == Method::GET => {
                 let mut resp = text(StatusCode::OK, &self.state.metrics.encode());
                 resp.headers_mut().insert(

@@ -382,8 +382,20 @@ const COVERAGE: &[(&str, Cover)] = &[
     ("Container.readinessProbe", S),
     ("Container.livenessProbe", Refused),
     ("Probe.httpGet", S),
-    ("Probe.tcpSocket", Refused),
-    ("TcpSocketAction.port", Refused),
+    (
+        "Probe.tcpSocket",
+        E(&[
+            "a_tcp_socket_probe_follows_the_port_accepting",
+            "a_tcp_socket_probe_is_accepted_on_the_port_a_container_serves",
+        ]),
+    ),
+    (
+        "TcpSocketAction.port",
+        E(&[
+            "a_tcp_socket_probe_follows_the_port_accepting",
+            "a_tcp_socket_probe_is_accepted_on_the_port_a_container_serves",
+        ]),
+    ),
     (
         "HttpGetAction.path",
         Gap("used by the agent's readiness probe (worker.rs); no test sets a path"),
@@ -967,11 +979,6 @@ fn refusal_sample(key: &str) -> (&'static str, Value, String) {
             json!({ "livenessProbe": { "httpGet": { "path": "/" } } }),
             json!([]),
             "containers[0].livenessProbe",
-        ),
-        "Probe.tcpSocket" | "TcpSocketAction.port" => pod(
-            json!({ "readinessProbe": { "tcpSocket": { "port": 8080 } } }),
-            json!([]),
-            "containers[0].readinessProbe.tcpSocket",
         ),
         "HttpGetAction.port" => pod(
             json!({ "readinessProbe": { "httpGet": { "path": "/", "port": 9090 } } }),

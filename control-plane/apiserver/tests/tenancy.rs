@@ -707,3 +707,15 @@ async fn in_process_tokens_are_refused_over_the_network_and_tickets_do_next_to_n
     shutdown.cancel();
     let _ = serving.await;
 }
+
+/// The API server's metrics count every namespace's requests and watches: the admin reads
+/// them, a tenant and a node do not.
+#[tokio::test]
+async fn only_the_admin_reads_the_cluster_metrics() {
+    let s = server_with(|_| {}).await;
+    let tenant = s.tenant("team-a").await;
+    assert_eq!(code(tenant.raw(Method::GET, "/metrics", None).await), 403);
+    assert_eq!(code(s.node("node-a").raw(Method::GET, "/metrics", None).await), 403);
+    let metrics = s.admin.raw(Method::GET, "/metrics", None).await.expect("admin");
+    assert_eq!(metrics.status(), 200);
+}

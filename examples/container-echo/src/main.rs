@@ -6,6 +6,8 @@
 //! - `sleep LINE`: prints LINE, then runs until stopped.
 //! - `connect HOST:PORT`: tries a TCP connection for 2 s; exit 0 when it connects.
 //! - `alloc MIB`: allocates and touches MIB mebibytes, prints `allocated`, runs on.
+//! - `listen SECS`: accepts (and closes) TCP connections on `$PORT` for SECS seconds, then
+//!   closes the port and runs on (a readiness probe sees it go away).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -42,6 +44,26 @@ fn main() {
                     std::process::exit(2);
                 }
             }
+        }
+        "listen" => {
+            let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+            let listener = TcpListener::bind(format!("0.0.0.0:{port}")).unwrap_or_else(|e| {
+                eprintln!("cannot listen on {port}: {e}");
+                std::process::exit(1)
+            });
+            let secs: u64 = arg(1).parse().unwrap_or(5);
+            let until = std::time::Instant::now() + Duration::from_secs(secs);
+            let _ = listener.set_nonblocking(true);
+            println!("listening on {port} for {secs} s");
+            while std::time::Instant::now() < until {
+                match listener.accept() {
+                    Ok((conn, _)) => drop(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            drop(listener);
+            println!("closed port {port}");
+            forever();
         }
         "alloc" => {
             let mib: usize = arg(1).parse().unwrap_or(64);

@@ -15,7 +15,8 @@ pub(crate) async fn get(addr: SocketAddr, request: http::Request<Empty<Bytes>>) 
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .ok()?;
-    let conn = tokio::spawn(conn);
+    // Aborted when this function returns or its caller gives up on it (a probe timeout).
+    let _conn = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(conn));
     let mut request = request;
     if let Ok(host) = http::HeaderValue::from_str(&addr.to_string()) {
         request.headers_mut().insert(http::header::HOST, host);
@@ -29,6 +30,5 @@ pub(crate) async fn get(addr: SocketAddr, request: http::Request<Empty<Bytes>>) 
         }
         None => None,
     };
-    conn.abort();
     status
 }

@@ -475,7 +475,8 @@ impl Worker {
             .is_some_and(|c| c.runtime() != wisp_api::RUNTIME_WASM)
     }
 
-    /// Readiness after a start: probed when the container declares an HTTP readiness probe;
+    /// Readiness after a start: probed when the container declares a readiness probe (HTTP,
+    /// or a TCP connect for a container reached over a socket);
     /// a container with ports reached over a socket without one is ready once it accepts a
     /// connection on its own address or answers HTTP on its published port; anything else is
     /// ready at once (an HTTP component is ready when it is instantiable,
@@ -509,7 +510,9 @@ impl Worker {
         let probe = c.readiness_probe.clone()?;
         let reachable = self.endpoints.contains_key(name)
             || (spec.kind == Kind::Http && self.ctx.runtimes.serves_in_process(c.runtime()));
-        (probe.http_get.is_some() && reachable).then_some(probe)
+        let probed = (probe.http_get.is_some() && reachable)
+            || (probe.tcp_socket.is_some() && self.over_socket(name));
+        probed.then_some(probe)
     }
 
     async fn run_probes(&mut self) {
@@ -557,7 +560,11 @@ impl Worker {
                 .map_or("/", |g| g.path.as_str())
                 .to_owned();
             let timeout = Duration::from_secs(u64::try_from(probe.timeout_seconds.max(1)).unwrap_or(1));
-            let ok = self.answers(&name, &path, true, timeout).await;
+            let ok = if probe.tcp_socket.is_some() {
+                self.accepts(&name, timeout).await
+            } else {
+                self.answers(&name, &path, true, timeout).await
+            };
             let Some(state) = self.probes.get_mut(&name) else {
                 continue;
             };
@@ -605,6 +612,26 @@ impl Worker {
             }
         }
         self.answers(name, "/", false, Duration::from_millis(500)).await
+    }
+
+    /// A `tcpSocket` probe: whether the container accepts a TCP connection on its own address
+    /// (its first port, which admission holds the probe's port to) within `timeout`. Not on
+    /// the published port: Docker's proxy there accepts before the program listens. Its
+    /// address is read again while unknown.
+    async fn accepts(&mut self, name: &str, timeout: Duration) -> bool {
+        if !self.listens.contains_key(name)
+            && let Some(p) = self.prepared.iter().find(|p| p.name == name)
+            && let Ok(status) = p.runtime.status(&p.spec.id).await
+        {
+            self.set_endpoint(name, &status);
+        }
+        let Some(addr) = self.listens.get(name).copied() else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// One HTTP GET of `path` to the container: over its published address when it has one,

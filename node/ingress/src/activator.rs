@@ -72,7 +72,13 @@ pub(crate) async fn wait(
         tracing::info!(service = %svc.name, namespace = %svc.namespace, "activating a service with no ready endpoint");
         let client = ingress.inner.client.clone();
         let (ns, name) = (svc.namespace.clone(), svc.name.clone());
-        tokio::spawn(async move { activate(&client, &ns, &name).await });
+        let stopping = ingress.inner.stopping.clone();
+        ingress.inner.tasks.spawn(async move {
+            tokio::select! {
+                () = activate(&client, &ns, &name) => {}
+                () = stopping.cancelled() => {}
+            }
+        });
     }
     // The node agent's word that one of its pods is ready wakes this request directly: it
     // admits the pod as a backend itself rather than wait for the table's next rebuild; so

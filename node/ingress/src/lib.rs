@@ -26,6 +26,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use wisp_api::{Endpoints, Node, Pod, Route, Service};
 use wisp_client::{Client, ListParams, WatchParams};
 use wisp_runtime::{Informers, ObjectRef, Store, Writer, reflector, watcher_stream};
@@ -184,6 +185,10 @@ pub(crate) struct Inner {
         std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
     /// How fast tokens not seen before are looked up with the API for `/.wisp/`.
     pub(crate) token_lookups: governor::DefaultDirectRateLimiter,
+    /// The activator's scale-ups, which outlive the request that started them: cancelled
+    /// (`stopping`) and waited for when [`Ingress::sync`] ends.
+    pub(crate) tasks: TaskTracker,
+    pub(crate) stopping: CancellationToken,
 }
 
 /// The runtime of this node whose sandboxes the ingress calls in process (no socket, no
@@ -280,6 +285,8 @@ impl Ingress {
                 token_lookups: governor::RateLimiter::direct(governor::Quota::per_second(
                     std::num::NonZeroU32::new(20).unwrap_or(std::num::NonZeroU32::MIN),
                 )),
+                tasks: TaskTracker::new(),
+                stopping: CancellationToken::new(),
             }),
         }
     }
@@ -287,6 +294,17 @@ impl Ingress {
     /// Keeps the route table current from watches until `shutdown`. Called once per
     /// ingress (a second call returns at once, logging why).
     pub async fn sync(&self, shutdown: CancellationToken) {
+        if !self.keep_in_sync(shutdown).await {
+            return;
+        }
+        // The activator's scale-ups in flight stop with it.
+        self.inner.stopping.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// `false` when another call already keeps this ingress in sync.
+    async fn keep_in_sync(&self, shutdown: CancellationToken) -> bool {
         let client = &self.inner.client;
         let taken = self
             .inner
@@ -304,11 +322,12 @@ impl Ingress {
                     informers.subscribe::<Pod>().map(|_| ()).boxed(),
                     informers.subscribe::<Node>().map(|_| ()).boxed(),
                 ];
-                return self.follow(futures::stream::select_all(streams), shutdown).await;
+                self.follow(futures::stream::select_all(streams), shutdown).await;
+                return true;
             }
             None => {
                 tracing::error!("this ingress is already being kept in sync");
-                return;
+                return false;
             }
         };
         let Writers {
@@ -355,6 +374,7 @@ impl Ingress {
             .boxed(),
         ];
         self.follow(futures::stream::select_all(streams), shutdown).await;
+        true
     }
 
     /// Rebuilds the table after each burst of `events` (and of the agent's readiness word)

@@ -468,9 +468,10 @@ fn fields_nothing_acts_on_are_refused_at_their_path() {
         pod(&c(json!({"livenessProbe": {"httpGet": {"path": "/"}}}))),
         "spec.containers[0].livenessProbe",
     );
+    // A Wasm component listens on no TCP port.
     refused(
         pod(&c(json!({"readinessProbe": {"tcpSocket": {"port": 8080}}}))),
-        "spec.containers[0].readinessProbe.tcpSocket",
+        "spec.containers[0].readinessProbe.tcpSocket.port",
     );
     refused(
         pod(&c(
@@ -526,4 +527,22 @@ fn replica_set_min_ready_seconds_is_kept_and_checked() {
         &errors("replicaset", rs(-1)),
         "spec.minReadySeconds: must be non-negative"
     ));
+}
+
+/// A `tcpSocket` readiness probe of a container is accepted on the port it serves on (the
+/// agent connects to its first port), and refused elsewhere or without a port.
+#[test]
+fn a_tcp_socket_probe_is_accepted_on_the_port_a_container_serves() {
+    let c = |probe: Value, ports: Value| {
+        pod(&json!({"name": "app", "image": "web:1", "ports": ports, "readinessProbe": probe}))
+    };
+    let ports = json!([{"containerPort": 8080}]);
+    decode("pod", c(json!({"tcpSocket": {"port": 8080}}), ports.clone())).expect("ports[0]");
+    let path = "spec.containers[0].readinessProbe.tcpSocket.port";
+    let errs = errors("pod", c(json!({"tcpSocket": {"port": 9090}}), ports.clone()));
+    assert!(has(&errs, &format!("{path}: {}", crate::NOT_SUPPORTED)), "{errs:?}");
+    let errs = errors("pod", c(json!({"tcpSocket": {"port": 8080}}), json!([])));
+    assert!(has(&errs, &format!("{path}: {}", crate::NOT_SUPPORTED)), "{errs:?}");
+    let errs = errors("pod", c(json!({"tcpSocket": {"port": 0}}), ports));
+    assert!(has(&errs, path), "{errs:?}");
 }

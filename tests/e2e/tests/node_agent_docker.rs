@@ -14,7 +14,8 @@ use anyhow::{Context, bail};
 use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 use wisp_api::{
-    Container, ContainerPort, Node, ObjectMeta, Pod, PodPhase, Quantity, Resource, RestartPolicy,
+    Container, ContainerPort, Node, ObjectMeta, Pod, PodPhase, Probe, Quantity, Resource, RestartPolicy,
+    TcpSocketAction,
 };
 use wisp_apiserver::testutil::TestServer;
 use wisp_client::Client;
@@ -302,6 +303,32 @@ async fn container_pod_serves_logs_and_is_adopted_after_restart() -> anyhow::Res
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "container not removed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
+}
+
+/// A `tcpSocket` readiness probe: the pod is ready while its container accepts connections
+/// on its port, and not ready once the container closes the port while it runs on (with no
+/// probe the agent would have stopped looking after the first answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_socket_probe_follows_the_port_accepting() -> anyhow::Result<()> {
+    let Some(c) = Cluster::start("agent_docker_tcp_probe", None).await? else {
+        return Ok(());
+    };
+    let (_stop, _task) = c.agent();
+    let mut listener = echo(&["listen", "8"], true);
+    listener.readiness_probe = Some(Probe {
+        tcp_socket: Some(TcpSocketAction { port: 8080 }),
+        period_seconds: 1,
+        failure_threshold: 1,
+        ..Probe::default()
+    });
+    c.create(&c.pod("tcp", listener, RestartPolicy::Always)).await?;
+    c.wait_pod("tcp", 60, Pod::is_ready).await?;
+    let p = c
+        .wait_pod("tcp", 30, |p| p.phase() == PodPhase::Running && !p.is_ready())
+        .await?;
+    let restarts = p.status.as_ref().context("status")?.container_statuses[0].restart_count;
+    assert_eq!(restarts, 0, "the container ran on; only its port closed");
     Ok(())
 }
 

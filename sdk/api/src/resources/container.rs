@@ -390,12 +390,35 @@ impl Container {
                     },
                 ));
             }
+            if let Some(t) = &p.tcp_socket
+                && t.port != 0
+            {
+                let at = child(&child(&pp, "tcpSocket"), "port");
+                if self.runtime() == super::RUNTIME_WASM {
+                    errs.push(FieldError::not_supported(
+                        at,
+                        "a Wasm component listens on no TCP port; probe it with httpGet",
+                    ));
+                } else if Some(t.port) != served {
+                    errs.push(FieldError::not_supported(
+                        at,
+                        match served {
+                            Some(s) => format!(
+                                "the agent connects to the port the container serves on (ports[0], {s}); use {s}"
+                            ),
+                            None => "the agent connects to the port the container serves on, and this \
+                                     container declares none; declare it in ports"
+                                .to_owned(),
+                        },
+                    ));
+                }
+            }
         }
         if self.liveness_probe.is_some() {
             errs.push(FieldError::not_supported(
                 child(path, "livenessProbe"),
                 "no node agent restarts a container on a failing liveness probe; remove it \
-                 (readinessProbe with httpGet is supported)",
+                 (readinessProbe with httpGet or tcpSocket is supported)",
             ));
         }
         for (i, h) in self.allowed_outbound_hosts.iter().enumerate() {
@@ -502,10 +525,10 @@ fn validate_probe(p: &Probe, path: &str) -> Vec<FieldError> {
             ));
         }
     }
-    if p.tcp_socket.is_some() {
-        errs.push(FieldError::not_supported(
-            child(path, "tcpSocket"),
-            "the node agent probes readiness over HTTP only; use httpGet",
+    if p.tcp_socket.as_ref().is_some_and(|t| t.port == 0) {
+        errs.push(FieldError::new(
+            child(&child(path, "tcpSocket"), "port"),
+            "must be between 1 and 65535",
         ));
     }
     for (field, v, min) in [
