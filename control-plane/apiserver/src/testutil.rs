@@ -23,6 +23,17 @@ impl InProcessClient for ApiServer {
     }
 }
 
+/// A started [`TestServer`] with an admin client over loopback HTTP and the server's shutdown
+/// token (cancel it to stop the components a test runs against it); panics when the server
+/// cannot start.
+#[allow(clippy::panic)]
+pub async fn started() -> (wisp_client::Client, CancellationToken, TestServer) {
+    let server = TestServer::start()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the API server: {e}"));
+    (server.client(), server.shutdown.clone(), server)
+}
+
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`
     pub url: String,
@@ -73,6 +84,11 @@ impl TestServer {
             Some(serving) => serving.await.map_err(std::io::Error::other)?,
             None => Ok(()),
         }
+    }
+
+    /// A client with the admin token, over loopback HTTP.
+    pub fn client(&self) -> wisp_client::Client {
+        wisp_client::Client::new(&self.url, &self.token)
     }
 
     /// A client with the admin token that calls the server in this process, as `wisp up`'s

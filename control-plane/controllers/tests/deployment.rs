@@ -14,17 +14,7 @@ use wisp_api::{
 };
 use wisp_client::{Client, WatchParams, WatcherEvent};
 use wisp_controllers::deployment::{REVISION, TEMPLATE_HASH};
-
-async fn server() -> (Client, CancellationToken, wisp_apiserver::testutil::TestServer) {
-    let server = wisp_apiserver::testutil::TestServer::start()
-        .await
-        .expect("start the API server");
-    (
-        Client::new(&server.url, &server.token),
-        server.shutdown.clone(),
-        server,
-    )
-}
+use wisp_testkit::eventually;
 
 fn deployment(digest: char) -> Deployment {
     let mut d = Deployment::new(ObjectMeta::namespaced("default", "web"));
@@ -103,20 +93,9 @@ async fn set_template(api: &wisp_client::Api<Deployment>, digest: char) {
     panic!("could not update the deployment");
 }
 
-async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::time::Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_update_keeps_ready_pods_and_undo_restores() {
-    let (client, shutdown, _dir) = server().await;
+    let (client, shutdown, _dir) = wisp_apiserver::testutil::started().await;
     let controllers = tokio::spawn(wisp_controllers::run(
         wisp_runtime::Informers::new(client.clone(), shutdown.clone()),
         wisp_controllers::Config::default(),
@@ -135,7 +114,7 @@ async fn rolling_update_keeps_ready_pods_and_undo_restores() {
         v.dedup();
         (r.lock().expect("lock").len(), v)
     };
-    eventually("3 ready pods of revision 1", || hashes(&ready).0 == 3).await;
+    eventually("3 ready pods of revision 1", async || hashes(&ready).0 == 3).await;
     let first_hash = hashes(&ready).1[0].clone();
     // Let the first rollout settle, then watch the minimum through the update.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -144,7 +123,7 @@ async fn rolling_update_keeps_ready_pods_and_undo_restores() {
 
     // Update the component digest: a rolling update.
     set_template(&deployments, 'b').await;
-    eventually("all 3 pods on the new template", || {
+    eventually("all 3 pods on the new template", async || {
         let (n, hs) = hashes(&ready);
         n == 3 && hs.len() == 1 && hs[0] != first_hash
     })
@@ -161,7 +140,7 @@ async fn rolling_update_keeps_ready_pods_and_undo_restores() {
     // Undo: back to the first template; its ReplicaSet is reused as revision 3.
     *low.lock().expect("lock") = Some(3);
     set_template(&deployments, 'a').await;
-    eventually("back on the first template", || {
+    eventually("back on the first template", async || {
         let (n, hs) = hashes(&ready);
         n == 3 && hs == vec![first_hash.clone()]
     })
@@ -253,7 +232,7 @@ async fn timed_agent(client: Client, log: Log) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_ready_seconds_gates_availability_and_the_rollout() {
     const MIN_READY: u64 = 2;
-    let (client, shutdown, _dir) = server().await;
+    let (client, shutdown, _dir) = wisp_apiserver::testutil::started().await;
     let controllers = tokio::spawn(wisp_controllers::run(
         wisp_runtime::Informers::new(client.clone(), shutdown.clone()),
         wisp_controllers::Config::default(),
@@ -276,7 +255,7 @@ async fn min_ready_seconds_gates_availability_and_the_rollout() {
     // Both pods Ready: the ReplicaSet carries minReadySeconds and counts them ready, not
     // available, until they have been Ready for it.
     let ready_count = |l: &Log| l.lock().expect("lock").iter().filter(|e| e.0 == "ready").count();
-    eventually("2 ready pods", || ready_count(&log) == 2).await;
+    eventually("2 ready pods", async || ready_count(&log) == 2).await;
     let both_ready = log.lock().expect("lock")[1].2;
     let rs_status = async || {
         let sets = replicasets.list(&Default::default()).await.expect("list").items;
@@ -308,7 +287,8 @@ async fn min_ready_seconds_gates_availability_and_the_rollout() {
         saw_ready_not_available,
         "the ReplicaSet reported its pods ready but not yet available"
     );
-    eventually_async(&deployments, |d| {
+    eventually("the deployment's 2 pods ready and available", async || {
+        let d = deployments.get("web").await.expect("get");
         d.status
             .as_ref()
             .is_some_and(|s| s.available_replicas == 2 && s.ready_replicas == 2)
@@ -319,7 +299,7 @@ async fn min_ready_seconds_gates_availability_and_the_rollout() {
     // Roll: no old pod goes before a new pod has been Ready for minReadySeconds.
     log.lock().expect("lock").clear();
     set_template(&deployments, 'b').await;
-    eventually("the old pods gone", || {
+    eventually("the old pods gone", async || {
         log.lock()
             .expect("lock")
             .iter()
@@ -353,13 +333,3 @@ async fn min_ready_seconds_gates_availability_and_the_rollout() {
         .expect("join");
 }
 
-async fn eventually_async(api: &wisp_client::Api<Deployment>, check: impl Fn(&Deployment) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::time::Instant::now() < deadline {
-        if check(&api.get("web").await.expect("get")) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for the deployment status");
-}

@@ -9,17 +9,6 @@ use wisp_api::{
 };
 use wisp_client::Client;
 
-async fn server() -> (Client, CancellationToken, wisp_apiserver::testutil::TestServer) {
-    let server = wisp_apiserver::testutil::TestServer::start()
-        .await
-        .expect("start the API server");
-    (
-        Client::new(&server.url, &server.token),
-        server.shutdown.clone(),
-        server,
-    )
-}
-
 fn pod(name: &str) -> Pod {
     let mut p = Pod::new(ObjectMeta::namespaced("default", name));
     p.metadata.labels.insert("app".into(), "web".into());
@@ -53,26 +42,21 @@ async fn addresses(api: &wisp_client::Api<Endpoints>) -> Option<(Vec<String>, Ve
     }))
 }
 
+/// Waits until the Endpoints' ready and not-ready addresses are `want`.
 async fn eventually(api: &wisp_client::Api<Endpoints>, want: (Vec<&str>, Vec<&str>)) {
     let want = (
         want.0.into_iter().map(String::from).collect::<Vec<_>>(),
         want.1.into_iter().map(String::from).collect::<Vec<_>>(),
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let mut last = None;
-    while tokio::time::Instant::now() < deadline {
-        last = addresses(api).await;
-        if last.as_ref() == Some(&want) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("endpoints never became {want:?}; last {last:?}");
+    wisp_testkit::eventually(&format!("endpoints {want:?}"), async || {
+        addresses(api).await.as_ref() == Some(&want)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_follow_pod_readiness() {
-    let (client, shutdown, _dir) = server().await;
+    let (client, shutdown, _dir) = wisp_apiserver::testutil::started().await;
     let controllers = tokio::spawn(wisp_controllers::run(
         wisp_runtime::Informers::new(client.clone(), shutdown.clone()),
         wisp_controllers::Config::default(),

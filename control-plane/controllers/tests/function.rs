@@ -8,22 +8,7 @@ use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 use wisp_api::{Container, Deployment, Function, ObjectMeta, Resource, Route, Service};
 use wisp_client::Client;
-
-async fn eventually<T>(
-    what: &str,
-    mut probe: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = probe().await? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use wisp_testkit::try_eventually as eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn function_expands_scales_within_bounds_and_is_collected() -> anyhow::Result<()> {

@@ -12,17 +12,6 @@ use wisp_api::{
 use wisp_client::{Client, ListParams};
 use wisp_controllers::nodes::LEASE_NAMESPACE;
 
-async fn server() -> (Client, CancellationToken, wisp_apiserver::testutil::TestServer) {
-    let server = wisp_apiserver::testutil::TestServer::start()
-        .await
-        .expect("start the API server");
-    (
-        Client::new(&server.url, &server.token),
-        server.shutdown.clone(),
-        server,
-    )
-}
-
 async fn node(client: &Client, name: &str, renewed_secs_ago: i64) {
     let nodes = client.api::<Node>(None);
     let made = nodes
@@ -64,7 +53,7 @@ fn ready_status(n: &Node) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_node_is_marked_not_ready_and_its_pods_are_replaced() {
-    let (client, shutdown, _dir) = server().await;
+    let (client, shutdown, _dir) = wisp_apiserver::testutil::started().await;
     node(&client, "stale", 60).await;
     node(&client, "fresh", 0).await;
     // Generous: the heartbeat below must never look late on a loaded CI machine.

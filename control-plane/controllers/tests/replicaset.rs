@@ -8,17 +8,7 @@ use wisp_api::{
     Resource,
 };
 use wisp_client::{Api, Client, ListParams};
-
-async fn server() -> (Client, CancellationToken, wisp_apiserver::testutil::TestServer) {
-    let server = wisp_apiserver::testutil::TestServer::start()
-        .await
-        .expect("start the API server");
-    (
-        Client::new(&server.url, &server.token),
-        server.shutdown.clone(),
-        server,
-    )
-}
+use wisp_testkit::eventually;
 
 fn replicaset(name: &str, replicas: i32) -> ReplicaSet {
     let mut rs = ReplicaSet::new(ObjectMeta::namespaced("default", name));
@@ -44,24 +34,9 @@ async fn owned_pods(pods: &Api<Pod>, app: &str) -> Vec<Pod> {
     pods.list(&params).await.expect("list").items
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicaset_keeps_its_pods_and_gc_cleans_up() {
-    let (client, shutdown, _dir) = server().await;
+    let (client, shutdown, _dir) = wisp_apiserver::testutil::started().await;
     let controllers = tokio::spawn(wisp_controllers::run(
         wisp_runtime::Informers::new(client.clone(), shutdown.clone()),
         wisp_controllers::Config::default(),
@@ -72,7 +47,7 @@ async fn replicaset_keeps_its_pods_and_gc_cleans_up() {
 
     let rs = rss.create(&replicaset("web", 3)).await.expect("create rs");
     let uid = rs.metadata.uid.clone().expect("uid");
-    eventually("3 pods", || async { owned_pods(&pods, "web").await.len() == 3 }).await;
+    eventually("3 pods", async || { owned_pods(&pods, "web").await.len() == 3 }).await;
     // No over-creation while the controller's caches catch up with its own writes.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let three = owned_pods(&pods, "web").await;
@@ -82,7 +57,7 @@ async fn replicaset_keeps_its_pods_and_gc_cleans_up() {
             .iter()
             .all(|p| p.metadata.owner_references.iter().any(|o| o.uid == uid))
     );
-    eventually("status.replicas = 3", || async {
+    eventually("status.replicas = 3", async || {
         rss.get("web")
             .await
             .expect("get")
@@ -94,7 +69,7 @@ async fn replicaset_keeps_its_pods_and_gc_cleans_up() {
     // A deleted pod is replaced.
     let victim = three[0].metadata.name.clone();
     pods.delete(&victim).await.expect("delete pod");
-    eventually("replacement", || async {
+    eventually("replacement", async || {
         let now = owned_pods(&pods, "web").await;
         now.len() == 3 && now.iter().all(|p| p.metadata.name != victim)
     })
@@ -111,11 +86,11 @@ async fn replicaset_keeps_its_pods_and_gc_cleans_up() {
             Err(e) => panic!("scale down: {e}"),
         }
     }
-    eventually("1 pod", || async { owned_pods(&pods, "web").await.len() == 1 }).await;
+    eventually("1 pod", async || { owned_pods(&pods, "web").await.len() == 1 }).await;
 
     // Deleting the ReplicaSet deletes its pods (garbage collection).
     rss.delete("web").await.expect("delete rs");
-    eventually("pods collected", || async {
+    eventually("pods collected", async || {
         owned_pods(&pods, "web").await.is_empty()
     })
     .await;
@@ -132,7 +107,7 @@ async fn replicaset_keeps_its_pods_and_gc_cleans_up() {
     });
     rss.create(&orphan).await.expect("create orphan");
     rss.create(&replicaset("keep", 1)).await.expect("create keep");
-    eventually("orphan collected", || async {
+    eventually("orphan collected", async || {
         rss.get_opt("orphan").await.expect("get").is_none()
     })
     .await;

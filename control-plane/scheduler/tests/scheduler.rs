@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use wisp_api::{Condition, Container, Node, NodeStatus, ObjectMeta, OwnerReference, Pod, Quantity, Resource};
 use wisp_client::{Api, Client};
 use wisp_scheduler::SchedulerConfig;
+use wisp_testkit::try_eventually as eventually;
 
 struct Cluster {
     client: Client,
@@ -125,27 +126,8 @@ fn docker_pod(name: &str) -> Pod {
     pod
 }
 
-/// Polls `get` until it yields a value (15 s at most).
-async fn eventually<T, F, Fut>(what: &str, mut get: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(v) = get().await? {
-            return Ok(v);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 async fn bound_node(pods: &Api<Pod>, name: &str) -> anyhow::Result<String> {
-    eventually(&format!("pod {name} bound"), || async {
+    eventually(&format!("pod {name} bound"), async || {
         Ok(pods.get(name).await?.spec.node_name)
     })
     .await
@@ -240,7 +222,7 @@ async fn docker_pod_waits_for_a_docker_node() -> anyhow::Result<()> {
         })
         .await?;
     assert_eq!(bound_node(&pods, "nginx").await?, "docker-1");
-    let cond = eventually("PodScheduled=True", || async {
+    let cond = eventually("PodScheduled=True", async || {
         Ok(scheduled(&pods.get("nginx").await?).filter(Condition::is_true))
     })
     .await?;

@@ -143,14 +143,12 @@ async fn a_pod_bound_to_the_node_runs_and_is_ready_on_the_fake_runtime() -> anyh
 
     // Deleted: the agent stops the sandbox and takes back its word on readiness.
     c.client.api::<Pod>(Some("default")).delete("web").await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !fake.list().await?.is_empty() || c.readiness.is_ready(&uid) {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the sandbox outlived its pod"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wisp_testkit::wait("the sandbox and its readiness gone with the pod")
+        .within(Duration::from_secs(10))
+        .until(async || -> anyhow::Result<bool> {
+            Ok(fake.list().await?.is_empty() && !c.readiness.is_ready(&uid))
+        })
+        .await?;
     stop.cancel();
     task.await?;
     Ok(())
@@ -189,45 +187,38 @@ async fn a_runtime_whose_service_is_down_is_reported_on_the_node() -> anyhow::Re
     docker.set_health(Some(Err("the daemon does not answer".into())));
     let (_stop, _task) = c.agent(runtimes(&[&wasm, &docker]));
     let nodes = c.client.api::<Node>(None);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let condition = nodes.get_opt(NODE).await?.and_then(|n| {
-            n.status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == wisp_api::NODE_DOCKER_READY)
-        });
-        if let Some(c) = condition {
-            assert_eq!(c.status, "False");
-            assert!(
-                c.message
-                    .as_deref()
-                    .unwrap_or_default()
-                    .contains("does not answer"),
-                "{c:?}"
-            );
-            break;
-        }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no DockerReady condition");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let c = wisp_testkit::wait("a DockerReady condition")
+        .within(Duration::from_secs(10))
+        .until(async || -> anyhow::Result<Option<wisp_api::Condition>> {
+            Ok(nodes.get_opt(NODE).await?.and_then(|n| {
+                n.status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == wisp_api::NODE_DOCKER_READY)
+            }))
+        })
+        .await?
+        .0;
+    assert_eq!(c.status, "False");
+    assert!(
+        c.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("does not answer"),
+        "{c:?}"
+    );
+
     // Back: the condition turns True.
     docker.set_health(Some(Ok("27.0".into())));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let ready = nodes.get(NODE).await?.status.is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == wisp_api::NODE_DOCKER_READY && c.status == "True")
-        });
-        if ready {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "DockerReady never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wisp_testkit::wait("DockerReady back to True")
+        .within(Duration::from_secs(10))
+        .until(async || -> anyhow::Result<bool> {
+            Ok(nodes.get(NODE).await?.status.is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == wisp_api::NODE_DOCKER_READY && c.status == "True")
+            }))
+        })
+        .await?;
     Ok(())
 }

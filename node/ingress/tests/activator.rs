@@ -68,11 +68,11 @@ async fn start_ingress(
         let (i, s) = (ingress.clone(), stop.clone());
         async move { i.sync(s).await }
     });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !ingress.stats().iter().any(|s| s.name == name) {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "route never loaded");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wisp_testkit::wait("the route loaded")
+        .within(Duration::from_secs(10))
+        .every(Duration::from_millis(10))
+        .until(async || ingress.stats().iter().any(|s| s.name == name))
+        .await?;
     Ok((ingress, stop, sync))
 }
 
@@ -119,17 +119,18 @@ async fn held_requests_are_bounded_and_time_out_clearly_and_wake_the_service_onc
         let i = ingress.clone();
         held.spawn(async move { body_of(i.handle(request("sleepy.example.com")?).await).await });
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while ingress
-        .stats()
-        .iter()
-        .find(|s| s.name == "sleepy")
-        .map_or(0, |s| s.queued)
-        < 3
-    {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "requests were not held");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wisp_testkit::wait("3 requests held")
+        .within(Duration::from_secs(5))
+        .every(Duration::from_millis(5))
+        .until(async || {
+            ingress
+                .stats()
+                .iter()
+                .find(|s| s.name == "sleepy")
+                .map_or(0, |s| s.queued)
+                >= 3
+        })
+        .await?;
     let (code, retry, body) = body_of(ingress.handle(request("sleepy.example.com")?).await).await?;
     assert_eq!((code, retry.as_deref()), (503, Some("1")), "{body}");
     assert!(body.contains("sleepy"), "{body}");

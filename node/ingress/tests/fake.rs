@@ -104,11 +104,11 @@ async fn a_request_reaches_the_fake_runtimes_in_process_handler() -> anyhow::Res
             }
         }
     });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !ingress.stats().iter().any(|s| s.name == "web") {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "route never loaded");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wisp_testkit::wait("the route loaded")
+        .within(Duration::from_secs(10))
+        .every(Duration::from_millis(10))
+        .until(async || ingress.stats().iter().any(|s| s.name == "web"))
+        .await?;
 
     // The request comes first: it is held until the pod the agent runs is ready.
     let held = tokio::spawn({

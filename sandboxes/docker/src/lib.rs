@@ -31,6 +31,7 @@
 mod names;
 mod network;
 mod policy;
+#[cfg(feature = "test-util")]
 pub mod testing;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

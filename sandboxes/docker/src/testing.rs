@@ -2,8 +2,9 @@
 //! end-to-end suite's): reachability with the CI rule, the example image, and cleanup of
 //! what a test created.
 //!
-//! The rule: with `CI` set, an unreachable engine fails the test with the reason; without it
-//! (a laptop with no Docker) the test prints a notice and skips.
+//! The rule ([`wisp_testkit::required`]): with `CI` set, an unreachable engine fails the test
+//! with the reason; without it (a laptop with no Docker) the test prints a notice and skips.
+//! Behind the `test-util` feature: not in a release build.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -36,20 +37,10 @@ pub fn engine() -> Result<String, String> {
     }
 }
 
-/// `true` when Docker tests can run. Panics in CI when they cannot; prints a notice and
-/// returns `false` elsewhere.
-#[allow(clippy::print_stderr)]
+/// `true` when Docker tests can run: [`wisp_testkit::required`]'s rule (a failure in CI, a
+/// notice and a skip elsewhere).
 pub fn available(test: &str) -> bool {
-    match engine() {
-        Ok(_) => true,
-        Err(reason) if std::env::var_os("CI").is_some() => {
-            panic!("{test}: Docker tests must run in CI, but {reason}")
-        }
-        Err(reason) => {
-            eprintln!("SKIPPED {test}: {reason} (set CI=1 to make this a failure)");
-            false
-        }
-    }
+    wisp_testkit::required(test, engine()).is_some()
 }
 
 /// Builds [`ECHO_IMAGE`] with examples/container-echo/build-image.sh unless the engine

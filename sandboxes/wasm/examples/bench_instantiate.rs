@@ -264,7 +264,7 @@ fn args() -> anyhow::Result<Args> {
 }
 
 fn guest(name: &str) -> anyhow::Result<PathBuf> {
-    let path = wisp_sandbox_wasm::guests::path(name).map_err(anyhow::Error::msg)?;
+    let path = wisp_testkit::guests::path(name).map_err(anyhow::Error::msg)?;
     Ok(path.canonicalize()?)
 }
 

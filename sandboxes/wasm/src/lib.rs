@@ -18,7 +18,6 @@
 mod component;
 mod engine;
 #[doc(hidden)]
-pub mod guests;
 mod host;
 mod http;
 mod kind;

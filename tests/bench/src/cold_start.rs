@@ -56,7 +56,7 @@ fn function(name: &str, digest: &str) -> Function {
 }
 
 pub async fn run(args: &ColdStartArgs) -> anyhow::Result<String> {
-    let component = wisp_sandbox_wasm::guests::path("hello").map_err(anyhow::Error::msg)?;
+    let component = wisp_testkit::guests::path("hello").map_err(anyhow::Error::msg)?;
     let bytes = std::fs::read(&component)?;
     let cluster = Cluster::start("bench-node", None).await?;
     let (client, ingress, wasm) = (

@@ -80,7 +80,7 @@ fn ready_events(client: &Client, stop: CancellationToken) -> mpsc::UnboundedRece
 pub async fn run(args: &PodStartArgs) -> anyhow::Result<String> {
     let component = match &args.component {
         Some(c) => c.clone(),
-        None => wisp_sandbox_wasm::guests::path("hello").map_err(anyhow::Error::msg)?,
+        None => wisp_testkit::guests::path("hello").map_err(anyhow::Error::msg)?,
     };
     let bytes = std::fs::read(&component).with_context(|| format!("cannot read {}", component.display()))?;
     let server = TestServer::start().await?;

@@ -235,21 +235,9 @@ impl Wisp {
     }
 }
 
-/// A guest component built by `tests/build-guests.sh` (see `wisp_sandbox_wasm::guests`,
-/// not a dependency here: the e2e tests drive the `wisp` binary and link no wasmtime).
+/// A guest component built by `tests/build-guests.sh`.
 pub fn guest(name: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::var_os("WISP_GUESTS_DIR").map_or_else(
-        || examples_dir().join("target/wasm32-wasip2/release"),
-        PathBuf::from,
-    );
-    let path = dir.join(format!("{name}.wasm"));
-    if !path.is_file() {
-        bail!(
-            "guest component {} is missing: run tests/build-guests.sh first",
-            path.display()
-        );
-    }
-    Ok(path)
+    wisp_testkit::guests::path(name).map_err(anyhow::Error::msg)
 }
 
 /// The same component with a custom section appended: a different digest, same behaviour.
@@ -372,18 +360,14 @@ impl Drop for Wisp {
 pub async fn until(
     what: &str,
     secs: u64,
-    mut check: impl AsyncFnMut() -> anyhow::Result<bool>,
+    check: impl AsyncFnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<Duration> {
-    let started = std::time::Instant::now();
-    loop {
-        if check().await? {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > Duration::from_secs(secs) {
-            bail!("timed out after {secs} s waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let ((), took) = wisp_testkit::wait(what)
+        .within(Duration::from_secs(secs))
+        .every(Duration::from_millis(50))
+        .until(check)
+        .await?;
+    Ok(took)
 }
 
 /// A plain HTTP/1.1 client for requests to an ingress.

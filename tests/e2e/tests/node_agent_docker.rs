@@ -381,7 +381,7 @@ async fn daemon_down_keeps_the_node_and_wasm_pods_up_and_docker_pods_start_when_
         .await?;
     assert!(node.is_ready(), "the node itself is Ready");
 
-    let hello = wisp_sandbox_wasm::guests::path("hello").map_err(anyhow::Error::msg)?;
+    let hello = wisp_testkit::guests::path("hello").map_err(anyhow::Error::msg)?;
     let digest = c
         .client
         .put_blob(bytes::Bytes::from(std::fs::read(hello)?))

@@ -49,7 +49,7 @@ async fn wait_pod_until(
 const NODE: &str = "node-a";
 
 fn guest(name: &str) -> PathBuf {
-    wisp_sandbox_wasm::guests::path(name).unwrap_or_else(|e| panic!("{e}"))
+    wisp_testkit::guests::path(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 struct Cluster {

@@ -6,8 +6,8 @@ use anyhow::bail;
 use wisp_api::Pod;
 use wisp_client::Client;
 
-/// Polls pod `default/<name>` every 20 ms until `check` holds; fails after `secs` with the
-/// pod's last status.
+/// Polls pod `default/<name>` until `check` holds; fails after `secs` with the pod's last
+/// status.
 pub async fn wait_pod(
     client: &Client,
     name: &str,
@@ -15,18 +15,20 @@ pub async fn wait_pod(
     check: impl Fn(&Pod) -> bool,
 ) -> anyhow::Result<Pod> {
     let api = client.api::<Pod>(Some("default"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        let pod = api.get(name).await?;
-        if check(&pod) {
-            return Ok(pod);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "pod {name} did not reach the expected state in {secs} s; last status: {:#?}",
-                pod.status
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut last = None;
+    let waited = wisp_testkit::wait(format!("pod {name} to reach the expected state"))
+        .within(Duration::from_secs(secs))
+        .until(async || -> anyhow::Result<Option<Pod>> {
+            let pod = api.get(name).await?;
+            if check(&pod) {
+                return Ok(Some(pod));
+            }
+            last = pod.status;
+            Ok(None)
+        })
+        .await;
+    match waited {
+        Ok((pod, _)) => Ok(pod),
+        Err(e) => bail!("{e}; last status: {last:#?}"),
     }
 }

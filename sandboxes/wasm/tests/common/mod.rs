@@ -11,7 +11,7 @@ use wisp_sandbox_wasm::{HandleError, WasmConfig, WasmSandbox};
 
 /// A guest component built by `tests/build-guests.sh`.
 pub fn guest(name: &str) -> PathBuf {
-    wisp_sandbox_wasm::guests::path(name).unwrap_or_else(|e| panic!("{e}"))
+    wisp_testkit::guests::path(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A runtime with a small pool (tests run many engines in one process).
