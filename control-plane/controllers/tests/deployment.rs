@@ -332,4 +332,3 @@ async fn min_ready_seconds_gates_availability_and_the_rollout() {
         .expect("stop")
         .expect("join");
 }
-

@@ -47,7 +47,7 @@ async fn replicaset_keeps_its_pods_and_gc_cleans_up() {
 
     let rs = rss.create(&replicaset("web", 3)).await.expect("create rs");
     let uid = rs.metadata.uid.clone().expect("uid");
-    eventually("3 pods", async || { owned_pods(&pods, "web").await.len() == 3 }).await;
+    eventually("3 pods", async || owned_pods(&pods, "web").await.len() == 3).await;
     // No over-creation while the controller's caches catch up with its own writes.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let three = owned_pods(&pods, "web").await;
@@ -86,7 +86,7 @@ async fn replicaset_keeps_its_pods_and_gc_cleans_up() {
             Err(e) => panic!("scale down: {e}"),
         }
     }
-    eventually("1 pod", async || { owned_pods(&pods, "web").await.len() == 1 }).await;
+    eventually("1 pod", async || owned_pods(&pods, "web").await.len() == 1).await;
 
     // Deleting the ReplicaSet deletes its pods (garbage collection).
     rss.delete("web").await.expect("delete rs");
