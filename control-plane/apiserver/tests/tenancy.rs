@@ -715,7 +715,10 @@ async fn only_the_admin_reads_the_cluster_metrics() {
     let s = server_with(|_| {}).await;
     let tenant = s.tenant("team-a").await;
     assert_eq!(code(tenant.raw(Method::GET, "/metrics", None).await), 403);
-    assert_eq!(code(s.node("node-a").raw(Method::GET, "/metrics", None).await), 403);
+    assert_eq!(
+        code(s.node("node-a").raw(Method::GET, "/metrics", None).await),
+        403
+    );
     let metrics = s.admin.raw(Method::GET, "/metrics", None).await.expect("admin");
     assert_eq!(metrics.status(), 200);
 }

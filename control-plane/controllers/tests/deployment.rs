@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use wisp_api::{
     Condition, Container, Deployment, LabelSelector, ObjectMeta, Pod, PodPhase, PodStatus, PodTemplateSpec,
     ReplicaSet, Resource,

@@ -3,11 +3,9 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use wisp_api::{
     Condition, Container, Endpoints, ObjectMeta, Pod, PodPhase, PodStatus, Resource, Service, ServicePort,
 };
-use wisp_client::Client;
 
 fn pod(name: &str) -> Pod {
     let mut p = Pod::new(ObjectMeta::namespaced("default", name));

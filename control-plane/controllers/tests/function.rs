@@ -2,9 +2,7 @@
 //! Deployment, Service and Route, keeps the autoscaler's replicas within its bounds, reports
 //! its URL and replicas, and takes its children with it when deleted.
 
-use std::time::{Duration, Instant};
-
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use wisp_api::{Container, Deployment, Function, ObjectMeta, Resource, Route, Service};
 use wisp_client::Client;

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use wisp_api::{
     Condition, Container, LabelSelector, Lease, Node, NodeStatus, ObjectMeta, Pod, PodPhase, ReplicaSet,
     Resource,

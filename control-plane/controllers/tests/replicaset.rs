@@ -2,12 +2,11 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use wisp_api::{
     Container, Deployment, LabelSelector, ObjectMeta, OwnerReference, Pod, PodTemplateSpec, ReplicaSet,
     Resource,
 };
-use wisp_client::{Api, Client, ListParams};
+use wisp_client::{Api, ListParams};
 use wisp_testkit::eventually;
 
 fn replicaset(name: &str, replicas: i32) -> ReplicaSet {

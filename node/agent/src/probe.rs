@@ -22,13 +22,12 @@ pub(crate) async fn get(addr: SocketAddr, request: http::Request<Empty<Bytes>>) 
         request.headers_mut().insert(http::header::HOST, host);
     }
     let response = sender.send_request(request).await.ok();
-    let status = match response {
+    match response {
         Some(r) => {
             let status = r.status();
             r.into_body().collect().await.ok()?;
             Some(status)
         }
         None => None,
-    };
-    status
+    }
 }

@@ -510,8 +510,8 @@ impl Worker {
         let probe = c.readiness_probe.clone()?;
         let reachable = self.endpoints.contains_key(name)
             || (spec.kind == Kind::Http && self.ctx.runtimes.serves_in_process(c.runtime()));
-        let probed = (probe.http_get.is_some() && reachable)
-            || (probe.tcp_socket.is_some() && self.over_socket(name));
+        let probed =
+            (probe.http_get.is_some() && reachable) || (probe.tcp_socket.is_some() && self.over_socket(name));
         probed.then_some(probe)
     }
 

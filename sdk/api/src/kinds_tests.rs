@@ -540,9 +540,15 @@ fn a_tcp_socket_probe_is_accepted_on_the_port_a_container_serves() {
     decode("pod", c(json!({"tcpSocket": {"port": 8080}}), ports.clone())).expect("ports[0]");
     let path = "spec.containers[0].readinessProbe.tcpSocket.port";
     let errs = errors("pod", c(json!({"tcpSocket": {"port": 9090}}), ports.clone()));
-    assert!(has(&errs, &format!("{path}: {}", crate::NOT_SUPPORTED)), "{errs:?}");
+    assert!(
+        has(&errs, &format!("{path}: {}", crate::NOT_SUPPORTED)),
+        "{errs:?}"
+    );
     let errs = errors("pod", c(json!({"tcpSocket": {"port": 8080}}), json!([])));
-    assert!(has(&errs, &format!("{path}: {}", crate::NOT_SUPPORTED)), "{errs:?}");
+    assert!(
+        has(&errs, &format!("{path}: {}", crate::NOT_SUPPORTED)),
+        "{errs:?}"
+    );
     let errs = errors("pod", c(json!({"tcpSocket": {"port": 0}}), ports));
     assert!(has(&errs, path), "{errs:?}");
 }
