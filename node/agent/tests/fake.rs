@@ -4,8 +4,6 @@
 //! in process, publish its readiness, report its exit, stop it on delete, report a runtime's
 //! service as down and back — is shown here on the fake. Pods are bound by hand (`spec.nodeName`).
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,7 +104,7 @@ async fn a_pod_bound_to_the_node_runs_and_is_ready_on_the_fake_runtime() -> anyh
         .create(&pod("web", &digest, &[], RestartPolicy::Always))
         .await?;
     let uid = created.metadata.uid.clone().context("uid")?;
-    let running = common::wait_pod(&c.client, "web", 20, |p| {
+    let running = wisp_testkit::wait_pod(&c.client, "web", 20, |p| {
         p.phase() == PodPhase::Running && p.is_ready()
     })
     .await?;
@@ -166,8 +164,8 @@ async fn run_to_completion_pods_on_the_fake_report_their_exit_codes() -> anyhow:
         .await?;
     pods.create(&pod("bad", &digest, &["exit", "4", "no"], RestartPolicy::Never))
         .await?;
-    common::wait_pod(&c.client, "ok", 20, |p| p.phase() == PodPhase::Succeeded).await?;
-    let bad = common::wait_pod(&c.client, "bad", 20, |p| p.phase() == PodPhase::Failed).await?;
+    wisp_testkit::wait_pod(&c.client, "ok", 20, |p| p.phase() == PodPhase::Succeeded).await?;
+    let bad = wisp_testkit::wait_pod(&c.client, "bad", 20, |p| p.phase() == PodPhase::Failed).await?;
     let terminated = bad
         .status
         .as_ref()

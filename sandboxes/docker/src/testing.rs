@@ -70,6 +70,21 @@ pub fn ensure_echo_image() {
     *done = true;
 }
 
+/// For one test on the real engine: a Docker runtime owning a unique label, with the example
+/// image present, and the cleanup of what it makes; `None` when the test should skip
+/// ([`available`]'s rule).
+pub fn runtime(test: &str) -> Option<(crate::DockerSandbox, Cleanup)> {
+    if !available(test) {
+        return None;
+    }
+    ensure_echo_image();
+    let owner = unique_owner(test);
+    Some((
+        crate::DockerSandbox::new(crate::DockerConfig::new(owner.clone())),
+        Cleanup::new(&owner),
+    ))
+}
+
 /// A unique owner label for one test's containers.
 pub fn unique_owner(test: &str) -> String {
     let nanos = std::time::SystemTime::now()

@@ -14,18 +14,6 @@ use wisp_sandbox::{
 use wisp_sandbox_docker::testing::{self, Cleanup, ECHO_IMAGE, Registry, SocketProxy};
 use wisp_sandbox_docker::{DockerConfig, DockerSandbox, container_name};
 
-fn setup(test: &str) -> Option<(DockerSandbox, Cleanup)> {
-    if !testing::available(test) {
-        return None;
-    }
-    testing::ensure_echo_image();
-    let owner = testing::unique_owner(test);
-    Some((
-        DockerSandbox::new(DockerConfig::new(owner.clone())),
-        Cleanup::new(&owner),
-    ))
-}
-
 fn spec(pod: &str, namespace: &str, args: &[&str]) -> SandboxSpec {
     let mut s = SandboxSpec::new(
         SandboxId::new(pod, "main"),
@@ -97,7 +85,7 @@ fn ip_of(id: &SandboxId) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_are_locked_down_and_publish_on_the_node_address() {
-    let Some((s, _cleanup)) = setup("locked_down") else {
+    let Some((s, _cleanup)) = testing::runtime("locked_down") else {
         return;
     };
     let mut spec = server("uid-lock", "lockdown");
@@ -154,7 +142,7 @@ async fn containers_are_locked_down_and_publish_on_the_node_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_cannot_reach_each_other() {
-    let Some((s, _cleanup)) = setup("isolation") else {
+    let Some((s, _cleanup)) = testing::runtime("isolation") else {
         return;
     };
     let b = server("uid-iso-b", "iso-b");
@@ -209,7 +197,9 @@ async fn namespaces_cannot_reach_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_memory_is_reported() {
-    let Some((s, _cleanup)) = setup("oom") else { return };
+    let Some((s, _cleanup)) = testing::runtime("oom") else {
+        return;
+    };
     let mut spec = spec("uid-oom", "oom", &["alloc", "256"]);
     spec.limits.memory_bytes = Some(32 << 20);
     run(&s, &spec).await;
@@ -227,7 +217,7 @@ async fn out_of_memory_is_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_are_pulled_from_a_registry() {
-    let Some((s, _cleanup)) = setup("pull") else {
+    let Some((s, _cleanup)) = testing::runtime("pull") else {
         return;
     };
     let registry = Registry::start().expect("registry");
@@ -334,7 +324,7 @@ async fn stop_and_delete(s: &DockerSandbox, id: &SandboxId) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_network_goes_with_its_last_container() {
-    let Some((s, mut cleanup)) = setup("network_gc") else {
+    let Some((s, mut cleanup)) = testing::runtime("network_gc") else {
         return;
     };
     let namespace = testing::unique_owner("gc");
@@ -401,7 +391,7 @@ async fn a_namespace_network_goes_with_its_last_container() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_and_deletes_racing_in_one_namespace_all_succeed() {
-    let Some((s, mut cleanup)) = setup("network_race") else {
+    let Some((s, mut cleanup)) = testing::runtime("network_race") else {
         return;
     };
     let namespace = testing::unique_owner("race");

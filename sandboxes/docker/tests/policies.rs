@@ -12,18 +12,6 @@ use wisp_sandbox::{
 use wisp_sandbox_docker::testing::{self, Cleanup, ECHO_IMAGE, Registry};
 use wisp_sandbox_docker::{DockerConfig, DockerSandbox, container_name};
 
-fn setup(test: &str) -> Option<(DockerSandbox, Cleanup)> {
-    if !testing::available(test) {
-        return None;
-    }
-    testing::ensure_echo_image();
-    let owner = testing::unique_owner(test);
-    Some((
-        DockerSandbox::new(DockerConfig::new(owner.clone())),
-        Cleanup::new(&owner),
-    ))
-}
-
 fn spec(pod: &str, image: &str, args: &[&str]) -> SandboxSpec {
     let mut s = SandboxSpec::new(
         SandboxId::new(pod, "main"),
@@ -135,7 +123,7 @@ fn never_pulled(r: wisp_sandbox::Result<()>, image: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_policy_always_follows_the_registry_and_if_not_present_keeps_the_local_image() {
-    let Some((s, _cleanup)) = setup("pull_always") else {
+    let Some((s, _cleanup)) = testing::runtime("pull_always") else {
         return;
     };
     let registry = Registry::start().expect("registry");
@@ -188,7 +176,7 @@ async fn pull_policy_always_follows_the_registry_and_if_not_present_keeps_the_lo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_policy_never_does_not_pull_in_prepare_nor_in_create() {
-    let Some((s, _cleanup)) = setup("pull_never") else {
+    let Some((s, _cleanup)) = testing::runtime("pull_never") else {
         return;
     };
     let registry = Registry::start().expect("registry");
@@ -222,7 +210,7 @@ async fn pull_policy_never_does_not_pull_in_prepare_nor_in_create() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_as_non_root_refuses_root_and_runs_non_root_users() {
-    let Some((s, _cleanup)) = setup("non_root") else {
+    let Some((s, _cleanup)) = testing::runtime("non_root") else {
         return;
     };
     // The echo image is FROM scratch with no USER: root.
@@ -279,7 +267,7 @@ async fn run_as_non_root_refuses_root_and_runs_non_root_users() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opt_in_capabilities_need_the_node_admin() {
-    let Some((s, cleanup)) = setup("capabilities") else {
+    let Some((s, cleanup)) = testing::runtime("capabilities") else {
         return;
     };
     let mut spec = spec("uid-caps", ECHO_IMAGE, &["exit", "0", "raw"]);

@@ -25,31 +25,6 @@ use wisp_sandbox_docker::testing::{self, Cleanup, ECHO_IMAGE, SocketProxy};
 use wisp_sandbox_docker::{DockerConfig, DockerSandbox};
 use wisp_sandbox_wasm::{WasmConfig, WasmSandbox};
 
-/// Polls pod `default/<name>` every 20 ms until `check` holds; fails after `secs` with the
-/// pod's last status.
-async fn wait_pod_until(
-    client: &Client,
-    name: &str,
-    secs: u64,
-    check: impl Fn(&Pod) -> bool,
-) -> anyhow::Result<Pod> {
-    let api = client.api::<Pod>(Some("default"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        let pod = api.get(name).await?;
-        if check(&pod) {
-            return Ok(pod);
-        }
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "pod {name} did not reach the expected state in {secs} s; last status: {:#?}",
-                pod.status
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 struct Cluster {
     _server: TestServer,
     client: Client,
@@ -128,7 +103,7 @@ impl Cluster {
     }
 
     async fn wait_pod(&self, name: &str, secs: u64, check: impl Fn(&Pod) -> bool) -> anyhow::Result<Pod> {
-        wait_pod_until(&self.client, name, secs, check).await
+        wisp_testkit::wait_pod(&self.client, name, secs, check).await
     }
 
     async fn wait_node(&self, secs: u64, check: impl Fn(&Node) -> bool) -> anyhow::Result<Node> {

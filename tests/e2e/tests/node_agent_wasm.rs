@@ -21,31 +21,6 @@ use wisp_node::{Agent, AgentConfig, ApiArtifacts, Backoff, Runtimes};
 use wisp_sandbox::{Sandbox, SandboxId};
 use wisp_sandbox_wasm::{WasmConfig, WasmSandbox};
 
-/// Polls pod `default/<name>` every 20 ms until `check` holds; fails after `secs` with the
-/// pod's last status.
-async fn wait_pod_until(
-    client: &Client,
-    name: &str,
-    secs: u64,
-    check: impl Fn(&Pod) -> bool,
-) -> anyhow::Result<Pod> {
-    let api = client.api::<Pod>(Some("default"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        let pod = api.get(name).await?;
-        if check(&pod) {
-            return Ok(pod);
-        }
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "pod {name} did not reach the expected state in {secs} s; last status: {:#?}",
-                pod.status
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 const NODE: &str = "node-a";
 
 fn guest(name: &str) -> PathBuf {
@@ -118,7 +93,7 @@ impl Cluster {
 
     /// Polls the pod until `check` holds (or fails after `secs`).
     async fn wait_pod(&self, name: &str, secs: u64, check: impl Fn(&Pod) -> bool) -> anyhow::Result<Pod> {
-        wait_pod_until(&self.client, name, secs, check).await
+        wisp_testkit::wait_pod(&self.client, name, secs, check).await
     }
 }
 

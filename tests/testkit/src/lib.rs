@@ -3,6 +3,7 @@
 //! - [`eventually`], [`try_eventually`] and [`Wait`]: poll a condition until it holds, and fail naming what was
 //!   awaited (and the probe's last error) when it does not within the time given;
 //! - [`guests`]: where this repository's guest components are built;
+//! - [`wait_pod`]: a pod's state, awaited through the API;
 //! - [`required`]: the rule for a test that needs a real part the machine may lack (the
 //!   Docker engine, schemathesis): with `CI` set it fails the test with the reason, elsewhere
 //!   it prints a notice and the test skips.
@@ -161,6 +162,34 @@ where
     F: AsyncFnMut() -> anyhow::Result<Option<T>>,
 {
     Ok(wait(what).until(probe).await?.0)
+}
+
+/// Polls pod `default/<name>` until `check` holds and returns it; fails after `secs` with the
+/// pod's last status.
+pub async fn wait_pod(
+    client: &wisp_client::Client,
+    name: &str,
+    secs: u64,
+    check: impl Fn(&wisp_api::Pod) -> bool,
+) -> anyhow::Result<wisp_api::Pod> {
+    let api = client.api::<wisp_api::Pod>(Some("default"));
+    let mut last = None;
+    let waited = wait(format!("pod {name} to reach the expected state"))
+        .within(Duration::from_secs(secs))
+        .every(Duration::from_millis(20))
+        .until(async || -> anyhow::Result<Option<wisp_api::Pod>> {
+            let pod = api.get(name).await?;
+            if check(&pod) {
+                return Ok(Some(pod));
+            }
+            last = pod.status;
+            Ok(None)
+        })
+        .await;
+    match waited {
+        Ok((pod, _)) => Ok(pod),
+        Err(e) => anyhow::bail!("{e}; last status: {last:#?}"),
+    }
 }
 
 /// The rule for a test that needs a real part this machine may lack: `ready` says whether it
