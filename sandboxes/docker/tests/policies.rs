@@ -9,7 +9,7 @@ use wisp_sandbox::{
     Kind, LABEL_CONTAINER, LABEL_NAMESPACE, LABEL_POD_UID, PullPolicy, Sandbox, SandboxError, SandboxId,
     SandboxSpec, Source,
 };
-use wisp_sandbox_docker::testing::{self, Cleanup, ECHO_IMAGE, Registry};
+use wisp_sandbox_docker::testing::{self, ECHO_IMAGE, Registry};
 use wisp_sandbox_docker::{DockerConfig, DockerSandbox, container_name};
 
 fn spec(pod: &str, image: &str, args: &[&str]) -> SandboxSpec {
