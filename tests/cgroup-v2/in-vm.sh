@@ -26,6 +26,10 @@ if [ "$rc" -ne 0 ]; then
 elif [ "$mode" = cgroup ]; then
   # The executables vm.sh built, each in its package's directory, with the privileged opt-in.
   export WISP_PRIVILEGED_TESTS=1
+  # A clean engine (the disk is kept between runs; a run that was stopped leaves containers).
+  containers="$(docker ps -aq)"
+  [ -z "$containers" ] || docker rm -f $containers >/dev/null
+  docker network prune -f >/dev/null
   while IFS=$'\t' read -r bin dir; do
     echo "== $bin"
     (cd "$dir" && "$bin" --test-threads 1) || rc=1
