@@ -446,18 +446,11 @@ impl ApiServer {
         let (parts, body) = req.into_parts();
         let state = &self.state;
         let result = match segments.as_slice() {
-            // Every namespace's traffic, by resource and verb: for the admin and the
-            // statistics credential only.
-            ["metrics"]
-                if method == Method::GET
-                    && !matches!(principal, auth::Principal::Admin | auth::Principal::Scraper) =>
-            {
-                Err(ApiError::Forbidden(
-                    "/metrics describes the whole cluster's traffic: it needs the admin token or \
-                     the statistics credential"
-                        .into(),
-                ))
-            }
+            // Every namespace's traffic, by resource and verb: the admin's only (not the
+            // statistics credential, which every node's ingress is shown).
+            ["metrics"] if method == Method::GET && !principal.is_admin() => Err(ApiError::Forbidden(
+                "/metrics describes the whole cluster's traffic: it needs the admin token".into(),
+            )),
             ["metrics"] if method == Method::GET => {
                 let mut resp = text(StatusCode::OK, &self.state.metrics.encode());
                 resp.headers_mut().insert(

@@ -124,6 +124,8 @@ struct ProbeState {
 /// (doubling per miss up to [`FIRST_ANSWER_MAX`]).
 const FIRST_ANSWER_PERIOD: Duration = Duration::from_millis(2);
 const FIRST_ANSWER_MAX: Duration = Duration::from_millis(250);
+/// The longest a readiness probe may take, whatever its `timeoutSeconds`.
+const PROBE_TIMEOUT_MAX: Duration = Duration::from_secs(10);
 
 pub(crate) struct Worker {
     ctx: Arc<Ctx>,
@@ -559,7 +561,10 @@ impl Worker {
                 .as_ref()
                 .map_or("/", |g| g.path.as_str())
                 .to_owned();
-            let timeout = Duration::from_secs(u64::try_from(probe.timeout_seconds.max(1)).unwrap_or(1));
+            // A probe runs inline in the pod's worker: a container that never answers holds it
+            // (deletion, shutdown) for at most PROBE_TIMEOUT_MAX, whatever the pod asks.
+            let timeout = Duration::from_secs(u64::try_from(probe.timeout_seconds.max(1)).unwrap_or(1))
+                .min(PROBE_TIMEOUT_MAX);
             let ok = if probe.tcp_socket.is_some() {
                 self.accepts(&name, timeout).await
             } else {
