@@ -261,13 +261,7 @@ impl Shared {
     fn read_log(&self, prefix: &str, after: Revision, upto: Revision) -> Result<Vec<Event>> {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(backend)?;
-            let compacted = txn
-                .open_table(META)
-                .map_err(backend)?
-                .get(META_COMPACTED)
-                .map_err(backend)?
-                .map(|g| g.value())
-                .unwrap_or(0);
+            let compacted = read_meta(&txn, META_COMPACTED)?;
             if after.saturating_add(1) < compacted {
                 return Err(StoreError::Compacted {
                     requested: after,
@@ -304,13 +298,7 @@ impl Shared {
     fn scan(&self, prefix: &str, limit: Option<usize>) -> Result<Option<Listing>> {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(backend)?;
-            let revision = txn
-                .open_table(META)
-                .map_err(backend)?
-                .get(META_REVISION)
-                .map_err(backend)?
-                .map(|g| g.value())
-                .unwrap_or(0);
+            let revision = read_meta(&txn, META_REVISION)?;
             let kv = txn.open_table(KV).map_err(backend)?;
             let mut items = Vec::new();
             for row in kv.range(prefix..).map_err(backend)? {
@@ -327,6 +315,16 @@ impl Shared {
             Ok(Some(Listing { items, revision }))
         })
     }
+}
+
+/// A counter of the META table in a read snapshot (0 when never written).
+fn read_meta(txn: &redb::ReadTransaction, key: &str) -> Result<i64> {
+    Ok(txn
+        .open_table(META)
+        .map_err(backend)?
+        .get(key)
+        .map_err(backend)?
+        .map_or(0, |g| g.value()))
 }
 
 /// `read` on one of tokio's blocking threads.

@@ -596,11 +596,8 @@ impl Worker {
     /// Docker's proxy accepts before the program listens). Its addresses are read again
     /// while unknown.
     async fn first_answer(&mut self, name: &str) -> bool {
-        if !self.endpoints.contains_key(name)
-            && let Some(p) = self.prepared.iter().find(|p| p.name == name)
-            && let Ok(status) = p.runtime.status(&p.spec.id).await
-        {
-            self.set_endpoint(name, &status);
+        if !self.endpoints.contains_key(name) {
+            self.read_addresses(name).await;
         }
         if !self.endpoints.contains_key(name) {
             return false;
@@ -619,16 +616,22 @@ impl Worker {
         self.answers(name, "/", false, Duration::from_millis(500)).await
     }
 
+    /// Reads container `name`'s addresses (published endpoint, own address) from its runtime.
+    async fn read_addresses(&mut self, name: &str) {
+        if let Some(p) = self.prepared.iter().find(|p| p.name == name)
+            && let Ok(status) = p.runtime.status(&p.spec.id).await
+        {
+            self.set_endpoint(name, &status);
+        }
+    }
+
     /// A `tcpSocket` probe: whether the container accepts a TCP connection on its own address
     /// (its first port, which admission holds the probe's port to) within `timeout`. Not on
     /// the published port: Docker's proxy there accepts before the program listens. Its
     /// address is read again while unknown.
     async fn accepts(&mut self, name: &str, timeout: Duration) -> bool {
-        if !self.listens.contains_key(name)
-            && let Some(p) = self.prepared.iter().find(|p| p.name == name)
-            && let Ok(status) = p.runtime.status(&p.spec.id).await
-        {
-            self.set_endpoint(name, &status);
+        if !self.listens.contains_key(name) {
+            self.read_addresses(name).await;
         }
         let Some(addr) = self.listens.get(name).copied() else {
             return false;
