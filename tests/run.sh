@@ -2,7 +2,8 @@
 # Runs every check and test of Wisp on a fresh Debian machine (cgroup v1 or v2): installs what
 # is missing (etcd-server for the etcd store tests, protobuf-compiler and libprotobuf-dev for
 # the etcd client, docker-registry for the image pull tests, schemathesis from PyPI in a venv
-# for the API fuzz test, cargo-deny and cargo-machete under the target directory), builds the
+# for the API fuzz test and componentize-py for the Python template, in venvs; cargo-deny and
+# cargo-machete under the target directory), builds the
 # guest components and the example container image, then: wasmtime resolves to the vendored,
 # fixed copy; rustfmt; cargo-deny (licenses, bans, sources); cargo-machete (unused
 # dependencies); clippy (the workspace and examples/); rustdoc with warnings denied; and the
@@ -116,6 +117,14 @@ if ! "$fuzz_venv/bin/st" --version 2>/dev/null | grep -qF 'version 4.32.5'; then
 fi
 WISP_SCHEMATHESIS="$(cd "$fuzz_venv" && pwd)/bin/st"
 export WISP_SCHEMATHESIS
+echo "== componentize-py (the http-python template's build: tests/e2e/tests/authors.rs)"
+cpy_venv="${CARGO_TARGET_DIR:-target}/componentize-venv"
+if ! "$cpy_venv/bin/componentize-py" --version 2>/dev/null | grep -qF '0.25.1'; then
+  python3 -m venv "$cpy_venv"
+  "$cpy_venv/bin/pip" install --quiet --disable-pip-version-check 'componentize-py==0.25.1'
+fi
+WISP_COMPONENTIZE_PY="$(cd "$cpy_venv" && pwd)/bin"
+export WISP_COMPONENTIZE_PY
 echo "== tests${WISP_PRIVILEGED_TESTS:+ (with the privileged tests)}"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --workspace --all-features --no-fail-fast

@@ -31,7 +31,9 @@ use crate::resources::Target;
 fn pod_spec_path(plural: &str) -> Option<&'static [&'static str]> {
     match plural {
         "pods" => Some(&["spec"]),
-        "replicasets" | "deployments" | "jobs" | "functions" => Some(&["spec", "template", "spec"]),
+        "replicasets" | "deployments" | "jobs" | "functions" | "revisions" => {
+            Some(&["spec", "template", "spec"])
+        }
         _ => None,
     }
 }

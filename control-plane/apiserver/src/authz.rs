@@ -139,6 +139,12 @@ pub fn authorize(
             if !verb.reads() && ADMIN_OWNED.contains(&target.kind.plural) {
                 return deny("quotas and limits of a namespace are set by the cluster admin");
             }
+            if matches!(verb, Verb::Create | Verb::Update) && target.kind.plural == "revisions" {
+                return deny(
+                    "Revisions are made by the Function controller from a Function's template (change \
+                     the Function; spec.traffic chooses between its revisions)",
+                );
+            }
             Ok(Decision::Allow)
         }
         Principal::Node { node } => node_rules(node, verb, target, subresource, deny),
@@ -268,6 +274,25 @@ mod tests {
             403
         );
         assert_eq!(ok(Verb::List, &t("endpoints", Some("team-a"), None), None), 200);
+        // Revisions: made by the Function controller; a tenant reads and deletes them.
+        assert_eq!(ok(Verb::Create, &t("revisions", Some("team-a"), None), None), 403);
+        assert_eq!(
+            ok(
+                Verb::Update,
+                &t("revisions", Some("team-a"), Some("f-00001")),
+                None
+            ),
+            403
+        );
+        assert_eq!(ok(Verb::List, &t("revisions", Some("team-a"), None), None), 200);
+        assert_eq!(
+            ok(
+                Verb::Delete,
+                &t("revisions", Some("team-a"), Some("f-00001")),
+                None
+            ),
+            200
+        );
         assert_eq!(ok(Verb::Create, &t("nodes", None, None), None), 403);
         assert_eq!(ok(Verb::Get, &t("namespaces", None, Some("team-a")), None), 200);
         assert_eq!(ok(Verb::Get, &t("namespaces", None, Some("team-b")), None), 403);

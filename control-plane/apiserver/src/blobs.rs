@@ -27,7 +27,14 @@ use crate::error::ApiError;
 
 const REFS: &str = "/wisp/blobrefs/";
 /// Kinds whose pod specs name components.
-const USERS: &[&str] = &["pods", "replicasets", "deployments", "jobs", "functions"];
+const USERS: &[&str] = &[
+    "pods",
+    "replicasets",
+    "deployments",
+    "jobs",
+    "functions",
+    "revisions",
+];
 
 #[derive(Clone, Debug)]
 pub struct BlobStore {

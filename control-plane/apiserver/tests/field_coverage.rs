@@ -845,6 +845,92 @@ const COVERAGE: &[(&str, Cover)] = &[
         "FunctionStatus.conditions",
         Gap("written by the Function controller; no test reads them"),
     ),
+    ("FunctionSpec.traffic", S),
+    (
+        "TrafficTarget.revisionName",
+        E(&[
+            "traffic_splits_between_revisions_and_promote_moves_it_all",
+            "traffic_splits_name_revisions_of_the_function_and_sum_to_100",
+        ]),
+    ),
+    (
+        "TrafficTarget.latestRevision",
+        E(&[
+            "traffic_splits_between_revisions_and_promote_moves_it_all",
+            "traffic_splits_name_revisions_of_the_function_and_sum_to_100",
+        ]),
+    ),
+    (
+        "TrafficTarget.percent",
+        E(&[
+            "traffic_splits_between_revisions_and_promote_moves_it_all",
+            "traffic_splits_name_revisions_of_the_function_and_sum_to_100",
+        ]),
+    ),
+    (
+        "TrafficTarget.tag",
+        E(&["traffic_splits_between_revisions_and_promote_moves_it_all"]),
+    ),
+    (
+        "FunctionStatus.latestCreatedRevision",
+        E(&[
+            "traffic_splits_between_revisions_and_promote_moves_it_all",
+            "function_expands_scales_within_bounds_and_is_collected",
+        ]),
+    ),
+    (
+        "FunctionStatus.latestReadyRevision",
+        E(&["traffic_splits_between_revisions_and_promote_moves_it_all"]),
+    ),
+    ("FunctionStatus.traffic", S),
+    (
+        "TrafficStatus.revisionName",
+        E(&["traffic_splits_between_revisions_and_promote_moves_it_all"]),
+    ),
+    (
+        "TrafficStatus.percent",
+        E(&["traffic_splits_between_revisions_and_promote_moves_it_all"]),
+    ),
+    (
+        "TrafficStatus.latestRevision",
+        E(&["a_revision_without_traffic_goes_to_zero_once_idle"]),
+    ),
+    (
+        "TrafficStatus.tag",
+        E(&["traffic_splits_between_revisions_and_promote_moves_it_all"]),
+    ),
+    (
+        "TrafficStatus.url",
+        E(&["traffic_splits_between_revisions_and_promote_moves_it_all"]),
+    ),
+    // Revision (made by the Function controller).
+    (
+        "RevisionSpec.template",
+        E(&[
+            "traffic_splits_between_revisions_and_promote_moves_it_all",
+            "function_expands_scales_within_bounds_and_is_collected",
+        ]),
+    ),
+    (
+        "RevisionStatus.percent",
+        E(&["traffic_splits_between_revisions_and_promote_moves_it_all"]),
+    ),
+    (
+        "RevisionStatus.readyReplicas",
+        E(&["traffic_splits_between_revisions_and_promote_moves_it_all"]),
+    ),
+    (
+        "RevisionStatus.desiredReplicas",
+        E(&["traffic_splits_between_revisions_and_promote_moves_it_all"]),
+    ),
+    (
+        "RevisionStatus.lastRequestTime",
+        E(&["traffic_splits_between_revisions_and_promote_moves_it_all"]),
+    ),
+    (
+        "RevisionStatus.conditions",
+        E(&["traffic_splits_between_revisions_and_promote_moves_it_all"]),
+    ),
     // ConfigMap and Secret.
     (
         "ConfigMap.data",

@@ -1,10 +1,12 @@
 //! The autoscaler (Knative-KPA style): every tick it reads each node ingress's per-Service
 //! counters (`GET <Node.status.ingressUrl>/.wisp/stats`), keeps the in-flight samples of each
-//! Function over a stable window (60 s) and a panic window (6 s), and sets the Function's
-//! Deployment to `ceil(average concurrency / targetConcurrency)` replicas within
-//! `[minScale, maxScale]`. In panic (the short window wants at least twice the pods there
-//! are) it only scales up. A Function with no request for `scaleToZeroAfter` and nothing in
-//! flight goes to zero; waking from zero is the activator's (one write at the first request).
+//! Function revision (its Service and Deployment have the revision's name) over a stable
+//! window (60 s) and a panic window (6 s), and sets the revision's Deployment to
+//! `ceil(average concurrency / targetConcurrency)` replicas within the Function's
+//! `[minScale, maxScale]` (`minScale` 0 for a revision that gets no traffic). In panic (the
+//! short window wants at least twice the pods there are) it only scales up. A revision with
+//! no request for `scaleToZeroAfter` and nothing in flight goes to zero; waking from zero is
+//! the activator's (one write at the first request).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use tokio_util::sync::CancellationToken;
-use wisp_api::{Deployment, Function, Node};
+use wisp_api::{Deployment, Function, Node, Revision};
 use wisp_client::Client;
 use wisp_runtime::{Informers, ObjectRef, Store};
 
@@ -93,6 +95,9 @@ pub struct Inputs {
     pub idle_for: Option<Duration>,
     pub in_flight_now: usize,
     pub scale_to_zero_after: Duration,
+    /// Whether the revision gets requests (a percent or a tag); one that no longer does goes
+    /// to zero once nothing is in flight, without waiting out `scale_to_zero_after`.
+    pub routed: bool,
 }
 
 #[allow(
@@ -101,6 +106,9 @@ pub struct Inputs {
     clippy::cast_precision_loss
 )]
 pub fn decide(window: &mut Window, now: Instant, config: &AutoscalerConfig, i: &Inputs) -> u32 {
+    if !i.routed && i.in_flight_now == 0 {
+        return i.min;
+    }
     let target = f64::from(i.target.max(1));
     let stable = (window.average(now, config.stable_window) / target).ceil() as u32;
     let panic = (window.average(now, config.panic_window) / target).ceil() as u32;
@@ -182,6 +190,7 @@ struct Traffic {
 pub async fn run(informers: Informers, config: AutoscalerConfig, shutdown: CancellationToken) {
     let caches = Caches {
         functions: informers.store(),
+        revisions: informers.store(),
         nodes: informers.store(),
         deployments: informers.store(),
     };
@@ -242,14 +251,30 @@ async fn traffic(
 /// What a tick reads: the process's shared watch caches, never a list per tick.
 struct Caches {
     functions: Store<Function>,
+    revisions: Store<Revision>,
     nodes: Store<Node>,
     deployments: Store<Deployment>,
 }
 
 impl Caches {
     fn ready(&self) -> bool {
-        self.functions.ready() && self.nodes.ready() && self.deployments.ready()
+        self.functions.ready() && self.revisions.ready() && self.nodes.ready() && self.deployments.ready()
     }
+}
+
+/// Whether revision `rev` of `f` gets requests (a percent or a tag), as the Function
+/// controller last resolved its traffic, or is the latest revision coming up to take the
+/// latest-revision share; before the controller has resolved it, every revision counts.
+fn routed(f: &Function, rev: &str) -> bool {
+    let Some(status) = f.status.as_ref().filter(|s| !s.traffic.is_empty()) else {
+        return true;
+    };
+    status
+        .traffic
+        .iter()
+        .any(|t| t.revision_name == rev && (t.percent > 0 || t.tag.is_some()))
+        || (status.latest_created_revision.as_deref() == Some(rev)
+            && status.traffic.iter().any(|t| t.latest_revision))
 }
 
 async fn tick(
@@ -259,8 +284,8 @@ async fn tick(
     config: &AutoscalerConfig,
     state: &mut State,
 ) -> Result<(), wisp_client::ClientError> {
-    let functions = caches.functions.list();
-    if functions.is_empty() {
+    let revisions = caches.revisions.list();
+    if revisions.is_empty() {
         state.windows.clear();
         return Ok(());
     }
@@ -279,17 +304,30 @@ async fn tick(
     let now = Instant::now();
     let now_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
     let mut live = std::collections::HashSet::new();
-    for f in functions {
-        let ns = f.metadata.namespace.clone().unwrap_or_default();
-        let key = (ns.clone(), f.metadata.name.clone());
+    for rev in revisions {
+        let ns = rev.metadata.namespace.clone().unwrap_or_default();
+        let name = rev.metadata.name.clone();
+        let Some(f) = rev
+            .metadata
+            .labels
+            .get(crate::function::FUNCTION_LABEL)
+            .and_then(|f| {
+                caches
+                    .functions
+                    .get(&ObjectRef::new(f.as_str()).within(ns.clone()))
+            })
+        else {
+            continue;
+        };
+        let key = (ns.clone(), name.clone());
         live.insert(key.clone());
         let t = totals.get(&key);
         let in_flight = t.map_or(0, |t| t.in_flight);
         #[allow(clippy::cast_precision_loss)]
         let concurrency = t.map_or(0.0, |t| t.concurrency).max(in_flight as f64);
-        // The last request as the ingresses saw it, else as recorded on the Function (an
+        // The last request as the ingresses saw it, else as recorded on the revision (an
         // ingress that restarted or could not be read does not make it look idle).
-        let recorded = f
+        let recorded = rev
             .status
             .as_ref()
             .and_then(|s| s.last_request_time.as_deref())
@@ -305,15 +343,16 @@ async fn tick(
         // tick decides again on a fresher one.
         let Some(d) = caches
             .deployments
-            .get(&ObjectRef::new(f.metadata.name.clone()).within(ns.clone()))
+            .get(&ObjectRef::new(name.clone()).within(ns.clone()))
         else {
             continue;
         };
         let mut d = (*d).clone();
-        let wasm = f.spec.template.spec.containers.iter().all(|c| c.wasm.is_some());
+        let wasm = rev.spec.template.spec.containers.iter().all(|c| c.wasm.is_some());
+        let is_routed = routed(&f, &name);
         let inputs = Inputs {
             current: u32::try_from(d.spec.replicas.max(0)).unwrap_or(0),
-            min: f.spec.scaling.min_scale,
+            min: if is_routed { f.spec.scaling.min_scale } else { 0 },
             max: f.spec.scaling.max_scale,
             target: f.spec.scaling.target_concurrency.unwrap_or(if wasm {
                 DEFAULT_TARGET_WASM
@@ -324,6 +363,7 @@ async fn tick(
                 .then(|| Duration::from_millis(now_ms.saturating_sub(last_request_ms))),
             in_flight_now: in_flight,
             scale_to_zero_after: f.spec.scaling.scale_to_zero_after_duration(),
+            routed: is_routed,
         };
         let mut desired = decide(window, now, config, &inputs);
         if scrape_failed {
@@ -331,14 +371,14 @@ async fn tick(
             desired = desired.max(inputs.current);
         }
         if desired != inputs.current {
-            tracing::info!(function = %f.metadata.name, namespace = %ns, from = inputs.current, to = desired,
-                in_flight, concurrency, "scaling");
+            tracing::info!(function = %f.metadata.name, revision = %name, namespace = %ns, from = inputs.current,
+                to = desired, in_flight, concurrency, "scaling");
             d.spec.replicas = i32::try_from(desired).unwrap_or(i32::MAX);
             match deployments.replace(&d).await {
                 Ok(_) => {}
                 Err(e) if e.code() == Some(409) => {}
                 Err(e) => {
-                    tracing::warn!(function = %f.metadata.name, namespace = %ns, error = %e, "cannot scale");
+                    tracing::warn!(revision = %name, namespace = %ns, error = %e, "cannot scale");
                 }
             }
         }
@@ -346,9 +386,9 @@ async fn tick(
             let stamp = jiff::Timestamp::from_millisecond(i64::try_from(seen).unwrap_or(0))
                 .map(|t| t.to_string())
                 .ok();
-            let mut next = (*f).clone();
+            let mut next = (*rev).clone();
             next.status.get_or_insert_with(Default::default).last_request_time = stamp;
-            let _ = client.api::<Function>(Some(&ns)).replace_status(&next).await;
+            let _ = client.api::<Revision>(Some(&ns)).replace_status(&next).await;
         }
     }
     state.windows.retain(|k, _| live.contains(k));
@@ -368,6 +408,7 @@ mod tests {
             idle_for: Some(Duration::from_secs(1)),
             in_flight_now: 0,
             scale_to_zero_after: Duration::from_secs(30),
+            routed: true,
         }
     }
 
@@ -430,6 +471,40 @@ mod tests {
             1,
             "kept by the recent request"
         );
+    }
+
+    /// A revision that lost its traffic goes to zero once nothing is in flight (its requests
+    /// went to the new one), not after `scaleToZeroAfter`; the latest, coming up, counts as
+    /// routed before traffic moves to it.
+    #[test]
+    fn a_revision_without_traffic_goes_to_zero_once_idle() {
+        let c = AutoscalerConfig::default();
+        let mut w = Window::default();
+        let now = Instant::now();
+        let mut i = inputs(3);
+        i.routed = false;
+        assert_eq!(decide(&mut w, now, &c, &i), 0);
+        i.in_flight_now = 2;
+        assert!(
+            decide(&mut w, now, &c, &i) >= 1,
+            "requests in flight finish first"
+        );
+
+        let mut f = Function::default();
+        assert!(
+            routed(&f, "f-00001"),
+            "before the controller resolved the traffic"
+        );
+        let status = f.status.get_or_insert_with(Default::default);
+        status.latest_created_revision = Some("f-00002".into());
+        status.traffic = vec![wisp_api::TrafficStatus {
+            revision_name: "f-00001".into(),
+            percent: 100,
+            latest_revision: true,
+            ..Default::default()
+        }];
+        assert!(routed(&f, "f-00001") && routed(&f, "f-00002"));
+        assert!(!routed(&f, "f-00003"));
     }
 
     #[test]

@@ -194,18 +194,22 @@ pub async fn run_functions(informers: Informers, cluster_domain: String, shutdow
     let (deployments, deployment_events) = informers.cached::<Deployment>();
     let (services, service_events) = informers.cached::<Service>();
     let (routes, route_events) = informers.cached::<Route>();
+    let (revisions, revision_events) = informers.cached::<wisp_api::Revision>();
     let ctx = Arc::new(function::Context {
         client: informers.client().clone(),
         status: StatusDelay::new(STATUS_COALESCE),
         deployments,
         services,
         routes,
+        revisions,
+        nodes: informers.store::<wisp_api::Node>(),
         cluster_domain,
     });
     Controller::<Function>::shared(&informers)
-        .owns_events(deployment_events)
-        .owns_events(service_events)
-        .owns_events(route_events)
+        .watches_events(deployment_events, function_of::<Deployment>)
+        .watches_events(service_events, function_of::<Service>)
+        .watches_events(route_events, function_of::<Route>)
+        .watches_events(revision_events, function_of::<wisp_api::Revision>)
         .run(
             function::reconcile,
             |_f: Arc<Function>, _e: &Error, _c: Arc<function::Context>| {
@@ -215,6 +219,16 @@ pub async fn run_functions(informers: Informers, cluster_domain: String, shutdow
             shutdown,
         )
         .await;
+}
+
+/// The Function an object was made for (its `wisp.dev/function` label): revisions, their
+/// Deployments and Services, and the Function's Routes.
+fn function_of<C: wisp_api::Resource>(obj: &C) -> Vec<wisp_runtime::ObjectRef> {
+    let m = obj.metadata();
+    match (m.labels.get(function::FUNCTION_LABEL), &m.namespace) {
+        (Some(f), Some(ns)) => vec![wisp_runtime::ObjectRef::new(f.as_str()).within(ns.as_str())],
+        _ => Vec::new(),
+    }
 }
 
 /// Run the Node lifecycle controller until `shutdown`.
@@ -278,6 +292,9 @@ pub async fn run(informers: Informers, config: Config, shutdown: CancellationTok
         run_functions(i.clone(), config.cluster_domain.clone(), shutdown.clone()),
         namespaces::run(i.clone(), shutdown.clone()),
         autoscaler::run(i.clone(), config.autoscaler, shutdown.clone()),
+        gc::run::<wisp_api::Revision, Function>(i.clone(), shutdown.clone()),
+        gc::run::<Deployment, wisp_api::Revision>(i.clone(), shutdown.clone()),
+        gc::run::<Service, wisp_api::Revision>(i.clone(), shutdown.clone()),
         gc::run::<Deployment, Function>(i.clone(), shutdown.clone()),
         gc::run::<Service, Function>(i.clone(), shutdown.clone()),
         gc::run::<Route, Function>(i.clone(), shutdown.clone()),

@@ -1,10 +1,11 @@
-//! The Function controller against a real API server: a Function expands to an owned
-//! Deployment, Service and Route, keeps the autoscaler's replicas within its bounds, reports
-//! its URL and replicas, and takes its children with it when deleted.
+//! The Function controller against a real API server: a Function expands to a Revision with
+//! its own Deployment and Service and a Route to it, keeps the autoscaler's replicas within
+//! its bounds, makes a new Revision when the template changes, reports its URL and replicas,
+//! and takes everything with it when deleted.
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use wisp_api::{Container, Deployment, Function, ObjectMeta, Resource, Route, Service};
+use wisp_api::{Container, Deployment, Function, ObjectMeta, Resource, Revision, Route, Service};
 use wisp_client::Client;
 use wisp_testkit::try_eventually as eventually;
 
@@ -21,8 +22,9 @@ async fn function_expands_scales_within_bounds_and_is_collected() -> anyhow::Res
         async move {
             tokio::join!(
                 wisp_controllers::run_functions(i.clone(), "localhost".into(), s.clone()),
-                wisp_controllers::gc::run::<Deployment, Function>(i.clone(), s.clone()),
-                wisp_controllers::gc::run::<Service, Function>(i.clone(), s.clone()),
+                wisp_controllers::gc::run::<Revision, Function>(i.clone(), s.clone()),
+                wisp_controllers::gc::run::<Deployment, Revision>(i.clone(), s.clone()),
+                wisp_controllers::gc::run::<Service, Revision>(i.clone(), s.clone()),
                 wisp_controllers::gc::run::<Route, Function>(i, s),
             );
         }
@@ -40,22 +42,38 @@ async fn function_expands_scales_within_bounds_and_is_collected() -> anyhow::Res
     let uid = created.metadata.uid.clone().context("uid")?;
 
     let deployments = client.api::<Deployment>(Some("default"));
+    let rev = eventually("revision 1", async || {
+        Ok(client
+            .api::<Revision>(Some("default"))
+            .get_opt("hello-00001")
+            .await?)
+    })
+    .await?;
+    assert_eq!(rev.metadata.owner_references[0].uid, uid);
+    assert_eq!(rev.spec.template, f.spec.template);
     let d = eventually("the deployment", async || {
-        Ok(deployments.get_opt("hello").await?)
+        Ok(deployments.get_opt("hello-00001").await?)
     })
     .await?;
     assert_eq!(d.spec.replicas, 1, "starts at minScale");
-    assert_eq!(d.metadata.owner_references[0].uid, uid);
+    assert_eq!(
+        d.metadata.owner_references[0].uid,
+        rev.metadata.uid.clone().context("uid")?
+    );
     let svc = eventually("the service", async || {
-        Ok(client.api::<Service>(Some("default")).get_opt("hello").await?)
+        Ok(client
+            .api::<Service>(Some("default"))
+            .get_opt("hello-00001")
+            .await?)
     })
     .await?;
-    assert_eq!(svc.spec.selector["wisp.dev/function"], "hello");
+    assert_eq!(svc.spec.selector["wisp.dev/revision"], "hello-00001");
     let route = eventually("the route", async || {
         Ok(client.api::<Route>(Some("default")).get_opt("hello").await?)
     })
     .await?;
     assert_eq!(route.spec.host.as_deref(), Some("hello.default.localhost"));
+    assert_eq!(route.spec.backends[0].service, "hello-00001");
     let st = eventually("the status", async || {
         Ok(functions
             .get("hello")
@@ -69,7 +87,7 @@ async fn function_expands_scales_within_bounds_and_is_collected() -> anyhow::Res
     // The autoscaler's choice stands within [min, max] and is clamped beyond it.
     for (set, want) in [(2, 2), (7, 3)] {
         for attempt in 0.. {
-            let mut d = deployments.get("hello").await?;
+            let mut d = deployments.get("hello-00001").await?;
             d.spec.replicas = set;
             match deployments.replace(&d).await {
                 Ok(_) => break,
@@ -78,7 +96,7 @@ async fn function_expands_scales_within_bounds_and_is_collected() -> anyhow::Res
             }
         }
         eventually("the clamped replicas", async || {
-            let d = deployments.get("hello").await?;
+            let d = deployments.get("hello-00001").await?;
             let f = functions.get("hello").await?;
             Ok(
                 (d.spec.replicas == want && f.status.is_some_and(|s| s.desired_replicas == want))
@@ -88,12 +106,43 @@ async fn function_expands_scales_within_bounds_and_is_collected() -> anyhow::Res
         .await?;
     }
 
+    // A new template: revision 2, and the route moves to it once it is up.
+    for attempt in 0.. {
+        let mut f = functions.get("hello").await?;
+        f.spec.template.spec.containers[0].args = vec!["v2".into()];
+        match functions.replace(&f).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Some(409) && attempt < 20 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let d2 = eventually("revision 2's deployment", async || {
+        Ok(deployments.get_opt("hello-00002").await?)
+    })
+    .await?;
+    assert_eq!(d2.spec.template.spec.containers[0].args, ["v2"]);
+    // No node runs pods here, so revision 1 never came up: nothing to keep the traffic on.
+    eventually("the route on revision 2", async || {
+        let route = client.api::<Route>(Some("default")).get("hello").await?;
+        let st = functions.get("hello").await?.status.unwrap_or_default();
+        Ok((route.spec.backends[0].service == "hello-00002"
+            && st.latest_created_revision.as_deref() == Some("hello-00002"))
+        .then_some(()))
+    })
+    .await?;
+
     functions.delete("hello").await?;
     eventually("the children to be collected", async || {
-        let gone = deployments.get_opt("hello").await?.is_none()
+        let gone = deployments.get_opt("hello-00001").await?.is_none()
+            && deployments.get_opt("hello-00002").await?.is_none()
+            && client
+                .api::<Revision>(Some("default"))
+                .get_opt("hello-00001")
+                .await?
+                .is_none()
             && client
                 .api::<Service>(Some("default"))
-                .get_opt("hello")
+                .get_opt("hello-00001")
                 .await?
                 .is_none()
             && client
@@ -113,7 +162,8 @@ async fn function_expands_scales_within_bounds_and_is_collected() -> anyhow::Res
 async fn function_never_takes_over_an_object_it_does_not_own() -> anyhow::Result<()> {
     let server = wisp_apiserver::testutil::TestServer::start().await?;
     let client = Client::new(&server.url, &server.token);
-    let mut svc = Service::new(ObjectMeta::namespaced("default", "taken"));
+    // A Service with the name revision 1's would have.
+    let mut svc = Service::new(ObjectMeta::namespaced("default", "taken-00001"));
     svc.spec.selector.insert("app".into(), "mine".into());
     svc.spec.ports = vec![wisp_api::ServicePort {
         port: 9000,
@@ -143,7 +193,7 @@ async fn function_never_takes_over_an_object_it_does_not_own() -> anyhow::Result
     })
     .await?;
     assert_eq!(reason, "NameConflict");
-    let untouched = client.api::<Service>(Some("default")).get("taken").await?;
+    let untouched = client.api::<Service>(Some("default")).get("taken-00001").await?;
     assert_eq!(
         untouched.spec.ports[0].port, 9000,
         "the user's Service is left alone"
@@ -152,7 +202,7 @@ async fn function_never_takes_over_an_object_it_does_not_own() -> anyhow::Result
     assert!(
         client
             .api::<Deployment>(Some("default"))
-            .get_opt("taken")
+            .get_opt("taken-00001")
             .await?
             .is_none(),
         "nothing created while the name is taken"

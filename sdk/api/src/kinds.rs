@@ -9,7 +9,7 @@ use crate::API_VERSION;
 use crate::meta::ObjectMeta;
 use crate::resources::{
     ConfigMap, Deployment, Endpoints, Function, Job, Lease, LimitRange, Namespace, Node, Pod, ReplicaSet,
-    ResourceQuota, Route, Secret, Service,
+    ResourceQuota, Revision, Route, Secret, Service,
 };
 use crate::validation::{FieldError, ValidationErrors, validate_object_meta};
 
@@ -169,6 +169,7 @@ kinds! {
     Endpoints: "endpoints", "endpoints", ["ep"], namespaced = true;
     Route: "routes", "route", [], namespaced = true;
     Function: "functions", "function", ["fn"], namespaced = true;
+    Revision: "revisions", "revision", ["rev"], namespaced = true;
     ConfigMap: "configmaps", "configmap", ["cm"], namespaced = true;
     Secret: "secrets", "secret", [], namespaced = true;
     Job: "jobs", "job", [], namespaced = true;

@@ -398,8 +398,9 @@ fn every_kind_decodes_a_minimal_object_or_says_why() {
 
 #[test]
 fn lookups_and_schemas() {
-    assert_eq!(KINDS.len(), 15);
+    assert_eq!(KINDS.len(), 16);
     for (name, kind) in [
+        ("rev", "Revision"),
         ("po", "Pod"),
         ("PODS", "Pod"),
         ("deploy", "Deployment"),
@@ -551,4 +552,57 @@ fn a_tcp_socket_probe_is_accepted_on_the_port_a_container_serves() {
     );
     let errs = errors("pod", c(json!({"tcpSocket": {"port": 0}}), ports));
     assert!(has(&errs, path), "{errs:?}");
+}
+
+fn function_with_traffic(traffic: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "wisp.dev/v1", "kind": "Function", "metadata": {"name": "hello"},
+        "spec": {"template": {"spec": {"containers": [{"name": "hello",
+            "wasm": "sha256:0000000000000000000000000000000000000000000000000000000000000000"}]}},
+            "traffic": traffic}})
+}
+
+#[test]
+fn traffic_splits_name_revisions_of_the_function_and_sum_to_100() {
+    let ok = function_with_traffic(json!([
+        {"revisionName": "hello-00001", "percent": 90},
+        {"latestRevision": true, "percent": 10, "tag": "canary"}
+    ]));
+    assert!(
+        kind_by_name("function")
+            .map(|k| (k.decode)(ok))
+            .is_some_and(|r| r.is_ok())
+    );
+    let errs = errors(
+        "function",
+        function_with_traffic(json!([
+            {"revisionName": "other-00001", "percent": 50, "tag": "v"},
+            {"revisionName": "hello-00002", "latestRevision": true, "percent": 120, "tag": "v"}
+        ])),
+    );
+    assert!(
+        has(
+            &errs,
+            "spec.traffic[0].revisionName: \"other-00001\" is not a revision of \"hello\""
+        ),
+        "{errs:?}"
+    );
+    assert!(
+        has(
+            &errs,
+            "spec.traffic[1]: needs exactly one of revisionName and latestRevision"
+        ),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "spec.traffic[1].percent: must be at most 100"),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "spec.traffic[1].tag: tag \"v\" is used twice"),
+        "{errs:?}"
+    );
+    assert!(has(&errs, "spec.traffic: the percents sum to 170"), "{errs:?}");
+    assert_eq!(crate::revision_number("hello", "hello-00012"), Some(12));
+    assert_eq!(crate::revision_number("hello", "hello-12"), None);
+    assert_eq!(crate::revision_name("hello", 3), "hello-00003");
 }

@@ -60,6 +60,87 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Make a function project from a template (`--list` shows them).
+    New(NewArgs),
+    /// Build the project's component (its wisp.toml's build command) and check it.
+    Build(BuildArgs),
+    /// Build if stale, upload the component, create or update the Function (or run the
+    /// job), and print its URL.
+    Deploy(DeployArgs),
+    /// Call a Function through the ingress and print its answer.
+    Invoke(InvokeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NewArgs {
+    /// The project's (and the function's) name: a DNS label such as `hello`.
+    #[arg(required_unless_present = "list")]
+    pub name: Option<String>,
+    /// `http-rust`, `http-python` or `job-rust`.
+    #[arg(short, long, default_value = "http-rust")]
+    pub template: String,
+    /// Directory to create [default: NAME].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// List the templates.
+    #[arg(long)]
+    pub list: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BuildArgs {
+    /// The project directory (or its wisp.toml).
+    #[arg(long, default_value = ".")]
+    pub path: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DeployArgs {
+    /// The project directory (or its wisp.toml).
+    #[arg(long, default_value = ".")]
+    pub path: PathBuf,
+    /// Namespace [default: wisp.toml's, else `default`].
+    #[arg(short, long, env = "WISP_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Wait until the Function is Ready (its pods up, or at zero), or the job has finished.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// Print the object it would apply (building if stale), and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Send this percent of requests to the new revision and keep the rest on the one serving
+    /// now (`wisp rollout promote` moves the rest, `rollback` returns it).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub traffic: Option<u32>,
+    /// Give the new revision a URL of its own: `<tag>.<function host>`.
+    #[arg(long)]
+    pub tag: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InvokeArgs {
+    /// The Function.
+    pub name: String,
+    #[arg(short, long, env = "WISP_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Path under the function's URL.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Request body: text, or `@FILE` (the method becomes POST).
+    #[arg(short, long)]
+    pub data: Option<String>,
+    /// HTTP method [default: GET, or POST with --data].
+    #[arg(short = 'X', long)]
+    pub method: Option<String>,
+    /// A request header, `name: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// Print the response headers too.
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -201,6 +282,7 @@ pub struct NodeArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct LogsArgs {
+    /// A pod, or a Function or job: then all of its pods, each line prefixed by its pod.
     pub pod: String,
     /// Container (required when the pod has several).
     #[arg(short, long)]
@@ -291,6 +373,10 @@ pub enum RolloutCommand {
     History(RolloutArgs),
     /// Go back to the previous revision, or to `--to-revision`.
     Undo(UndoArgs),
+    /// A Function: send all of its requests to its latest revision.
+    Promote(RolloutArgs),
+    /// A Function: send all of its requests back to the revision before the latest.
+    Rollback(RolloutArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,6 +1,7 @@
 //! `wisp`: one binary for the whole system. Thin: parse flags (every flag also a `WISP_*`
 //! environment variable), set up tracing, run the command, print the error chain.
 
+mod author;
 mod cli;
 mod manifests;
 mod output;
@@ -63,7 +64,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             RolloutCommand::Status(args) => rollout::status(&cli.global, &args).await,
             RolloutCommand::History(args) => rollout::history(&cli.global, &args).await,
             RolloutCommand::Undo(args) => rollout::undo(&cli.global, &args).await,
+            RolloutCommand::Promote(args) => author::traffic::promote(&cli.global, &args).await,
+            RolloutCommand::Rollback(args) => author::traffic::rollback(&cli.global, &args).await,
         },
+        Command::New(args) => author::new(&args),
+        Command::Build(args) => author::build(&args).await,
+        Command::Deploy(args) => author::deploy(&cli.global, &args).await,
+        Command::Invoke(args) => author::invoke(&cli.global, &args).await,
         Command::Token {
             command: TokenCommand::Create(args),
         } => resources::token_create(&cli.global, args).await,

@@ -123,6 +123,20 @@ fn columns(kind: &KindInfo, o: &Value, wide: bool) -> Vec<(&'static str, String)
                     n(o, "/status/desiredReplicas")
                 ),
             ),
+            ("LATEST", s(o, "/status/latestCreatedRevision")),
+            ("LAST REQUEST", s(o, "/status/lastRequestTime")),
+        ],
+        "revisions" => vec![
+            ("FUNCTION", s(o, "/metadata/labels/wisp.dev~1function")),
+            ("TRAFFIC", format!("{}%", n(o, "/status/percent"))),
+            (
+                "READY",
+                format!(
+                    "{}/{}",
+                    n(o, "/status/readyReplicas"),
+                    n(o, "/status/desiredReplicas")
+                ),
+            ),
             ("LAST REQUEST", s(o, "/status/lastRequestTime")),
         ],
         "routes" => vec![("HOST", s(o, "/spec/host")), ("PATH", s(o, "/spec/pathPrefix"))],

@@ -391,10 +391,63 @@ pub async fn token_revoke(global: &Global, id: &str) -> anyhow::Result<()> {
 
 /// `wisp logs POD [-c C] [-f] [--tail N]`: the API server proxies to the pod's node.
 pub async fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<()> {
+    let client = client(global)?;
+    let ns = args.namespace.clone().unwrap_or_else(|| "default".into());
+    match client.api::<wisp_api::Pod>(Some(&ns)).get_opt(&args.pod).await {
+        Ok(Some(_)) => return pod_logs(&client, &ns, &args.pod, &args, None).await,
+        Ok(None) => {}
+        Err(e) => bail!("pod {ns}/{}: {}", args.pod, describe_error(&e)),
+    }
+    // Not a pod: a Function's or a job's pods, each line prefixed by its pod.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut streams = tokio::task::JoinSet::new();
+    loop {
+        let pods = crate::author::pods_of(&client, &ns, &args.pod).await?;
+        if pods.is_empty() && seen.is_empty() && !args.follow {
+            bail!("no pod, Function or job {ns}/{} with pods", args.pod);
+        }
+        for pod in pods {
+            let name = pod.metadata.name.clone();
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let (client, ns, args) = (client.clone(), ns.clone(), args.clone());
+            let exit = crate::author::exit_code(&pod);
+            let prefix = format!("[{name}] ");
+            if args.follow {
+                streams.spawn(async move { pod_logs(&client, &ns, &name, &args, Some(&prefix)).await });
+            } else {
+                pod_logs(&client, &ns, &name, &args, Some(&prefix)).await?;
+                if let Some(code) = exit {
+                    say(&format!("{prefix}exited with code {code}"));
+                }
+            }
+        }
+        if !args.follow {
+            return Ok(());
+        }
+        // New pods (scaling up, a job's next run) join the stream.
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            Some(done) = streams.join_next() => {
+                if let Ok(Err(e)) = done {
+                    complain(&format!("warning: {e:#}"));
+                }
+            }
+        }
+    }
+}
+
+/// One pod's log, each line after `prefix` when there is one.
+async fn pod_logs(
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    args: &LogsArgs,
+    prefix: Option<&str>,
+) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
     use tokio::io::AsyncWriteExt;
-    let client = client(global)?;
-    let ns = args.namespace.as_deref().unwrap_or("default");
     let mut query = Vec::new();
     if let Some(c) = &args.container {
         query.push(format!("container={c}"));
@@ -405,22 +458,40 @@ pub async fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<()> {
     if let Some(n) = args.tail {
         query.push(format!("tailLines={n}"));
     }
-    let mut path = format!("/apis/wisp.dev/v1/namespaces/{ns}/pods/{}/log", args.pod);
+    let mut path = format!("/apis/wisp.dev/v1/namespaces/{ns}/pods/{pod}/log");
     if !query.is_empty() {
         path = format!("{path}?{}", query.join("&"));
     }
     let resp = client
         .raw(http::Method::GET, &path, None)
         .await
-        .with_context(|| format!("logs of pod {ns}/{}", args.pod))?;
+        .map_err(|e| anyhow!("logs of pod {ns}/{pod}: {}", describe_error(&e)))?;
     let mut body = resp.into_body();
     let mut out = tokio::io::stdout();
+    let mut partial: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.context("the log stream broke off")?;
-        if let Ok(data) = frame.into_data() {
+        let Ok(data) = frame.into_data() else { continue };
+        let Some(prefix) = prefix else {
             out.write_all(&data).await?;
             out.flush().await?;
+            continue;
+        };
+        // Whole lines only, so that pods' lines do not interleave mid-line.
+        partial.extend_from_slice(&data);
+        let mut text = Vec::new();
+        while let Some(i) = partial.iter().position(|b| *b == b'\n') {
+            text.extend_from_slice(prefix.as_bytes());
+            text.extend(partial.drain(..=i));
         }
+        out.write_all(&text).await?;
+        out.flush().await?;
+    }
+    if let Some(prefix) = prefix.filter(|_| !partial.is_empty()) {
+        partial.push(b'\n');
+        out.write_all(prefix.as_bytes()).await?;
+        out.write_all(&partial).await?;
+        out.flush().await?;
     }
     Ok(())
 }

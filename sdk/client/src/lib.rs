@@ -126,11 +126,17 @@ pub struct Client {
     transport: Transport,
 }
 
+/// How long a connection to the API server may take to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Client {
     /// A client for `server` (e.g. `http://127.0.0.1:7700`) using bearer `token`.
     pub fn new(server: &str, token: &str) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        // A server that does not answer (a wrong address, a dropped packet) fails in seconds
+        // with the address tried, not after the operating system's minutes.
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -413,6 +419,16 @@ impl Client {
         self.raw(Method::PUT, &format!("/blobs/{digest}"), Some(data))
             .await?;
         Ok(digest)
+    }
+
+    /// Whether the server has blob `digest` and this token may read it (so an upload can be
+    /// skipped). A tenant's "no" is the same whether another namespace has it or nobody does.
+    pub async fn has_blob(&self, digest: &str) -> Result<bool> {
+        match self.raw(Method::HEAD, &format!("/blobs/{digest}"), None).await {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.code(), Some(403 | 404)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn get_blob(&self, digest: &str) -> Result<Bytes> {

@@ -219,7 +219,13 @@ impl Wisp {
 
     /// Run the CLI against this server; returns (exit success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+        self.cli_in(Path::new("."), args)
+    }
+
+    /// [`Wisp::cli`] in directory `dir` (a function project's commands read its wisp.toml).
+    pub fn cli_in(&self, dir: &Path, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
         let out = Command::new(wisp_bin()?)
+            .current_dir(dir)
             .args(args)
             .env("WISP_CONFIG", self.config_path())
             .env_remove("WISP_SERVER")

@@ -44,7 +44,7 @@ async fn live_pods(client: &Client, selector: &str) -> anyhow::Result<Vec<Pod>> 
 /// At zero: no pod, and the ingress has dropped the last backend.
 async fn at_zero(client: &Client, http: &Http, ingress: &str) -> anyhow::Result<bool> {
     Ok(live_pods(client, "wisp.dev/function=echo").await?.is_empty()
-        && ingress_stat(http, ingress, client.token(), "echo", "readyBackends").await? == 0)
+        && ingress_stat(http, ingress, client.token(), "echo-00001", "readyBackends").await? == 0)
 }
 
 /// Writes `example` with its relative component paths made absolute, then applies it.
@@ -159,7 +159,7 @@ async fn containers_and_wasm_side_by_side_through_the_ingress() -> anyhow::Resul
             "scaleToZeroAfter: 3s\n    targetConcurrency: 1",
         )],
     )?;
-    let before = ingress_stat(&http, &ingress, &w.token, "echo", "coldStarts").await?;
+    let before = ingress_stat(&http, &ingress, &w.token, "echo-00001", "coldStarts").await?;
     let mut burst = tokio::task::JoinSet::new();
     for _ in 0..20 {
         let (http, ingress) = (http.clone(), ingress.clone());
@@ -170,7 +170,7 @@ async fn containers_and_wasm_side_by_side_through_the_ingress() -> anyhow::Resul
         assert_eq!(code, 200, "every request of the burst answered: {body}");
     }
     assert_eq!(
-        ingress_stat(&http, &ingress, &w.token, "echo", "coldStarts").await? - before,
+        ingress_stat(&http, &ingress, &w.token, "echo-00001", "coldStarts").await? - before,
         1,
         "one activation"
     );

@@ -44,7 +44,7 @@ async fn live_pods(client: &Client) -> anyhow::Result<Vec<Pod>> {
 }
 
 async fn cold_starts(http: &Http, ingress: &str, token: &str) -> anyhow::Result<u64> {
-    ingress_stat(http, ingress, token, "hello", "coldStarts").await
+    ingress_stat(http, ingress, token, "hello-00001", "coldStarts").await
 }
 
 /// Sends a request every 5 ms until stopped; returns (requests, failures).
@@ -119,7 +119,7 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
             .header(http::header::AUTHORIZATION, format!("Bearer {}", w.token))
             .body(Empty::<Bytes>::new())?;
         let body = http.request(req).await?.into_body().collect().await?.to_bytes();
-        Ok(String::from_utf8_lossy(&body).contains("\"name\":\"hello\""))
+        Ok(String::from_utf8_lossy(&body).contains("\"name\":\"hello-00001\""))
     })
     .await?;
 
@@ -177,9 +177,9 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
     let metrics = http.request(req).await?.into_body().collect().await?.to_bytes();
     let metrics = String::from_utf8_lossy(&metrics);
     for line in [
-        "wisp_ingress_cold_starts_total{namespace=\"default\",service=\"hello\"} 3",
-        "wisp_ingress_requests_total{namespace=\"default\",service=\"hello\",code=\"200\"} 102",
-        "wisp_ingress_queued_requests{namespace=\"default\",service=\"hello\"} 0",
+        "wisp_ingress_cold_starts_total{namespace=\"default\",service=\"hello-00001\"} 3",
+        "wisp_ingress_requests_total{namespace=\"default\",service=\"hello-00001\",code=\"200\"} 102",
+        "wisp_ingress_queued_requests{namespace=\"default\",service=\"hello-00001\"} 0",
     ] {
         assert!(
             metrics.contains(line),
@@ -202,7 +202,7 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
     }
     let deployments = client.api::<Deployment>(Some("default"));
     until("a scale-up under load", 60, async || {
-        Ok(deployments.get("hello").await?.spec.replicas >= 2)
+        Ok(deployments.get("hello-00001").await?.spec.replicas >= 2)
     })
     .await?;
     until("the new pods ready", 60, async || {
@@ -210,7 +210,7 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
         Ok(pods.len() >= 2 && pods.iter().all(Pod::is_ready))
     })
     .await?;
-    let peak = deployments.get("hello").await?.spec.replicas;
+    let peak = deployments.get("hello-00001").await?.spec.replicas;
 
     // A rolling update to another component digest under the prober.
     let functions = client.api::<Function>(Some("default"));
@@ -239,7 +239,9 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
     load_stop.cancel();
     while load.join_next().await.is_some() {}
     until("a scale-down", 120, async || {
-        Ok(deployments.get("hello").await?.spec.replicas <= 1)
+        // The template changed: revision 2 serves (revision 1 went to zero with its traffic).
+        Ok(deployments.get("hello-00002").await?.spec.replicas <= 1
+            && deployments.get("hello-00001").await?.spec.replicas == 0)
     })
     .await?;
     stop.cancel();

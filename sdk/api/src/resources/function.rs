@@ -39,6 +39,83 @@ pub struct FunctionSpec {
     /// (decided by the Function controller).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<FunctionRoute>,
+    /// How requests split between revisions (percents summing to 100) and which revisions
+    /// get a URL of their own (`tag`). Empty: all of it to the latest revision.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<TrafficTarget>,
+}
+
+/// A share of a Function's requests: to a named revision, or to whichever is the latest.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TrafficTarget {
+    /// A revision of this Function (`hello-00002`); exactly one of this and `latestRevision`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision_name: Option<String>,
+    /// `true`: the latest revision, whichever it is when the template changes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub latest_revision: bool,
+    /// 0–100; the targets' percents sum to 100.
+    pub percent: u32,
+    /// A URL of its own for this target: `<tag>.<function host>`, whatever its percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// An immutable snapshot of a Function's pod template, made by the Function controller each
+/// time the template changes: `<function>-00001`, `-00002`, … Each has its own Deployment and
+/// Service of the same name, scaled (and to zero) on its own traffic.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Revision {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: RevisionSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RevisionStatus>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RevisionSpec {
+    /// The Function's `spec.template` when this revision was made.
+    pub template: PodTemplateSpec,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RevisionStatus {
+    pub ready_replicas: i32,
+    pub desired_replicas: i32,
+    /// The percent of its Function's requests it gets now.
+    pub percent: u32,
+    /// RFC 3339 time of the last request the ingress saw for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_request_time: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The number of revision `name` of Function `function` (`hello-00012` → 12).
+pub fn revision_number(function: &str, name: &str) -> Option<u32> {
+    let digits = name.strip_prefix(function)?.strip_prefix('-')?;
+    (digits.len() == 5 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
+}
+
+/// The name of revision `number` of Function `function`.
+pub fn revision_name(function: &str, number: u32) -> String {
+    format!("{function}-{number:05}")
+}
+
+impl Revision {
+    pub(crate) fn validate_fields(&self) -> Vec<FieldError> {
+        self.spec.template.validate("spec.template")
+    }
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
@@ -105,6 +182,27 @@ pub struct FunctionStatus {
     pub observed_generation: Option<i64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The newest revision, and the newest whose pods came up (or that is at zero).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest_created_revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest_ready_revision: Option<String>,
+    /// `spec.traffic` resolved: the revision each target is, and the URL of each tag.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<TrafficStatus>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TrafficStatus {
+    pub revision_name: String,
+    pub percent: u32,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub latest_revision: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl Function {
@@ -139,6 +237,57 @@ impl Function {
                 r.host.as_ref(),
                 &r.path_prefix,
                 "spec.route",
+            ));
+        }
+        errs.extend(self.validate_traffic());
+        errs
+    }
+
+    fn validate_traffic(&self) -> Vec<FieldError> {
+        let traffic = &self.spec.traffic;
+        let mut errs = Vec::new();
+        if traffic.is_empty() {
+            return errs;
+        }
+        let mut tags = std::collections::BTreeSet::new();
+        for (i, t) in traffic.iter().enumerate() {
+            let path = crate::validation::index("spec.traffic", i);
+            match (&t.revision_name, t.latest_revision) {
+                (Some(_), true) | (None, false) => errs.push(FieldError::new(
+                    path.clone(),
+                    "needs exactly one of revisionName and latestRevision: true",
+                )),
+                (Some(r), false) if revision_number(&self.metadata.name, r).is_none() => {
+                    errs.push(FieldError::new(
+                        crate::validation::child(&path, "revisionName"),
+                        format!(
+                            "{r:?} is not a revision of {:?} (they are named {:?})",
+                            self.metadata.name,
+                            revision_name(&self.metadata.name, 1)
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            if t.percent > 100 {
+                errs.push(FieldError::new(
+                    crate::validation::child(&path, "percent"),
+                    "must be at most 100",
+                ));
+            }
+            if let Some(tag) = &t.tag {
+                let tp = crate::validation::child(&path, "tag");
+                errs.extend(crate::validation::validate_dns1123_label(tag, &tp));
+                if !tags.insert(tag.clone()) {
+                    errs.push(FieldError::new(tp, format!("tag {tag:?} is used twice")));
+                }
+            }
+        }
+        let sum: u32 = traffic.iter().map(|t| t.percent).sum();
+        if sum != 100 {
+            errs.push(FieldError::new(
+                "spec.traffic",
+                format!("the percents sum to {sum}; they must sum to 100"),
             ));
         }
         errs

@@ -1,4 +1,4 @@
-//! The fifteen kinds and their spec/status types, each with field-path validation.
+//! The sixteen kinds and their spec/status types, each with field-path validation.
 
 use std::borrow::Cow;
 

@@ -298,7 +298,7 @@ pub struct RouteStatus {
 }
 
 /// Checks a route host (`example.com`, `*.example.com`) and path prefix at `path`.
-pub(crate) fn validate_host_and_prefix(host: Option<&String>, prefix: &str, path: &str) -> Vec<FieldError> {
+pub fn validate_host_and_prefix(host: Option<&String>, prefix: &str, path: &str) -> Vec<FieldError> {
     let mut errs = Vec::new();
     if let Some(h) = host {
         let hp = child(path, "host");
