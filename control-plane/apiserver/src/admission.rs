@@ -217,7 +217,11 @@ async fn admit_pod_spec(
         }
         let mut errs = Vec::new();
         for (i, c) in spec.containers.iter().enumerate() {
-            let Some(digest) = c.wasm.as_deref() else { continue };
+            // A blob digest must be the namespace's; an oci:// component is pulled by the node
+            // with the pod's own registry credentials.
+            let Some(digest) = c.wasm.as_deref().filter(|w| w.starts_with("sha256:")) else {
+                continue;
+            };
             if !crate::blobs::namespace_has(state, ns, namespace_uid, digest).await? {
                 errs.push(FieldError::new(
                     format!("{field}.containers[{i}].wasm"),

@@ -207,13 +207,15 @@ fn uses(spec: &wisp_api::PodSpec, plural: &str, name: &str) -> bool {
             r.as_ref().is_some_and(|r| r.name == name)
         })
     });
-    env || spec.volumes.iter().any(|v| {
-        if secret {
-            v.secret.as_ref().is_some_and(|s| s.secret_name == name)
-        } else {
-            v.config_map.as_ref().is_some_and(|c| c.name == name)
-        }
-    })
+    let pull = secret && spec.image_pull_secrets.iter().any(|r| r.name == name);
+    env || pull
+        || spec.volumes.iter().any(|v| {
+            if secret {
+                v.secret.as_ref().is_some_and(|s| s.secret_name == name)
+            } else {
+                v.config_map.as_ref().is_some_and(|c| c.name == name)
+            }
+        })
 }
 
 /// Checks a conditional permission (see `authz::Condition`) against the stored object

@@ -903,6 +903,11 @@ const COVERAGE: &[(&str, Cover)] = &[
         "TrafficStatus.url",
         E(&["traffic_splits_between_revisions_and_promote_moves_it_all"]),
     ),
+    ("PodSpec.imagePullSecrets", S),
+    (
+        "LocalObjectReference.name",
+        E(&["components_are_pulled_from_oci_registries"]),
+    ),
     // Revision (made by the Function controller).
     (
         "RevisionSpec.template",

@@ -15,6 +15,7 @@
 pub mod lifecycle;
 pub mod logs;
 pub mod node;
+pub mod oci;
 mod pods;
 mod probe;
 pub mod readiness;
@@ -76,6 +77,17 @@ pub struct AgentConfig {
     /// Where the agent publishes which of its pods are ready, for this node's ingress (which
     /// then routes to a pod the moment it is ready, before its status reaches the API).
     pub local_readiness: LocalReadiness,
+    /// Where the node may connect for its pods: the registries of `wasm: oci://…` components
+    /// must pass it (default: no loopback, link-local or private address).
+    pub egress: wisp_sandbox::EgressPolicy,
+}
+
+impl AgentConfig {
+    /// The components this node pulls from registries (under `data_dir/oci`); give the same
+    /// to the Wasm runtime through [`oci::NodeArtifacts`].
+    pub fn oci_cache(&self) -> oci::OciCache {
+        oci::OciCache::new(self.data_dir.join("oci"), self.egress.clone())
+    }
 }
 
 impl AgentConfig {
@@ -91,6 +103,7 @@ impl AgentConfig {
             backoff: Backoff::default(),
             ingress_url: None,
             local_readiness: LocalReadiness::default(),
+            egress: wisp_sandbox::EgressPolicy::default(),
         }
     }
 }
@@ -196,6 +209,7 @@ impl Agent {
             pods_dir: c.data_dir.join("pods"),
             readiness: c.local_readiness.clone(),
             informers: self.informers.clone(),
+            oci: c.oci_cache(),
         });
         let log_server = std::sync::Arc::new(logs::LogServer {
             shutdown: shutdown.clone(),

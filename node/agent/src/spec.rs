@@ -37,6 +37,42 @@ pub fn sandbox_id(pod: &Pod, container: &str) -> SandboxId {
     SandboxId::new(pod.metadata.uid.as_deref().unwrap_or_default(), container)
 }
 
+/// The credentials for the registry of `reference` among the pod's `imagePullSecrets`
+/// (Secrets of type `registry` whose `server` is that registry); none: anonymous.
+async fn registry_credentials(
+    client: &Client,
+    ns: &str,
+    pod: &Pod,
+    reference: &str,
+    lookups: &mut Lookups,
+) -> Result<Option<wisp_oci::Credentials>, PrepareError> {
+    let registry = reference.split('/').next().unwrap_or_default();
+    for r in &pod.spec.image_pull_secrets {
+        let Some(secret) = lookups.secret(client, ns, &r.name).await? else {
+            return Err(config_error(format!(
+                "imagePullSecrets: Secret {ns}/{} does not exist",
+                r.name
+            )));
+        };
+        if secret.type_ != wisp_api::SECRET_TYPE_REGISTRY {
+            continue;
+        }
+        let values = secret_values(secret)?;
+        let text = |k: &str| {
+            values
+                .get(k)
+                .map(|v| String::from_utf8_lossy(v).trim().to_owned())
+        };
+        if text("server").as_deref() == Some(registry) {
+            return Ok(Some(wisp_oci::Credentials {
+                username: text("username").unwrap_or_default(),
+                password: text("password").unwrap_or_default(),
+            }));
+        }
+    }
+    Ok(None)
+}
+
 /// Where a container's code comes from.
 pub fn source_of(c: &Container) -> Result<Source, PrepareError> {
     if let Some(wasm) = c.wasm.as_deref().filter(|w| !w.is_empty()) {
@@ -283,13 +319,24 @@ pub struct Draft {
 }
 
 /// Resolves everything a pod's containers need, in container order.
-pub async fn drafts(client: &Client, pod: &Pod, pod_dir: &Path) -> Result<Vec<Draft>, PrepareError> {
+pub async fn drafts(
+    client: &Client,
+    oci: &crate::oci::OciCache,
+    pod: &Pod,
+    pod_dir: &Path,
+) -> Result<Vec<Draft>, PrepareError> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut lookups = Lookups::default();
     let vols = volumes(client, pod, pod_dir, &mut lookups).await?;
     let mut out = Vec::new();
     for c in &pod.spec.containers {
-        let source = source_of(c)?;
+        let source = match c.wasm.as_deref().and_then(|w| w.strip_prefix("oci://")) {
+            Some(reference) => {
+                let creds = registry_credentials(client, ns, pod, reference, &mut lookups).await?;
+                Source::WasmDigest(oci.resolve(reference, creds.as_ref()).await?)
+            }
+            None => source_of(c)?,
+        };
         let mut env = Vec::new();
         for var in &c.env {
             if let Some(v) = env_value(client, ns, &c.name, var, &mut lookups).await? {
@@ -560,7 +607,8 @@ mod tests {
         c.resources.limits.insert(RESOURCE_PIDS.into(), q("32"));
         pod.spec.containers.push(c);
         let dir = tempfile::tempdir().expect("tempdir");
-        let drafts = drafts(&client, &pod, dir.path()).await.expect("drafts");
+        let oci = crate::oci::OciCache::new(dir.path().join("oci"), wisp_sandbox::EgressPolicy::default());
+        let drafts = drafts(&client, &oci, &pod, dir.path()).await.expect("drafts");
         assert_eq!(drafts.len(), 1);
         let spec = &drafts[0].spec;
         assert_eq!(drafts[0].runtime, wisp_api::RUNTIME_DOCKER);

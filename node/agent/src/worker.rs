@@ -102,6 +102,8 @@ pub struct Ctx {
     /// The process's shared watch caches, when the agent reads pods from them (`wisp up`)
     /// instead of watching its own.
     pub informers: Option<wisp_runtime::Informers>,
+    /// Components pulled from registries.
+    pub oci: crate::oci::OciCache,
 }
 
 struct Prepared {
@@ -894,7 +896,7 @@ fn container_status(pod: &Pod, c: &lifecycle::Container) -> ContainerStatus {
 /// Resolves the pod's containers and has each runtime fetch and compile (or pull) its code.
 async fn prepare(ctx: &Ctx, pod: &Pod) -> Result<Vec<Prepared>, PrepareError> {
     let uid = pod.metadata.uid.as_deref().unwrap_or("unknown");
-    let drafts = spec::drafts(&ctx.client, pod, &ctx.pods_dir.join(uid)).await?;
+    let drafts = spec::drafts(&ctx.client, &ctx.oci, pod, &ctx.pods_dir.join(uid)).await?;
     let mut out = Vec::with_capacity(drafts.len());
     for (draft, c) in drafts.into_iter().zip(&pod.spec.containers) {
         let Some(runtime) = ctx.runtimes.get(draft.runtime) else {

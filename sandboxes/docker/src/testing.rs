@@ -224,6 +224,16 @@ pub struct Registry {
 impl Registry {
     /// Starts the registry and waits until it answers `/v2/`.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(None)
+    }
+
+    /// A registry that answers only requests with HTTP basic credentials: `htpasswd` is the
+    /// file's contents (`user:<bcrypt hash>` lines).
+    pub fn start_private(htpasswd: &str) -> Result<Self, String> {
+        Self::start_with(Some(htpasswd))
+    }
+
+    fn start_with(htpasswd: Option<&str>) -> Result<Self, String> {
         let bin = ["/usr/bin/docker-registry", "/usr/bin/registry"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -231,10 +241,18 @@ impl Registry {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("wisp-registry-{port}-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("data")).map_err(|e| e.to_string())?;
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
             dir.join("data").display()
         );
+        if let Some(lines) = htpasswd {
+            let file = dir.join("htpasswd");
+            std::fs::write(&file, lines).map_err(|e| e.to_string())?;
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: wisp-test\n    path: {}\n",
+                file.display()
+            ));
+        }
         let config_path = dir.join("config.yml");
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
         let child = Command::new(bin)

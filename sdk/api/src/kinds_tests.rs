@@ -78,9 +78,43 @@ fn wasm_names_an_uploaded_blob_by_digest_never_a_path() {
             "{bad}: {errs:?}"
         );
     }
-    let oci = errors("pod", pod(&json!({"name": "app", "wasm": "oci://ghcr.io/x/y:1"})));
-    assert!(oci[0].contains("not supported yet"), "{oci:?}");
     assert!(decode("pod", pod(&json!({"name": "app", "wasm": DIGEST}))).is_ok());
+}
+
+#[test]
+fn wasm_takes_oci_references_with_a_tag_or_a_digest() {
+    for ok in [
+        "oci://ghcr.io/team/hello:v1".to_owned(),
+        "oci://127.0.0.1:5000/hello:1.0".to_owned(),
+        "oci://localhost:5000/a/b/c@sha256:".to_owned() + &"0".repeat(64),
+        "oci://registry.example.com/x:v2@sha256:".to_owned() + &"a".repeat(64),
+    ] {
+        assert!(
+            decode("pod", pod(&json!({"name": "app", "wasm": ok}))).is_ok(),
+            "{ok}"
+        );
+    }
+    for (bad, why) in [
+        ("oci://ghcr.io/x/y", "name a tag"),
+        ("oci://hello:v1", "names its registry"),
+        ("oci://hello/x:v1", "not a registry host"),
+        ("oci://ghcr.io/X/y:1", "repository"),
+        ("oci://ghcr.io/x/y:bad tag", "tag"),
+        ("oci://ghcr.io/x/y@sha256:abc", "digest"),
+        ("oci://", "names its registry"),
+    ] {
+        let errs = errors("pod", pod(&json!({"name": "app", "wasm": bad})));
+        assert!(
+            errs.len() == 1 && errs[0].starts_with("spec.containers[0].wasm: ") && errs[0].contains(why),
+            "{bad}: {errs:?}"
+        );
+    }
+    let r = crate::OciRef::parse("127.0.0.1:5000/team/hello:v1").expect("parses");
+    assert_eq!(
+        (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+        ("127.0.0.1:5000", "team/hello", Some("v1"))
+    );
+    assert_eq!(r.to_string(), "127.0.0.1:5000/team/hello:v1");
 }
 
 #[test]

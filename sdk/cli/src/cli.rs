@@ -69,6 +69,23 @@ pub enum Command {
     Deploy(DeployArgs),
     /// Call a Function through the ingress and print its answer.
     Invoke(InvokeArgs),
+    /// Publish a component to an OCI registry (the Wasm OCI artifact layout), for
+    /// `wasm: oci://…`.
+    Push(PushArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PushArgs {
+    /// `oci://registry/repository:tag`.
+    pub reference: String,
+    /// A `.wasm` file, or a project directory (built if stale) [default: the project here].
+    #[arg(long, default_value = ".")]
+    pub path: PathBuf,
+    /// Registry user (the password comes from WISP_REGISTRY_PASSWORD).
+    #[arg(long, env = "WISP_REGISTRY_USERNAME")]
+    pub username: Option<String>,
+    #[arg(long, env = "WISP_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

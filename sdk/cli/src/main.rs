@@ -71,6 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(args) => author::build(&args).await,
         Command::Deploy(args) => author::deploy(&cli.global, &args).await,
         Command::Invoke(args) => author::invoke(&cli.global, &args).await,
+        Command::Push(args) => author::push(&args).await,
         Command::Token {
             command: TokenCommand::Create(args),
         } => resources::token_create(&cli.global, args).await,

@@ -239,8 +239,13 @@ async fn run_node(
     ingress_config.busy_poll = std::time::Duration::from_micros(opts.ingress_busy_poll_us);
     ingress_config.max_connections = opts.ingress_max_connections;
     ingress_config.egress = egress.clone();
-    wasm_config.egress = egress;
-    let artifacts: Arc<dyn wisp_sandbox::ArtifactSource> = Arc::new(wisp_node::ApiArtifacts(client.clone()));
+    wasm_config.egress = egress.clone();
+    config.egress = egress;
+    // Components by digest: those this node pulled from registries, else the API's blobs.
+    let artifacts: Arc<dyn wisp_sandbox::ArtifactSource> = Arc::new(wisp_node::oci::NodeArtifacts {
+        client: client.clone(),
+        oci: config.oci_cache(),
+    });
     let wasm =
         wisp_sandbox_wasm::WasmSandbox::new(wasm_config, Some(artifacts)).context("the wasm runtime")?;
     let mut runtimes = wisp_node::Runtimes::default();

@@ -115,6 +115,16 @@ impl Secret {
         if self.type_.is_empty() {
             errs.push(FieldError::required("type"));
         }
+        if self.type_ == super::pod::SECRET_TYPE_REGISTRY {
+            for key in ["server", "username", "password"] {
+                if !self.data.contains_key(key) && !self.string_data.contains_key(key) {
+                    errs.push(FieldError::new(
+                        child("data", key),
+                        "required: a Secret of type registry holds server, username and password",
+                    ));
+                }
+            }
+        }
         if size > MAX_DATA_BYTES {
             errs.push(FieldError::new("data", "may not exceed 1 MiB in total"));
         }

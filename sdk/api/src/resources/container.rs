@@ -280,31 +280,135 @@ impl SecurityContext {
     }
 }
 
-/// `wasm:` names a component by the digest of a blob uploaded to the API server: never a
-/// path on a node's disk.
+/// `wasm:` names a component by the digest of a blob uploaded to the API server, or by an OCI
+/// reference the node pulls (`oci://host[:port]/repo:tag` or `…@sha256:<hex>`): never a path
+/// on a node's disk.
 fn validate_wasm_ref(w: &str, path: &str) -> Vec<FieldError> {
-    let Some(hex) = w.strip_prefix("sha256:") else {
-        let why = if w.starts_with("oci://") {
-            format!("{w:?}: OCI references are not supported yet; upload the component and use its digest")
-        } else {
-            format!(
-                "{w:?} is not a blob digest: wasm takes sha256:<64 hex digits> of a component uploaded to \
-                 /blobs (wisp apply uploads the .wasm files a manifest names), never a path on a node"
-            )
+    if let Some(reference) = w.strip_prefix("oci://") {
+        return match OciRef::parse(reference) {
+            Ok(_) => Vec::new(),
+            Err(why) => vec![FieldError::new(path, format!("{w:?}: {why}"))],
         };
-        return vec![FieldError::new(path, why)];
+    }
+    let Some(hex) = w.strip_prefix("sha256:") else {
+        return vec![FieldError::new(
+            path,
+            format!(
+                "{w:?} is not a component reference: wasm takes sha256:<64 hex digits> of a component \
+                 uploaded to /blobs (wisp apply uploads the .wasm files a manifest names) or \
+                 oci://registry/repository:tag, never a path on a node"
+            ),
+        )];
     };
-    if hex.len() != 64
-        || !hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if !is_hex64(hex) {
         return vec![FieldError::new(
             path,
             format!("{w:?}: a digest is sha256: followed by 64 lowercase hex digits"),
         )];
     }
     Vec::new()
+}
+
+fn is_hex64(hex: &str) -> bool {
+    hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A component in an OCI registry: `host[:port]/repository[:tag][@sha256:<hex>]` (the part of
+/// a `wasm: oci://…` reference after the scheme).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OciRef {
+    /// `registry.example.com`, `127.0.0.1:5000`.
+    pub registry: String,
+    /// `team/hello`.
+    pub repository: String,
+    pub tag: Option<String>,
+    /// `sha256:<hex>` of the manifest.
+    pub digest: Option<String>,
+}
+
+impl OciRef {
+    pub fn parse(reference: &str) -> Result<Self, String> {
+        let (rest, digest) = match reference.split_once('@') {
+            Some((r, d)) => {
+                if !d.strip_prefix("sha256:").is_some_and(is_hex64) {
+                    return Err(format!(
+                        "the digest {d:?} must be sha256: followed by 64 lowercase hex digits"
+                    ));
+                }
+                (r, Some(d.to_owned()))
+            }
+            None => (reference, None),
+        };
+        let (registry, path) = rest
+            .split_once('/')
+            .ok_or("an OCI reference names its registry: oci://host[:port]/repository:tag")?;
+        let host = registry.rsplit_once(':').map_or(registry, |(h, port)| {
+            if port.parse::<u16>().is_ok() { h } else { registry }
+        });
+        if host.is_empty()
+            || !(host.contains('.') || host == "localhost" || host.parse::<std::net::IpAddr>().is_ok())
+        {
+            return Err(format!(
+                "{registry:?} is not a registry host (a DNS name with a dot, localhost or an IP address, with an optional port)"
+            ));
+        }
+        // The tag follows the last ':' after the last '/'.
+        let (repository, tag) = match path.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r, Some(t.to_owned())),
+            _ => (path, None),
+        };
+        let component = |c: &str| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        };
+        if !repository.split('/').all(component) {
+            return Err(format!(
+                "repository {repository:?}: lowercase letters, digits, '.', '_', '-' and '/' separators"
+            ));
+        }
+        if let Some(t) = &tag {
+            let ok = t.len() <= 128
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && t.bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                return Err(format!(
+                    "tag {t:?}: letters, digits, '.', '_' and '-', at most 128"
+                ));
+            }
+        }
+        if tag.is_none() && digest.is_none() {
+            return Err(
+                "name a tag (:v1) or a digest (@sha256:…): a moving default tag is not pulled".into(),
+            );
+        }
+        Ok(Self {
+            registry: registry.to_owned(),
+            repository: repository.to_owned(),
+            tag,
+            digest,
+        })
+    }
+}
+
+impl std::fmt::Display for OciRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn is_set(s: Option<&String>) -> bool {

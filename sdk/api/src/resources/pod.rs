@@ -65,7 +65,21 @@ pub struct PodSpec {
     pub restart_policy: RestartPolicy,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub termination_grace_period_seconds: Option<i64>,
+    /// Secrets of type `registry` (keys `server`, `username`, `password`) the node logs in to
+    /// registries with: for `wasm: oci://…` components and for images.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
 }
+
+/// An object of the same namespace, by name.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LocalObjectReference {
+    pub name: String,
+}
+
+/// The Secret type of registry credentials (`imagePullSecrets`).
+pub const SECRET_TYPE_REGISTRY: &str = "registry";
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum RestartPolicy {
@@ -143,6 +157,10 @@ impl PodSpec {
         let cpath = child(path, "containers");
         if self.containers.is_empty() {
             errs.push(FieldError::new(&cpath, "required: at least one container"));
+        }
+        for (i, r) in self.image_pull_secrets.iter().enumerate() {
+            let rp = index(&child(path, "imagePullSecrets"), i);
+            errs.extend(validate_dns1123_subdomain(&r.name, &child(&rp, "name")));
         }
         let mut volume_names = BTreeSet::new();
         for (i, v) in self.volumes.iter().enumerate() {

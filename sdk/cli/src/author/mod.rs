@@ -13,7 +13,7 @@ use anyhow::{Context, anyhow, bail};
 use wisp_api::{Function, Pod, PodPhase};
 use wisp_client::{Client, ListParams};
 
-use crate::cli::{BuildArgs, DeployArgs, Global, InvokeArgs, NewArgs};
+use crate::cli::{BuildArgs, DeployArgs, Global, InvokeArgs, NewArgs, PushArgs};
 use crate::resources::{client, describe_error};
 use manifest::{JOB_LABEL, Kind, Project};
 
@@ -429,6 +429,54 @@ pub async fn invoke(global: &Global, args: &InvokeArgs) -> anyhow::Result<()> {
 }
 
 pub mod http;
+
+/// `wisp push oci://registry/repo:tag`: a component file, or the project's (built if stale).
+pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
+    let reference = args.reference.strip_prefix("oci://").ok_or_else(|| {
+        anyhow!(
+            "{:?}: name the target as oci://registry/repository:tag",
+            args.reference
+        )
+    })?;
+    let r = wisp_api::OciRef::parse(reference).map_err(|why| anyhow!("{}: {why}", args.reference))?;
+    if r.tag.is_none() || r.digest.is_some() {
+        bail!(
+            "{}: push to a tag (oci://registry/repository:tag); the digest is the registry's answer",
+            args.reference
+        );
+    }
+    let (path, bytes) = if args.path.extension().is_some_and(|e| e == "wasm") {
+        let bytes =
+            std::fs::read(&args.path).with_context(|| format!("cannot read {}", args.path.display()))?;
+        component::inspect(&bytes)
+            .with_context(|| format!("{} is not a Wisp component", args.path.display()))?;
+        (args.path.clone(), bytes)
+    } else {
+        let project = Project::load(&args.path)?;
+        let built = build_checked(&project, false).await?;
+        (built.path, built.bytes)
+    };
+    let creds = match (&args.username, &args.password) {
+        (Some(u), Some(p)) => Some(wisp_oci::Credentials {
+            username: u.clone(),
+            password: p.clone(),
+        }),
+        (Some(_), None) => bail!("--username needs a password: set WISP_REGISTRY_PASSWORD"),
+        _ => None,
+    };
+    let size = component::size(bytes.len() as u64);
+    let component_digest = wisp_oci::digest_of(&bytes);
+    let manifest = wisp_oci::push(&r, bytes::Bytes::from(bytes), creds.as_ref())
+        .await
+        .map_err(|e| anyhow!("oci://{}", wisp_oci::chain(&e)))?;
+    say(&format!(
+        "pushed {} ({size}, component {component_digest})\npinned: oci://{}/{}@{manifest}",
+        path.display(),
+        r.registry,
+        r.repository
+    ));
+    Ok(())
+}
 
 /// The pods `wisp logs NAME` follows when NAME is a Function or a job rather than a pod.
 pub async fn pods_of(client: &Client, ns: &str, name: &str) -> anyhow::Result<Vec<Pod>> {
