@@ -119,8 +119,28 @@ pub(crate) async fn admit(
         }
         "functions" => {
             let f: Function = obj.to_typed().map_err(|e| ApiError::Internal(e.to_string()))?;
-            if let Some(host) = f.spec.route.as_ref().and_then(|r| r.host.as_ref()) {
+            let route_host = f.spec.route.as_ref().and_then(|r| r.host.clone());
+            if let Some(host) = &route_host {
                 admit_host(state, principal, verb, target, &ns, host, "spec.route.host").await?;
+            }
+            // A tag answers on `<tag>.<the function's host>`: a host like any other, which the
+            // namespace must be able to claim (the controller writes its Route as the admin).
+            let host = route_host
+                .unwrap_or_else(|| format!("{}.{ns}.{}", f.metadata.name, state.config.cluster_domain));
+            for (i, t) in f.spec.traffic.iter().enumerate() {
+                if let Some(tag) = &t.tag {
+                    let field = format!("spec.traffic[{i}].tag");
+                    admit_host(
+                        state,
+                        principal,
+                        verb,
+                        target,
+                        &ns,
+                        &format!("{tag}.{host}"),
+                        &field,
+                    )
+                    .await?;
+                }
             }
         }
         _ => {}

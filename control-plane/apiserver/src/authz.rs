@@ -139,10 +139,10 @@ pub fn authorize(
             if !verb.reads() && ADMIN_OWNED.contains(&target.kind.plural) {
                 return deny("quotas and limits of a namespace are set by the cluster admin");
             }
-            if matches!(verb, Verb::Create | Verb::Update) && target.kind.plural == "revisions" {
+            if !verb.reads() && target.kind.plural == "revisions" {
                 return deny(
-                    "Revisions are made by the Function controller from a Function's template (change \
-                     the Function; spec.traffic chooses between its revisions)",
+                    "Revisions are made and collected by the Function controller from a Function's \
+                     template (change the Function; spec.traffic chooses between its revisions)",
                 );
             }
             Ok(Decision::Allow)
@@ -274,7 +274,7 @@ mod tests {
             403
         );
         assert_eq!(ok(Verb::List, &t("endpoints", Some("team-a"), None), None), 200);
-        // Revisions: made by the Function controller; a tenant reads and deletes them.
+        // Revisions: made and collected by the Function controller; a tenant reads them.
         assert_eq!(ok(Verb::Create, &t("revisions", Some("team-a"), None), None), 403);
         assert_eq!(
             ok(
@@ -291,7 +291,7 @@ mod tests {
                 &t("revisions", Some("team-a"), Some("f-00001")),
                 None
             ),
-            200
+            403
         );
         assert_eq!(ok(Verb::Create, &t("nodes", None, None), None), 403);
         assert_eq!(ok(Verb::Get, &t("namespaces", None, Some("team-a")), None), 200);

@@ -917,6 +917,24 @@ const COVERAGE: &[(&str, Cover)] = &[
         ]),
     ),
     (
+        "RevisionStatus.routed",
+        E(&["traffic_splits_between_revisions_and_promote_moves_it_all"]),
+    ),
+    (
+        "RevisionStatus.minScale",
+        E(&[
+            "traffic_splits_between_revisions_and_promote_moves_it_all",
+            "a_split_shares_max_scale_and_a_tag_alone_gets_one_pod",
+        ]),
+    ),
+    (
+        "RevisionStatus.maxScale",
+        E(&[
+            "traffic_splits_between_revisions_and_promote_moves_it_all",
+            "a_split_shares_max_scale_and_a_tag_alone_gets_one_pod",
+        ]),
+    ),
+    (
         "RevisionStatus.percent",
         E(&["traffic_splits_between_revisions_and_promote_moves_it_all"]),
     ),

@@ -262,21 +262,6 @@ impl Caches {
     }
 }
 
-/// Whether revision `rev` of `f` gets requests (a percent or a tag), as the Function
-/// controller last resolved its traffic, or is the latest revision coming up to take the
-/// latest-revision share; before the controller has resolved it, every revision counts.
-fn routed(f: &Function, rev: &str) -> bool {
-    let Some(status) = f.status.as_ref().filter(|s| !s.traffic.is_empty()) else {
-        return true;
-    };
-    status
-        .traffic
-        .iter()
-        .any(|t| t.revision_name == rev && (t.percent > 0 || t.tag.is_some()))
-        || (status.latest_created_revision.as_deref() == Some(rev)
-            && status.traffic.iter().any(|t| t.latest_revision))
-}
-
 async fn tick(
     client: &Client,
     caches: &Caches,
@@ -349,11 +334,16 @@ async fn tick(
         };
         let mut d = (*d).clone();
         let wasm = rev.spec.template.spec.containers.iter().all(|c| c.wasm.is_some());
-        let is_routed = routed(&f, &name);
+        // The bounds the Function controller gave the revision (its share of the Function's);
+        // a revision it has not written yet is the new one, coming up on the Function's own.
+        let (is_routed, min, max) = match rev.status.as_ref().filter(|s| s.max_scale > 0) {
+            Some(s) => (s.routed, s.min_scale, s.max_scale),
+            None => (true, f.spec.scaling.min_scale, f.spec.scaling.max_scale),
+        };
         let inputs = Inputs {
             current: u32::try_from(d.spec.replicas.max(0)).unwrap_or(0),
-            min: if is_routed { f.spec.scaling.min_scale } else { 0 },
-            max: f.spec.scaling.max_scale,
+            min,
+            max,
             target: f.spec.scaling.target_concurrency.unwrap_or(if wasm {
                 DEFAULT_TARGET_WASM
             } else {
@@ -474,8 +464,7 @@ mod tests {
     }
 
     /// A revision that lost its traffic goes to zero once nothing is in flight (its requests
-    /// went to the new one), not after `scaleToZeroAfter`; the latest, coming up, counts as
-    /// routed before traffic moves to it.
+    /// went to the new one), not after `scaleToZeroAfter`.
     #[test]
     fn a_revision_without_traffic_goes_to_zero_once_idle() {
         let c = AutoscalerConfig::default();
@@ -489,22 +478,6 @@ mod tests {
             decide(&mut w, now, &c, &i) >= 1,
             "requests in flight finish first"
         );
-
-        let mut f = Function::default();
-        assert!(
-            routed(&f, "f-00001"),
-            "before the controller resolved the traffic"
-        );
-        let status = f.status.get_or_insert_with(Default::default);
-        status.latest_created_revision = Some("f-00002".into());
-        status.traffic = vec![wisp_api::TrafficStatus {
-            revision_name: "f-00001".into(),
-            percent: 100,
-            latest_revision: true,
-            ..Default::default()
-        }];
-        assert!(routed(&f, "f-00001") && routed(&f, "f-00002"));
-        assert!(!routed(&f, "f-00003"));
     }
 
     #[test]

@@ -136,22 +136,39 @@ pub fn desired_revision(f: &Function, number: u32) -> Revision {
     r
 }
 
-/// The Deployment of revision `rev`, given the replicas it has now (`None`: not created yet).
-/// A revision that gets no traffic may go to zero whatever `minScale` says.
+/// The replicas a revision may have, `(min, max)`: the Function's bounds for the revision that
+/// takes all requests (or is coming up to take the latest revision's share); a share of
+/// `maxScale` by percent for one of a split, so that a split never holds more pods than the
+/// Function may; one pod for a revision reached only by its tag; and none kept for a revision
+/// without requests.
+pub fn revision_bounds(f: &Function, percent: u32, tagged: bool, coming_up: bool) -> (u32, u32) {
+    let sc = &f.spec.scaling;
+    let max_all = sc.max_scale.max(sc.min_scale);
+    if coming_up || percent >= 100 {
+        return (sc.min_scale, max_all);
+    }
+    if percent > 0 {
+        let share = (u64::from(max_all) * u64::from(percent)).div_ceil(100);
+        let max = u32::try_from(share).unwrap_or(u32::MAX).max(1);
+        return (sc.min_scale.min(max), max);
+    }
+    if tagged {
+        return (0, 1);
+    }
+    (0, max_all)
+}
+
+/// The Deployment of revision `rev` within `(min, max)` replicas, given the replicas it has
+/// now (`None`: not created yet).
 pub fn desired_deployment(
     f: &Function,
     rev: &Revision,
-    routed: bool,
+    bounds: (u32, u32),
     current_replicas: Option<i32>,
 ) -> Deployment {
     let mut d = Deployment::new(revision_child_meta(f, rev));
-    let sc = &f.spec.scaling;
-    let min = if routed {
-        i32::try_from(sc.min_scale).unwrap_or(i32::MAX)
-    } else {
-        0
-    };
-    let max = i32::try_from(sc.max_scale).unwrap_or(i32::MAX).max(min);
+    let min = i32::try_from(bounds.0).unwrap_or(i32::MAX);
+    let max = i32::try_from(bounds.1).unwrap_or(i32::MAX).max(min);
     d.spec.replicas = current_replicas.unwrap_or(min).clamp(min, max);
     let mut template = rev.spec.template.clone();
     let labels = &mut template.metadata.labels;
@@ -298,11 +315,16 @@ fn owned_by(m: &ObjectMeta, uid: Option<&String>) -> bool {
 async fn not_ready(ctx: &Context, f: &Function, reason: &str, message: String) -> Result<Action, Error> {
     let mut updated = f.clone();
     let status = updated.status.get_or_insert_with(Default::default);
-    let changed = wisp_api::meta::set_condition(
+    let mut changed = wisp_api::meta::set_condition(
         &mut status.conditions,
         Condition::new("Ready", false, reason, message),
         &jiff::Timestamp::now().to_string(),
     );
+    // Observed: a client waiting for this generation sees the reason instead of waiting on.
+    if status.observed_generation != f.metadata.generation {
+        status.observed_generation = f.metadata.generation;
+        changed = true;
+    }
     if changed {
         let ns = f.metadata.namespace.as_deref();
         let _ = ctx.client.api::<Function>(ns).replace_status(&updated).await;
@@ -344,9 +366,17 @@ pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Er
         .filter(|r| revision_number(name, &r.metadata.name).is_some())
         .collect();
     revisions.sort_by_key(|r| revision_number(name, &r.metadata.name));
+    // Numbers only go up: one the status recorded is never reissued, even when that revision
+    // was deleted, so a name always means the same template.
+    let recorded = f
+        .status
+        .as_ref()
+        .and_then(|s| s.latest_created_revision.as_deref())
+        .and_then(|r| revision_number(name, r));
     let latest_number = revisions
         .last()
-        .and_then(|r| revision_number(name, &r.metadata.name));
+        .and_then(|r| revision_number(name, &r.metadata.name))
+        .max(recorded);
     if revisions
         .last()
         .is_none_or(|r| r.spec.template != f.spec.template)
@@ -386,10 +416,13 @@ pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Er
         .unwrap_or_default();
     // The latest-revision targets move to a new revision once it is up (at once when it
     // starts at zero): a rollout under minScale ≥ 1 never sends requests to pods not ready.
+    // A revision is up when its pods are ready; at zero only when it may be at zero (with
+    // minScale ≥ 1 the new revision must have pods before it takes requests).
     let up = |r: &str| {
-        ctx.deployments
-            .get(&key(r))
-            .is_some_and(|d| d.status.as_ref().map_or(0, |s| s.ready_replicas) >= d.spec.replicas)
+        ctx.deployments.get(&key(r)).is_some_and(|d| {
+            let ready = d.status.as_ref().map_or(0, |s| s.ready_replicas);
+            ready >= d.spec.replicas && (d.spec.replicas > 0 || f.spec.scaling.min_scale == 0)
+        })
     };
     let previous = f
         .status
@@ -402,9 +435,29 @@ pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Er
         previous
     };
     let serving = latest_ready.clone().unwrap_or_else(|| latest.clone());
+    // A split that names a revision that is gone keeps the last split that worked (or all to
+    // the latest) and says why; the rest of the Function is still reconciled.
+    let mut unresolved = None;
     let traffic = match resolve_traffic(&f, &revisions, &serving) {
         Ok(t) => t,
-        Err(message) => return not_ready(&ctx, &f, "TrafficNotResolved", message).await,
+        Err(message) => {
+            unresolved = Some(message);
+            let last: Vec<TrafficStatus> = f.status.as_ref().map(|s| s.traffic.clone()).unwrap_or_default();
+            if !last.is_empty()
+                && last
+                    .iter()
+                    .all(|t| revisions.iter().any(|r| r.metadata.name == t.revision_name))
+            {
+                last
+            } else {
+                vec![TrafficStatus {
+                    revision_name: serving.clone(),
+                    percent: 100,
+                    latest_revision: true,
+                    ..TrafficStatus::default()
+                }]
+            }
+        }
     };
     // What gets requests, or will: the latest revision comes up while the previous serves.
     let mut routed: BTreeSet<&str> = traffic
@@ -416,10 +469,20 @@ pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Er
         routed.insert(latest.as_str());
     }
 
-    // Revisions past the retention (no traffic, no tag, not the latest, the oldest first).
+    // Revisions past the retention (no traffic, no tag, not named in spec.traffic, not the
+    // latest, the oldest first).
+    let pinned: BTreeSet<&str> = f
+        .spec
+        .traffic
+        .iter()
+        .filter_map(|t| t.revision_name.as_deref())
+        .collect();
     let idle: Vec<&Arc<Revision>> = revisions
         .iter()
-        .filter(|r| !routed.contains(r.metadata.name.as_str()) && r.metadata.name != latest)
+        .filter(|r| {
+            let n = r.metadata.name.as_str();
+            !routed.contains(n) && !pinned.contains(n) && n != latest
+        })
         .collect();
     let doomed: BTreeSet<String> = idle
         .iter()
@@ -436,6 +499,11 @@ pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Er
     revisions.retain(|r| !doomed.contains(&r.metadata.name));
 
     // Each revision's Deployment and Service.
+    let legacy = ctx
+        .deployments
+        .get(&key(name))
+        .filter(|d| owned_by(&d.metadata, uid))
+        .map(|d| (*d).clone());
     let deployments = ctx.client.api::<Deployment>(ns);
     let services = ctx.client.api::<Service>(ns);
     let mut ready_sum = 0;
@@ -469,7 +537,28 @@ pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Er
             .await;
         }
         let is_routed = routed.contains(rname.as_str());
-        let want = desired_deployment(&f, rev, is_routed, current.as_ref().map(|d| d.spec.replicas));
+        let percent: u32 = traffic
+            .iter()
+            .filter(|t| &t.revision_name == rname)
+            .map(|t| t.percent)
+            .sum();
+        let tagged = traffic
+            .iter()
+            .any(|t| &t.revision_name == rname && t.tag.is_some());
+        let coming_up = *rname == latest && is_routed && percent == 0 && !tagged;
+        let bounds = if is_routed {
+            revision_bounds(&f, percent, tagged, coming_up)
+        } else {
+            revision_bounds(&f, 0, false, false)
+        };
+        // From before revisions: the first one starts with the pods the old Deployment had.
+        let initial = current.as_ref().map(|d| d.spec.replicas).or_else(|| {
+            legacy
+                .as_ref()
+                .filter(|_| revisions.len() == 1)
+                .map(|d| d.spec.replicas)
+        });
+        let want = desired_deployment(&f, rev, bounds, initial);
         let deployment = ensure(&deployments, want, current, |c, w| {
             c.spec.replicas != w.spec.replicas
                 || c.spec.template != w.spec.template
@@ -494,16 +583,14 @@ pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Er
             desired_sum += desired;
             all_routed_ready &= up;
         }
-        let percent: u32 = traffic
-            .iter()
-            .filter(|t| &t.revision_name == rname)
-            .map(|t| t.percent)
-            .sum();
         let mut rstatus = rev.status.clone().unwrap_or_default();
         rstatus = RevisionStatus {
             ready_replicas: ready,
             desired_replicas: desired,
             percent,
+            routed: is_routed,
+            min_scale: bounds.0,
+            max_scale: bounds.1,
             ..rstatus
         };
         wisp_api::meta::set_condition(
@@ -628,9 +715,9 @@ pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Er
         last_request_time,
         ..status
     };
-    wisp_api::meta::set_condition(
-        &mut status.conditions,
-        Condition::new(
+    let condition = match unresolved {
+        Some(message) => Condition::new("Ready", false, "TrafficNotResolved", message),
+        None => Condition::new(
             "Ready",
             all_routed_ready,
             if desired_sum == 0 {
@@ -642,6 +729,10 @@ pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Er
             },
             format!("{ready_sum}/{desired_sum} replicas ready"),
         ),
+    };
+    wisp_api::meta::set_condition(
+        &mut status.conditions,
+        condition,
         &jiff::Timestamp::now().to_string(),
     );
     let status_key = format!("{}/{name}", ns.unwrap_or_default());

@@ -51,23 +51,49 @@ fn the_url_carries_the_port_of_a_ready_nodes_ingress() {
 fn deployment_starts_at_min_scale_and_is_clamped_afterwards() {
     let f = function(1, 5);
     let r = revision(&f, 1);
-    assert_eq!(desired_deployment(&f, &r, true, None).spec.replicas, 1);
+    let all = revision_bounds(&f, 100, false, false);
+    assert_eq!(all, (1, 5));
+    assert_eq!(desired_deployment(&f, &r, all, None).spec.replicas, 1);
     assert_eq!(
-        desired_deployment(&f, &r, true, Some(3)).spec.replicas,
+        desired_deployment(&f, &r, all, Some(3)).spec.replicas,
         3,
         "the autoscaler's"
     );
-    assert_eq!(desired_deployment(&f, &r, true, Some(9)).spec.replicas, 5);
-    assert_eq!(desired_deployment(&f, &r, true, Some(0)).spec.replicas, 1);
+    assert_eq!(desired_deployment(&f, &r, all, Some(9)).spec.replicas, 5);
+    assert_eq!(desired_deployment(&f, &r, all, Some(0)).spec.replicas, 1);
     let zero = function(0, 5);
+    let bounds = revision_bounds(&zero, 100, false, false);
     assert_eq!(
-        desired_deployment(&zero, &r, true, None).spec.replicas,
+        desired_deployment(&zero, &r, bounds, None).spec.replicas,
         0,
         "scale to zero by default"
     );
     // A revision without traffic may go to zero whatever minScale says.
-    assert_eq!(desired_deployment(&f, &r, false, Some(0)).spec.replicas, 0);
-    assert_eq!(desired_deployment(&f, &r, false, None).spec.replicas, 0);
+    let idle = revision_bounds(&f, 0, false, false);
+    assert_eq!(desired_deployment(&f, &r, idle, Some(0)).spec.replicas, 0);
+    assert_eq!(desired_deployment(&f, &r, idle, None).spec.replicas, 0);
+}
+
+/// A split shares maxScale out by percent, and a tag alone holds at most one pod: however
+/// many revisions a tenant keeps routed, the Function holds about maxScale pods, not maxScale
+/// per revision (the `functions.maxScale` quota counts one per Function).
+#[test]
+fn a_split_shares_max_scale_and_a_tag_alone_gets_one_pod() {
+    let f = function(2, 20);
+    assert_eq!(revision_bounds(&f, 90, false, false), (2, 18));
+    assert_eq!(revision_bounds(&f, 10, true, false), (2, 2));
+    assert_eq!(revision_bounds(&f, 1, false, false), (1, 1));
+    assert_eq!(revision_bounds(&f, 0, true, false), (0, 1));
+    assert_eq!(
+        revision_bounds(&f, 0, false, true),
+        (2, 20),
+        "the latest coming up"
+    );
+    let shares: u32 = [50, 30, 20]
+        .iter()
+        .map(|p| revision_bounds(&f, *p, false, false).1)
+        .sum();
+    assert_eq!(shares, 20);
 }
 
 #[test]
@@ -77,7 +103,7 @@ fn a_revisions_children_are_owned_by_it_and_select_its_pods_only() {
     assert_eq!(r1.metadata.name, "hello-00001");
     assert_eq!(r1.metadata.owner_references[0].kind, "Function");
     assert_eq!(r1.metadata.labels[FUNCTION_LABEL], "hello");
-    let d = desired_deployment(&f, &r1, true, None);
+    let d = desired_deployment(&f, &r1, (0, 3), None);
     assert_eq!(d.metadata.name, "hello-00001");
     assert_eq!(d.metadata.owner_references[0].kind, "Revision");
     assert_eq!(d.metadata.owner_references[0].uid, "r1");

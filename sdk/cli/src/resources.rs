@@ -403,8 +403,11 @@ pub async fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<()> {
     let mut streams = tokio::task::JoinSet::new();
     loop {
         let pods = crate::author::pods_of(&client, &ns, &args.pod).await?;
-        if pods.is_empty() && seen.is_empty() && !args.follow {
-            bail!("no pod, Function or job {ns}/{} with pods", args.pod);
+        if pods.is_empty() && seen.is_empty() && !crate::author::exists(&client, &ns, &args.pod).await? {
+            bail!(
+                "no pod, Function or job {ns}/{} (a job is known by its pods)",
+                args.pod
+            );
         }
         for pod in pods {
             let name = pod.metadata.name.clone();
@@ -477,8 +480,12 @@ async fn pod_logs(
             out.flush().await?;
             continue;
         };
-        // Whole lines only, so that pods' lines do not interleave mid-line.
+        // Whole lines only, so that pods' lines do not interleave mid-line (a line longer
+        // than 64 KiB is cut).
         partial.extend_from_slice(&data);
+        if partial.len() > 64 * 1024 && !partial.contains(&b'\n') {
+            partial.push(b'\n');
+        }
         let mut text = Vec::new();
         while let Some(i) = partial.iter().position(|b| *b == b'\n') {
             text.extend_from_slice(prefix.as_bytes());

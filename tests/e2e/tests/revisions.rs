@@ -217,8 +217,11 @@ async fn traffic_splits_between_revisions_and_promote_moves_it_all() -> anyhow::
     until("the revisions' status", 30, async || {
         let r1 = revs.get("split-00001").await?.status.unwrap_or_default();
         let r2 = revs.get("split-00002").await?.status.unwrap_or_default();
+        // maxScale 10 shared out: 90 % may hold 9 pods, 10 % one.
         Ok(r1.percent == 90
             && r2.percent == 10
+            && (r1.routed, r1.min_scale, r1.max_scale) == (true, 0, 9)
+            && (r2.routed, r2.max_scale) == (true, 1)
             && r1.ready_replicas >= 1
             && r1.desired_replicas >= 1
             && r1.last_request_time.is_some()
@@ -257,7 +260,7 @@ async fn traffic_splits_between_revisions_and_promote_moves_it_all() -> anyhow::
     assert!(live_pods(&w, "split-00002").await? >= 1, "revision 2 serves");
     until("revision 1's status at zero", 30, async || {
         let r1 = revs.get("split-00001").await?.status.unwrap_or_default();
-        Ok((r1.percent, r1.desired_replicas) == (0, 0))
+        Ok((r1.percent, r1.desired_replicas, r1.routed) == (0, 0, false))
     })
     .await?;
     stop.cancel();

@@ -321,7 +321,9 @@ async fn a_hostile_tenant_is_refused_or_contained_and_the_victim_keeps_answering
     );
 
     // --- Node files as components.
-    for path in ["/etc/passwd", "/dev/zero", "./hello.wasm", "oci://ghcr.io/x/y:1"] {
+    // (An oci:// reference is a component the node pulls, under its egress policy:
+    // tests/e2e/tests/oci.rs.)
+    for path in ["/etc/passwd", "/dev/zero", "./hello.wasm", "file:///etc/passwd"] {
         let mut p = Pod::new(ObjectMeta::namespaced("team-b", "files"));
         p.spec.containers = vec![wasm_container(path, &[])];
         let r = tb.api::<Pod>(Some("team-b")).create(&p).await;

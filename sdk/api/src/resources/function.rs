@@ -11,6 +11,12 @@ use super::pod::PodTemplateSpec;
 use crate::meta::{Condition, ObjectMeta};
 use crate::validation::{FieldError, parse_duration};
 
+/// Most entries of `spec.traffic`.
+pub const MAX_TRAFFIC_TARGETS: usize = 8;
+/// Longest Function name: its revisions' names (`<name>-00001`) label their pods, and a label
+/// value is at most 63 characters.
+pub const MAX_FUNCTION_NAME: usize = 57;
+
 /// Default for `scaling.scaleToZeroAfter`.
 pub const DEFAULT_SCALE_TO_ZERO_AFTER: &str = "30s";
 
@@ -94,6 +100,12 @@ pub struct RevisionStatus {
     pub desired_replicas: i32,
     /// The percent of its Function's requests it gets now.
     pub percent: u32,
+    /// Whether it gets requests (a percent or a tag) or is coming up to take the latest
+    /// revision's share; one that does not goes to zero once idle.
+    pub routed: bool,
+    /// The replicas the autoscaler keeps it within (the Function's, shared out by percent).
+    pub min_scale: u32,
+    pub max_scale: u32,
     /// RFC 3339 time of the last request the ingress saw for it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_request_time: Option<String>,
@@ -104,7 +116,7 @@ pub struct RevisionStatus {
 /// The number of revision `name` of Function `function` (`hello-00012` → 12).
 pub fn revision_number(function: &str, name: &str) -> Option<u32> {
     let digits = name.strip_prefix(function)?.strip_prefix('-')?;
-    (digits.len() == 5 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
+    (digits.len() >= 5 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
 }
 
 /// The name of revision `number` of Function `function`.
@@ -209,6 +221,14 @@ impl Function {
     pub(crate) fn validate_fields(&self) -> Vec<FieldError> {
         let s = &self.spec;
         let mut errs = s.template.validate("spec.template");
+        if self.metadata.name.len() > MAX_FUNCTION_NAME {
+            errs.push(FieldError::new(
+                "metadata.name",
+                format!(
+                    "a Function's name is at most {MAX_FUNCTION_NAME} characters (its revisions are <name>-00001)"
+                ),
+            ));
+        }
         let sc = &s.scaling;
         if sc.max_scale > crate::resources::workloads::MAX_REPLICAS.unsigned_abs() {
             errs.push(FieldError::new(
@@ -249,6 +269,18 @@ impl Function {
         if traffic.is_empty() {
             return errs;
         }
+        if traffic.len() > MAX_TRAFFIC_TARGETS {
+            errs.push(FieldError::new(
+                "spec.traffic",
+                format!("at most {MAX_TRAFFIC_TARGETS} targets"),
+            ));
+        }
+        let wildcard = self
+            .spec
+            .route
+            .as_ref()
+            .and_then(|r| r.host.as_deref())
+            .is_some_and(|h| h.starts_with("*."));
         let mut tags = std::collections::BTreeSet::new();
         for (i, t) in traffic.iter().enumerate() {
             let path = crate::validation::index("spec.traffic", i);
@@ -278,6 +310,12 @@ impl Function {
             if let Some(tag) = &t.tag {
                 let tp = crate::validation::child(&path, "tag");
                 errs.extend(crate::validation::validate_dns1123_label(tag, &tp));
+                if wildcard {
+                    errs.push(FieldError::new(
+                        tp.clone(),
+                        "a tag answers on <tag>.<the route's host>, which a wildcard host (*.…) does not make",
+                    ));
+                }
                 if !tags.insert(tag.clone()) {
                     errs.push(FieldError::new(tp, format!("tag {tag:?} is used twice")));
                 }

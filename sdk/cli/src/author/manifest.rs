@@ -254,6 +254,26 @@ pub fn parse(file: &str, text: &str) -> Result<Manifest, ManifestError> {
         text,
         problems: Vec::new(),
     };
+    // The version first: a file for another version is that, not a list of unknown keys.
+    if let Ok(table) = text.parse::<toml::Table>()
+        && let Some(v) = table.get("version").and_then(toml::Value::as_integer)
+        && v != i64::from(VERSION)
+    {
+        let line = text
+            .lines()
+            .position(|l| l.trim_start().starts_with("version"))
+            .map_or(0, |i| i + 1);
+        return Err(ManifestError {
+            problems: vec![Problem {
+                file: file.to_owned(),
+                line,
+                key: "version".into(),
+                message: format!(
+                    "this wisp reads version {VERSION} of wisp.toml, not {v} (a newer wisp may read it)"
+                ),
+            }],
+        });
+    }
     let manifest: Manifest = match toml::Deserializer::parse(text)
         .map_err(|e| (String::new(), e))
         .and_then(|d| serde_path_to_error::deserialize(d).map_err(|e| (e.path().to_string(), e.into_inner())))

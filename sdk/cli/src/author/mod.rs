@@ -187,6 +187,19 @@ async fn deploy_function(
         } else if let Some(current) = &existing {
             // A deploy keeps the split there is (`rollout promote` ends it).
             want.spec.traffic.clone_from(&current.spec.traffic);
+            let latest: u32 = current
+                .spec
+                .traffic
+                .iter()
+                .filter(|t| t.latest_revision)
+                .map(|t| t.percent)
+                .sum();
+            if !current.spec.traffic.is_empty() && latest < 100 {
+                complain(&format!(
+                    "note: function/{name} keeps its traffic split: the new revision gets {latest}% \
+                     (`wisp rollout promote {name}` sends it all)"
+                ));
+            }
         }
         match existing {
             None => match api.create(&want).await {
@@ -248,6 +261,16 @@ async fn deploy_function(
                 .ok_or_else(|| anyhow!("function/{name} has no URL yet"))?;
             say(&format!("url: {url}"));
             return Ok(());
+        }
+        // Reasons that waiting does not fix.
+        if let Some(c) = ready.filter(|c| {
+            observed && matches!(c.reason.as_deref(), Some("NameConflict" | "TrafficNotResolved"))
+        }) {
+            bail!(
+                "function/{name}: {}: {}",
+                c.reason.as_deref().unwrap_or_default(),
+                c.message.as_deref().unwrap_or_default()
+            );
         }
         if let Some(c) = ready {
             let reason = format!(
@@ -476,6 +499,16 @@ pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
         r.repository
     ));
     Ok(())
+}
+
+/// Whether `name` is a Function or a job with pods.
+pub async fn exists(client: &Client, ns: &str, name: &str) -> anyhow::Result<bool> {
+    let function = client
+        .api::<Function>(Some(ns))
+        .get_opt(name)
+        .await
+        .map_err(|e| anyhow!("{}", describe_error(&e)))?;
+    Ok(function.is_some() || !job_pods(client, ns, name).await?.is_empty())
 }
 
 /// The pods `wisp logs NAME` follows when NAME is a Function or a job rather than a pod.
