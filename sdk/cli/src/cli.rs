@@ -72,6 +72,53 @@ pub enum Command {
     /// Publish a component to an OCI registry (the Wasm OCI artifact layout), for
     /// `wasm: oci://…`.
     Push(PushArgs),
+    /// Deploy the project, then rebuild and redeploy on every change to its sources while
+    /// streaming its logs; Ctrl-C puts the cluster back as it was.
+    Dev(DevArgs),
+    /// Print a shell completion script: `wisp completion bash > /etc/bash_completion.d/wisp`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Named servers and tokens in the config file, like kubeconfig's contexts.
+    Context {
+        #[command(subcommand)]
+        command: ContextCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContextCommand {
+    /// The contexts, the current one marked with `*`.
+    List,
+    /// Make NAME the current context.
+    Use { name: String },
+    /// Create or change context NAME (`--server`, `--token`, `--namespace`); the first one
+    /// becomes current.
+    Set(ContextSetArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ContextSetArgs {
+    pub name: String,
+    /// The context's server [default: the current context's].
+    #[arg(long = "context-server")]
+    pub server: Option<String>,
+    /// The context's token [default: the current context's].
+    #[arg(long = "context-token", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The namespace its commands use by default.
+    #[arg(long = "context-namespace")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DevArgs {
+    /// The project directory.
+    #[arg(long, default_value = ".")]
+    pub path: PathBuf,
+    #[arg(short, long, env = "WISP_NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -3,6 +3,8 @@
 
 mod author;
 mod cli;
+#[cfg(test)]
+mod cli_docs;
 mod manifests;
 mod output;
 mod resources;
@@ -72,6 +74,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(args) => author::deploy(&cli.global, &args).await,
         Command::Invoke(args) => author::invoke(&cli.global, &args).await,
         Command::Push(args) => author::push(&args).await,
+        Command::Dev(args) => author::dev::dev(&cli.global, &args).await,
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "wisp", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Context { command } => resources::context(&cli.global, command),
         Command::Token {
             command: TokenCommand::Create(args),
         } => resources::token_create(&cli.global, args).await,

@@ -38,6 +38,77 @@ pub fn client(global: &Global) -> anyhow::Result<Client> {
     }
 }
 
+/// `wisp context list|use|set`.
+pub fn context(global: &Global, command: crate::cli::ContextCommand) -> anyhow::Result<()> {
+    use crate::cli::ContextCommand;
+    let path = global
+        .config
+        .clone()
+        .unwrap_or_else(wisp_client::Config::default_path);
+    let mut file = wisp_client::config::ConfigFile::read(&path)?;
+    let current = file.current().map(|(name, _)| name);
+    match command {
+        ContextCommand::List => {
+            let all = file.all();
+            if all.is_empty() {
+                bail!(
+                    "no contexts in {} (`wisp up` writes one, `wisp context set` adds one)",
+                    path.display()
+                );
+            }
+            for (name, c) in all {
+                let mark = if current.as_deref() == Some(name.as_str()) {
+                    "*"
+                } else {
+                    " "
+                };
+                say(&format!("{mark} {name:<16} {}", c.server));
+            }
+            Ok(())
+        }
+        ContextCommand::Use { name } => {
+            let all = file.all();
+            if !all.contains_key(&name) {
+                let known: Vec<String> = all.into_keys().collect();
+                bail!(
+                    "no context {name:?} in {}; there are: {}",
+                    path.display(),
+                    known.join(", ")
+                );
+            }
+            if let Some((legacy, c)) = file.current().filter(|_| file.current_context.is_none()) {
+                file.set(&legacy, c);
+            }
+            file.current_context = Some(name.clone());
+            file.write(&path)?;
+            say(&format!("current context: {name}"));
+            Ok(())
+        }
+        ContextCommand::Set(args) => {
+            let base = file
+                .all()
+                .get(&args.name)
+                .cloned()
+                .or_else(|| file.current().map(|(_, c)| c));
+            let server = args
+                .server
+                .or_else(|| base.as_ref().map(|c| c.server.clone()))
+                .ok_or_else(|| anyhow!("context {:?} needs --context-server", args.name))?;
+            let token = args
+                .token
+                .or_else(|| base.as_ref().map(|c| c.token.clone()))
+                .ok_or_else(|| anyhow!("context {:?} needs --context-token", args.name))?;
+            if args.namespace.is_some() {
+                bail!("--context-namespace is not supported yet: pass -n or set WISP_NAMESPACE");
+            }
+            file.set(&args.name, wisp_client::Config { server, token });
+            file.write(&path)?;
+            say(&format!("context {} set", args.name));
+            Ok(())
+        }
+    }
+}
+
 pub fn kind(name: &str) -> anyhow::Result<&'static KindInfo> {
     kind_by_name(name).ok_or_else(|| {
         let known: Vec<&str> = wisp_api::KINDS.iter().map(|k| k.plural).collect();

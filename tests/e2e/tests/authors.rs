@@ -364,3 +364,114 @@ fn check_unreachable_address_is_named(w: &Wisp, dir: &Path) -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// `wisp dev`: deploys, redeploys when a source changes (the new code answers), and Ctrl-C
+/// leaves the cluster as it was (the Function it made is gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wisp_dev_redeploys_on_change_and_cleans_up_on_ctrl_c() {
+    use std::io::BufRead;
+    let w = up();
+    let work = tempfile::tempdir().expect("tempdir");
+    run(&w, work.path(), &["new", "devfn", "--template", "http-rust"]);
+    let dir = work.path().join("devfn");
+    let mut child = std::process::Command::new(wisp_e2e::wisp_bin().expect("wisp"))
+        .current_dir(&dir)
+        .arg("dev")
+        .env("WISP_CONFIG", w.config_path())
+        .env("WISP_SERVER", &w.url)
+        .env_remove("WISP_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("wisp dev");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_line = |want: &str, secs: u64| -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(want) => return line,
+                Ok(line) => eprintln!("dev: {line}"),
+                Err(_) => break,
+            }
+        }
+        panic!("wisp dev did not print {want:?} within {secs} s");
+    };
+    let url = wait_line("url: ", 300)
+        .trim_start_matches("url: ")
+        .trim()
+        .to_owned();
+    wait_line("watching", 30);
+    let (status, _, body) = get(&url).await.expect("GET");
+    assert_eq!((status, body.as_str()), (200, "Hello from devfn at /\n"));
+
+    // An edit: the new code answers.
+    let main = dir.join("src/main.rs");
+    let source = std::fs::read_to_string(&main).expect("main.rs");
+    let edited = Instant::now();
+    std::fs::write(
+        &main,
+        source.replace("{greeting} from devfn", "{greeting} again from devfn"),
+    )
+    .expect("edit");
+    wait_line("redeployed in", 300);
+    wisp_e2e::until("the new code answering", 30, async || {
+        Ok(get(&url).await?.2 == "Hello again from devfn at /\n")
+    })
+    .await
+    .expect("the edit is live");
+    eprintln!("edit → new code answering: {} ms", edited.elapsed().as_millis());
+
+    // Ctrl-C: the Function wisp dev made is gone.
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    wait_line("function/devfn deleted", 30);
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    let left = w
+        .client()
+        .api::<wisp_api::Function>(Some("default"))
+        .get_opt("devfn")
+        .await
+        .expect("get");
+    assert!(left.is_none(), "wisp dev cleaned up");
+}
+
+/// The examples deploy with `wisp deploy` as their READMEs say, and answer as documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_examples_deploy_and_answer() {
+    let w = up();
+    let examples = wisp_e2e::examples_dir();
+    let api = examples.join("json-api");
+    let url = printed_url(&run(&w, &api, &["deploy", "--wait"]));
+    let (ok, out, err) = w
+        .cli_in(&api, &["invoke", "json-api", "--path", "/items/2"])
+        .expect("invoke");
+    assert!(ok && out == r#"{"id":2,"name":"mouse"}"#, "{out}{err}");
+    let (ok, out, err) = w
+        .cli_in(&api, &["invoke", "json-api", "--path", "/items", "-d", "keys"])
+        .expect("invoke");
+    assert!(
+        ok && out == r#"{"id":4,"name":"keys"}"# && err.contains("201"),
+        "{out}{err}"
+    );
+    let (status, _, body) = get(&format!("{}/nope", url.trim_end_matches('/')))
+        .await
+        .expect("GET");
+    assert_eq!((status, body.as_str()), (404, r#"{"error":"no route /nope"}"#));
+
+    let cs = examples.join("config-secret");
+    run(&w, &cs, &["apply", "-f", "config.yaml"]);
+    let url = printed_url(&run(&w, &cs, &["deploy", "--wait"]));
+    let (status, _, body) = get(&url).await.expect("GET");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        "Hello from the ConfigMap\nToday's message, from a file.\nAPI_TOKEN has 12 characters; /secrets/token matches\n"
+    );
+}

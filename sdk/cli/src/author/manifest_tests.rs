@@ -174,3 +174,19 @@ fn every_template_makes_a_valid_manifest() {
         assert_eq!(m.function.name.get_ref(), "my-fn");
     }
 }
+
+/// The examples' wisp.toml files are valid manifests (their components build in
+/// tests/build-guests.sh and clippy's run over examples/).
+#[test]
+fn every_example_manifest_is_valid() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&examples).expect("examples/") {
+        let file = entry.expect("entry").path().join(FILE);
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            parse(&file.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
+            seen.push(file);
+        }
+    }
+    assert!(seen.len() >= 4, "{seen:?}");
+}

@@ -3,6 +3,7 @@
 
 pub mod builder;
 pub mod component;
+pub mod dev;
 pub mod manifest;
 pub mod traffic;
 
@@ -88,7 +89,7 @@ pub fn new(args: &NewArgs) -> anyhow::Result<()> {
 }
 
 /// Build the project when its component is stale (always with `force`), then check it.
-async fn build_checked(project: &Project, force: bool) -> anyhow::Result<builder::Built> {
+pub(crate) async fn build_checked(project: &Project, force: bool) -> anyhow::Result<builder::Built> {
     if force || builder::stale(project) {
         builder::run_build(project).await?;
     }
@@ -137,7 +138,7 @@ pub async fn deploy(global: &Global, args: &DeployArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn upload(client: &Client, built: &builder::Built) -> anyhow::Result<()> {
+pub(crate) async fn upload(client: &Client, built: &builder::Built) -> anyhow::Result<()> {
     let has = client
         .has_blob(&built.digest)
         .await
