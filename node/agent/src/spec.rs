@@ -333,7 +333,7 @@ pub async fn drafts(
         let source = match c.wasm.as_deref().and_then(|w| w.strip_prefix("oci://")) {
             Some(reference) => {
                 let creds = registry_credentials(client, ns, pod, reference, &mut lookups).await?;
-                Source::WasmDigest(oci.resolve(reference, creds.as_ref()).await?)
+                Source::WasmDigest(oci.resolve(ns, reference, creds.as_ref()).await?)
             }
             None => source_of(c)?,
         };

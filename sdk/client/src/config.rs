@@ -34,6 +34,8 @@ pub struct ConfigFile {
 
 /// The context `wisp up` writes and makes current.
 pub const LOCAL_CONTEXT: &str = "local";
+/// The name a first-format file's server and token get as a context.
+pub const DEFAULT_CONTEXT: &str = "default";
 
 impl ConfigFile {
     /// The file at `path`; empty when there is none.
@@ -58,7 +60,7 @@ impl ConfigFile {
         }
         match (&self.server, &self.token) {
             (Some(server), Some(token)) => Some((
-                LOCAL_CONTEXT.to_owned(),
+                DEFAULT_CONTEXT.to_owned(),
                 Config {
                     server: server.clone(),
                     token: token.clone(),
@@ -68,7 +70,7 @@ impl ConfigFile {
         }
     }
 
-    /// Every context with its name (the first format's as `local`).
+    /// Every context with its name (the first format's as `default`).
     pub fn all(&self) -> BTreeMap<String, Config> {
         let mut all = self.contexts.clone();
         if self.current_context.is_none()
@@ -138,7 +140,8 @@ impl Config {
     /// Save as the `local` context (what `wisp up` does) and make it current, keeping the
     /// file's other contexts.
     pub fn save(&self, path: &Path) -> Result<(), ClientError> {
-        let mut file = ConfigFile::read(path).unwrap_or_default();
+        // A file that does not read is an error, not an empty file to overwrite.
+        let mut file = ConfigFile::read(path)?;
         file.set(LOCAL_CONTEXT, self.clone());
         file.current_context = Some(LOCAL_CONTEXT.to_owned());
         file.write(path)
@@ -199,16 +202,25 @@ mod tests {
         let file = ConfigFile::read(&path).expect("read");
         assert_eq!(
             file.current_context.as_deref(),
-            Some("local"),
+            Some("default"),
             "the old one stays current"
         );
-        assert_eq!(file.all().keys().collect::<Vec<_>>(), ["local", "prod"]);
+        assert_eq!(file.all().keys().collect::<Vec<_>>(), ["default", "prod"]);
         // wisp up saves its cluster as `local` and makes it current, keeping the others.
         c("http://b").save(&path).expect("save");
         let file = ConfigFile::read(&path).expect("read");
         assert_eq!(file.contexts["local"], c("http://b"));
         assert_eq!(file.contexts["prod"], c("http://prod"));
+        assert_eq!(
+            file.contexts["default"],
+            c("http://a"),
+            "the first file's server is kept"
+        );
         assert_eq!(Config::load(&path).expect("load"), c("http://b"));
+        // A malformed file is not overwritten.
+        std::fs::write(&path, "{not json").expect("write");
+        assert!(c("http://c").save(&path).is_err());
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "{not json");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -68,17 +68,18 @@ pub struct Pulled {
     pub bytes: Option<Bytes>,
 }
 
+/// Whether `registry` (`host[:port]`) is spoken to in plain HTTP: on loopback, as Docker does.
+pub fn plain_http(registry: &str) -> bool {
+    let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 fn client(reference: &OciRef) -> Client {
     // reqwest is built with rustls and no default crypto provider: ring, as wasmtime-wasi-http
     // uses (installing twice is a no-op).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let host = reference
-        .registry
-        .rsplit_once(':')
-        .map_or(reference.registry.as_str(), |(h, _)| h);
-    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     // As Docker: registries on loopback speak plain HTTP, all others HTTPS.
-    let protocol = if loopback {
+    let protocol = if plain_http(&reference.registry) {
         ClientProtocol::Http
     } else {
         ClientProtocol::Https
@@ -152,6 +153,46 @@ fn registry_error(
     }
 }
 
+/// A buffer that refuses to grow past `limit` bytes.
+struct Limited {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl tokio::io::AsyncWrite for Limited {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.bytes.len() + buf.len() > self.limit {
+            return std::task::Poll::Ready(Err(std::io::Error::other(format!(
+                "the registry sent more than the {} bytes the manifest declares",
+                self.limit
+            ))));
+        }
+        self.bytes.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The longest message a registry's answer may put in a pod's status.
+const MAX_MESSAGE: usize = 300;
+
 /// `e` and its causes on one line (`a: b: c`), for a pod's condition message.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -163,6 +204,15 @@ pub fn chain(e: &dyn std::error::Error) -> String {
             out.push_str(&text);
         }
         cause = c.source();
+    }
+    // A registry's error body is the registry's text: kept short in a pod's status.
+    if out.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push('…');
     }
     out
 }
@@ -286,11 +336,16 @@ pub async fn pull(
             bytes: None,
         });
     }
-    let mut out = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
+    // No more than the manifest said: a registry that sends more is cut off, not buffered.
+    let mut out = Limited {
+        bytes: Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0).min(64 << 20)),
+        limit: usize::try_from(layer.size).unwrap_or(0),
+    };
     client
         .pull_blob(&image, *layer, &mut out)
         .await
         .map_err(|e| registry_error(reference, "cannot read the component", anonymous, e))?;
+    let out = out.bytes;
     // pull_blob checks the digest as it reads; checked again here on what is returned.
     if digest_of(&out) != component_digest {
         return Err(not_component(format!(

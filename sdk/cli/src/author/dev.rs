@@ -67,7 +67,10 @@ pub async fn dev(global: &Global, args: &DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot watch {}", project.dir.display()))?;
 
     let result = async {
-        super::deploy(global, &deploy_args).await?;
+        tokio::select! {
+            r = super::deploy(global, &deploy_args) => r?,
+            _ = tokio::signal::ctrl_c() => return anyhow::Ok(()),
+        }
         // What the first build wrote is not a change.
         tokio::time::sleep(Duration::from_millis(100)).await;
         while rx.try_recv().is_ok() {}
