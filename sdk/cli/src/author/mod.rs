@@ -18,6 +18,38 @@ use crate::cli::{BuildArgs, DeployArgs, Global, InvokeArgs, NewArgs, PushArgs};
 use crate::resources::{client, describe_error};
 use manifest::{JOB_LABEL, Kind, Project};
 
+/// What a long step is doing: a spinner on a terminal, plain lines otherwise (a log, CI).
+pub(crate) struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    pub(crate) fn start(message: &str) -> Self {
+        use std::io::IsTerminal;
+        if !std::io::stdout().is_terminal() {
+            say(message);
+            return Self(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner().with_message(message.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Self(Some(bar))
+    }
+
+    /// A new message (printed as a line when there is no terminal).
+    pub(crate) fn update(&self, message: &str) {
+        match &self.0 {
+            Some(bar) => bar.set_message(message.to_owned()),
+            None => say(message),
+        }
+    }
+
+    /// Done: the spinner gives way to `message`.
+    pub(crate) fn finish(self, message: &str) {
+        if let Some(bar) = self.0 {
+            bar.finish_and_clear();
+        }
+        say(message);
+    }
+}
+
 pub(crate) fn say(line: &str) {
     #[allow(clippy::print_stdout)]
     {
@@ -148,11 +180,16 @@ pub(crate) async fn upload(client: &Client, built: &builder::Built) -> anyhow::R
         return Ok(());
     }
     let started = Instant::now();
+    let progress = Progress::start(&format!(
+        "uploading {} ({})",
+        built.path.display(),
+        component::size(built.bytes.len() as u64)
+    ));
     client
         .put_blob(bytes::Bytes::from(built.bytes.clone()))
         .await
         .map_err(|e| anyhow!("cannot upload {}: {}", built.path.display(), describe_error(&e)))?;
-    say(&format!(
+    progress.finish(&format!(
         "uploaded {} ({}) in {} ms",
         built.digest,
         component::size(built.bytes.len() as u64),
@@ -238,6 +275,7 @@ async fn deploy_function(
     // The controller has seen this version (and, with --wait, it is Ready: pods up, or at zero).
     let deadline = Instant::now() + timeout;
     let mut last_reason = String::new();
+    let mut progress = Some(Progress::start(&format!("waiting for function/{name}")));
     loop {
         let f = api.get(name).await.map_err(fail)?;
         let status = f.status.clone().unwrap_or_default();
@@ -245,6 +283,9 @@ async fn deploy_function(
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
         let is_ready = ready.is_some_and(|c| c.status == "True");
         if observed && (!wait || is_ready) {
+            if let Some(p) = progress.take() {
+                p.finish(&format!("function/{name} observed (generation {generation})"));
+            }
             if wait {
                 say(&format!(
                     "function/{name} ready: {}/{} replicas{}",
@@ -280,7 +321,9 @@ async fn deploy_function(
                 c.message.as_deref().unwrap_or_default()
             );
             if reason != last_reason && observed {
-                say(&format!("waiting for function/{name}: {reason}"));
+                if let Some(p) = &progress {
+                    p.update(&format!("waiting for function/{name}: {reason}"));
+                }
                 last_reason = reason;
             }
         }
