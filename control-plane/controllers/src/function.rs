@@ -667,20 +667,18 @@ pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Er
         }
     }
     // Children from before revisions (a Deployment and Service named as the Function, owned
-    // by it): the revisions' replace them.
-    if ctx
-        .deployments
-        .get(&key(name))
-        .is_some_and(|d| owned_by(&d.metadata, uid))
-    {
-        let _ = deployments.delete(name).await;
-    }
-    if ctx
-        .services
-        .get(&key(name))
-        .is_some_and(|s| owned_by(&s.metadata, uid))
-    {
-        let _ = services.delete(name).await;
+    // by it): they go once the latest revision is up (it started with their replicas).
+    if up(&latest) {
+        if legacy.is_some() {
+            let _ = deployments.delete(name).await;
+        }
+        if ctx
+            .services
+            .get(&key(name))
+            .is_some_and(|s| owned_by(&s.metadata, uid))
+        {
+            let _ = services.delete(name).await;
+        }
     }
     if !settled {
         // Created or changed concurrently: look again shortly.

@@ -211,3 +211,48 @@ async fn function_never_takes_over_an_object_it_does_not_own() -> anyhow::Result
     controllers.await?;
     Ok(())
 }
+
+/// From before revisions: a Function's Deployment named as the Function keeps serving until
+/// revision 1 is up, and revision 1 starts with its replicas (not a cold cutover to minScale).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_keeps_the_old_deployment_until_revision_1_is_up() -> anyhow::Result<()> {
+    let server = wisp_apiserver::testutil::TestServer::start().await?;
+    let client = Client::new(&server.url, &server.token);
+    let mut f = Function::new(ObjectMeta::namespaced("default", "old"));
+    f.spec.scaling.max_scale = 5;
+    f.spec.template.spec.containers = vec![Container {
+        name: "hello".into(),
+        wasm: Some(format!("sha256:{}", "0".repeat(64))),
+        ..Container::default()
+    }];
+    let created = client.api::<Function>(Some("default")).create(&f).await?;
+    // The old layout: Deployment `old`, owned by the Function, at 3 replicas.
+    let mut legacy = wisp_controllers::function::desired_revision(&created, 1);
+    legacy.metadata.uid = created.metadata.uid.clone();
+    let mut d = wisp_controllers::function::desired_deployment(&created, &legacy, (0, 5), Some(3));
+    d.metadata.name = "old".into();
+    d.metadata.owner_references = legacy.metadata.owner_references.clone();
+    let deployments = client.api::<Deployment>(Some("default"));
+    deployments.create(&d).await?;
+
+    let shutdown = CancellationToken::new();
+    let controllers = tokio::spawn(wisp_controllers::run_functions(
+        wisp_runtime::Informers::new(client.clone(), shutdown.clone()),
+        "localhost".into(),
+        shutdown.clone(),
+    ));
+    let d1 = eventually("revision 1's deployment", async || {
+        Ok(deployments.get_opt("old-00001").await?)
+    })
+    .await?;
+    assert_eq!(d1.spec.replicas, 3, "revision 1 starts with the old replicas");
+    // No node here: revision 1 never comes up, so the old Deployment stays.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        deployments.get_opt("old").await?.is_some(),
+        "kept until revision 1 is up"
+    );
+    shutdown.cancel();
+    controllers.await?;
+    Ok(())
+}

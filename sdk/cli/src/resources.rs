@@ -85,11 +85,9 @@ pub fn context(global: &Global, command: crate::cli::ContextCommand) -> anyhow::
             Ok(())
         }
         ContextCommand::Set(args) => {
-            let base = file
-                .all()
-                .get(&args.name)
-                .cloned()
-                .or_else(|| file.current().map(|(_, c)| c));
+            // Only the same context's values carry over: a new context never inherits another
+            // cluster's token.
+            let base = file.all().get(&args.name).cloned();
             let server = args
                 .server
                 .or_else(|| base.as_ref().map(|c| c.server.clone()))

@@ -156,7 +156,9 @@ fn write_private(path: &Path, text: &str) -> Result<(), ClientError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let tmp = path.with_extension("tmp");
+    // A fresh temporary file each time (created 0600, never an older one's permissions).
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     {
         use std::io::Write;
         #[cfg(unix)]

@@ -290,3 +290,69 @@ async fn deployments_roll_out_and_undo_through_the_cli() {
     let (ok, _, err) = w.cli(&["rollout", "undo", "configmap/settings"]).expect("run");
     assert!(!ok && err.contains("deployments"), "{err}");
 }
+
+/// `wisp context list|use|set` over the config file `wisp` reads, and `wisp completion`.
+#[test]
+fn contexts_switch_servers_and_completion_scripts_print() {
+    let w = Wisp::start(Options::default()).expect("start wisp");
+    // Without WISP_SERVER, so that the config file's current context decides.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(wisp_e2e::wisp_bin().expect("wisp"))
+            .args(args)
+            .env("WISP_CONFIG", w.config_path())
+            .env_remove("WISP_SERVER")
+            .env_remove("WISP_TOKEN")
+            .output()
+            .expect("run wisp");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["context", "list"]);
+    assert!(
+        ok && out.starts_with("* local") && out.contains(&w.url),
+        "{out}{err}"
+    );
+    // A new context needs its own token: it never inherits another cluster's.
+    let (ok, _, err) = cli(&[
+        "context",
+        "set",
+        "elsewhere",
+        "--context-server",
+        "http://127.0.0.1:9",
+    ]);
+    assert!(!ok && err.contains("needs --context-token"), "{err}");
+    let (ok, _, err) = cli(&[
+        "context",
+        "set",
+        "elsewhere",
+        "--context-server",
+        "http://127.0.0.1:9",
+        "--context-token",
+        "t",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = cli(&["context", "use", "elsewhere"]);
+    assert!(ok && out.contains("current context: elsewhere"), "{out}");
+    let (ok, _, err) = cli(&["get", "pods"]);
+    assert!(
+        !ok && err.contains("http://127.0.0.1:9"),
+        "the current context's server: {err}"
+    );
+    let (ok, _, err) = cli(&["context", "use", "nope"]);
+    assert!(!ok && err.contains("elsewhere, local"), "{err}");
+    let (ok, _, err) = cli(&["context", "use", "local"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&["get", "pods"]);
+    assert!(ok, "back on the local cluster: {err}");
+
+    for shell in ["bash", "zsh", "fish"] {
+        let (ok, out, err) = cli(&["completion", shell]);
+        assert!(
+            ok && out.contains("deploy") && out.contains("rollout"),
+            "{shell}: {err}"
+        );
+    }
+}
