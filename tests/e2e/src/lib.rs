@@ -376,6 +376,24 @@ pub async fn until(
     Ok(took)
 }
 
+/// The ingress URL of node `node`, once it is Ready and reports one.
+pub async fn node_ingress(client: &wisp_client::Client, node: &str) -> anyhow::Result<String> {
+    let nodes = client.api::<wisp_api::Node>(None);
+    until("the node's ingress", 30, async || {
+        Ok(nodes
+            .get_opt(node)
+            .await?
+            .is_some_and(|n| n.is_ready() && n.status.is_some_and(|s| s.ingress_url.is_some())))
+    })
+    .await?;
+    nodes
+        .get(node)
+        .await?
+        .status
+        .and_then(|s| s.ingress_url)
+        .context("ingressUrl")
+}
+
 /// A plain HTTP/1.1 client for requests to an ingress.
 pub type Http = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,

@@ -7,11 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use tokio_util::sync::CancellationToken;
-use wisp_api::{Deployment, Function, Node, Pod};
+use wisp_api::{Deployment, Function, Pod};
 use wisp_client::{Client, ListParams};
 use wisp_e2e::{Http, Options, Wisp, examples_dir, fast_autoscaler, ingress_stat, until};
 
@@ -77,21 +76,7 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
         ..Options::default()
     })?;
     let client = w.client();
-    until("the node's ingress", 30, async || {
-        Ok(client
-            .api::<Node>(None)
-            .get_opt("local")
-            .await?
-            .is_some_and(|n| n.is_ready() && n.status.is_some_and(|s| s.ingress_url.is_some())))
-    })
-    .await?;
-    let ingress = client
-        .api::<Node>(None)
-        .get("local")
-        .await?
-        .status
-        .and_then(|s| s.ingress_url)
-        .context("ingressUrl")?;
+    let ingress = wisp_e2e::node_ingress(&client, "local").await?;
     let http = wisp_e2e::http_client();
 
     // A Function that scales to zero after 3 s idle, one pod per in-flight request.

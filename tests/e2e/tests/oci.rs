@@ -8,9 +8,7 @@
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use wisp_api::{
-    Container, Function, LocalObjectReference, Node, ObjectMeta, Pod, Resource, RestartPolicy, Secret,
-};
+use wisp_api::{Container, Function, LocalObjectReference, ObjectMeta, Pod, Resource, RestartPolicy, Secret};
 use wisp_e2e::{Options, Wisp, until};
 use wisp_sandbox_docker::testing::Registry;
 
@@ -80,21 +78,7 @@ async fn components_are_pulled_from_oci_registries() -> anyhow::Result<()> {
         ..Options::default()
     })?;
     let client = w.client();
-    until("the node's ingress", 30, async || {
-        Ok(client
-            .api::<Node>(None)
-            .get_opt("local")
-            .await?
-            .is_some_and(|n| n.is_ready() && n.status.is_some_and(|s| s.ingress_url.is_some())))
-    })
-    .await?;
-    let ingress = client
-        .api::<Node>(None)
-        .get("local")
-        .await?
-        .status
-        .and_then(|s| s.ingress_url)
-        .context("ingressUrl")?;
+    let ingress = wisp_e2e::node_ingress(&client, "local").await?;
     let hello = wisp_e2e::guest("hello")?.display().to_string();
 
     // wisp push to the public registry; a Function runs the component from there.

@@ -11,9 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use wisp_api::{
-    Container, Deployment, EnvVar, Function, Node, ObjectMeta, Pod, Resource, Revision, TrafficTarget,
-};
+use wisp_api::{Container, Deployment, EnvVar, Function, ObjectMeta, Pod, Resource, Revision, TrafficTarget};
 use wisp_e2e::{Http, Options, Wisp, fast_autoscaler, until};
 
 async fn get(http: &Http, ingress: &str, host: &str, path: &str) -> anyhow::Result<(u16, bool, String)> {
@@ -78,21 +76,7 @@ async fn traffic_splits_between_revisions_and_promote_moves_it_all() -> anyhow::
         ..Options::default()
     })?;
     let client = w.client();
-    until("the node's ingress", 30, async || {
-        Ok(client
-            .api::<Node>(None)
-            .get_opt("local")
-            .await?
-            .is_some_and(|n| n.is_ready() && n.status.is_some_and(|s| s.ingress_url.is_some())))
-    })
-    .await?;
-    let ingress = client
-        .api::<Node>(None)
-        .get("local")
-        .await?
-        .status
-        .and_then(|s| s.ingress_url)
-        .context("ingressUrl")?;
+    let ingress = wisp_e2e::node_ingress(&client, "local").await?;
     let http = wisp_e2e::http_client();
     let digest = client
         .put_blob(Bytes::from(std::fs::read(wisp_e2e::guest("fault")?)?))

@@ -6,11 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Context;
 use bytes::Bytes;
 use http::Method;
 use http_body_util::{BodyExt, Empty};
-use wisp_api::Node;
 use wisp_e2e::{Options, Wisp, examples_dir, until};
 
 /// Open watches by resource, from the API server's metrics.
@@ -58,21 +56,7 @@ async fn wisp_up_opens_one_watch_per_kind() -> anyhow::Result<()> {
     .await?;
     // Run a Function through the whole chain on the shared caches (apply → scheduled →
     // running → endpoints → route → woken from zero and served), then count again.
-    until("the node's ingress", 30, async || {
-        Ok(admin
-            .api::<Node>(None)
-            .get_opt("local")
-            .await?
-            .is_some_and(|n| n.is_ready() && n.status.is_some_and(|s| s.ingress_url.is_some())))
-    })
-    .await?;
-    let ingress = admin
-        .api::<Node>(None)
-        .get("local")
-        .await?
-        .status
-        .and_then(|s| s.ingress_url)
-        .context("ingressUrl")?;
+    let ingress = wisp_e2e::node_ingress(&admin, "local").await?;
     let component = wisp_e2e::guest("hello")?;
     let manifest = std::fs::read_to_string(examples_dir().join("hello/function.yaml"))?.replace(
         "../target/wasm32-wasip2/release/hello.wasm",
