@@ -338,6 +338,14 @@ mod tests {
             Err(403)
         );
         assert_eq!(ok(Verb::Delete, &t("nodes", None, Some("n1")), None), Err(403));
+        // Revisions are the Function controller's: a node neither reads nor writes them.
+        for verb in [Verb::Get, Verb::List, Verb::Create, Verb::Update, Verb::Delete] {
+            assert_eq!(
+                ok(verb, &t("revisions", Some("team-a"), None), None),
+                Err(403),
+                "{verb:?}"
+            );
+        }
         assert_eq!(
             ok(Verb::Update, &t("leases", Some("wisp-system"), Some("n1")), None),
             Ok(Decision::Allow)

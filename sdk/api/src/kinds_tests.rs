@@ -640,3 +640,16 @@ fn traffic_splits_name_revisions_of_the_function_and_sum_to_100() {
     assert_eq!(crate::revision_number("hello", "hello-12"), None);
     assert_eq!(crate::revision_name("hello", 3), "hello-00003");
 }
+
+/// `imagePullSecrets` work for `wasm: oci://` components; for images nothing uses them yet, so
+/// they are refused rather than ignored.
+#[test]
+fn image_pull_secrets_are_refused_for_images_until_docker_uses_them() {
+    let mut v = pod(&json!({"name": "app", "image": "registry.example.com/app:1"}));
+    v["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
+    let errs = errors("pod", v);
+    assert!(has(&errs, "spec.imagePullSecrets: not supported yet"), "{errs:?}");
+    let mut v = pod(&json!({"name": "app", "wasm": "oci://registry.example.com/app:1"}));
+    v["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
+    assert!(decode("pod", v).is_ok());
+}

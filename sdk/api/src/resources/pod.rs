@@ -162,6 +162,14 @@ impl PodSpec {
             let rp = index(&child(path, "imagePullSecrets"), i);
             errs.extend(validate_dns1123_subdomain(&r.name, &child(&rp, "name")));
         }
+        // Only the node's pulls of `wasm: oci://` components use them; Docker's image pulls
+        // do not yet, so a pod of images is refused rather than pulled without them.
+        if !self.image_pull_secrets.is_empty() && self.containers.iter().any(|c| c.image.is_some()) {
+            errs.push(FieldError::not_supported(
+                child(path, "imagePullSecrets"),
+                "registry credentials for images (Docker); they apply to wasm: oci:// components",
+            ));
+        }
         let mut volume_names = BTreeSet::new();
         for (i, v) in self.volumes.iter().enumerate() {
             let vp = index(&child(path, "volumes"), i);
