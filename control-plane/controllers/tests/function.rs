@@ -86,15 +86,7 @@ async fn function_expands_scales_within_bounds_and_is_collected() -> anyhow::Res
 
     // The autoscaler's choice stands within [min, max] and is clamped beyond it.
     for (set, want) in [(2, 2), (7, 3)] {
-        for attempt in 0.. {
-            let mut d = deployments.get("hello-00001").await?;
-            d.spec.replicas = set;
-            match deployments.replace(&d).await {
-                Ok(_) => break,
-                Err(e) if e.code() == Some(409) && attempt < 20 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        wisp_testkit::update(&deployments, "hello-00001", |d| d.spec.replicas = set).await?;
         eventually("the clamped replicas", async || {
             let d = deployments.get("hello-00001").await?;
             let f = functions.get("hello").await?;
@@ -107,15 +99,10 @@ async fn function_expands_scales_within_bounds_and_is_collected() -> anyhow::Res
     }
 
     // A new template: revision 2, and the route moves to it once it is up.
-    for attempt in 0.. {
-        let mut f = functions.get("hello").await?;
+    wisp_testkit::update(&functions, "hello", |f| {
         f.spec.template.spec.containers[0].args = vec!["v2".into()];
-        match functions.replace(&f).await {
-            Ok(_) => break,
-            Err(e) if e.code() == Some(409) && attempt < 20 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    })
+    .await?;
     let d2 = eventually("revision 2's deployment", async || {
         Ok(deployments.get_opt("hello-00002").await?)
     })

@@ -202,15 +202,10 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
     let mut variant = std::fs::read(&component)?;
     variant.extend_from_slice(&[0, 5, 4, b'w', b'i', b's', b'p']); // a custom section: new digest
     let digest = client.put_blob(Bytes::from(variant)).await?;
-    for attempt in 0.. {
-        let mut f = functions.get("hello").await?;
+    wisp_testkit::update(&functions, "hello", |f| {
         f.spec.template.spec.containers[0].wasm = Some(digest.clone());
-        match functions.replace(&f).await {
-            Ok(_) => break,
-            Err(e) if e.code() == Some(409) && attempt < 20 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    })
+    .await?;
     until("the rollout", 60, async || {
         let pods = live_pods(&client).await?;
         Ok(!pods.is_empty()

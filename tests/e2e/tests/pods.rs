@@ -193,15 +193,10 @@ async fn hello_deployment_runs_heals_rolls_and_undoes() -> anyhow::Result<()> {
     let tracker = track_min_ready(&client, "hello", stop.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let deployments = client.api::<Deployment>(Some("default"));
-    for attempt in 0.. {
-        let mut d = deployments.get("hello").await?;
+    wisp_testkit::update(&deployments, "hello", |d| {
         d.spec.template.spec.containers[0].wasm = Some(digest_b.clone());
-        match deployments.replace(&d).await {
-            Ok(_) => break,
-            Err(e) if e.code() == Some(409) && attempt < 10 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    })
+    .await?;
     wait_ready(&client, "hello", 3, 60, |p| wasm_of(p) == Some(digest_b.as_str())).await?;
     let (ok, out, err) = w.cli(&["rollout", "undo", "deployment/hello"])?;
     anyhow::ensure!(ok, "undo failed: {out}{err}");

@@ -97,8 +97,7 @@ async fn traffic_splits_between_revisions_and_promote_moves_it_all() -> anyhow::
     .await?;
 
     // A new template (WHO=two) with 10 % to it, tagged v2; 90 % stays on revision 1.
-    for attempt in 0.. {
-        let mut f = functions.get("split").await?;
+    wisp_testkit::update(&functions, "split", |f| {
         f.spec.template.spec.containers = vec![container(&digest, "two")];
         f.spec.traffic = vec![
             TrafficTarget {
@@ -113,12 +112,8 @@ async fn traffic_splits_between_revisions_and_promote_moves_it_all() -> anyhow::
                 ..TrafficTarget::default()
             },
         ];
-        match functions.replace(&f).await {
-            Ok(_) => break,
-            Err(e) if e.code() == Some(409) && attempt < 20 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    })
+    .await?;
     let status = until("the split resolved", 30, async || {
         let st = functions.get("split").await?.status.unwrap_or_default();
         Ok(st
@@ -274,15 +269,10 @@ async fn traffic_splits_between_revisions_and_promote_moves_it_all() -> anyhow::
 
     // Retention: five more templates; the oldest revisions without traffic are collected.
     for n in 3..=8 {
-        for attempt in 0.. {
-            let mut f = functions.get("split").await?;
+        wisp_testkit::update(&functions, "split", |f| {
             f.spec.template.spec.containers = vec![container(&digest, &format!("n{n}"))];
-            match functions.replace(&f).await {
-                Ok(_) => break,
-                Err(e) if e.code() == Some(409) && attempt < 20 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        })
+        .await?;
         until("the revision", 30, async || {
             Ok(functions
                 .get("split")

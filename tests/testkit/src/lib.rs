@@ -192,6 +192,25 @@ pub async fn wait_pod(
     }
 }
 
+/// Read object `name`, `change` it and replace it, again while a controller's write in between
+/// makes the replace a conflict (409), at most 20 times.
+pub async fn update<T: wisp_api::Resource + Clone>(
+    api: &wisp_client::Api<T>,
+    name: &str,
+    change: impl Fn(&mut T),
+) -> anyhow::Result<T> {
+    for attempt in 0.. {
+        let mut obj = api.get(name).await?;
+        change(&mut obj);
+        match api.replace(&obj).await {
+            Ok(stored) => return Ok(stored),
+            Err(e) if e.code() == Some(409) && attempt < 20 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
 /// The rule for a test that needs a real part this machine may lack: `ready` says whether it
 /// is there (`Err` with the reason when not). In CI (`CI` set) a missing part fails the test
 /// with the reason; elsewhere the test prints a notice and should return (`None`).
