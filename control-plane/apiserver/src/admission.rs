@@ -78,6 +78,23 @@ fn invalid(obj: &DynamicObject, errors: Vec<FieldError>) -> ApiError {
 
 /// Admit `obj` (created when `existing` is `None`, else replacing it) into `target`'s
 /// namespace; may fill defaults into `obj`.
+/// A Secret's `stringData` is write-only: folded into `data` (base64; a key in both takes
+/// the `stringData` value, as Kubernetes does) and never stored or returned.
+fn fold_string_data(obj: &mut DynamicObject) -> Result<(), ApiError> {
+    use base64::Engine;
+    let mut secret: wisp_api::Secret = obj.to_typed().map_err(|e| ApiError::Internal(e.to_string()))?;
+    if secret.string_data.is_empty() {
+        return Ok(());
+    }
+    for (k, v) in std::mem::take(&mut secret.string_data) {
+        secret
+            .data
+            .insert(k, base64::engine::general_purpose::STANDARD.encode(v.as_bytes()));
+    }
+    *obj = DynamicObject::from_typed(&secret).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(())
+}
+
 pub(crate) async fn admit(
     state: &State,
     principal: &Principal,
@@ -95,6 +112,9 @@ pub(crate) async fn admit(
                  with restartPolicy: Never or OnFailure",
             )],
         ));
+    }
+    if plural == "secrets" {
+        fold_string_data(obj)?;
     }
     if let Some(before) = existing {
         admit_immutable(obj, before)?;

@@ -911,6 +911,25 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(server, listener, None, shutdown).await
+}
+
+/// [`serve`] over TLS (HTTPS only: a plain HTTP client gets no answer).
+pub async fn serve_tls(
+    server: ApiServer,
+    listener: TcpListener,
+    tls: Arc<wisp_http::rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve_with(server, listener, Some(tls), shutdown).await
+}
+
+async fn serve_with(
+    server: ApiServer,
+    listener: TcpListener,
+    tls: Option<Arc<wisp_http::rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let options = wisp_http::ServeOptions {
         header_read_timeout: Some(server.state.config.header_read_timeout),
         grace: server.state.config.shutdown_grace,
@@ -921,10 +940,15 @@ pub async fn serve(
         http1_only: true,
         max_connections_per_ip: server.state.config.max_connections_per_ip,
     };
-    tokio::join!(
-        wisp_http::serve(listener, server.service(), options, shutdown.clone()),
-        server.background(shutdown),
-    );
+    let service = server.service();
+    let stop = shutdown.clone();
+    let serving = async move {
+        match tls {
+            Some(tls) => wisp_http::serve_tls(listener, service, options, tls, stop).await,
+            None => wisp_http::serve(listener, service, options, stop).await,
+        }
+    };
+    tokio::join!(serving, server.background(shutdown));
     Ok(())
 }
 

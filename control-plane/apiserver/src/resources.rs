@@ -186,12 +186,23 @@ pub async fn get(
         .get(&target.key(name))
         .await
         .map_err(|e| ApiError::from_store(e, &target.what(name)))?;
+    let existing = kv.as_ref().map(from_kv).transpose()?;
     // A conditional read is refused alike whether the object exists or not.
     if let Some(c) = condition {
-        check_condition(state, principal, Verb::Get, target, name, c, None, None).await?;
+        check_condition(
+            state,
+            principal,
+            Verb::Get,
+            target,
+            name,
+            c,
+            existing.as_ref(),
+            None,
+        )
+        .await?;
     }
-    let kv = kv.ok_or_else(|| ApiError::NotFound(format!("{} not found", target.what(name))))?;
-    Ok(json_response(StatusCode::OK, &from_kv(&kv)?))
+    let existing = existing.ok_or_else(|| ApiError::NotFound(format!("{} not found", target.what(name))))?;
+    Ok(json_response(StatusCode::OK, &existing))
 }
 
 /// Whether a pod spec uses ConfigMap or Secret `name` (env or volume).
@@ -254,8 +265,22 @@ async fn check_condition(
             }) {
                 return Ok(());
             }
+            // Every node's ingress serves every HTTPS Route: it reads the certificate (a
+            // Secret of type tls) a Route of the namespace names, and no other Secret.
+            let tls_secret = target.kind.plural == "secrets"
+                && existing.and_then(|s| s.body.get("type")).and_then(Value::as_str)
+                    == Some(wisp_api::SECRET_TYPE_TLS);
+            if tls_secret {
+                let routes = crate::admission::list_in::<wisp_api::Route>(state, "routes", ns).await?;
+                if routes
+                    .iter()
+                    .any(|r| r.spec.tls.as_ref().is_some_and(|t| t.secret_name == name))
+                {
+                    return Ok(());
+                }
+            }
             deny(format!(
-                "no pod bound to node {node:?} uses {} {name:?}",
+                "no pod bound to node {node:?} uses {} {name:?}, and no Route names it as its certificate",
                 target.kind.singular
             ))
         }

@@ -17,6 +17,7 @@ pub mod gc;
 pub mod namespaces;
 pub mod nodes;
 pub mod replicaset;
+pub mod route_tls;
 
 use std::sync::Arc;
 
@@ -132,6 +133,8 @@ pub enum Error {
     Api(#[from] ClientError),
     #[error("a controller lock was poisoned")]
     Poisoned,
+    #[error("cannot issue a certificate: {0}")]
+    Issue(String),
 }
 
 /// Run the ReplicaSet controller until `shutdown`.
@@ -266,6 +269,9 @@ pub struct Config {
     pub autoscaler: autoscaler::AutoscalerConfig,
     /// Functions answer on `<name>.<namespace>.<cluster_domain>` by default (`localhost`).
     pub cluster_domain: String,
+    /// The cluster CA, for Routes with `tls.issuer: cluster` (none: such Routes get no
+    /// certificate from the cluster).
+    pub route_issuer: Option<route_tls::Issuer>,
 }
 
 impl Default for Config {
@@ -274,6 +280,7 @@ impl Default for Config {
             node_grace: std::time::Duration::from_secs(10),
             autoscaler: autoscaler::AutoscalerConfig::default(),
             cluster_domain: "localhost".into(),
+            route_issuer: None,
         }
     }
 }
@@ -298,6 +305,30 @@ pub async fn run(informers: Informers, config: Config, shutdown: CancellationTok
         gc::run::<Deployment, Function>(i.clone(), shutdown.clone()),
         gc::run::<Service, Function>(i.clone(), shutdown.clone()),
         gc::run::<Route, Function>(i.clone(), shutdown.clone()),
+        run_route_tls(i.clone(), config.route_issuer, shutdown.clone()),
         run_nodes(i.clone(), config.node_grace, shutdown),
     );
+}
+
+/// Run the cluster issuer (see [`route_tls`]) until `shutdown`; nothing without an issuer.
+pub async fn run_route_tls(
+    informers: Informers,
+    issuer: Option<route_tls::Issuer>,
+    shutdown: CancellationToken,
+) {
+    let Some(issuer) = issuer else { return };
+    let ctx = Arc::new(route_tls::Context {
+        client: informers.client().clone(),
+        issuer,
+    });
+    Controller::<Route>::shared(&informers)
+        .run(
+            route_tls::reconcile,
+            |_r: Arc<Route>, _e: &Error, _c: Arc<route_tls::Context>| {
+                wisp_runtime::Action::requeue(std::time::Duration::from_secs(5))
+            },
+            ctx,
+            shutdown,
+        )
+        .await;
 }

@@ -77,10 +77,33 @@ fn range_end(prefix: &[u8]) -> Vec<u8> {
     vec![0] // every key
 }
 
+/// TLS to etcd: the CA its certificate chains to and, for client certificate
+/// authentication (`--client-cert-auth`), this client's certificate and key; all PEM.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdTls {
+    pub ca_pem: String,
+    pub cert_pem: Option<String>,
+    pub key_pem: Option<String>,
+}
+
 impl EtcdStore {
     /// Connect to the given endpoints (`host:port` or `http://host:port`).
     pub async fn connect(endpoints: &[String]) -> Result<Self> {
-        let client = Client::connect(endpoints, None).await.map_err(backend)?;
+        Self::connect_with(endpoints, None).await
+    }
+
+    /// [`EtcdStore::connect`], over TLS with `tls` when given (the endpoints are then
+    /// `https://host:port`).
+    pub async fn connect_with(endpoints: &[String], tls: Option<&EtcdTls>) -> Result<Self> {
+        let options = tls.map(|t| {
+            let mut config =
+                etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(&t.ca_pem));
+            if let (Some(cert), Some(key)) = (&t.cert_pem, &t.key_pem) {
+                config = config.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            etcd_client::ConnectOptions::new().with_tls(config)
+        });
+        let client = Client::connect(endpoints, options).await.map_err(backend)?;
         let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
         let watch = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
         let store = Self { client, kv, watch };

@@ -7,11 +7,15 @@
 //! fail with [`StoreError::Compacted`] when that revision is no longer kept; leases expire
 //! the keys attached to them.
 //!
+//! [`encrypted::EncryptedStore`] wraps either and encrypts the values under chosen prefixes at
+//! rest (AES-256-GCM envelopes, keys from a key file that rotates).
+//!
 //! The store knows keys and bytes only: it must not know about resource kinds, JSON or
 //! validation (that is the API server's job).
 
 pub mod conformance;
 pub mod embedded;
+pub mod encrypted;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 #[cfg(feature = "test-util")]

@@ -17,6 +17,49 @@ async fn etcd() -> (Arc<dyn Store>, EtcdServer) {
 
 wisp_store::store_conformance!(etcd());
 
+/// The same suite over TLS, with client certificate authentication.
+mod over_tls {
+    use super::*;
+
+    async fn etcd_tls() -> (Arc<dyn Store>, EtcdServer) {
+        let server = EtcdServer::start_tls().expect("start etcd with TLS");
+        let store = EtcdStore::connect_with(std::slice::from_ref(&server.endpoint), server.tls.as_ref())
+            .await
+            .expect("connect over TLS with a client certificate");
+        (Arc::new(store), server)
+    }
+
+    wisp_store::store_conformance!(etcd_tls());
+
+    #[tokio::test]
+    async fn a_client_without_a_certificate_or_the_ca_is_refused() {
+        let server = EtcdServer::start_tls().expect("start etcd with TLS");
+        let tls = server.tls.clone().expect("tls");
+        let no_identity = wisp_store::etcd::EtcdTls {
+            cert_pem: None,
+            key_pem: None,
+            ..tls.clone()
+        };
+        let endpoints = std::slice::from_ref(&server.endpoint);
+        assert!(
+            EtcdStore::connect_with(endpoints, Some(&no_identity))
+                .await
+                .is_err(),
+            "no client certificate"
+        );
+        let stranger = wisp_tls::Ca::create().expect("ca");
+        let wrong_ca = wisp_store::etcd::EtcdTls {
+            ca_pem: stranger.cert_pem().to_owned(),
+            ..tls
+        };
+        assert!(
+            EtcdStore::connect_with(endpoints, Some(&wrong_ca)).await.is_err(),
+            "a CA that did not sign etcd's certificate"
+        );
+        assert!(EtcdStore::connect(endpoints).await.is_err(), "no TLS at all");
+    }
+}
+
 #[tokio::test]
 async fn an_unreachable_etcd_is_a_backend_error_that_keeps_its_cause() {
     let port = wisp_store::testutil::free_port().expect("port");

@@ -18,6 +18,7 @@ mod activator;
 pub mod metrics;
 mod proxy;
 pub mod table;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use wisp_sandbox::InProcessHttp;
 
 pub use crate::proxy::{Body, COLD_START_HEADER, COLD_START_WAIT_HEADER, Gateway, serve, serve_gateway};
 use crate::table::{Backend, RouteEntry, ServiceState, Services, Table, Target};
+pub use crate::tls::serve_tls;
 
 /// How long the route table waits after a change before it is rebuilt. A scale-up changes a
 /// pod (created, bound, ready), its readiness here and its Endpoints within a few
@@ -102,7 +104,7 @@ impl IngressConfig {
 
 /// What the ingress knows of the cluster, from watches ([`Ingress::sync`]).
 pub(crate) struct Caches {
-    routes: Store<Route>,
+    pub(crate) routes: Store<Route>,
     endpoints: Store<Endpoints>,
     services: Store<Service>,
     /// Pods on this node (their uid → sandbox id).

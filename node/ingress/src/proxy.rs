@@ -516,7 +516,17 @@ impl Ingress {
 /// Serves `ingress` on `listener` until `shutdown`, then lets in-flight requests finish for
 /// the configured grace period.
 pub async fn serve(ingress: Ingress, listener: TcpListener, shutdown: CancellationToken) {
-    serve_on(ingress, listener, shutdown, false).await;
+    serve_on(ingress, listener, shutdown, false, None).await;
+}
+
+/// [`serve`] over TLS with `config` (see [`crate::tls::serve_tls`]).
+pub(crate) async fn serve_with_tls(
+    ingress: Ingress,
+    listener: TcpListener,
+    config: std::sync::Arc<wisp_http::rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) {
+    serve_on(ingress, listener, shutdown, false, Some(config)).await;
 }
 
 /// Marks a request that came in through the node's Service gateway (see [`serve_gateway`]).
@@ -528,10 +538,16 @@ pub struct Gateway;
 /// listener may use those names; bind it to loopback, where neither outside clients nor
 /// containers (in their own network namespaces) reach it.
 pub async fn serve_gateway(ingress: Ingress, listener: TcpListener, shutdown: CancellationToken) {
-    serve_on(ingress, listener, shutdown, true).await;
+    serve_on(ingress, listener, shutdown, true, None).await;
 }
 
-async fn serve_on(ingress: Ingress, listener: TcpListener, shutdown: CancellationToken, gateway: bool) {
+async fn serve_on(
+    ingress: Ingress,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    gateway: bool,
+    tls: Option<std::sync::Arc<wisp_http::rustls::ServerConfig>>,
+) {
     let config = &ingress.inner.config;
     let this = ingress.clone();
     let service = ServiceBuilder::new()
@@ -557,7 +573,10 @@ async fn serve_on(ingress: Ingress, listener: TcpListener, shutdown: Cancellatio
         // Many clients may come through one proxy or balancer in front of the ingress.
         max_connections_per_ip: 0,
     };
-    wisp_http::serve(listener, service, options, shutdown).await;
+    match tls {
+        Some(config) => wisp_http::serve_tls(listener, service, options, config, shutdown).await,
+        None => wisp_http::serve(listener, service, options, shutdown).await,
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,11 @@ pub struct Global {
     /// Config file with server and token [default: ~/.wisp/config].
     #[arg(long, global = true, env = "WISP_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The CA (PEM file) the server's certificate must chain to [default: the config
+    /// file's, which `wisp up` writes; else the public web's roots]. A node joining a
+    /// cluster passes the CA the server made, `<data-dir>/pki/ca.crt`.
+    #[arg(long, global = true, env = "WISP_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +115,9 @@ pub struct ContextSetArgs {
     /// The namespace its commands use by default.
     #[arg(long = "context-namespace")]
     pub namespace: Option<String>,
+    /// The CA (PEM file) its server's certificate must chain to.
+    #[arg(long = "context-ca-file")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -209,9 +217,28 @@ pub struct InvokeArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct UpArgs {
-    /// Address of the API server.
+    /// Address of the API server (HTTPS).
     #[arg(long, env = "WISP_LISTEN", default_value = "127.0.0.1:7700")]
     pub listen: SocketAddr,
+    /// Serve the API over plain HTTP: every token and Secret crosses the network in clear
+    /// text. Only for a machine of your own.
+    #[arg(long, env = "WISP_INSECURE_HTTP")]
+    pub insecure_http: bool,
+    /// Serve the API with this certificate (PEM chain) instead of one from the cluster CA.
+    #[arg(long, env = "WISP_TLS_CERT_FILE", requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert-file.
+    #[arg(long, env = "WISP_TLS_PRIVATE_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// The keys that encrypt Secrets at rest (AES-256-GCM; one `name: <base64 32 bytes>` per
+    /// line, the first encrypts, every one decrypts) [default: <data-dir>/encryption.keys,
+    /// made with a fresh key on first start]. To rotate: add a new key first and restart.
+    #[arg(long, env = "WISP_ENCRYPTION_KEY_FILE")]
+    pub encryption_key_file: Option<PathBuf>,
+    /// More names (DNS or IP) for the certificate the cluster CA issues the API server,
+    /// besides localhost, 127.0.0.1, ::1, this machine's hostname and the --listen address.
+    #[arg(long, env = "WISP_TLS_SAN", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
     /// Data directory [default: ~/.wisp/data].
     #[arg(long, env = "WISP_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -274,6 +301,10 @@ pub struct NodeOptions {
     /// Where the node's HTTP ingress listens (Routes to Functions and Services).
     #[arg(long, env = "WISP_INGRESS_LISTEN", default_value = "127.0.0.1:8080")]
     pub ingress_listen: SocketAddr,
+    /// Where the node's HTTPS ingress listens: Routes with `spec.tls`, the certificate picked
+    /// by SNI [default for `wisp up`: 127.0.0.1:8443; `wisp node`: none].
+    #[arg(long, env = "WISP_INGRESS_TLS_LISTEN")]
+    pub ingress_tls_listen: Option<SocketAddr>,
     /// Microseconds an ingress event loop keeps polling for the next request, instead of
     /// sleeping, after its connections last had traffic: lower latency for a CPU-time cost of
     /// up to this much after each burst (0: off).
@@ -368,6 +399,21 @@ pub struct ServerArgs {
     /// `embedded` or `etcd://host:port[,host:port...]`.
     #[arg(long, env = "WISP_STORE", default_value = "embedded")]
     pub store: String,
+    /// etcd over TLS: the CA (PEM) etcd's certificate chains to. The endpoints are then
+    /// reached with https://.
+    #[arg(long, env = "WISP_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// The client certificate (PEM) for etcd's `--client-cert-auth` (with --etcd-keyfile).
+    #[arg(
+        long,
+        env = "WISP_ETCD_CERTFILE",
+        requires = "etcd_keyfile",
+        requires = "etcd_cafile"
+    )]
+    pub etcd_certfile: Option<PathBuf>,
+    /// The private key (PEM) of --etcd-certfile.
+    #[arg(long, env = "WISP_ETCD_KEYFILE", requires = "etcd_certfile")]
+    pub etcd_keyfile: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

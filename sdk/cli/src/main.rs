@@ -54,9 +54,18 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Up(args) => Box::pin(server::up(args)).await,
-        Command::Server(args) => Box::pin(server::server(args, false)).await,
-        Command::Node(args) => Box::pin(server::node(&cli.global, args)).await,
+        Command::Up(args) => {
+            wisp_tls::private_umask();
+            Box::pin(server::up(args)).await
+        }
+        Command::Server(args) => {
+            wisp_tls::private_umask();
+            Box::pin(server::server(args, false)).await
+        }
+        Command::Node(args) => {
+            wisp_tls::private_umask();
+            Box::pin(server::node(&cli.global, args)).await
+        }
         Command::Logs(args) => resources::logs(&cli.global, args).await,
         Command::Apply(args) => resources::apply(&cli.global, args).await,
         Command::Get(args) => resources::get(&cli.global, args).await,

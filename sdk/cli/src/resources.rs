@@ -29,8 +29,18 @@ pub fn client(global: &Global) -> anyhow::Result<Client> {
         .token
         .clone()
         .or_else(|| file.as_ref().map(|f| f.token.clone()));
+    let ca = match &global.ca_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("--ca-file {}: cannot read it", f.display()))?,
+        ),
+        None => file.and_then(|f| f.ca),
+    };
     match (server, token) {
-        (Some(s), Some(t)) => Ok(Client::new(&s, &t)),
+        (Some(s), Some(t)) => Client::with_ca(&s, &t, ca.as_deref()).with_context(|| match &global.ca_file {
+            Some(f) => format!("--ca-file {}", f.display()),
+            None => format!("the CA in {}", path.display()),
+        }),
         _ => bail!(
             "no server or token: pass --server/--token or write {}",
             path.display()
@@ -99,7 +109,18 @@ pub fn context(global: &Global, command: crate::cli::ContextCommand) -> anyhow::
             if args.namespace.is_some() {
                 bail!("--context-namespace is not supported yet: pass -n or set WISP_NAMESPACE");
             }
-            file.set(&args.name, wisp_client::Config { server, token });
+            let ca = match &args.ca_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("--context-ca-file {}: cannot read it", f.display()))?,
+                ),
+                None => base.and_then(|c| c.ca),
+            };
+            if let Some(pem) = &ca {
+                wisp_client::Client::with_ca(&server, &token, Some(pem))
+                    .with_context(|| "--context-ca-file: not a PEM certificate")?;
+            }
+            file.set(&args.name, wisp_client::Config { server, token, ca });
             file.write(&path)?;
             say(&format!("context {} set", args.name));
             Ok(())

@@ -24,6 +24,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let server = ServerArgs {
         up: args,
         store: "embedded".into(),
+        etcd_cafile: None,
+        etcd_certfile: None,
+        etcd_keyfile: None,
     };
     Box::pin(self::server(server, true)).await
 }
@@ -145,7 +148,7 @@ pub async fn node(global: &Global, mut args: NodeArgs) -> anyhow::Result<()> {
             .join(".wisp")
             .join("node")
     });
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    wisp_tls::private_dir(&dir)?;
     let shutdown = CancellationToken::new();
     let api_addr = api_listener(client.server());
     // The agent and the ingress share one watch per kind; the pods watched are this node's.
@@ -188,7 +191,11 @@ fn api_listener(url: &str) -> Option<std::net::SocketAddr> {
     let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
     Some(std::net::SocketAddr::new(
         host.parse().ok()?,
-        uri.port_u16().unwrap_or(80),
+        uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        }),
     ))
 }
 
@@ -222,12 +229,21 @@ async fn run_node(
     let agent_listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} for the agent", config.listen))?;
+    let tls_listener = match opts.ingress_tls_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the HTTPS ingress"))?,
+        ),
+        None => None,
+    };
     // The node's own listeners: never a guest's destination nor an ingress backend.
     egress.listeners.extend(
         [
             Some(listener.local_addr()?),
             Some(gateway.local_addr()?),
             Some(agent_listener.local_addr()?),
+            tls_listener.as_ref().and_then(|l| l.local_addr().ok()),
             api_addr,
         ]
         .into_iter()
@@ -258,14 +274,28 @@ async fn run_node(
     let ingress = wisp_ingress::Ingress::on_informers(client, ingress_config, Some(in_process), informers);
     #[allow(clippy::print_stdout)]
     {
-        println!("wisp node {name}: ingress on http://{}", listener.local_addr()?);
+        let https = match &tls_listener {
+            Some(l) => format!(", https on {}", l.local_addr()?),
+            None => String::new(),
+        };
+        println!(
+            "wisp node {name}: ingress on http://{}{https}",
+            listener.local_addr()?
+        );
     }
-    let (ran, (), (), ()) = tokio::join!(
+    let (ran, (), (), (), tls) = tokio::join!(
         Box::pin(agent.run_on(agent_listener, shutdown.clone())),
         ingress.sync(shutdown.clone()),
         wisp_ingress::serve(ingress.clone(), listener, shutdown.clone()),
         wisp_ingress::serve_gateway(ingress.clone(), gateway, shutdown.clone()),
+        async {
+            match tls_listener {
+                Some(l) => wisp_ingress::serve_tls(ingress.clone(), l, shutdown.clone()).await,
+                None => Ok(()),
+            }
+        },
     );
+    tls.context("the HTTPS ingress")?;
     ran.with_context(|| format!("node {name}"))
 }
 
@@ -285,7 +315,9 @@ async fn signalled() {
     }
 }
 
-async fn open_store(spec: &str, dir: &std::path::Path, history: i64) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(args: &ServerArgs, dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
+    let spec = args.store.as_str();
+    let history = args.up.store_history;
     if spec == "embedded" {
         let options = EmbeddedOptions {
             history: history.max(1),
@@ -296,39 +328,158 @@ async fn open_store(spec: &str, dir: &std::path::Path, history: i64) -> anyhow::
         return Ok(Arc::new(store));
     }
     if let Some(endpoints) = spec.strip_prefix("etcd://") {
+        let scheme = if args.etcd_cafile.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let endpoints: Vec<String> = endpoints
             .split(',')
             .filter(|e| !e.is_empty())
-            .map(|e| format!("http://{e}"))
+            .map(|e| format!("{scheme}://{e}"))
             .collect();
         if endpoints.is_empty() {
             bail!("--store etcd://: name at least one endpoint, e.g. etcd://127.0.0.1:2379");
         }
-        return etcd_store(&endpoints).await;
+        return etcd_store(&endpoints, args).await;
     }
     bail!("--store {spec:?}: expected `embedded` or `etcd://host:port[,host:port...]`")
 }
 
+/// `store` with Secrets encrypted at rest by the key file's keys; every Secret the first key
+/// did not seal (older keys', plain text from before) is sealed again now.
+async fn encrypted(
+    store: Arc<dyn Store>,
+    key_file: Option<PathBuf>,
+    dir: &std::path::Path,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let path = key_file.unwrap_or_else(|| dir.join("encryption.keys"));
+    let keys = wisp_store::encrypted::Keyring::load_or_create(&path)?;
+    let primary = keys.primary().to_owned();
+    let store = wisp_store::encrypted::EncryptedStore::new(store, keys, vec!["/registry/secrets/".into()]);
+    let rewritten = store.rewrite().await.with_context(|| {
+        format!(
+            "cannot encrypt the Secrets again with key {primary:?} of {}",
+            path.display()
+        )
+    })?;
+    if rewritten > 0 {
+        tracing::info!(rewritten, key = %primary, "Secrets encrypted again with the first key");
+    }
+    Ok(Arc::new(store))
+}
+
 #[cfg(feature = "etcd")]
-async fn etcd_store(endpoints: &[String]) -> anyhow::Result<Arc<dyn Store>> {
-    let store = wisp_store::etcd::EtcdStore::connect(endpoints)
+async fn etcd_store(endpoints: &[String], args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
+    let read = |f: &PathBuf, flag: &str| {
+        std::fs::read_to_string(f).with_context(|| format!("{flag} {}: cannot read it", f.display()))
+    };
+    let tls = match &args.etcd_cafile {
+        Some(ca) => Some(wisp_store::etcd::EtcdTls {
+            ca_pem: read(ca, "--etcd-cafile")?,
+            cert_pem: args
+                .etcd_certfile
+                .as_ref()
+                .map(|f| read(f, "--etcd-certfile"))
+                .transpose()?,
+            key_pem: args
+                .etcd_keyfile
+                .as_ref()
+                .map(|f| read(f, "--etcd-keyfile"))
+                .transpose()?,
+        }),
+        None => None,
+    };
+    let store = wisp_store::etcd::EtcdStore::connect_with(endpoints, tls.as_ref())
         .await
         .with_context(|| format!("cannot connect to etcd at {endpoints:?}"))?;
     Ok(Arc::new(store))
 }
 
 #[cfg(not(feature = "etcd"))]
-async fn etcd_store(_endpoints: &[String]) -> anyhow::Result<Arc<dyn Store>> {
+async fn etcd_store(_endpoints: &[String], _args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
     bail!(
         "this wisp binary was built without etcd support; rebuild with `cargo build --release \
          --features etcd` (needs protoc: apt-get install protobuf-compiler)"
     )
 }
 
+/// How the API server is reached: its TLS configuration (none with `--insecure-http`) and
+/// the CA clients trust (none with an operator's own certificate: they bring their own).
+struct ApiTls {
+    config: Option<Arc<wisp_tls::rustls::ServerConfig>>,
+    ca_pem: Option<String>,
+    /// The cluster CA, which issues Routes' certificates (`tls.issuer: cluster`).
+    ca: Option<Arc<wisp_tls::Ca>>,
+}
+
+fn api_tls(up: &UpArgs, dir: &std::path::Path) -> anyhow::Result<ApiTls> {
+    if up.insecure_http {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!(
+                "WARNING: --insecure-http: the API is served over plain HTTP; tokens and Secret \
+                 values cross the network in clear text"
+            );
+        }
+        return Ok(ApiTls {
+            config: None,
+            ca_pem: None,
+            ca: None,
+        });
+    }
+    let alpn: &[&[u8]] = &[b"http/1.1"];
+    if let (Some(cert), Some(key)) = (&up.tls_cert_file, &up.tls_private_key_file) {
+        let read = |f: &PathBuf, flag: &str| {
+            std::fs::read_to_string(f).with_context(|| format!("{flag} {}: cannot read it", f.display()))
+        };
+        let serving = wisp_tls::CertifiedKey {
+            cert_pem: read(cert, "--tls-cert-file")?,
+            key_pem: read(key, "--tls-private-key-file")?,
+        };
+        let config = wisp_tls::server_config(&serving, alpn).with_context(|| {
+            format!(
+                "--tls-cert-file {} / --tls-private-key-file {}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+        return Ok(ApiTls {
+            config: Some(config),
+            ca_pem: None,
+            ca: None,
+        });
+    }
+    let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+    names.push(wisp_node::node::hostname());
+    if !up.listen.ip().is_unspecified() {
+        names.push(up.listen.ip().to_string());
+    }
+    names.extend(
+        up.tls_san
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty()),
+    );
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    let pki = dir.join("pki");
+    let cluster =
+        wisp_tls::cluster(&pki, &names).with_context(|| format!("the cluster CA in {}", pki.display()))?;
+    Ok(ApiTls {
+        config: Some(wisp_tls::server_config(&cluster.serving, alpn)?),
+        ca_pem: Some(cluster.ca_pem),
+        ca: Some(Arc::new(cluster.ca)),
+    })
+}
+
 pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
     let dir = data_dir(args.up.data_dir.as_ref());
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let store = open_store(&args.store, &dir, args.up.store_history).await?;
+    // The store, the blobs, the CA's key: none of it for other users of the machine.
+    wisp_tls::private_dir(&dir)?;
+    let tls = api_tls(&args.up, &dir)?;
+    let store = open_store(&args, &dir).await?;
+    let store = encrypted(store, args.up.encryption_key_file.clone(), &dir).await?;
     let shutdown = CancellationToken::new();
     let mut config = wisp_apiserver::Config::new(dir.join("blobs"));
     config.bookmark_interval = Duration::from_millis(args.up.bookmark_ms.max(1));
@@ -344,7 +495,7 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.up.listen))?;
     let addr = listener.local_addr()?;
-    let url = format!("http://{addr}");
+    let url = format!("{}://{addr}", if tls.config.is_some() { "https" } else { "http" });
     let admin = api.bootstrap().await.context("bootstrap")?;
     let config_path = wisp_client::Config::default_path();
     let token = match admin {
@@ -361,7 +512,7 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
                     .await
                     .is_ok() =>
             {
-                (existing.server != url).then_some(existing.token)
+                (existing.server != url || existing.ca != tls.ca_pem).then_some(existing.token)
             }
             // The config is missing or holds no valid token for this store: whoever runs the
             // server on this data owns it, so mint a new admin token rather than lock them out.
@@ -375,6 +526,7 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
         wisp_client::Config {
             server: url.clone(),
             token,
+            ca: tls.ca_pem.clone(),
         }
         .save(&config_path)
         .context("cannot write the CLI config")?;
@@ -426,6 +578,13 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
                 ..Default::default()
             },
             cluster_domain: args.up.cluster_domain.clone(),
+            route_issuer: tls.ca.clone().map(|ca| {
+                wisp_controllers::route_tls::Issuer(Arc::new(move |host: &str| {
+                    ca.issue(&[host.to_owned()], true)
+                        .map(|c| (c.cert_pem, c.key_pem))
+                        .map_err(|e| format!("{e:#}"))
+                }))
+            }),
         };
         Some(wisp_controllers::run(informers.clone(), config, shutdown.clone()))
     } else {
@@ -457,8 +616,16 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
     };
     let mut node_opts = args.up.node.clone();
     node_opts.node_name = Some(node_name);
+    node_opts
+        .ingress_tls_listen
+        .get_or_insert(std::net::SocketAddr::from(([127, 0, 0, 1], 8443)));
     let (served, (), (), scheduled, ran) = tokio::join!(
-        wisp_apiserver::serve(api, listener, shutdown.clone()),
+        async {
+            match tls.config.clone() {
+                Some(config) => wisp_apiserver::serve_tls(api, listener, config, shutdown.clone()).await,
+                None => wisp_apiserver::serve(api, listener, shutdown.clone()).await,
+            }
+        },
         async {
             tokio::select! {
                 () = wait => {}

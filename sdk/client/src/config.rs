@@ -15,6 +15,14 @@ use crate::ClientError;
 pub struct Config {
     pub server: String,
     pub token: String,
+    /// The CA the server's certificate must chain to, PEM (`wisp up` writes the cluster
+    /// CA's); none: the public web's roots.
+    #[serde(
+        default,
+        rename = "certificateAuthorityData",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ca: Option<String>,
 }
 
 /// The whole file.
@@ -64,6 +72,7 @@ impl ConfigFile {
                 Config {
                     server: server.clone(),
                     token: token.clone(),
+                    ca: None,
                 },
             )),
             _ => None,
@@ -188,6 +197,7 @@ mod tests {
         Config {
             server: server.into(),
             token: format!("t-{server}"),
+            ca: None,
         }
     }
 

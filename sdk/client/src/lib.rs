@@ -18,6 +18,7 @@ use futures::{Stream, StreamExt};
 use http::{Method, Request, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -114,7 +115,7 @@ type LocalHandler =
 
 #[derive(Clone)]
 enum Transport {
-    Http(Arc<HyperClient<HttpConnector, Full<Bytes>>>),
+    Http(Arc<HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>>),
     InProcess(LocalHandler),
 }
 
@@ -130,13 +131,37 @@ pub struct Client {
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Client {
-    /// A client for `server` (e.g. `http://127.0.0.1:7700`) using bearer `token`.
+    /// A client for `server` (e.g. `https://127.0.0.1:7700`) using bearer `token`; over
+    /// HTTPS it trusts the public web's roots (see [`Client::with_ca`] for a cluster's own
+    /// CA).
     pub fn new(server: &str, token: &str) -> Self {
+        Self::over(server, token, wisp_tls::web_client_config())
+    }
+
+    /// A client for `server` whose certificate must chain to the CA in `ca_pem` (PEM) — or,
+    /// without one, to the public web's roots.
+    pub fn with_ca(server: &str, token: &str, ca_pem: Option<&str>) -> Result<Self> {
+        let tls = wisp_tls::client_config(ca_pem).map_err(|e| ClientError::Config {
+            what: "cannot use the certificate authority".into(),
+            source: e.into(),
+        })?;
+        Ok(Self::over(server, token, tls))
+    }
+
+    fn over(server: &str, token: &str, tls: wisp_tls::rustls::ClientConfig) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         // A server that does not answer (a wrong address, a dropped packet) fails in seconds
         // with the address tried, not after the operating system's minutes.
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.enforce_http(false);
+        // `http://` stays plain (a server started with --insecure-http); `https://` must
+        // verify against `tls`'s roots.
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -174,8 +199,8 @@ impl Client {
         }
     }
 
-    pub fn from_config(config: &Config) -> Self {
-        Self::new(&config.server, &config.token)
+    pub fn from_config(config: &Config) -> Result<Self> {
+        Self::with_ca(&config.server, &config.token, config.ca.as_deref())
     }
 
     pub fn server(&self) -> &str {

@@ -1,7 +1,8 @@
 //! wisp-http owns serving an HTTP service on a listener — the loop every Wisp server (API
 //! server, node agent, ingress, the CLI's `up`) shares: accept (under a global and a
-//! per-address connection cap), serve HTTP/1.1 and h2c with a first-byte and header-read
-//! timeout, and on shutdown drain the connections still in flight for a grace period.
+//! per-address connection cap), serve HTTP/1.1 and h2c — or, with
+//! [`serve_tls`], TLS (rustls; ALPN picks `h2` or `http/1.1`) — with a first-byte, handshake
+//! and header-read timeout, and on shutdown drain the connections still in flight for a grace period.
 //!
 //! Connections are served on the caller's runtime, or (the ingress) on event loops of their
 //! own: threads with a single-threaded runtime each, every connection handed to the loop that
@@ -30,6 +31,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+pub use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tower::util::BoxCloneService;
@@ -115,6 +117,8 @@ struct Connections<B> {
     builder: auto::Builder<TokioExecutor>,
     graceful: GracefulShutdown,
     tracker: TaskTracker,
+    /// TLS is terminated here, in the connection's task, before HTTP.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl<B> Connections<B>
@@ -122,7 +126,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    fn new(service: HttpService<B>, options: ServeOptions) -> Self {
+    fn new(service: HttpService<B>, options: ServeOptions, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         if let Some(t) = options.header_read_timeout {
             builder.http1().timer(TokioTimer::new()).header_read_timeout(t);
@@ -143,14 +147,40 @@ where
             builder,
             graceful: GracefulShutdown::new(),
             tracker: TaskTracker::new(),
+            tls,
         }
     }
 
     /// Serves one connection in a task on the current runtime; `done` runs when it ends.
     fn serve(&self, stream: TcpStream, peer: SocketAddr, done: impl FnOnce() + Send + 'static) {
         let _ = stream.set_nodelay(true);
+        let stream = FirstByte::new(spin::Touching(stream), self.first_byte);
+        if let Some(tls) = &self.tls {
+            let tls = tls.clone();
+            let builder = self.builder.clone();
+            let service = self.service.clone();
+            let watcher = self.graceful.watcher();
+            // A client that opens a connection and never finishes its handshake is cut off
+            // like one that never sends a request.
+            let handshake = self.first_byte.unwrap_or(Duration::from_secs(10));
+            self.tracker.spawn(async move {
+                match tokio::time::timeout(handshake, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let conn =
+                            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+                        if let Err(e) = watcher.watch(conn.into_owned()).await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "no TLS handshake within {handshake:?}"),
+                }
+                done();
+            });
+            return;
+        }
         let conn = self.builder.serve_connection(
-            TokioIo::new(FirstByte::new(spin::Touching(stream), self.first_byte)),
+            TokioIo::new(stream),
             TowerToHyperService::new(self.service.clone()),
         );
         let conn = self.graceful.watch(conn.into_owned());
@@ -267,6 +297,7 @@ impl EventLoop {
         index: usize,
         service: HttpService<B>,
         options: ServeOptions,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self>
     where
@@ -284,7 +315,7 @@ impl EventLoop {
             .name(format!("wisp-http-{index}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    let here = Connections::new(service, options);
+                    let here = Connections::new(service, options, tls);
                     // Aborted when dropped: before the drain, or if this loop panics.
                     let spinner = (!options.busy_poll.is_zero())
                         .then(|| AbortOnDropHandle::new(tokio::spawn(spin::spinner(options.busy_poll))));
@@ -336,15 +367,44 @@ pub async fn serve<B>(
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_with(listener, service, options, None, shutdown).await;
+}
+
+/// [`serve`] over TLS with `config` (its ALPN decides between HTTP/2 and HTTP/1.1; a client
+/// that offers none gets HTTP/1.1 or h2 by the preface, as over plain TCP).
+pub async fn serve_tls<B>(
+    listener: TcpListener,
+    service: HttpService<B>,
+    options: ServeOptions,
+    config: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    serve_with(listener, service, options, Some(acceptor), shutdown).await;
+}
+
+async fn serve_with<B>(
+    listener: TcpListener,
+    service: HttpService<B>,
+    options: ServeOptions,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut loops = Vec::with_capacity(options.event_loops);
     for i in 0..options.event_loops {
-        match EventLoop::start(i, service.clone(), options, shutdown.clone()) {
+        match EventLoop::start(i, service.clone(), options, tls.clone(), shutdown.clone()) {
             Ok(l) => loops.push(l),
             // Served here instead (the caller's runtime).
             Err(e) => tracing::warn!(error = %e, "cannot start an event loop"),
         }
     }
-    let here = Connections::new(service, options);
+    let here = Connections::new(service, options, tls);
     let cap =
         (options.max_connections > 0).then(|| Arc::new(tokio::sync::Semaphore::new(options.max_connections)));
     let peers = Peers::default();
@@ -727,7 +787,7 @@ mod tests {
     }
 
     /// One request on `conn`: the body (the serving thread's name).
-    async fn ask(conn: &mut TcpStream) -> String {
+    async fn ask<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(conn: &mut S) -> String {
         conn.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
             .await
             .expect("write");
@@ -782,6 +842,84 @@ mod tests {
             let name = ask(&mut conn).await;
             assert!(!name.starts_with("wisp-http-"), "{name}");
         }
+        shutdown.cancel();
+        task.await.expect("join");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_serves_http1_and_h2_by_alpn_and_plain_http_gets_no_answer() {
+        let ca = wisp_tls::Ca::create().expect("ca");
+        let serving = ca.issue(&["localhost".to_owned()], true).expect("issue");
+        let config = wisp_tls::server_config(&serving, &[b"h2", b"http/1.1"]).expect("config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let service = BoxCloneService::new(tower::service_fn(|req: Request<Incoming>| async move {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                "{:?}",
+                req.version()
+            )))))
+        }));
+        let options = ServeOptions {
+            header_read_timeout: Some(Duration::from_secs(2)),
+            grace: Duration::from_secs(1),
+            event_loops: 1,
+            busy_poll: Duration::ZERO,
+            max_connections: 0,
+            http1_only: false,
+            max_connections_per_ip: 0,
+        };
+        let shutdown = CancellationToken::new();
+        let task = AbortOnDropHandle::new(tokio::spawn(serve_tls(
+            listener,
+            service,
+            options,
+            config,
+            shutdown.clone(),
+        )));
+        let connect = |alpn: &'static [u8]| {
+            let mut client = wisp_tls::client_config(Some(ca.cert_pem())).expect("client");
+            client.alpn_protocols = vec![alpn.to_vec()];
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+            async move {
+                let tcp = TcpStream::connect(addr).await.expect("connect");
+                let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+                connector.connect(name, tcp).await.expect("handshake")
+            }
+        };
+        let mut h1 = connect(b"http/1.1").await;
+        assert_eq!(h1.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        assert_eq!(ask(&mut h1).await, "HTTP/1.1");
+        let h2 = connect(b"h2").await;
+        assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(h2))
+                .await
+                .expect("h2 handshake");
+        let driver = AbortOnDropHandle::new(tokio::spawn(conn));
+        let resp = sender
+            .send_request(
+                Request::get("https://localhost/")
+                    .body(Full::new(Bytes::new()))
+                    .expect("request"),
+            )
+            .await
+            .expect("h2 request");
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&body[..], b"HTTP/2.0");
+        drop(driver);
+        // Plain HTTP on the TLS port: no HTTP answer, the connection is closed.
+        let mut plain = TcpStream::connect(addr).await.expect("connect");
+        plain
+            .write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "the plain connection was left open");
+        assert!(!String::from_utf8_lossy(&got).contains("HTTP/1.1 200"), "{got:?}");
         shutdown.cancel();
         task.await.expect("join");
     }

@@ -38,6 +38,8 @@ struct Up {
     child: Child,
     url: String,
     token: String,
+    /// The cluster CA the API server's certificate chains to.
+    ca: Option<String>,
     drain: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
@@ -47,7 +49,15 @@ impl Up {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("config");
         let mut child = Command::new(bin)
-            .args(["up", "--listen", "127.0.0.1:0", "--ingress-listen", "127.0.0.1:0"])
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--ingress-listen",
+                "127.0.0.1:0",
+                "--ingress-tls-listen",
+                "127.0.0.1:0",
+            ])
             .args(["--node-name", "bench", "--docker", "false", "--data-dir"])
             .arg(dir.path().join("data"))
             .env("WISP_CONFIG", &config)
@@ -67,14 +77,15 @@ impl Up {
         });
         let url = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("https://") || w.starts_with("http://"))
             .with_context(|| format!("unexpected first line from wisp: {line:?}"))?
             .to_owned();
-        let token = wisp_client::Config::load(&config)?.token;
+        let config = wisp_client::Config::load(&config)?;
         Ok(Self {
             child,
             url,
-            token,
+            token: config.token,
+            ca: config.ca,
             drain: Some(drain),
             _dir: dir,
         })
@@ -182,7 +193,7 @@ struct Sample {
 
 async fn measure(label: &str, bin: &Path, args: &FanoutArgs) -> anyhow::Result<Vec<Sample>> {
     let up = Up::start(bin)?;
-    let client = Client::new(&up.url, &up.token);
+    let client = Client::with_ca(&up.url, &up.token, up.ca.as_deref())?;
     // Settled: the node registered and every component watching.
     let started = Instant::now();
     loop {

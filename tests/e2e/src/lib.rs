@@ -119,6 +119,8 @@ pub struct Wisp {
     _tmp: Option<tempfile::TempDir>,
     pub url: String,
     pub token: String,
+    /// The cluster CA (PEM) the server's certificate chains to (none over plain HTTP).
+    pub ca: Option<String>,
     options: Options,
 }
 
@@ -133,6 +135,7 @@ impl Wisp {
             _tmp: Some(tmp),
             url: String::new(),
             token: String::new(),
+            ca: None,
             options,
         };
         w.boot()?;
@@ -153,6 +156,12 @@ impl Wisp {
                 .args(["--docker", if self.options.docker { "true" } else { "false" }]),
             other => cmd.args([other, "--store", &store]),
         };
+        // `wisp up`'s HTTPS ingress on a fresh port too, unless the test names one.
+        if self.options.command.as_deref() == Some("up")
+            && !self.options.args.iter().any(|a| a == "--ingress-tls-listen")
+        {
+            cmd.args(["--ingress-tls-listen", "127.0.0.1:0"]);
+        }
         let mut child = cmd
             .args([
                 "--listen",
@@ -183,17 +192,60 @@ impl Wisp {
         };
         let url = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("https://") || w.starts_with("http://"))
             .with_context(|| format!("unexpected first line from wisp: {line:?}"))?;
         self.url = url.to_owned();
         let config = wisp_client::Config::load(&self.config_path())?;
         self.token = config.token;
+        self.ca = config.ca;
         self.child = Some(child);
         Ok(())
     }
 
     pub fn client(&self) -> wisp_client::Client {
-        wisp_client::Client::new(&self.url, &self.token)
+        self.client_as(&self.token)
+    }
+
+    /// A client of this server with `token`, trusting the cluster CA.
+    pub fn client_as(&self, token: &str) -> wisp_client::Client {
+        wisp_client::Client::with_ca(&self.url, token, self.ca.as_deref())
+            .expect("the cluster CA is a PEM certificate")
+    }
+
+    /// The cluster CA's file, `<data>/pki/ca.crt` (what a node joining is given).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("data").join("pki").join("ca.crt")
+    }
+
+    /// The API server's `host:port`.
+    pub fn api_addr(&self) -> String {
+        self.url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .to_owned()
+    }
+
+    /// A raw HTTP client of the API server (HTTPS trusting the cluster CA, or plain HTTP).
+    pub fn api_http(&self) -> ApiHttp {
+        let tls = wisp_tls::client_config(self.ca.as_deref()).expect("the cluster CA is a PEM certificate");
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
+    }
+
+    /// A TLS connection to the API server, handshake done (for tests that write raw bytes).
+    pub async fn api_tls_stream(
+        &self,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tls = wisp_tls::client_config(self.ca.as_deref())?;
+        let tcp = tokio::net::TcpStream::connect(self.api_addr()).await?;
+        let name = wisp_tls::rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+        Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+            .connect(name, tcp)
+            .await?)
     }
 
     /// SIGKILL: no shutdown path runs.
@@ -280,6 +332,7 @@ pub struct NodeAgent {
     pub dir: PathBuf,
     server: String,
     token: String,
+    ca_file: Option<PathBuf>,
     _tmp: tempfile::TempDir,
 }
 
@@ -287,6 +340,11 @@ impl NodeAgent {
     /// Start `wisp node --node-name <name>` on a fresh data directory, with a node
     /// credential minted for it (`wisp token create --node <name>`): never the admin token.
     pub fn start(wisp: &Wisp, name: &str) -> anyhow::Result<Self> {
+        Self::start_via(wisp, name, &wisp.url)
+    }
+
+    /// [`NodeAgent::start`] reaching the API server at `server` (a proxy in front of it).
+    pub fn start_via(wisp: &Wisp, name: &str, server: &str) -> anyhow::Result<Self> {
         let (ok, out, err) = wisp.cli(&["token", "create", "--node", name])?;
         if !ok {
             bail!("cannot mint a node credential for {name}: {err}");
@@ -296,8 +354,9 @@ impl NodeAgent {
             child: None,
             name: name.to_owned(),
             dir: tmp.path().to_path_buf(),
-            server: wisp.url.clone(),
+            server: server.to_owned(),
             token: out.trim().to_owned(),
+            ca_file: wisp.ca.is_some().then(|| wisp.ca_file()),
             _tmp: tmp,
         };
         n.boot()?;
@@ -305,7 +364,11 @@ impl NodeAgent {
     }
 
     fn boot(&mut self) -> anyhow::Result<()> {
-        let child = Command::new(wisp_bin()?)
+        let mut cmd = Command::new(wisp_bin()?);
+        if let Some(ca) = &self.ca_file {
+            cmd.env("WISP_CA_FILE", ca);
+        }
+        let child = cmd
             .args([
                 "node",
                 "--node-name",
@@ -397,6 +460,12 @@ pub async fn node_ingress(client: &wisp_client::Client, node: &str) -> anyhow::R
 /// A plain HTTP/1.1 client for requests to an ingress.
 pub type Http = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+/// What [`Wisp::api_http`] gives.
+pub type ApiHttp = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     http_body_util::Empty<bytes::Bytes>,
 >;
 

@@ -63,10 +63,17 @@ macro_rules! cases {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    let etcd = wisp_e2e::EtcdServer::start().expect("start etcd");
-                    let store = format!("etcd://{}", etcd.endpoint.trim_start_matches("http://"));
-                    let w = super::Wisp::start(super::Options { store: Some(store), args: vec!["--bookmark-ms".into(), "300".into(), "--controllers".into(), "false".into()], ..Default::default() }).expect("start wisp");
-                    super::$case(&w, Some(&etcd.endpoint)).await;
+                    // etcd over TLS with client certificates, as in production.
+                    let etcd = wisp_e2e::EtcdServer::start_tls().expect("start etcd");
+                    let store = format!("etcd://{}", etcd.endpoint.trim_start_matches("https://"));
+                    let pki = etcd.tls_dir.clone().expect("TLS files");
+                    let mut args: Vec<String> = vec!["--bookmark-ms".into(), "300".into(), "--controllers".into(), "false".into()];
+                    for (flag, file) in [("--etcd-cafile", "ca.crt"), ("--etcd-certfile", "client.crt"), ("--etcd-keyfile", "client.key")] {
+                        args.push(flag.into());
+                        args.push(pki.join(file).display().to_string());
+                    }
+                    let w = super::Wisp::start(super::Options { store: Some(store), args, ..Default::default() }).expect("start wisp");
+                    super::$case(&w, Some(&etcd)).await;
                 }
             )*
         }
@@ -86,9 +93,93 @@ cases!(
     openapi_describes_every_kind,
     label_and_field_selectors,
     filtered_watch_sees_objects_enter_and_leave,
+    secrets_are_encrypted_at_rest_and_string_data_is_write_only,
 );
 
-async fn crud_and_server_set_fields(w: &Wisp, _etcd: Option<&str>) {
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        match std::fs::read_dir(&p) {
+            Ok(entries) => stack.extend(entries.flatten().map(|e| e.path())),
+            Err(_) if p.is_file() => out.push(p),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A Secret's value is stored encrypted: it is in no file of the data directory and nowhere
+/// in etcd's keyspace, and the API returns it decrypted; `stringData` is folded into `data`
+/// and never returned.
+async fn secrets_are_encrypted_at_rest_and_string_data_is_write_only(
+    w: &Wisp,
+    etcd: Option<&wisp_e2e::EtcdServer>,
+) {
+    use base64::Engine;
+    let c = w.client();
+    let value = format!("at-rest-probe-{}-{}", std::process::id(), etcd.is_some());
+    let encoded = base64::engine::general_purpose::STANDARD.encode(value.as_bytes());
+    let mut secret = wisp_api::Secret::new(ObjectMeta::namespaced("default", "probe"));
+    secret.string_data.insert("token".into(), value.clone());
+    let api = c.api::<wisp_api::Secret>(Some("default"));
+    let created = api.create(&secret).await.expect("create the Secret");
+    assert!(created.string_data.is_empty(), "stringData is write-only");
+    assert_eq!(created.data.get("token"), Some(&encoded), "folded into data");
+    let read = api.get("probe").await.expect("get");
+    assert!(read.string_data.is_empty());
+    assert_eq!(read.data.get("token"), Some(&encoded), "returned decrypted");
+    let listed = api.list(&ListParams::default()).await.expect("list");
+    assert_eq!(listed.items[0].data.get("token"), Some(&encoded));
+    let needles = [value.as_bytes(), encoded.as_bytes()];
+    let files = files_under(&w.dir.join("data"));
+    assert!(files.iter().any(|f| f.ends_with("encryption.keys")), "{files:?}");
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap_or_default();
+        for n in needles {
+            assert!(
+                !contains(&bytes, n),
+                "the Secret's value is in {} in clear text",
+                file.display()
+            );
+        }
+    }
+    #[cfg(feature = "etcd")]
+    if let Some(etcd) = etcd {
+        use wisp_store::Store;
+        let store = wisp_store::etcd::EtcdStore::connect_with(
+            std::slice::from_ref(&etcd.endpoint),
+            etcd.tls.as_ref(),
+        )
+        .await
+        .expect("connect to etcd");
+        let all = store.list("/").await.expect("etcd's whole keyspace");
+        assert!(
+            all.items
+                .iter()
+                .any(|kv| kv.key.contains("/secrets/default/probe")),
+            "the Secret is in etcd"
+        );
+        for kv in &all.items {
+            for n in needles {
+                assert!(
+                    !contains(&kv.value, n),
+                    "the Secret's value is in etcd at {} in clear text",
+                    kv.key
+                );
+            }
+        }
+    }
+    #[cfg(not(feature = "etcd"))]
+    let _ = etcd;
+}
+
+async fn crud_and_server_set_fields(w: &Wisp, _etcd: Option<&wisp_e2e::EtcdServer>) {
     let c = w.client();
     let kind = wisp_api::kind_by_plural("configmaps").expect("kind");
     let created = c
@@ -150,7 +241,7 @@ async fn crud_and_server_set_fields(w: &Wisp, _etcd: Option<&str>) {
     assert_eq!(made.data.get("x").map(String::as_str), Some("y"));
 }
 
-async fn status_subresource_and_generation(w: &Wisp, _etcd: Option<&str>) {
+async fn status_subresource_and_generation(w: &Wisp, _etcd: Option<&wisp_e2e::EtcdServer>) {
     let c = w.client();
     let kind = wisp_api::kind_by_plural("deployments").expect("kind");
     let dep = |image: &str| {
@@ -200,7 +291,7 @@ async fn status_subresource_and_generation(w: &Wisp, _etcd: Option<&str>) {
     assert_eq!(l.metadata.generation, Some(2));
 }
 
-async fn stale_update_conflicts(w: &Wisp, _etcd: Option<&str>) {
+async fn stale_update_conflicts(w: &Wisp, _etcd: Option<&wisp_e2e::EtcdServer>) {
     let c = w.client();
     let kind = wisp_api::kind_by_plural("configmaps").expect("kind");
     let created = c
@@ -231,7 +322,7 @@ async fn stale_update_conflicts(w: &Wisp, _etcd: Option<&str>) {
     );
 }
 
-async fn malformed_and_invalid_bodies(w: &Wisp, _etcd: Option<&str>) {
+async fn malformed_and_invalid_bodies(w: &Wisp, _etcd: Option<&wisp_e2e::EtcdServer>) {
     let c = w.client();
     let bad_json = raw(&c, Method::POST, CM, "{\"apiVersion\": \"wisp.dev/v1\", ").await;
     assert_eq!(bad_json.code, 400);
@@ -352,7 +443,7 @@ async fn malformed_and_invalid_bodies(w: &Wisp, _etcd: Option<&str>) {
     assert!(health.status().is_success());
 }
 
-async fn auth_and_namespaces(w: &Wisp, _etcd: Option<&str>) {
+async fn auth_and_namespaces(w: &Wisp, _etcd: Option<&wisp_e2e::EtcdServer>) {
     let admin = w.client();
     let ns = json!({"apiVersion": "wisp.dev/v1", "kind": "Namespace", "metadata": {"name": "team-a"}});
     admin
@@ -360,14 +451,14 @@ async fn auth_and_namespaces(w: &Wisp, _etcd: Option<&str>) {
         .await
         .expect("namespace");
     let kind = wisp_api::kind_by_plural("configmaps").expect("kind");
-    let anonymous = Client::new(&w.url, "");
+    let anonymous = w.client_as("");
     let missing = api_err(
         anonymous
             .list_dyn(kind, Some("default"), &ListParams::default())
             .await,
     );
     assert_eq!(missing.code, 401);
-    let wrong = Client::new(&w.url, "wisp_0000");
+    let wrong = w.client_as("wisp_0000");
     assert_eq!(
         api_err(
             wrong
@@ -392,7 +483,7 @@ async fn auth_and_namespaces(w: &Wisp, _etcd: Option<&str>) {
     let blob = anonymous.raw(Method::GET, "/openapi/v3", None).await;
     assert_eq!(api_err(blob).code, 401, "everything else needs a token");
     let token = admin.create_token("team-a").await.expect("token");
-    let team = Client::new(&w.url, &token);
+    let team = w.client_as(&token);
     team.create_dyn(kind, Some("team-a"), &cm("mine", "1"))
         .await
         .expect("own namespace");
@@ -433,7 +524,7 @@ async fn auth_and_namespaces(w: &Wisp, _etcd: Option<&str>) {
     assert_eq!(api_err(watch.map(|_| ())).code, 403);
 }
 
-async fn oversize_body_is_413(w: &Wisp, _etcd: Option<&str>) {
+async fn oversize_body_is_413(w: &Wisp, _etcd: Option<&wisp_e2e::EtcdServer>) {
     let c = w.client();
     let big = "x".repeat(3 * 1024 * 1024 + 10);
     let body = serde_json::to_vec(&cm("big", &big)).expect("json");
@@ -450,7 +541,7 @@ async fn oversize_body_is_413(w: &Wisp, _etcd: Option<&str>) {
     .expect("1 MiB object is accepted");
 }
 
-async fn watch_streams_events_and_bookmarks(w: &Wisp, _etcd: Option<&str>) {
+async fn watch_streams_events_and_bookmarks(w: &Wisp, _etcd: Option<&wisp_e2e::EtcdServer>) {
     let c = w.client();
     let kind = wisp_api::kind_by_plural("configmaps").expect("kind");
     c.create_dyn(kind, Some("default"), &cm("before", "1"))
@@ -563,7 +654,7 @@ async fn watch_streams_events_and_bookmarks(w: &Wisp, _etcd: Option<&str>) {
     assert_eq!(ev.object.metadata.name, "match");
 }
 
-async fn watch_from_compacted_revision_is_410(w: &Wisp, etcd: Option<&str>) {
+async fn watch_from_compacted_revision_is_410(w: &Wisp, etcd: Option<&wisp_e2e::EtcdServer>) {
     let c = w.client();
     let kind = wisp_api::kind_by_plural("configmaps").expect("kind");
     let first = c
@@ -581,7 +672,7 @@ async fn watch_from_compacted_revision_is_410(w: &Wisp, etcd: Option<&str>) {
             }
         }
         // etcd keeps history until an operator compacts it: do that, as an operator would.
-        Some(endpoint) => Box::pin(compact_etcd(endpoint, &c)).await,
+        Some(etcd) => Box::pin(compact_etcd(etcd, &c)).await,
     }
     let err = api_err(
         c.watch_dyn(kind, Some("default"), &ListParams::default(), Some(&rv))
@@ -604,7 +695,7 @@ async fn watch_from_compacted_revision_is_410(w: &Wisp, etcd: Option<&str>) {
 }
 
 #[cfg(feature = "etcd")]
-async fn compact_etcd(endpoint: &str, c: &Client) {
+async fn compact_etcd(etcd: &wisp_e2e::EtcdServer, c: &Client) {
     use wisp_store::Store;
     let kind = wisp_api::kind_by_plural("configmaps").expect("kind");
     for i in 0..5 {
@@ -612,19 +703,20 @@ async fn compact_etcd(endpoint: &str, c: &Client) {
             .await
             .expect("update");
     }
-    let store = wisp_store::etcd::EtcdStore::connect(&[endpoint.to_owned()])
-        .await
-        .expect("connect");
+    let store =
+        wisp_store::etcd::EtcdStore::connect_with(std::slice::from_ref(&etcd.endpoint), etcd.tls.as_ref())
+            .await
+            .expect("connect");
     let now = store.revision().await.expect("revision");
     store.compact(now).await.expect("compact");
 }
 
 #[cfg(not(feature = "etcd"))]
-async fn compact_etcd(_endpoint: &str, _c: &Client) {
+async fn compact_etcd(_etcd: &wisp_e2e::EtcdServer, _c: &Client) {
     unreachable!("etcd cases only exist with the etcd feature")
 }
 
-async fn blobs_are_content_addressed(w: &Wisp, _etcd: Option<&str>) {
+async fn blobs_are_content_addressed(w: &Wisp, _etcd: Option<&wisp_e2e::EtcdServer>) {
     let c = w.client();
     let data = Bytes::from_static(b"\0asm\x01\0\0\0 fake component bytes");
     let digest = c.put_blob(data.clone()).await.expect("put");
@@ -641,7 +733,7 @@ async fn blobs_are_content_addressed(w: &Wisp, _etcd: Option<&str>) {
     assert_eq!(api_err(c.get_blob("md5:abc").await).code, 400);
 }
 
-async fn openapi_describes_every_kind(w: &Wisp, _etcd: Option<&str>) {
+async fn openapi_describes_every_kind(w: &Wisp, _etcd: Option<&wisp_e2e::EtcdServer>) {
     let c = w.client();
     let resp = c.raw(Method::GET, "/openapi/v3", None).await.expect("openapi");
     let body = http_body_util::BodyExt::collect(resp.into_body())
@@ -673,7 +765,7 @@ async fn openapi_describes_every_kind(w: &Wisp, _etcd: Option<&str>) {
     assert!(text.contains("allowedOutboundHosts"));
 }
 
-async fn label_and_field_selectors(w: &Wisp, _etcd: Option<&str>) {
+async fn label_and_field_selectors(w: &Wisp, _etcd: Option<&wisp_e2e::EtcdServer>) {
     let c = w.client();
     let kind = wisp_api::kind_by_plural("configmaps").expect("kind");
     for (name, app) in [("a", "web"), ("b", "web"), ("c", "db")] {
@@ -731,7 +823,7 @@ async fn label_and_field_selectors(w: &Wisp, _etcd: Option<&str>) {
     );
 }
 
-async fn filtered_watch_sees_objects_enter_and_leave(w: &Wisp, _etcd: Option<&str>) {
+async fn filtered_watch_sees_objects_enter_and_leave(w: &Wisp, _etcd: Option<&wisp_e2e::EtcdServer>) {
     let c = w.client();
     let kind = wisp_api::kind_by_plural("configmaps").expect("kind");
     let with_app = |app: &str, v: &str| {

@@ -120,9 +120,11 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
         "no route → 404"
     );
 
-    // Idle past scaleToZeroAfter → zero pods.
+    // Idle past scaleToZeroAfter → zero pods, and the ingress knows it (its watch may see
+    // the pod go a moment after the API does: a request then is still served warm).
     let idle = until("scale to zero", 60, async || {
-        Ok(live_pods(&client).await?.is_empty())
+        Ok(live_pods(&client).await?.is_empty()
+            && wisp_e2e::ingress_stat(&http, &ingress, &w.token, "hello-00001", "readyBackends").await? == 0)
     })
     .await?;
     eprintln!("scaled to zero {idle:?} after the last request (scaleToZeroAfter 3 s)");

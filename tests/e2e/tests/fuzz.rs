@@ -140,7 +140,8 @@ struct Run<'a> {
 }
 
 /// Runs `st`; `Err` carries what to print.
-fn fuzz(st: &Path, url: &str, run: &Run<'_>, seed: u64, seconds: u64) -> anyhow::Result<()> {
+fn fuzz(st: &Path, w: &Wisp, run: &Run<'_>, seed: u64, seconds: u64) -> anyhow::Result<()> {
+    let url = &w.url;
     let dir = tempfile::Builder::new()
         .prefix(&format!("wisp-fuzz-{}-", run.label))
         .tempdir()?;
@@ -151,6 +152,9 @@ fn fuzz(st: &Path, url: &str, run: &Run<'_>, seed: u64, seconds: u64) -> anyhow:
         .arg(fuzz_dir().join("schemathesis.toml"))
         .args(["run", &format!("{url}/openapi/v3")])
         .args(["--checks", CHECKS])
+        // Over HTTPS, verified against the cluster CA.
+        .arg("--tls-verify")
+        .arg(w.ca_file())
         .args(["--max-time", &seconds.to_string()])
         .args(["--seed", &seed.to_string()])
         .args(["--workers", "2", "--no-color"])
@@ -277,7 +281,7 @@ async fn schemathesis_admin_and_tenant() -> anyhow::Result<()> {
     };
     let mut failures = Vec::new();
     for run in [&tenant, &admin] {
-        if let Err(e) = fuzz(&st, &w.url, run, seed, seconds) {
+        if let Err(e) = fuzz(&st, &w, run, seed, seconds) {
             failures.push(format!("{e:#}"));
         }
     }

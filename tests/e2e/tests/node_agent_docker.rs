@@ -43,7 +43,7 @@ impl Cluster {
         }
         testing::ensure_echo_image();
         let server = TestServer::start().await?;
-        let client = Client::new(&server.url, &server.token);
+        let client = server.client();
         let dir = tempfile::tempdir()?;
         let mut config = WasmConfig::new(dir.path().join("wasm"));
         config.max_instances = 16;

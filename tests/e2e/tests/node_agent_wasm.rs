@@ -39,7 +39,7 @@ struct Cluster {
 impl Cluster {
     async fn start() -> anyhow::Result<Self> {
         let server = TestServer::start().await?;
-        let client = Client::new(&server.url, &server.token);
+        let client = server.client();
         let dir = tempfile::tempdir()?;
         let mut config = WasmConfig::new(dir.path().join("wasm"));
         config.max_instances = 32;

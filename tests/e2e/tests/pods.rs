@@ -230,7 +230,7 @@ async fn pods_of_a_killed_node_move_to_the_other_without_duplicates() -> anyhow:
         "the scheduler spreads a ReplicaSet's pods over both nodes"
     );
     // A node's credential writes the status of its own pods only, and its own Node only.
-    let as_b = Client::new(&w.url, b.token());
+    let as_b = w.client_as(b.token());
     let mut a_pod = pods
         .iter()
         .find(|p| p.spec.node_name.as_deref() == Some("node-a"))

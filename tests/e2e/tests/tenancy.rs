@@ -80,7 +80,7 @@ async fn tenant(w: &Wisp, admin: &Client, ns: &str) -> anyhow::Result<Client> {
         .api::<Namespace>(None)
         .create(&Namespace::new(ObjectMeta::named(ns)))
         .await?;
-    Ok(Client::new(&w.url, &admin.create_token(ns).await?))
+    Ok(w.client_as(&admin.create_token(ns).await?))
 }
 
 async fn ingress_of(admin: &Client) -> anyhow::Result<String> {
@@ -182,7 +182,7 @@ async fn a_hostile_tenant_is_refused_or_contained_and_the_victim_keeps_answering
     let secret = secret_server().await?;
     let ta = tenant(&w, &admin, "team-a").await?;
     let tb = tenant(&w, &admin, "team-b").await?;
-    let anonymous = Client::new(&w.url, "");
+    let anonymous = w.client_as("");
 
     // The victim: team-a's own build of hello (a digest of its own).
     let hello = std::fs::read(wisp_e2e::guest("hello")?)?;
@@ -202,7 +202,7 @@ async fn a_hostile_tenant_is_refused_or_contained_and_the_victim_keeps_answering
     let b_hello = tb.put_blob(Bytes::from(hello.clone())).await?;
 
     // --- Open proxy through Endpoints: the attacker cannot write them at all.
-    let api_addr = w.url.trim_start_matches("http://").to_owned();
+    let api_addr = w.api_addr();
     let mut svc = Service::new(ObjectMeta::namespaced("team-b", "proxy"));
     svc.spec.ports = vec![ServicePort {
         port: 80,
@@ -603,7 +603,7 @@ async fn a_deleted_namespace_takes_its_objects_and_tokens_with_it() -> anyhow::R
             ..wisp_client::TokenRequest::default()
         })
         .await?;
-    let tc2 = Client::new(&w.url, &fresh.token);
+    let tc2 = w.client_as(&fresh.token);
     tc2.api::<ConfigMap>(Some("team-c"))
         .list(&ListParams::default())
         .await?;
@@ -628,31 +628,39 @@ async fn slow_clients_do_not_stall_the_control_plane() -> anyhow::Result<()> {
     let (w, admin, ingress, http) = cluster(&["--tenant-qps", "1000", "--tenant-burst", "1000"]).await?;
     let te = tenant(&w, &admin, "team-e").await?;
     let token = te.token().to_owned();
-    let addr = w.url.trim_start_matches("http://").to_owned();
-    // 300 connections that never finish their headers, 30 that never finish a body, 30 that
-    // send nothing at all and 30 that send only an HTTP/2 preface.
-    let mut slow = Vec::new();
+    let addr = w.api_addr();
+    // Over TLS (handshake done): 300 connections that never finish their headers, 30 that
+    // never finish a body and 30 that send only an HTTP/2 preface; and 30 TCP connections
+    // that never start their handshake.
+    trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+    impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Conn for T {}
+    let mut slow: Vec<Box<dyn Conn>> = Vec::new();
     for i in 0..60 {
-        let mut s = tokio::net::TcpStream::connect(&addr).await?;
         if i % 2 == 0 {
+            let mut s = w.api_tls_stream().await?;
             s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+            s.flush().await?;
+            slow.push(Box::new(s));
+        } else {
+            slow.push(Box::new(tokio::net::TcpStream::connect(&addr).await?));
         }
-        slow.push(s);
     }
     for _ in 0..300 {
-        let mut s = tokio::net::TcpStream::connect(&addr).await?;
+        let mut s = w.api_tls_stream().await?;
         s.write_all(b"GET /apis/wisp.dev/v1/namespaces HTTP/1.1\r\nHost: x\r\n")
             .await?;
-        slow.push(s);
+        s.flush().await?;
+        slow.push(Box::new(s));
     }
     for i in 0..30 {
-        let mut s = tokio::net::TcpStream::connect(&addr).await?;
+        let mut s = w.api_tls_stream().await?;
         let head = format!(
             "POST /apis/wisp.dev/v1/namespaces/team-e/configmaps HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
              Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"s{i}\""
         );
         s.write_all(head.as_bytes()).await?;
-        slow.push(s);
+        s.flush().await?;
+        slow.push(Box::new(s));
     }
     // The control plane goes on: an API round trip, and a Function woken from zero.
     let t = Instant::now();
@@ -820,12 +828,7 @@ async fn one_tenants_flood_leaves_another_its_latency() -> anyhow::Result<()> {
     ta.api::<ConfigMap>(Some("team-a"))
         .list(&ListParams::default())
         .await?;
-    let resp = raw_status(
-        &w.url,
-        tb.token(),
-        "/apis/wisp.dev/v1/namespaces/team-b/configmaps",
-    )
-    .await?;
+    let resp = raw_status(&w, tb.token(), "/apis/wisp.dev/v1/namespaces/team-b/configmaps").await?;
     if resp.0 == 429 {
         assert!(resp.1.is_some(), "a 429 carries Retry-After");
     }
@@ -833,9 +836,9 @@ async fn one_tenants_flood_leaves_another_its_latency() -> anyhow::Result<()> {
 }
 
 /// Status and Retry-After of one GET.
-async fn raw_status(url: &str, token: &str, path: &str) -> anyhow::Result<(u16, Option<String>)> {
-    let http = wisp_e2e::http_client();
-    let req = http::Request::get(format!("{url}{path}"))
+async fn raw_status(w: &Wisp, token: &str, path: &str) -> anyhow::Result<(u16, Option<String>)> {
+    let http = w.api_http();
+    let req = http::Request::get(format!("{}{path}", w.url))
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
         .body(Empty::<Bytes>::new())?;
     let resp = http.request(req).await?;
@@ -861,7 +864,7 @@ async fn a_lying_node_collects_no_token_worth_anything() -> anyhow::Result<()> {
     let admin = w.client();
     let (ok, out, err) = w.cli(&["token", "create", "--node", "evil"])?;
     anyhow::ensure!(ok, "{err}");
-    let evil = Client::new(&w.url, out.trim());
+    let evil = w.client_as(out.trim());
     // A listener that keeps every Authorization header sent to it.
     let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let trap_url = format!("http://{}", trap.local_addr()?);
@@ -939,7 +942,7 @@ async fn a_lying_node_collects_no_token_worth_anything() -> anyhow::Result<()> {
     );
     let mut kinds = std::collections::BTreeSet::new();
     for t in &tokens {
-        let c = Client::new(&w.url, t);
+        let c = w.client_as(t);
         if let Ok(who) = c.whoami().await {
             kinds.insert(who.kind.clone());
             assert!(matches!(who.kind.as_str(), "scraper" | "podLogs"), "{who:?}");

@@ -115,6 +115,16 @@ impl Secret {
         if self.type_.is_empty() {
             errs.push(FieldError::required("type"));
         }
+        if self.type_ == super::pod::SECRET_TYPE_TLS {
+            for key in ["tls.crt", "tls.key"] {
+                if !self.data.contains_key(key) && !self.string_data.contains_key(key) {
+                    errs.push(FieldError::new(
+                        child("data", key),
+                        "required: a Secret of type tls holds tls.crt and tls.key (PEM)",
+                    ));
+                }
+            }
+        }
         if self.type_ == super::pod::SECRET_TYPE_REGISTRY {
             for key in ["server", "username", "password"] {
                 if !self.data.contains_key(key) && !self.string_data.contains_key(key) {

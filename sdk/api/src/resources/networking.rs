@@ -251,6 +251,10 @@ pub struct RouteSpec {
     /// Time allowed for a request, including a cold start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u32>,
+    /// HTTPS for the host on the nodes' TLS listeners (`--ingress-tls-listen`): the
+    /// certificate comes from a Secret of type `tls` in the Route's namespace, picked by SNI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RouteTls>,
 }
 
 impl Default for RouteSpec {
@@ -260,9 +264,26 @@ impl Default for RouteSpec {
             path_prefix: default_path_prefix(),
             backends: Vec::new(),
             timeout_seconds: None,
+            tls: None,
         }
     }
 }
+
+/// Where a Route's certificate comes from.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RouteTls {
+    /// A Secret of type `tls` in the Route's namespace: `tls.crt` (the PEM chain, the
+    /// host's certificate first) and `tls.key` (its PEM private key). Required.
+    pub secret_name: String,
+    /// `cluster`: the cluster CA issues a certificate for the Route's host into that Secret
+    /// (and again when the host changes); without it the Secret is the namespace's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+}
+
+/// The one `RouteTls::issuer` there is: the cluster CA.
+pub const ISSUER_CLUSTER: &str = "cluster";
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -358,6 +379,17 @@ impl Route {
             errs.extend(validate_dns1123_label(&b.service, &child(&bp, "service")));
             if b.port == Some(0) {
                 errs.push(FieldError::new(child(&bp, "port"), "must be between 1 and 65535"));
+            }
+        }
+        if let Some(tls) = &s.tls {
+            errs.extend(validate_dns1123_label(&tls.secret_name, "spec.tls.secretName"));
+            if let Some(issuer) = tls.issuer.as_deref().filter(|i| *i != ISSUER_CLUSTER) {
+                errs.push(FieldError::new(
+                    "spec.tls.issuer",
+                    format!(
+                        "unknown issuer {issuer:?}: the one issuer is \"{ISSUER_CLUSTER}\" (the cluster CA)"
+                    ),
+                ));
             }
         }
         if s.timeout_seconds == Some(0) {

@@ -80,6 +80,8 @@ pub struct LocalObjectReference {
 
 /// The Secret type of registry credentials (`imagePullSecrets`).
 pub const SECRET_TYPE_REGISTRY: &str = "registry";
+/// The Secret type of a certificate and its key (`tls.crt`, `tls.key`: PEM), for HTTPS Routes.
+pub const SECRET_TYPE_TLS: &str = "tls";
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum RestartPolicy {

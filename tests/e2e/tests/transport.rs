@@ -1,0 +1,257 @@
+//! Transport security against the real `wisp` binary: the API is HTTPS by default with a
+//! cluster CA made on first start and written into the CLI config; a client without that CA
+//! fails the handshake; plain HTTP needs `--insecure-http`; a node's traffic to the API
+//! carries no token or Secret value in clear text; the data directory is private.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use wisp_api::{Container, EnvVar, EnvVarSource, KeySelector, ObjectMeta, Pod, Resource, Secret};
+use wisp_e2e::{NodeAgent, Options, Wisp, guest};
+
+/// Every file and directory under `dir` that its group or others can read, write or enter.
+fn not_private(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        if meta.mode() & 0o077 != 0 {
+            found.push(format!("{} {:o}", p.display(), meta.mode() & 0o777));
+        }
+        if meta.is_dir()
+            && let Ok(entries) = std::fs::read_dir(&p)
+        {
+            stack.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_is_https_with_the_cluster_ca_and_plain_http_needs_a_flag() -> anyhow::Result<()> {
+    let w = Wisp::start(Options {
+        command: Some("up".into()),
+        ..Options::default()
+    })?;
+    assert!(
+        w.url.starts_with("https://"),
+        "the API is HTTPS by default: {}",
+        w.url
+    );
+    let ca =
+        w.ca.clone()
+            .context("wisp up writes the cluster CA into the CLI config")?;
+    assert_eq!(
+        std::fs::read_to_string(w.ca_file())?,
+        ca,
+        "the config's CA is the data directory's"
+    );
+    // The CLI works with the CA from its config.
+    let (ok, out, err) = w.cli(&["get", "namespaces"])?;
+    assert!(
+        ok && out.contains("default"),
+        "wisp get namespaces over HTTPS: {out}{err}"
+    );
+    assert_eq!(w.client().whoami().await?.kind, "admin");
+
+    // A client without the CA (the public web's roots, as curl's) fails the handshake.
+    let stranger = wisp_client::Client::new(&w.url, &w.token);
+    let e = stranger
+        .whoami()
+        .await
+        .expect_err("a client without the cluster CA");
+    let chain = format!("{:?}", anyhow::Error::from(e));
+    assert!(
+        chain.contains("UnknownIssuer") || chain.contains("certificate"),
+        "the handshake fails on the certificate: {chain}"
+    );
+    // Plain HTTP on the HTTPS port gets no HTTP answer.
+    let plain = wisp_e2e::http_client();
+    let req = http::Request::get(format!("http://{}/apis/wisp.dev/v1/namespaces", w.api_addr()))
+        .header(http::header::AUTHORIZATION, format!("Bearer {}", w.token))
+        .body(http_body_util::Empty::<Bytes>::new())?;
+    let answered = tokio::time::timeout(Duration::from_secs(10), plain.request(req)).await;
+    assert!(
+        !matches!(answered, Ok(Ok(_))),
+        "plain HTTP is not answered on the HTTPS port"
+    );
+    // The same with the cluster CA: answered.
+    let req = http::Request::get(format!("{}/apis/wisp.dev/v1/namespaces", w.url))
+        .header(http::header::AUTHORIZATION, format!("Bearer {}", w.token))
+        .body(http_body_util::Empty::<Bytes>::new())?;
+    assert_eq!(w.api_http().request(req).await?.status(), 200);
+
+    // Nothing in the data directory or the config is open to other users of the machine.
+    let open = not_private(&w.dir.join("data"));
+    assert!(open.is_empty(), "files others can reach: {open:#?}");
+    let config_mode = std::fs::metadata(w.config_path())?.mode() & 0o777;
+    assert_eq!(config_mode, 0o600, "the CLI config holds the admin token");
+
+    // --insecure-http: plain HTTP, and no CA in the config.
+    let insecure = Wisp::start(Options {
+        command: Some("up".into()),
+        args: vec!["--insecure-http".into()],
+        ..Options::default()
+    })?;
+    assert!(insecure.url.starts_with("http://"), "{}", insecure.url);
+    assert!(insecure.ca.is_none());
+    let (ok, out, err) = insecure.cli(&["get", "namespaces"])?;
+    assert!(ok, "the CLI over plain HTTP: {out}{err}");
+    Ok(())
+}
+
+/// Copies `from` to `to`, recording every byte in `seen`.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    seen: Arc<Mutex<Vec<u8>>>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match tokio::io::AsyncReadExt::read(&mut from, &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        seen.lock().expect("lock").extend_from_slice(&buf[..n]);
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// A forwarding proxy to `upstream`, written here: its address, and what crossed it both ways.
+async fn recording_proxy(upstream: String) -> anyhow::Result<(String, Arc<Mutex<Vec<u8>>>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorded = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let seen = recorded.clone();
+            tokio::spawn(async move {
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::join!(pipe(cr, sw, seen.clone()), pipe(sr, cw, seen));
+            });
+        }
+    });
+    Ok((addr, seen))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A node joins through a plain TCP proxy written here: its credential, the admin's token
+/// and a Secret value its pod reads never cross that proxy in clear text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_and_no_secret_cross_the_node_network_in_clear_text() -> anyhow::Result<()> {
+    let w = Wisp::start(Options::default())?;
+    let admin = w.client();
+    let (proxy, seen) = recording_proxy(w.api_addr()).await?;
+    let node = NodeAgent::start_via(&w, "remote", &format!("https://{proxy}"))?;
+    wisp_testkit::try_eventually("the node behind the proxy to be Ready", async || {
+        let n = admin.api::<wisp_api::Node>(None).get("remote").await.ok();
+        Ok(n.filter(|n| n.is_ready()).map(|_| ()))
+    })
+    .await?;
+
+    let value = format!("transport-probe-{}", std::process::id());
+    let mut secret = Secret::new(ObjectMeta::namespaced("default", "creds"));
+    secret.string_data.insert("password".into(), value.clone());
+    admin.api::<Secret>(Some("default")).create(&secret).await?;
+    let digest = admin
+        .put_blob(Bytes::from(std::fs::read(guest("fault")?)?))
+        .await?;
+    let mut pod = Pod::new(ObjectMeta::namespaced("default", "reader"));
+    pod.spec.node_name = Some("remote".into());
+    pod.spec.containers = vec![Container {
+        name: "main".into(),
+        wasm: Some(digest),
+        env: vec![EnvVar {
+            name: "PASSWORD".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                config_map_key_ref: None,
+                secret_key_ref: Some(KeySelector {
+                    name: "creds".into(),
+                    key: "password".into(),
+                    optional: None,
+                }),
+            }),
+        }],
+        ..Container::default()
+    }];
+    admin.api::<Pod>(Some("default")).create(&pod).await?;
+    // Ready: the node read the Secret (and the component) through the proxy.
+    wisp_testkit::wait_pod(&admin, "reader", 60, |p| p.is_ready()).await?;
+
+    let seen = seen.lock().expect("lock").clone();
+    assert!(
+        seen.len() > 10_000,
+        "the node's traffic went through the proxy: {} bytes",
+        seen.len()
+    );
+    assert_eq!(seen.first(), Some(&0x16), "it starts with a TLS handshake record");
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, value.as_bytes());
+    for (what, needle) in [
+        ("the node's credential", node.token().as_bytes()),
+        ("the admin token", w.token.as_bytes()),
+        ("the Secret's value", value.as_bytes()),
+        ("the Secret's value in base64", encoded.as_bytes()),
+        ("an HTTP header", b"authorization: Bearer".as_slice()),
+        ("an HTTP request line", b"HTTP/1.1".as_slice()),
+    ] {
+        assert!(!contains(&seen, needle), "{what} crossed the proxy in clear text");
+    }
+    Ok(())
+}
+
+/// Rotation: a new key put first in the key file encrypts every Secret again at the next
+/// start; the old key can then go, and every Secret still reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_encryption_key_keeps_every_secret_readable() -> anyhow::Result<()> {
+    let mut w = Wisp::start(Options::default())?;
+    let api = |w: &Wisp| w.client().api::<Secret>(Some("default"));
+    for i in 0..3 {
+        let mut s = Secret::new(ObjectMeta::namespaced("default", &format!("s{i}")));
+        s.string_data.insert("v".into(), format!("value-{i}"));
+        api(&w).create(&s).await?;
+    }
+    let read_all = async |w: &Wisp| -> anyhow::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for i in 0..3 {
+            let s = api(w).get(&format!("s{i}")).await?;
+            out.push(s.data.get("v").cloned().unwrap_or_default());
+        }
+        Ok(out)
+    };
+    let before = read_all(&w).await?;
+    let keys = w.dir.join("data").join("encryption.keys");
+    let old = std::fs::read_to_string(&keys)?;
+    let new = wisp_store::encrypted::Keyring::new_line()?;
+    w.kill();
+    std::fs::write(&keys, format!("{new}\n{old}"))?;
+    w.restart()?;
+    assert_eq!(read_all(&w).await?, before, "readable with the new key first");
+    // The old key removed: everything was encrypted again with the new one at the start.
+    w.kill();
+    std::fs::write(&keys, format!("{new}\n"))?;
+    w.restart()?;
+    assert_eq!(read_all(&w).await?, before, "readable with the new key alone");
+    Ok(())
+}
