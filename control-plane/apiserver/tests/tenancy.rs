@@ -460,6 +460,61 @@ async fn a_node_reads_its_pods_secrets_and_only_wakes_deployments() {
         403
     );
 
+    // An HTTPS Route's certificate: every node reads the Secret of type tls a Route names,
+    // and nothing else through a Route (a Route naming an Opaque Secret opens nothing).
+    let mut cert = Secret::new(ObjectMeta::namespaced("team-a", "cert"));
+    cert.type_ = wisp_api::SECRET_TYPE_TLS.into();
+    cert.string_data = [
+        ("tls.crt".to_owned(), "c".to_owned()),
+        ("tls.key".to_owned(), "k".to_owned()),
+    ]
+    .into();
+    s.admin
+        .api::<Secret>(Some("team-a"))
+        .create(&cert)
+        .await
+        .expect("tls secret");
+    let mut unnamed = cert.clone();
+    unnamed.metadata = ObjectMeta::namespaced("team-a", "unnamed-cert");
+    s.admin
+        .api::<Secret>(Some("team-a"))
+        .create(&unnamed)
+        .await
+        .expect("tls secret");
+    for (route, secret) in [("by-cert", "cert"), ("by-other", "other")] {
+        let mut r = wisp_api::Route::new(ObjectMeta::namespaced("team-a", route));
+        r.spec.host = Some(format!("{route}.team-a.localhost"));
+        r.spec.backends = vec![wisp_api::RouteBackend {
+            service: "s".into(),
+            ..wisp_api::RouteBackend::default()
+        }];
+        r.spec.tls = Some(wisp_api::RouteTls {
+            secret_name: secret.into(),
+            issuer: None,
+        });
+        s.admin
+            .api::<wisp_api::Route>(Some("team-a"))
+            .create(&r)
+            .await
+            .expect("route");
+    }
+    for node in [&n1, &s.node("n2")] {
+        node.api::<Secret>(Some("team-a"))
+            .get("cert")
+            .await
+            .expect("a Route's certificate");
+        assert_eq!(
+            code(node.api::<Secret>(Some("team-a")).get("unnamed-cert").await),
+            403
+        );
+    }
+    let refused = s.node("n2").api::<Secret>(Some("team-a")).get("other").await;
+    assert_eq!(
+        code(refused),
+        403,
+        "an Opaque Secret named by a Route's tls stays closed"
+    );
+
     let mut d = Deployment::new(ObjectMeta::namespaced("team-a", "fn"));
     d.spec.replicas = 0;
     d.spec.selector = LabelSelector::from_labels([("app".to_owned(), "fn".to_owned())].into());

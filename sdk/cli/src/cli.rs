@@ -31,7 +31,7 @@ pub struct Global {
     pub config: Option<PathBuf>,
     /// The CA (PEM file) the server's certificate must chain to [default: the config
     /// file's, which `wisp up` writes; else the public web's roots]. A node joining a
-    /// cluster passes the CA the server made, `<data-dir>/pki/ca.crt`.
+    /// cluster passes the CA the server made, `DATA_DIR/pki/ca.crt`.
     #[arg(long, global = true, env = "WISP_CA_FILE")]
     pub ca_file: Option<PathBuf>,
 }
@@ -231,7 +231,7 @@ pub struct UpArgs {
     #[arg(long, env = "WISP_TLS_PRIVATE_KEY_FILE", requires = "tls_cert_file")]
     pub tls_private_key_file: Option<PathBuf>,
     /// The keys that encrypt Secrets at rest (AES-256-GCM; one `name: <base64 32 bytes>` per
-    /// line, the first encrypts, every one decrypts) [default: <data-dir>/encryption.keys,
+    /// line, the first encrypts, every one decrypts) [default: DATA_DIR/encryption.keys,
     /// made with a fresh key on first start]. To rotate: add a new key first and restart.
     #[arg(long, env = "WISP_ENCRYPTION_KEY_FILE")]
     pub encryption_key_file: Option<PathBuf>,

@@ -2,6 +2,7 @@
 //! cluster CA made on first start and written into the CLI config; a client without that CA
 //! fails the handshake; plain HTTP needs `--insecure-http`; a node's traffic to the API
 //! carries no token or Secret value in clear text; the data directory is private.
+#![allow(clippy::print_stderr)]
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -228,7 +229,7 @@ async fn rotating_the_encryption_key_keeps_every_secret_readable() -> anyhow::Re
     let mut w = Wisp::start(Options::default())?;
     let api = |w: &Wisp| w.client().api::<Secret>(Some("default"));
     for i in 0..3 {
-        let mut s = Secret::new(ObjectMeta::namespaced("default", &format!("s{i}")));
+        let mut s = Secret::new(ObjectMeta::namespaced("default", format!("s{i}")));
         s.string_data.insert("v".into(), format!("value-{i}"));
         api(&w).create(&s).await?;
     }
@@ -253,5 +254,199 @@ async fn rotating_the_encryption_key_keeps_every_secret_readable() -> anyhow::Re
     std::fs::write(&keys, format!("{new}\n"))?;
     w.restart()?;
     assert_eq!(read_all(&w).await?, before, "readable with the new key alone");
+    Ok(())
+}
+
+/// What one HTTPS request through the ingress saw.
+struct Seen {
+    /// The certificate the server presented (DER).
+    cert: Vec<u8>,
+    alpn: Option<Vec<u8>>,
+    status: u16,
+    body: String,
+}
+
+/// A GET of `https://<sni>/` at `addr`, verifying the server's certificate for `sni` against
+/// `roots` (PEM), offering ALPN `alpn`.
+async fn https_get(addr: &str, sni: &str, roots: &str, alpn: &[u8]) -> anyhow::Result<Seen> {
+    let mut config = wisp_tls::client_config(Some(roots))?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = wisp_tls::rustls::pki_types::ServerName::try_from(sni.to_owned())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .with_context(|| format!("the TLS handshake for {sni}"))?;
+    let (_, conn) = tls.get_ref();
+    let cert = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+        .context("no certificate")?;
+    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let req = http::Request::get(format!("https://{sni}/"))
+        .header(http::header::HOST, sni)
+        .body(http_body_util::Empty::<Bytes>::new())?;
+    let resp = if alpn.as_deref() == Some(b"h2") {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        let mut req = req;
+        req.headers_mut().remove(http::header::HOST);
+        send.send_request(req).await?
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        send.send_request(req).await?
+    };
+    let status = resp.status().as_u16();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await?
+        .to_bytes();
+    Ok(Seen {
+        cert,
+        alpn,
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn tls_secret(name: &str, pair: &wisp_tls::CertifiedKey) -> Secret {
+    let mut s = Secret::new(ObjectMeta::namespaced("default", name));
+    s.type_ = wisp_api::SECRET_TYPE_TLS.into();
+    s.string_data.insert("tls.crt".into(), pair.cert_pem.clone());
+    s.string_data.insert("tls.key".into(), pair.key_pem.clone());
+    s
+}
+
+fn first_der(pem: &str) -> Vec<u8> {
+    wisp_tls::certs(pem, "certificate").expect("PEM")[0]
+        .as_ref()
+        .to_vec()
+}
+
+/// Two HTTPS hosts with two certificates — one the namespace's own, one issued by the
+/// cluster CA — each picked by SNI and verified for its name; HTTP/2 by ALPN; an unknown name
+/// fails the handshake; a changed Secret is served within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_routes_pick_their_certificate_by_sni_and_follow_the_secret() -> anyhow::Result<()> {
+    let tls_port = wisp_store::testutil::free_port()?;
+    let w = Wisp::start(Options {
+        command: Some("up".into()),
+        args: vec!["--ingress-tls-listen".into(), format!("127.0.0.1:{tls_port}")],
+        ..Options::default()
+    })?;
+    let addr = format!("127.0.0.1:{tls_port}");
+    let admin = w.client();
+    let manifest = wisp_e2e::examples_dir().join("hello/hello.yaml");
+    let (ok, out, err) = w.cli(&["apply", "-f", &manifest.display().to_string()])?;
+    anyhow::ensure!(ok, "apply failed: {out}{err}");
+
+    // Host a: the namespace's own certificate, from a CA of its own.
+    let own_ca = wisp_tls::Ca::create()?;
+    let a_host = "a.default.localhost";
+    let a_cert = own_ca.issue(&[a_host.to_owned()], true)?;
+    admin
+        .api::<Secret>(Some("default"))
+        .create(&tls_secret("a-cert", &a_cert))
+        .await?;
+    let route = |name: &str, host: &str, tls: wisp_api::RouteTls| {
+        let mut r = wisp_api::Route::new(ObjectMeta::namespaced("default", name));
+        r.spec.host = Some(host.into());
+        r.spec.backends = vec![wisp_api::RouteBackend {
+            service: "hello".into(),
+            ..wisp_api::RouteBackend::default()
+        }];
+        r.spec.tls = Some(tls);
+        r
+    };
+    let routes = admin.api::<wisp_api::Route>(Some("default"));
+    routes
+        .create(&route(
+            "a",
+            a_host,
+            wisp_api::RouteTls {
+                secret_name: "a-cert".into(),
+                issuer: None,
+            },
+        ))
+        .await?;
+    // Host b: a certificate the cluster CA issues.
+    let b_host = "b.default.localhost";
+    routes
+        .create(&route(
+            "b",
+            b_host,
+            wisp_api::RouteTls {
+                secret_name: "b-cert".into(),
+                issuer: Some(wisp_api::ISSUER_CLUSTER.into()),
+            },
+        ))
+        .await?;
+    let cluster_ca = w.ca.clone().context("cluster CA")?;
+    let roots = format!("{}{cluster_ca}", own_ca.cert_pem());
+
+    let a = wisp_testkit::try_eventually("host a served over HTTPS", async || {
+        Ok(https_get(&addr, a_host, own_ca.cert_pem(), b"http/1.1")
+            .await
+            .ok()
+            .filter(|s| s.status == 200))
+    })
+    .await?;
+    assert_eq!(a.body, "Hello from Wisp");
+    assert_eq!(
+        a.cert,
+        first_der(&a_cert.cert_pem),
+        "host a gets its own certificate"
+    );
+    // Host b verifies against the cluster CA only (the client trusts nothing else).
+    let b = wisp_testkit::try_eventually("host b served with the cluster's certificate", async || {
+        Ok(https_get(&addr, b_host, &cluster_ca, b"h2")
+            .await
+            .ok()
+            .filter(|s| s.status == 200))
+    })
+    .await?;
+    assert_eq!(b.alpn.as_deref(), Some(&b"h2"[..]), "HTTP/2 by ALPN");
+    assert_eq!(b.body, "Hello from Wisp");
+    assert_ne!(b.cert, a.cert);
+    let issued = admin.api::<Secret>(Some("default")).get("b-cert").await?;
+    assert_eq!(issued.type_, wisp_api::SECRET_TYPE_TLS);
+    // Host a's certificate does not verify as host b's, nor does the cluster's as host a's.
+    assert!(https_get(&addr, a_host, &cluster_ca, b"http/1.1").await.is_err());
+    assert!(
+        https_get(&addr, b_host, own_ca.cert_pem(), b"http/1.1")
+            .await
+            .is_err()
+    );
+    // A name no Route serves over HTTPS: the handshake fails.
+    let unknown = https_get(&addr, "c.default.localhost", &roots, b"http/1.1").await;
+    assert!(unknown.is_err(), "an unknown SNI gets no certificate");
+
+    // A new certificate in host a's Secret is served within 5 s.
+    let renewed = own_ca.issue(&[a_host.to_owned()], true)?;
+    let changed = std::time::Instant::now();
+    wisp_testkit::update(&admin.api::<Secret>(Some("default")), "a-cert", |s| {
+        s.data.clear();
+        s.string_data = tls_secret("a-cert", &renewed).string_data;
+    })
+    .await?;
+    let want = first_der(&renewed.cert_pem);
+    loop {
+        let seen = https_get(&addr, a_host, own_ca.cert_pem(), b"http/1.1").await?;
+        if seen.cert == want {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(5),
+            "the renewed certificate was not served within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "renewed certificate served {:?} after the Secret changed",
+        changed.elapsed()
+    );
     Ok(())
 }
