@@ -325,7 +325,7 @@ pub async fn run_route_tls(
         .run(
             route_tls::reconcile,
             |_r: Arc<Route>, _e: &Error, _c: Arc<route_tls::Context>| {
-                wisp_runtime::Action::requeue(std::time::Duration::from_secs(5))
+                wisp_runtime::Action::requeue(std::time::Duration::from_secs(30))
             },
             ctx,
             shutdown,

@@ -21,6 +21,9 @@ use crate::Error;
 pub const ISSUED_FOR: &str = "wisp.dev/issued-for";
 /// When it was issued (Unix seconds).
 pub const ISSUED_AT: &str = "wisp.dev/issued-at";
+/// The Route it was issued for: one Route per Secret (two Routes naming one Secret for two
+/// hosts would otherwise take it from each other on every pass).
+pub const ISSUED_TO: &str = "wisp.dev/issued-to-route";
 /// Certificates are valid a year; they are issued again after this.
 pub const RENEW_AFTER: Duration = Duration::from_secs(300 * 24 * 3600);
 
@@ -76,6 +79,27 @@ pub async fn reconcile(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action, E
         if issued_for == host && age.is_some_and(|a| a < RENEW_AFTER.as_secs()) {
             return Ok(Action::requeue(Duration::from_secs(24 * 3600)));
         }
+        if let Some(other) = notes.get(ISSUED_TO).filter(|r| **r != route.metadata.name)
+            && ctx
+                .client
+                .api::<Route>(Some(ns))
+                .get_opt(other)
+                .await?
+                .is_some_and(|r| {
+                    r.spec
+                        .tls
+                        .as_ref()
+                        .is_some_and(|t| t.secret_name == tls.secret_name)
+                })
+        {
+            tracing::warn!(namespace = ns, route = %route.metadata.name, secret = %tls.secret_name,
+                holder = %other, "the Secret holds the certificate of another Route: give each Route its own");
+            return Ok(Action::await_change());
+        }
+        if s.immutable == Some(true) {
+            tracing::warn!(namespace = ns, secret = %tls.secret_name, "the Secret is immutable: no new certificate");
+            return Ok(Action::await_change());
+        }
     }
     let (cert, key) = (ctx.issuer.0)(host).map_err(|e| {
         tracing::warn!(namespace = ns, host, error = %e, "cannot issue a certificate");
@@ -98,6 +122,10 @@ pub async fn reconcile(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action, E
         .metadata
         .annotations
         .insert(ISSUED_AT.into(), now().to_string());
+    secret
+        .metadata
+        .annotations
+        .insert(ISSUED_TO.into(), route.metadata.name.clone());
     if secret.metadata.resource_version.is_some() {
         api.replace(&secret).await?;
     } else {

@@ -213,7 +213,7 @@ impl Agent {
         });
         let log_server = std::sync::Arc::new(logs::LogServer {
             shutdown: shutdown.clone(),
-            api_url: self.client.server().to_owned(),
+            api: self.client.clone(),
             node: c.node_name.clone(),
             runtimes: self.runtimes.clone(),
         });

@@ -29,7 +29,9 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 pub struct LogServer {
     /// Ends every log stream (followers included) when cancelled.
     pub shutdown: CancellationToken,
-    pub api_url: String,
+    /// The node's own client: its transport (TLS with the cluster CA, or in process) checks
+    /// a log ticket with the API server.
+    pub api: Client,
     pub node: String,
     pub runtimes: Runtimes,
 }
@@ -81,7 +83,7 @@ impl LogServer {
             .ok_or_else(|| text(StatusCode::UNAUTHORIZED, "a bearer token is required"))?;
         // Only the API server's ticket for this very pod (never a user's, a node's or the
         // admin's own token, which the API server does not forward): it checked who asks.
-        let api = Client::new(&self.api_url, token);
+        let api = self.api.with_token(token);
         let who = api.whoami().await.map_err(|e| {
             let code = e
                 .code()

@@ -34,8 +34,24 @@ pub fn client(global: &Global) -> anyhow::Result<Client> {
             std::fs::read_to_string(f)
                 .with_context(|| format!("--ca-file {}: cannot read it", f.display()))?,
         ),
-        None => file.and_then(|f| f.ca),
+        // The config's CA, also when --server and --token are given, for the same server.
+        None => match file {
+            Some(f) => f.ca,
+            None => wisp_client::Config::load(&path)
+                .ok()
+                .filter(|f| server.as_deref() == Some(f.server.as_str()))
+                .and_then(|f| f.ca),
+        },
     };
+    if let (Some(f), Some(s)) = (&global.ca_file, &server)
+        && s.starts_with("http://")
+    {
+        bail!(
+            "--ca-file {} is given but the server {s} is plain HTTP: the token would cross the \
+             network in clear text; use its https:// URL",
+            f.display()
+        );
+    }
     match (server, token) {
         (Some(s), Some(t)) => Client::with_ca(&s, &t, ca.as_deref()).with_context(|| match &global.ca_file {
             Some(f) => format!("--ca-file {}", f.display()),

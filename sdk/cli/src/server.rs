@@ -364,7 +364,11 @@ async fn encrypted(
         )
     })?;
     if rewritten > 0 {
-        tracing::info!(rewritten, key = %primary, "Secrets encrypted again with the first key");
+        // The history still holds the values as they were (plain, or under an older key
+        // that may be removed next): keep none of it.
+        let now = store.revision().await?;
+        store.compact(now).await?;
+        tracing::info!(rewritten, key = %primary, "Secrets encrypted again with the first key; history compacted");
     }
     Ok(Arc::new(store))
 }
@@ -409,8 +413,9 @@ async fn etcd_store(_endpoints: &[String], _args: &ServerArgs) -> anyhow::Result
 struct ApiTls {
     config: Option<Arc<wisp_tls::rustls::ServerConfig>>,
     ca_pem: Option<String>,
-    /// The cluster CA, which issues Routes' certificates (`tls.issuer: cluster`).
-    ca: Option<Arc<wisp_tls::Ca>>,
+    /// The CA that issues Routes' certificates (`tls.issuer: cluster`): not the one clients
+    /// trust for the API server.
+    routes_ca: Option<Arc<wisp_tls::Ca>>,
 }
 
 fn api_tls(up: &UpArgs, dir: &std::path::Path) -> anyhow::Result<ApiTls> {
@@ -425,7 +430,7 @@ fn api_tls(up: &UpArgs, dir: &std::path::Path) -> anyhow::Result<ApiTls> {
         return Ok(ApiTls {
             config: None,
             ca_pem: None,
-            ca: None,
+            routes_ca: None,
         });
     }
     let alpn: &[&[u8]] = &[b"http/1.1"];
@@ -447,7 +452,7 @@ fn api_tls(up: &UpArgs, dir: &std::path::Path) -> anyhow::Result<ApiTls> {
         return Ok(ApiTls {
             config: Some(config),
             ca_pem: None,
-            ca: None,
+            routes_ca: None,
         });
     }
     let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
@@ -469,7 +474,10 @@ fn api_tls(up: &UpArgs, dir: &std::path::Path) -> anyhow::Result<ApiTls> {
     Ok(ApiTls {
         config: Some(wisp_tls::server_config(&cluster.serving, alpn)?),
         ca_pem: Some(cluster.ca_pem),
-        ca: Some(Arc::new(cluster.ca)),
+        routes_ca: Some(Arc::new(wisp_tls::Ca::in_dir(
+            &pki.join("routes"),
+            wisp_tls::ROUTES_CA,
+        )?)),
     })
 }
 
@@ -578,7 +586,7 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
                 ..Default::default()
             },
             cluster_domain: args.up.cluster_domain.clone(),
-            route_issuer: tls.ca.clone().map(|ca| {
+            route_issuer: tls.routes_ca.clone().map(|ca| {
                 wisp_controllers::route_tls::Issuer(Arc::new(move |host: &str| {
                     ca.issue(&[host.to_owned()], true)
                         .map(|c| (c.cert_pem, c.key_pem))

@@ -54,9 +54,12 @@ pub enum TlsError {
 
 pub type Result<T, E = TlsError> = std::result::Result<T, E>;
 
-/// The cluster CA's subject. The issuer of every certificate is rebuilt from it and the CA's
-/// key (rcgen reads no certificates), so it never changes.
-const CA_NAME: &str = "wisp cluster CA";
+/// The cluster CA's subject (it vouches for the API server). The issuer of every certificate
+/// is rebuilt from a CA's subject and key (rcgen reads no certificates), so it never changes.
+pub const CLUSTER_CA: &str = "wisp cluster CA";
+/// The subject of the CA that issues Routes' certificates (`tls.issuer: cluster`): another
+/// CA, so that a tenant's certificate is never one the CLI and nodes trust for the API.
+pub const ROUTES_CA: &str = "wisp routes CA";
 /// The CA's lifetime, and a serving certificate's.
 const CA_YEARS: i16 = 10;
 const LEAF_DAYS: i64 = 365;
@@ -70,16 +73,17 @@ pub struct CertifiedKey {
     pub key_pem: String,
 }
 
-/// The cluster CA: its certificate and key.
+/// A CA: its certificate and key.
 pub struct Ca {
     cert_pem: String,
     key: KeyPair,
+    name: &'static str,
 }
 
-fn ca_params() -> CertificateParams {
+fn ca_params(name: &str) -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, CA_NAME);
+    dn.push(DnType::CommonName, name);
     dn.push(DnType::OrganizationName, "wisp");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -118,25 +122,38 @@ fn cert_error(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> TlsError 
 }
 
 impl Ca {
-    /// A new CA, valid from yesterday (clocks differ) for ten years.
+    /// A new cluster CA, valid from yesterday (clocks differ) for ten years.
     pub fn create() -> Result<Self> {
+        Self::create_named(CLUSTER_CA)
+    }
+
+    /// A new CA with subject `name` ([`CLUSTER_CA`] or [`ROUTES_CA`]).
+    pub fn create_named(name: &'static str) -> Result<Self> {
         let key = KeyPair::generate().map_err(cert_error("cannot generate the CA's key"))?;
-        let mut p = ca_params();
+        let mut p = ca_params(name);
         validity(&mut p, -1, i64::from(CA_YEARS) * 365);
         let cert = p.self_signed(&key).map_err(cert_error("cannot sign the CA"))?;
         Ok(Self {
             cert_pem: cert.pem(),
             key,
+            name,
         })
     }
 
-    /// The CA in `dir` (`ca.crt`, `ca.key`).
-    pub fn load(dir: &Path) -> Result<Self> {
+    /// The CA with subject `name` in `dir` (`ca.crt`, `ca.key`; made 0700), made there on
+    /// first use.
+    pub fn in_dir(dir: &Path, name: &'static str) -> Result<Self> {
+        private_dir(dir)?;
+        if !dir.join("ca.key").exists() {
+            let ca = Self::create_named(name)?;
+            ca.save(dir)?;
+            return Ok(ca);
+        }
         let cert_pem = read(&dir.join("ca.crt"))?;
         let key_path = dir.join("ca.key");
         let key = KeyPair::from_pem(&read(&key_path)?)
             .map_err(cert_error(format!("{} is not a private key", key_path.display())))?;
-        Ok(Self { cert_pem, key })
+        Ok(Self { cert_pem, key, name })
     }
 
     /// Its certificate, PEM.
@@ -175,7 +192,7 @@ impl Ca {
         }];
         p.use_authority_key_identifier_extension = true;
         validity(&mut p, -1, LEAF_DAYS);
-        let issuer = Issuer::new(ca_params(), &self.key);
+        let issuer = Issuer::new(ca_params(self.name), &self.key);
         let cert = p
             .signed_by(&key, &issuer)
             .map_err(cert_error(format!("cannot issue a certificate for {names:?}")))?;
@@ -200,14 +217,7 @@ pub struct ClusterTls {
 /// on first start; the serving certificate is issued again when the names change or it nears
 /// its end. Keys are written 0600.
 pub fn cluster(dir: &Path, names: &[String]) -> Result<ClusterTls> {
-    private_dir(dir)?;
-    let ca = if dir.join("ca.key").exists() {
-        Ca::load(dir)?
-    } else {
-        let ca = Ca::create()?;
-        ca.save(dir)?;
-        ca
-    };
+    let ca = Ca::in_dir(dir, CLUSTER_CA)?;
     // What the serving certificate was issued for, and until when (rcgen reads no
     // certificates back).
     let meta_path = dir.join("server.names");

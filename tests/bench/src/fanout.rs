@@ -34,18 +34,23 @@ pub struct FanoutArgs {
 }
 
 /// One `wisp up` on a temporary directory; killed on drop.
-struct Up {
+pub(crate) struct Up {
     child: Child,
-    url: String,
-    token: String,
+    pub(crate) url: String,
+    pub(crate) token: String,
     /// The cluster CA the API server's certificate chains to.
-    ca: Option<String>,
+    pub(crate) ca: Option<String>,
     drain: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
 impl Up {
     fn start(bin: &Path) -> anyhow::Result<Self> {
+        Self::start_with(bin, "127.0.0.1:0")
+    }
+
+    /// `wisp up` with its HTTPS ingress on `tls_listen`.
+    pub(crate) fn start_with(bin: &Path, tls_listen: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("config");
         let mut child = Command::new(bin)
@@ -56,7 +61,7 @@ impl Up {
                 "--ingress-listen",
                 "127.0.0.1:0",
                 "--ingress-tls-listen",
-                "127.0.0.1:0",
+                tls_listen,
             ])
             .args(["--node-name", "bench", "--docker", "false", "--data-dir"])
             .arg(dir.path().join("data"))

@@ -11,6 +11,7 @@ mod cold_start;
 mod docker_cold_start;
 mod drive;
 mod fanout;
+mod https;
 mod pod_start;
 mod report;
 mod scenario;
@@ -46,6 +47,8 @@ enum Command {
     DockerColdStart(docker_cold_start::DockerColdStartArgs),
     /// What one write costs a whole `wisp up` process (every watch of its kind), per binary.
     WriteFanout(fanout::FanoutArgs),
+    /// Warm throughput through a node's HTTPS listener beside its HTTP one.
+    Https(https::HttpsArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -372,6 +375,12 @@ async fn main() -> std::process::ExitCode {
             Err(e) => Err(e),
         },
         Command::WriteFanout(args) => match fanout::run(args).await {
+            Ok(report) => std::io::stdout()
+                .write_all(report.as_bytes())
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        },
+        Command::Https(args) => match https::run(args).await {
             Ok(report) => std::io::stdout()
                 .write_all(report.as_bytes())
                 .map_err(anyhow::Error::from),

@@ -384,7 +384,9 @@ async fn https_routes_pick_their_certificate_by_sni_and_follow_the_secret() -> a
             },
         ))
         .await?;
-    let cluster_ca = w.ca.clone().context("cluster CA")?;
+    // Route certificates come from the routes CA, never the CA clients trust for the API.
+    let cluster_ca = std::fs::read_to_string(w.dir.join("data/pki/routes/ca.crt"))?;
+    assert_ne!(Some(&cluster_ca), w.ca.as_ref());
     let roots = format!("{}{cluster_ca}", own_ca.cert_pem());
 
     let a = wisp_testkit::try_eventually("host a served over HTTPS", async || {
@@ -415,6 +417,11 @@ async fn https_routes_pick_their_certificate_by_sni_and_follow_the_secret() -> a
     assert_eq!(issued.type_, wisp_api::SECRET_TYPE_TLS);
     // Host a's certificate does not verify as host b's, nor does the cluster's as host a's.
     assert!(https_get(&addr, a_host, &cluster_ca, b"http/1.1").await.is_err());
+    let api_ca = w.ca.clone().context("the API's CA")?;
+    assert!(
+        https_get(&addr, b_host, &api_ca, b"http/1.1").await.is_err(),
+        "a Route's certificate never chains to the CA clients trust for the API"
+    );
     assert!(
         https_get(&addr, b_host, own_ca.cert_pem(), b"http/1.1")
             .await
