@@ -96,6 +96,11 @@ impl Up {
         })
     }
 
+    /// Its data directory.
+    pub(crate) fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
     /// The process's CPU time so far (user + system).
     fn cpu(&self) -> anyhow::Result<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;

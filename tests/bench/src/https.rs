@@ -114,7 +114,9 @@ pub async fn run(args: &HttpsArgs) -> anyhow::Result<String> {
     let tls_addr = format!("127.0.0.1:{tls_port}");
     let up = Up::start_with(&args.wisp, &tls_addr)?;
     let client = Client::with_ca(&up.url, &up.token, up.ca.as_deref())?;
-    let ca = up.ca.clone().context("the cluster CA (the bench needs TLS on)")?;
+    // Route certificates come from the routes CA (not the API's).
+    let ca = std::fs::read_to_string(up.data_dir().join("pki/routes/ca.crt"))
+        .context("the routes CA (the bench needs TLS on)")?;
     // The hello component: a Deployment of one, its Service, and an HTTPS Route.
     let digest = client
         .put_blob(Bytes::from(std::fs::read(
