@@ -77,7 +77,10 @@ struct Loaded {
 /// For each host some Route claims: the Secret that serves it over HTTPS, if any. A host
 /// belongs to the namespace whose Route claimed it first, as in the route table (`table.rs`);
 /// among that namespace's Routes for the host, the first created with `tls` names the Secret.
-fn wanted(routes: &[Arc<Route>]) -> (HashMap<String, Option<(String, String)>>, HashSet<String>) {
+/// A Secret by namespace and name.
+type SecretId = (String, String);
+
+fn wanted(routes: &[Arc<Route>]) -> (HashMap<String, Option<SecretId>>, HashSet<String>) {
     let mut sorted: Vec<&Arc<Route>> = routes.iter().collect();
     let claim = |r: &Route| {
         (
@@ -88,7 +91,7 @@ fn wanted(routes: &[Arc<Route>]) -> (HashMap<String, Option<(String, String)>>, 
     };
     sorted.sort_by_key(|r| claim(r));
     let mut owner: HashMap<String, String> = HashMap::new();
-    let mut secret: HashMap<String, Option<(String, String)>> = HashMap::new();
+    let mut secret: HashMap<String, Option<SecretId>> = HashMap::new();
     for r in sorted {
         let (Some(host), Some(ns)) = (r.spec.host.as_ref(), r.metadata.namespace.as_ref()) else {
             continue;
@@ -112,10 +115,10 @@ fn wanted(routes: &[Arc<Route>]) -> (HashMap<String, Option<(String, String)>>, 
 /// Each Secret is read once per round however many Routes name it; one that cannot be read
 /// this round (the API busy or restarting) keeps serving what was read before.
 async fn refresh(ingress: Ingress, certs: Arc<Certificates>, shutdown: CancellationToken) {
-    let mut loaded: HashMap<(String, String), Loaded> = HashMap::new();
+    let mut loaded: HashMap<SecretId, Loaded> = HashMap::new();
     loop {
         let (by_host, exact) = wanted(&ingress.inner.caches.routes.list());
-        let secrets: HashSet<(String, String)> = by_host.values().flatten().cloned().collect();
+        let secrets: HashSet<SecretId> = by_host.values().flatten().cloned().collect();
         for id in &secrets {
             let (ns, name) = id;
             match ingress.inner.client.api::<Secret>(Some(ns)).get_opt(name).await {
