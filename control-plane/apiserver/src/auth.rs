@@ -42,9 +42,16 @@ pub enum Principal {
     /// answers it nothing but `whoami` (a node that keeps it gains nothing).
     Scraper,
     /// A ticket the API server mints for one log request and hands the pod's node agent:
-    /// it may read that one pod and nothing else (never the caller's own token).
+    /// it may read that one pod and nothing else (never the caller's own token). It names
+    /// the caller the API server authorized (`on_behalf_of`, e.g. `a token of namespace
+    /// "team-a"`), which the agent records with the stream.
     #[serde(rename_all = "camelCase")]
-    PodLogs { namespace: String, pod: String },
+    PodLogs {
+        namespace: String,
+        pod: String,
+        #[serde(default)]
+        on_behalf_of: String,
+    },
 }
 
 impl Principal {
@@ -75,7 +82,7 @@ impl Principal {
             Principal::Namespace { namespace, .. } => format!("a token of namespace {namespace:?}"),
             Principal::Node { node } => format!("the credential of node {node:?}"),
             Principal::Scraper => "the ingress statistics credential".into(),
-            Principal::PodLogs { namespace, pod } => format!("the log ticket of pod {namespace}/{pod}"),
+            Principal::PodLogs { namespace, pod, .. } => format!("the log ticket of pod {namespace}/{pod}"),
         }
     }
 
@@ -84,7 +91,7 @@ impl Principal {
         match self {
             Principal::Namespace { namespace, .. } => (Some(namespace), None, None),
             Principal::Node { node } => (None, Some(node), None),
-            Principal::PodLogs { namespace, pod } => (Some(namespace), None, Some(pod)),
+            Principal::PodLogs { namespace, pod, .. } => (Some(namespace), None, Some(pod)),
             Principal::Admin | Principal::Scraper => (None, None, None),
         }
     }

@@ -149,7 +149,7 @@ pub fn authorize(
         }
         Principal::Node { node } => node_rules(node, verb, target, subresource, deny),
         Principal::Scraper => deny("this credential only reads the ingresses' statistics"),
-        Principal::PodLogs { namespace, pod } => {
+        Principal::PodLogs { namespace, pod, .. } => {
             if verb == Verb::Get
                 && subresource.is_none()
                 && target.kind.plural == "pods"
@@ -394,6 +394,7 @@ mod tests {
         let l = Principal::PodLogs {
             namespace: "a".into(),
             pod: "p".into(),
+            on_behalf_of: "the cluster admin".into(),
         };
         assert!(authorize(&l, Verb::Get, &t("pods", Some("a"), Some("p")), None).is_ok());
         assert!(authorize(&l, Verb::Get, &t("pods", Some("a"), Some("q")), None).is_err());

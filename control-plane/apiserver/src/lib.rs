@@ -204,6 +204,9 @@ pub struct WhoAmI {
     /// The pod a log ticket reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// Whom a log ticket reads for: the caller the API server authorized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
 }
 
 impl From<&Principal> for WhoAmI {
@@ -214,6 +217,10 @@ impl From<&Principal> for WhoAmI {
             namespace: namespace.map(str::to_owned),
             node: node.map(str::to_owned),
             pod: pod.map(str::to_owned),
+            on_behalf_of: match p {
+                Principal::PodLogs { on_behalf_of, .. } => Some(on_behalf_of.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -501,7 +508,7 @@ impl ApiServer {
                     // A log stream holds its slot too (below), like a watch.
                     match (&target.name, &method) {
                         (Some(name), &Method::GET) if target.kind.plural == "pods" => {
-                            logs::pod_log(state, &target, name, &query).await
+                            logs::pod_log(state, &principal, &target, name, &query).await
                         }
                         _ => Err(ApiError::NotFound(format!(
                             "{method} {path}: logs are read with GET on a pod's log subresource"

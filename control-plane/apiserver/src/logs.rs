@@ -1,8 +1,8 @@
 //! `GET /apis/wisp.dev/v1/namespaces/<ns>/pods/<name>/log?container=&follow=&tailLines=`:
-//! proxied to the agent of the pod's node (its `status.agentUrl`). The caller's own token is
-//! never sent there (the node wrote that URL): the agent gets a ticket this server mints for
-//! that one pod, good for a minute, and checks it against this API before it streams
-//! anything.
+//! proxied to the agent of the pod's node (its `status.agentUrl`) over TLS, trusting only the
+//! CA that node published (`status.agentCa`). The caller's own token is never sent there (the
+//! node wrote that URL): the agent gets a ticket this server mints for that one pod, good for
+//! a minute, and checks it against this API before it streams anything.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -71,11 +71,15 @@ fn agent_addr(
     ) {
         return Err(bad("is at an address no agent listens on"));
     }
-    Ok(std::net::SocketAddr::new(ip, uri.port_u16().unwrap_or(80)))
+    if uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
+        return Err(bad("is not https://"));
+    }
+    Ok(std::net::SocketAddr::new(ip, uri.port_u16().unwrap_or(443)))
 }
 
 pub async fn pod_log(
     state: &State,
+    caller: &crate::auth::Principal,
     target: &Target,
     name: &str,
     query: &HashMap<String, String>,
@@ -132,8 +136,15 @@ pub async fn pod_log(
         .ok_or_else(|| ApiError::Unavailable(format!("node {node} of {what} is not registered")))?;
     let node_obj = from_kv(&node_obj)?;
     let agent = agent_addr(&node_obj.body, &node)?;
+    let ca = str_at(&node_obj.body, &["status", "agentCa"]).ok_or_else(|| {
+        ApiError::Unavailable(format!(
+            "node {node} publishes no CA for its agent (status.agentCa): its logs are read over TLS only"
+        ))
+    })?;
+    let connector = wisp_client::node_connector(ca)
+        .map_err(|e| ApiError::Unavailable(format!("node {node}'s status.agentCa: {e}")))?;
     let mut url = format!(
-        "http://{agent}/containerLogs/{}/{}/{}",
+        "https://{agent}/containerLogs/{}/{}/{}",
         encode(&ns),
         encode(name),
         encode(&container)
@@ -154,6 +165,7 @@ pub async fn pod_log(
         crate::auth::Principal::PodLogs {
             namespace: ns.clone(),
             pod: name.to_owned(),
+            on_behalf_of: caller.scope(),
         },
         Some(TICKET_TTL),
     )?;
@@ -161,8 +173,6 @@ pub async fn pod_log(
     let req = req
         .body(Empty::<Bytes>::new())
         .map_err(|e| ApiError::Internal(format!("log request to {url}: {e}")))?;
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
     let client = HyperClient::builder(TokioExecutor::new()).build(connector);
     // A node that is down answers nothing: give up on the response head after 10 s.
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))

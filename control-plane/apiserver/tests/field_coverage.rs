@@ -200,23 +200,34 @@ const COVERAGE: &[(&str, Cover)] = &[
     ),
     (
         "NodeStatus.addresses",
-        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+        E(&["another_nodes_port_is_used_only_where_it_can_be_one"]),
     ),
     (
         "NodeAddress.type",
-        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+        E(&["another_nodes_port_is_used_only_where_it_can_be_one"]),
     ),
     (
         "NodeAddress.address",
-        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+        E(&["another_nodes_port_is_used_only_where_it_can_be_one"]),
     ),
     (
         "NodeStatus.ingressUrl",
-        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+        E(&["another_nodes_port_is_used_only_where_it_can_be_one"]),
     ),
     (
         "NodeStatus.agentUrl",
-        E(&["registers_the_node_and_renews_its_lease"]),
+        E(&[
+            "registers_the_node_and_renews_its_lease",
+            "another_nodes_port_is_used_only_where_it_can_be_one",
+        ]),
+    ),
+    (
+        "NodeStatus.agentCa",
+        E(&[
+            "registers_the_node_and_renews_its_lease",
+            "another_nodes_port_is_used_only_where_it_can_be_one",
+            "a_lying_node_collects_no_token_worth_anything",
+        ]),
     ),
     (
         "NodeStatus.agentVersion",
@@ -740,24 +751,24 @@ const COVERAGE: &[(&str, Cover)] = &[
     ),
     (
         "EndpointAddress.nodeName",
-        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+        E(&["another_nodes_port_is_used_only_where_it_can_be_one"]),
     ),
     ("EndpointAddress.targetRef", S),
     (
         "ObjectReference.kind",
-        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+        E(&["another_nodes_port_is_used_only_where_it_can_be_one"]),
     ),
     (
         "ObjectReference.name",
-        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+        E(&["another_nodes_port_is_used_only_where_it_can_be_one"]),
     ),
     (
         "ObjectReference.namespace",
-        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+        E(&["another_nodes_port_is_used_only_where_it_can_be_one"]),
     ),
     (
         "ObjectReference.uid",
-        E(&["another_nodes_ingress_is_used_only_where_it_can_be_one"]),
+        E(&["another_nodes_port_is_used_only_where_it_can_be_one"]),
     ),
     ("EndpointPort.name", E(&["endpoints_follow_pod_readiness"])),
     ("EndpointPort.port", E(&["endpoints_follow_pod_readiness"])),

@@ -736,12 +736,19 @@ async fn in_process_tokens_are_refused_over_the_network_and_tickets_do_next_to_n
             Principal::PodLogs {
                 namespace: "default".into(),
                 pod: "p".into(),
+                on_behalf_of: "the cluster admin".into(),
             },
             Some(Duration::from_millis(300)),
         )
         .expect("ticket");
     let tc = Client::new(&url, &ticket);
-    assert_eq!(tc.whoami().await.expect("whoami").pod.as_deref(), Some("p"));
+    let who = tc.whoami().await.expect("whoami");
+    assert_eq!(who.pod.as_deref(), Some("p"));
+    assert_eq!(
+        who.on_behalf_of.as_deref(),
+        Some("the cluster admin"),
+        "the ticket names whom it reads for"
+    );
     assert_eq!(code(tc.api::<Pod>(Some("default")).get("other").await), 403);
     assert_eq!(
         code(tc.put_blob(Bytes::from_static(b"disk filler")).await),

@@ -1,5 +1,6 @@
 //! The autoscaler (Knative-KPA style): every tick it reads each node ingress's per-Service
-//! counters (`GET <Node.status.ingressUrl>/.wisp/stats`), keeps the in-flight samples of each
+//! counters (`GET <Node.status.agentUrl>/.wisp/stats`, over TLS trusting that node's own CA,
+//! `status.agentCa`), keeps the in-flight samples of each
 //! Function revision (its Service and Deployment have the revision's name) over a stable
 //! window (60 s) and a panic window (6 s), and sets the revision's Deployment to
 //! `ceil(average concurrency / targetConcurrency)` replicas within the Function's
@@ -155,8 +156,7 @@ async fn scrape(http: &HttpClient, url: &str, token: &str) -> Option<Vec<Sample>
     tokio::time::timeout(Duration::from_secs(2), read).await.ok()?
 }
 
-type HttpClient =
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+type HttpClient = hyper_util::client::legacy::Client<wisp_client::NodeConnector, Empty<Bytes>>;
 
 /// Average concurrency between two readings of a busy counter (request-µs): its growth over
 /// the time passed. `None` without a previous reading or when the counter went back (the
@@ -176,6 +176,41 @@ struct State {
     windows: HashMap<(String, String), Window>,
     /// Last busy reading per (ingress URL, namespace, Service).
     busy: HashMap<(String, String, String), (Instant, u64)>,
+    /// A connection pool per node's port (URL → the node's CA, the pool), kept while the
+    /// node keeps both.
+    agents: HashMap<String, (String, HttpClient)>,
+}
+
+impl State {
+    /// The nodes' ports to read this tick, each with the pool that trusts its node's CA.
+    fn agents(&mut self, nodes: &[std::sync::Arc<Node>]) -> Vec<(String, HttpClient)> {
+        let mut now = HashMap::new();
+        for n in nodes {
+            let Some(st) = n.status.as_ref() else { continue };
+            let (Some(url), Some(ca)) = (st.agent_url.clone(), st.agent_ca.clone()) else {
+                continue;
+            };
+            let http = match self.agents.remove(&url) {
+                Some((known, http)) if known == ca => http,
+                _ => match wisp_client::node_connector(&ca) {
+                    Ok(c) => {
+                        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                            .build(c)
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %n.metadata.name, error = %e, "cannot read this node's stats");
+                        continue;
+                    }
+                },
+            };
+            now.insert(url, (ca, http));
+        }
+        self.agents = now;
+        self.agents
+            .iter()
+            .map(|(url, (_, http))| (url.clone(), http.clone()))
+            .collect()
+    }
 }
 
 /// One Service's traffic over every ingress this tick.
@@ -195,8 +230,6 @@ pub async fn run(informers: Informers, config: AutoscalerConfig, shutdown: Cance
         deployments: informers.store(),
     };
     let client = informers.client().clone();
-    let http: HttpClient =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let mut state = State::default();
     let mut ticker = tokio::time::interval(config.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -208,7 +241,7 @@ pub async fn run(informers: Informers, config: AutoscalerConfig, shutdown: Cance
         if !caches.ready() {
             continue;
         }
-        if let Err(e) = tick(&client, &caches, &http, &config, &mut state).await {
+        if let Err(e) = tick(&client, &caches, &config, &mut state).await {
             tracing::warn!(error = %e, "autoscaler tick failed");
         }
     }
@@ -218,12 +251,12 @@ pub async fn run(informers: Informers, config: AutoscalerConfig, shutdown: Cance
 /// growth, so an ingress missing from one tick never counts double in the next). Returns
 /// whether any ingress could not be read.
 async fn traffic(
-    http: &HttpClient,
-    urls: Vec<String>,
+    agents: Vec<(String, HttpClient)>,
     token: &str,
     state: &mut State,
 ) -> (HashMap<(String, String), Traffic>, bool) {
-    let reads = futures::future::join_all(urls.iter().map(|u| scrape(http, u, token))).await;
+    let reads = futures::future::join_all(agents.iter().map(|(url, http)| scrape(http, url, token))).await;
+    let urls: Vec<String> = agents.into_iter().map(|(url, _)| url).collect();
     let now = Instant::now();
     let mut out: HashMap<(String, String), Traffic> = HashMap::new();
     let mut failed = false;
@@ -265,7 +298,6 @@ impl Caches {
 async fn tick(
     client: &Client,
     caches: &Caches,
-    http: &HttpClient,
     config: &AutoscalerConfig,
     state: &mut State,
 ) -> Result<(), wisp_client::ClientError> {
@@ -275,13 +307,9 @@ async fn tick(
         return Ok(());
     }
     let nodes = caches.nodes.list();
-    let urls: Vec<String> = nodes
-        .iter()
-        .filter_map(|n| n.status.as_ref().and_then(|s| s.ingress_url.clone()))
-        .collect();
+    let agents = state.agents(&nodes);
     let (totals, scrape_failed) = traffic(
-        http,
-        urls,
+        agents,
         config.stats_token.as_deref().unwrap_or(client.token()),
         state,
     )

@@ -49,6 +49,11 @@ pub enum AgentError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot make the node's serving certificate for {address}: {source}")]
+    Tls {
+        address: String,
+        source: wisp_tls::TlsError,
+    },
     #[error("cannot register node {node}: {source}")]
     Register {
         node: String,
@@ -130,6 +135,7 @@ pub struct Agent {
     config: AgentConfig,
     runtimes: Runtimes,
     informers: Option<wisp_runtime::Informers>,
+    others: Option<logs::NodeService>,
 }
 
 impl Agent {
@@ -141,7 +147,16 @@ impl Agent {
             config,
             runtimes,
             informers: None,
+            others: None,
         }
+    }
+
+    /// What the node's port answers besides container logs: requests other nodes' ingresses
+    /// forward to this node's pods, and the ingress's `/.wisp/` statistics (this node's
+    /// ingress, in `wisp node` and `wisp up`). Without it those get 404.
+    pub fn serving_also(mut self, service: logs::NodeService) -> Self {
+        self.others = Some(service);
+        self
     }
 
     /// Reads this node's pods from the process's shared watch caches (the same watch as the
@@ -178,13 +193,24 @@ impl Agent {
             addr: c.listen,
             source,
         })?;
+        // The node's port speaks TLS only, with a certificate from a CA this node makes now
+        // and publishes on its Node before it serves.
+        let tls = wisp_tls::node(&c.address).map_err(|source| AgentError::Tls {
+            address: c.address.clone(),
+            source,
+        })?;
+        let host = match c.address.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+            _ => c.address.clone(),
+        };
         let info = node::NodeInfo {
             name: c.node_name.clone(),
             address: c.address.clone(),
             capacity: c.capacity.clone(),
             runtimes: self.runtimes.names(),
             labels: c.labels.clone(),
-            agent_url: Some(format!("http://{}:{}", c.address, local.port())),
+            agent_url: Some(format!("https://{host}:{}", local.port())),
+            agent_ca: Some(tls.ca_pem.clone()),
             ingress_url: c.ingress_url.clone(),
             lease_duration: c.lease_duration,
             checked: self.runtimes.checked(),
@@ -226,7 +252,7 @@ impl Agent {
             ),
             node::heartbeat(self.client.clone(), info, interval, shutdown.clone()),
             pods::run(ctx, shutdown.clone()),
-            logs::serve(log_server, listener, shutdown.clone()),
+            logs::serve(log_server, self.others, listener, tls.server, shutdown.clone()),
         );
         Ok(())
     }

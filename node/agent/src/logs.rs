@@ -1,9 +1,13 @@
-//! The agent's HTTP endpoint for container logs, which the API server proxies
+//! The node's port (`Node.status.agentUrl`), HTTPS only with the node's own certificate
+//! (`Node.status.agentCa`). It serves container logs, which the API server proxies
 //! `GET …/pods/<name>/log` to:
-//! `GET /containerLogs/<namespace>/<pod>/<container>?follow=true&tailLines=N`.
+//! `GET /containerLogs/<namespace>/<pod>/<container>?follow=true&tailLines=N`,
+//! and hands every other request to [`crate::Agent::serving_also`] (the node's ingress:
+//! requests forwarded by other nodes, its statistics).
 //!
-//! The caller's bearer token is checked by reading the pod with it through the API: whoever
-//! may read the pod may read its logs, nobody else. The pod must be bound to this node.
+//! A log request carries the API server's ticket for that one pod, never a caller's token:
+//! the agent checks the ticket with the API server (which checked who asks) before it
+//! streams anything. The pod must be bound to this node.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -18,13 +22,17 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::Service;
 use wisp_api::Pod;
 use wisp_client::Client;
 use wisp_sandbox::LogOptions;
 
 use crate::worker::Runtimes;
 
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+/// What else the node's port serves (see [`crate::Agent::serving_also`]).
+pub type NodeService = wisp_http::HttpService<Body>;
 
 pub struct LogServer {
     /// Ends every log stream (followers included) when cancelled.
@@ -37,7 +45,11 @@ pub struct LogServer {
 }
 
 fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(msg.into() + "\n")).boxed_unsync());
+    let mut r = Response::new(
+        Full::new(Bytes::from(msg.into() + "\n"))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *r.status_mut() = code;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -100,6 +112,8 @@ impl LogServer {
                 format!("logs of pod {ns}/{pod_name} are read through the API server (wisp logs)"),
             ));
         }
+        // The caller the API server authorized, as its ticket says: recorded with the stream.
+        let caller = who.on_behalf_of.unwrap_or_default();
         let pod: Pod = api.api::<Pod>(Some(ns)).get(pod_name).await.map_err(|e| {
             let code = e
                 .code()
@@ -146,11 +160,12 @@ impl LogServer {
                     format!("no logs for container {container:?} of pod {ns}/{pod_name}: {e}"),
                 )
             })?;
+        tracing::info!(pod = %format!("{ns}/{pod_name}"), container, follow, %caller, "streaming container logs");
         let lines = lines.take_until(self.shutdown.clone().cancelled_owned());
         let body = StreamBody::new(lines.map(|l| {
             let mut s = l.line;
             s.push('\n');
-            Ok::<_, Infallible>(Frame::data(Bytes::from(s)))
+            Ok::<_, BoxError>(Frame::data(Bytes::from(s)))
         }));
         let mut resp = Response::new(body.boxed_unsync());
         resp.headers_mut().insert(
@@ -161,21 +176,41 @@ impl LogServer {
     }
 }
 
-/// Serves `server` on `listener` until `shutdown` (followers are cut off then).
-pub async fn serve(server: Arc<LogServer>, listener: TcpListener, shutdown: CancellationToken) {
+/// Serves the node's port on `listener` over TLS with `tls` until `shutdown` (log followers
+/// are cut off then): container logs from `server`, everything else from `others`.
+pub async fn serve(
+    server: Arc<LogServer>,
+    others: Option<NodeService>,
+    listener: TcpListener,
+    tls: Arc<wisp_http::rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) {
     let service =
         tower::util::BoxCloneService::new(tower::service_fn(move |req: Request<hyper::body::Incoming>| {
             let server = server.clone();
-            async move { Ok::<_, Infallible>(server.handle(req).await) }
+            let others = others.clone();
+            async move {
+                if req.uri().path().starts_with("/containerLogs/") {
+                    return Ok::<_, Infallible>(server.handle(req).await);
+                }
+                match others {
+                    Some(mut others) => others.call(req).await,
+                    None => Ok(text(
+                        StatusCode::NOT_FOUND,
+                        format!("no such path: {} on a node's agent", req.uri().path()),
+                    )),
+                }
+            }
         }));
     let options = wisp_http::ServeOptions {
         header_read_timeout: Some(Duration::from_secs(10)),
         grace: Duration::from_secs(1),
         event_loops: 0,
         busy_poll: Duration::ZERO,
-        max_connections: 256,
+        // Other nodes' ingresses keep pooled connections here.
+        max_connections: 4096,
         http1_only: true,
         max_connections_per_ip: 0,
     };
-    wisp_http::serve(listener, service, options, shutdown).await;
+    wisp_http::serve_tls(listener, service, options, tls, shutdown).await;
 }

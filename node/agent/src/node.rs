@@ -26,6 +26,8 @@ pub struct NodeInfo {
     pub runtimes: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub agent_url: Option<String>,
+    /// The CA (PEM) the agent's certificate chains to (see `wisp_tls::node`).
+    pub agent_ca: Option<String>,
     pub ingress_url: Option<String>,
     pub lease_duration: Duration,
     /// The runtimes whose health [`health_monitor`] checks, each for its `<Runtime>Ready`
@@ -130,6 +132,7 @@ fn desired_status(info: &NodeInfo, current: Option<&NodeStatus>, health: &[Condi
         address: info.address.clone(),
     }];
     st.agent_url = info.agent_url.clone();
+    st.agent_ca = info.agent_ca.clone();
     st.ingress_url = info.ingress_url.clone();
     st.agent_version = Some(env!("CARGO_PKG_VERSION").into());
     ready_condition(&mut st.conditions);

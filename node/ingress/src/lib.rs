@@ -33,7 +33,9 @@ use wisp_client::{Client, ListParams, WatchParams};
 use wisp_runtime::{Informers, ObjectRef, Store, Writer, reflector, watcher_stream};
 use wisp_sandbox::InProcessHttp;
 
-pub use crate::proxy::{Body, COLD_START_HEADER, COLD_START_WAIT_HEADER, Gateway, serve, serve_gateway};
+pub use crate::proxy::{
+    Body, COLD_START_HEADER, COLD_START_WAIT_HEADER, Gateway, node_port_service, serve, serve_gateway,
+};
 use crate::table::{Backend, RouteEntry, ServiceState, Services, Table, Target};
 pub use crate::tls::serve_tls;
 
@@ -182,6 +184,9 @@ pub(crate) struct Inner {
     pub(crate) caches_changed: tokio::sync::watch::Sender<()>,
     pub(crate) http:
         hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, proxy::Body>,
+    /// Other nodes this ingress forwards to, by node name (their connection pools outlive
+    /// table rebuilds while their URL and CA stay).
+    pub(crate) peers: std::sync::Mutex<std::collections::HashMap<String, Arc<table::Peer>>>,
     /// Tokens checked for `/.wisp/` (digest → when, allowed).
     pub(crate) internal_tokens:
         std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
@@ -283,6 +288,7 @@ impl Ingress {
                 backends_lock: std::sync::Mutex::new(()),
                 caches_changed: tokio::sync::watch::channel(()).0,
                 http,
+                peers: std::sync::Mutex::default(),
                 internal_tokens: std::sync::Mutex::default(),
                 token_lookups: governor::RateLimiter::direct(governor::Quota::per_second(
                     std::num::NonZeroU32::new(20).unwrap_or(std::num::NonZeroU32::MIN),
@@ -422,11 +428,13 @@ impl Ingress {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Looked up per address below: built once per rebuild.
         let listeners = self.listeners(&c.nodes);
-        // Other nodes' ingresses, where they report them: at one of the node's own
-        // addresses, never at another listener of the cluster (the API server, an agent, this
-        // node's gateway), never link-local, and loopback or private only where this node is
-        // itself on loopback or a private network (a cluster on one machine, a private node
-        // network). A node's credential cannot make this ingress a proxy to anything else.
+        // Other nodes' ports (their agents, which hand a forwarded request to their
+        // ingress), where they report them: HTTPS at one of the node's own addresses, with
+        // the CA the node published, never at another listener of the cluster (the API
+        // server, an ingress, this node's gateway), never link-local, and loopback or private
+        // only where this node is itself on loopback or a private network (a cluster on one
+        // machine, a private node network). A node's credential cannot make this ingress a
+        // proxy to anything else, and only the node that wrote the CA can answer there.
         let own_class = c
             .nodes
             .list()
@@ -436,25 +444,33 @@ impl Ingress {
             .and_then(|st| st.addresses.first())
             .and_then(|a| a.address.parse::<std::net::IpAddr>().ok())
             .map(wisp_sandbox::egress::restricted_class);
-        // The API server's, every agent's and this node's own listeners: no ingress is there.
-        let not_ingress: std::collections::HashSet<SocketAddr> = url_addr(inner.client.server())
+        // The API server's, every ingress's and this node's own listeners: no agent is there.
+        let not_agent: std::collections::HashSet<SocketAddr> = url_addr(inner.client.server())
             .into_iter()
             .chain(
                 c.nodes
                     .list()
                     .iter()
-                    .filter_map(|n| n.status.as_ref()?.agent_url.as_deref().and_then(url_addr)),
+                    .filter_map(|n| n.status.as_ref()?.ingress_url.as_deref().and_then(url_addr)),
             )
             .chain(inner.config.egress.listeners.iter().copied())
             .collect();
-        let ingress_urls: std::collections::HashMap<String, String> = c
+        let mut peers = inner
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let agents: std::collections::HashMap<String, Arc<table::Peer>> = c
             .nodes
             .list()
             .iter()
             .filter(|n| n.metadata.name != *node)
             .filter_map(|n| {
                 let st = n.status.as_ref()?;
-                let url = st.ingress_url.clone()?;
+                let url = st.agent_url.clone()?;
+                let ca = st.agent_ca.as_deref()?;
+                if !url.starts_with("https://") {
+                    return None;
+                }
                 let addr = url_addr(&url)?;
                 let at_its_address = st
                     .addresses
@@ -466,10 +482,25 @@ impl Ingress {
                     Some("link-local" | "unspecified" | "multicast or reserved") => false,
                     Some(c) => own_class == Some(Some(c)),
                 };
-                (at_its_address && reachable && !is_listener(&not_ingress, addr))
-                    .then(|| (n.metadata.name.clone(), url))
+                if !(at_its_address && reachable && !is_listener(&not_agent, addr)) {
+                    return None;
+                }
+                let name = n.metadata.name.clone();
+                let peer = match peers.get(&name) {
+                    Some(p) if p.url == url && p.ca == ca => p.clone(),
+                    _ => match table::Peer::new(&url, ca) {
+                        Ok(p) => Arc::new(p),
+                        Err(e) => {
+                            tracing::warn!(node = %name, error = %e, "not forwarding to this node");
+                            return None;
+                        }
+                    },
+                };
+                Some((name, peer))
             })
             .collect();
+        peers.clone_from(&agents);
+        drop(peers);
         let wasm_containers = in_process_containers(
             &c.pods,
             &self.inner.config.node_name,
@@ -511,7 +542,7 @@ impl Ingress {
                 } else {
                     a.node_name
                         .as_ref()
-                        .and_then(|n| ingress_urls.get(n).cloned())
+                        .and_then(|n| agents.get(n).cloned())
                         .map(Target::Node)
                 };
                 if let Some(target) = target {
@@ -827,11 +858,19 @@ fn is_listener(listeners: &std::collections::HashSet<SocketAddr>, addr: SocketAd
             .any(|l| l.ip().is_unspecified() && l.port() == addr.port())
 }
 
-/// The address of an `http://ip:port` URL.
+/// The address of an `http://ip:port` or `https://ip:port` URL.
 fn url_addr(url: &str) -> Option<SocketAddr> {
     let uri: http::Uri = url.parse().ok()?;
     let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
-    Some(SocketAddr::new(host.parse().ok()?, uri.port_u16().unwrap_or(80)))
+    let default = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    Some(SocketAddr::new(
+        host.parse().ok()?,
+        uri.port_u16().unwrap_or(default),
+    ))
 }
 
 /// This node's pods that take requests: ready by the agent's word on its own pod (which
@@ -1006,11 +1045,12 @@ mod tests {
         drop(w);
     }
 
-    /// A node credential writes its own Node, `ingressUrl` included: this ingress forwards to
-    /// another node's ingress only at an address of that node that is no listener of the
-    /// cluster (here: the API server's), never where the node points it otherwise.
+    /// A node credential writes its own Node, `agentUrl` and `agentCa` included: this ingress
+    /// forwards to another node's port only over HTTPS with the CA it published, at an
+    /// address of that node that is no other listener of the cluster (here: the API
+    /// server's, another node's public ingress), never where the node points it otherwise.
     #[test]
-    fn another_nodes_ingress_is_used_only_where_it_can_be_one() {
+    fn another_nodes_port_is_used_only_where_it_can_be_one() {
         use wisp_api::{EndpointAddress, EndpointSubset, NodeAddress, NodeStatus, ObjectReference};
         let api = "127.0.0.1:7700";
         let ingress = Ingress::new(
@@ -1026,6 +1066,10 @@ mod tests {
             .take()
             .expect("writers")
             .own();
+        let ca = wisp_tls::Ca::create_named(wisp_tls::NODE_CA)
+            .expect("ca")
+            .cert_pem()
+            .to_owned();
         let node = |name: &str, ip: &str, url: &str| {
             let mut n = Node::new(ObjectMeta::named(name));
             n.status = Some(NodeStatus {
@@ -1033,7 +1077,9 @@ mod tests {
                     type_: "InternalIP".into(),
                     address: ip.into(),
                 }],
-                ingress_url: Some(url.into()),
+                ingress_url: Some(format!("http://{ip}:9{}", name.len())),
+                agent_url: Some(url.into()),
+                agent_ca: (name != "no-ca").then(|| ca.clone()),
                 ..NodeStatus::default()
             });
             n
@@ -1062,23 +1108,33 @@ mod tests {
             ep
         };
         w.nodes.apply(&WatcherEvent::Restarted(vec![
-            node("node-a", "127.0.0.1", "http://127.0.0.1:8080"),
-            node("good", "127.0.0.1", "http://127.0.0.1:8081"),
-            node("liar", "127.0.0.1", &format!("http://{api}")),
-            node("stray", "127.0.0.1", "http://169.254.169.254:80"),
-            node("elsewhere", "127.0.0.1", "http://10.9.9.9:8080"),
+            node("node-a", "127.0.0.1", "https://127.0.0.1:8080"),
+            node("good", "127.0.0.1", "https://127.0.0.1:8081"),
+            node("liar", "127.0.0.1", &format!("https://{api}")),
+            node("stray", "127.0.0.1", "https://169.254.169.254:80"),
+            node("elsewhere", "127.0.0.1", "https://10.9.9.9:8080"),
+            node("plain", "127.0.0.1", "http://127.0.0.1:8082"),
+            node("no-ca", "127.0.0.1", "https://127.0.0.1:8083"),
+            // Another node's public ingress (`good`'s, port 9 + its name's length).
+            node("ingress", "127.0.0.1", "https://127.0.0.1:94"),
         ]));
         w.services.apply(&WatcherEvent::Restarted(vec![
             svc("a"),
             svc("b"),
             svc("c"),
             svc("d"),
+            svc("e"),
+            svc("f"),
+            svc("g"),
         ]));
         w.endpoints.apply(&WatcherEvent::Restarted(vec![
             endpoints("a", "good"),
             endpoints("b", "liar"),
             endpoints("c", "stray"),
             endpoints("d", "elsewhere"),
+            endpoints("e", "plain"),
+            endpoints("f", "no-ca"),
+            endpoints("g", "ingress"),
         ]));
         ingress.rebuild(&ingress.inner.caches);
         let targets = |name: &str| {
@@ -1092,7 +1148,20 @@ mod tests {
                 .map(|b| b.target.clone())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(targets("a"), [Target::Node("http://127.0.0.1:8081".into())]);
+        let good = targets("a");
+        assert!(
+            matches!(good.as_slice(), [Target::Node(p)] if p.url == "https://127.0.0.1:8081" && p.ca == ca),
+            "{good:?}"
+        );
+        assert!(targets("e").is_empty(), "plain HTTP to another node");
+        assert!(
+            targets("f").is_empty(),
+            "no CA to check the node's certificate with"
+        );
+        assert!(
+            targets("g").is_empty(),
+            "another node's public ingress as a node's port"
+        );
         assert!(
             targets("b").is_empty(),
             "the API server as another node's ingress"

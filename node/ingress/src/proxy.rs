@@ -439,12 +439,11 @@ impl Ingress {
                     }),
                 }
             }
-            Target::Addr(addr) => self
-                .forward(req, &format!("http://{addr}"), false)
+            Target::Addr(addr) => forward(&self.inner.http, req, &format!("http://{addr}"), false)
                 .await
                 .map_err(|(response, retry)| Failed { retry, response }),
             // The other node had no ready pod of this Service after all: try another backend.
-            Target::Node(url) => match self.forward(req, url, true).await {
+            Target::Node(peer) => match forward(&peer.http, req, &peer.url, true).await {
                 Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => Err(Failed {
                     retry: true,
                     response: r,
@@ -454,63 +453,77 @@ impl Ingress {
             },
         }
     }
+}
 
-    /// Sends `req` to `base`; on failure the error response and whether another backend
-    /// may be tried.
-    async fn forward(
-        &self,
-        req: Request<Body>,
-        base: &str,
-        mark: bool,
-    ) -> Result<Response<Body>, (Response<Body>, bool)> {
-        let (mut parts, body) = req.into_parts();
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri: http::Uri = format!("{}{pq}", base.trim_end_matches('/'))
-            .parse()
-            .map_err(|e| {
-                (
-                    text(
-                        StatusCode::BAD_GATEWAY,
-                        format!("bad backend address {base}: {e}"),
-                    ),
-                    false,
-                )
-            })?;
-        // The pooled client speaks HTTP/1.1 to backends, whatever the client spoke to us; an
-        // HTTP/2 request carries its host in the URI, which is replaced here.
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(v) = HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(header::HOST, v);
-        }
-        parts.version = http::Version::HTTP_11;
-        parts.uri = uri;
-        if mark {
-            parts.headers.insert(FORWARDED, HeaderValue::from_static("1"));
-        }
-        let idempotent = matches!(
-            parts.method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-        );
-        let resp = self
-            .inner
-            .http
-            .request(Request::from_parts(parts, body))
-            .await
-            .map_err(|e| {
-                // No answer came: nothing reached the backend (refused), or it closed or reset
-                // the connection first (a container being stopped; Docker's proxy accepts,
-                // then closes). Another backend may be tried when nothing was sent or the
-                // method may be repeated.
-                let retry = e.is_connect() || idempotent;
-                (
-                    text(StatusCode::BAD_GATEWAY, format!("backend {base}: {e}")),
-                    retry,
-                )
-            })?;
-        Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+/// Sends `req` to `base` on `http`'s pool; on failure the error response and whether another
+/// backend may be tried.
+async fn forward<C>(
+    http: &hyper_util::client::legacy::Client<C, Body>,
+    req: Request<Body>,
+    base: &str,
+    mark: bool,
+) -> Result<Response<Body>, (Response<Body>, bool)>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let (mut parts, body) = req.into_parts();
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: http::Uri = format!("{}{pq}", base.trim_end_matches('/'))
+        .parse()
+        .map_err(|e| {
+            (
+                text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("bad backend address {base}: {e}"),
+                ),
+                false,
+            )
+        })?;
+    // The pooled client speaks HTTP/1.1 to backends, whatever the client spoke to us; an
+    // HTTP/2 request carries its host in the URI, which is replaced here.
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
     }
+    parts.version = http::Version::HTTP_11;
+    parts.uri = uri;
+    if mark {
+        parts.headers.insert(FORWARDED, HeaderValue::from_static("1"));
+    }
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    let resp = http
+        .request(Request::from_parts(parts, body))
+        .await
+        .map_err(|e| {
+            // No answer came: nothing reached the backend (refused), or it closed or reset
+            // the connection first (a container being stopped; Docker's proxy accepts,
+            // then closes). Another backend may be tried when nothing was sent or the
+            // method may be repeated.
+            let retry = e.is_connect() || idempotent;
+            (
+                text(StatusCode::BAD_GATEWAY, format!("backend {base}: {e}")),
+                retry,
+            )
+        })?;
+    Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+}
+
+/// What the node's port (its agent's TLS listener) hands to this ingress: requests other
+/// nodes forwarded, served by this node's own backends only (never forwarded again), and
+/// `/.wisp/` statistics for the autoscaler (behind the same token check as on any listener).
+pub fn node_port_service(ingress: Ingress) -> wisp_http::HttpService<Body> {
+    tower::util::BoxCloneService::new(tower::service_fn(
+        move |mut req: Request<hyper::body::Incoming>| {
+            let ingress = ingress.clone();
+            req.headers_mut().insert(FORWARDED, HeaderValue::from_static("1"));
+            async move { Ok::<_, Infallible>(ingress.handle(req).await) }
+        },
+    ))
 }
 
 /// Serves `ingress` on `listener` until `shutdown`, then lets in-flight requests finish for

@@ -28,8 +28,46 @@ pub enum Target {
     Local(SandboxId),
     /// A port this node published for one of its pods' containers (on loopback).
     Addr(SocketAddr),
-    /// Another node's ingress, which calls its local sandbox.
-    Node(String),
+    /// Another node's port (its agent), which hands the request to that node's ingress.
+    Node(Arc<Peer>),
+}
+
+/// Another node as this ingress forwards to it: its agent's URL, over TLS trusting that
+/// node's own CA only (`Node.status.agentCa`), on a connection pool of its own.
+pub struct Peer {
+    pub url: String,
+    pub ca: String,
+    pub(crate) http: hyper_util::client::legacy::Client<wisp_client::NodeConnector, crate::proxy::Body>,
+}
+
+impl Peer {
+    /// A peer at `url` whose certificate chains to `ca` (PEM).
+    pub fn new(url: &str, ca: &str) -> Result<Self, wisp_client::ClientError> {
+        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(wisp_client::node_connector(ca)?);
+        Ok(Self {
+            url: url.to_owned(),
+            ca: ca.to_owned(),
+            http,
+        })
+    }
+}
+
+impl PartialEq for Peer {
+    fn eq(&self, other: &Self) -> bool {
+        self.url == other.url && self.ca == other.ca
+    }
+}
+
+impl Eq for Peer {}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A Service as the ingress sees it: its ready backends (swapped on every change) and its

@@ -269,9 +269,14 @@ async fn run_node(
     if let Some(docker) = docker {
         runtimes.insert(Arc::new(wisp_sandbox_docker::DockerSandbox::new(docker)));
     }
-    let agent = wisp_node::Agent::new(client.clone(), config, runtimes).on_informers(informers);
     let in_process = wisp_ingress::InProcess::new(wisp_api::RUNTIME_WASM, Arc::new(wasm));
-    let ingress = wisp_ingress::Ingress::on_informers(client, ingress_config, Some(in_process), informers);
+    let ingress =
+        wisp_ingress::Ingress::on_informers(client.clone(), ingress_config, Some(in_process), informers);
+    // The node's port serves other nodes' forwarded requests and the autoscaler through this
+    // ingress, beside container logs.
+    let agent = wisp_node::Agent::new(client, config, runtimes)
+        .on_informers(informers)
+        .serving_also(wisp_ingress::node_port_service(ingress.clone()));
     #[allow(clippy::print_stdout)]
     {
         let https = match &tls_listener {

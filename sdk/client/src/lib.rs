@@ -119,6 +119,28 @@ enum Transport {
     InProcess(LocalHandler),
 }
 
+/// A connector for a node's agent (`Node.status.agentUrl`): HTTPS only, HTTP/1.1, whose
+/// certificate must chain to that node's own CA (`Node.status.agentCa`, PEM) — trusted for
+/// that node only, never for another node or the API server.
+pub type NodeConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// See [`NodeConnector`].
+pub fn node_connector(agent_ca: &str) -> Result<NodeConnector> {
+    let tls = wisp_tls::client_config(Some(agent_ca)).map_err(|e| ClientError::Config {
+        what: "the node's CA (status.agentCa) is not usable".into(),
+        source: e.into(),
+    })?;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.enforce_http(false);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(connector))
+}
+
 /// A connection to one Wisp API server. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
@@ -548,6 +570,9 @@ pub struct WhoAmI {
     pub node: Option<String>,
     #[serde(default)]
     pub pod: Option<String>,
+    /// Whom a `podLogs` ticket reads for: the caller the API server authorized.
+    #[serde(default, rename = "onBehalfOf")]
+    pub on_behalf_of: Option<String>,
 }
 
 fn to_body(obj: &impl Serialize) -> Result<Bytes> {

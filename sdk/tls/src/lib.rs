@@ -60,6 +60,11 @@ pub const CLUSTER_CA: &str = "wisp cluster CA";
 /// The subject of the CA that issues Routes' certificates (`tls.issuer: cluster`): another
 /// CA, so that a tenant's certificate is never one the CLI and nodes trust for the API.
 pub const ROUTES_CA: &str = "wisp routes CA";
+/// The subject of the CA each node makes for itself at start (kept in memory only), which
+/// signs the certificate its agent serves with: the node publishes it in its Node's
+/// `status.agentCa`, written with its own credential, and whoever reaches that agent (the API
+/// server, another node, the autoscaler) trusts it for that node only.
+pub const NODE_CA: &str = "wisp node CA";
 /// The CA's lifetime, and a serving certificate's.
 const CA_YEARS: i16 = 10;
 const LEAF_DAYS: i64 = 365;
@@ -201,6 +206,26 @@ impl Ca {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// A node's serving TLS: its own CA (published in its Node) and what its agent serves with.
+pub struct NodeTls {
+    /// The node CA's certificate, PEM (`Node.status.agentCa`).
+    pub ca_pem: String,
+    /// A certificate for `address` from that CA, HTTP/1.1.
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+/// A fresh node CA and a serving certificate for the node's `address` (an IP address or DNS
+/// name), both in memory: a restarted node makes new ones and publishes the new CA when it
+/// registers, before it serves.
+pub fn node(address: &str) -> Result<NodeTls> {
+    let ca = Ca::create_named(NODE_CA)?;
+    let serving = ca.issue(&[address.to_owned()], true)?;
+    Ok(NodeTls {
+        server: server_config(&serving, &[b"http/1.1"])?,
+        ca_pem: ca.cert_pem,
+    })
 }
 
 /// The cluster's TLS as a server finds it in its data directory.

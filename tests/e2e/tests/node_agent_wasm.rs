@@ -161,10 +161,32 @@ async fn registers_the_node_and_renews_its_lease() -> anyhow::Result<()> {
     let status = node.status.context("status")?;
     assert_eq!(status.runtimes, ["wasm"]);
     assert!(status.capacity.contains_key("cpu") && status.capacity.contains_key("memory"));
+    let agent_url = status.agent_url.clone().context("agentUrl")?;
+    assert!(agent_url.starts_with("https://127.0.0.1:"), "{agent_url}");
+    // The node's port speaks TLS only, with a certificate from the CA the node published.
+    let ca = status.agent_ca.clone().context("agentCa")?;
+    let plain = Client::new(&agent_url.replace("https://", "http://"), "t")
+        .raw(http::Method::GET, "/containerLogs/default/p/c", None)
+        .await;
     assert!(
-        status
-            .agent_url
-            .is_some_and(|u| u.starts_with("http://127.0.0.1:"))
+        plain.as_ref().is_err_and(|e| e.code().is_none()),
+        "plain HTTP on the node's port gets no HTTP answer: {plain:?}"
+    );
+    let stranger = wisp_tls::Ca::create_named(wisp_tls::NODE_CA)?;
+    let other = Client::with_ca(&agent_url, "t", Some(stranger.cert_pem()))?
+        .raw(http::Method::GET, "/containerLogs/default/p/c", None)
+        .await;
+    assert!(
+        other.as_ref().is_err_and(|e| e.code().is_none()),
+        "a client trusting another CA gets no HTTP answer: {other:?}"
+    );
+    let bad = Client::with_ca(&agent_url, "not-a-ticket", Some(&ca))?
+        .raw(http::Method::GET, "/containerLogs/default/p/c", None)
+        .await;
+    assert_eq!(
+        bad.as_ref().err().and_then(|e| e.code()),
+        Some(401),
+        "over TLS with the node's CA, a token that is no ticket: {bad:?}"
     );
     let leases = c.client.api::<Lease>(Some("wisp-system"));
     let first = leases.get(NODE).await?.spec.renew_time.context("renewTime")?;

@@ -851,9 +851,9 @@ async fn raw_status(w: &Wisp, token: &str, path: &str) -> anyhow::Result<(u16, O
     ))
 }
 
-/// A node credential names its own ingress's URL: what the control plane sends there is
-/// worth nothing beyond reading ingress statistics, and a log request never carries a
-/// user's token to a node.
+/// A node credential names its own port (`agentUrl`) and the CA it trusts for it: what the
+/// control plane sends there (over TLS, to a certificate of that CA) is worth nothing beyond
+/// reading ingress statistics, and a log request never carries a user's token to a node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_node_collects_no_token_worth_anything() -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -865,15 +865,21 @@ async fn a_lying_node_collects_no_token_worth_anything() -> anyhow::Result<()> {
     let (ok, out, err) = w.cli(&["token", "create", "--node", "evil"])?;
     anyhow::ensure!(ok, "{err}");
     let evil = w.client_as(out.trim());
-    // A listener that keeps every Authorization header sent to it.
+    // A listener that keeps every Authorization header sent to it, with the node's own CA.
     let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let trap_url = format!("http://{}", trap.local_addr()?);
+    let trap_url = format!("https://{}", trap.local_addr()?);
+    let evil_tls = wisp_tls::node("127.0.0.1")?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(evil_tls.server.clone());
     let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let kept = seen.clone();
     let catcher = tokio::spawn(async move {
-        while let Ok((mut conn, _)) = trap.accept().await {
+        while let Ok((conn, _)) = trap.accept().await {
             let kept = kept.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
+                let Ok(mut conn) = acceptor.accept(conn).await else {
+                    return;
+                };
                 let mut buf = vec![0u8; 8192];
                 let n = conn.read(&mut buf).await.unwrap_or(0);
                 let head = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -900,8 +906,8 @@ async fn a_lying_node_collects_no_token_worth_anything() -> anyhow::Result<()> {
             type_: "InternalIP".into(),
             address: "127.0.0.1".into(),
         }],
-        ingress_url: Some(trap_url.clone()),
         agent_url: Some(trap_url),
+        agent_ca: Some(evil_tls.ca_pem.clone()),
         ..wisp_api::NodeStatus::default()
     });
     evil.api::<Node>(None).replace_status(&node).await?;
@@ -909,7 +915,7 @@ async fn a_lying_node_collects_no_token_worth_anything() -> anyhow::Result<()> {
     let mut f = Function::new(ObjectMeta::namespaced("default", "probe"));
     f.spec.template.spec.containers = vec![wasm_container(&format!("sha256:{}", "0".repeat(64)), &[])];
     admin.api::<Function>(Some("default")).create(&f).await?;
-    until("the autoscaler at the lying node's ingress", 15, async || {
+    until("the autoscaler at the lying node's port", 15, async || {
         Ok(!seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -1,7 +1,8 @@
 //! Transport security against the real `wisp` binary: the API is HTTPS by default with a
 //! cluster CA made on first start and written into the CLI config; a client without that CA
 //! fails the handshake; plain HTTP needs `--insecure-http`; a node's traffic to the API
-//! carries no token or Secret value in clear text; the data directory is private.
+//! carries no token or Secret value in clear text; calls to a node (forwarding, logs,
+//! statistics) are TLS to the CA that node published; the data directory is private.
 #![allow(clippy::print_stderr)]
 
 use std::os::unix::fs::MetadataExt;
@@ -219,6 +220,116 @@ async fn no_token_and_no_secret_cross_the_node_network_in_clear_text() -> anyhow
     ] {
         assert!(!contains(&seen, needle), "{what} crossed the proxy in clear text");
     }
+    Ok(())
+}
+
+/// Every call to a node goes over TLS to the node's port, trusting the CA that node
+/// published: a request that enters one node's ingress reaches a pod on another node
+/// (forwarded), the pod's logs come back through the API server (proxied), and neither the
+/// node's port nor the autoscaler's statistics answer plain HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_between_nodes_and_to_a_node_are_tls_to_the_ca_it_published() -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let w = Wisp::start(Options {
+        command: Some("up".into()),
+        ..Options::default()
+    })?;
+    let admin = w.client();
+    let _remote = NodeAgent::start(&w, "remote")?;
+    let entry = wisp_e2e::node_ingress(&admin, "local").await?;
+    wisp_e2e::node_ingress(&admin, "remote").await?;
+    let node = admin.api::<wisp_api::Node>(None).get("remote").await?;
+    let st = node.status.context("status")?;
+    let agent_url = st.agent_url.context("agentUrl")?;
+    let agent_ca = st.agent_ca.context("agentCa")?;
+    anyhow::ensure!(agent_url.starts_with("https://"), "{agent_url}");
+
+    // A pod on the remote node only, behind a Service and a Route.
+    let digest = admin
+        .put_blob(Bytes::from(std::fs::read(guest("fault")?)?))
+        .await?;
+    let mut pod = Pod::new(ObjectMeta::namespaced("default", "far"));
+    pod.metadata.labels.insert("app".into(), "far".into());
+    pod.spec.node_name = Some("remote".into());
+    pod.spec.containers = vec![Container {
+        name: "main".into(),
+        wasm: Some(digest),
+        ..Container::default()
+    }];
+    admin.api::<Pod>(Some("default")).create(&pod).await?;
+    let mut svc = wisp_api::Service::new(ObjectMeta::namespaced("default", "far"));
+    svc.spec.selector.insert("app".into(), "far".into());
+    svc.spec.ports = vec![wisp_api::ServicePort {
+        port: 80,
+        ..wisp_api::ServicePort::default()
+    }];
+    admin
+        .api::<wisp_api::Service>(Some("default"))
+        .create(&svc)
+        .await?;
+    let mut route = wisp_api::Route::new(ObjectMeta::namespaced("default", "far"));
+    route.spec.host = Some("far.default.localhost".into());
+    route.spec.backends = vec![wisp_api::RouteBackend {
+        service: "far".into(),
+        ..wisp_api::RouteBackend::default()
+    }];
+    admin
+        .api::<wisp_api::Route>(Some("default"))
+        .create(&route)
+        .await?;
+    wisp_testkit::wait_pod(&admin, "far", 60, |p| p.is_ready()).await?;
+
+    // In at the `wisp up` node's ingress, answered by the remote node's pod.
+    let http = wisp_e2e::http_client();
+    let get = async |path: &str| -> anyhow::Result<(u16, String)> {
+        let req = http::Request::get(format!("{entry}{path}"))
+            .header(http::header::HOST, "far.default.localhost")
+            .body(http_body_util::Empty::new())?;
+        let resp = http.request(req).await?;
+        let code = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((code, String::from_utf8_lossy(&body).into_owned()))
+    };
+    let (code, body) = wisp_testkit::try_eventually("a request forwarded to the remote node", async || {
+        Ok(get("/mark").await.ok().filter(|(c, _)| *c == 200))
+    })
+    .await?;
+    assert_eq!(code, 200, "{body}");
+    let pods_here = admin
+        .api::<Pod>(Some("default"))
+        .list(&wisp_client::ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.spec.node_name.as_deref() == Some("local"))
+        .count();
+    assert_eq!(pods_here, 0, "no pod ran on the node the request entered");
+
+    // Its output, read through the API server from the remote node's port.
+    let (ok, out, err) = w.cli(&["logs", "far"])?;
+    anyhow::ensure!(ok, "wisp logs: {err}");
+    assert!(out.contains("marked 1"), "the remote pod's log: {out:?}");
+
+    // The node's port: TLS only, with a certificate of the CA the node published.
+    let plain_port = wisp_client::Client::new(&agent_url.replace("https://", "http://"), &w.token)
+        .raw(http::Method::GET, "/.wisp/stats", None)
+        .await;
+    assert!(
+        plain_port.as_ref().is_err_and(|e| e.code().is_none()),
+        "plain HTTP on the node's port gets no HTTP answer: {plain_port:?}"
+    );
+    let stats = wisp_client::Client::with_ca(&agent_url, &w.token, Some(&agent_ca))?
+        .raw(http::Method::GET, "/.wisp/stats", None)
+        .await?;
+    assert_eq!(stats.status(), 200, "the statistics, over TLS with the node's CA");
+    let stranger = wisp_tls::Ca::create_named(wisp_tls::NODE_CA)?;
+    let other = wisp_client::Client::with_ca(&agent_url, &w.token, Some(stranger.cert_pem()))?
+        .raw(http::Method::GET, "/.wisp/stats", None)
+        .await;
+    assert!(
+        other.as_ref().is_err_and(|e| e.code().is_none()),
+        "a client trusting another CA gets no HTTP answer: {other:?}"
+    );
     Ok(())
 }
 

@@ -130,9 +130,15 @@ pub struct NodeStatus {
     /// Base URL of this node's ingress, for reaching its pods from other nodes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ingress_url: Option<String>,
-    /// Base URL of this node's agent (container logs), reached by the API server.
+    /// Base URL of this node's agent, HTTPS: container logs for the API server, requests
+    /// other nodes' ingresses forward to this node's pods, and the ingress statistics the
+    /// autoscaler reads.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_url: Option<String>,
+    /// The CA (PEM) the node made for itself, which signs its agent's certificate: whoever
+    /// reaches `agentUrl` trusts it for this node only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_ca: Option<String>,
     /// Version of the node agent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
