@@ -35,48 +35,6 @@ fn encode(s: &str) -> String {
 /// How long a log ticket may be presented (the stream it opens may last longer).
 const TICKET_TTL: Duration = Duration::from_secs(60);
 
-/// Where node `node`'s agent listens, from what the node reports: only the host and port of
-/// its `agentUrl` (never a path or query of the node's choosing), at one of the node's own
-/// addresses, and never a link-local (cloud metadata) or unspecified one — so a lying node
-/// cannot have this server fetch an address of its choosing.
-fn agent_addr(
-    node: &serde_json::Map<String, serde_json::Value>,
-    name: &str,
-) -> Result<std::net::SocketAddr, ApiError> {
-    let url = str_at(node, &["status", "agentUrl"])
-        .ok_or_else(|| ApiError::Unavailable(format!("node {name} does not publish an agent URL")))?;
-    let bad = |why: &str| ApiError::Unavailable(format!("node {name}'s agent URL {url:?} {why}"));
-    let uri: http::Uri = url.parse().map_err(|_| bad("is not a URL"))?;
-    let host = uri
-        .host()
-        .ok_or_else(|| bad("has no host"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let ip: std::net::IpAddr = host.parse().map_err(|_| bad("does not name an IP address"))?;
-    let own = node
-        .get("status")
-        .and_then(|s| s.get("addresses"))
-        .and_then(|a| a.as_array())
-        .is_some_and(|a| {
-            a.iter()
-                .filter_map(|x| x.get("address").and_then(|v| v.as_str()))
-                .any(|x| x.parse::<std::net::IpAddr>().ok() == Some(ip))
-        });
-    if !own {
-        return Err(bad("is not at one of the node's addresses"));
-    }
-    if matches!(
-        wisp_sandbox::egress::restricted_class(ip),
-        Some("link-local" | "unspecified" | "multicast or reserved")
-    ) {
-        return Err(bad("is at an address no agent listens on"));
-    }
-    if uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
-        return Err(bad("is not https://"));
-    }
-    Ok(std::net::SocketAddr::new(ip, uri.port_u16().unwrap_or(443)))
-}
-
 pub async fn pod_log(
     state: &State,
     caller: &crate::auth::Principal,
@@ -134,17 +92,18 @@ pub async fn pod_log(
         .await
         .map_err(|e| ApiError::from_store(e, &format!("node {node}")))?
         .ok_or_else(|| ApiError::Unavailable(format!("node {node} of {what} is not registered")))?;
-    let node_obj = from_kv(&node_obj)?;
-    let agent = agent_addr(&node_obj.body, &node)?;
-    let ca = str_at(&node_obj.body, &["status", "agentCa"]).ok_or_else(|| {
-        ApiError::Unavailable(format!(
-            "node {node} publishes no CA for its agent (status.agentCa): its logs are read over TLS only"
-        ))
-    })?;
+    let node_obj: wisp_api::Node =
+        serde_json::from_value(serde_json::Value::Object(from_kv(&node_obj)?.body))
+            .map_err(|e| ApiError::Internal(format!("node {node} as stored: {e}")))?;
+    // Only the host and port of its agentUrl, at one of the node's own addresses, with the
+    // CA it published (a lying node cannot have this server fetch an address of its choosing
+    // or trust another node's certificate).
+    let (agent, ca) = wisp_client::node_port(&node_obj)
+        .map_err(|why| ApiError::Unavailable(format!("node {node}: {why}")))?;
     let connector = wisp_client::node_connector(ca)
         .map_err(|e| ApiError::Unavailable(format!("node {node}'s status.agentCa: {e}")))?;
     let mut url = format!(
-        "https://{agent}/containerLogs/{}/{}/{}",
+        "https://{agent}/.wisp/containerLogs/{}/{}/{}",
         encode(&ns),
         encode(name),
         encode(&container)

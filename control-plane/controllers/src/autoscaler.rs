@@ -10,6 +10,7 @@
 //! the activator's (one write at the first request).
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -150,7 +151,12 @@ async fn scrape(http: &HttpClient, url: &str, token: &str) -> Option<Vec<Sample>
         if !resp.status().is_success() {
             return None;
         }
-        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        // A node's answer is read up to 1 MiB (statistics of ~10,000 Services).
+        let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes();
         serde_json::from_slice(&body).ok()
     };
     tokio::time::timeout(Duration::from_secs(2), read).await.ok()?
@@ -174,43 +180,79 @@ pub fn rate(previous: Option<(Instant, u64)>, now: Instant, busy_us: u64) -> Opt
 #[derive(Default)]
 struct State {
     windows: HashMap<(String, String), Window>,
-    /// Last busy reading per (ingress URL, namespace, Service).
+    /// Last busy reading per (node, namespace, Service).
     busy: HashMap<(String, String, String), (Instant, u64)>,
-    /// A connection pool per node's port (URL → the node's CA, the pool), kept while the
-    /// node keeps both.
-    agents: HashMap<String, (String, HttpClient)>,
+    /// A connection pool per node's port (node → its address, its CA, the pool), kept while
+    /// the node keeps both.
+    agents: HashMap<String, (SocketAddr, String, HttpClient)>,
 }
 
+/// One node's port to read: the node, the statistics' URL, the pool that trusts its CA.
+type Scrape = (String, String, HttpClient);
+
 impl State {
-    /// The nodes' ports to read this tick, each with the pool that trusts its node's CA.
-    fn agents(&mut self, nodes: &[std::sync::Arc<Node>]) -> Vec<(String, HttpClient)> {
+    /// The nodes' ports to read this tick (checked as everyone checks them,
+    /// [`wisp_client::node_port`]), each with the pool that trusts that node's CA only. Never
+    /// the API server's address (`api`), nor an address two nodes claim.
+    fn agents(&mut self, nodes: &[std::sync::Arc<Node>], api: Option<SocketAddr>) -> Vec<Scrape> {
+        let ports: Vec<(String, SocketAddr, String)> = nodes
+            .iter()
+            .filter_map(|n| match wisp_client::node_port(n) {
+                Ok((addr, ca)) if Some(addr) != api => Some((n.metadata.name.clone(), addr, ca.to_owned())),
+                Ok(_) => None,
+                Err(why) => {
+                    tracing::debug!(node = %n.metadata.name, %why, "not reading this node's stats");
+                    None
+                }
+            })
+            .collect();
+        let mut claims: HashMap<SocketAddr, usize> = HashMap::new();
+        for (_, addr, _) in &ports {
+            *claims.entry(*addr).or_default() += 1;
+        }
         let mut now = HashMap::new();
-        for n in nodes {
-            let Some(st) = n.status.as_ref() else { continue };
-            let (Some(url), Some(ca)) = (st.agent_url.clone(), st.agent_ca.clone()) else {
+        for (name, addr, ca) in ports {
+            if claims.get(&addr).copied().unwrap_or(0) > 1 {
+                tracing::warn!(node = %name, %addr, "two nodes claim this agent address: reading neither");
                 continue;
-            };
-            let http = match self.agents.remove(&url) {
-                Some((known, http)) if known == ca => http,
+            }
+            let http = match self.agents.remove(&name) {
+                Some((a, known, http)) if a == addr && known == ca => http,
                 _ => match wisp_client::node_connector(&ca) {
                     Ok(c) => {
                         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                             .build(c)
                     }
                     Err(e) => {
-                        tracing::warn!(node = %n.metadata.name, error = %e, "cannot read this node's stats");
+                        tracing::warn!(node = %name, error = %e, "cannot read this node's stats");
                         continue;
                     }
                 },
             };
-            now.insert(url, (ca, http));
+            now.insert(name, (addr, ca, http));
         }
         self.agents = now;
         self.agents
             .iter()
-            .map(|(url, (_, http))| (url.clone(), http.clone()))
+            .map(|(name, (addr, _, http))| (name.clone(), format!("https://{addr}"), http.clone()))
             .collect()
     }
+}
+
+/// The address of the API server's URL, when it names an IP address.
+fn api_addr(url: &str) -> Option<SocketAddr> {
+    let uri: http::Uri = url.parse().ok()?;
+    let ip = uri
+        .host()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+    Some(SocketAddr::new(
+        ip,
+        uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
+    ))
 }
 
 /// One Service's traffic over every ingress this tick.
@@ -251,18 +293,18 @@ pub async fn run(informers: Informers, config: AutoscalerConfig, shutdown: Cance
 /// growth, so an ingress missing from one tick never counts double in the next). Returns
 /// whether any ingress could not be read.
 async fn traffic(
-    agents: Vec<(String, HttpClient)>,
+    agents: Vec<Scrape>,
     token: &str,
     state: &mut State,
 ) -> (HashMap<(String, String), Traffic>, bool) {
-    let reads = futures::future::join_all(agents.iter().map(|(url, http)| scrape(http, url, token))).await;
-    let urls: Vec<String> = agents.into_iter().map(|(url, _)| url).collect();
+    let reads = futures::future::join_all(agents.iter().map(|(_, url, http)| scrape(http, url, token))).await;
+    let urls: Vec<String> = agents.into_iter().map(|(node, _, _)| node).collect();
     let now = Instant::now();
     let mut out: HashMap<(String, String), Traffic> = HashMap::new();
     let mut failed = false;
     for (url, read) in urls.iter().zip(reads) {
         let Some(samples) = read else {
-            tracing::debug!(ingress = %url, "cannot read the ingress's stats");
+            tracing::debug!(node = %url, "cannot read the node's stats");
             failed = true;
             continue;
         };
@@ -307,7 +349,7 @@ async fn tick(
         return Ok(());
     }
     let nodes = caches.nodes.list();
-    let agents = state.agents(&nodes);
+    let agents = state.agents(&nodes, api_addr(client.server()));
     let (totals, scrape_failed) = traffic(
         agents,
         config.stats_token.as_deref().unwrap_or(client.token()),

@@ -237,12 +237,12 @@ impl Agent {
             informers: self.informers.clone(),
             oci: c.oci_cache(),
         });
-        let log_server = std::sync::Arc::new(logs::LogServer {
-            shutdown: shutdown.clone(),
-            api: self.client.clone(),
-            node: c.node_name.clone(),
-            runtimes: self.runtimes.clone(),
-        });
+        let log_server = std::sync::Arc::new(logs::LogServer::new(
+            shutdown.clone(),
+            self.client.clone(),
+            c.node_name.clone(),
+            self.runtimes.clone(),
+        ));
         let interval = (c.lease_duration / 4).max(Duration::from_millis(100));
         tokio::join!(
             node::health_monitor(

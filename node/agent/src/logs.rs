@@ -1,7 +1,7 @@
 //! The node's port (`Node.status.agentUrl`), HTTPS only with the node's own certificate
 //! (`Node.status.agentCa`). It serves container logs, which the API server proxies
 //! `GET …/pods/<name>/log` to:
-//! `GET /containerLogs/<namespace>/<pod>/<container>?follow=true&tailLines=N`,
+//! `GET /.wisp/containerLogs/<namespace>/<pod>/<container>?follow=true&tailLines=N`,
 //! and hands every other request to [`crate::Agent::serving_also`] (the node's ingress:
 //! requests forwarded by other nodes, its statistics).
 //!
@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::Service;
+use tower::ServiceExt;
 use wisp_api::Pod;
 use wisp_client::Client;
 use wisp_sandbox::LogOptions;
@@ -42,6 +42,23 @@ pub struct LogServer {
     pub api: Client,
     pub node: String,
     pub runtimes: Runtimes,
+    /// How fast tickets are checked with the API server (20 a second): whoever reaches the
+    /// node's port cannot make it call the API at any rate they like.
+    pub ticket_checks: governor::DefaultDirectRateLimiter,
+}
+
+impl LogServer {
+    pub fn new(shutdown: CancellationToken, api: Client, node: String, runtimes: Runtimes) -> Self {
+        Self {
+            shutdown,
+            api,
+            node,
+            runtimes,
+            ticket_checks: governor::RateLimiter::direct(governor::Quota::per_second(
+                std::num::NonZeroU32::new(20).unwrap_or(std::num::NonZeroU32::MIN),
+            )),
+        }
+    }
 }
 
 fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
@@ -81,10 +98,10 @@ impl LogServer {
         }
         let path = req.uri().path().to_owned();
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let ["containerLogs", ns, pod_name, container] = parts.as_slice() else {
+        let [".wisp", "containerLogs", ns, pod_name, container] = parts.as_slice() else {
             return Err(text(
                 StatusCode::NOT_FOUND,
-                format!("no such path: {path} (expected /containerLogs/<namespace>/<pod>/<container>)"),
+                format!("no such path: {path} (expected /.wisp/containerLogs/<namespace>/<pod>/<container>)"),
             ));
         };
         let token = req
@@ -93,6 +110,15 @@ impl LogServer {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| text(StatusCode::UNAUTHORIZED, "a bearer token is required"))?;
+        if self.ticket_checks.check().is_err() {
+            let mut r = text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many log requests to check; retry shortly",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            return Err(r);
+        }
         // Only the API server's ticket for this very pod (never a user's, a node's or the
         // admin's own token, which the API server does not forward): it checked who asks.
         let api = self.api.with_token(token);
@@ -190,11 +216,12 @@ pub async fn serve(
             let server = server.clone();
             let others = others.clone();
             async move {
-                if req.uri().path().starts_with("/containerLogs/") {
+                if req.uri().path().starts_with("/.wisp/containerLogs/") {
                     return Ok::<_, Infallible>(server.handle(req).await);
                 }
                 match others {
-                    Some(mut others) => others.call(req).await,
+                    // Ready first: the service may be limited (the ingress's concurrency).
+                    Some(others) => others.oneshot(req).await,
                     None => Ok(text(
                         StatusCode::NOT_FOUND,
                         format!("no such path: {} on a node's agent", req.uri().path()),

@@ -465,26 +465,19 @@ impl Ingress {
             .iter()
             .filter(|n| n.metadata.name != *node)
             .filter_map(|n| {
-                let st = n.status.as_ref()?;
-                let url = st.agent_url.clone()?;
-                let ca = st.agent_ca.as_deref()?;
-                if !url.starts_with("https://") {
-                    return None;
-                }
-                let addr = url_addr(&url)?;
-                let at_its_address = st
-                    .addresses
-                    .iter()
-                    .any(|a| a.address.parse::<std::net::IpAddr>().ok() == Some(addr.ip()));
-                let class = wisp_sandbox::egress::restricted_class(addr.ip());
-                let reachable = match class {
+                // HTTPS at one of the node's own addresses, with its CA (as everyone checks).
+                let (addr, ca) = wisp_client::node_port(n)
+                    .inspect_err(|why| tracing::debug!(node = %n.metadata.name, %why, "not forwarding there"))
+                    .ok()?;
+                let reachable = match wisp_sandbox::egress::restricted_class(addr.ip()) {
                     None => true,
                     Some("link-local" | "unspecified" | "multicast or reserved") => false,
                     Some(c) => own_class == Some(Some(c)),
                 };
-                if !(at_its_address && reachable && !is_listener(&not_agent, addr)) {
+                if !reachable || is_listener(&not_agent, addr) {
                     return None;
                 }
+                let url = format!("https://{addr}");
                 let name = n.metadata.name.clone();
                 let peer = match peers.get(&name) {
                     Some(p) if p.url == url && p.ca == ca => p.clone(),
@@ -1168,6 +1161,30 @@ mod tests {
         );
         assert!(targets("c").is_empty(), "a metadata address, not the node's own");
         assert!(targets("d").is_empty(), "not at the node's own address");
+
+        // The same node: the same pool. A new CA (the node restarted): a pool trusting it.
+        let Some(Target::Node(first)) = good.first().cloned() else {
+            panic!("{good:?}");
+        };
+        ingress.rebuild(&ingress.inner.caches);
+        assert!(
+            matches!(targets("a").as_slice(), [Target::Node(p)] if Arc::ptr_eq(p, &first)),
+            "kept while the node keeps its URL and CA"
+        );
+        let new_ca = wisp_tls::Ca::create_named(wisp_tls::NODE_CA)
+            .expect("ca")
+            .cert_pem()
+            .to_owned();
+        let mut restarted = node("good", "127.0.0.1", "https://127.0.0.1:8081");
+        if let Some(st) = restarted.status.as_mut() {
+            st.agent_ca = Some(new_ca.clone());
+        }
+        w.nodes.apply(&WatcherEvent::Applied(restarted));
+        ingress.rebuild(&ingress.inner.caches);
+        assert!(
+            matches!(targets("a").as_slice(), [Target::Node(p)] if p.ca == new_ca),
+            "the node's new CA is the one trusted"
+        );
         drop(w);
     }
 }

@@ -517,13 +517,17 @@ where
 /// nodes forwarded, served by this node's own backends only (never forwarded again), and
 /// `/.wisp/` statistics for the autoscaler (behind the same token check as on any listener).
 pub fn node_port_service(ingress: Ingress) -> wisp_http::HttpService<Body> {
-    tower::util::BoxCloneService::new(tower::service_fn(
-        move |mut req: Request<hyper::body::Incoming>| {
-            let ingress = ingress.clone();
-            req.headers_mut().insert(FORWARDED, HeaderValue::from_static("1"));
-            async move { Ok::<_, Infallible>(ingress.handle(req).await) }
-        },
-    ))
+    let limit = ingress.inner.config.concurrency_limit;
+    ServiceBuilder::new()
+        .boxed_clone()
+        .concurrency_limit(limit)
+        .service(tower::service_fn(
+            move |mut req: Request<hyper::body::Incoming>| {
+                let ingress = ingress.clone();
+                req.headers_mut().insert(FORWARDED, HeaderValue::from_static("1"));
+                async move { Ok::<_, Infallible>(ingress.handle(req).await) }
+            },
+        ))
 }
 
 /// Serves `ingress` on `listener` until `shutdown`, then lets in-flight requests finish for
@@ -600,6 +604,68 @@ mod tests {
 
     use super::*;
     use crate::table::{RouteEntry, Table};
+
+    /// Forwarding to another node trusts the CA that node published, and only it: a port
+    /// showing a certificate of another CA gets no request; the one with the right one gets
+    /// it marked as forwarded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_node_is_called_over_tls_trusting_its_own_ca_only() {
+        let node = wisp_tls::node("127.0.0.1").expect("the node's TLS");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("https://{}", listener.local_addr().expect("addr"));
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        let service = tower::util::BoxCloneService::new(tower::service_fn(
+            move |req: Request<hyper::body::Incoming>| {
+                count.fetch_add(1, Ordering::SeqCst);
+                let marked = req.headers().contains_key(FORWARDED);
+                async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(marked.to_string())))) }
+            },
+        ));
+        let options = wisp_http::ServeOptions {
+            header_read_timeout: None,
+            grace: std::time::Duration::ZERO,
+            event_loops: 0,
+            busy_poll: std::time::Duration::ZERO,
+            max_connections: 16,
+            http1_only: true,
+            max_connections_per_ip: 0,
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wisp_http::serve_tls(
+            listener,
+            service,
+            options,
+            node.server.clone(),
+            shutdown.clone(),
+        ));
+        let req = || {
+            Request::get("/x")
+                .header(header::HOST, "web.example")
+                .body(
+                    Empty::<Bytes>::new()
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .expect("request")
+        };
+        let stranger = wisp_tls::Ca::create_named(wisp_tls::NODE_CA).expect("another CA");
+        let wrong = crate::table::Peer::new(&url, stranger.cert_pem()).expect("peer");
+        let (refused, _) = forward(&wrong.http, req(), &wrong.url, true)
+            .await
+            .expect_err("a certificate of another CA");
+        assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(seen.load(Ordering::SeqCst), 0, "no request crossed");
+        let right = crate::table::Peer::new(&url, &node.ca_pem).expect("peer");
+        let resp = forward(&right.http, req(), &right.url, true)
+            .await
+            .map_err(|(r, _)| r.status())
+            .expect("forwarded");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"true", "marked as forwarded");
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        shutdown.cancel();
+    }
 
     /// A server that answers every request on a connection with 200 `ok`.
     async fn ok_server() -> std::net::SocketAddr {

@@ -653,3 +653,23 @@ fn image_pull_secrets_are_refused_for_images_until_docker_uses_them() {
     v["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
     assert!(decode("pod", v).is_ok());
 }
+
+#[test]
+fn a_nodes_agent_ca_is_one_certificate_of_bounded_size() {
+    let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let node = |ca: &str| {
+        json!({
+            "apiVersion": "wisp.dev/v1", "kind": "Node", "metadata": {"name": "n1"},
+            "status": {"agentCa": ca}
+        })
+    };
+    decode("Node", node(cert)).expect("one certificate");
+    for (ca, why) in [
+        (format!("{cert}{cert}"), "two certificates"),
+        (String::new(), "none"),
+        (format!("{cert}{}", "A".repeat(crate::AGENT_CA_MAX)), "too large"),
+    ] {
+        let errs = errors("Node", node(&ca));
+        assert!(has(&errs, "status.agentCa"), "{why}: {errs:?}");
+    }
+}

@@ -371,6 +371,11 @@ pub struct NodeArgs {
     /// Data directory (component cache, pod volumes) [default: ~/.wisp/node].
     #[arg(long, env = "WISP_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Join by the cluster CA's fingerprint instead of --ca-file: `sha256:<hex>`, as `wisp
+    /// up` and `wisp server` print it. The node reads the CA from the server's TLS handshake
+    /// and trusts it only if its fingerprint is this one.
+    #[arg(long, env = "WISP_CA_CERT_HASH")]
+    pub ca_cert_hash: Option<String>,
     #[command(flatten)]
     pub node: NodeOptions,
 }

@@ -13,6 +13,12 @@ use crate::manifests::{Document, read_all};
 use crate::output;
 
 pub fn client(global: &Global) -> anyhow::Result<Client> {
+    client_trusting(global, None)
+}
+
+/// [`client`], trusting `pinned` (PEM) as the server's CA when given (a CA read by its
+/// fingerprint: `wisp node --ca-cert-hash`).
+pub fn client_trusting(global: &Global, pinned: Option<String>) -> anyhow::Result<Client> {
     let path = global
         .config
         .clone()
@@ -30,6 +36,7 @@ pub fn client(global: &Global) -> anyhow::Result<Client> {
         .clone()
         .or_else(|| file.as_ref().map(|f| f.token.clone()));
     let ca = match &global.ca_file {
+        _ if pinned.is_some() => pinned,
         Some(f) => Some(
             std::fs::read_to_string(f)
                 .with_context(|| format!("--ca-file {}: cannot read it", f.display()))?,

@@ -122,7 +122,23 @@ fn node_settings(opts: &NodeOptions, data_dir: PathBuf) -> anyhow::Result<NodeSe
 /// `wisp node`: a node agent against a remote API server, until SIGINT/SIGTERM. It acts
 /// with a node credential only (never the admin's): its name comes from the credential.
 pub async fn node(global: &Global, mut args: NodeArgs) -> anyhow::Result<()> {
-    let client = crate::resources::client(global)?;
+    let client = match &args.ca_cert_hash {
+        Some(hash) => {
+            if let Some(f) = &global.ca_file {
+                bail!(
+                    "--ca-cert-hash and --ca-file {} both name the cluster CA: give one",
+                    f.display()
+                );
+            }
+            // The server's URL as the client would use it, then its CA by fingerprint.
+            let server = crate::resources::client(global)?.server().to_owned();
+            let ca = wisp_client::discover_ca(&server, hash)
+                .await
+                .with_context(|| format!("--ca-cert-hash {hash}"))?;
+            crate::resources::client_trusting(global, Some(ca))?
+        }
+        None => crate::resources::client(global)?,
+    };
     let who = client.whoami().await.with_context(|| {
         format!(
             "cannot check this node's credential with the API at {}",
@@ -551,6 +567,16 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
             dir.display(),
             args.store
         );
+        if let Some(hash) = tls
+            .ca_pem
+            .as_deref()
+            .and_then(|ca| wisp_tls::fingerprint(ca).ok())
+        {
+            println!(
+                "join a node: wisp node --server {url} --token <wisp token create --node NAME> \
+                 --ca-cert-hash {hash}"
+            );
+        }
     }
     let signals = shutdown.clone();
     let wait = async move {

@@ -141,6 +141,103 @@ pub fn node_connector(agent_ca: &str) -> Result<NodeConnector> {
         .wrap_connector(connector))
 }
 
+/// The cluster CA of `server` (an `https://` URL), read from its TLS handshake and returned
+/// (PEM) only if its fingerprint is `ca_hash` (`sha256:<hex>`, as `wisp up` prints it): how a
+/// node joins with `--ca-cert-hash` instead of a CA file. Nothing is sent on that connection;
+/// the caller then connects again verifying the server against the CA returned.
+pub async fn discover_ca(server: &str, ca_hash: &str) -> Result<String> {
+    let fail = |what: String, source: BoxError| ClientError::Config { what, source };
+    let uri: http::Uri = server
+        .parse()
+        .map_err(|e| fail(format!("{server} is not a URL"), Box::new(e)))?;
+    if uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
+        return Err(fail(
+            format!("a CA is read only from an https:// server, not {server}"),
+            "plain HTTP has no certificate".into(),
+        ));
+    }
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let name = wisp_tls::rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| fail(format!("{server}: {host:?} is not a server name"), Box::new(e)))?;
+    let read = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        tokio_rustls::TlsConnector::from(Arc::new(wisp_tls::chain_reading_config()))
+            .connect(name, tcp)
+            .await
+    };
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            fail(
+                format!("cannot read the CA of {server}"),
+                format!("no TLS handshake within {CONNECT_TIMEOUT:?}").into(),
+            )
+        })?
+        .map_err(|e| fail(format!("cannot read the CA of {server}"), Box::new(e)))?;
+    let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+    wisp_tls::pinned_in_chain(chain, ca_hash).ok_or_else(|| {
+        let seen: Vec<String> = chain.iter().map(wisp_tls::der_fingerprint).collect();
+        fail(
+            format!("{server} shows no certificate with fingerprint {ca_hash}"),
+            format!(
+                "its chain holds {}; check the hash `wisp up` printed, or join with --ca-file",
+                seen.join(", ")
+            )
+            .into(),
+        )
+    })
+}
+
+/// Where `node`'s port is, as the node reports it (`status.agentUrl`, `status.agentCa`) —
+/// checked the same way by everyone who calls a node (the API server's log proxy, the
+/// autoscaler, other nodes' ingresses): an `https://` URL of which only the host and port
+/// count, an IP address among the node's own `status.addresses` that is not unspecified,
+/// link-local (cloud metadata) or multicast, and its CA (one certificate). The address and
+/// the CA, or why not.
+pub fn node_port(node: &wisp_api::Node) -> std::result::Result<(std::net::SocketAddr, &str), String> {
+    let st = node.status.as_ref().ok_or("it reports no status")?;
+    let url = st.agent_url.as_deref().ok_or("it publishes no agent URL")?;
+    let ca = st
+        .agent_ca
+        .as_deref()
+        .filter(|ca| ca.len() <= wisp_api::AGENT_CA_MAX && ca.matches("BEGIN CERTIFICATE").count() == 1)
+        .ok_or("it publishes no CA for its agent (status.agentCa): it is reached over TLS only")?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("agent URL {url:?} is not a URL"))?;
+    if uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
+        return Err(format!("agent URL {url:?} is not https://"));
+    }
+    let ip: std::net::IpAddr = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("agent URL {url:?} does not name an IP address"))?;
+    if !st
+        .addresses
+        .iter()
+        .any(|a| a.address.parse::<std::net::IpAddr>().ok() == Some(ip))
+    {
+        return Err(format!("agent URL {url:?} is not at one of the node's addresses"));
+    }
+    let link_local = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
+        std::net::IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+    };
+    if ip.is_unspecified() || ip.is_multicast() || link_local {
+        return Err(format!("agent URL {url:?} is at an address no agent listens on"));
+    }
+    Ok((std::net::SocketAddr::new(ip, uri.port_u16().unwrap_or(443)), ca))
+}
+
 /// A connection to one Wisp API server. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
@@ -797,6 +894,75 @@ mod tests {
     use wisp_api::{ConfigMap, EventType, ObjectMeta, Resource};
 
     use super::*;
+
+    /// What a node writes decides where others call it, so each part is checked: the scheme,
+    /// an IP address of the node's own, no metadata or unspecified address, one CA.
+    #[test]
+    fn a_nodes_port_is_https_at_its_own_address_with_one_ca() {
+        let ca = wisp_tls::Ca::create_named(wisp_tls::NODE_CA)
+            .expect("ca")
+            .cert_pem()
+            .to_owned();
+        let node = |url: &str, addresses: &[&str], ca: Option<&str>| {
+            let mut n = wisp_api::Node::new(ObjectMeta::named("n"));
+            n.status = Some(wisp_api::NodeStatus {
+                addresses: addresses
+                    .iter()
+                    .map(|a| wisp_api::NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: (*a).into(),
+                    })
+                    .collect(),
+                agent_url: Some(url.into()),
+                agent_ca: ca.map(str::to_owned),
+                ..wisp_api::NodeStatus::default()
+            });
+            n
+        };
+        let good = node("https://10.0.0.5:10250/ignored?x=1", &["10.0.0.5"], Some(&ca));
+        assert_eq!(
+            node_port(&good).expect("good"),
+            ("10.0.0.5:10250".parse().expect("addr"), ca.as_str()),
+            "host and port only"
+        );
+        let v6 = node("https://[fd00::5]:7", &["fd00::5"], Some(&ca));
+        assert_eq!(
+            node_port(&v6).expect("v6").0,
+            "[fd00::5]:7".parse().expect("addr")
+        );
+        let two = format!("{ca}{ca}");
+        for (n, why) in [
+            (
+                node("http://10.0.0.5:1", &["10.0.0.5"], Some(&ca)),
+                "not https://",
+            ),
+            (
+                node("https://10.0.0.6:1", &["10.0.0.5"], Some(&ca)),
+                "not at one of",
+            ),
+            (
+                node("https://169.254.169.254:1", &["169.254.169.254"], Some(&ca)),
+                "no agent listens",
+            ),
+            (
+                node("https://0.0.0.0:1", &["0.0.0.0"], Some(&ca)),
+                "no agent listens",
+            ),
+            (
+                node("https://[fe80::1]:1", &["fe80::1"], Some(&ca)),
+                "no agent listens",
+            ),
+            (
+                node("https://agent.example:1", &["10.0.0.5"], Some(&ca)),
+                "IP address",
+            ),
+            (node("https://10.0.0.5:1", &["10.0.0.5"], None), "no CA"),
+            (node("https://10.0.0.5:1", &["10.0.0.5"], Some(&two)), "no CA"),
+        ] {
+            let err = node_port(&n).expect_err(why);
+            assert!(err.contains(why), "{err:?} should say {why:?}");
+        }
+    }
 
     fn line<T: Serialize>(type_: EventType, object: &T) -> Vec<u8> {
         serde_json::to_vec(&WatchEvent {

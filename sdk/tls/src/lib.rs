@@ -352,10 +352,88 @@ fn key(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>> {
 /// `sha256:<hex>` of the first certificate in `pem` (its DER): what pins a CA at join.
 pub fn fingerprint(pem: &str) -> Result<String> {
     let cert = certs(pem, "the CA")?.remove(0);
-    Ok(format!(
-        "sha256:{}",
-        hex::encode(sha2::Sha256::digest(cert.as_ref()))
-    ))
+    Ok(der_fingerprint(&cert))
+}
+
+/// A certificate's fingerprint (`sha256:<hex>` of its DER), as [`fingerprint`] gives it.
+pub fn der_fingerprint(cert: &CertificateDer<'_>) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(cert.as_ref())))
+}
+
+/// A certificate as PEM.
+pub fn der_to_pem(cert: &CertificateDer<'_>) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// The certificate of `chain` (as a server showed it in its handshake) whose fingerprint is
+/// `hash`, as PEM: the CA a node pins at join (`wisp node --ca-cert-hash`). `None` when the
+/// chain holds no such certificate.
+pub fn pinned_in_chain(chain: &[CertificateDer<'_>], hash: &str) -> Option<String> {
+    let hash = hash.trim().to_ascii_lowercase();
+    chain
+        .iter()
+        .find(|c| der_fingerprint(c) == hash)
+        .map(|c| der_to_pem(c))
+}
+
+/// Reads a server's certificate chain without trusting it, for [`pinned_in_chain`]; the
+/// connection that follows verifies the server against the CA found there. It still checks
+/// the handshake's signatures: the server holds the key of the certificate it shows.
+#[derive(Debug)]
+struct ChainReader(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for ChainReader {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client configuration that reads a server's chain without trusting it (see
+/// [`pinned_in_chain`]): never for a connection that sends anything.
+pub fn chain_reading_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring offers the default TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ChainReader(provider())))
+        .with_no_client_auth()
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -476,6 +554,28 @@ mod tests {
             "new names, new certificate"
         );
         assert!(fingerprint(&first.ca_pem).expect("fp").starts_with("sha256:"));
+    }
+
+    #[test]
+    fn the_ca_is_found_in_a_chain_by_its_fingerprint_only() {
+        let ca = Ca::create().expect("ca");
+        let issued = ca.issue(&["127.0.0.1".to_owned()], true).expect("issue");
+        let chain = certs(&issued.cert_pem, "chain").expect("certs");
+        let hash = fingerprint(ca.cert_pem()).expect("fp");
+        let found = pinned_in_chain(&chain, &hash.to_ascii_uppercase().replace("SHA256", "sha256"))
+            .expect("the CA, by its fingerprint");
+        assert_eq!(
+            certs(&found, "found").expect("PEM")[0],
+            certs(ca.cert_pem(), "ca").expect("ca")[0],
+            "the PEM written is the CA's certificate"
+        );
+        let leaf = der_fingerprint(&chain[0]);
+        assert_ne!(leaf, hash);
+        assert!(pinned_in_chain(&chain, &format!("sha256:{}", "0".repeat(64))).is_none());
+        assert!(
+            pinned_in_chain(&chain[..1], &hash).is_none(),
+            "a chain without the CA"
+        );
     }
 
     #[test]

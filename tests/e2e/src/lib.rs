@@ -333,6 +333,7 @@ pub struct NodeAgent {
     server: String,
     token: String,
     ca_file: Option<PathBuf>,
+    args: Vec<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -345,6 +346,16 @@ impl NodeAgent {
 
     /// [`NodeAgent::start`] reaching the API server at `server` (a proxy in front of it).
     pub fn start_via(wisp: &Wisp, name: &str, server: &str) -> anyhow::Result<Self> {
+        Self::start_with(wisp, name, server, Vec::new())
+    }
+
+    /// [`NodeAgent::start`] joining by the CA's fingerprint (`--ca-cert-hash`), no CA file.
+    pub fn start_by_ca_hash(wisp: &Wisp, name: &str, hash: &str) -> anyhow::Result<Self> {
+        Self::start_with(wisp, name, &wisp.url, vec!["--ca-cert-hash".into(), hash.into()])
+    }
+
+    /// `args` given: no CA file either (the args name how the node trusts the server).
+    fn start_with(wisp: &Wisp, name: &str, server: &str, args: Vec<String>) -> anyhow::Result<Self> {
         let (ok, out, err) = wisp.cli(&["token", "create", "--node", name])?;
         if !ok {
             bail!("cannot mint a node credential for {name}: {err}");
@@ -356,7 +367,8 @@ impl NodeAgent {
             dir: tmp.path().to_path_buf(),
             server: server.to_owned(),
             token: out.trim().to_owned(),
-            ca_file: wisp.ca.is_some().then(|| wisp.ca_file()),
+            ca_file: (wisp.ca.is_some() && args.is_empty()).then(|| wisp.ca_file()),
+            args,
             _tmp: tmp,
         };
         n.boot()?;
@@ -379,6 +391,7 @@ impl NodeAgent {
                 "false",
             ])
             .args(["--ingress-listen", "127.0.0.1:0"])
+            .args(&self.args)
             .arg("--data-dir")
             .arg(&self.dir)
             .env("WISP_SERVER", &self.server)

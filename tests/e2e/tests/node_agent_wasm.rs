@@ -166,7 +166,7 @@ async fn registers_the_node_and_renews_its_lease() -> anyhow::Result<()> {
     // The node's port speaks TLS only, with a certificate from the CA the node published.
     let ca = status.agent_ca.clone().context("agentCa")?;
     let plain = Client::new(&agent_url.replace("https://", "http://"), "t")
-        .raw(http::Method::GET, "/containerLogs/default/p/c", None)
+        .raw(http::Method::GET, "/.wisp/containerLogs/default/p/c", None)
         .await;
     assert!(
         plain.as_ref().is_err_and(|e| e.code().is_none()),
@@ -174,14 +174,14 @@ async fn registers_the_node_and_renews_its_lease() -> anyhow::Result<()> {
     );
     let stranger = wisp_tls::Ca::create_named(wisp_tls::NODE_CA)?;
     let other = Client::with_ca(&agent_url, "t", Some(stranger.cert_pem()))?
-        .raw(http::Method::GET, "/containerLogs/default/p/c", None)
+        .raw(http::Method::GET, "/.wisp/containerLogs/default/p/c", None)
         .await;
     assert!(
         other.as_ref().is_err_and(|e| e.code().is_none()),
         "a client trusting another CA gets no HTTP answer: {other:?}"
     );
     let bad = Client::with_ca(&agent_url, "not-a-ticket", Some(&ca))?
-        .raw(http::Method::GET, "/containerLogs/default/p/c", None)
+        .raw(http::Method::GET, "/.wisp/containerLogs/default/p/c", None)
         .await;
     assert_eq!(
         bad.as_ref().err().and_then(|e| e.code()),

@@ -907,21 +907,15 @@ async fn a_lying_node_collects_no_token_worth_anything() -> anyhow::Result<()> {
             address: "127.0.0.1".into(),
         }],
         agent_url: Some(trap_url),
-        agent_ca: Some(evil_tls.ca_pem.clone()),
+        // First a CA that did not sign what the trap shows: nothing may be sent to it.
+        agent_ca: Some(wisp_tls::node("127.0.0.1")?.ca_pem),
         ..wisp_api::NodeStatus::default()
     });
-    evil.api::<Node>(None).replace_status(&node).await?;
-    // The autoscaler reads every node's ingress each second, once there is a Function.
+    let node = evil.api::<Node>(None).replace_status(&node).await?;
+    // The autoscaler reads every node's port each second, once there is a Function.
     let mut f = Function::new(ObjectMeta::namespaced("default", "probe"));
     f.spec.template.spec.containers = vec![wasm_container(&format!("sha256:{}", "0".repeat(64)), &[])];
     admin.api::<Function>(Some("default")).create(&f).await?;
-    until("the autoscaler at the lying node's port", 15, async || {
-        Ok(!seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_empty())
-    })
-    .await?;
     // A log request for a pod bound to the liar.
     let mut p = Pod::new(ObjectMeta::namespaced("default", "on-evil"));
     p.spec.containers = vec![Container {
@@ -931,13 +925,43 @@ async fn a_lying_node_collects_no_token_worth_anything() -> anyhow::Result<()> {
     }];
     p.spec.node_name = Some("evil".into());
     admin.api::<Pod>(Some("default")).create(&p).await?;
-    let _ = admin
-        .raw(
-            Method::GET,
-            "/apis/wisp.dev/v1/namespaces/default/pods/on-evil/log",
-            None,
-        )
-        .await;
+    let log = async || {
+        admin
+            .raw(
+                Method::GET,
+                "/apis/wisp.dev/v1/namespaces/default/pods/on-evil/log",
+                None,
+            )
+            .await
+    };
+    let refused = log().await;
+    assert_eq!(
+        refused.as_ref().err().and_then(|e| e.code()),
+        Some(503),
+        "a node whose port shows another CA's certificate: {refused:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        seen.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty(),
+        "a request crossed to a port whose certificate is not of the CA the node published"
+    );
+
+    // Then the CA that signed it: what crosses now is worth nothing.
+    let mut node = node;
+    if let Some(st) = node.status.as_mut() {
+        st.agent_ca = Some(evil_tls.ca_pem.clone());
+    }
+    evil.api::<Node>(None).replace_status(&node).await?;
+    until("the autoscaler at the lying node's port", 15, async || {
+        Ok(!seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty())
+    })
+    .await?;
+    log().await?;
     let tokens = seen
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -972,8 +996,8 @@ async fn a_lying_node_collects_no_token_worth_anything() -> anyhow::Result<()> {
         tokens.len()
     );
     assert!(
-        kinds.contains("scraper"),
-        "the statistics credential is what it saw"
+        kinds.contains("scraper") && kinds.contains("podLogs"),
+        "the statistics credential and a log ticket are what it saw: {kinds:?}"
     );
     catcher.abort();
     Ok(())

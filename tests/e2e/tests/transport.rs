@@ -333,6 +333,61 @@ async fn calls_between_nodes_and_to_a_node_are_tls_to_the_ca_it_published() -> a
     Ok(())
 }
 
+/// A node joins by the cluster CA's fingerprint (`--ca-cert-hash`, as `wisp up` prints it)
+/// instead of a CA file; with a wrong fingerprint it stops, naming it, before its credential
+/// crosses the network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_by_the_cas_fingerprint_and_refuses_another() -> anyhow::Result<()> {
+    let w = Wisp::start(Options::default())?;
+    let admin = w.client();
+    let hash = wisp_tls::fingerprint(w.ca.as_deref().context("the cluster CA")?)?;
+    let _node = NodeAgent::start_by_ca_hash(&w, "pinned", &hash)?;
+    wisp_testkit::try_eventually("the node joined by fingerprint to be Ready", async || {
+        let n = admin.api::<wisp_api::Node>(None).get("pinned").await.ok();
+        Ok(n.filter(|n| n.is_ready()).map(|_| ()))
+    })
+    .await?;
+
+    let (proxy, seen) = recording_proxy(w.api_addr()).await?;
+    let (ok, out, err) = w.cli(&["token", "create", "--node", "wrong"])?;
+    anyhow::ensure!(ok, "{err}");
+    let token = out.trim().to_owned();
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let tmp = tempfile::tempdir()?;
+    let run = tokio::process::Command::new(wisp_e2e::wisp_bin()?)
+        .args(["node", "--server", &format!("https://{proxy}"), "--token", &token])
+        .args(["--ca-cert-hash", &wrong, "--docker", "false"])
+        .arg("--data-dir")
+        .arg(tmp.path().join("node"))
+        .env("WISP_CONFIG", tmp.path().join("no-config"))
+        .env_remove("WISP_CA_FILE")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .context("wisp node with a wrong fingerprint did not stop")??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&wrong) && stderr.contains("shows no certificate with fingerprint"),
+        "the error names the fingerprint: {stderr}"
+    );
+    assert!(
+        stderr.contains(&hash),
+        "and the one the server's chain holds: {stderr}"
+    );
+    let seen = seen.lock().expect("lock").clone();
+    assert!(
+        !seen.is_empty(),
+        "the node did reach the server through the proxy"
+    );
+    assert!(
+        !contains(&seen, token.as_bytes()),
+        "the node's credential crossed the proxy"
+    );
+    Ok(())
+}
+
 /// Rotation: a new key put first in the key file encrypts every Secret again at the next
 /// start; the old key can then go, and every Secret still reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

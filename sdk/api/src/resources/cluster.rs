@@ -153,6 +153,9 @@ pub struct NodeAddress {
     pub address: String,
 }
 
+/// The most a Node's `status.agentCa` may hold: one certificate, PEM (a node's CA is ~600).
+pub const AGENT_CA_MAX: usize = 8192;
+
 impl Node {
     pub(crate) fn validate_fields(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
@@ -165,6 +168,19 @@ impl Node {
                             "must be non-negative",
                         ));
                     }
+                }
+            }
+            if let Some(ca) = &st.agent_ca {
+                let certs = ca.matches("-----BEGIN CERTIFICATE-----").count();
+                if ca.len() > AGENT_CA_MAX || certs != 1 {
+                    errs.push(FieldError::new(
+                        "status.agentCa",
+                        format!(
+                            "must be one PEM certificate of at most {AGENT_CA_MAX} bytes (the \
+                             node's own CA), not {certs} in {} bytes",
+                            ca.len()
+                        ),
+                    ));
                 }
             }
             for (i, r) in st.runtimes.iter().enumerate() {
