@@ -193,8 +193,10 @@ type Scrape = (String, String, HttpClient);
 impl State {
     /// The nodes' ports to read this tick (checked as everyone checks them,
     /// [`wisp_client::node_port`]), each with the pool that trusts that node's CA only. Never
-    /// the API server's address (`api`), nor an address two nodes claim.
-    fn agents(&mut self, nodes: &[std::sync::Arc<Node>], api: Option<SocketAddr>) -> Vec<Scrape> {
+    /// the API server's address (`api`, when its URL names an IP address), nor an address two
+    /// nodes claim (one of them lies); then the second value is true: part of the traffic is
+    /// unknown, and nothing may be scaled down on it.
+    fn agents(&mut self, nodes: &[std::sync::Arc<Node>], api: Option<SocketAddr>) -> (Vec<Scrape>, bool) {
         let ports: Vec<(String, SocketAddr, String)> = nodes
             .iter()
             .filter_map(|n| match wisp_client::node_port(n) {
@@ -211,9 +213,11 @@ impl State {
             *claims.entry(*addr).or_default() += 1;
         }
         let mut now = HashMap::new();
+        let mut shared = false;
         for (name, addr, ca) in ports {
             if claims.get(&addr).copied().unwrap_or(0) > 1 {
                 tracing::warn!(node = %name, %addr, "two nodes claim this agent address: reading neither");
+                shared = true;
                 continue;
             }
             let http = match self.agents.remove(&name) {
@@ -232,10 +236,12 @@ impl State {
             now.insert(name, (addr, ca, http));
         }
         self.agents = now;
-        self.agents
+        let scrapes = self
+            .agents
             .iter()
             .map(|(name, (addr, _, http))| (name.clone(), format!("https://{addr}"), http.clone()))
-            .collect()
+            .collect();
+        (scrapes, shared)
     }
 }
 
@@ -349,13 +355,14 @@ async fn tick(
         return Ok(());
     }
     let nodes = caches.nodes.list();
-    let agents = state.agents(&nodes, api_addr(client.server()));
+    let (agents, shared) = state.agents(&nodes, api_addr(client.server()));
     let (totals, scrape_failed) = traffic(
         agents,
         config.stats_token.as_deref().unwrap_or(client.token()),
         state,
     )
     .await;
+    let scrape_failed = scrape_failed || shared;
     let now = Instant::now();
     let now_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
     let mut live = std::collections::HashSet::new();
@@ -458,6 +465,62 @@ async fn tick(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What nodes write decides where the autoscaler shows its credential: a node's port
+    /// only, never the API server's address, never an address two nodes claim (which marks
+    /// the tick's traffic as partly unknown); a node's pool lives while its CA does.
+    #[tokio::test]
+    async fn it_reads_each_nodes_port_once_and_never_a_shared_or_the_api_address() {
+        let node = |name: &str, port: u16, ca: &str| {
+            let mut n = <Node as wisp_api::Resource>::new(wisp_api::ObjectMeta::named(name));
+            n.status = Some(wisp_api::NodeStatus {
+                addresses: vec![wisp_api::NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: "127.0.0.1".into(),
+                }],
+                agent_url: Some(format!("https://127.0.0.1:{port}")),
+                agent_ca: Some(ca.to_owned()),
+                ..wisp_api::NodeStatus::default()
+            });
+            std::sync::Arc::new(n)
+        };
+        let ca = || {
+            wisp_tls::Ca::create_named(wisp_tls::NODE_CA)
+                .expect("ca")
+                .cert_pem()
+                .to_owned()
+        };
+        let (a, b) = (ca(), ca());
+        let mut state = State::default();
+        let api = Some(SocketAddr::from(([127, 0, 0, 1], 7700)));
+        let nodes = [node("a", 9001, &a), node("b", 9002, &b), node("api", 7700, &a)];
+        let (scrapes, shared) = state.agents(&nodes, api);
+        let mut read: Vec<(String, String)> =
+            scrapes.iter().map(|(n, u, _)| (n.clone(), u.clone())).collect();
+        read.sort();
+        assert_eq!(
+            read,
+            [
+                ("a".to_owned(), "https://127.0.0.1:9001".to_owned()),
+                ("b".to_owned(), "https://127.0.0.1:9002".to_owned())
+            ],
+            "not the API server's address"
+        );
+        assert!(!shared);
+        // A liar copies b's address and CA: neither is read, and the tick knows it.
+        let liar = node("liar", 9002, &b);
+        let (scrapes, shared) = state.agents(&[node("a", 9001, &a), node("b", 9002, &b), liar], api);
+        assert_eq!(scrapes.len(), 1);
+        assert!(shared, "part of the traffic is unknown");
+        // A node that restarts with a new CA: a pool trusting the new one.
+        let c = ca();
+        state.agents(&[node("a", 9001, &a)], api);
+        state.agents(&[node("a", 9001, &c)], api);
+        assert_eq!(
+            state.agents.get("a").map(|(_, ca, _)| ca.as_str()),
+            Some(c.as_str())
+        );
+    }
 
     fn inputs(current: u32) -> Inputs {
         Inputs {

@@ -42,9 +42,10 @@ pub struct LogServer {
     pub api: Client,
     pub node: String,
     pub runtimes: Runtimes,
-    /// How fast tickets are checked with the API server (20 a second): whoever reaches the
-    /// node's port cannot make it call the API at any rate they like.
-    pub ticket_checks: governor::DefaultDirectRateLimiter,
+    /// Tickets checked with the API server at once (8): whoever reaches the node's port
+    /// cannot have it call the API any faster than the API answers; a real request waits its
+    /// turn (up to 5 s) instead of being refused.
+    pub ticket_checks: tokio::sync::Semaphore,
 }
 
 impl LogServer {
@@ -54,9 +55,7 @@ impl LogServer {
             api,
             node,
             runtimes,
-            ticket_checks: governor::RateLimiter::direct(governor::Quota::per_second(
-                std::num::NonZeroU32::new(20).unwrap_or(std::num::NonZeroU32::MIN),
-            )),
+            ticket_checks: tokio::sync::Semaphore::new(8),
         }
     }
 }
@@ -110,15 +109,17 @@ impl LogServer {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| text(StatusCode::UNAUTHORIZED, "a bearer token is required"))?;
-        if self.ticket_checks.check().is_err() {
+        let Ok(Ok(_checking)) =
+            tokio::time::timeout(Duration::from_secs(5), self.ticket_checks.acquire()).await
+        else {
             let mut r = text(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many log requests to check; retry shortly",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many log requests being checked; retry shortly",
             );
             r.headers_mut()
                 .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
             return Err(r);
-        }
+        };
         // Only the API server's ticket for this very pod (never a user's, a node's or the
         // admin's own token, which the API server does not forward): it checked who asks.
         let api = self.api.with_token(token);

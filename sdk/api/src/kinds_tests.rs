@@ -673,3 +673,22 @@ fn a_nodes_agent_ca_is_one_certificate_of_bounded_size() {
         assert!(has(&errs, "status.agentCa"), "{why}: {errs:?}");
     }
 }
+
+/// `stringData` is stored base64 in `data`: its size counts as stored, so the 1 MiB bound
+/// holds after the fold.
+#[test]
+fn a_secrets_string_data_counts_at_its_stored_size() {
+    let secret = |n: usize| {
+        json!({
+            "apiVersion": "wisp.dev/v1", "kind": "Secret",
+            "metadata": {"name": "s", "namespace": "default"},
+            "stringData": {"v": "x".repeat(n)}
+        })
+    };
+    decode("Secret", secret(700 * 1024)).expect("≈ 933 KiB stored");
+    let errs = errors("Secret", secret(800 * 1024));
+    assert!(
+        errs.iter().any(|e| e.contains("may not exceed 1 MiB")),
+        "≈ 1.07 MiB stored: {errs:?}"
+    );
+}

@@ -572,8 +572,14 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
             .as_deref()
             .and_then(|ca| wisp_tls::fingerprint(ca).ok())
         {
+            // Listening on every address: other machines use one of this machine's.
+            let server = if addr.ip().is_unspecified() {
+                format!("https://HOST:{}", addr.port())
+            } else {
+                url.clone()
+            };
             println!(
-                "join a node: wisp node --server {url} --token <wisp token create --node NAME> \
+                "join a node: wisp node --server {server} --token <wisp token create --node NAME> \
                  --ca-cert-hash {hash}"
             );
         }

@@ -181,15 +181,12 @@ pub async fn discover_ca(server: &str, ca_hash: &str) -> Result<String> {
         })?
         .map_err(|e| fail(format!("cannot read the CA of {server}"), Box::new(e)))?;
     let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+    // What the server showed is not printed: it may be an impostor, and its fingerprints
+    // are no hash to retry with.
     wisp_tls::pinned_in_chain(chain, ca_hash).ok_or_else(|| {
-        let seen: Vec<String> = chain.iter().map(wisp_tls::der_fingerprint).collect();
         fail(
             format!("{server} shows no certificate with fingerprint {ca_hash}"),
-            format!(
-                "its chain holds {}; check the hash `wisp up` printed, or join with --ca-file",
-                seen.join(", ")
-            )
-            .into(),
+            "check the hash `wisp up` or `wisp server` printed where it runs, or join with --ca-file".into(),
         )
     })
 }
@@ -206,8 +203,10 @@ pub fn node_port(node: &wisp_api::Node) -> std::result::Result<(std::net::Socket
     let ca = st
         .agent_ca
         .as_deref()
-        .filter(|ca| ca.len() <= wisp_api::AGENT_CA_MAX && ca.matches("BEGIN CERTIFICATE").count() == 1)
         .ok_or("it publishes no CA for its agent (status.agentCa): it is reached over TLS only")?;
+    if ca.len() > wisp_api::AGENT_CA_MAX || !wisp_tls::is_node_ca(ca) {
+        return Err("its status.agentCa is not a node's own CA (one certificate, wisp node CA)".into());
+    }
     let uri: http::Uri = url
         .parse()
         .map_err(|_| format!("agent URL {url:?} is not a URL"))?;
@@ -228,11 +227,15 @@ pub fn node_port(node: &wisp_api::Node) -> std::result::Result<(std::net::Socket
     {
         return Err(format!("agent URL {url:?} is not at one of the node's addresses"));
     }
-    let link_local = match ip {
-        std::net::IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
-        std::net::IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
-    };
-    if ip.is_unspecified() || ip.is_multicast() || link_local {
+    // IPv6 forms of IPv4 addresses count as those (the sandbox's egress rules); AWS's IPv6
+    // metadata address is in a private range, which nodes' networks may use otherwise.
+    let aws_metadata = std::net::IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254));
+    if ip == aws_metadata
+        || matches!(
+            wisp_sandbox::egress::restricted_class(ip),
+            Some("link-local" | "unspecified" | "multicast or reserved")
+        )
+    {
         return Err(format!("agent URL {url:?} is at an address no agent listens on"));
     }
     Ok((std::net::SocketAddr::new(ip, uri.port_u16().unwrap_or(443)), ca))
@@ -931,6 +934,7 @@ mod tests {
             "[fd00::5]:7".parse().expect("addr")
         );
         let two = format!("{ca}{ca}");
+        let cluster = wisp_tls::Ca::create().expect("ca").cert_pem().to_owned();
         for (n, why) in [
             (
                 node("http://10.0.0.5:1", &["10.0.0.5"], Some(&ca)),
@@ -953,11 +957,42 @@ mod tests {
                 "no agent listens",
             ),
             (
+                node(
+                    "https://[::ffff:169.254.169.254]:1",
+                    &["::ffff:169.254.169.254"],
+                    Some(&ca),
+                ),
+                "no agent listens",
+            ),
+            (
+                node("https://[::169.254.169.254]:1", &["::169.254.169.254"], Some(&ca)),
+                "no agent listens",
+            ),
+            (
+                node("https://[fd00:ec2::254]:1", &["fd00:ec2::254"], Some(&ca)),
+                "no agent listens",
+            ),
+            (
+                node("https://240.1.2.3:1", &["240.1.2.3"], Some(&ca)),
+                "no agent listens",
+            ),
+            (
+                node("https://0.1.2.3:1", &["0.1.2.3"], Some(&ca)),
+                "no agent listens",
+            ),
+            (
                 node("https://agent.example:1", &["10.0.0.5"], Some(&ca)),
                 "IP address",
             ),
             (node("https://10.0.0.5:1", &["10.0.0.5"], None), "no CA"),
-            (node("https://10.0.0.5:1", &["10.0.0.5"], Some(&two)), "no CA"),
+            (
+                node("https://10.0.0.5:1", &["10.0.0.5"], Some(&two)),
+                "not a node's own CA",
+            ),
+            (
+                node("https://10.0.0.5:1", &["10.0.0.5"], Some(&cluster)),
+                "not a node's own CA",
+            ),
         ] {
             let err = node_port(&n).expect_err(why);
             assert!(err.contains(why), "{err:?} should say {why:?}");

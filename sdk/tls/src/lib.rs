@@ -208,6 +208,19 @@ impl Ca {
     }
 }
 
+/// Whether `pem` is one certificate of a node's own CA (subject [`NODE_CA`], as
+/// [`node`] makes it): what others trust for a node's port. The cluster's and the Routes' CAs
+/// and public roots are not, so a node cannot have a caller trust one of those for it.
+pub fn is_node_ca(pem: &str) -> bool {
+    let Ok(certs) = certs(pem, "the node's CA") else {
+        return false;
+    };
+    // rcgen writes the common name as a UTF8String: tag 0x0c, its length, the bytes.
+    let mut name = vec![0x0c, u8::try_from(NODE_CA.len()).unwrap_or(0)];
+    name.extend_from_slice(NODE_CA.as_bytes());
+    matches!(certs.as_slice(), [ca] if ca.as_ref().windows(name.len()).any(|w| w == name.as_slice()))
+}
+
 /// A node's serving TLS: its own CA (published in its Node) and what its agent serves with.
 pub struct NodeTls {
     /// The node CA's certificate, PEM (`Node.status.agentCa`).
@@ -554,6 +567,24 @@ mod tests {
             "new names, new certificate"
         );
         assert!(fingerprint(&first.ca_pem).expect("fp").starts_with("sha256:"));
+    }
+
+    #[test]
+    fn only_a_node_ca_is_one() {
+        let node_ca = Ca::create_named(NODE_CA).expect("node ca");
+        assert!(is_node_ca(node_ca.cert_pem()));
+        assert!(is_node_ca(&node("127.0.0.1").expect("node").ca_pem));
+        for (pem, why) in [
+            (Ca::create().expect("ca").cert_pem().to_owned(), "the cluster CA"),
+            (
+                Ca::create_named(ROUTES_CA).expect("ca").cert_pem().to_owned(),
+                "the routes CA",
+            ),
+            (format!("{0}{0}", node_ca.cert_pem()), "two certificates"),
+            ("not a certificate".to_owned(), "no PEM"),
+        ] {
+            assert!(!is_node_ca(&pem), "{why}");
+        }
     }
 
     #[test]

@@ -334,13 +334,15 @@ async fn calls_between_nodes_and_to_a_node_are_tls_to_the_ca_it_published() -> a
 }
 
 /// A node joins by the cluster CA's fingerprint (`--ca-cert-hash`, as `wisp up` prints it)
-/// instead of a CA file; with a wrong fingerprint it stops, naming it, before its credential
-/// crosses the network.
+/// instead of a CA file. With a wrong fingerprint it stops, naming it (and nothing the server
+/// showed). An impostor that shows the real CA in its chain with a certificate of its own
+/// gets no request: the node verifies against the CA it found before it sends anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_by_the_cas_fingerprint_and_refuses_another() -> anyhow::Result<()> {
     let w = Wisp::start(Options::default())?;
     let admin = w.client();
-    let hash = wisp_tls::fingerprint(w.ca.as_deref().context("the cluster CA")?)?;
+    let cluster_ca = w.ca.clone().context("the cluster CA")?;
+    let hash = wisp_tls::fingerprint(&cluster_ca)?;
     let _node = NodeAgent::start_by_ca_hash(&w, "pinned", &hash)?;
     wisp_testkit::try_eventually("the node joined by fingerprint to be Ready", async || {
         let n = admin.api::<wisp_api::Node>(None).get("pinned").await.ok();
@@ -348,43 +350,95 @@ async fn a_node_joins_by_the_cas_fingerprint_and_refuses_another() -> anyhow::Re
     })
     .await?;
 
-    let (proxy, seen) = recording_proxy(w.api_addr()).await?;
-    let (ok, out, err) = w.cli(&["token", "create", "--node", "wrong"])?;
+    let (ok, out, err) = w.cli(&["token", "create", "--node", "joiner"])?;
     anyhow::ensure!(ok, "{err}");
     let token = out.trim().to_owned();
+    let join = async |server: &str, hash: &str| -> anyhow::Result<(bool, String)> {
+        let tmp = tempfile::tempdir()?;
+        let run = tokio::process::Command::new(wisp_e2e::wisp_bin()?)
+            .args(["node", "--server", server, "--token", &token])
+            .args(["--ca-cert-hash", hash, "--docker", "false"])
+            .args(["--agent-listen", "127.0.0.1:0", "--ingress-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(tmp.path().join("node"))
+            .env("WISP_CONFIG", tmp.path().join("no-config"))
+            .env_remove("WISP_CA_FILE")
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .context("wisp node did not stop")??;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+
     let wrong = format!("sha256:{}", "0".repeat(64));
-    let tmp = tempfile::tempdir()?;
-    let run = tokio::process::Command::new(wisp_e2e::wisp_bin()?)
-        .args(["node", "--server", &format!("https://{proxy}"), "--token", &token])
-        .args(["--ca-cert-hash", &wrong, "--docker", "false"])
-        .arg("--data-dir")
-        .arg(tmp.path().join("node"))
-        .env("WISP_CONFIG", tmp.path().join("no-config"))
-        .env_remove("WISP_CA_FILE")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .context("wisp node with a wrong fingerprint did not stop")??;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (ok, stderr) = join(&w.url, &wrong).await?;
+    assert!(!ok, "{stderr}");
     assert!(
         stderr.contains(&wrong) && stderr.contains("shows no certificate with fingerprint"),
         "the error names the fingerprint: {stderr}"
     );
     assert!(
-        stderr.contains(&hash),
-        "and the one the server's chain holds: {stderr}"
+        !stderr.contains(&hash),
+        "and not what the server showed (it may be an impostor): {stderr}"
     );
-    let seen = seen.lock().expect("lock").clone();
+
+    // An impostor: its own certificate for 127.0.0.1, the real CA after it in the chain.
+    let forger = wisp_tls::Ca::create()?;
+    let mut forged = forger.issue(&["127.0.0.1".to_owned()], true)?;
+    forged.cert_pem = format!(
+        "{}{cluster_ca}",
+        forged
+            .cert_pem
+            .split_inclusive("-----END CERTIFICATE-----\n")
+            .next()
+            .unwrap_or_default()
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let impostor = format!("https://{}", listener.local_addr()?);
+    let asked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let kept = asked.clone();
+    let service = tower::util::BoxCloneService::new(tower::service_fn(
+        move |req: http::Request<hyper::body::Incoming>| {
+            kept.lock().expect("lock").push(format!("{:?}", req.headers()));
+            async move {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    Bytes::from_static(b"{}"),
+                )))
+            }
+        },
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(wisp_http::serve_tls(
+        listener,
+        service,
+        wisp_http::ServeOptions {
+            header_read_timeout: Some(Duration::from_secs(5)),
+            grace: Duration::ZERO,
+            event_loops: 0,
+            busy_poll: Duration::ZERO,
+            max_connections: 16,
+            http1_only: true,
+            max_connections_per_ip: 0,
+        },
+        wisp_tls::server_config(&forged, &[b"http/1.1"])?,
+        stop.clone(),
+    ));
+    let (ok, stderr) = join(&impostor, &hash).await?;
+    assert!(!ok, "a node joined an impostor: {stderr}");
     assert!(
-        !seen.is_empty(),
-        "the node did reach the server through the proxy"
+        !stderr.contains("shows no certificate"),
+        "the impostor's chain holds the real CA, found by its fingerprint: {stderr}"
     );
     assert!(
-        !contains(&seen, token.as_bytes()),
-        "the node's credential crossed the proxy"
+        asked.lock().expect("lock").is_empty(),
+        "a request reached the impostor: {:?}",
+        asked.lock().expect("lock")
     );
+    stop.cancel();
     Ok(())
 }
 

@@ -110,7 +110,8 @@ impl Secret {
         }
         for (k, v) in &self.string_data {
             errs.extend(validate_config_key(k, "stringData"));
-            size += k.len() + v.len();
+            // As stored: folded into `data`, base64.
+            size += k.len() + v.len().div_ceil(3) * 4;
         }
         if self.type_.is_empty() {
             errs.push(FieldError::required("type"));
