@@ -34,7 +34,7 @@ pub struct HttpsArgs {
     rounds: usize,
 }
 
-const HOST: &str = "bench.default.localhost";
+pub(crate) const HOST: &str = "bench.default.localhost";
 
 /// One connection's request loop until `until`; counts answers in `done`.
 async fn drive<S>(io: S, until: Instant, done: Arc<AtomicU64>) -> anyhow::Result<()>
@@ -60,7 +60,7 @@ where
 }
 
 /// Requests per second over `connections` connections to `addr` for `secs` (TLS with `tls`).
-async fn measure(
+pub(crate) async fn measure(
     addr: &str,
     tls: Option<&tokio_rustls::TlsConnector>,
     connections: usize,
@@ -104,7 +104,7 @@ enum Either {
     Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }

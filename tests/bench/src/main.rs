@@ -11,6 +11,7 @@ mod cold_start;
 mod docker_cold_start;
 mod drive;
 mod fanout;
+mod forward;
 mod https;
 mod pod_start;
 mod report;
@@ -49,6 +50,8 @@ enum Command {
     WriteFanout(fanout::FanoutArgs),
     /// Warm throughput through a node's HTTPS listener beside its HTTP one.
     Https(https::HttpsArgs),
+    /// Warm throughput to a pod on another node (forwarded over TLS) beside its own node's.
+    Forward(forward::ForwardArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -375,6 +378,12 @@ async fn main() -> std::process::ExitCode {
             Err(e) => Err(e),
         },
         Command::WriteFanout(args) => match fanout::run(args).await {
+            Ok(report) => std::io::stdout()
+                .write_all(report.as_bytes())
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        },
+        Command::Forward(args) => match forward::run(args).await {
             Ok(report) => std::io::stdout()
                 .write_all(report.as_bytes())
                 .map_err(anyhow::Error::from),
