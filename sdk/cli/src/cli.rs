@@ -34,6 +34,16 @@ pub struct Global {
     /// cluster passes the CA the server made, `DATA_DIR/pki/ca.crt`.
     #[arg(long, global = true, env = "WISP_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// How log lines (stderr) are written: `text` for people, `json` (one object a line:
+    /// timestamp, level, target, fields, spans) for a log pipeline. Which lines: `WISP_LOG`.
+    #[arg(long, global = true, env = "WISP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]

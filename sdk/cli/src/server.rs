@@ -201,6 +201,13 @@ pub async fn node(global: &Global, mut args: NodeArgs) -> anyhow::Result<()> {
     result
 }
 
+/// A line on stdout for whoever started the server; a reader that went away (`wisp up |
+/// head -1`) stops nothing.
+fn announce(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 /// The API server's listening address, from its URL (for the node's egress policy).
 fn api_listener(url: &str) -> Option<std::net::SocketAddr> {
     let uri: http::Uri = url.parse().ok()?;
@@ -293,16 +300,15 @@ async fn run_node(
     let agent = wisp_node::Agent::new(client, config, runtimes)
         .on_informers(informers)
         .serving_also(wisp_ingress::node_port_service(ingress.clone()));
-    #[allow(clippy::print_stdout)]
     {
         let https = match &tls_listener {
             Some(l) => format!(", https on {}", l.local_addr()?),
             None => String::new(),
         };
-        println!(
+        announce(&format!(
             "wisp node {name}: ingress on http://{}{https}",
             listener.local_addr()?
-        );
+        ));
     }
     let (ran, (), (), (), tls) = tokio::join!(
         Box::pin(agent.run_on(agent_listener, shutdown.clone())),
@@ -560,13 +566,12 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
         .save(&config_path)
         .context("cannot write the CLI config")?;
     }
-    #[allow(clippy::print_stdout)]
     {
-        println!(
+        announce(&format!(
             "wisp API listening on {url} (data: {}, store: {})",
             dir.display(),
             args.store
-        );
+        ));
         if let Some(hash) = tls
             .ca_pem
             .as_deref()
@@ -578,10 +583,10 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
             } else {
                 url.clone()
             };
-            println!(
+            announce(&format!(
                 "join a node: wisp node --server {server} --token <wisp token create --node NAME> \
                  --ca-cert-hash {hash}"
-            );
+            ));
         }
     }
     let signals = shutdown.clone();

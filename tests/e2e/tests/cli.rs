@@ -356,3 +356,50 @@ fn contexts_switch_servers_and_completion_scripts_print() {
         );
     }
 }
+
+/// `--log-format json`: every line `wisp up` logs is one JSON object with its timestamp,
+/// level, target and message, for a log pipeline; `text` stays the default.
+#[test]
+fn log_lines_are_json_objects_with_log_format_json() -> anyhow::Result<()> {
+    use std::io::{BufRead, Read};
+    let tmp = tempfile::tempdir()?;
+    let mut child = std::process::Command::new(wisp_e2e::wisp_bin()?)
+        .args(["up", "--log-format", "json", "--docker", "false"])
+        .args(["--listen", "127.0.0.1:0", "--ingress-listen", "127.0.0.1:0"])
+        .args(["--ingress-tls-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env("WISP_CONFIG", tmp.path().join("config"))
+        .env("WISP_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // Up once it prints where it listens; the reader then goes away (`wisp up | head -1`),
+    // which must not stop it; a second later it is stopped.
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first)?;
+    assert!(first.contains("https://"), "{first:?}");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        child.try_wait()?.is_none(),
+        "wisp up stopped when its stdout's reader went away"
+    );
+    let _ = child.kill();
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr)?;
+    let _ = child.wait();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "wisp up logged nothing at info");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("not JSON ({e}): {line}"))?;
+        for key in ["timestamp", "level", "target"] {
+            assert!(v.get(key).is_some_and(|k| k.is_string()), "no {key}: {line}");
+        }
+        assert!(v["fields"].is_object(), "no fields: {line}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("admin token written")),
+        "the first start's message is among them: {stderr}"
+    );
+    Ok(())
+}
