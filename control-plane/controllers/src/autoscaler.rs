@@ -245,22 +245,6 @@ impl State {
     }
 }
 
-/// The address of the API server's URL, when it names an IP address.
-fn api_addr(url: &str) -> Option<SocketAddr> {
-    let uri: http::Uri = url.parse().ok()?;
-    let ip = uri
-        .host()?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()?;
-    let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-    Some(SocketAddr::new(
-        ip,
-        uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
-    ))
-}
-
 /// One Service's traffic over every ingress this tick.
 #[derive(Default)]
 struct Traffic {
@@ -355,7 +339,7 @@ async fn tick(
         return Ok(());
     }
     let nodes = caches.nodes.list();
-    let (agents, shared) = state.agents(&nodes, api_addr(client.server()));
+    let (agents, shared) = state.agents(&nodes, wisp_client::url_addr(client.server()));
     let (totals, scrape_failed) = traffic(
         agents,
         config.stats_token.as_deref().unwrap_or(client.token()),

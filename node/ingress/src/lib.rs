@@ -445,14 +445,15 @@ impl Ingress {
             .and_then(|a| a.address.parse::<std::net::IpAddr>().ok())
             .map(wisp_sandbox::egress::restricted_class);
         // The API server's, every ingress's and this node's own listeners: no agent is there.
-        let not_agent: std::collections::HashSet<SocketAddr> = url_addr(inner.client.server())
+        let not_agent: std::collections::HashSet<SocketAddr> = wisp_client::url_addr(inner.client.server())
             .into_iter()
-            .chain(
-                c.nodes
-                    .list()
-                    .iter()
-                    .filter_map(|n| n.status.as_ref()?.ingress_url.as_deref().and_then(url_addr)),
-            )
+            .chain(c.nodes.list().iter().filter_map(|n| {
+                n.status
+                    .as_ref()?
+                    .ingress_url
+                    .as_deref()
+                    .and_then(wisp_client::url_addr)
+            }))
             .chain(inner.config.egress.listeners.iter().copied())
             .collect();
         let mut peers = inner
@@ -620,11 +621,11 @@ impl Ingress {
     fn listeners(&self, nodes: &Store<Node>) -> std::collections::HashSet<SocketAddr> {
         let mut out: std::collections::HashSet<SocketAddr> =
             self.inner.config.egress.listeners.iter().copied().collect();
-        out.extend(url_addr(self.inner.client.server()));
+        out.extend(wisp_client::url_addr(self.inner.client.server()));
         for n in nodes.list() {
             let Some(st) = n.status.as_ref() else { continue };
-            out.extend(st.agent_url.as_deref().and_then(url_addr));
-            out.extend(st.ingress_url.as_deref().and_then(url_addr));
+            out.extend(st.agent_url.as_deref().and_then(wisp_client::url_addr));
+            out.extend(st.ingress_url.as_deref().and_then(wisp_client::url_addr));
         }
         out
     }
@@ -849,21 +850,6 @@ fn is_listener(listeners: &std::collections::HashSet<SocketAddr>, addr: SocketAd
         || listeners
             .iter()
             .any(|l| l.ip().is_unspecified() && l.port() == addr.port())
-}
-
-/// The address of an `http://ip:port` or `https://ip:port` URL.
-fn url_addr(url: &str) -> Option<SocketAddr> {
-    let uri: http::Uri = url.parse().ok()?;
-    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
-    let default = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
-        443
-    } else {
-        80
-    };
-    Some(SocketAddr::new(
-        host.parse().ok()?,
-        uri.port_u16().unwrap_or(default),
-    ))
 }
 
 /// This node's pods that take requests: ready by the agent's word on its own pod (which

@@ -166,7 +166,7 @@ pub async fn node(global: &Global, mut args: NodeArgs) -> anyhow::Result<()> {
     });
     wisp_tls::private_dir(&dir)?;
     let shutdown = CancellationToken::new();
-    let api_addr = api_listener(client.server());
+    let api_addr = wisp_client::url_addr(client.server());
     // The agent and the ingress share one watch per kind; the pods watched are this node's.
     let informers = wisp_runtime::Informers::new(client.clone(), shutdown.clone())
         .with_params::<wisp_api::Pod>(wisp_client::WatchParams {
@@ -206,20 +206,6 @@ pub async fn node(global: &Global, mut args: NodeArgs) -> anyhow::Result<()> {
 fn announce(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stdout().lock(), "{line}");
-}
-
-/// The API server's listening address, from its URL (for the node's egress policy).
-fn api_listener(url: &str) -> Option<std::net::SocketAddr> {
-    let uri: http::Uri = url.parse().ok()?;
-    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
-    Some(std::net::SocketAddr::new(
-        host.parse().ok()?,
-        uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        }),
-    ))
 }
 
 /// One node: its runtimes (built here, the only place that names them), the agent and the

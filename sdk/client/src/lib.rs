@@ -191,6 +191,24 @@ pub async fn discover_ca(server: &str, ca_hash: &str) -> Result<String> {
     })
 }
 
+/// The address an `http://ip:port` or `https://ip:port` URL names (its port, else the
+/// scheme's), when its host is an IP address.
+pub fn url_addr(url: &str) -> Option<std::net::SocketAddr> {
+    let uri: http::Uri = url.parse().ok()?;
+    let ip = uri
+        .host()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    let default = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    Some(std::net::SocketAddr::new(ip, uri.port_u16().unwrap_or(default)))
+}
+
 /// Where `node`'s port is, as the node reports it (`status.agentUrl`, `status.agentCa`) —
 /// checked the same way by everyone who calls a node (the API server's log proxy, the
 /// autoscaler, other nodes' ingresses): an `https://` URL of which only the host and port

@@ -15,7 +15,7 @@ use wisp_api::{Container, ObjectMeta, Pod, Resource, Route, RouteBackend, Servic
 use wisp_client::Client;
 
 use crate::fanout::Up;
-use crate::https::{HOST, measure, median};
+use crate::https::{HOST, alternate, measure, median};
 
 #[derive(clap::Args, Debug)]
 pub struct ForwardArgs {
@@ -126,31 +126,15 @@ pub async fn run(args: &ForwardArgs) -> anyhow::Result<String> {
         ..RouteBackend::default()
     }];
     client.api::<Route>(Some("default")).create(&route).await?;
-    // Both answer before anything is measured.
-    let ready = Instant::now();
-    loop {
-        let here = measure(&local, None, 1, 1).await;
-        let there = measure(&entry, None, 1, 1).await;
-        if matches!((&here, &there), (Ok(_), Ok(_))) {
-            break;
-        }
-        if ready.elapsed() > Duration::from_secs(60) {
-            bail!("not answering within 60 s: local {here:?}, forwarded {there:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let (mut direct, mut forwarded) = (Vec::new(), Vec::new());
-    for round in 0..args.rounds.max(1) {
-        crate::progress(&format!("forwarded vs local, round {}", round + 1));
-        let forward_first = round % 2 == 1;
-        for forward in [forward_first, !forward_first] {
-            if forward {
-                forwarded.push(measure(&entry, None, args.connections, args.seconds).await?);
-            } else {
-                direct.push(measure(&local, None, args.connections, args.seconds).await?);
-            }
-        }
-    }
+    let (direct, forwarded) = alternate(
+        "local vs forwarded",
+        args.rounds,
+        args.connections,
+        args.seconds,
+        async |c, s| measure(&local, None, c, s).await,
+        async |c, s| measure(&entry, None, c, s).await,
+    )
+    .await?;
     let (d, f) = (median(direct.clone()), median(forwarded.clone()));
     let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
     Ok(format!(

@@ -104,6 +104,43 @@ enum Either {
     Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
 }
 
+/// Waits until `a` and `b` both answer (60 s at most), then measures each `rounds` times
+/// with `connections` for `secs`, alternating which goes first round by round: their
+/// requests per second, round by round. `a` and `b` take (connections, seconds).
+pub(crate) async fn alternate(
+    what: &str,
+    rounds: usize,
+    connections: usize,
+    secs: u64,
+    a: impl AsyncFn(usize, u64) -> anyhow::Result<f64>,
+    b: impl AsyncFn(usize, u64) -> anyhow::Result<f64>,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let ready = Instant::now();
+    loop {
+        let (x, y) = (a(1, 1).await, b(1, 1).await);
+        if x.is_ok() && y.is_ok() {
+            break;
+        }
+        if ready.elapsed() > Duration::from_secs(60) {
+            bail!("not answering within 60 s: {x:?}, {y:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for round in 0..rounds.max(1) {
+        crate::progress(&format!("{what}, round {}", round + 1));
+        let b_first = round % 2 == 1;
+        for second in [b_first, !b_first] {
+            if second {
+                ys.push(b(connections, secs).await?);
+            } else {
+                xs.push(a(connections, secs).await?);
+            }
+        }
+    }
+    Ok((xs, ys))
+}
+
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -162,31 +199,15 @@ pub async fn run(args: &HttpsArgs) -> anyhow::Result<String> {
     let mut tls_config = wisp_tls::client_config(Some(&ca))?;
     tls_config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config));
-    // Both answer before anything is measured.
-    let ready = Instant::now();
-    loop {
-        let http = measure(&http_addr, None, 1, 1).await;
-        let https = measure(&tls_addr, Some(&connector), 1, 1).await;
-        if matches!((&http, &https), (Ok(_), Ok(_))) {
-            break;
-        }
-        if ready.elapsed() > Duration::from_secs(60) {
-            bail!("not answering within 60 s: http {http:?}, https {https:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let (mut plain, mut secure) = (Vec::new(), Vec::new());
-    for round in 0..args.rounds.max(1) {
-        crate::progress(&format!("https vs http, round {}", round + 1));
-        let first_tls = round % 2 == 1;
-        for tls in [first_tls, !first_tls] {
-            if tls {
-                secure.push(measure(&tls_addr, Some(&connector), args.connections, args.seconds).await?);
-            } else {
-                plain.push(measure(&http_addr, None, args.connections, args.seconds).await?);
-            }
-        }
-    }
+    let (plain, secure) = alternate(
+        "https vs http",
+        args.rounds,
+        args.connections,
+        args.seconds,
+        async |c, s| measure(&http_addr, None, c, s).await,
+        async |c, s| measure(&tls_addr, Some(&connector), c, s).await,
+    )
+    .await?;
     let (p, s) = (median(plain.clone()), median(secure.clone()));
     let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
     Ok(format!(
