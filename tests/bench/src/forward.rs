@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use wisp_api::{Container, ObjectMeta, Pod, Resource, Route, RouteBackend, Service, ServicePort};
+use wisp_api::{Container, ObjectMeta, Pod, Resource};
 use wisp_client::Client;
 
 use crate::fanout::Up;
-use crate::https::{HOST, alternate, measure, median};
+use crate::https::{alternate, expose_hello, measure, median};
 
 #[derive(clap::Args, Debug)]
 pub struct ForwardArgs {
@@ -112,20 +112,7 @@ pub async fn run(args: &ForwardArgs) -> anyhow::Result<String> {
         ..Container::default()
     }];
     client.api::<Pod>(Some("default")).create(&pod).await?;
-    let mut svc = Service::new(ObjectMeta::namespaced("default", "hello"));
-    svc.spec.selector = [("app".to_owned(), "hello".to_owned())].into();
-    svc.spec.ports = vec![ServicePort {
-        port: 80,
-        ..ServicePort::default()
-    }];
-    client.api::<Service>(Some("default")).create(&svc).await?;
-    let mut route = Route::new(ObjectMeta::namespaced("default", "bench"));
-    route.spec.host = Some(HOST.into());
-    route.spec.backends = vec![RouteBackend {
-        service: "hello".into(),
-        ..RouteBackend::default()
-    }];
-    client.api::<Route>(Some("default")).create(&route).await?;
+    expose_hello(&client, None).await?;
     let (direct, forwarded) = alternate(
         "local vs forwarded",
         args.rounds,

@@ -146,6 +146,26 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// The pods labelled `app: hello` behind a Service and a Route for [`HOST`] (with `tls`).
+pub(crate) async fn expose_hello(client: &Client, tls: Option<RouteTls>) -> anyhow::Result<()> {
+    let mut svc = Service::new(ObjectMeta::namespaced("default", "hello"));
+    svc.spec.selector = [("app".to_owned(), "hello".to_owned())].into();
+    svc.spec.ports = vec![ServicePort {
+        port: 80,
+        ..ServicePort::default()
+    }];
+    client.api::<Service>(Some("default")).create(&svc).await?;
+    let mut route = Route::new(ObjectMeta::namespaced("default", "bench"));
+    route.spec.host = Some(HOST.into());
+    route.spec.backends = vec![RouteBackend {
+        service: "hello".into(),
+        ..RouteBackend::default()
+    }];
+    route.spec.tls = tls;
+    client.api::<Route>(Some("default")).create(&route).await?;
+    Ok(())
+}
+
 pub async fn run(args: &HttpsArgs) -> anyhow::Result<String> {
     let tls_port = wisp_store::testutil::free_port()?;
     let tls_addr = format!("127.0.0.1:{tls_port}");
@@ -168,24 +188,14 @@ pub async fn run(args: &HttpsArgs) -> anyhow::Result<String> {
                               "spec": {"containers": [{"name": "hello", "wasm": digest}]}}}
     }))?;
     client.api::<Deployment>(Some("default")).create(&d).await?;
-    let mut svc = Service::new(ObjectMeta::namespaced("default", "hello"));
-    svc.spec.selector = [("app".to_owned(), "hello".to_owned())].into();
-    svc.spec.ports = vec![ServicePort {
-        port: 80,
-        ..ServicePort::default()
-    }];
-    client.api::<Service>(Some("default")).create(&svc).await?;
-    let mut route = Route::new(ObjectMeta::namespaced("default", "bench"));
-    route.spec.host = Some(HOST.into());
-    route.spec.backends = vec![RouteBackend {
-        service: "hello".into(),
-        ..RouteBackend::default()
-    }];
-    route.spec.tls = Some(RouteTls {
-        secret_name: "bench-cert".into(),
-        issuer: Some(wisp_api::ISSUER_CLUSTER.into()),
-    });
-    client.api::<Route>(Some("default")).create(&route).await?;
+    expose_hello(
+        &client,
+        Some(RouteTls {
+            secret_name: "bench-cert".into(),
+            issuer: Some(wisp_api::ISSUER_CLUSTER.into()),
+        }),
+    )
+    .await?;
     let node = client
         .api::<wisp_api::Node>(None)
         .get("bench")
