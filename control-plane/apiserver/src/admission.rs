@@ -13,7 +13,9 @@
 //! * ResourceQuotas, checked and written under a per-namespace lock;
 //! * what nothing acts on yet is refused, not accepted and ignored: a Job is not created
 //!   (no controller runs it); the fields of that kind are refused by `wisp-api`'s validation;
-//! * a ConfigMap or Secret marked `immutable` keeps its values and the mark.
+//! * a ConfigMap or Secret marked `immutable` keeps its values and the mark;
+//! * an Event's timestamps are RFC 3339; a node writes Events in its own name
+//!   (`reportingInstance`) about the pods bound to it and the workloads its ingress wakes.
 
 use serde_json::Value;
 use wisp_api::{
@@ -163,10 +165,89 @@ pub(crate) async fn admit(
                 }
             }
         }
+        "events" => admit_event(state, principal, verb, target, &ns, obj, existing).await?,
         _ => {}
     }
     let quota = crate::quota::admit(state, target, &ns, obj, existing).await?;
     Ok(Admitted { _quota: quota })
+}
+
+/// Kinds a node's ingress and activator report events about (a cold start, a wake).
+const NODE_EVENT_KINDS: &[&str] = &["Function", "Revision", "Service", "Deployment"];
+
+/// An Event: its object's namespace is filled in, its timestamps parse, and a node writes
+/// only in its own name, about the pods bound to it or the workloads its ingress serves.
+async fn admit_event(
+    state: &State,
+    principal: &Principal,
+    verb: Verb,
+    target: &Target,
+    ns: &str,
+    obj: &mut DynamicObject,
+    existing: Option<&DynamicObject>,
+) -> Result<(), ApiError> {
+    if let Some(o) = obj.body.get_mut("involvedObject").and_then(Value::as_object_mut) {
+        o.entry("namespace")
+            .or_insert_with(|| Value::String(ns.to_owned()));
+    }
+    let mut errs = Vec::new();
+    for field in ["firstTimestamp", "lastTimestamp"] {
+        if let Some(t) = obj.body.get(field).and_then(Value::as_str)
+            && t.parse::<jiff::Timestamp>().is_err()
+        {
+            errs.push(FieldError::new(
+                field,
+                format!("{t:?} is not an RFC 3339 time (e.g. 2026-12-07T10:00:00Z)"),
+            ));
+        }
+    }
+    if !errs.is_empty() {
+        return Err(invalid(obj, errs));
+    }
+    let Principal::Node { node } = principal else {
+        return Ok(());
+    };
+    let resource = authz::resource_name(target, None);
+    let deny = |why: String| Err(authz::forbidden(principal, verb, &resource, Some(ns), &why));
+    let instance = |o: &DynamicObject| {
+        o.body
+            .get("reportingInstance")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    if instance(obj).as_deref() != Some(node.as_str())
+        || existing.is_some_and(|e| instance(e).as_deref() != Some(node.as_str()))
+    {
+        return deny(format!(
+            "a node writes events in its own name only (reportingInstance {node:?})"
+        ));
+    }
+    let event: wisp_api::Event = obj.to_typed().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let about = &event.involved_object;
+    if about.kind == "Pod" {
+        let pod = state
+            .store
+            .get(&format!("/registry/pods/{ns}/{}", about.name))
+            .await
+            .map_err(|e| ApiError::from_store(e, "pods"))?;
+        let bound = pod
+            .as_ref()
+            .and_then(|kv| serde_json::from_slice::<wisp_api::Pod>(&kv.value).ok())
+            .and_then(|p| p.spec.node_name);
+        if bound.as_deref() != Some(node.as_str()) {
+            return deny(format!(
+                "pod {:?} is not bound to node {node:?}: a node reports events of its own pods",
+                about.name
+            ));
+        }
+    } else if !NODE_EVENT_KINDS.contains(&about.kind.as_str()) {
+        return deny(format!(
+            "a node reports events of its pods and of the {} its ingress wakes, not of a {}",
+            NODE_EVENT_KINDS.join(", "),
+            about.kind
+        ));
+    }
+    Ok(())
 }
 
 /// A ConfigMap or Secret marked `immutable: true` keeps its values and the mark for good

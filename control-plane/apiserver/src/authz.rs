@@ -139,6 +139,12 @@ pub fn authorize(
             if !verb.reads() && ADMIN_OWNED.contains(&target.kind.plural) {
                 return deny("quotas and limits of a namespace are set by the cluster admin");
             }
+            if !verb.reads() && target.kind.plural == "events" {
+                return deny(
+                    "Events are recorded by the cluster's components (scheduler, controllers, nodes); \
+                     a namespace token reads them",
+                );
+            }
             if !verb.reads() && target.kind.plural == "revisions" {
                 return deny(
                     "Revisions are made and collected by the Function controller from a Function's \
@@ -218,6 +224,11 @@ fn node_rules(
             _ => deny("a node's activator only reads a Deployment and wakes it from zero"),
         },
         "namespaces" if verb == Verb::Get => Ok(Decision::Allow),
+        // Admission holds what a node may say (its own name, its own pods).
+        "events" => match verb {
+            Verb::Get | Verb::Create | Verb::Update => Ok(Decision::Allow),
+            _ => deny("a node records events one by one; it neither lists nor deletes them"),
+        },
         _ => deny("not something a node agent or its ingress needs"),
     }
 }
@@ -384,6 +395,29 @@ mod tests {
             ok(Verb::Update, &t("deployments", Some("team-a"), Some("d")), None),
             Ok(Decision::AllowIf(Condition::WakeFromZero))
         );
+        // Events: one by one, in its own name (admission checks the name and the object).
+        for verb in [Verb::Get, Verb::Create, Verb::Update] {
+            assert_eq!(
+                ok(verb, &t("events", Some("team-a"), Some("e")), None),
+                Ok(Decision::Allow)
+            );
+        }
+        for verb in [Verb::List, Verb::Watch, Verb::Delete] {
+            assert_eq!(ok(verb, &t("events", Some("team-a"), None), None), Err(403));
+        }
+    }
+
+    #[test]
+    fn a_namespace_token_reads_its_events_and_never_writes_one() {
+        let p = tenant();
+        let ok = |v, target: &Target| code(authorize(&p, v, target, None));
+        for verb in [Verb::Get, Verb::List, Verb::Watch] {
+            assert_eq!(ok(verb, &t("events", Some("team-a"), Some("e"))), 200);
+            assert_eq!(ok(verb, &t("events", Some("team-b"), Some("e"))), 403);
+        }
+        for verb in [Verb::Create, Verb::Update, Verb::Delete] {
+            assert_eq!(ok(verb, &t("events", Some("team-a"), Some("e"))), 403);
+        }
     }
 
     #[test]

@@ -974,6 +974,55 @@ const COVERAGE: &[(&str, Cover)] = &[
         "RevisionStatus.conditions",
         E(&["traffic_splits_between_revisions_and_promote_moves_it_all"]),
     ),
+    // Events (their involvedObject is an ObjectReference, listed with Endpoints).
+    ("Event.involvedObject", S),
+    (
+        "Event.reason",
+        E(&[
+            "failed_scheduling_back_off_and_cold_start_are_events_bounded_under_a_crash_loop",
+            "repeats_are_one_event_with_a_count_written_at_most_once_per_interval",
+        ]),
+    ),
+    (
+        "Event.message",
+        E(&[
+            "failed_scheduling_back_off_and_cold_start_are_events_bounded_under_a_crash_loop",
+            "repeats_are_one_event_with_a_count_written_at_most_once_per_interval",
+        ]),
+    ),
+    (
+        "Event.type",
+        E(&["repeats_are_one_event_with_a_count_written_at_most_once_per_interval"]),
+    ),
+    (
+        "Event.count",
+        E(&[
+            "failed_scheduling_back_off_and_cold_start_are_events_bounded_under_a_crash_loop",
+            "repeats_are_one_event_with_a_count_written_at_most_once_per_interval",
+        ]),
+    ),
+    (
+        "Event.firstTimestamp",
+        E(&["a_second_recorder_counts_on_the_same_event_and_a_deleted_one_is_made_again"]),
+    ),
+    (
+        "Event.lastTimestamp",
+        E(&["an_event_expires_a_ttl_after_it_was_last_seen"]),
+    ),
+    (
+        "Event.reportingComponent",
+        E(&[
+            "failed_scheduling_back_off_and_cold_start_are_events_bounded_under_a_crash_loop",
+            "repeats_are_one_event_with_a_count_written_at_most_once_per_interval",
+        ]),
+    ),
+    (
+        "Event.reportingInstance",
+        E(&[
+            "failed_scheduling_back_off_and_cold_start_are_events_bounded_under_a_crash_loop",
+            "events_are_read_by_tenants_and_written_by_nodes_only_in_their_own_name",
+        ]),
+    ),
     // ConfigMap and Secret.
     (
         "ConfigMap.data",

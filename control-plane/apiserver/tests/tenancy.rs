@@ -784,3 +784,145 @@ async fn only_the_admin_reads_the_cluster_metrics() {
     let metrics = s.admin.raw(Method::GET, "/metrics", None).await.expect("admin");
     assert_eq!(metrics.status(), 200);
 }
+
+fn event(ns: &str, name: &str, kind: &str, about: &str, instance: &str) -> wisp_api::Event {
+    let mut e = wisp_api::Event::new(ObjectMeta::namespaced(ns, name));
+    e.involved_object = wisp_api::ObjectReference {
+        kind: kind.into(),
+        name: about.into(),
+        ..wisp_api::ObjectReference::default()
+    };
+    e.reason = "BackOff".into();
+    e.message = "restarting".into();
+    e.count = 1;
+    e.reporting_component = "node-agent".into();
+    e.reporting_instance = instance.into();
+    e
+}
+
+/// Events are what the cluster says about a tenant's objects: a tenant reads its own and
+/// cannot write one (no forged `Scheduled` or `ColdStart`); a node writes them one by one in
+/// its own name about its own pods (or the workloads its ingress wakes), never lists,
+/// deletes, speaks for another node or about another node's pod.
+#[tokio::test]
+async fn events_are_read_by_tenants_and_written_by_nodes_only_in_their_own_name() {
+    let s = server_with(|_| {}).await;
+    let a = s.tenant("team-a").await;
+    let _b = s.tenant("team-b").await;
+    let mut p = pod("team-a", "web", "nginx");
+    p.spec.node_name = Some("n1".into());
+    s.admin
+        .api::<Pod>(Some("team-a"))
+        .create(&p)
+        .await
+        .expect("pod on n1");
+    let mut q = pod("team-a", "other", "nginx");
+    q.spec.node_name = Some("n2".into());
+    s.admin
+        .api::<Pod>(Some("team-a"))
+        .create(&q)
+        .await
+        .expect("pod on n2");
+
+    let n1 = s.node("n1");
+    let events = n1.api::<wisp_api::Event>(Some("team-a"));
+    let mine = events
+        .create(&event("team-a", "web.1", "Pod", "web", "n1"))
+        .await
+        .expect("a node records an event of its own pod");
+    assert_eq!(
+        mine.involved_object.namespace.as_deref(),
+        Some("team-a"),
+        "the object's namespace is filled in"
+    );
+    let mut again = mine.clone();
+    again.count = 2;
+    assert_eq!(code(events.replace(&again).await), 200, "and counts on it");
+    for (e, why) in [
+        (
+            event("team-a", "x.1", "Pod", "web", "n2"),
+            "in another node's name",
+        ),
+        (
+            event("team-a", "x.2", "Pod", "other", "n1"),
+            "about another node's pod",
+        ),
+        (
+            event("team-a", "x.3", "Pod", "ghost", "n1"),
+            "about a pod that does not exist",
+        ),
+        (
+            event("team-a", "x.4", "Secret", "s", "n1"),
+            "about a kind its ingress never wakes",
+        ),
+    ] {
+        let r = events.create(&e).await;
+        assert_eq!(code(r), 403, "a node may not write an event {why}");
+    }
+    assert_eq!(
+        code(
+            events
+                .create(&event("team-a", "f.1", "Function", "hello", "n1"))
+                .await
+        ),
+        200,
+        "a cold start of a Function, in its own name"
+    );
+    // Taking over another node's event, even while naming itself.
+    let theirs = s
+        .admin
+        .api::<wisp_api::Event>(Some("team-a"))
+        .create(&event("team-a", "theirs.1", "Pod", "other", "n2"))
+        .await
+        .expect("admin writes any event");
+    let mut hijack = theirs.clone();
+    hijack.reporting_instance = "n1".into();
+    hijack.involved_object.name = "web".into();
+    assert_eq!(
+        code(events.replace(&hijack).await),
+        403,
+        "another node's event stays theirs"
+    );
+    assert_eq!(
+        code(events.list(&ListParams::default()).await),
+        403,
+        "nodes do not list events"
+    );
+    assert_eq!(code(events.delete("web.1").await), 403, "nor delete them");
+
+    // The tenant reads its namespace's events and writes none.
+    let tenant_events = a.api::<wisp_api::Event>(Some("team-a"));
+    let listed = tenant_events
+        .list(&ListParams::default())
+        .await
+        .expect("tenant lists events");
+    assert_eq!(listed.items.len(), 3, "{:?}", listed.items);
+    assert_eq!(
+        code(
+            a.api::<wisp_api::Event>(Some("team-b"))
+                .list(&ListParams::default())
+                .await
+        ),
+        403
+    );
+    let forged = event("team-a", "forged.1", "Pod", "web", "");
+    let refused = tenant_events.create(&forged).await;
+    assert!(
+        message(tenant_events.create(&forged).await)
+            .contains("Events are recorded by the cluster's components"),
+        "{refused:?}"
+    );
+    assert_eq!(code(tenant_events.delete("web.1").await), 403);
+    // An event in one namespace about an object in another is refused for everyone.
+    let mut cross = event("team-a", "cross.1", "Pod", "web", "");
+    cross.involved_object.namespace = Some("team-b".into());
+    assert_eq!(
+        code(
+            s.admin
+                .api::<wisp_api::Event>(Some("team-a"))
+                .create(&cross)
+                .await
+        ),
+        422
+    );
+}

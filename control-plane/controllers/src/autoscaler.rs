@@ -24,6 +24,11 @@ use wisp_runtime::{Informers, ObjectRef, Store};
 pub const DEFAULT_TARGET_WASM: u32 = 100;
 pub const DEFAULT_TARGET_CONTAINER: u32 = 10;
 
+/// The event of a Function whose revision the autoscaler scaled to zero.
+pub const REASON_SCALED_TO_ZERO: &str = "ScaledToZero";
+/// The event of a Function whose revision the autoscaler scaled up from zero.
+pub const REASON_ACTIVATED: &str = "Activated";
+
 #[derive(Clone, Debug)]
 pub struct AutoscalerConfig {
     pub tick: Duration,
@@ -262,21 +267,24 @@ pub async fn run(informers: Informers, config: AutoscalerConfig, shutdown: Cance
         deployments: informers.store(),
     };
     let client = informers.client().clone();
-    let mut state = State::default();
-    let mut ticker = tokio::time::interval(config.tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = shutdown.cancelled() => return,
+    wisp_runtime::recording(client.clone(), "autoscaler", "", &shutdown, async |events| {
+        let mut state = State::default();
+        let mut ticker = tokio::time::interval(config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            if !caches.ready() {
+                continue;
+            }
+            if let Err(e) = tick(&client, &caches, &config, &mut state, &events).await {
+                tracing::warn!(error = %e, "autoscaler tick failed");
+            }
         }
-        if !caches.ready() {
-            continue;
-        }
-        if let Err(e) = tick(&client, &caches, &config, &mut state).await {
-            tracing::warn!(error = %e, "autoscaler tick failed");
-        }
-    }
+    })
+    .await;
 }
 
 /// Reads every ingress at once; per Service the summed concurrency (each ingress's own busy
@@ -332,6 +340,7 @@ async fn tick(
     caches: &Caches,
     config: &AutoscalerConfig,
     state: &mut State,
+    events: &wisp_runtime::Recorder,
 ) -> Result<(), wisp_client::ClientError> {
     let revisions = caches.revisions.list();
     if revisions.is_empty() {
@@ -426,6 +435,20 @@ async fn tick(
                 to = desired, in_flight, concurrency, "scaling");
             d.spec.replicas = i32::try_from(desired).unwrap_or(i32::MAX);
             match deployments.replace(&d).await {
+                Ok(_) if desired == 0 => events.normal(
+                    wisp_api::ObjectReference::to(f.as_ref()),
+                    REASON_SCALED_TO_ZERO,
+                    format!(
+                        "revision {name} scaled from {} to zero after {} s without requests",
+                        inputs.current,
+                        inputs.idle_for.unwrap_or_default().as_secs()
+                    ),
+                ),
+                Ok(_) if inputs.current == 0 => events.normal(
+                    wisp_api::ObjectReference::to(f.as_ref()),
+                    REASON_ACTIVATED,
+                    format!("revision {name} scaled from zero to {desired} ({in_flight} requests in flight)"),
+                ),
                 Ok(_) => {}
                 Err(e) if e.code() == Some(409) => {}
                 Err(e) => {

@@ -26,8 +26,12 @@ pub const REVISION: &str = "deployment.wisp.dev/revision";
 pub struct Context {
     pub client: Client,
     pub replicasets: Store<ReplicaSet>,
+    pub events: wisp_runtime::Recorder,
     pub(crate) status: crate::StatusDelay,
 }
+
+/// The event of a Deployment scaling one of its ReplicaSets.
+pub const REASON_SCALING: &str = "ScalingReplicaSet";
 
 /// FNV-1a over the template's JSON: stable across builds and Rust versions.
 pub fn template_hash(d: &Deployment) -> String {
@@ -178,7 +182,20 @@ async fn scale(
     }
     let api = ctx.client.api::<ReplicaSet>(rs.metadata.namespace.as_deref());
     match api.replace(&next).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            if rs.spec.replicas != replicas {
+                let dir = if replicas > rs.spec.replicas { "up" } else { "down" };
+                ctx.events.normal(
+                    wisp_api::ObjectReference::to(d),
+                    REASON_SCALING,
+                    format!(
+                        "scaled {dir} replica set {} from {} to {replicas}",
+                        rs.metadata.name, rs.spec.replicas
+                    ),
+                );
+            }
+            Ok(())
+        }
         Err(ClientError::Api(s)) if s.code == 409 => Ok(()), // newer version: its event requeues
         Err(e) => Err(e.into()),
     }
@@ -211,7 +228,11 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
                 .create(&new_replicaset(&d, &hash, max_revision + 1, first))
                 .await
             {
-                Ok(_) => {}
+                Ok(rs) => ctx.events.normal(
+                    wisp_api::ObjectReference::to(d.as_ref()),
+                    REASON_SCALING,
+                    format!("scaled up replica set {} to {first}", rs.metadata.name),
+                ),
                 Err(ClientError::Api(s)) if s.code == 409 => {}
                 Err(e) => return Err(e.into()),
             }

@@ -25,8 +25,7 @@ use wisp_runtime::{Action, ObjectRef, Store};
 
 use crate::Error;
 
-/// Label on a Function's revisions, their pods (and everything else it makes).
-pub const FUNCTION_LABEL: &str = "wisp.dev/function";
+pub use wisp_api::FUNCTION_LABEL;
 /// Label on a revision's Deployment, pods and Service (the Service selects on it).
 pub const REVISION_LABEL: &str = "wisp.dev/revision";
 /// Label on the Route of a traffic tag.
@@ -38,6 +37,7 @@ pub const REVISION_RETENTION: usize = 3;
 
 pub struct Context {
     pub client: Client,
+    pub events: wisp_runtime::Recorder,
     pub(crate) status: crate::StatusDelay,
     /// Watch caches of the kinds a Function expands to: a reconcile (one per change of the
     /// Function or of its children, several per scale-up) reads its children from them, not
@@ -313,6 +313,8 @@ fn owned_by(m: &ObjectMeta, uid: Option<&String>) -> bool {
 
 /// Sets the Function's `Ready` condition to false for `reason` (and writes it if it changed).
 async fn not_ready(ctx: &Context, f: &Function, reason: &str, message: String) -> Result<Action, Error> {
+    ctx.events
+        .warning(wisp_api::ObjectReference::to(f), reason, message.clone());
     let mut updated = f.clone();
     let status = updated.status.get_or_insert_with(Default::default);
     let mut changed = wisp_api::meta::set_condition(

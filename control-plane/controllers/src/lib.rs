@@ -5,13 +5,14 @@
 //! the node ingresses → replicas, scale to zero), garbage collection through
 //! `ownerReferences`, Node lifecycle (lease expiry → NotReady → pods
 //! failed and replaced), and Namespace deletion (everything in a Terminating namespace is
-//! deleted, then the namespace).
+//! deleted, then the namespace), and the expiry of Events after their TTL.
 //!
 //! It must not touch the store or run workloads.
 
 pub mod autoscaler;
 pub mod deployment;
 pub mod endpoints;
+pub mod event_ttl;
 pub mod function;
 pub mod gc;
 pub mod namespaces;
@@ -172,22 +173,33 @@ pub async fn run_endpoints(informers: Informers, shutdown: CancellationToken) {
 /// Run the Deployment controller until `shutdown`.
 pub async fn run_deployments(informers: Informers, shutdown: CancellationToken) {
     let (replicasets, rs_events) = informers.cached::<ReplicaSet>();
-    let ctx = Arc::new(deployment::Context {
-        client: informers.client().clone(),
-        replicasets,
-        status: StatusDelay::new(STATUS_COALESCE),
-    });
-    Controller::<Deployment>::shared(&informers)
-        .owns_events(rs_events)
-        .run(
-            deployment::reconcile,
-            |_d: Arc<Deployment>, _e: &Error, _c: Arc<deployment::Context>| {
-                wisp_runtime::Action::await_change()
-            },
-            ctx,
-            shutdown,
-        )
-        .await;
+    let client = informers.client().clone();
+    wisp_runtime::recording(
+        client.clone(),
+        "deployment-controller",
+        "",
+        &shutdown,
+        async |events| {
+            let ctx = Arc::new(deployment::Context {
+                client,
+                replicasets,
+                events,
+                status: StatusDelay::new(STATUS_COALESCE),
+            });
+            Controller::<Deployment>::shared(&informers)
+                .owns_events(rs_events)
+                .run(
+                    deployment::reconcile,
+                    |_d: Arc<Deployment>, _e: &Error, _c: Arc<deployment::Context>| {
+                        wisp_runtime::Action::await_change()
+                    },
+                    ctx,
+                    shutdown.clone(),
+                )
+                .await;
+        },
+    )
+    .await;
 }
 
 /// Run the Function controller until `shutdown`: reconciled when the Function or one of its
@@ -198,30 +210,41 @@ pub async fn run_functions(informers: Informers, cluster_domain: String, shutdow
     let (services, service_events) = informers.cached::<Service>();
     let (routes, route_events) = informers.cached::<Route>();
     let (revisions, revision_events) = informers.cached::<wisp_api::Revision>();
-    let ctx = Arc::new(function::Context {
-        client: informers.client().clone(),
-        status: StatusDelay::new(STATUS_COALESCE),
-        deployments,
-        services,
-        routes,
-        revisions,
-        nodes: informers.store::<wisp_api::Node>(),
-        cluster_domain,
-    });
-    Controller::<Function>::shared(&informers)
-        .watches_events(deployment_events, function_of::<Deployment>)
-        .watches_events(service_events, function_of::<Service>)
-        .watches_events(route_events, function_of::<Route>)
-        .watches_events(revision_events, function_of::<wisp_api::Revision>)
-        .run(
-            function::reconcile,
-            |_f: Arc<Function>, _e: &Error, _c: Arc<function::Context>| {
-                wisp_runtime::Action::requeue(std::time::Duration::from_secs(1))
-            },
-            ctx,
-            shutdown,
-        )
-        .await;
+    let client = informers.client().clone();
+    wisp_runtime::recording(
+        client.clone(),
+        "function-controller",
+        "",
+        &shutdown,
+        async |events| {
+            let ctx = Arc::new(function::Context {
+                client,
+                events,
+                status: StatusDelay::new(STATUS_COALESCE),
+                deployments,
+                services,
+                routes,
+                revisions,
+                nodes: informers.store::<wisp_api::Node>(),
+                cluster_domain,
+            });
+            Controller::<Function>::shared(&informers)
+                .watches_events(deployment_events, function_of::<Deployment>)
+                .watches_events(service_events, function_of::<Service>)
+                .watches_events(route_events, function_of::<Route>)
+                .watches_events(revision_events, function_of::<wisp_api::Revision>)
+                .run(
+                    function::reconcile,
+                    |_f: Arc<Function>, _e: &Error, _c: Arc<function::Context>| {
+                        wisp_runtime::Action::requeue(std::time::Duration::from_secs(1))
+                    },
+                    ctx,
+                    shutdown.clone(),
+                )
+                .await;
+        },
+    )
+    .await;
 }
 
 /// The Function an object was made for (its `wisp.dev/function` label): revisions, their
@@ -272,6 +295,8 @@ pub struct Config {
     /// The cluster CA, for Routes with `tls.issuer: cluster` (none: such Routes get no
     /// certificate from the cluster).
     pub route_issuer: Option<route_tls::Issuer>,
+    /// Events are deleted this long after they were last seen (default 1 h).
+    pub event_ttl: std::time::Duration,
 }
 
 impl Default for Config {
@@ -281,6 +306,7 @@ impl Default for Config {
             autoscaler: autoscaler::AutoscalerConfig::default(),
             cluster_domain: "localhost".into(),
             route_issuer: None,
+            event_ttl: event_ttl::DEFAULT_TTL,
         }
     }
 }
@@ -306,6 +332,7 @@ pub async fn run(informers: Informers, config: Config, shutdown: CancellationTok
         gc::run::<Service, Function>(i.clone(), shutdown.clone()),
         gc::run::<Route, Function>(i.clone(), shutdown.clone()),
         run_route_tls(i.clone(), config.route_issuer, shutdown.clone()),
+        event_ttl::run(i.client().clone(), config.event_ttl, shutdown.clone()),
         run_nodes(i.clone(), config.node_grace, shutdown),
     );
 }

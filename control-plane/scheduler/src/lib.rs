@@ -28,8 +28,10 @@ pub use plugins::{Allocation, NodeInfo, PodRequirements, Rejection};
 
 /// The condition reason of a pod that fits on no node.
 pub const REASON_UNSCHEDULABLE: &str = "Unschedulable";
-/// The condition reason once such a pod is bound after all.
+/// The condition reason once such a pod is bound after all, and the event of every bind.
 pub const REASON_SCHEDULED: &str = "Scheduled";
+/// The event of a pod that fits on no node (one per pod, counted per attempt).
+pub const REASON_FAILED_SCHEDULING: &str = "FailedScheduling";
 
 /// Tuning of [`run`].
 #[derive(Clone, Debug)]
@@ -85,7 +87,9 @@ pub async fn run(
     config: SchedulerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), SchedulerError> {
-    scheduler::Scheduler::new(informers.client().clone(), config)
-        .run(&informers, shutdown)
-        .await
+    let client = informers.client().clone();
+    wisp_runtime::recording(client.clone(), "scheduler", "", &shutdown, |events| {
+        scheduler::Scheduler::new(client, config, events).run(&informers, shutdown.clone())
+    })
+    .await
 }

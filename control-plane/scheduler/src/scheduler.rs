@@ -11,9 +11,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use wisp_api::{Condition, Node, Pod, Resource};
+use wisp_api::{Condition, Node, ObjectReference, Pod, Resource};
 use wisp_client::{Api, Client, ClientError, WatcherEvent};
-use wisp_runtime::{Informers, ObjectRef};
+use wisp_runtime::{Informers, ObjectRef, Recorder};
 
 use crate::cache::{Cache, Decision};
 use crate::plugins::PodRequirements;
@@ -50,6 +50,7 @@ enum TaskResult {
 
 pub(crate) struct Scheduler {
     client: Client,
+    events: Recorder,
     config: SchedulerConfig,
     cache: Cache,
     queue: VecDeque<ObjectRef>,
@@ -121,9 +122,10 @@ async fn write_condition(api: Api<Pod>, pod: Arc<Pod>, condition: Condition) -> 
 }
 
 impl Scheduler {
-    pub(crate) fn new(client: Client, config: SchedulerConfig) -> Self {
+    pub(crate) fn new(client: Client, config: SchedulerConfig, events: Recorder) -> Self {
         Self {
             client,
+            events,
             config,
             cache: Cache::new(),
             queue: VecDeque::new(),
@@ -328,6 +330,12 @@ impl Scheduler {
                 }
                 Decision::Unschedulable(message) => {
                     self.parked.insert(key.clone());
+                    // Every attempt counts on the one event (the condition is written once).
+                    self.events.warning(
+                        ObjectReference::to(pod.as_ref()),
+                        crate::REASON_FAILED_SCHEDULING,
+                        message.clone(),
+                    );
                     let current = scheduled_condition(&pod);
                     let same = current.is_some_and(|c| {
                         !c.is_true()
@@ -380,6 +388,11 @@ impl Scheduler {
         match outcome {
             BindOutcome::Bound(pod) => {
                 tracing::debug!(pod = %key, node, "bound");
+                self.events.normal(
+                    ObjectReference::to(&pod),
+                    REASON_SCHEDULED,
+                    format!("assigned {key} to {node}"),
+                );
                 self.failures.remove(&key);
                 self.cache.apply_pod(pod, false);
                 self.cache.forget(&key);

@@ -226,8 +226,15 @@ impl Agent {
             source,
         })?;
         tracing::info!(node = %c.node_name, runtimes = ?info.runtimes, logs = %local, "node registered");
+        let (events, recorder) = wisp_runtime::Recorder::new(
+            self.client.clone(),
+            "node-agent",
+            &c.node_name,
+            wisp_runtime::RecorderConfig::default(),
+        );
         let ctx = std::sync::Arc::new(worker::Ctx {
             client: self.client.clone(),
+            events,
             node: c.node_name.clone(),
             address: c.address.clone(),
             runtimes: self.runtimes.clone(),
@@ -253,6 +260,7 @@ impl Agent {
             node::heartbeat(self.client.clone(), info, interval, shutdown.clone()),
             pods::run(ctx, shutdown.clone()),
             logs::serve(log_server, self.others, listener, tls.server, shutdown.clone()),
+            Box::pin(recorder.run(shutdown.clone())),
         );
         Ok(())
     }

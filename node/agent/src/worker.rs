@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use wisp_api::{
     Condition, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-    ContainerStatus, Pod, PodStatus,
+    ContainerStatus, ObjectReference, Pod, PodStatus,
 };
 use wisp_client::Client;
 use wisp_sandbox::{
@@ -30,6 +30,15 @@ use crate::spec::{self, PrepareError};
 
 /// The waiting reason of a pod whose runtime is down.
 const REASON_UNAVAILABLE: &str = "RuntimeUnavailable";
+/// Event reasons, as the kubelet's.
+const REASON_PULLING: &str = "Pulling";
+const REASON_PULLED: &str = "Pulled";
+const REASON_FAILED: &str = "Failed";
+const REASON_STARTED: &str = "Started";
+const REASON_KILLING: &str = "Killing";
+const REASON_BACK_OFF: &str = "BackOff";
+const REASON_UNHEALTHY: &str = "Unhealthy";
+const REASON_OOM_KILLED: &str = "OOMKilled";
 /// How often preparing is retried while a runtime is down.
 const UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
 /// How often a slow preparation's progress is read for the pod's status.
@@ -90,6 +99,8 @@ impl Runtimes {
 /// What every pod worker shares.
 pub struct Ctx {
     pub client: Client,
+    /// What happens to pods, as Events (Pulling, Started, BackOff, Killing…).
+    pub events: wisp_runtime::Recorder,
     pub node: String,
     /// The address reported as the pod's IP (the node's).
     pub address: String,
@@ -188,6 +199,18 @@ impl Worker {
             ended_elsewhere: false,
             deleted: false,
         }
+    }
+
+    fn normal(&self, reason: &str, message: String) {
+        self.ctx
+            .events
+            .normal(ObjectReference::to(self.pod.as_ref()), reason, message);
+    }
+
+    fn warning(&self, reason: &str, message: String) {
+        self.ctx
+            .events
+            .warning(ObjectReference::to(self.pod.as_ref()), reason, message);
     }
 
     fn api(&self) -> wisp_client::Api<Pod> {
@@ -318,6 +341,8 @@ impl Worker {
 
     async fn prepare(&mut self, shutdown: &CancellationToken) {
         self.life.preparing();
+        let began = Instant::now();
+        let mut slow = false;
         // Report `Preparing` only when preparing is not instant (a compiled-cache hit is).
         let (ctx, pod) = (self.ctx.clone(), self.pod.clone());
         let work = async move { prepare(&ctx, &pod).await };
@@ -325,6 +350,8 @@ impl Worker {
         let result = tokio::select! {
             r = &mut work => r,
             () = tokio::time::sleep(Duration::from_millis(50)) => {
+                slow = true;
+                self.normal(REASON_PULLING, format!("preparing {}", self.sources()));
                 self.sync_status().await;
                 // Report what a slow preparation is doing (an image pull's progress).
                 loop {
@@ -345,11 +372,22 @@ impl Worker {
         };
         match result {
             Ok(prepared) => {
+                if slow {
+                    self.normal(
+                        REASON_PULLED,
+                        format!(
+                            "prepared {} in {} ms",
+                            self.sources(),
+                            began.elapsed().as_millis()
+                        ),
+                    );
+                }
                 self.prepared = prepared;
                 self.life.prepared();
             }
             Err(e) => {
                 tracing::warn!(reason = e.reason, message = %e.message, "cannot prepare the pod");
+                self.warning(REASON_FAILED, format!("{}: {}", e.reason, e.message));
                 let now = Instant::now();
                 self.life.prepare_failed(now, e.reason, &e.message);
                 if e.reason == REASON_UNAVAILABLE {
@@ -357,6 +395,21 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// What a pod's containers run, for events: `image nginx, component sha256:ab…`.
+    fn sources(&self) -> String {
+        self.pod
+            .spec
+            .containers
+            .iter()
+            .map(|c| match (&c.image, &c.wasm) {
+                (Some(image), _) => format!("image {image}"),
+                (None, Some(wasm)) => format!("component {}", wasm.chars().take(19).collect::<String>()),
+                (None, None) => format!("container {}", c.name),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// What the runtimes say about this pod's preparation, if anything.
@@ -409,12 +462,14 @@ impl Worker {
         }
         if let Err(e) = runtime.create(&spec).await {
             tracing::warn!(container = name, error = %e, "cannot create the sandbox");
+            self.warning(REASON_FAILED, format!("cannot create container {name}: {e}"));
             self.life
                 .start_failed(name, Instant::now(), "CreateContainerError", &e.to_string());
             return;
         }
         if let Err(e) = runtime.start(&id).await {
             tracing::warn!(container = name, error = %e, "cannot start the sandbox");
+            self.warning(REASON_FAILED, format!("cannot start container {name}: {e}"));
             let _ = runtime.delete(&id).await;
             self.life
                 .start_failed(name, Instant::now(), "StartError", &e.to_string());
@@ -432,6 +487,7 @@ impl Worker {
             }
             Err(_) => SystemTime::now(),
         };
+        self.normal(REASON_STARTED, format!("started container {name}"));
         self.life.started(name, Instant::now(), started_at);
         self.watch_exit(name, &runtime, &id);
         self.after_start(name, &spec);
@@ -572,6 +628,17 @@ impl Worker {
             } else {
                 self.answers(&name, &path, true, timeout).await
             };
+            if !ok {
+                let how = if probe.tcp_socket.is_some() {
+                    "no TCP connection".to_owned()
+                } else {
+                    format!("no 2xx/3xx answer to GET {path}")
+                };
+                self.warning(
+                    REASON_UNHEALTHY,
+                    format!("readiness probe of container {name} failed: {how} within {timeout:?}"),
+                );
+            }
             let Some(state) = self.probes.get_mut(&name) else {
                 continue;
             };
@@ -683,10 +750,26 @@ impl Worker {
             reason: Some(format!("Lost: {e}")),
         });
         tracing::info!(container = name, code = exit.exit_code, reason = ?exit.reason, "container exited");
+        if exit.reason.as_deref() == Some(REASON_OOM_KILLED) {
+            self.warning(
+                REASON_OOM_KILLED,
+                format!("container {name} ran out of memory and was killed"),
+            );
+        }
         self.probes.remove(name);
         self.endpoints.remove(name);
         self.listens.remove(name);
-        self.life.exited(name, exit, Instant::now(), SystemTime::now());
+        let code = exit.exit_code;
+        if let Some(at) = self.life.exited(name, exit, Instant::now(), SystemTime::now()) {
+            let delay = at.saturating_duration_since(Instant::now());
+            self.warning(
+                REASON_BACK_OFF,
+                format!(
+                    "back-off restarting container {name} (exit code {code}), next start in {} s",
+                    delay.as_secs_f64().ceil()
+                ),
+            );
+        }
     }
 
     /// The status this worker would report now, from the pod's current one.
@@ -821,6 +904,12 @@ impl Worker {
             .unwrap_or(30),
         );
         tracing::info!(?grace, "pod deleted; stopping its sandboxes");
+        for p in &self.prepared {
+            self.normal(
+                REASON_KILLING,
+                format!("stopping container {} (grace {} s)", p.name, grace.as_secs()),
+            );
+        }
         self.stop_all(grace).await;
         for p in &self.prepared {
             match p.runtime.delete(&p.spec.id).await {

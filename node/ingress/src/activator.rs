@@ -9,12 +9,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
-use wisp_api::Deployment;
+use wisp_api::{Deployment, ObjectReference};
 use wisp_client::Client;
 
 use crate::Ingress;
 use crate::proxy::{Body, text};
 use crate::table::{Backend, ServiceState};
+
+/// The Event of a Service woken from zero by a request.
+pub const REASON_COLD_START: &str = "ColdStart";
 
 /// Holds the request until `svc` has a backend; returns it, or the error response.
 pub(crate) async fn wait(
@@ -54,6 +57,8 @@ pub(crate) async fn wait(
     // queue timeout (every waiter of that burst gave up) lets the next one try again.
     let now = now_ms();
     let stamp = svc.activated_ms.load(Ordering::Acquire);
+    // Set for the request that activates: its wait is the cold start's length.
+    let mut woke: Option<tokio::time::Instant> = None;
     let stale = stamp == 0
         || now.saturating_sub(stamp) > u64::try_from(config.queue_timeout.as_millis()).unwrap_or(u64::MAX);
     if stale
@@ -62,6 +67,7 @@ pub(crate) async fn wait(
             .compare_exchange(stamp, now.max(1), Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     {
+        woke = Some(tokio::time::Instant::now());
         svc.cold_starts.fetch_add(1, Ordering::Relaxed);
         ingress
             .inner
@@ -103,6 +109,9 @@ pub(crate) async fn wait(
             // listed backend that is not usable — a pod still stopping after a scale to
             // zero — must not let each request of the burst activate once more.)
             svc.activated_ms.store(0, Ordering::Release);
+            if let Some(began) = woke {
+                cold_start_event(ingress, svc, began.elapsed());
+            }
             return Ok(b);
         }
         tokio::select! {
@@ -119,6 +128,35 @@ pub(crate) async fn wait(
             svc.namespace, svc.name, config.queue_timeout
         ),
     ))
+}
+
+/// A `ColdStart` Event of the Function the Service serves (the Service itself if no
+/// Function made it), with how long the first request waited.
+fn cold_start_event(ingress: &Ingress, svc: &ServiceState, waited: Duration) {
+    let key = wisp_runtime::ObjectRef::new(svc.name.as_str()).within(svc.namespace.as_str());
+    let service = ingress.inner.caches.services.get(&key);
+    let function = service
+        .as_ref()
+        .and_then(|s| s.metadata.labels.get(wisp_api::FUNCTION_LABEL).cloned());
+    let object = match (&function, &service) {
+        (Some(f), _) => ObjectReference {
+            kind: "Function".into(),
+            namespace: Some(svc.namespace.clone()),
+            name: f.clone(),
+            ..ObjectReference::default()
+        },
+        (None, Some(s)) => ObjectReference::to(s.as_ref()),
+        (None, None) => return,
+    };
+    let ms = waited.as_secs_f64() * 1000.0;
+    ingress.inner.events.normal(
+        object,
+        REASON_COLD_START,
+        format!(
+            "woke {}/{} from zero: the first request waited {ms:.1} ms",
+            svc.namespace, svc.name
+        ),
+    );
 }
 
 fn now_ms() -> u64 {

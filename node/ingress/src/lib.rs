@@ -196,6 +196,10 @@ pub(crate) struct Inner {
     /// (`stopping`) and waited for when [`Ingress::sync`] ends.
     pub(crate) tasks: TaskTracker,
     pub(crate) stopping: CancellationToken,
+    /// Cold starts, as Events of the Function (or Service) woken.
+    pub(crate) events: wisp_runtime::Recorder,
+    /// Its writer, run by the one [`Ingress::sync`].
+    recorder: std::sync::Mutex<Option<wisp_runtime::RecorderTask>>,
 }
 
 /// The runtime of this node whose sandboxes the ingress calls in process (no socket, no
@@ -275,6 +279,12 @@ impl Ingress {
         let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
+        let (events, recorder) = wisp_runtime::Recorder::new(
+            client.clone(),
+            "ingress",
+            &config.node_name,
+            wisp_runtime::RecorderConfig::default(),
+        );
         Self {
             inner: Arc::new(Inner {
                 client,
@@ -295,6 +305,8 @@ impl Ingress {
                 )),
                 tasks: TaskTracker::new(),
                 stopping: CancellationToken::new(),
+                events,
+                recorder: std::sync::Mutex::new(Some(recorder)),
             }),
         }
     }
@@ -302,13 +314,28 @@ impl Ingress {
     /// Keeps the route table current from watches until `shutdown`. Called once per
     /// ingress (a second call returns at once, logging why).
     pub async fn sync(&self, shutdown: CancellationToken) {
-        if !self.keep_in_sync(shutdown).await {
-            return;
-        }
-        // The activator's scale-ups in flight stop with it.
-        self.inner.stopping.cancel();
-        self.inner.tasks.close();
-        self.inner.tasks.wait().await;
+        let recorder = self
+            .inner
+            .recorder
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let done = CancellationToken::new();
+        let work = async {
+            if self.keep_in_sync(shutdown).await {
+                // The activator's scale-ups in flight stop with it.
+                self.inner.stopping.cancel();
+                self.inner.tasks.close();
+                self.inner.tasks.wait().await;
+            }
+            done.cancel();
+        };
+        let record = async {
+            if let Some(r) = recorder {
+                Box::pin(r.run(done.clone())).await;
+            }
+        };
+        tokio::join!(work, record);
     }
 
     /// `false` when another call already keeps this ingress in sync.

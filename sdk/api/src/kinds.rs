@@ -8,8 +8,8 @@ use serde_json::Value;
 use crate::API_VERSION;
 use crate::meta::ObjectMeta;
 use crate::resources::{
-    ConfigMap, Deployment, Endpoints, Function, Job, Lease, LimitRange, Namespace, Node, Pod, ReplicaSet,
-    ResourceQuota, Revision, Route, Secret, Service,
+    ConfigMap, Deployment, Endpoints, Event, Function, Job, Lease, LimitRange, Namespace, Node, Pod,
+    ReplicaSet, ResourceQuota, Revision, Route, Secret, Service,
 };
 use crate::validation::{FieldError, ValidationErrors, validate_object_meta};
 
@@ -175,6 +175,7 @@ kinds! {
     Job: "jobs", "job", [], namespaced = true;
     ResourceQuota: "resourcequotas", "resourcequota", ["quota"], namespaced = true;
     LimitRange: "limitranges", "limitrange", ["limits"], namespaced = true;
+    Event: "events", "event", ["ev"], namespaced = true;
 }
 
 /// Case-insensitive match on kind, plural, singular or short name (`Pod`, `pods`, `po`).

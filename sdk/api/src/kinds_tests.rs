@@ -432,7 +432,7 @@ fn every_kind_decodes_a_minimal_object_or_says_why() {
 
 #[test]
 fn lookups_and_schemas() {
-    assert_eq!(KINDS.len(), 16);
+    assert_eq!(KINDS.len(), 17);
     for (name, kind) in [
         ("rev", "Revision"),
         ("po", "Pod"),

@@ -269,6 +269,9 @@ pub struct UpArgs {
     /// its pods are replaced elsewhere.
     #[arg(long, env = "WISP_NODE_GRACE_SECONDS", default_value_t = 10)]
     pub node_grace_seconds: u64,
+    /// Seconds an Event is kept after it was last seen.
+    #[arg(long, env = "WISP_EVENT_TTL_SECONDS", default_value_t = 3600)]
+    pub event_ttl_seconds: u64,
     /// Autoscaler: seconds of in-flight samples averaged for scaling decisions.
     #[arg(long, env = "WISP_AUTOSCALER_STABLE_SECONDS", default_value_t = 60)]
     pub autoscaler_stable_seconds: u64,
@@ -470,6 +473,9 @@ pub struct GetArgs {
     /// Read lists this many objects at a time.
     #[arg(long, default_value_t = 500)]
     pub chunk_size: usize,
+    /// With `get events`: only the events of this object (`pod/web`, `function/hello`).
+    #[arg(long = "for", value_name = "KIND/NAME")]
+    pub for_object: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -5,6 +5,7 @@ mod author;
 mod cli;
 #[cfg(test)]
 mod cli_docs;
+mod describe;
 mod manifests;
 mod output;
 mod resources;

@@ -12,7 +12,7 @@ fn ptr<'a>(obj: &'a Value, p: &str) -> Option<&'a Value> {
     obj.pointer(p).filter(|v| !v.is_null())
 }
 
-fn s(obj: &Value, p: &str) -> String {
+pub(crate) fn s(obj: &Value, p: &str) -> String {
     match ptr(obj, p) {
         Some(Value::String(x)) => x.clone(),
         Some(Value::Array(items)) => items
@@ -58,7 +58,11 @@ pub fn age(created: Option<&str>) -> String {
     let Some(ts) = created.and_then(|c| c.parse::<jiff::Timestamp>().ok()) else {
         return "<unknown>".into();
     };
-    let secs = (jiff::Timestamp::now().as_second() - ts.as_second()).max(0);
+    short((jiff::Timestamp::now().as_second() - ts.as_second()).max(0))
+}
+
+/// Seconds as `42s`, `5m`, `3h`, `2d`.
+fn short(secs: i64) -> String {
     match secs {
         0..60 => format!("{secs}s"),
         60..3600 => format!("{}m", secs / 60),
@@ -178,6 +182,103 @@ fn columns(kind: &KindInfo, o: &Value, wide: bool) -> Vec<(&'static str, String)
     c
 }
 
+/// When an event was last seen (for sorting): its `lastTimestamp`, else its creation.
+pub fn last_seen(obj: &DynamicObject) -> String {
+    obj.body
+        .get("lastTimestamp")
+        .and_then(Value::as_str)
+        .or(obj.metadata.creation_timestamp.as_deref())
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map_or_else(String::new, |t| format!("{:020}", t.as_millisecond()))
+}
+
+/// `pod/web` for an event's involved object.
+fn involved(o: &Value) -> String {
+    let kind = s(o, "/involvedObject/kind").to_lowercase();
+    format!("{kind}/{}", s(o, "/involvedObject/name"))
+}
+
+/// An event's age column: since last seen, with the span it covers when it repeated
+/// (`5s (x12 over 3m)`, like kubectl).
+fn event_age(o: &Value) -> String {
+    let last = ptr(o, "/lastTimestamp").and_then(Value::as_str);
+    let count = n(o, "/count");
+    let seen = age(last.or(ptr(o, "/metadata/creationTimestamp").and_then(Value::as_str)));
+    if count > 1 {
+        let first = ptr(o, "/firstTimestamp").and_then(Value::as_str);
+        format!("{seen} (x{count} over {})", span(first, last))
+    } else {
+        seen
+    }
+}
+
+/// The time between two RFC 3339 stamps, as `age` writes it.
+fn span(from: Option<&str>, to: Option<&str>) -> String {
+    let parse = |t: Option<&str>| t.and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    match (parse(from), parse(to)) {
+        (Some(a), Some(b)) => short((b.as_second() - a.as_second()).max(0)),
+        _ => "?".into(),
+    }
+}
+
+fn event_columns(o: &Value, wide: bool) -> Vec<(&'static str, String)> {
+    let mut c = vec![
+        ("LAST SEEN", event_age(o)),
+        ("TYPE", s(o, "/type")),
+        ("REASON", s(o, "/reason")),
+        ("OBJECT", involved(o)),
+    ];
+    if wide {
+        let from = match (s(o, "/reportingComponent"), s(o, "/reportingInstance")) {
+            (c, i) if i.is_empty() => c,
+            (c, i) => format!("{c}, {i}"),
+        };
+        c.push(("FROM", from));
+        c.push(("NAME", s(o, "/metadata/name")));
+    }
+    c.push(("MESSAGE", s(o, "/message")));
+    c
+}
+
+/// The `Events:` section of `describe`: the object's events (of this object, not of an
+/// earlier one of the same name), oldest first.
+pub fn events_section(obj: &DynamicObject, mut events: Vec<DynamicObject>) -> String {
+    let uid = obj.metadata.uid.as_deref();
+    events.retain(|e| {
+        let theirs = e
+            .body
+            .get("involvedObject")
+            .and_then(|o| o.get("uid"))
+            .and_then(Value::as_str);
+        theirs.is_none() || theirs == uid
+    });
+    if events.is_empty() {
+        return "Events:       <none>".into();
+    }
+    events.sort_by_key(last_seen);
+    let rows = events
+        .iter()
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .map(|o| {
+            vec![
+                s(&o, "/type"),
+                s(&o, "/reason"),
+                event_age(&o),
+                s(&o, "/reportingComponent"),
+                s(&o, "/message"),
+            ]
+        })
+        .collect();
+    let t = table(&["Type", "Reason", "Age", "From", "Message"], rows);
+    let mut out = String::from("Events:\n");
+    for line in t.lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.trim_end().to_owned()
+}
+
 fn row(
     kind: &KindInfo,
     obj: &DynamicObject,
@@ -190,6 +291,13 @@ fn row(
     if with_ns && kind.namespaced {
         headers.push("NAMESPACE");
         cells.push(obj.metadata.namespace.clone().unwrap_or_default());
+    }
+    if kind.plural == "events" {
+        for (h, v) in event_columns(&value, wide) {
+            headers.push(h);
+            cells.push(v);
+        }
+        return Ok((headers, cells));
     }
     headers.push("NAME");
     cells.push(obj.metadata.name.clone());
@@ -283,50 +391,4 @@ pub fn print_event(
         }
     }
     Ok(())
-}
-
-pub fn describe(kind: &KindInfo, obj: &DynamicObject) -> anyhow::Result<String> {
-    let m = &obj.metadata;
-    let mut out = format!("Name:         {}\n", m.name);
-    if let Some(ns) = &m.namespace {
-        out.push_str(&format!("Namespace:    {ns}\n"));
-    }
-    out.push_str(&format!("Kind:         {}\n", kind.kind));
-    let labels: Vec<String> = m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    out.push_str(&format!(
-        "Labels:       {}\n",
-        if labels.is_empty() {
-            "<none>".into()
-        } else {
-            labels.join(", ")
-        }
-    ));
-    out.push_str(&format!(
-        "Created:      {} ({} ago)\n",
-        m.creation_timestamp.as_deref().unwrap_or("?"),
-        age(m.creation_timestamp.as_deref())
-    ));
-    out.push_str(&format!("UID:          {}\n", m.uid.as_deref().unwrap_or("?")));
-    out.push_str(&format!(
-        "Version:      resourceVersion {}, generation {}\n",
-        m.resource_version.as_deref().unwrap_or("?"),
-        m.generation.unwrap_or(0)
-    ));
-    for o in &m.owner_references {
-        out.push_str(&format!("Controlled by: {}/{}\n", o.kind, o.name));
-    }
-    for (section, value) in &obj.body {
-        out.push_str(&format!("{}:\n", capitalize(section)));
-        let yaml = serde_saphyr::to_string(value).context("cannot render YAML")?;
-        for line in yaml.lines() {
-            out.push_str(&format!("  {line}\n"));
-        }
-    }
-    Ok(out.trim_end().to_owned())
-}
-
-fn capitalize(s: &str) -> String {
-    let mut c = s.chars();
-    c.next()
-        .map_or_else(String::new, |f| f.to_uppercase().collect::<String>() + c.as_str())
 }

@@ -355,14 +355,24 @@ pub async fn get(global: &Global, args: GetArgs) -> anyhow::Result<()> {
         output::print_objects(kind, &[obj], format, args.all_namespaces)?;
         return Ok(());
     }
+    let field_selector = match &args.for_object {
+        None => None,
+        Some(_) if kind.plural != "events" => {
+            bail!("--for selects the events of an object: use it with `wisp get events`")
+        }
+        Some(target) => Some(events_of(target)?),
+    };
     let params = ListParams {
         label_selector: args.selector.clone(),
-        field_selector: None,
+        field_selector,
     };
-    let list = client
+    let mut list = client
         .list_dyn_all(kind, ns.as_deref(), &params, args.chunk_size.max(1))
         .await
         .map_err(|e| anyhow!(describe_error(&e)))?;
+    if kind.plural == "events" {
+        list.items.sort_by_key(output::last_seen);
+    }
     if format.is_none() && list.items.is_empty() && !args.watch {
         complain(&match &ns {
             Some(n) => format!("No {} found in namespace {n}.", kind.plural),
@@ -400,8 +410,44 @@ pub async fn describe(global: &Global, args: DescribeArgs) -> anyhow::Result<()>
         .get_dyn(kind, ns.as_deref(), &args.name)
         .await
         .map_err(|e| anyhow!(describe_error(&e)))?;
-    say(&output::describe(kind, &obj)?);
+    let mut text = crate::describe::describe(kind, &obj);
+    if kind.namespaced && kind.plural != "events" {
+        let events = wisp_api::kind_by_plural("events").context("the events kind")?;
+        let params = ListParams {
+            label_selector: None,
+            field_selector: Some(format!(
+                "involvedObject.kind={},involvedObject.name={}",
+                kind.kind, obj.metadata.name
+            )),
+        };
+        // Events are read where the token may read them; a token that may not says so.
+        let section = match client.list_dyn_all(events, ns.as_deref(), &params, 500).await {
+            Ok(list) => output::events_section(&obj, list.items),
+            Err(e) => format!("Events:       <cannot be read: {}>", describe_error(&e)),
+        };
+        text.push('\n');
+        text.push_str(&section);
+    }
+    say(&text);
     Ok(())
+}
+
+/// The field selector of `--for KIND/NAME`.
+fn events_of(target: &str) -> anyhow::Result<String> {
+    let Some((k, name)) = target
+        .split_once('/')
+        .filter(|(k, n)| !k.is_empty() && !n.is_empty())
+    else {
+        bail!("--for {target:?}: expected KIND/NAME, e.g. pod/web or function/hello");
+    };
+    let kind = kind(k).with_context(|| format!("--for {target:?}"))?;
+    if name.contains(',') || name.contains('=') {
+        bail!("--for {target:?}: {name:?} is not an object name");
+    }
+    Ok(format!(
+        "involvedObject.kind={},involvedObject.name={name}",
+        kind.kind
+    ))
 }
 
 pub async fn delete(global: &Global, args: DeleteArgs) -> anyhow::Result<()> {

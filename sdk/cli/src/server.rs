@@ -602,6 +602,7 @@ pub async fn server(args: ServerArgs, with_node: bool) -> anyhow::Result<()> {
     let controllers = if args.up.controllers {
         let config = wisp_controllers::Config {
             node_grace: Duration::from_secs(args.up.node_grace_seconds.max(1)),
+            event_ttl: Duration::from_secs(args.up.event_ttl_seconds.max(1)),
             autoscaler: wisp_controllers::autoscaler::AutoscalerConfig {
                 stable_window: Duration::from_secs(args.up.autoscaler_stable_seconds.max(1)),
                 panic_window: Duration::from_secs(args.up.autoscaler_panic_seconds.max(1)),

@@ -11,11 +11,13 @@
 //! Every task it starts honours a `CancellationToken` and lives in a `JoinSet`.
 
 pub mod controller;
+pub mod events;
 pub mod reflector;
 pub mod runner;
 pub mod shared;
 
 pub use controller::{Config, Controller};
+pub use events::{Recorder, RecorderConfig, RecorderTask, recording};
 pub use reflector::{ObjectRef, Store, Writer, reflector, watcher_stream};
 pub use runner::{Action, Outcome, RunnerConfig};
 pub use shared::{Informers, Shared};

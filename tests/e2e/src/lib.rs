@@ -509,6 +509,24 @@ pub async fn ingress_stat(
         .unwrap_or(0))
 }
 
+/// Applies `examples/hello/function.yaml` through the CLI, its component the built `hello`
+/// guest and its text changed by `edit` first (e.g. a shorter `scaleToZeroAfter`).
+pub fn apply_hello_function(w: &Wisp, edit: impl FnOnce(String) -> String) -> anyhow::Result<()> {
+    let component = guest("hello")?;
+    let manifest = edit(std::fs::read_to_string(
+        examples_dir().join("hello/function.yaml"),
+    )?)
+    .replace(
+        "../target/wasm32-wasip2/release/hello.wasm",
+        &component.display().to_string(),
+    );
+    let file = w.dir.join("function.yaml");
+    std::fs::write(&file, manifest)?;
+    let (ok, out, err) = w.cli(&["apply", "-f", &file.display().to_string()])?;
+    anyhow::ensure!(ok, "apply failed: {out}{err}");
+    Ok(())
+}
+
 /// `wisp up` flags for short autoscaler windows (6 s stable, 2 s panic), so that scaling
 /// down does not take a minute.
 pub fn fast_autoscaler() -> Vec<String> {

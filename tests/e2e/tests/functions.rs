@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Empty};
 use tokio_util::sync::CancellationToken;
 use wisp_api::{Deployment, Function, Pod};
 use wisp_client::{Client, ListParams};
-use wisp_e2e::{Http, Options, Wisp, examples_dir, fast_autoscaler, ingress_stat, until};
+use wisp_e2e::{Http, Options, Wisp, fast_autoscaler, ingress_stat, until};
 
 /// GET `/` on the ingress with the Function's host: (status, cold-start header, body).
 async fn get(http: &Http, ingress: &str, host: &str) -> anyhow::Result<(u16, bool, String)> {
@@ -80,20 +80,12 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
     let http = wisp_e2e::http_client();
 
     // A Function that scales to zero after 3 s idle, one pod per in-flight request.
-    let manifest = std::fs::read_to_string(examples_dir().join("hello/function.yaml"))?.replace(
-        "scaleToZeroAfter: 30s",
-        "scaleToZeroAfter: 3s\n    targetConcurrency: 1",
-    );
-    let file = w.dir.join("function.yaml");
-    std::fs::write(&file, manifest)?;
-    let component = wisp_e2e::guest("hello")?;
-    let manifest = std::fs::read_to_string(&file)?.replace(
-        "../target/wasm32-wasip2/release/hello.wasm",
-        &component.display().to_string(),
-    );
-    std::fs::write(&file, manifest)?;
-    let (ok, out, err) = w.cli(&["apply", "-f", &file.display().to_string()])?;
-    anyhow::ensure!(ok, "apply failed: {out}{err}");
+    wisp_e2e::apply_hello_function(&w, |m| {
+        m.replace(
+            "scaleToZeroAfter: 30s",
+            "scaleToZeroAfter: 3s\n    targetConcurrency: 1",
+        )
+    })?;
     assert!(
         live_pods(&client).await?.is_empty(),
         "minScale 0: no pod before a request"
@@ -201,7 +193,7 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
 
     // A rolling update to another component digest under the prober.
     let functions = client.api::<Function>(Some("default"));
-    let mut variant = std::fs::read(&component)?;
+    let mut variant = std::fs::read(wisp_e2e::guest("hello")?)?;
     variant.extend_from_slice(&[0, 5, 4, b'w', b'i', b's', b'p']); // a custom section: new digest
     let digest = client.put_blob(Bytes::from(variant)).await?;
     wisp_testkit::update(&functions, "hello", |f| {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Method;
 use http_body_util::{BodyExt, Empty};
-use wisp_e2e::{Options, Wisp, examples_dir, until};
+use wisp_e2e::{Options, Wisp, until};
 
 /// Open watches by resource, from the API server's metrics.
 async fn open_watches(client: &wisp_client::Client) -> anyhow::Result<BTreeMap<String, u64>> {
@@ -57,15 +57,7 @@ async fn wisp_up_opens_one_watch_per_kind() -> anyhow::Result<()> {
     // Run a Function through the whole chain on the shared caches (apply → scheduled →
     // running → endpoints → route → woken from zero and served), then count again.
     let ingress = wisp_e2e::node_ingress(&admin, "local").await?;
-    let component = wisp_e2e::guest("hello")?;
-    let manifest = std::fs::read_to_string(examples_dir().join("hello/function.yaml"))?.replace(
-        "../target/wasm32-wasip2/release/hello.wasm",
-        &component.display().to_string(),
-    );
-    let file = w.dir.join("function.yaml");
-    std::fs::write(&file, manifest)?;
-    let (ok, out, err) = w.cli(&["apply", "-f", &file.display().to_string()])?;
-    anyhow::ensure!(ok, "apply failed: {out}{err}");
+    wisp_e2e::apply_hello_function(&w, |m| m)?;
     let http = wisp_e2e::http_client();
     until("the function to answer through the ingress", 60, async || {
         let req = http::Request::get(format!("{ingress}/"))

@@ -11,6 +11,8 @@ use super::pod::PodTemplateSpec;
 use crate::meta::{Condition, ObjectMeta};
 use crate::validation::{FieldError, parse_duration};
 
+/// Label on a Function's revisions, their pods (and everything else it makes).
+pub const FUNCTION_LABEL: &str = "wisp.dev/function";
 /// Most entries of `spec.traffic`.
 pub const MAX_TRAFFIC_TARGETS: usize = 8;
 /// Longest Function name: its revisions' names (`<name>-00001`) label their pods, and a label

@@ -1,4 +1,4 @@
-//! The sixteen kinds and their spec/status types, each with field-path validation.
+//! The seventeen kinds and their spec/status types, each with field-path validation.
 
 use std::borrow::Cow;
 
@@ -10,6 +10,7 @@ use crate::validation::FieldError;
 pub mod cluster;
 pub mod config;
 pub mod container;
+pub mod events;
 pub mod function;
 pub mod networking;
 pub mod pod;
@@ -19,6 +20,7 @@ pub mod workloads;
 pub use cluster::*;
 pub use config::*;
 pub use container::*;
+pub use events::*;
 pub use function::*;
 pub use networking::*;
 pub use pod::*;

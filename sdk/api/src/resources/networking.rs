@@ -156,6 +156,19 @@ pub struct ObjectReference {
     pub uid: Option<String>,
 }
 
+impl ObjectReference {
+    /// A reference to `obj` (its kind, namespace, name and uid).
+    pub fn to<T: crate::Resource>(obj: &T) -> Self {
+        let m = obj.metadata();
+        Self {
+            kind: T::KIND.to_owned(),
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            uid: m.uid.clone(),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct EndpointPort {

@@ -1,0 +1,183 @@
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use wisp_api::{ConfigMap, Event, EventSeverity, ObjectMeta, ObjectReference, Resource};
+use wisp_apiserver::testutil;
+
+use super::{Recorder, RecorderConfig, event_name, truncate};
+
+fn config(min_interval_ms: u64) -> RecorderConfig {
+    RecorderConfig {
+        min_interval: Duration::from_millis(min_interval_ms),
+        ..RecorderConfig::default()
+    }
+}
+
+async fn events(client: &wisp_client::Client) -> Vec<Event> {
+    client
+        .api::<Event>(Some("default"))
+        .list(&wisp_client::ListParams::default())
+        .await
+        .expect("list events")
+        .items
+}
+
+async fn wait_for(client: &wisp_client::Client, check: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+    for _ in 0..200 {
+        let evs = events(client).await;
+        if check(&evs) {
+            return evs;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("events never became as expected: {:?}", events(client).await);
+}
+
+async fn object(client: &wisp_client::Client, name: &str) -> ObjectReference {
+    let cm = client
+        .api::<ConfigMap>(Some("default"))
+        .create(&ConfigMap::new(ObjectMeta::namespaced("default", name)))
+        .await
+        .expect("configmap");
+    ObjectReference::to(&cm)
+}
+
+#[tokio::test]
+async fn repeats_are_one_event_with_a_count_written_at_most_once_per_interval() {
+    let (client, stop, _server) = testutil::started().await;
+    let (rec, task) = Recorder::new(client.clone(), "test-component", "n1", config(300));
+    let run = tokio::spawn(task.run(stop.clone()));
+    let cm = object(&client, "web").await;
+    for i in 0..40 {
+        rec.warning(cm.clone(), "BackOff", format!("try {i}"));
+    }
+    rec.normal(cm.clone(), "Started", "started");
+    let evs = wait_for(&client, |evs| {
+        evs.iter().any(|e| e.reason == "Started")
+            && evs
+                .iter()
+                .find(|e| e.reason == "BackOff")
+                .is_some_and(|e| e.count == 40)
+    })
+    .await;
+    assert_eq!(evs.len(), 2, "{evs:?}");
+    let backoff = evs.iter().find(|e| e.reason == "BackOff").expect("BackOff");
+    assert_eq!(backoff.type_, EventSeverity::Warning);
+    assert_eq!(backoff.message, "try 39");
+    assert_eq!(backoff.involved_object.uid, cm.uid);
+    assert_eq!(
+        (
+            backoff.reporting_component.as_str(),
+            backoff.reporting_instance.as_str()
+        ),
+        ("test-component", "n1")
+    );
+    // Written once for the first and once for the rest, not forty times.
+    let generation = backoff.metadata.generation.unwrap_or(0);
+    assert!(generation <= 3, "{generation} writes for 40 occurrences");
+    // A burst after the interval adds to the count.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    rec.warning(cm.clone(), "BackOff", "again");
+    rec.warning(cm.clone(), "BackOff", "again");
+    wait_for(&client, |evs| {
+        evs.iter()
+            .any(|e| e.reason == "BackOff" && e.count == 42 && e.message == "again")
+    })
+    .await;
+    stop.cancel();
+    run.await.expect("task");
+}
+
+#[tokio::test]
+async fn a_second_recorder_counts_on_the_same_event_and_a_deleted_one_is_made_again() {
+    let (client, stop, _server) = testutil::started().await;
+    let cm = object(&client, "job").await;
+    for _ in 0..2 {
+        let (rec, task) = Recorder::new(client.clone(), "agent", "n1", config(50));
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(task.run(shutdown.clone()));
+        rec.warning(cm.clone(), "Unhealthy", "probe failed");
+        rec.warning(cm.clone(), "Unhealthy", "probe failed");
+        // Shutting down writes what is pending.
+        shutdown.cancel();
+        run.await.expect("task");
+    }
+    let evs = events(&client).await;
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].count, 4);
+    let first = evs[0].first_timestamp.clone();
+    // Expired and deleted: the next occurrence makes it again, counting from one.
+    client
+        .api::<Event>(Some("default"))
+        .delete(&evs[0].metadata.name)
+        .await
+        .expect("delete");
+    let (rec, task) = Recorder::new(client.clone(), "agent", "n1", config(50));
+    let run = tokio::spawn(task.run(stop.clone()));
+    rec.warning(cm.clone(), "Unhealthy", "probe failed");
+    let evs = wait_for(&client, |evs| evs.len() == 1).await;
+    assert_eq!(evs[0].count, 1);
+    assert_ne!(evs[0].first_timestamp, first);
+    stop.cancel();
+    run.await.expect("task");
+}
+
+#[tokio::test]
+async fn events_of_a_missing_namespace_are_dropped_not_retried_forever() {
+    let (client, stop, _server) = testutil::started().await;
+    let (rec, task) = Recorder::new(client.clone(), "agent", "", config(10));
+    let run = tokio::spawn(task.run(stop.clone()));
+    let gone = ObjectReference {
+        kind: "Pod".into(),
+        namespace: Some("nowhere".into()),
+        name: "p".into(),
+        ..ObjectReference::default()
+    };
+    rec.warning(gone, "BackOff", "x");
+    let cm = object(&client, "here").await;
+    rec.normal(cm, "Started", "y");
+    wait_for(&client, |evs| evs.len() == 1).await;
+    stop.cancel();
+    run.await.expect("task");
+    assert!(Recorder::disabled().tx.is_none());
+}
+
+#[test]
+fn names_are_valid_stable_and_distinct_and_messages_are_cut_at_a_character() {
+    let key = |name: &str, reason: &str| super::Key {
+        namespace: "ns".into(),
+        kind: "Pod".into(),
+        name: name.into(),
+        uid: "u1".into(),
+        reason: reason.into(),
+        severity: EventSeverity::Warning,
+    };
+    let a = event_name(&key("web", "BackOff"), "agent");
+    assert_eq!(a, event_name(&key("web", "BackOff"), "agent"));
+    assert_ne!(a, event_name(&key("web", "Started"), "agent"));
+    assert_ne!(a, event_name(&key("web", "BackOff"), "scheduler"));
+    assert!(a.starts_with("web."), "{a}");
+    // As long as an object name may be (labels of at most 63 characters).
+    let long = [
+        &"a".repeat(62),
+        &"b".repeat(62),
+        &"c".repeat(62),
+        &"d-x".repeat(20),
+    ]
+    .map(|l| l.as_str())
+    .join(".");
+    let n = event_name(&key(&long, "BackOff"), "agent");
+    assert!(n.len() <= 253 && !n.contains("-."), "{n}");
+    let mut e = Event::new(ObjectMeta::namespaced("ns", n));
+    e.involved_object = ObjectReference {
+        kind: "Pod".into(),
+        name: long,
+        ..ObjectReference::default()
+    };
+    e.reason = "BackOff".into();
+    e.count = 1;
+    e.reporting_component = "agent".into();
+    assert!(e.validate().is_empty(), "{:?}", e.validate());
+    assert_eq!(truncate("héllo".into(), 2), "h");
+    assert_eq!(truncate("hello".into(), 10), "hello");
+}
