@@ -14,8 +14,9 @@
 //! * what nothing acts on yet is refused, not accepted and ignored: a Job is not created
 //!   (no controller runs it); the fields of that kind are refused by `wisp-api`'s validation;
 //! * a ConfigMap or Secret marked `immutable` keeps its values and the mark;
-//! * an Event's timestamps are RFC 3339; a node writes Events in its own name
-//!   (`reportingInstance`) about the pods bound to it and the workloads its ingress wakes.
+//! * an Event's timestamps are RFC 3339 and not in the future; a node writes Events in its
+//!   own name, under the name derived from them, about the pods bound to it and the cold
+//!   starts its ingress sees.
 
 use serde_json::Value;
 use wisp_api::{
@@ -172,11 +173,17 @@ pub(crate) async fn admit(
     Ok(Admitted { _quota: quota })
 }
 
-/// Kinds a node's ingress and activator report events about (a cold start, a wake).
-const NODE_EVENT_KINDS: &[&str] = &["Function", "Revision", "Service", "Deployment"];
+/// What a node's ingress reports about a workload it wakes (not its own pods).
+const NODE_WORKLOAD_EVENTS: &[(&str, &str)] = &[("Function", "ColdStart"), ("Service", "ColdStart")];
+/// The components of a node that record events.
+const NODE_COMPONENTS: &[&str] = &["node-agent", "ingress"];
 
-/// An Event: its object's namespace is filled in, its timestamps parse, and a node writes
-/// only in its own name, about the pods bound to it or the workloads its ingress serves.
+/// An Event: its object's namespace is filled in, its timestamps parse and none is in the
+/// future (a later one is brought back to now: the TTL counts from `lastTimestamp`). A node
+/// writes only in its own name, as one of its components, under the name
+/// [`wisp_api::event_name`] gives (so it can neither take nor block another reporter's
+/// Event), about a pod bound to it (the same uid), a pod of its gone since (`Killing`), or a
+/// cold start of a Function or Service that exists.
 async fn admit_event(
     state: &State,
     principal: &Principal,
@@ -190,15 +197,21 @@ async fn admit_event(
         o.entry("namespace")
             .or_insert_with(|| Value::String(ns.to_owned()));
     }
+    let now = jiff::Timestamp::now();
     let mut errs = Vec::new();
     for field in ["firstTimestamp", "lastTimestamp"] {
-        if let Some(t) = obj.body.get(field).and_then(Value::as_str)
-            && t.parse::<jiff::Timestamp>().is_err()
-        {
-            errs.push(FieldError::new(
+        let Some(t) = obj.body.get(field).and_then(Value::as_str) else {
+            continue;
+        };
+        match t.parse::<jiff::Timestamp>() {
+            Ok(at) if at > now => {
+                obj.body.insert(field.into(), Value::String(now.to_string()));
+            }
+            Ok(_) => {}
+            Err(_) => errs.push(FieldError::new(
                 field,
                 format!("{t:?} is not an RFC 3339 time (e.g. 2026-12-07T10:00:00Z)"),
-            ));
+            )),
         }
     }
     if !errs.is_empty() {
@@ -209,42 +222,81 @@ async fn admit_event(
     };
     let resource = authz::resource_name(target, None);
     let deny = |why: String| Err(authz::forbidden(principal, verb, &resource, Some(ns), &why));
+    let event: wisp_api::Event = obj.to_typed().map_err(|e| ApiError::Internal(e.to_string()))?;
     let instance = |o: &DynamicObject| {
         o.body
             .get("reportingInstance")
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
-    if instance(obj).as_deref() != Some(node.as_str())
+    if event.reporting_instance != *node
         || existing.is_some_and(|e| instance(e).as_deref() != Some(node.as_str()))
     {
         return deny(format!(
             "a node writes events in its own name only (reportingInstance {node:?})"
         ));
     }
-    let event: wisp_api::Event = obj.to_typed().map_err(|e| ApiError::Internal(e.to_string()))?;
+    if !NODE_COMPONENTS.contains(&event.reporting_component.as_str()) {
+        return deny(format!(
+            "a node reports as one of its components ({}), not as {:?}",
+            NODE_COMPONENTS.join(", "),
+            event.reporting_component
+        ));
+    }
     let about = &event.involved_object;
+    let want = wisp_api::event_name(
+        about,
+        &event.reason,
+        event.type_,
+        &event.reporting_component,
+        &event.reporting_instance,
+    );
+    if event.metadata.name != want {
+        return deny(format!(
+            "a node's event about {} {:?} for {} is named {want:?}",
+            about.kind, about.name, event.reason
+        ));
+    }
+    let stored = |plural: &str| format!("/registry/{plural}/{ns}/{}", about.name);
     if about.kind == "Pod" {
         let pod = state
             .store
-            .get(&format!("/registry/pods/{ns}/{}", about.name))
+            .get(&stored("pods"))
             .await
-            .map_err(|e| ApiError::from_store(e, "pods"))?;
-        let bound = pod
-            .as_ref()
-            .and_then(|kv| serde_json::from_slice::<wisp_api::Pod>(&kv.value).ok())
-            .and_then(|p| p.spec.node_name);
-        if bound.as_deref() != Some(node.as_str()) {
-            return deny(format!(
-                "pod {:?} is not bound to node {node:?}: a node reports events of its own pods",
-                about.name
-            ));
+            .map_err(|e| ApiError::from_store(e, "pods"))?
+            .and_then(|kv| serde_json::from_slice::<wisp_api::Pod>(&kv.value).ok());
+        match pod {
+            Some(p)
+                if p.spec.node_name.as_deref() == Some(node.as_str())
+                    && (about.uid.is_none() || about.uid == p.metadata.uid) => {}
+            // Deleting a pod is immediate: its containers are stopped after it is gone.
+            None if event.reason == "Killing" && about.uid.is_some() => {}
+            _ => {
+                return deny(format!(
+                    "pod {:?} is not bound to node {node:?}: a node reports events of its own pods",
+                    about.name
+                ));
+            }
         }
-    } else if !NODE_EVENT_KINDS.contains(&about.kind.as_str()) {
+    } else if NODE_WORKLOAD_EVENTS.contains(&(about.kind.as_str(), event.reason.as_str())) {
+        let plural = if about.kind == "Function" {
+            "functions"
+        } else {
+            "services"
+        };
+        let found = state
+            .store
+            .get(&stored(plural))
+            .await
+            .map_err(|e| ApiError::from_store(e, plural))?;
+        if found.is_none() {
+            return deny(format!("{} {:?} does not exist", about.kind, about.name));
+        }
+    } else {
         return deny(format!(
-            "a node reports events of its pods and of the {} its ingress wakes, not of a {}",
-            NODE_EVENT_KINDS.join(", "),
-            about.kind
+            "a node reports events of its own pods and cold starts (ColdStart of a Function or \
+             Service), not {} of a {}",
+            event.reason, about.kind
         ));
     }
     Ok(())

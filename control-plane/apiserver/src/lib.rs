@@ -30,6 +30,7 @@ mod quota;
 pub mod resources;
 #[cfg(feature = "test-util")]
 pub mod testutil;
+mod usage;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -472,6 +473,34 @@ impl ApiServer {
             ["blobs", digest] => self.blob(&principal, &method, digest, &parts.headers, body).await,
             ["apis", "wisp.dev", "v1", "whoami"] if method == Method::GET => {
                 Ok(json_response(StatusCode::OK, &WhoAmI::from(&principal)))
+            }
+            ["apis", "metrics.wisp.dev", "v1", rest @ ..] if method == Method::GET => {
+                let kind = |plural: &str| {
+                    wisp_api::kind_by_plural(plural)
+                        .ok_or_else(|| ApiError::Internal(format!("no {plural} kind")))
+                };
+                let (plural, namespace) = match rest {
+                    ["nodes"] => ("nodes", None),
+                    ["pods"] => ("pods", None),
+                    ["namespaces", ns, "pods"] => ("pods", Some((*ns).to_owned())),
+                    _ => {
+                        return Err(ApiError::NotFound(format!(
+                            "{path}: the metrics API has nodes, pods and namespaces/<namespace>/pods"
+                        )));
+                    }
+                };
+                // Whoever may list the objects may read their usage.
+                let target = Target {
+                    kind: kind(plural)?,
+                    namespace,
+                    name: None,
+                };
+                authz::authorize(&principal, Verb::List, &target, None)?;
+                if plural == "nodes" {
+                    usage::nodes(state).await
+                } else {
+                    usage::pods(state, target.namespace.as_deref()).await
+                }
             }
             ["apis", "wisp.dev", "v1", "tokens", rest @ ..] => {
                 let data = match method {

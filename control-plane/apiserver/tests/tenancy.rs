@@ -785,25 +785,39 @@ async fn only_the_admin_reads_the_cluster_metrics() {
     assert_eq!(metrics.status(), 200);
 }
 
-fn event(ns: &str, name: &str, kind: &str, about: &str, instance: &str) -> wisp_api::Event {
-    let mut e = wisp_api::Event::new(ObjectMeta::namespaced(ns, name));
-    e.involved_object = wisp_api::ObjectReference {
+/// An Event about `kind` `about`, named as a node must name it (see `wisp_api::event_name`).
+fn event(
+    ns: &str,
+    kind: &str,
+    about: &str,
+    reason: &str,
+    component: &str,
+    instance: &str,
+) -> wisp_api::Event {
+    let involved = wisp_api::ObjectReference {
         kind: kind.into(),
         name: about.into(),
         ..wisp_api::ObjectReference::default()
     };
-    e.reason = "BackOff".into();
+    let severity = wisp_api::EventSeverity::Normal;
+    let name = wisp_api::event_name(&involved, reason, severity, component, instance);
+    let mut e = wisp_api::Event::new(ObjectMeta::namespaced(ns, name));
+    e.involved_object = involved;
+    e.reason = reason.into();
+    e.type_ = severity;
     e.message = "restarting".into();
     e.count = 1;
-    e.reporting_component = "node-agent".into();
+    e.reporting_component = component.into();
     e.reporting_instance = instance.into();
     e
 }
 
 /// Events are what the cluster says about a tenant's objects: a tenant reads its own and
-/// cannot write one (no forged `Scheduled` or `ColdStart`); a node writes them one by one in
-/// its own name about its own pods (or the workloads its ingress wakes), never lists,
-/// deletes, speaks for another node or about another node's pod.
+/// cannot write one (no forged `Scheduled` or `ColdStart`); a node writes them one by one, in
+/// its own name, as one of its components, under the name derived from what the Event is
+/// about and who reports it, about a pod bound to it (same uid) or a cold start of a Function
+/// that exists — never about another node's pod, never taking or blocking another node's
+/// Event, never listing or deleting them; a time in the future is brought back to now.
 #[tokio::test]
 async fn events_are_read_by_tenants_and_written_by_nodes_only_in_their_own_name() {
     let s = server_with(|_| {}).await;
@@ -811,7 +825,8 @@ async fn events_are_read_by_tenants_and_written_by_nodes_only_in_their_own_name(
     let _b = s.tenant("team-b").await;
     let mut p = pod("team-a", "web", "nginx");
     p.spec.node_name = Some("n1".into());
-    s.admin
+    let web = s
+        .admin
         .api::<Pod>(Some("team-a"))
         .create(&p)
         .await
@@ -826,8 +841,10 @@ async fn events_are_read_by_tenants_and_written_by_nodes_only_in_their_own_name(
 
     let n1 = s.node("n1");
     let events = n1.api::<wisp_api::Event>(Some("team-a"));
+    let mut own = event("team-a", "Pod", "web", "BackOff", "node-agent", "n1");
+    own.last_timestamp = Some("2099-01-01T00:00:00Z".into());
     let mine = events
-        .create(&event("team-a", "web.1", "Pod", "web", "n1"))
+        .create(&own)
         .await
         .expect("a node records an event of its own pod");
     assert_eq!(
@@ -835,49 +852,116 @@ async fn events_are_read_by_tenants_and_written_by_nodes_only_in_their_own_name(
         Some("team-a"),
         "the object's namespace is filled in"
     );
+    let last = mine.last_timestamp.clone().expect("lastTimestamp");
+    assert!(
+        last.as_str() < "2099",
+        "a time in the future is brought back to now: {last}"
+    );
     let mut again = mine.clone();
     again.count = 2;
     assert_eq!(code(events.replace(&again).await), 200, "and counts on it");
+
+    let mut wrong_uid = event("team-a", "Pod", "web", "Started", "node-agent", "n1");
+    wrong_uid.involved_object.uid = Some("not-the-pods-uid".into());
+    let mut misnamed = event("team-a", "Pod", "web", "Started", "node-agent", "n1");
+    misnamed.metadata.name = "web.1".into();
+    // Node n2's name for its own event about n1's pod, taken first by n1 to block it.
+    let mut squatted = event("team-a", "Pod", "other", "OOMKilled", "node-agent", "n2");
+    squatted.reporting_instance = "n1".into();
     for (e, why) in [
         (
-            event("team-a", "x.1", "Pod", "web", "n2"),
+            event("team-a", "Pod", "web", "BackOff", "node-agent", "n2"),
             "in another node's name",
         ),
         (
-            event("team-a", "x.2", "Pod", "other", "n1"),
+            event("team-a", "Pod", "other", "BackOff", "node-agent", "n1"),
             "about another node's pod",
         ),
         (
-            event("team-a", "x.3", "Pod", "ghost", "n1"),
+            event("team-a", "Pod", "ghost", "BackOff", "node-agent", "n1"),
             "about a pod that does not exist",
         ),
+        (wrong_uid, "about an earlier pod of the same name"),
         (
-            event("team-a", "x.4", "Secret", "s", "n1"),
+            event("team-a", "Secret", "s", "BackOff", "node-agent", "n1"),
             "about a kind its ingress never wakes",
         ),
+        (
+            event("team-a", "Pod", "web", "Scheduled", "scheduler", "n1"),
+            "as the scheduler",
+        ),
+        (
+            event("team-a", "Function", "hello", "ColdStart", "ingress", "n1"),
+            "about a Function that does not exist",
+        ),
+        (
+            event("team-b", "Function", "hello", "BackOff", "ingress", "n1"),
+            "about a Function, other than a cold start",
+        ),
+        (misnamed, "under a name of its choosing"),
+        (squatted, "under the name of another node's event"),
     ] {
-        let r = events.create(&e).await;
+        let ns = e.metadata.namespace.clone();
+        let r = n1.api::<wisp_api::Event>(ns.as_deref()).create(&e).await;
         assert_eq!(code(r), 403, "a node may not write an event {why}");
     }
+    let mut f = wisp_api::Function::new(ObjectMeta::namespaced("team-a", "hello"));
+    f.spec.template.spec.containers = vec![Container {
+        name: "c".into(),
+        image: Some("nginx".into()),
+        ..Container::default()
+    }];
+    s.admin
+        .api::<wisp_api::Function>(Some("team-a"))
+        .create(&f)
+        .await
+        .expect("function");
     assert_eq!(
         code(
             events
-                .create(&event("team-a", "f.1", "Function", "hello", "n1"))
+                .create(&event(
+                    "team-a",
+                    "Function",
+                    "hello",
+                    "ColdStart",
+                    "ingress",
+                    "n1"
+                ))
                 .await
         ),
         200,
         "a cold start of a Function, in its own name"
     );
+    // The pod is deleted at once; its containers are stopped after: Killing is told of it.
+    s.admin
+        .api::<Pod>(Some("team-a"))
+        .delete("web")
+        .await
+        .expect("delete");
+    let mut killing = event("team-a", "Pod", "web", "Killing", "node-agent", "n1");
+    killing.involved_object.uid = web.metadata.uid.clone();
+    killing.metadata.name = wisp_api::event_name(
+        &killing.involved_object,
+        "Killing",
+        killing.type_,
+        "node-agent",
+        "n1",
+    );
+    assert_eq!(
+        code(events.create(&killing).await),
+        200,
+        "Killing of its pod just deleted"
+    );
+
     // Taking over another node's event, even while naming itself.
     let theirs = s
         .admin
         .api::<wisp_api::Event>(Some("team-a"))
-        .create(&event("team-a", "theirs.1", "Pod", "other", "n2"))
+        .create(&event("team-a", "Pod", "other", "BackOff", "node-agent", "n2"))
         .await
         .expect("admin writes any event");
     let mut hijack = theirs.clone();
     hijack.reporting_instance = "n1".into();
-    hijack.involved_object.name = "web".into();
     assert_eq!(
         code(events.replace(&hijack).await),
         403,
@@ -888,7 +972,11 @@ async fn events_are_read_by_tenants_and_written_by_nodes_only_in_their_own_name(
         403,
         "nodes do not list events"
     );
-    assert_eq!(code(events.delete("web.1").await), 403, "nor delete them");
+    assert_eq!(
+        code(events.delete(&mine.metadata.name).await),
+        403,
+        "nor delete them"
+    );
 
     // The tenant reads its namespace's events and writes none.
     let tenant_events = a.api::<wisp_api::Event>(Some("team-a"));
@@ -896,7 +984,7 @@ async fn events_are_read_by_tenants_and_written_by_nodes_only_in_their_own_name(
         .list(&ListParams::default())
         .await
         .expect("tenant lists events");
-    assert_eq!(listed.items.len(), 3, "{:?}", listed.items);
+    assert_eq!(listed.items.len(), 4, "{:?}", listed.items);
     assert_eq!(
         code(
             a.api::<wisp_api::Event>(Some("team-b"))
@@ -905,16 +993,15 @@ async fn events_are_read_by_tenants_and_written_by_nodes_only_in_their_own_name(
         ),
         403
     );
-    let forged = event("team-a", "forged.1", "Pod", "web", "");
-    let refused = tenant_events.create(&forged).await;
+    let forged = event("team-a", "Pod", "web", "Scheduled", "scheduler", "");
+    let refused = message(tenant_events.create(&forged).await);
     assert!(
-        message(tenant_events.create(&forged).await)
-            .contains("Events are recorded by the cluster's components"),
-        "{refused:?}"
+        refused.contains("Events are recorded by the cluster's components"),
+        "{refused}"
     );
-    assert_eq!(code(tenant_events.delete("web.1").await), 403);
+    assert_eq!(code(tenant_events.delete(&mine.metadata.name).await), 403);
     // An event in one namespace about an object in another is refused for everyone.
-    let mut cross = event("team-a", "cross.1", "Pod", "web", "");
+    let mut cross = event("team-a", "Pod", "web", "BackOff", "node-agent", "");
     cross.involved_object.namespace = Some("team-b".into());
     assert_eq!(
         code(

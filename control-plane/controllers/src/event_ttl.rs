@@ -37,15 +37,25 @@ pub async fn sweep(client: &Client, ttl: Duration) -> Result<usize, crate::Error
     let list = api.list_all(&ListParams::default(), 500).await?;
     let now = jiff::Timestamp::now();
     let mut deleted = 0;
+    let mut failed = None;
     for e in list.items.iter().filter(|e| expired(e, ttl, now)) {
-        let ns = e.metadata.namespace.as_deref();
-        match client.api::<Event>(ns).delete(&e.metadata.name).await {
+        let api = client.api::<Event>(e.metadata.namespace.as_deref());
+        let name = &e.metadata.name;
+        // Only as read: an Event raised again since lives on.
+        let gone = match e.metadata.resource_version.as_deref() {
+            Some(rv) => api.delete_at(name, rv).await,
+            None => api.delete(name).await,
+        };
+        match gone {
             Ok(_) => deleted += 1,
-            Err(err) if err.code() == Some(404) => {}
-            Err(err) => return Err(err.into()),
+            Err(err) if matches!(err.code(), Some(404 | 409)) => {}
+            Err(err) => failed = Some(err),
         }
     }
-    Ok(deleted)
+    match failed {
+        Some(err) if deleted == 0 => Err(err.into()),
+        _ => Ok(deleted),
+    }
 }
 
 /// Expires Events until `shutdown`.

@@ -4,6 +4,7 @@
 //!   that variable; any other path answers `echo from <HOSTNAME>: <MESSAGE> <path>`.
 //! - `exit CODE LINE`: prints LINE on stdout and stderr, exits with CODE.
 //! - `sleep LINE`: prints LINE, then runs until stopped.
+//! - `spin`: keeps one core busy until stopped.
 //! - `connect HOST:PORT`: tries a TCP connection for 2 s; exit 0 when it connects.
 //! - `alloc MIB`: allocates and touches MIB mebibytes, prints `allocated`, runs on.
 //! - `listen SECS`: accepts (and closes) TCP connections on `$PORT` for SECS seconds, then
@@ -26,6 +27,13 @@ fn main() {
         "sleep" => {
             println!("{}", arg(1));
             forever();
+        }
+        "spin" => {
+            println!("spinning");
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
         }
         "connect" => {
             let ok = arg(1)

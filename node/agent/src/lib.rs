@@ -20,6 +20,7 @@ mod pods;
 mod probe;
 pub mod readiness;
 pub mod spec;
+pub mod usage;
 mod worker;
 
 use std::collections::BTreeMap;

@@ -1,8 +1,9 @@
 //! The node's port (`Node.status.agentUrl`), HTTPS only with the node's own certificate
 //! (`Node.status.agentCa`). It serves container logs, which the API server proxies
 //! `GET …/pods/<name>/log` to:
-//! `GET /.wisp/containerLogs/<namespace>/<pod>/<container>?follow=true&tailLines=N`,
-//! and hands every other request to [`crate::Agent::serving_also`] (the node's ingress:
+//! `GET /.wisp/containerLogs/<namespace>/<pod>/<container>?follow=true&tailLines=N`, and
+//! this node's resource usage to the API server's metrics API (`GET /.wisp/usage`,
+//! [`crate::usage`]), and hands every other request to [`crate::Agent::serving_also`] (the node's ingress:
 //! requests forwarded by other nodes, its statistics).
 //!
 //! A log request carries the API server's ticket for that one pod, never a caller's token:
@@ -46,6 +47,8 @@ pub struct LogServer {
     /// cannot have it call the API any faster than the API answers; a real request waits its
     /// turn (up to 5 s) instead of being refused.
     pub ticket_checks: tokio::sync::Semaphore,
+    /// What this node uses (`/.wisp/usage`).
+    pub usage: crate::usage::Sampler,
 }
 
 impl LogServer {
@@ -56,6 +59,7 @@ impl LogServer {
             node,
             runtimes,
             ticket_checks: tokio::sync::Semaphore::new(8),
+            usage: crate::usage::Sampler::default(),
         }
     }
 }
@@ -91,6 +95,67 @@ impl LogServer {
         }
     }
 
+    /// Who the request's bearer token is, as the API server says (at most 8 checks at once,
+    /// each waiting its turn up to 5 s), with a client of that token.
+    async fn who<B>(&self, req: &Request<B>) -> Result<(wisp_client::WhoAmI, Client), Response<Body>> {
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| text(StatusCode::UNAUTHORIZED, "a bearer token is required"))?;
+        let Ok(Ok(_checking)) =
+            tokio::time::timeout(Duration::from_secs(5), self.ticket_checks.acquire()).await
+        else {
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests being checked; retry shortly",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            return Err(r);
+        };
+        let api = self.api.with_token(token);
+        let who = api.whoami().await.map_err(|e| {
+            let code = e
+                .code()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+            text(code, format!("cannot check the token with the API server: {e}"))
+        })?;
+        Ok((who, api))
+    }
+
+    /// `GET /.wisp/usage`: for the API server's metrics API (its statistics credential) and
+    /// the admin, nobody else.
+    async fn usage<B>(&self, req: Request<B>) -> Response<Body> {
+        if req.method() != http::Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET");
+        }
+        let who = match self.who(&req).await {
+            Ok((who, _)) => who,
+            Err(r) => return r,
+        };
+        if !matches!(who.kind.as_str(), "scraper" | "admin") {
+            return text(
+                StatusCode::FORBIDDEN,
+                "a node's usage is read through the API server (wisp top)",
+            );
+        }
+        let report = self.usage.report(&self.node, &self.runtimes).await;
+        let body = serde_json::to_vec(&report).unwrap_or_default();
+        let mut r = Response::new(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+
     async fn route<B>(&self, req: Request<B>) -> Result<Response<Body>, Response<Body>> {
         if req.method() != http::Method::GET {
             return Err(text(StatusCode::METHOD_NOT_ALLOWED, "only GET"));
@@ -103,33 +168,9 @@ impl LogServer {
                 format!("no such path: {path} (expected /.wisp/containerLogs/<namespace>/<pod>/<container>)"),
             ));
         };
-        let token = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| text(StatusCode::UNAUTHORIZED, "a bearer token is required"))?;
-        let Ok(Ok(_checking)) =
-            tokio::time::timeout(Duration::from_secs(5), self.ticket_checks.acquire()).await
-        else {
-            let mut r = text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many log requests being checked; retry shortly",
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
-            return Err(r);
-        };
         // Only the API server's ticket for this very pod (never a user's, a node's or the
         // admin's own token, which the API server does not forward): it checked who asks.
-        let api = self.api.with_token(token);
-        let who = api.whoami().await.map_err(|e| {
-            let code = e
-                .code()
-                .and_then(|c| StatusCode::from_u16(c).ok())
-                .unwrap_or(StatusCode::BAD_GATEWAY);
-            text(code, format!("cannot check the token with the API server: {e}"))
-        })?;
+        let (who, api) = self.who(&req).await?;
         if who.kind != "podLogs"
             || who.namespace.as_deref() != Some(*ns)
             || who.pod.as_deref() != Some(*pod_name)
@@ -219,6 +260,9 @@ pub async fn serve(
             async move {
                 if req.uri().path().starts_with("/.wisp/containerLogs/") {
                     return Ok::<_, Infallible>(server.handle(req).await);
+                }
+                if req.uri().path() == "/.wisp/usage" {
+                    return Ok(server.usage(req).await);
                 }
                 match others {
                     // Ready first: the service may be limited (the ingress's concurrency).

@@ -147,6 +147,8 @@ pub async fn stop_ends_a_running_sandbox(s: S, f: F) {
         s.status(&spec.id).await.expect("status").state,
         State::Running { .. }
     ));
+    // A running sandbox's usage can be read (what it is depends on the runtime).
+    s.usage(&spec.id).await.expect("usage of a running sandbox");
     let started = Instant::now();
     let exit = within(30, s.stop(&spec.id, Duration::from_millis(500)))
         .await
@@ -200,6 +202,7 @@ pub async fn unknown_ids_are_not_found(s: S, _f: F) {
     assert!(matches!(s.kill(&ghost).await, Err(SandboxError::NotFound(_))));
     assert!(matches!(s.delete(&ghost).await, Err(SandboxError::NotFound(_))));
     assert!(matches!(s.wait(&ghost).await, Err(SandboxError::NotFound(_))));
+    assert!(matches!(s.usage(&ghost).await, Err(SandboxError::NotFound(_))));
 }
 
 pub async fn list_returns_labels(s: S, f: F) {

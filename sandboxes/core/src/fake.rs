@@ -494,6 +494,13 @@ impl Sandbox for FakeSandbox {
         Box::pin(std::future::ready(deleted))
     }
 
+    /// Nothing runs, so nothing is used: zeros for a known sandbox.
+    fn usage<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, Result<crate::Usage>> {
+        Box::pin(std::future::ready(
+            self.entry(id).map(|_| crate::Usage::default()),
+        ))
+    }
+
     fn list(&self) -> BoxFuture<'_, Result<Vec<SandboxStatus>>> {
         let mut all: Vec<_> = lock(&self.inner.sandboxes).values().map(|e| e.status()).collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));

@@ -1,6 +1,6 @@
 //! wisp-sandbox owns the contract between the node (agent and ingress) and a container
 //! runtime: the object-safe [`Sandbox`] trait (prepare, create, start, stop with grace, kill,
-//! wait, status, logs, delete, list for adoption, the kind of a program, the health of what
+//! wait, status, logs, delete, list for adoption, usage (CPU time and memory), the kind of a program, the health of what
 //! the runtime depends on), the in-process HTTP capability ([`InProcessHttp`]) a runtime may
 //! offer, their spec/status/error types, a generic conformance suite ([`conformance`]) that
 //! every runtime (wasm, docker) must pass, and — behind the `fake` feature — an in-memory
@@ -13,9 +13,11 @@ pub mod egress;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod http;
+pub mod usage;
 
 pub use egress::{EgressDenied, EgressPolicy};
 pub use http::{BoxError, HandleError, HttpBody, InProcessHttp};
+pub use usage::Usage;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -345,6 +347,9 @@ pub trait Sandbox: Send + Sync {
     fn delete<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, Result<()>>;
     /// Every sandbox this runtime knows, for adoption after an agent restart.
     fn list(&self) -> BoxFuture<'_, Result<Vec<SandboxStatus>>>;
+    /// What the sandbox uses now: cumulative CPU time and current memory (`NotFound` for an
+    /// unknown id).
+    fn usage<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, Result<Usage>>;
     /// What a slow `prepare` of `spec` is doing now (e.g. an image pull's progress), for
     /// the pod's status.
     fn progress(&self, _spec: &SandboxSpec) -> Option<String> {

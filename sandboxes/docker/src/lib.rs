@@ -58,6 +58,30 @@ use wisp_sandbox::{
 };
 
 pub use crate::names::{ImageRef, container_name, network_name};
+
+/// CPU and memory from the engine's stats (see [`Sandbox::usage`]): memory less the inactive
+/// page cache, as `docker stats` shows it (`inactive_file` on cgroup v2,
+/// `total_inactive_file` on v1).
+fn usage_of(stats: &bollard::models::ContainerStatsResponse) -> wisp_sandbox::Usage {
+    let cpu_ns = stats
+        .cpu_stats
+        .as_ref()
+        .and_then(|c| c.cpu_usage.as_ref())
+        .and_then(|u| u.total_usage)
+        .unwrap_or(0);
+    let memory = stats.memory_stats.as_ref();
+    let usage = memory.and_then(|m| m.usage).unwrap_or(0);
+    let inactive = memory
+        .and_then(|m| m.stats.as_ref())
+        .and_then(|s| s.get("total_inactive_file").or_else(|| s.get("inactive_file")))
+        .copied()
+        .filter(|&i| i < usage)
+        .unwrap_or(0);
+    wisp_sandbox::Usage {
+        cpu_ns,
+        memory_bytes: usage - inactive,
+    }
+}
 pub use crate::policy::DEFAULT_ALLOWED_CAPABILITIES;
 
 /// Label with the agent (node) that owns a container: `list` returns only its own.
@@ -847,6 +871,30 @@ impl Sandbox for DockerSandbox {
                 self.release_network(&docker, network).await;
             }
             Ok(())
+        }
+        .boxed()
+    }
+
+    /// The engine's stats of the container, read once: cumulative CPU time, and memory as
+    /// `docker stats` shows it (usage less the inactive page cache).
+    fn usage<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, wisp_sandbox::Result<wisp_sandbox::Usage>> {
+        async move {
+            // Ours, or NotFound (the engine's stats would answer for any container).
+            self.inspect(id).await?;
+            let docker = self.docker().await?;
+            let options = bollard::query_parameters::StatsOptions {
+                stream: false,
+                one_shot: true,
+            };
+            let mut stats = docker.stats(&container_name(id), Some(options));
+            let read = tokio::time::timeout(CONNECT_TIMEOUT, stats.next()).await;
+            let stats = match read {
+                Ok(Some(Ok(s))) => s,
+                Ok(Some(Err(e))) => return Err(self.fail(id, e).await),
+                Ok(None) => return Err(SandboxError::NotFound(id.clone())),
+                Err(_) => return Err(self.unavailable(format!("no stats within {CONNECT_TIMEOUT:?}"))),
+            };
+            Ok(usage_of(&stats))
         }
         .boxed()
     }

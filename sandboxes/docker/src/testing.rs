@@ -43,16 +43,16 @@ pub fn available(test: &str) -> bool {
     wisp_testkit::required(test, engine()).is_some()
 }
 
-/// Builds [`ECHO_IMAGE`] with examples/container-echo/build-image.sh unless the engine
-/// has it. Panics with the script's output when the build fails.
+/// Builds [`ECHO_IMAGE`] with examples/container-echo/build-image.sh unless the engine has
+/// it from the same source. Panics with the script's output when the build fails.
 pub fn ensure_echo_image() {
     static ONCE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut done = ONCE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if *done {
         return;
     }
-    let present = docker(&["image", "inspect", ECHO_IMAGE]).is_ok_and(|o| o.status.success());
-    if !present {
+    // The script builds only when the image is missing or older than the program's source.
+    {
         let script = repo_root().join("examples/container-echo/build-image.sh");
         let out = Command::new("bash")
             .arg(&script)

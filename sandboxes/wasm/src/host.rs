@@ -31,6 +31,25 @@ pub(crate) struct CtxTemplate {
     /// Where other outbound calls may connect (checked on the resolved address).
     pub(crate) egress: Arc<wisp_sandbox::EgressPolicy>,
     namespace: Option<Arc<str>>,
+    /// What the sandbox's instances use together (every store's limiter counts into it).
+    pub(crate) usage: Arc<Counters>,
+}
+
+/// A sandbox's usage, kept current by its instances: CPU time of the polls that ran guest
+/// code, and the linear memory of every live store.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) cpu_ns: std::sync::atomic::AtomicU64,
+    pub(crate) memory_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn usage(&self) -> wisp_sandbox::Usage {
+        wisp_sandbox::Usage {
+            cpu_ns: self.cpu_ns.load(std::sync::atomic::Ordering::Relaxed),
+            memory_bytes: self.memory_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
 }
 
 impl CtxTemplate {
@@ -66,6 +85,7 @@ impl CtxTemplate {
                 .labels
                 .get(wisp_sandbox::LABEL_NAMESPACE)
                 .map(|n| Arc::from(n.as_str())),
+            usage: Arc::default(),
         }
     }
 
@@ -123,6 +143,7 @@ impl CtxTemplate {
                 memory_cap: self.memory_bytes,
                 memory_used: 0,
                 denied: false,
+                sandbox: Some(self.usage.clone()),
             },
         })
     }
@@ -162,6 +183,19 @@ pub(crate) struct Limiter {
     memory_used: usize,
     /// A growth was refused: a trap that follows is reported as `OOMKilled`.
     pub(crate) denied: bool,
+    /// The sandbox's counters: growths add to its memory, the store's end takes it back.
+    sandbox: Option<Arc<Counters>>,
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        if let Some(c) = &self.sandbox {
+            c.memory_bytes.fetch_sub(
+                u64::try_from(self.memory_used).unwrap_or(0),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
 }
 
 impl ResourceLimiter for Limiter {
@@ -175,6 +209,14 @@ impl ResourceLimiter for Limiter {
         if self.memory_cap.is_some_and(|cap| after > cap) {
             self.denied = true;
             return Ok(false);
+        }
+        if let Some(c) = &self.sandbox {
+            // Only the growth: a store's memories start at zero here.
+            let grown = desired.saturating_sub(current);
+            c.memory_bytes.fetch_add(
+                u64::try_from(grown).unwrap_or(0),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         self.memory_used = after;
         Ok(true)
@@ -356,14 +398,36 @@ mod tests {
 
     #[test]
     fn memory_is_summed_over_memories() {
+        let counters = Arc::new(Counters::default());
         let mut l = Limiter {
             memory_cap: Some(100),
             memory_used: 0,
             denied: false,
+            sandbox: Some(counters.clone()),
         };
         assert!(l.memory_growing(0, 60, None).expect("grow"));
         assert!(!l.memory_growing(0, 60, None).expect("second memory"));
         assert!(l.denied);
         assert!(l.memory_growing(60, 100, None).expect("grow the first"));
+        let mut other = Limiter {
+            memory_cap: None,
+            memory_used: 0,
+            denied: false,
+            sandbox: Some(counters.clone()),
+        };
+        assert!(other.memory_growing(0, 30, None).expect("another store"));
+        assert_eq!(
+            counters.usage().memory_bytes,
+            130,
+            "the sandbox counts both stores"
+        );
+        drop(l);
+        assert_eq!(
+            counters.usage().memory_bytes,
+            30,
+            "a store's end gives its memory back"
+        );
+        drop(other);
+        assert_eq!(counters.usage().memory_bytes, 0);
     }
 }

@@ -194,18 +194,19 @@ where
     let gone = tokio_util::sync::CancellationToken::new();
     let mut guard = CancelOnDrop(Some(gone.clone()));
     let deadline = r.deadline;
+    let counters = r.template.usage.clone();
     // The guest keeps running after it has sent the response head, to stream the body, so the
     // call lives in a task tracked by the sandbox.
     let tasks = r.tasks.clone();
     let task = r.tasks.spawn(async move {
         let outcome = {
-            let call = async {
+            let call = wisp_sandbox::usage::cpu_timed(&counters.cpu_ns, async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, out)
                     .await
-            };
+            });
             tokio::select! {
                 r = tokio::time::timeout(deadline, call) => match r {
                     Ok(Ok(())) => Outcome::Done,

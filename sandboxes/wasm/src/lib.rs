@@ -587,6 +587,10 @@ impl Sandbox for WasmSandbox {
         .boxed()
     }
 
+    fn usage<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, Result<wisp_sandbox::Usage>> {
+        async move { Ok(self.entry(id)?.template.usage.usage()) }.boxed()
+    }
+
     fn list(&self) -> BoxFuture<'_, Result<Vec<SandboxStatus>>> {
         async move {
             let mut all: Vec<_> = self.sandboxes().values().map(|e| e.status()).collect();

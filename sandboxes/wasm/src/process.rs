@@ -33,10 +33,11 @@ pub(crate) async fn run(engine: Engine, pre: CommandPre<Host>, template: Arc<Ctx
     store.limiter(|h| &mut h.limiter);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-    let result = async {
+    let counters = template.usage.clone();
+    let result = wisp_sandbox::usage::cpu_timed(&counters.cpu_ns, async {
         let command = pre.instantiate_async(&mut store).await?;
         command.wasi_cli_run().call_run(&mut store).await
-    }
+    })
     .await;
     match result {
         Ok(Ok(())) => exit(0, None),

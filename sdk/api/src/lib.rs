@@ -18,6 +18,7 @@ pub mod quantity;
 pub mod resources;
 pub mod selector;
 pub mod status;
+pub mod usage;
 pub mod validation;
 
 pub use envelope::{DynamicObject, EventType, List, WatchEvent};

@@ -63,6 +63,11 @@ pub enum Command {
     Get(GetArgs),
     /// Show one object in detail.
     Describe(DescribeArgs),
+    /// Show what pods, nodes or Functions use now: CPU (millicores) and memory.
+    Top {
+        #[command(subcommand)]
+        command: TopCommand,
+    },
     /// Delete objects by name or by the files that created them.
     Delete(DeleteArgs),
     /// Follow, list or revert a Deployment's rollout.
@@ -476,6 +481,38 @@ pub struct GetArgs {
     /// With `get events`: only the events of this object (`pod/web`, `function/hello`).
     #[arg(long = "for", value_name = "KIND/NAME")]
     pub for_object: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TopCommand {
+    /// CPU and memory of each pod (and, with --containers, each container).
+    Pods(TopArgs),
+    /// CPU and memory of each node, from its OS.
+    Nodes(TopArgs),
+    /// CPU and memory of each Function's pods together, with their count.
+    Functions(TopArgs),
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopSort {
+    Cpu,
+    Memory,
+    Name,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TopArgs {
+    #[arg(short, long, env = "WISP_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// All namespaces (pods, functions).
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// Order by: most CPU or memory first, or by name.
+    #[arg(long, value_enum, default_value_t = TopSort::Cpu)]
+    pub sort_by: TopSort,
+    /// One line per container (pods).
+    #[arg(long)]
+    pub containers: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -6,14 +6,15 @@
 use serde_json::{Map, Value};
 use wisp_api::{DynamicObject, KindInfo};
 
-use crate::output::{age, s};
+use crate::output::{age, printable, s};
 
 /// Labels are padded to this width, like kubectl's.
 const WIDTH: usize = 14;
 
 fn line(out: &mut String, indent: usize, label: &str, value: impl std::fmt::Display) {
     let pad = " ".repeat(indent);
-    let label = format!("{label}:");
+    let label = format!("{}:", printable(label));
+    let value = printable(&value.to_string());
     out.push_str(&format!(
         "{pad}{label:<w$}{value}\n",
         w = WIDTH.max(label.len() + 1)
@@ -395,6 +396,17 @@ mod tests {
             })),
         );
         assert!(text.contains("password: about 9 bytes"), "{text}");
+        let text = describe(
+            kind,
+            &obj(json!({
+                "apiVersion": "wisp.dev/v1", "kind": "Secret",
+                "metadata": {"name": "x", "namespace": "default", "annotations": {"a": "\u{1b}[2Jcleared\nforged: line"}}
+            })),
+        );
+        assert!(
+            !text.contains('\u{1b}') && text.contains("\\u{1b}[2Jcleared\\nforged"),
+            "{text}"
+        );
         assert!(!text.contains("aHVudGVyMg"), "{text}");
     }
 

@@ -11,6 +11,7 @@ mod output;
 mod resources;
 mod rollout;
 mod server;
+mod top;
 
 use clap::Parser;
 
@@ -74,6 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apply(args) => resources::apply(&cli.global, args).await,
         Command::Get(args) => resources::get(&cli.global, args).await,
         Command::Describe(args) => resources::describe(&cli.global, args).await,
+        Command::Top { command } => top::run(&cli.global, command).await,
         Command::Delete(args) => resources::delete(&cli.global, args).await,
         Command::Rollout { command } => match command {
             RolloutCommand::Status(args) => rollout::status(&cli.global, &args).await,

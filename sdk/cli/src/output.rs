@@ -30,6 +30,23 @@ pub(crate) fn s(obj: &Value, p: &str) -> String {
     }
 }
 
+/// `text` with control characters escaped (`\n`, `\u{1b}`): what a tenant wrote (an image
+/// name in an Event's message, an annotation) never drives the terminal.
+pub(crate) fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn n(obj: &Value, p: &str) -> i64 {
     ptr(obj, p).and_then(Value::as_i64).unwrap_or(0)
 }
@@ -236,7 +253,7 @@ fn event_columns(o: &Value, wide: bool) -> Vec<(&'static str, String)> {
         c.push(("FROM", from));
         c.push(("NAME", s(o, "/metadata/name")));
     }
-    c.push(("MESSAGE", s(o, "/message")));
+    c.push(("MESSAGE", printable(&s(o, "/message"))));
     c
 }
 
@@ -264,8 +281,8 @@ pub fn events_section(obj: &DynamicObject, mut events: Vec<DynamicObject>) -> St
                 s(&o, "/type"),
                 s(&o, "/reason"),
                 event_age(&o),
-                s(&o, "/reportingComponent"),
-                s(&o, "/message"),
+                printable(&s(&o, "/reportingComponent")),
+                printable(&s(&o, "/message")),
             ]
         })
         .collect();

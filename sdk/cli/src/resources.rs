@@ -221,7 +221,7 @@ fn resolve(doc: &Document, flag_ns: Option<&str>) -> anyhow::Result<Resolved> {
     })
 }
 
-fn say(line: &str) {
+pub(crate) fn say(line: &str) {
     #[allow(clippy::print_stdout)]
     {
         println!("{line}");

@@ -638,6 +638,21 @@ impl Client {
     pub async fn whoami(&self) -> Result<WhoAmI> {
         self.send(Method::GET, "/apis/wisp.dev/v1/whoami", None).await
     }
+
+    /// The pods' resource usage (of `namespace`, or of all), from the metrics API.
+    pub async fn pod_usage(&self, namespace: Option<&str>) -> Result<wisp_api::usage::PodUsageList> {
+        let path = match namespace {
+            Some(ns) => format!("/apis/metrics.wisp.dev/v1/namespaces/{ns}/pods"),
+            None => "/apis/metrics.wisp.dev/v1/pods".to_owned(),
+        };
+        self.send(Method::GET, &path, None).await
+    }
+
+    /// The nodes' resource usage, from the metrics API.
+    pub async fn node_usage(&self) -> Result<wisp_api::usage::NodeUsageList> {
+        self.send(Method::GET, "/apis/metrics.wisp.dev/v1/nodes", None)
+            .await
+    }
 }
 
 /// What a new token may do (admin only): at most one of `namespace` and `node`.
@@ -889,6 +904,12 @@ impl<T: Resource> Api<T> {
 
     pub async fn delete(&self, name: &str) -> Result<T> {
         self.send(Method::DELETE, &self.path(Some(name)), None).await
+    }
+
+    /// Deletes `name` only while it is at `resource_version` (409 Conflict once it changed).
+    pub async fn delete_at(&self, name: &str, resource_version: &str) -> Result<T> {
+        let path = format!("{}?resourceVersion={resource_version}", self.path(Some(name)));
+        self.send(Method::DELETE, &path, None).await
     }
 
     /// One raw watch request (see [`Client::watch_dyn`]).

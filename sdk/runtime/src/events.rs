@@ -2,19 +2,28 @@
 //! ([`Recorder::normal`], [`Recorder::warning`]) without waiting, and its [`RecorderTask`]
 //! writes them through the API.
 //!
-//! What bounds the writes (cf. client-go's `EventCorrelator`):
-//! * **one object per (object, reason, type, component)**: a repeat raises `count` and
-//!   `lastTimestamp` and replaces the message, so a crash loop is a handful of Events with
-//!   counts, not one per restart;
+//! What bounds the writes (cf. client-go's `EventCorrelator` and its spam filter):
+//! * **one object per (object, reason, type, reporter)**, named by [`wisp_api::event_name`]:
+//!   a repeat raises `count` and `lastTimestamp` and replaces the message, so a crash loop is
+//!   a handful of Events with counts, not one per restart;
 //! * **at most one write per [`RecorderConfig::min_interval`] per Event**: repeats in between
 //!   are counted and written together;
-//! * **at most [`RecorderConfig::writes_per_second`] writes** per recorder, and a bounded
-//!   queue: past it an occurrence is dropped (and logged), the component never waits.
+//! * **at most [`RecorderConfig::writes_per_second`] writes** per recorder, and of them at most
+//!   [`RecorderConfig::namespace_writes_per_second`] for one namespace, so one tenant's churn
+//!   cannot use up what another's warnings need;
+//! * **bounded memory**: a bounded queue (past it an occurrence is dropped, counted and logged
+//!   at most every 10 s — the component never waits), at most
+//!   [`RecorderConfig::remembered`] Events remembered and
+//!   [`RecorderConfig::namespace_remembered`] of one namespace.
 //!
-//! The Event's name is derived from what it is about, so a restarted component (or a second
-//! one) finds and counts on the same object; an Event deleted after its TTL is made again.
+//! Messages are cut to [`EVENT_MESSAGE_MAX`] bytes and their control characters escaped
+//! (they often quote what a tenant wrote: an image name, a probe path). The Event's name is
+//! derived from what it is about and who reports it, so a restarted component counts on the
+//! same object; an Event deleted after its TTL is made again.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -30,11 +39,15 @@ pub struct RecorderConfig {
     pub min_interval: Duration,
     /// Writes per second, all Events together.
     pub writes_per_second: u32,
+    /// Writes per second for the Events of one namespace.
+    pub namespace_writes_per_second: u32,
     /// Occurrences waiting for the task; more are dropped.
     pub queue: usize,
     /// Events remembered (to count on without reading them first); the least recently seen
     /// written ones are forgotten past this.
     pub remembered: usize,
+    /// Events of one namespace remembered; new ones of a namespace at this are dropped.
+    pub namespace_remembered: usize,
 }
 
 impl Default for RecorderConfig {
@@ -42,11 +55,16 @@ impl Default for RecorderConfig {
         Self {
             min_interval: Duration::from_secs(5),
             writes_per_second: 50,
+            namespace_writes_per_second: 10,
             queue: 1024,
             remembered: 4096,
+            namespace_remembered: 512,
         }
     }
 }
+
+/// How often dropped occurrences are reported in the log, at most.
+const DROP_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// One thing that happened.
 #[derive(Clone, Debug)]
@@ -63,6 +81,7 @@ struct Occurrence {
 #[derive(Clone, Debug)]
 pub struct Recorder {
     tx: Option<mpsc::Sender<Occurrence>>,
+    dropped: Arc<AtomicU64>,
 }
 
 impl Recorder {
@@ -75,6 +94,7 @@ impl Recorder {
         config: RecorderConfig,
     ) -> (Self, RecorderTask) {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
         let task = RecorderTask {
             rx,
             client,
@@ -82,14 +102,27 @@ impl Recorder {
             instance: instance.to_owned(),
             config,
             entries: HashMap::new(),
+            per_namespace: HashMap::new(),
+            budgets: HashMap::new(),
             next_write: Instant::now(),
+            dropped: dropped.clone(),
+            dropped_logged_at: None,
         };
-        (Self { tx: Some(tx) }, task)
+        (
+            Self {
+                tx: Some(tx),
+                dropped,
+            },
+            task,
+        )
     }
 
     /// A recorder that records nothing (components run without an API in unit tests).
     pub fn disabled() -> Self {
-        Self { tx: None }
+        Self {
+            tx: None,
+            dropped: Arc::default(),
+        }
     }
 
     pub fn normal(&self, object: ObjectReference, reason: &str, message: impl Into<String>) {
@@ -106,13 +139,31 @@ impl Recorder {
             object,
             severity,
             reason: reason.to_owned(),
-            message: truncate(message, EVENT_MESSAGE_MAX),
+            message: clean(&message),
             at: jiff::Timestamp::now(),
         };
-        if let Err(mpsc::error::TrySendError::Full(o)) = tx.try_send(occurrence) {
-            tracing::warn!(reason = %o.reason, object = %o.object.name, "event queue full; event dropped");
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(occurrence) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// `message` with its control characters escaped (`\n`, `\u{1b}`), cut to at most
+/// [`EVENT_MESSAGE_MAX`] bytes at a character boundary.
+fn clean(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(EVENT_MESSAGE_MAX));
+    for c in message.chars() {
+        let piece: String = if c.is_control() {
+            c.escape_default().collect()
+        } else {
+            c.to_string()
+        };
+        if out.len() + piece.len() > EVENT_MESSAGE_MAX {
+            break;
+        }
+        out.push_str(&piece);
+    }
+    out
 }
 
 /// Runs `body` with a [`Recorder`] for `component` of `instance`, its writer beside it until
@@ -135,18 +186,6 @@ pub async fn recording<T, Fut: Future<Output = T>>(
         Box::pin(task.run(done.clone())),
     );
     out
-}
-
-/// `s` cut to at most `max` bytes, at a character boundary.
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -173,12 +212,15 @@ struct Entry {
     stored: bool,
     written_at: Option<Instant>,
     seen_at: Instant,
+    /// Its namespace used up its writes for now: not before this.
+    held_until: Option<Instant>,
 }
 
 impl Entry {
     fn due(&self, min_interval: Duration) -> Option<Instant> {
         // Never written: due since it was seen (a fixed time, so a flush finds it due).
-        (self.pending > 0).then(|| self.written_at.map_or(self.seen_at, |t| t + min_interval))
+        let base = self.written_at.map_or(self.seen_at, |t| t + min_interval);
+        (self.pending > 0).then(|| self.held_until.map_or(base, |h| base.max(h)))
     }
 }
 
@@ -190,36 +232,13 @@ pub struct RecorderTask {
     instance: String,
     config: RecorderConfig,
     entries: HashMap<Key, Entry>,
+    /// Entries remembered per namespace.
+    per_namespace: HashMap<String, usize>,
+    /// Writes per namespace in the current second: (second began, writes).
+    budgets: HashMap<String, (Instant, u32)>,
     next_write: Instant,
-}
-
-/// A 64-bit FNV-1a hash: stable across builds, for names derived from content.
-fn fnv1a(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.bytes().chain([0u8]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
-
-/// The Event's name: the object's name and a hash of what the Event is about.
-fn event_name(key: &Key, component: &str) -> String {
-    let hash = fnv1a(&[
-        &key.kind,
-        &key.name,
-        &key.uid,
-        &key.reason,
-        key.severity.as_str(),
-        component,
-    ]);
-    let mut prefix: String = key.name.chars().take(253 - 17).collect();
-    while prefix.ends_with(['-', '.']) {
-        prefix.pop();
-    }
-    format!("{prefix}.{hash:016x}")
+    dropped: Arc<AtomicU64>,
+    dropped_logged_at: Option<Instant>,
 }
 
 impl RecorderTask {
@@ -232,14 +251,31 @@ impl RecorderTask {
                     Some(o) => self.note(o),
                     None => break,
                 },
-                () = sleep_until(due) => self.flush(false).await,
+                // One write a pass: the queue and shutdown are looked at between writes.
+                () = sleep_until(due) => self.write_next().await,
                 () = shutdown.cancelled() => break,
             }
+            self.log_drops();
         }
         while let Ok(o) = self.rx.try_recv() {
             self.note(o);
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.flush(true)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.flush_all()).await;
+        self.log_drops();
+    }
+
+    fn log_drops(&mut self) {
+        if self
+            .dropped_logged_at
+            .is_some_and(|t| t.elapsed() < DROP_LOG_PERIOD)
+        {
+            return;
+        }
+        let n = self.dropped.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            tracing::warn!(dropped = n, component = %self.component, "event queue full; events dropped");
+            self.dropped_logged_at = Some(Instant::now());
+        }
     }
 
     fn next_due(&self) -> Option<Instant> {
@@ -268,12 +304,14 @@ impl RecorderTask {
         }
         if self.entries.len() >= self.config.remembered {
             self.forget();
-            if self.entries.len() >= self.config.remembered {
-                tracing::warn!(reason = %o.reason, object = %o.object.name, "too many events waiting; event dropped");
-                return;
-            }
         }
-        let name = event_name(&key, &self.component);
+        let in_namespace = self.per_namespace.get(&key.namespace).copied().unwrap_or(0);
+        if self.entries.len() >= self.config.remembered || in_namespace >= self.config.namespace_remembered {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *self.per_namespace.entry(key.namespace.clone()).or_default() += 1;
+        let name = wisp_api::event_name(&o.object, &o.reason, o.severity, &self.component, &self.instance);
         self.entries.insert(
             key,
             Entry {
@@ -285,8 +323,20 @@ impl RecorderTask {
                 stored: false,
                 written_at: None,
                 seen_at: now,
+                held_until: None,
             },
         );
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if self.entries.remove(key).is_some()
+            && let Some(n) = self.per_namespace.get_mut(&key.namespace)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_namespace.remove(&key.namespace);
+            }
+        }
     }
 
     /// Forgets the older half of the written Events (they are found again by name).
@@ -299,26 +349,62 @@ impl RecorderTask {
             .collect();
         idle.sort_by_key(|(t, _)| *t);
         for (_, k) in idle.iter().take(idle.len().div_ceil(2)) {
-            self.entries.remove(k);
+            self.remove(k);
         }
     }
 
-    /// Writes the Events that are due (all that are pending with `all`).
-    async fn flush(&mut self, all: bool) {
+    /// Whether `namespace` may have one more write now; if not, when it may.
+    fn spend(&mut self, namespace: &str, now: Instant) -> Result<(), Instant> {
+        let limit = self.config.namespace_writes_per_second.max(1);
+        let (began, used) = self.budgets.entry(namespace.to_owned()).or_insert((now, 0));
+        if now.duration_since(*began) >= Duration::from_secs(1) {
+            *began = now;
+            *used = 0;
+        }
+        if *used >= limit {
+            return Err(*began + Duration::from_secs(1));
+        }
+        *used += 1;
+        Ok(())
+    }
+
+    /// Writes the Event due first, if its namespace has writes left (else holds it).
+    async fn write_next(&mut self) {
         let now = Instant::now();
         let min_interval = self.config.min_interval;
-        let due: Vec<Key> = self
+        let Some(key) = self
             .entries
             .iter()
-            .filter(|(_, e)| e.due(min_interval).is_some_and(|t| all || t <= now))
+            .filter_map(|(k, e)| e.due(min_interval).filter(|t| *t <= now).map(|t| (t, k)))
+            .min_by_key(|(t, _)| *t)
+            .map(|(_, k)| k.clone())
+        else {
+            return;
+        };
+        if self.budgets.len() > 4 * self.config.namespace_remembered {
+            self.budgets
+                .retain(|_, (began, _)| now.duration_since(*began) < Duration::from_secs(1));
+        }
+        if let Err(until) = self.spend(&key.namespace, now) {
+            if let Some(e) = self.entries.get_mut(&key) {
+                e.held_until = Some(until);
+            }
+            return;
+        }
+        let spacing = Duration::from_secs(1) / self.config.writes_per_second.max(1);
+        self.next_write = now + spacing;
+        self.write(&key).await;
+    }
+
+    /// Writes every pending Event (at shutdown: no rate applies).
+    async fn flush_all(&mut self) {
+        let pending: Vec<Key> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.pending > 0)
             .map(|(k, _)| k.clone())
             .collect();
-        let spacing = Duration::from_secs(1) / self.config.writes_per_second.max(1);
-        for key in due {
-            if !all {
-                tokio::time::sleep_until(self.next_write).await;
-            }
-            self.next_write = Instant::now() + spacing;
+        for key in pending {
             self.write(&key).await;
         }
     }
@@ -358,6 +444,7 @@ impl RecorderTask {
             return;
         };
         e.written_at = Some(Instant::now());
+        e.held_until = None;
         match result {
             Ok(stored) => {
                 e.written = stored.count;
@@ -370,7 +457,7 @@ impl RecorderTask {
             // The object's namespace is gone, or the Event is refused: nothing more to say.
             Err(err) if matches!(err.code(), Some(403 | 404 | 422)) => {
                 tracing::debug!(event = %e.name, error = %err, "event not written");
-                self.entries.remove(key);
+                self.remove(key);
             }
             Err(err) => tracing::warn!(event = %e.name, error = %err, "cannot write an event; retrying"),
         }

@@ -4,7 +4,7 @@ use tokio_util::sync::CancellationToken;
 use wisp_api::{ConfigMap, Event, EventSeverity, ObjectMeta, ObjectReference, Resource};
 use wisp_apiserver::testutil;
 
-use super::{Recorder, RecorderConfig, event_name, truncate};
+use super::{Recorder, RecorderConfig, clean};
 
 fn config(min_interval_ms: u64) -> RecorderConfig {
     RecorderConfig {
@@ -124,9 +124,8 @@ async fn a_second_recorder_counts_on_the_same_event_and_a_deleted_one_is_made_ag
 
 #[tokio::test]
 async fn events_of_a_missing_namespace_are_dropped_not_retried_forever() {
-    let (client, stop, _server) = testutil::started().await;
-    let (rec, task) = Recorder::new(client.clone(), "agent", "", config(10));
-    let run = tokio::spawn(task.run(stop.clone()));
+    let (client, _stop, _server) = testutil::started().await;
+    let (rec, mut task) = Recorder::new(client, "agent", "", config(10));
     let gone = ObjectReference {
         kind: "Pod".into(),
         namespace: Some("nowhere".into()),
@@ -134,50 +133,82 @@ async fn events_of_a_missing_namespace_are_dropped_not_retried_forever() {
         ..ObjectReference::default()
     };
     rec.warning(gone, "BackOff", "x");
-    let cm = object(&client, "here").await;
-    rec.normal(cm, "Started", "y");
-    wait_for(&client, |evs| evs.len() == 1).await;
-    stop.cancel();
-    run.await.expect("task");
+    let occurrence = task.rx.recv().await.expect("queued");
+    task.note(occurrence);
+    assert_eq!(task.entries.len(), 1);
+    task.write_next().await;
+    assert!(task.entries.is_empty(), "refused (404): forgotten, not retried");
+    assert!(task.per_namespace.is_empty());
     assert!(Recorder::disabled().tx.is_none());
 }
 
-#[test]
-fn names_are_valid_stable_and_distinct_and_messages_are_cut_at_a_character() {
-    let key = |name: &str, reason: &str| super::Key {
-        namespace: "ns".into(),
-        kind: "Pod".into(),
-        name: name.into(),
-        uid: "u1".into(),
-        reason: reason.into(),
-        severity: EventSeverity::Warning,
+#[tokio::test]
+async fn one_namespace_cannot_take_every_write_or_fill_the_memory() {
+    let (client, _stop, _server) = testutil::started().await;
+    let cfg = RecorderConfig {
+        namespace_writes_per_second: 2,
+        namespace_remembered: 3,
+        queue: 2,
+        ..config(10)
     };
-    let a = event_name(&key("web", "BackOff"), "agent");
-    assert_eq!(a, event_name(&key("web", "BackOff"), "agent"));
-    assert_ne!(a, event_name(&key("web", "Started"), "agent"));
-    assert_ne!(a, event_name(&key("web", "BackOff"), "scheduler"));
-    assert!(a.starts_with("web."), "{a}");
-    // As long as an object name may be (labels of at most 63 characters).
-    let long = [
-        &"a".repeat(62),
-        &"b".repeat(62),
-        &"c".repeat(62),
-        &"d-x".repeat(20),
-    ]
-    .map(|l| l.as_str())
-    .join(".");
-    let n = event_name(&key(&long, "BackOff"), "agent");
-    assert!(n.len() <= 253 && !n.contains("-."), "{n}");
-    let mut e = Event::new(ObjectMeta::namespaced("ns", n));
+    let (rec, mut task) = Recorder::new(client, "agent", "", cfg);
+    let pod = |ns: &str, name: &str| ObjectReference {
+        kind: "Pod".into(),
+        namespace: Some(ns.into()),
+        name: name.into(),
+        ..ObjectReference::default()
+    };
+    // The queue holds two: the rest are dropped and counted, never waited for.
+    for i in 0..5 {
+        rec.warning(pod("default", &format!("p{i}")), "BackOff", "x");
+    }
+    assert_eq!(task.dropped.load(std::sync::atomic::Ordering::Relaxed), 3);
+    while let Ok(o) = task.rx.try_recv() {
+        task.note(o);
+    }
+    // At most three remembered for one namespace; another namespace still has room.
+    for i in 2..6 {
+        task.note(super::Occurrence {
+            object: pod("default", &format!("p{i}")),
+            severity: EventSeverity::Warning,
+            reason: "BackOff".into(),
+            message: "x".into(),
+            at: jiff::Timestamp::now(),
+        });
+    }
+    assert_eq!(task.per_namespace.get("default"), Some(&3));
+    task.note(super::Occurrence {
+        object: pod("kube", "q"),
+        severity: EventSeverity::Warning,
+        reason: "BackOff".into(),
+        message: "x".into(),
+        at: jiff::Timestamp::now(),
+    });
+    assert_eq!(task.per_namespace.get("kube"), Some(&1));
+    // Two writes a second for "default": the third is held a second, not written.
+    let now = tokio::time::Instant::now();
+    assert!(task.spend("default", now).is_ok() && task.spend("default", now).is_ok());
+    let held = task.spend("default", now).expect_err("over its budget");
+    assert!(held > now && held <= now + std::time::Duration::from_secs(1));
+    assert!(task.spend("kube", now).is_ok(), "another namespace has its own");
+}
+
+#[test]
+fn messages_are_cut_at_a_character_and_control_characters_escaped() {
+    assert_eq!(clean("h\u{e9}llo"), "h\u{e9}llo");
+    assert_eq!(clean("image \u{1b}[31mred\nline"), "image \\u{1b}[31mred\\nline");
+    let long = "\u{e9}".repeat(wisp_api::EVENT_MESSAGE_MAX);
+    let cut = clean(&long);
+    assert!(cut.len() <= wisp_api::EVENT_MESSAGE_MAX && cut.len() > wisp_api::EVENT_MESSAGE_MAX - 2);
+    let mut e = Event::new(ObjectMeta::namespaced("ns", "x.1"));
     e.involved_object = ObjectReference {
         kind: "Pod".into(),
-        name: long,
+        name: "web".into(),
         ..ObjectReference::default()
     };
     e.reason = "BackOff".into();
     e.count = 1;
     e.reporting_component = "agent".into();
+    e.message = clean("bad \u{7}bell\r\n");
     assert!(e.validate().is_empty(), "{:?}", e.validate());
-    assert_eq!(truncate("héllo".into(), 2), "h");
-    assert_eq!(truncate("hello".into(), 10), "hello");
 }

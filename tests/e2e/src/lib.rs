@@ -262,6 +262,11 @@ impl Wisp {
         self.boot()
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Is the process still alive?
     pub fn alive(&mut self) -> bool {
         self.child

@@ -1,7 +1,8 @@
 //! `fault`: a `wasi:http/proxy` component that misbehaves on demand, so the sandbox can show
 //! that a guest fault ends that request only.
 //!
-//! Routes: `/loop` (spins forever), `/alloc?mb=N` (allocates and touches N MiB, default 1024),
+//! Routes: `/loop` (spins forever), `/alloc?mb=N&hold_ms=M` (allocates and touches N MiB,
+//! default 1024, and holds them M ms before answering),
 //! `/trap` (panics, i.e. traps), `/count` (increments a global: always 1 with a fresh instance
 //! per request), `/read?path=P` (reads a file), `/env?name=N`, `/fetch?url=U` (outbound GET; answers the upstream's status and body),
 //! `/mark?ms=N` (increments a counter alone on its own memory page, prints `marked N`, then
@@ -51,6 +52,9 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
                 chunks.push(vec![1u8; 1 << 20]);
             }
             let total: usize = chunks.iter().map(|c| c.len()).sum();
+            // Held this long before the answer (and the instance's end) gives it back.
+            let hold: u64 = query(&request, "hold_ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+            wstd::task::sleep(wstd::time::Duration::from_millis(hold)).await;
             text(ok, format!("allocated {} MiB", total >> 20))
         }
         "/trap" => panic!("the guest traps on purpose"),

@@ -70,6 +70,39 @@ impl EventSeverity {
     }
 }
 
+/// The name of the one Event about `object` for `reason` and `severity` from `component` of
+/// `instance`: the object's name and a 64-bit FNV-1a hash of all of it (stable across builds),
+/// so every repeat counts on the same Event, and two reporters never share one. The API
+/// server holds a node to this name.
+pub fn event_name(
+    object: &ObjectReference,
+    reason: &str,
+    severity: EventSeverity,
+    component: &str,
+    instance: &str,
+) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [
+        object.kind.as_str(),
+        object.name.as_str(),
+        object.uid.as_deref().unwrap_or_default(),
+        reason,
+        severity.as_str(),
+        component,
+        instance,
+    ] {
+        for b in part.bytes().chain([0u8]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let mut prefix: String = object.name.chars().take(253 - 17).collect();
+    while prefix.ends_with(['-', '.']) {
+        prefix.pop();
+    }
+    format!("{prefix}.{h:016x}")
+}
+
 /// Whether `reason` is one CamelCase word of ASCII letters and digits.
 fn reason_problem(reason: &str) -> Option<String> {
     if reason.is_empty() {
@@ -112,6 +145,11 @@ impl Event {
         }
         if o.name.is_empty() {
             errs.push(FieldError::required("involvedObject.name"));
+        } else {
+            errs.extend(crate::validation::validate_dns1123_subdomain(
+                &o.name,
+                "involvedObject.name",
+            ));
         }
         if let (Some(theirs), Some(ours)) = (&o.namespace, &self.metadata.namespace)
             && theirs != ours
@@ -125,6 +163,12 @@ impl Event {
         }
         if let Some(why) = reason_problem(&self.reason) {
             errs.push(FieldError::new("reason", why));
+        }
+        if self.message.chars().any(char::is_control) {
+            errs.push(FieldError::new(
+                "message",
+                "must not contain control characters (newlines, escapes): it is printed to terminals",
+            ));
         }
         if self.message.len() > EVENT_MESSAGE_MAX {
             errs.push(FieldError::new(
@@ -146,6 +190,11 @@ impl Event {
                 errs.push(FieldError::new(
                     path,
                     format!("must be at most {EVENT_REPORTER_MAX} characters"),
+                ));
+            } else if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                errs.push(FieldError::new(
+                    path,
+                    "must be one word without control characters",
                 ));
             }
         }
@@ -195,6 +244,24 @@ mod tests {
                 "reportingComponent"
             ]
         );
+        let mut e = event();
+        e.message = "red\u{1b}[31m text\nforged line".into();
+        e.involved_object.name = "Not A Name".into();
+        assert_eq!(paths(&e), ["involvedObject.name", "message"]);
+        let name = |instance: &str, component: &str, reason: &str, severity| {
+            event_name(&event().involved_object, reason, severity, component, instance)
+        };
+        let a = name("n1", "node-agent", "BackOff", EventSeverity::Warning);
+        assert_eq!(a, name("n1", "node-agent", "BackOff", EventSeverity::Warning));
+        for other in [
+            name("n2", "node-agent", "BackOff", EventSeverity::Warning),
+            name("n1", "ingress", "BackOff", EventSeverity::Warning),
+            name("n1", "node-agent", "Started", EventSeverity::Warning),
+            name("n1", "node-agent", "BackOff", EventSeverity::Normal),
+        ] {
+            assert_ne!(a, other, "each reporter and reason has its own Event");
+        }
+        assert!(a.starts_with("web."), "{a}");
         for (kind, ok) in [
             ("Node", false),
             ("Nope", false),

@@ -1,0 +1,150 @@
+//! The metrics API (like Kubernetes' metrics-server, served by this server itself):
+//! `GET /apis/metrics.wisp.dev/v1/nodes`, `…/pods` (all namespaces) and
+//! `…/namespaces/<ns>/pods`. Each asks every node's agent for `GET /.wisp/usage` at once,
+//! over TLS to the CA that node published, with a statistics ticket this server mints (never
+//! the caller's token), and keeps of each node's answer only what the store says is there: a
+//! pod of that name and uid bound to that node. A node that does not answer within 5 s is
+//! listed as unreachable, its pods left out.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use wisp_api::usage::{NodeReport, NodeUsageList, PodUsageList, Unreachable};
+use wisp_api::{Node, Pod};
+
+use crate::State;
+use crate::body::{ApiBody, json_response};
+use crate::error::ApiError;
+
+/// How long a node may take to answer (a first report waits a second for its CPU window).
+const NODE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most a node's answer may weigh.
+const REPORT_MAX: usize = 4 << 20;
+const TICKET_TTL: Duration = Duration::from_secs(60);
+
+async fn stored<T: serde::de::DeserializeOwned>(state: &State, prefix: &str) -> Result<Vec<T>, ApiError> {
+    let listing = state
+        .store
+        .list(prefix)
+        .await
+        .map_err(|e| ApiError::from_store(e, prefix))?;
+    Ok(listing
+        .items
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .collect())
+}
+
+async fn report(node: &Node, ticket: &str) -> Result<NodeReport, String> {
+    let (addr, ca) = wisp_client::node_port(node)?;
+    let connector = wisp_client::node_connector(ca).map_err(|e| format!("status.agentCa: {e}"))?;
+    let client = HyperClient::builder(TokioExecutor::new()).build(connector);
+    let req = Request::get(format!("https://{addr}/.wisp/usage"))
+        .header(header::AUTHORIZATION, format!("Bearer {ticket}"))
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let read = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("cannot reach its agent at {addr}: {e}"))?;
+        if resp.status() != StatusCode::OK {
+            return Err(format!("its agent answered {}", resp.status()));
+        }
+        let body = Limited::new(resp.into_body(), REPORT_MAX)
+            .collect()
+            .await
+            .map_err(|e| format!("reading its answer: {e}"))?
+            .to_bytes();
+        serde_json::from_slice::<NodeReport>(&body).map_err(|e| format!("its answer: {e}"))
+    };
+    tokio::time::timeout(NODE_TIMEOUT, read)
+        .await
+        .map_err(|_| format!("no answer within {NODE_TIMEOUT:?}"))?
+}
+
+/// Every node's report (only Ready ones are asked), or why not.
+async fn reports(state: &State) -> Result<(Vec<(Node, NodeReport)>, Vec<Unreachable>), ApiError> {
+    let nodes: Vec<Node> = stored(state, "/registry/nodes/").await?;
+    let ticket = state
+        .auth
+        .issue_ticket(crate::auth::Principal::Scraper, Some(TICKET_TTL))?;
+    let asked = nodes.into_iter().map(|n| {
+        let ticket = ticket.clone();
+        async move {
+            let r = report(&n, &ticket).await;
+            (n, r)
+        }
+    });
+    let mut ok = Vec::new();
+    let mut unreachable = Vec::new();
+    for (node, r) in futures::future::join_all(asked).await {
+        match r {
+            Ok(report) => ok.push((node, report)),
+            Err(reason) => unreachable.push(Unreachable {
+                node: node.metadata.name.clone(),
+                reason,
+            }),
+        }
+    }
+    Ok((ok, unreachable))
+}
+
+/// The pods' usage, of `namespace` or all of them.
+pub async fn pods(state: &State, namespace: Option<&str>) -> Result<Response<ApiBody>, ApiError> {
+    let prefix = match namespace {
+        Some(ns) => format!("/registry/pods/{ns}/"),
+        None => "/registry/pods/".to_owned(),
+    };
+    let (reports, unreachable) = reports(state).await?;
+    // What a node may report: its own pods, as the store has them.
+    let known: HashSet<(String, String, String, String)> = stored::<Pod>(state, &prefix)
+        .await?
+        .into_iter()
+        .filter_map(|p| {
+            Some((
+                p.metadata.namespace?,
+                p.metadata.name,
+                p.metadata.uid?,
+                p.spec.node_name?,
+            ))
+        })
+        .collect();
+    let mut items = Vec::new();
+    for (node, report) in reports {
+        let name = node.metadata.name;
+        for mut p in report.pods {
+            p.node.clone_from(&name);
+            if known.contains(&(p.namespace.clone(), p.name.clone(), p.uid.clone(), name.clone())) {
+                items.push(p);
+            }
+        }
+    }
+    items.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    Ok(json_response(
+        StatusCode::OK,
+        &PodUsageList { items, unreachable },
+    ))
+}
+
+/// The nodes' own usage.
+pub async fn nodes(state: &State) -> Result<Response<ApiBody>, ApiError> {
+    let (reports, unreachable) = reports(state).await?;
+    let mut items: Vec<_> = reports
+        .into_iter()
+        .map(|(node, mut r)| {
+            r.node.name = node.metadata.name;
+            r.node
+        })
+        .collect();
+    items.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(json_response(
+        StatusCode::OK,
+        &NodeUsageList { items, unreachable },
+    ))
+}

@@ -1,0 +1,215 @@
+//! What this node uses, for `GET /.wisp/usage` on the node's port (read by the API server's
+//! metrics API, like the kubelet's summary for metrics-server): the node's own CPU and
+//! memory from the OS (`/proc/stat`, `/proc/meminfo`), and each running sandbox's from its
+//! runtime ([`wisp_sandbox::Sandbox::usage`]). CPU is a rate: two readings at least half a
+//! second and at most ten seconds apart (the previous report's, else one taken a second
+//! before).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use wisp_api::usage::{ContainerUsage, NodeReport, NodeUsage, PodUsage};
+use wisp_sandbox::{LABEL_CONTAINER, LABEL_NAMESPACE, LABEL_POD, LABEL_POD_UID, SandboxId, State};
+
+use crate::worker::Runtimes;
+
+/// Readings further apart average too long; closer, too noisy.
+const WINDOW_MIN: Duration = Duration::from_millis(500);
+const WINDOW_MAX: Duration = Duration::from_secs(10);
+/// The window when there is no usable previous reading.
+const WINDOW_FRESH: Duration = Duration::from_secs(1);
+/// `/proc/stat` counts in USER_HZ, 100 a second on Linux.
+const NS_PER_TICK: u64 = 10_000_000;
+
+/// Busy CPU time of the whole machine from `/proc/stat` (user, nice, system, irq, softirq,
+/// steal; not idle or iowait), in nanoseconds.
+pub fn parse_proc_stat(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Some(total.saturating_sub(idle).saturating_mul(NS_PER_TICK))
+}
+
+/// (in use, total) bytes from `/proc/meminfo`: total less available.
+pub fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    let total = field("MemTotal:")?;
+    let available = field("MemAvailable:")?;
+    Some((total.saturating_sub(available), total))
+}
+
+/// One reading of everything.
+struct Reading {
+    at: Instant,
+    node_busy_ns: u64,
+    sandboxes: HashMap<
+        SandboxId,
+        (
+            &'static str,
+            std::collections::BTreeMap<String, String>,
+            wisp_sandbox::Usage,
+        ),
+    >,
+}
+
+async fn read(runtimes: &Runtimes) -> Reading {
+    let node_busy_ns = tokio::fs::read_to_string("/proc/stat")
+        .await
+        .ok()
+        .and_then(|t| parse_proc_stat(&t))
+        .unwrap_or(0);
+    let mut sandboxes = HashMap::new();
+    for runtime in runtimes.all() {
+        let Ok(list) = runtime.list().await else { continue };
+        for s in list {
+            if !matches!(s.state, State::Running { .. }) {
+                continue;
+            }
+            if let Ok(u) = runtime.usage(&s.id).await {
+                sandboxes.insert(s.id.clone(), (runtime.runtime(), s.labels, u));
+            }
+        }
+    }
+    Reading {
+        at: Instant::now(),
+        node_busy_ns,
+        sandboxes,
+    }
+}
+
+/// The node's reports, one at a time (each keeps the reading the next one starts from).
+#[derive(Default)]
+pub struct Sampler {
+    last: tokio::sync::Mutex<Option<Reading>>,
+}
+
+fn millicores(used_ns: u64, window: Duration) -> u64 {
+    let window_ns = window.as_nanos().max(1);
+    u64::try_from(u128::from(used_ns) * 1000 / window_ns).unwrap_or(u64::MAX)
+}
+
+impl Sampler {
+    pub async fn report(&self, node: &str, runtimes: &Runtimes) -> NodeReport {
+        let mut last = self.last.lock().await;
+        let usable = last
+            .as_ref()
+            .is_some_and(|r| (WINDOW_MIN..=WINDOW_MAX).contains(&r.at.elapsed()));
+        let before = if usable {
+            last.take()
+        } else {
+            let first = read(runtimes).await;
+            tokio::time::sleep(WINDOW_FRESH).await;
+            Some(first)
+        };
+        let now = read(runtimes).await;
+        let window = before.as_ref().map_or(WINDOW_FRESH, |b| now.at - b.at);
+        let stamp = jiff::Timestamp::now().to_string();
+        let mut pods: HashMap<String, PodUsage> = HashMap::new();
+        for (id, (runtime, labels, u)) in &now.sandboxes {
+            let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+            let prev = before
+                .as_ref()
+                .and_then(|b| b.sandboxes.get(id))
+                .map_or(u.cpu_ns, |(_, _, p)| p.cpu_ns);
+            let pod = pods.entry(label(LABEL_POD_UID)).or_insert_with(|| PodUsage {
+                namespace: label(LABEL_NAMESPACE),
+                name: label(LABEL_POD),
+                uid: label(LABEL_POD_UID),
+                node: node.to_owned(),
+                timestamp: stamp.clone(),
+                window_seconds: window.as_secs_f64(),
+                containers: Vec::new(),
+            });
+            pod.containers.push(ContainerUsage {
+                name: label(LABEL_CONTAINER),
+                runtime: (*runtime).to_owned(),
+                cpu_millicores: millicores(u.cpu_ns.saturating_sub(prev), window),
+                cpu_ns: u.cpu_ns,
+                memory_bytes: u.memory_bytes,
+            });
+        }
+        let (memory_bytes, memory_capacity_bytes) = tokio::fs::read_to_string("/proc/meminfo")
+            .await
+            .ok()
+            .and_then(|t| parse_meminfo(&t))
+            .unwrap_or_default();
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let node_usage = NodeUsage {
+            name: node.to_owned(),
+            timestamp: stamp,
+            window_seconds: window.as_secs_f64(),
+            cpu_millicores: millicores(
+                now.node_busy_ns
+                    .saturating_sub(before.as_ref().map_or(now.node_busy_ns, |b| b.node_busy_ns)),
+                window,
+            ),
+            cpu_capacity_millicores: u64::try_from(cores).unwrap_or(1) * 1000,
+            memory_bytes,
+            memory_capacity_bytes,
+        };
+        let mut pods: Vec<PodUsage> = pods.into_values().collect();
+        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        for p in &mut pods {
+            p.containers.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        *last = Some(now);
+        NodeReport {
+            node: node_usage,
+            pods,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_os_figures_parse_and_cpu_becomes_a_rate() {
+        let stat = "cpu  100 5 50 1000 20 3 2 1 7 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n";
+        // user+nice+system+irq+softirq+steal = 161 ticks busy; idle and iowait are not.
+        assert_eq!(parse_proc_stat(stat), Some(161 * NS_PER_TICK));
+        assert_eq!(parse_proc_stat("intr 1 2\n"), None);
+        let meminfo = "MemTotal:       16000 kB\nMemFree:  1000 kB\nMemAvailable:   12000 kB\n";
+        assert_eq!(parse_meminfo(meminfo), Some((4000 * 1024, 16000 * 1024)));
+        assert_eq!(parse_meminfo("MemTotal: 1 kB\n"), None);
+        assert_eq!(millicores(500_000_000, Duration::from_secs(1)), 500);
+        assert_eq!(millicores(3_000_000_000, Duration::from_secs(2)), 1500);
+        assert_eq!(millicores(1, Duration::ZERO), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_report_reads_the_machine_and_runs_in_a_window() {
+        let sampler = Sampler::default();
+        let runtimes = Runtimes::default();
+        let started = std::time::Instant::now();
+        let first = sampler.report("n1", &runtimes).await;
+        assert!(
+            started.elapsed() >= WINDOW_FRESH,
+            "a first report waits for a window"
+        );
+        assert!(first.node.memory_capacity_bytes > 0 && first.node.memory_bytes > 0);
+        assert!(first.node.cpu_capacity_millicores >= 1000);
+        assert!(first.pods.is_empty());
+        tokio::time::sleep(WINDOW_MIN).await;
+        let started = std::time::Instant::now();
+        let second = sampler.report("n1", &runtimes).await;
+        assert!(
+            started.elapsed() < WINDOW_FRESH,
+            "the next report within ten seconds starts from the last reading"
+        );
+        assert!(second.node.window_seconds >= WINDOW_MIN.as_secs_f64());
+    }
+}

@@ -1,0 +1,62 @@
+//! What a sandbox uses: CPU time (cumulative, so a rate comes from two readings) and memory
+//! now. Runtimes that run guests in this process count the CPU time of the threads that poll
+//! them ([`cpu_timed`]): the thread CPU clock read around each poll, so time a thread spends
+//! on anything else, or waiting, never counts.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A sandbox's usage at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time used since the sandbox started, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Memory in use now, in bytes (a container's working set; a Wasm sandbox's linear
+    /// memories of every live instance).
+    pub memory_bytes: u64,
+}
+
+/// The CPU time this thread has used, in nanoseconds.
+pub fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
+}
+
+/// Runs `f`, adding the CPU time each of its polls takes (on whichever thread) to `used`.
+pub async fn cpu_timed<F: Future>(used: &AtomicU64, f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| {
+        let start = thread_cpu_ns();
+        let polled = f.as_mut().poll(cx);
+        used.fetch_add(thread_cpu_ns().saturating_sub(start), Ordering::Relaxed);
+        polled
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn cpu_time_counts_spinning_polls_and_not_sleeping() {
+        let used = AtomicU64::new(0);
+        cpu_timed(&used, async {
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(50);
+            let mut n = 0u64;
+            while std::time::Instant::now() < until {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        })
+        .await;
+        let ms = used.load(Ordering::Relaxed) / 1_000_000;
+        assert!(
+            (40..=90).contains(&ms),
+            "50 ms of spinning and 100 ms asleep counted {ms} ms"
+        );
+    }
+}
