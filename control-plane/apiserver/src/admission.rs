@@ -15,8 +15,9 @@
 //!   (no controller runs it); the fields of that kind are refused by `wisp-api`'s validation;
 //! * a ConfigMap or Secret marked `immutable` keeps its values and the mark;
 //! * an Event's timestamps are RFC 3339 and not in the future; a node writes Events in its
-//!   own name, under the name derived from them, about the pods bound to it and the cold
-//!   starts its ingress sees.
+//!   own name, under the name derived from them, about the pods bound to it (a fixed set of
+//!   reasons; `Killing` also of its pods deleted in the last ten minutes) and the cold starts
+//!   its ingress sees.
 
 use serde_json::Value;
 use wisp_api::{
@@ -175,6 +176,17 @@ pub(crate) async fn admit(
 
 /// What a node's ingress reports about a workload it wakes (not its own pods).
 const NODE_WORKLOAD_EVENTS: &[(&str, &str)] = &[("Function", "ColdStart"), ("Service", "ColdStart")];
+/// What a node's agent reports of its pods (the kubelet's reasons).
+const NODE_POD_REASONS: &[&str] = &[
+    "Pulling",
+    "Pulled",
+    "Failed",
+    "Started",
+    "Killing",
+    "BackOff",
+    "Unhealthy",
+    "OOMKilled",
+];
 /// The components of a node that record events.
 const NODE_COMPONENTS: &[&str] = &["node-agent", "ingress"];
 
@@ -258,6 +270,12 @@ async fn admit_event(
         ));
     }
     let stored = |plural: &str| format!("/registry/{plural}/{ns}/{}", about.name);
+    if about.kind == "Pod" && !NODE_POD_REASONS.contains(&event.reason.as_str()) {
+        return deny(format!(
+            "a node reports of its pods only: {}",
+            NODE_POD_REASONS.join(", ")
+        ));
+    }
     if about.kind == "Pod" {
         let pod = state
             .store
@@ -269,8 +287,13 @@ async fn admit_event(
             Some(p)
                 if p.spec.node_name.as_deref() == Some(node.as_str())
                     && (about.uid.is_none() || about.uid == p.metadata.uid) => {}
-            // Deleting a pod is immediate: its containers are stopped after it is gone.
-            None if event.reason == "Killing" && about.uid.is_some() => {}
+            // Deleting a pod is immediate: its containers are stopped after it is gone, by
+            // the node it was bound to.
+            _ if event.reason == "Killing"
+                && about
+                    .uid
+                    .as_deref()
+                    .is_some_and(|uid| crate::resources::deleted_lately(state, uid, node)) => {}
             _ => {
                 return deny(format!(
                     "pod {:?} is not bound to node {node:?}: a node reports events of its own pods",

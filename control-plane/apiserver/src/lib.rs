@@ -165,6 +165,12 @@ pub struct State {
     internal_limit: Arc<tokio::sync::Semaphore>,
     fairness: Fairness,
     quota_locks: quota::Locks,
+    /// The metrics API's last gathering of the nodes' usage.
+    usage: usage::Cache,
+    /// Pods deleted lately: uid → (node, when), so that the node may still report stopping
+    /// their containers (`Killing`).
+    pub(crate) deleted_pods:
+        std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
 }
 
 /// The API server, cheap to clone.
@@ -257,6 +263,8 @@ impl ApiServer {
             internal_limit: Arc::new(tokio::sync::Semaphore::new(config.internal_concurrency_limit)),
             fairness: Fairness::new(config.fairness.clone()),
             quota_locks: quota::Locks::default(),
+            usage: usage::Cache::default(),
+            deleted_pods: std::sync::Mutex::default(),
             config,
         };
         Self {
@@ -497,9 +505,9 @@ impl ApiServer {
                 };
                 authz::authorize(&principal, Verb::List, &target, None)?;
                 if plural == "nodes" {
-                    usage::nodes(state).await
+                    usage::nodes(state, principal.is_admin()).await
                 } else {
-                    usage::pods(state, target.namespace.as_deref()).await
+                    usage::pods(state, target.namespace.as_deref(), principal.is_admin()).await
                 }
             }
             ["apis", "wisp.dev", "v1", "tokens", rest @ ..] => {

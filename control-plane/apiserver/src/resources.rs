@@ -511,8 +511,48 @@ pub async fn delete(
         .await
         .map_err(|e| ApiError::from_store(e, &what))?;
     let mut obj = from_kv(&prev)?;
+    if target.kind.plural == "pods" {
+        remember_deleted_pod(state, &obj);
+    }
     obj.metadata.deletion_timestamp = Some(jiff::Timestamp::now().to_string());
     Ok(json_response(StatusCode::OK, &obj))
+}
+
+/// How long, and how many, deleted pods are remembered for their node's last events.
+const DELETED_PODS_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+const DELETED_PODS_MAX: usize = 10_000;
+
+fn remember_deleted_pod(state: &State, pod: &DynamicObject) {
+    let node = pod
+        .body
+        .get("spec")
+        .and_then(|s| s.get("nodeName"))
+        .and_then(Value::as_str);
+    let (Some(uid), Some(node)) = (pod.metadata.uid.clone(), node) else {
+        return;
+    };
+    let mut deleted = state
+        .deleted_pods
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = std::time::Instant::now();
+    if deleted.len() >= DELETED_PODS_MAX {
+        deleted.retain(|_, (_, at)| now.duration_since(*at) < DELETED_PODS_FOR);
+        if deleted.len() >= DELETED_PODS_MAX {
+            deleted.clear();
+        }
+    }
+    deleted.insert(uid, (node.to_owned(), now));
+}
+
+/// Whether pod `uid`, bound to `node`, was deleted within the last ten minutes.
+pub(crate) fn deleted_lately(state: &State, uid: &str, node: &str) -> bool {
+    state
+        .deleted_pods
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(uid)
+        .is_some_and(|(n, at)| n == node && at.elapsed() < DELETED_PODS_FOR)
 }
 
 /// Filters of a list or watch: label selector and simple field selectors.

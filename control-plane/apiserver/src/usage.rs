@@ -3,8 +3,10 @@
 //! `…/namespaces/<ns>/pods`. Each asks every node's agent for `GET /.wisp/usage` at once,
 //! over TLS to the CA that node published, with a statistics ticket this server mints (never
 //! the caller's token), and keeps of each node's answer only what the store says is there: a
-//! pod of that name and uid bound to that node. A node that does not answer within 5 s is
-//! listed as unreachable, its pods left out.
+//! pod of that name and uid bound to that node, each pod once. A node that does not answer
+//! within 5 s is listed as unreachable (by name and why to the admin only), its pods left
+//! out. One gathering at a time serves every request of the next 2 s: however many ask, the
+//! nodes are asked at most once per 2 s, and only Ready ones.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -24,8 +26,26 @@ use crate::error::ApiError;
 /// How long a node may take to answer (a first report waits a second for its CPU window).
 const NODE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most a node's answer may weigh.
-const REPORT_MAX: usize = 4 << 20;
-const TICKET_TTL: Duration = Duration::from_secs(60);
+const REPORT_MAX: usize = 1 << 20;
+/// What is kept of a node's answer: pods, and containers of each.
+const PODS_MAX: usize = 10_000;
+const CONTAINERS_MAX: usize = 64;
+/// A ticket outlives the gathering that minted it by little.
+const TICKET_TTL: Duration = Duration::from_secs(10);
+/// A gathering serves the requests of this long.
+const FRESH_FOR: Duration = Duration::from_secs(2);
+
+/// What every node said, once.
+struct Gathered {
+    reports: Vec<(Node, NodeReport)>,
+    unreachable: Vec<Unreachable>,
+}
+
+/// The last gathering; its lock is held while the nodes are asked, so there is one at a time.
+#[derive(Default)]
+pub struct Cache {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<Gathered>)>>,
+}
 
 async fn stored<T: serde::de::DeserializeOwned>(state: &State, prefix: &str) -> Result<Vec<T>, ApiError> {
     let listing = state
@@ -61,16 +81,40 @@ async fn report(node: &Node, ticket: &str) -> Result<NodeReport, String> {
             .await
             .map_err(|e| format!("reading its answer: {e}"))?
             .to_bytes();
-        serde_json::from_slice::<NodeReport>(&body).map_err(|e| format!("its answer: {e}"))
+        let mut report =
+            serde_json::from_slice::<NodeReport>(&body).map_err(|e| format!("its answer: {e}"))?;
+        report.pods.truncate(PODS_MAX);
+        for p in &mut report.pods {
+            p.containers.truncate(CONTAINERS_MAX);
+        }
+        Ok(report)
     };
     tokio::time::timeout(NODE_TIMEOUT, read)
         .await
         .map_err(|_| format!("no answer within {NODE_TIMEOUT:?}"))?
 }
 
-/// Every node's report (only Ready ones are asked), or why not.
+/// The nodes' reports, gathered at most once per [`FRESH_FOR`].
+async fn gathered(state: &State) -> Result<std::sync::Arc<Gathered>, ApiError> {
+    let mut last = state.usage.last.lock().await;
+    if let Some((at, g)) = &*last
+        && at.elapsed() < FRESH_FOR
+    {
+        return Ok(g.clone());
+    }
+    let (reports, unreachable) = reports(state).await?;
+    let g = std::sync::Arc::new(Gathered { reports, unreachable });
+    *last = Some((std::time::Instant::now(), g.clone()));
+    Ok(g)
+}
+
+/// Every Ready node's report, or why not.
 async fn reports(state: &State) -> Result<(Vec<(Node, NodeReport)>, Vec<Unreachable>), ApiError> {
-    let nodes: Vec<Node> = stored(state, "/registry/nodes/").await?;
+    let nodes: Vec<Node> = stored::<Node>(state, "/registry/nodes/")
+        .await?
+        .into_iter()
+        .filter(Node::is_ready)
+        .collect();
     let ticket = state
         .auth
         .issue_ticket(crate::auth::Principal::Scraper, Some(TICKET_TTL))?;
@@ -95,13 +139,33 @@ async fn reports(state: &State) -> Result<(Vec<(Node, NodeReport)>, Vec<Unreacha
     Ok((ok, unreachable))
 }
 
+/// Which nodes did not answer: by name and why for the admin; for anyone else only that
+/// some did (node names and addresses are the cluster's).
+fn unreachable_for(g: &Gathered, admin: bool) -> Vec<Unreachable> {
+    if admin {
+        return g.unreachable.clone();
+    }
+    g.unreachable
+        .iter()
+        .map(|_| Unreachable {
+            node: String::new(),
+            reason: "a node did not answer".into(),
+        })
+        .collect()
+}
+
 /// The pods' usage, of `namespace` or all of them.
-pub async fn pods(state: &State, namespace: Option<&str>) -> Result<Response<ApiBody>, ApiError> {
+pub async fn pods(
+    state: &State,
+    namespace: Option<&str>,
+    admin: bool,
+) -> Result<Response<ApiBody>, ApiError> {
     let prefix = match namespace {
         Some(ns) => format!("/registry/pods/{ns}/"),
         None => "/registry/pods/".to_owned(),
     };
-    let (reports, unreachable) = reports(state).await?;
+    let g = gathered(state).await?;
+    let unreachable = unreachable_for(&g, admin);
     // What a node may report: its own pods, as the store has them.
     let known: HashSet<(String, String, String, String)> = stored::<Pod>(state, &prefix)
         .await?
@@ -116,11 +180,14 @@ pub async fn pods(state: &State, namespace: Option<&str>) -> Result<Response<Api
         })
         .collect();
     let mut items = Vec::new();
-    for (node, report) in reports {
-        let name = node.metadata.name;
-        for mut p in report.pods {
-            p.node.clone_from(&name);
-            if known.contains(&(p.namespace.clone(), p.name.clone(), p.uid.clone(), name.clone())) {
+    let mut seen = HashSet::new();
+    for (node, report) in &g.reports {
+        let name = &node.metadata.name;
+        for p in &report.pods {
+            let key = (p.namespace.clone(), p.name.clone(), p.uid.clone(), name.clone());
+            if known.contains(&key) && seen.insert(p.uid.clone()) {
+                let mut p = p.clone();
+                p.node.clone_from(name);
                 items.push(p);
             }
         }
@@ -133,13 +200,16 @@ pub async fn pods(state: &State, namespace: Option<&str>) -> Result<Response<Api
 }
 
 /// The nodes' own usage.
-pub async fn nodes(state: &State) -> Result<Response<ApiBody>, ApiError> {
-    let (reports, unreachable) = reports(state).await?;
-    let mut items: Vec<_> = reports
-        .into_iter()
-        .map(|(node, mut r)| {
-            r.node.name = node.metadata.name;
-            r.node
+pub async fn nodes(state: &State, admin: bool) -> Result<Response<ApiBody>, ApiError> {
+    let g = gathered(state).await?;
+    let unreachable = unreachable_for(&g, admin);
+    let mut items: Vec<_> = g
+        .reports
+        .iter()
+        .map(|(node, r)| {
+            let mut n = r.node.clone();
+            n.name.clone_from(&node.metadata.name);
+            n
         })
         .collect();
     items.sort_by(|a, b| a.name.cmp(&b.name));

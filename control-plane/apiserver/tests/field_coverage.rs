@@ -841,6 +841,56 @@ const COVERAGE: &[(&str, Cover)] = &[
         "FunctionRoute.pathPrefix",
         E(&["route_comes_from_the_spec_when_given"]),
     ),
+    ("FunctionStatus.metrics", S),
+    (
+        "FunctionMetrics.windowSeconds",
+        E(&[
+            "function_scales_from_and_to_zero_through_the_ingress",
+            "a_functions_minute_adds_up_its_nodes_and_restarts_count_nothing",
+        ]),
+    ),
+    (
+        "FunctionMetrics.requestsPerSecond",
+        E(&[
+            "function_scales_from_and_to_zero_through_the_ingress",
+            "a_functions_minute_adds_up_its_nodes_and_restarts_count_nothing",
+        ]),
+    ),
+    (
+        "FunctionMetrics.errorsPerSecond",
+        E(&[
+            "function_scales_from_and_to_zero_through_the_ingress",
+            "a_functions_minute_adds_up_its_nodes_and_restarts_count_nothing",
+        ]),
+    ),
+    (
+        "FunctionMetrics.p50Ms",
+        E(&[
+            "function_scales_from_and_to_zero_through_the_ingress",
+            "a_functions_minute_adds_up_its_nodes_and_restarts_count_nothing",
+        ]),
+    ),
+    (
+        "FunctionMetrics.p99Ms",
+        E(&[
+            "function_scales_from_and_to_zero_through_the_ingress",
+            "a_functions_minute_adds_up_its_nodes_and_restarts_count_nothing",
+        ]),
+    ),
+    (
+        "FunctionMetrics.coldStarts",
+        E(&[
+            "function_scales_from_and_to_zero_through_the_ingress",
+            "a_functions_minute_adds_up_its_nodes_and_restarts_count_nothing",
+        ]),
+    ),
+    (
+        "FunctionMetrics.inFlight",
+        E(&[
+            "function_scales_from_and_to_zero_through_the_ingress",
+            "a_functions_minute_adds_up_its_nodes_and_restarts_count_nothing",
+        ]),
+    ),
     (
         "FunctionStatus.url",
         E(&["function_scales_from_and_to_zero_through_the_ingress"]),

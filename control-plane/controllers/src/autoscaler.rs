@@ -181,10 +181,95 @@ pub fn rate(previous: Option<(Instant, u64)>, now: Instant, busy_us: u64) -> Opt
     Some((busy_us - b) as f64 / now.duration_since(t).as_micros().max(1) as f64)
 }
 
+/// The window a Function's traffic summary covers.
+pub const METRICS_WINDOW: Duration = Duration::from_secs(60);
+/// A Function's summary is written at most this often (and only when it changed).
+pub const METRICS_WRITE_PERIOD: Duration = Duration::from_secs(10);
+
+/// One reading of one Service's counters on one node.
+#[derive(Clone, Debug)]
+struct Reading {
+    at: Instant,
+    requests: u64,
+    errors: u64,
+    cold_starts: u64,
+    in_flight: u64,
+    buckets: Vec<u64>,
+}
+
+/// A Service's traffic on one node over the window: its growth between the oldest reading in
+/// the window and the newest.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Growth {
+    pub seconds: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub cold_starts: u64,
+    pub in_flight: u64,
+    pub buckets: Vec<u64>,
+}
+
+/// The growth over `history` (oldest first); none when a counter went back (an ingress
+/// restarted) between its ends, or with one reading.
+fn growth(history: &std::collections::VecDeque<Reading>) -> Option<Growth> {
+    let (first, last) = (history.front()?, history.back()?);
+    if last.requests < first.requests || last.at <= first.at {
+        return None;
+    }
+    let buckets = last
+        .buckets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| n.saturating_sub(first.buckets.get(i).copied().unwrap_or(0)))
+        .collect();
+    Some(Growth {
+        seconds: last.at.duration_since(first.at).as_secs_f64(),
+        requests: last.requests - first.requests,
+        errors: last.errors.saturating_sub(first.errors),
+        cold_starts: last.cold_starts.saturating_sub(first.cold_starts),
+        in_flight: last.in_flight,
+        buckets,
+    })
+}
+
+/// A Function's summary from the growths of its Services on every node.
+pub fn summary(growths: &[Growth]) -> wisp_api::FunctionMetrics {
+    let mut buckets = vec![0u64; wisp_api::LATENCY_BOUNDS_MS.len() + 1];
+    let mut m = wisp_api::FunctionMetrics::default();
+    for g in growths {
+        for (i, n) in g.buckets.iter().enumerate() {
+            if let Some(b) = buckets.get_mut(i) {
+                *b += n;
+            }
+        }
+        #[allow(clippy::cast_precision_loss)]
+        if g.seconds > 0.0 {
+            m.requests_per_second += g.requests as f64 / g.seconds;
+            m.errors_per_second += g.errors as f64 / g.seconds;
+        }
+        m.cold_starts += g.cold_starts;
+        m.in_flight += g.in_flight;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        {
+            m.window_seconds = m.window_seconds.max(g.seconds.round() as u32);
+        }
+    }
+    let round = |v: f64, places: i32| (v * 10f64.powi(places)).round() / 10f64.powi(places);
+    m.requests_per_second = round(m.requests_per_second, 2);
+    m.errors_per_second = round(m.errors_per_second, 2);
+    m.p50_ms = wisp_api::latency_quantile(&buckets, 0.5).map(|v| round(v, 2));
+    m.p99_ms = wisp_api::latency_quantile(&buckets, 0.99).map(|v| round(v, 2));
+    m
+}
+
 /// What the autoscaler remembers between ticks.
 #[derive(Default)]
 struct State {
     windows: HashMap<(String, String), Window>,
+    /// Readings of each (node, namespace, Service) over the last [`METRICS_WINDOW`].
+    history: HashMap<(String, String, String), std::collections::VecDeque<Reading>>,
+    /// When each Function's (namespace, name) summary was last written.
+    summarized: HashMap<(String, String), Instant>,
     /// Last busy reading per (node, namespace, Service).
     busy: HashMap<(String, String, String), (Instant, u64)>,
     /// A connection pool per node's port (node → its address, its CA, the pool), kept while
@@ -309,6 +394,23 @@ async fn traffic(
         for s in samples {
             let key = (url.clone(), s.namespace.clone(), s.name.clone());
             let r = rate(state.busy.get(&key).copied(), now, s.busy_us).unwrap_or(0.0);
+            let history = state.history.entry(key.clone()).or_default();
+            history.push_back(Reading {
+                at: now,
+                requests: s.requests,
+                errors: s.errors,
+                cold_starts: s.cold_starts,
+                in_flight: u64::try_from(s.in_flight).unwrap_or(u64::MAX),
+                buckets: s.latency_buckets.clone(),
+            });
+            // Keep the newest reading at least a window old as the window's start.
+            while history.len() > 2
+                && history
+                    .get(1)
+                    .is_some_and(|r| now.duration_since(r.at) >= METRICS_WINDOW)
+            {
+                history.pop_front();
+            }
             state.busy.insert(key, (now, s.busy_us));
             let t = out.entry((s.namespace, s.name)).or_default();
             t.concurrency += r;
@@ -318,6 +420,11 @@ async fn traffic(
         }
     }
     state.busy.retain(|(u, _, _), _| urls.contains(u));
+    state.history.retain(|(u, _, _), h| {
+        urls.contains(u)
+            && h.back()
+                .is_some_and(|r| now.duration_since(r.at) < METRICS_WINDOW)
+    });
     (out, failed)
 }
 
@@ -466,7 +573,64 @@ async fn tick(
         }
     }
     state.windows.retain(|k, _| live.contains(k));
+    summarize(client, caches, state).await;
     Ok(())
+}
+
+/// Writes each Function's traffic over the last minute into its status (at most every
+/// [`METRICS_WRITE_PERIOD`], only when it changed; a compare-and-swap on the cached copy, so
+/// a write of the Function controller in between wins and the next tick tries again).
+async fn summarize(client: &Client, caches: &Caches, state: &mut State) {
+    let now = Instant::now();
+    for f in caches.functions.list() {
+        let ns = f.metadata.namespace.clone().unwrap_or_default();
+        let key = (ns.clone(), f.metadata.name.clone());
+        if state
+            .summarized
+            .get(&key)
+            .is_some_and(|t| now.duration_since(*t) < METRICS_WRITE_PERIOD)
+        {
+            continue;
+        }
+        let revisions: std::collections::HashSet<String> = caches
+            .revisions
+            .list()
+            .iter()
+            .filter(|r| {
+                r.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && r.metadata.labels.get(crate::function::FUNCTION_LABEL) == Some(&f.metadata.name)
+            })
+            .map(|r| r.metadata.name.clone())
+            .collect();
+        let growths: Vec<Growth> = state
+            .history
+            .iter()
+            .filter(|((_, n, svc), _)| *n == ns && revisions.contains(svc))
+            .filter_map(|(_, h)| growth(h))
+            .collect();
+        if growths.is_empty() {
+            continue;
+        }
+        let metrics = summary(&growths);
+        let current = f.status.as_ref().and_then(|s| s.metrics.as_ref());
+        if current == Some(&metrics) {
+            continue;
+        }
+        let mut next = (*f).clone();
+        next.status.get_or_insert_with(Default::default).metrics = Some(metrics);
+        match client.api::<Function>(Some(&ns)).replace_status(&next).await {
+            Ok(_) => {
+                state.summarized.insert(key, now);
+            }
+            Err(e) if matches!(e.code(), Some(404 | 409)) => {}
+            Err(e) => {
+                tracing::debug!(function = %f.metadata.name, error = %e, "cannot write the traffic summary");
+            }
+        }
+    }
+    state
+        .summarized
+        .retain(|_, t| now.duration_since(*t) < METRICS_WINDOW * 10);
 }
 
 #[cfg(test)]
@@ -640,5 +804,67 @@ mod tests {
         i.in_flight_now = 0;
         i.min = 2;
         assert_eq!(decide(&mut w, t0, &c, &i), 2, "minScale wins");
+    }
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    fn reading(at: Instant, requests: u64, errors: u64, bucket: usize) -> Reading {
+        let mut buckets = vec![0; wisp_api::LATENCY_BOUNDS_MS.len() + 1];
+        buckets[bucket] = requests;
+        Reading {
+            at,
+            requests,
+            errors,
+            cold_starts: requests / 100,
+            in_flight: 2,
+            buckets,
+        }
+    }
+
+    #[test]
+    fn a_functions_minute_adds_up_its_nodes_and_restarts_count_nothing() {
+        let t = Instant::now();
+        // Node a: 600 requests in (2, 5] ms over 60 s; node b: 300 in (5, 10] over 30 s.
+        let a: VecDeque<Reading> = [
+            reading(t, 0, 0, 4),
+            reading(t + Duration::from_secs(60), 600, 6, 4),
+        ]
+        .into();
+        let b: VecDeque<Reading> = [
+            reading(t, 0, 0, 5),
+            reading(t + Duration::from_secs(30), 300, 0, 5),
+        ]
+        .into();
+        let growths: Vec<Growth> = [&a, &b].into_iter().filter_map(growth).collect();
+        assert_eq!(growths.len(), 2);
+        let m = summary(&growths);
+        assert_eq!(m.requests_per_second, 20.0, "10/s on each node");
+        assert_eq!(m.errors_per_second, 0.1);
+        assert_eq!(m.window_seconds, 60);
+        assert_eq!(m.in_flight, 4);
+        assert_eq!(m.cold_starts, 9);
+        // 600 of 900 within 5 ms: the median in (2, 5], p99 in (5, 10].
+        let (p50, p99) = (m.p50_ms.expect("p50"), m.p99_ms.expect("p99"));
+        assert!(p50 > 2.0 && p50 <= 5.0, "{p50}");
+        assert!(p99 > 5.0 && p99 <= 10.0, "{p99}");
+        // An ingress that restarted (its counters went back): no growth, not a negative one.
+        let restarted: VecDeque<Reading> = [
+            reading(t, 500, 0, 4),
+            reading(t + Duration::from_secs(5), 3, 0, 4),
+        ]
+        .into();
+        assert_eq!(growth(&restarted), None);
+        assert_eq!(
+            growth(&[reading(t, 1, 0, 0)].into()),
+            None,
+            "one reading is no window"
+        );
+        let idle = summary(&[]);
+        assert_eq!((idle.requests_per_second, idle.p50_ms), (0.0, None));
     }
 }

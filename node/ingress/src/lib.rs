@@ -820,6 +820,8 @@ impl Ingress {
                     queued: s.queued.load(Relaxed),
                     cold_starts: s.cold_starts.load(Relaxed),
                     ready_backends: s.backend_count(),
+                    errors: s.errors.load(Relaxed),
+                    latency_buckets: s.latency.iter().map(|b| b.load(Relaxed)).collect(),
                 }
             })
             .collect();

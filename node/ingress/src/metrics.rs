@@ -1,6 +1,7 @@
 //! Prometheus metrics of the ingress, served on `/.wisp/metrics`: requests by Service and
 //! status code, latency to the response head, cold starts and how long their requests
-//! waited, and per Service the requests held by the activator and the ready endpoints.
+//! waited, and per Service the requests in flight, those held by the activator and the ready
+//! endpoints.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -41,6 +42,7 @@ pub struct Metrics {
     pub cold_start_wait: Family<ServiceLabels, Histogram>,
     pub queued: Family<ServiceLabels, Gauge>,
     pub ready_endpoints: Family<ServiceLabels, Gauge>,
+    pub in_flight: Family<ServiceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -56,6 +58,7 @@ impl Default for Metrics {
         });
         let queued = Family::<ServiceLabels, Gauge>::default();
         let ready_endpoints = Family::<ServiceLabels, Gauge>::default();
+        let in_flight = Family::<ServiceLabels, Gauge>::default();
         registry.register(
             "requests",
             "Requests by Service and status code",
@@ -86,6 +89,11 @@ impl Default for Metrics {
             "Ready endpoints (pods) per Service",
             ready_endpoints.clone(),
         );
+        registry.register(
+            "in_flight_requests",
+            "Requests in flight now (held by the activator or at a backend), per Service",
+            in_flight.clone(),
+        );
         Self {
             registry,
             requests,
@@ -94,6 +102,7 @@ impl Default for Metrics {
             cold_start_wait,
             queued,
             ready_endpoints,
+            in_flight,
         }
     }
 }
@@ -111,6 +120,10 @@ impl Metrics {
             self.ready_endpoints
                 .get_or_create(&l)
                 .set(i64::try_from(ready).unwrap_or(i64::MAX));
+            let in_flight = s.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+            self.in_flight
+                .get_or_create(&l)
+                .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
         }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

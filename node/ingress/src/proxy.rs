@@ -299,11 +299,13 @@ impl Ingress {
             ),
         };
         let labels = crate::metrics::ServiceLabels::of(&svc);
+        let took = started.elapsed();
+        svc.answered(took, resp.status().as_u16());
         inner
             .metrics
             .latency
             .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
         inner
             .metrics
             .requests

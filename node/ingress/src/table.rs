@@ -92,6 +92,10 @@ pub struct ServiceState {
     /// Unix ms when a request last woke the Service (0: not waking), so a burst activates
     /// it once.
     pub activated_ms: AtomicU64,
+    /// Answers of status 500 and above.
+    pub errors: AtomicU64,
+    /// Requests per latency bucket (`wisp_api::LATENCY_BOUNDS_MS`, then one above them all).
+    pub latency: [AtomicU64; wisp_api::LATENCY_BOUNDS_MS.len() + 1],
 }
 
 impl ServiceState {
@@ -112,6 +116,19 @@ impl ServiceState {
             queued: AtomicUsize::new(0),
             cold_starts: AtomicU64::new(0),
             activated_ms: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Counts one answer: its latency bucket, and whether it was an error (5xx).
+    pub fn answered(&self, latency: std::time::Duration, status: u16) {
+        let bucket = wisp_api::latency_bucket(latency.as_secs_f64() * 1000.0);
+        if let Some(b) = self.latency.get(bucket) {
+            b.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if status >= 500 {
+            self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -144,6 +144,7 @@ impl CtxTemplate {
                 memory_used: 0,
                 denied: false,
                 sandbox: Some(self.usage.clone()),
+                last_growth: (0, 0),
             },
         })
     }
@@ -185,16 +186,32 @@ pub(crate) struct Limiter {
     pub(crate) denied: bool,
     /// The sandbox's counters: growths add to its memory, the store's end takes it back.
     sandbox: Option<Arc<Counters>>,
+    /// The last growth allowed: (memory used before it, bytes), undone if it fails.
+    last_growth: (usize, usize),
+}
+
+impl Limiter {
+    /// Adds (or takes back) `bytes` to the sandbox's memory, never past 0 or `u64::MAX`.
+    fn add(&self, bytes: usize, up: bool) {
+        let Some(c) = &self.sandbox else { return };
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let _ = c.memory_bytes.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |m| {
+                Some(if up {
+                    m.saturating_add(bytes)
+                } else {
+                    m.saturating_sub(bytes)
+                })
+            },
+        );
+    }
 }
 
 impl Drop for Limiter {
     fn drop(&mut self) {
-        if let Some(c) = &self.sandbox {
-            c.memory_bytes.fetch_sub(
-                u64::try_from(self.memory_used).unwrap_or(0),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
+        self.add(self.memory_used, false);
     }
 }
 
@@ -210,16 +227,20 @@ impl ResourceLimiter for Limiter {
             self.denied = true;
             return Ok(false);
         }
-        if let Some(c) = &self.sandbox {
-            // Only the growth: a store's memories start at zero here.
-            let grown = desired.saturating_sub(current);
-            c.memory_bytes.fetch_add(
-                u64::try_from(grown).unwrap_or(0),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
+        // Counted now; taken back if the growth then fails (`memory_grow_failed`): past a
+        // memory's own maximum, or when the pool or the OS cannot give the pages.
+        let grown = desired.saturating_sub(current);
+        self.last_growth = (self.memory_used, grown);
+        self.add(grown, true);
         self.memory_used = after;
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        let (before, grown) = std::mem::take(&mut self.last_growth);
+        self.add(grown, false);
+        self.memory_used = before;
+        Ok(())
     }
 
     fn table_growing(
@@ -404,6 +425,7 @@ mod tests {
             memory_used: 0,
             denied: false,
             sandbox: Some(counters.clone()),
+            last_growth: (0, 0),
         };
         assert!(l.memory_growing(0, 60, None).expect("grow"));
         assert!(!l.memory_growing(0, 60, None).expect("second memory"));
@@ -414,6 +436,7 @@ mod tests {
             memory_used: 0,
             denied: false,
             sandbox: Some(counters.clone()),
+            last_growth: (0, 0),
         };
         assert!(other.memory_growing(0, 30, None).expect("another store"));
         assert_eq!(
@@ -421,6 +444,14 @@ mod tests {
             130,
             "the sandbox counts both stores"
         );
+        // A growth allowed here that then fails (past the memory's maximum, no pages): not
+        // counted, and the store's own tally is as before.
+        assert!(other.memory_growing(30, 1 << 40, None).expect("asked"));
+        other
+            .memory_grow_failed(wasmtime::Error::msg("no pages"))
+            .expect("taken back");
+        assert_eq!(counters.usage().memory_bytes, 130);
+        assert_eq!(other.memory_used, 30);
         drop(l);
         assert_eq!(
             counters.usage().memory_bytes,

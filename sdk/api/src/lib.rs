@@ -22,7 +22,7 @@ pub mod usage;
 pub mod validation;
 
 pub use envelope::{DynamicObject, EventType, List, WatchEvent};
-pub use ingress::IngressServiceStats;
+pub use ingress::{IngressServiceStats, LATENCY_BOUNDS_MS, latency_bucket, latency_quantile};
 pub use kinds::{KINDS, KindInfo, Resource, kind_by_name, kind_by_plural};
 pub use meta::{Condition, ListMeta, ObjectMeta, OwnerReference};
 pub use quantity::{Quantity, QuantityError, QuantityFormat};

@@ -36,11 +36,15 @@ pub struct PodUsage {
 
 impl PodUsage {
     pub fn cpu_millicores(&self) -> u64 {
-        self.containers.iter().map(|c| c.cpu_millicores).sum()
+        self.containers
+            .iter()
+            .fold(0u64, |a, c| a.saturating_add(c.cpu_millicores))
     }
 
     pub fn memory_bytes(&self) -> u64 {
-        self.containers.iter().map(|c| c.memory_bytes).sum()
+        self.containers
+            .iter()
+            .fold(0u64, |a, c| a.saturating_add(c.memory_bytes))
     }
 }
 

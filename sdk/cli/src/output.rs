@@ -47,6 +47,13 @@ pub(crate) fn printable(text: &str) -> String {
         .collect()
 }
 
+/// A duration in milliseconds as `3.5ms` (empty when absent).
+fn ms(obj: &Value, p: &str) -> String {
+    ptr(obj, p)
+        .and_then(Value::as_f64)
+        .map_or_else(String::new, |v| format!("{v}ms"))
+}
+
 fn n(obj: &Value, p: &str) -> i64 {
     ptr(obj, p).and_then(Value::as_i64).unwrap_or(0)
 }
@@ -145,6 +152,9 @@ fn columns(kind: &KindInfo, o: &Value, wide: bool) -> Vec<(&'static str, String)
                 ),
             ),
             ("LATEST", s(o, "/status/latestCreatedRevision")),
+            ("REQ/S", s(o, "/status/metrics/requestsPerSecond")),
+            ("P50", ms(o, "/status/metrics/p50Ms")),
+            ("P99", ms(o, "/status/metrics/p99Ms")),
             ("LAST REQUEST", s(o, "/status/lastRequestTime")),
         ],
         "revisions" => vec![

@@ -8,7 +8,7 @@ use wisp_api::usage::{PodUsage, Unreachable};
 use wisp_api::{Function, Pod};
 
 use crate::cli::{Global, TopArgs, TopCommand, TopSort};
-use crate::output::table;
+use crate::output::{printable, table};
 use crate::resources::{client, describe_error, say};
 
 /// `1.5Gi`, `12Mi`, `900Ki`.
@@ -29,7 +29,15 @@ fn warn_unreachable(unreachable: &[Unreachable]) {
     for u in unreachable {
         #[allow(clippy::print_stderr)]
         {
-            eprintln!("warning: node {} left out: {}", u.node, u.reason);
+            if u.node.is_empty() {
+                eprintln!("warning: {}; its pods are left out", printable(&u.reason));
+            } else {
+                eprintln!(
+                    "warning: node {} left out: {}",
+                    printable(&u.node),
+                    printable(&u.reason)
+                );
+            }
         }
     }
 }
@@ -79,7 +87,7 @@ pub async fn run(global: &Global, command: TopCommand) -> anyhow::Result<()> {
                 })
                 .collect();
             sort(&mut rows, args.sort_by);
-            let pct = |a: u64, b: u64| (a * 100).checked_div(b).unwrap_or(0);
+            let pct = |a: u64, b: u64| a.saturating_mul(100).checked_div(b).unwrap_or(0);
             let rows = rows
                 .into_iter()
                 .map(|(name, c, m, (cc, mc))| {
@@ -113,10 +121,10 @@ pub async fn run(global: &Global, command: TopCommand) -> anyhow::Result<()> {
             headers.extend(["CPU", "MEMORY", "NODE"]);
             let mut rows: Vec<(String, u64, u64, Vec<String>)> = Vec::new();
             for p in &list {
-                let lines: Vec<(Option<&str>, u64, u64)> = if args.containers {
+                let lines: Vec<(Option<String>, u64, u64)> = if args.containers {
                     p.containers
                         .iter()
-                        .map(|c| (Some(c.name.as_str()), c.cpu_millicores, c.memory_bytes))
+                        .map(|c| (Some(printable(&c.name)), c.cpu_millicores, c.memory_bytes))
                         .collect()
                 } else {
                     vec![(None, p.cpu_millicores(), p.memory_bytes())]
@@ -128,7 +136,7 @@ pub async fn run(global: &Global, command: TopCommand) -> anyhow::Result<()> {
                     }
                     cells.push(p.name.clone());
                     if let Some(container) = container {
-                        cells.push(container.to_owned());
+                        cells.push(container);
                     }
                     cells.extend([cpu(c), bytes(m), p.node.clone()]);
                     rows.push((format!("{}/{}", p.namespace, p.name), c, m, cells));
@@ -207,8 +215,8 @@ fn function_rows(
         if let Some(f) = function
             && let Some(row) = rows.get_mut(&(u.namespace.clone(), f.clone()))
         {
-            row.0 += u.cpu_millicores();
-            row.1 += u.memory_bytes();
+            row.0 = row.0.saturating_add(u.cpu_millicores());
+            row.1 = row.1.saturating_add(u.memory_bytes());
             row.2 += 1;
         }
     }

@@ -303,7 +303,10 @@ impl RecorderTask {
             return;
         }
         if self.entries.len() >= self.config.remembered {
-            self.forget();
+            self.forget(None);
+        }
+        if self.per_namespace.get(&key.namespace).copied().unwrap_or(0) >= self.config.namespace_remembered {
+            self.forget(Some(&key.namespace));
         }
         let in_namespace = self.per_namespace.get(&key.namespace).copied().unwrap_or(0);
         if self.entries.len() >= self.config.remembered || in_namespace >= self.config.namespace_remembered {
@@ -339,12 +342,13 @@ impl RecorderTask {
         }
     }
 
-    /// Forgets the older half of the written Events (they are found again by name).
-    fn forget(&mut self) {
+    /// Forgets the older half of the written Events (of `namespace`, or of all); they are
+    /// found again by name.
+    fn forget(&mut self, namespace: Option<&str>) {
         let mut idle: Vec<(Instant, Key)> = self
             .entries
             .iter()
-            .filter(|(_, e)| e.pending == 0)
+            .filter(|(k, e)| e.pending == 0 && namespace.is_none_or(|ns| k.namespace == ns))
             .map(|(k, e)| (e.seen_at, k.clone()))
             .collect();
         idle.sort_by_key(|(t, _)| *t);

@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use tokio_util::sync::CancellationToken;
@@ -159,12 +160,35 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
         "wisp_ingress_cold_starts_total{namespace=\"default\",service=\"hello-00001\"} 3",
         "wisp_ingress_requests_total{namespace=\"default\",service=\"hello-00001\",code=\"200\"} 102",
         "wisp_ingress_queued_requests{namespace=\"default\",service=\"hello-00001\"} 0",
+        "wisp_ingress_in_flight_requests{namespace=\"default\",service=\"hello-00001\"} 0",
     ] {
         assert!(
             metrics.contains(line),
             "/.wisp/metrics lacks {line:?}:\n{metrics}"
         );
     }
+
+    // The last minute's traffic, summarised in the Function's status by the autoscaler: the
+    // burst's requests, their latency, the cold starts.
+    let functions = client.api::<Function>(Some("default"));
+    let mut summary = None;
+    until("the traffic summary in the Function's status", 30, async || {
+        summary = functions.get("hello").await?.status.and_then(|s| s.metrics);
+        Ok(summary
+            .as_ref()
+            .is_some_and(|m| m.requests_per_second > 0.0 && m.cold_starts >= 1))
+    })
+    .await?;
+    let summary = summary.context("metrics")?;
+    eprintln!("Function status.metrics after the burst: {summary:?}");
+    let (p50, p99) = (summary.p50_ms.context("p50")?, summary.p99_ms.context("p99")?);
+    assert!(p50 > 0.0 && p50 <= p99 && p99 <= 30_000.0, "{summary:?}");
+    assert!(summary.window_seconds <= 61, "{summary:?}");
+    let (ok, listed, err) = w.cli(&["get", "functions"])?;
+    assert!(
+        ok && listed.contains("REQ/S") && listed.contains("P99"),
+        "{listed}{err}"
+    );
 
     // Load above the target (1 in flight per pod) with a prober running → scaled up.
     let stop = CancellationToken::new();

@@ -206,12 +206,18 @@ async fn top_shows_a_containers_cpu_and_a_wasm_pods_memory_as_the_os_does() -> a
         .metadata
         .name;
     let server = w.pid().context("the server's pid")?;
-    let (_, idle, _) = top_pod(&w, &name)?;
+    // The metrics API answers from a gathering of the last 2 s: the new pod shows soon.
+    let mut idle = 0;
+    until("the function's pod in `wisp top pods`", 30, async || {
+        Ok(top_pod(&w, &name).map(|(_, m, _)| idle = m).is_ok())
+    })
+    .await?;
     let before = rss(server)?;
     let load: Vec<_> = (0..4)
         .map(|_| tokio::spawn(get("/alloc?mb=64&hold_ms=6000")))
         .collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past the API's 2 s gathering that saw the pod idle.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let during = rss(server)?;
     let (_, held, _) = top_pod(&w, &name)?;
     let after = rss(server)?;
@@ -259,7 +265,29 @@ async fn a_tenant_sees_the_usage_of_its_namespace_only() -> anyhow::Result<()> {
         .create(&wisp_api::Namespace::new(ObjectMeta::named("team-b")))
         .await?;
     let tenant = w.client_as(&client.create_token("team-b").await?);
-    assert!(tenant.pod_usage(Some("team-b")).await?.items.is_empty());
+    // A pod in each namespace.
+    let digest = client
+        .put_blob(Bytes::from(std::fs::read(wisp_e2e::guest("fault")?)?))
+        .await?;
+    for ns in ["team-b", "default"] {
+        let mut p = Pod::new(ObjectMeta::namespaced(ns, "web"));
+        p.spec.containers = vec![Container {
+            name: "main".into(),
+            wasm: Some(digest.clone()),
+            ..Container::default()
+        }];
+        client.api::<Pod>(Some(ns)).create(&p).await?;
+    }
+    until("both pods in the usage", 30, async || {
+        Ok(client.pod_usage(None).await?.items.len() == 2)
+    })
+    .await?;
+    let own = tenant.pod_usage(Some("team-b")).await?;
+    assert_eq!(
+        own.items.iter().map(|p| p.namespace.as_str()).collect::<Vec<_>>(),
+        ["team-b"],
+        "{own:?}"
+    );
     for (what, code) in [
         (
             "another namespace",

@@ -53,7 +53,9 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
             }
             let total: usize = chunks.iter().map(|c| c.len()).sum();
             // Held this long before the answer (and the instance's end) gives it back.
-            let hold: u64 = query(&request, "hold_ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let hold: u64 = query(&request, "hold_ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             wstd::task::sleep(wstd::time::Duration::from_millis(hold)).await;
             text(ok, format!("allocated {} MiB", total >> 20))
         }

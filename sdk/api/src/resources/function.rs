@@ -182,7 +182,7 @@ impl Default for FunctionRoute {
     }
 }
 
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct FunctionStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -204,6 +204,30 @@ pub struct FunctionStatus {
     /// `spec.traffic` resolved: the revision each target is, and the URL of each tag.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub traffic: Vec<TrafficStatus>,
+    /// Its traffic over the last minute, every revision and node together, as the nodes'
+    /// ingresses counted it (the autoscaler writes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<FunctionMetrics>,
+}
+
+/// A Function's traffic over a window (the last minute, or since the ingresses first saw it).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct FunctionMetrics {
+    /// Seconds the figures cover.
+    pub window_seconds: u32,
+    pub requests_per_second: f64,
+    /// Answers of status 500 and above, per second.
+    pub errors_per_second: f64,
+    /// Median time to the response head, in milliseconds (none without requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    /// Wakes from zero in the window.
+    pub cold_starts: u64,
+    /// Requests in flight at the last reading.
+    pub in_flight: u64,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
