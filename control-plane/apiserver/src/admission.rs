@@ -289,11 +289,10 @@ async fn admit_event(
                     && (about.uid.is_none() || about.uid == p.metadata.uid) => {}
             // Deleting a pod is immediate: its containers are stopped after it is gone, by
             // the node it was bound to.
-            _ if event.reason == "Killing"
-                && about
-                    .uid
-                    .as_deref()
-                    .is_some_and(|uid| crate::resources::deleted_lately(state, uid, node)) => {}
+            None if event.reason == "Killing"
+                && about.uid.as_deref().is_some_and(|uid| {
+                    crate::resources::deleted_lately(state, ns, &about.name, uid, node)
+                }) => {}
             _ => {
                 return deny(format!(
                     "pod {:?} is not bound to node {node:?}: a node reports events of its own pods",

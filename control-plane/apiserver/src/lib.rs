@@ -167,8 +167,8 @@ pub struct State {
     quota_locks: quota::Locks,
     /// The metrics API's last gathering of the nodes' usage.
     usage: usage::Cache,
-    /// Pods deleted lately: uid → (node, when), so that the node may still report stopping
-    /// their containers (`Killing`).
+    /// Pods deleted lately: uid → (`namespace/name@node`, when), so that their node may still
+    /// report stopping their containers (`Killing`).
     pub(crate) deleted_pods:
         std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
 }

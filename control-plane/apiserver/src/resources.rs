@@ -539,20 +539,28 @@ fn remember_deleted_pod(state: &State, pod: &DynamicObject) {
     if deleted.len() >= DELETED_PODS_MAX {
         deleted.retain(|_, (_, at)| now.duration_since(*at) < DELETED_PODS_FOR);
         if deleted.len() >= DELETED_PODS_MAX {
-            deleted.clear();
+            // Full of recent ones: this pod's node will not report stopping it.
+            return;
         }
     }
-    deleted.insert(uid, (node.to_owned(), now));
+    let place = format!(
+        "{}/{}@{node}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name
+    );
+    deleted.insert(uid, (place, now));
 }
 
-/// Whether pod `uid`, bound to `node`, was deleted within the last ten minutes.
-pub(crate) fn deleted_lately(state: &State, uid: &str, node: &str) -> bool {
+/// Whether pod `namespace/name` of uid `uid`, bound to `node`, was deleted within the last
+/// ten minutes.
+pub(crate) fn deleted_lately(state: &State, namespace: &str, name: &str, uid: &str, node: &str) -> bool {
+    let place = format!("{namespace}/{name}@{node}");
     state
         .deleted_pods
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .get(uid)
-        .is_some_and(|(n, at)| n == node && at.elapsed() < DELETED_PODS_FOR)
+        .is_some_and(|(p, at)| *p == place && at.elapsed() < DELETED_PODS_FOR)
 }
 
 /// Filters of a list or watch: label selector and simple field selectors.

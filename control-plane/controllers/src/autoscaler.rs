@@ -156,8 +156,8 @@ async fn scrape(http: &HttpClient, url: &str, token: &str) -> Option<Vec<Sample>
         if !resp.status().is_success() {
             return None;
         }
-        // A node's answer is read up to 1 MiB (statistics of ~10,000 Services).
-        let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
+        // A node's answer is read up to 4 MiB (statistics of ~10,000 Services).
+        let body = http_body_util::Limited::new(resp.into_body(), 4 << 20)
             .collect()
             .await
             .ok()?
@@ -185,6 +185,10 @@ pub fn rate(previous: Option<(Instant, u64)>, now: Instant, busy_us: u64) -> Opt
 pub const METRICS_WINDOW: Duration = Duration::from_secs(60);
 /// A Function's summary is written at most this often (and only when it changed).
 pub const METRICS_WRITE_PERIOD: Duration = Duration::from_secs(10);
+/// Readings of one Service kept this far apart (the newest replaces a closer one).
+const READING_SPACING: Duration = Duration::from_secs(5);
+/// Summaries written in one tick, at most (the rest in the next ones).
+const SUMMARIES_PER_TICK: usize = 20;
 
 /// One reading of one Service's counters on one node.
 #[derive(Clone, Debug)]
@@ -207,6 +211,32 @@ pub struct Growth {
     pub cold_starts: u64,
     pub in_flight: u64,
     pub buckets: Vec<u64>,
+}
+
+/// Adds `reading` to `history`: a counter that went back (the ingress restarted) clears what
+/// came before; the newest replaces one taken less than [`READING_SPACING`] after the one
+/// before it; the newest reading at least [`METRICS_WINDOW`] old stays as the window's start.
+fn keep(history: &mut std::collections::VecDeque<Reading>, reading: Reading, now: Instant) {
+    if history.back().is_some_and(|b| {
+        reading.requests < b.requests || reading.errors < b.errors || reading.cold_starts < b.cold_starts
+    }) {
+        history.clear();
+    }
+    let close = history.len() >= 2
+        && history
+            .get(history.len() - 2)
+            .is_some_and(|p| now.duration_since(p.at) < READING_SPACING);
+    if close {
+        history.pop_back();
+    }
+    history.push_back(reading);
+    while history.len() > 2
+        && history
+            .get(1)
+            .is_some_and(|r| now.duration_since(r.at) >= METRICS_WINDOW)
+    {
+        history.pop_front();
+    }
 }
 
 /// The growth over `history` (oldest first); none when a counter went back (an ingress
@@ -239,7 +269,7 @@ pub fn summary(growths: &[Growth]) -> wisp_api::FunctionMetrics {
     for g in growths {
         for (i, n) in g.buckets.iter().enumerate() {
             if let Some(b) = buckets.get_mut(i) {
-                *b += n;
+                *b = b.saturating_add(*n);
             }
         }
         #[allow(clippy::cast_precision_loss)]
@@ -247,8 +277,8 @@ pub fn summary(growths: &[Growth]) -> wisp_api::FunctionMetrics {
             m.requests_per_second += g.requests as f64 / g.seconds;
             m.errors_per_second += g.errors as f64 / g.seconds;
         }
-        m.cold_starts += g.cold_starts;
-        m.in_flight += g.in_flight;
+        m.cold_starts = m.cold_starts.saturating_add(g.cold_starts);
+        m.in_flight = m.in_flight.saturating_add(g.in_flight);
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         {
             m.window_seconds = m.window_seconds.max(g.seconds.round() as u32);
@@ -379,6 +409,7 @@ async fn traffic(
     agents: Vec<Scrape>,
     token: &str,
     state: &mut State,
+    revisions: &std::collections::HashSet<(String, String)>,
 ) -> (HashMap<(String, String), Traffic>, bool) {
     let reads = futures::future::join_all(agents.iter().map(|(_, url, http)| scrape(http, url, token))).await;
     let urls: Vec<String> = agents.into_iter().map(|(node, _, _)| node).collect();
@@ -394,28 +425,25 @@ async fn traffic(
         for s in samples {
             let key = (url.clone(), s.namespace.clone(), s.name.clone());
             let r = rate(state.busy.get(&key).copied(), now, s.busy_us).unwrap_or(0.0);
-            let history = state.history.entry(key.clone()).or_default();
-            history.push_back(Reading {
-                at: now,
-                requests: s.requests,
-                errors: s.errors,
-                cold_starts: s.cold_starts,
-                in_flight: u64::try_from(s.in_flight).unwrap_or(u64::MAX),
-                buckets: s.latency_buckets.clone(),
-            });
-            // Keep the newest reading at least a window old as the window's start.
-            while history.len() > 2
-                && history
-                    .get(1)
-                    .is_some_and(|r| now.duration_since(r.at) >= METRICS_WINDOW)
-            {
-                history.pop_front();
+            // Of a Function's revisions only, their buckets as many as there are bounds.
+            if revisions.contains(&(s.namespace.clone(), s.name.clone())) {
+                let mut buckets = s.latency_buckets.clone();
+                buckets.truncate(wisp_api::LATENCY_BOUNDS_MS.len() + 1);
+                let reading = Reading {
+                    at: now,
+                    requests: s.requests,
+                    errors: s.errors,
+                    cold_starts: s.cold_starts,
+                    in_flight: u64::try_from(s.in_flight).unwrap_or(u64::MAX),
+                    buckets,
+                };
+                keep(state.history.entry(key.clone()).or_default(), reading, now);
             }
             state.busy.insert(key, (now, s.busy_us));
             let t = out.entry((s.namespace, s.name)).or_default();
             t.concurrency += r;
             // Requests held by the activator are in flight already.
-            t.in_flight += s.in_flight;
+            t.in_flight = t.in_flight.saturating_add(s.in_flight);
             t.last_request_ms = t.last_request_ms.max(s.last_request_ms);
         }
     }
@@ -456,10 +484,20 @@ async fn tick(
     }
     let nodes = caches.nodes.list();
     let (agents, shared) = state.agents(&nodes, wisp_client::url_addr(client.server()));
+    let revision_keys: std::collections::HashSet<(String, String)> = revisions
+        .iter()
+        .map(|r| {
+            (
+                r.metadata.namespace.clone().unwrap_or_default(),
+                r.metadata.name.clone(),
+            )
+        })
+        .collect();
     let (totals, scrape_failed) = traffic(
         agents,
         config.stats_token.as_deref().unwrap_or(client.token()),
         state,
+        &revision_keys,
     )
     .await;
     let scrape_failed = scrape_failed || shared;
@@ -582,7 +620,30 @@ async fn tick(
 /// a write of the Function controller in between wins and the next tick tries again).
 async fn summarize(client: &Client, caches: &Caches, state: &mut State) {
     let now = Instant::now();
+    // Each Function's revisions, once per tick.
+    let mut revisions: HashMap<(String, String), std::collections::HashSet<String>> = HashMap::new();
+    for r in caches.revisions.list() {
+        if let (Some(ns), Some(f)) = (
+            r.metadata.namespace.clone(),
+            r.metadata.labels.get(crate::function::FUNCTION_LABEL),
+        ) {
+            revisions
+                .entry((ns, f.clone()))
+                .or_default()
+                .insert(r.metadata.name.clone());
+        }
+    }
+    let mut growths: HashMap<(String, String), Vec<Growth>> = HashMap::new();
+    for ((_, ns, svc), h) in &state.history {
+        if let Some(g) = growth(h) {
+            growths.entry((ns.clone(), svc.clone())).or_default().push(g);
+        }
+    }
+    let mut written = 0;
     for f in caches.functions.list() {
+        if written >= SUMMARIES_PER_TICK {
+            break;
+        }
         let ns = f.metadata.namespace.clone().unwrap_or_default();
         let key = (ns.clone(), f.metadata.name.clone());
         if state
@@ -592,36 +653,28 @@ async fn summarize(client: &Client, caches: &Caches, state: &mut State) {
         {
             continue;
         }
-        let revisions: std::collections::HashSet<String> = caches
-            .revisions
-            .list()
-            .iter()
-            .filter(|r| {
-                r.metadata.namespace.as_deref() == Some(ns.as_str())
-                    && r.metadata.labels.get(crate::function::FUNCTION_LABEL) == Some(&f.metadata.name)
-            })
-            .map(|r| r.metadata.name.clone())
+        let of_function: Vec<Growth> = revisions
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter_map(|rev| growths.get(&(ns.clone(), rev.clone())))
+            .flatten()
+            .cloned()
             .collect();
-        let growths: Vec<Growth> = state
-            .history
-            .iter()
-            .filter(|((_, n, svc), _)| *n == ns && revisions.contains(svc))
-            .filter_map(|(_, h)| growth(h))
-            .collect();
-        if growths.is_empty() {
-            continue;
-        }
-        let metrics = summary(&growths);
-        let current = f.status.as_ref().and_then(|s| s.metrics.as_ref());
-        if current == Some(&metrics) {
+        // No reading in the window (no ingress reports it): no figures, rather than old ones.
+        let metrics = (!of_function.is_empty()).then(|| summary(&of_function));
+        let current = f.status.as_ref().and_then(|s| s.metrics.clone());
+        if current == metrics {
             continue;
         }
         let mut next = (*f).clone();
-        next.status.get_or_insert_with(Default::default).metrics = Some(metrics);
+        next.status.get_or_insert_with(Default::default).metrics = metrics;
+        written += 1;
+        // Written or not, the Function waits its period: a failing write is not retried
+        // every tick.
+        state.summarized.insert(key, now);
         match client.api::<Function>(Some(&ns)).replace_status(&next).await {
-            Ok(_) => {
-                state.summarized.insert(key, now);
-            }
+            Ok(_) => {}
             Err(e) if matches!(e.code(), Some(404 | 409)) => {}
             Err(e) => {
                 tracing::debug!(function = %f.metadata.name, error = %e, "cannot write the traffic summary");
@@ -866,5 +919,30 @@ mod metrics_tests {
         );
         let idle = summary(&[]);
         assert_eq!((idle.requests_per_second, idle.p50_ms), (0.0, None));
+    }
+
+    #[test]
+    fn readings_are_spaced_kept_for_a_window_and_forgotten_at_a_restart() {
+        let t = Instant::now();
+        let mut h = VecDeque::new();
+        // One a second for two minutes: a reading every 5 s or so, the last one always.
+        for s in 0..=120u64 {
+            let at = t + Duration::from_secs(s);
+            keep(&mut h, reading(at, s * 10, 0, 4), at);
+        }
+        assert!(h.len() <= 16, "{} readings kept", h.len());
+        let g = growth(&h).expect("growth");
+        assert!(
+            (60.0..=66.0).contains(&g.seconds),
+            "a window of about a minute: {}",
+            g.seconds
+        );
+        assert_eq!(g.requests, (g.seconds as u64) * 10);
+        assert_eq!(h.back().map(|r| r.requests), Some(1200), "the newest is kept");
+        // The ingress restarted: its counters start again, the earlier readings are dropped.
+        let at = t + Duration::from_secs(121);
+        keep(&mut h, reading(at, 3, 0, 4), at);
+        assert_eq!(h.len(), 1);
+        assert_eq!(growth(&h), None);
     }
 }

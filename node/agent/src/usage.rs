@@ -15,10 +15,10 @@ use wisp_sandbox::{LABEL_CONTAINER, LABEL_NAMESPACE, LABEL_POD, LABEL_POD_UID, S
 use crate::worker::Runtimes;
 
 /// Readings further apart average too long; closer, too noisy.
-const WINDOW_MIN: Duration = Duration::from_millis(500);
-const WINDOW_MAX: Duration = Duration::from_secs(10);
+pub const WINDOW_MIN: Duration = Duration::from_millis(500);
+pub const WINDOW_MAX: Duration = Duration::from_secs(10);
 /// The window when there is no usable previous reading.
-const WINDOW_FRESH: Duration = Duration::from_secs(1);
+pub const WINDOW_FRESH: Duration = Duration::from_secs(1);
 /// `/proc/stat` counts in USER_HZ, 100 a second on Linux.
 const NS_PER_TICK: u64 = 10_000_000;
 

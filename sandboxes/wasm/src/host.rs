@@ -144,7 +144,7 @@ impl CtxTemplate {
                 memory_used: 0,
                 denied: false,
                 sandbox: Some(self.usage.clone()),
-                last_growth: (0, 0),
+                last_growth: None,
             },
         })
     }
@@ -187,7 +187,7 @@ pub(crate) struct Limiter {
     /// The sandbox's counters: growths add to its memory, the store's end takes it back.
     sandbox: Option<Arc<Counters>>,
     /// The last growth allowed: (memory used before it, bytes), undone if it fails.
-    last_growth: (usize, usize),
+    last_growth: Option<(usize, usize)>,
 }
 
 impl Limiter {
@@ -230,16 +230,19 @@ impl ResourceLimiter for Limiter {
         // Counted now; taken back if the growth then fails (`memory_grow_failed`): past a
         // memory's own maximum, or when the pool or the OS cannot give the pages.
         let grown = desired.saturating_sub(current);
-        self.last_growth = (self.memory_used, grown);
+        self.last_growth = Some((self.memory_used, grown));
         self.add(grown, true);
         self.memory_used = after;
         Ok(true)
     }
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        let (before, grown) = std::mem::take(&mut self.last_growth);
-        self.add(grown, false);
-        self.memory_used = before;
+        // Only a growth this limiter allowed (wasmtime may report a failure it never asked
+        // about).
+        if let Some((before, grown)) = self.last_growth.take() {
+            self.add(grown, false);
+            self.memory_used = before;
+        }
         Ok(())
     }
 
@@ -425,7 +428,7 @@ mod tests {
             memory_used: 0,
             denied: false,
             sandbox: Some(counters.clone()),
-            last_growth: (0, 0),
+            last_growth: None,
         };
         assert!(l.memory_growing(0, 60, None).expect("grow"));
         assert!(!l.memory_growing(0, 60, None).expect("second memory"));
@@ -436,7 +439,7 @@ mod tests {
             memory_used: 0,
             denied: false,
             sandbox: Some(counters.clone()),
-            last_growth: (0, 0),
+            last_growth: None,
         };
         assert!(other.memory_growing(0, 30, None).expect("another store"));
         assert_eq!(
@@ -452,6 +455,11 @@ mod tests {
             .expect("taken back");
         assert_eq!(counters.usage().memory_bytes, 130);
         assert_eq!(other.memory_used, 30);
+        // A failure reported without a growth asked first changes nothing.
+        other
+            .memory_grow_failed(wasmtime::Error::msg("unasked"))
+            .expect("ignored");
+        assert_eq!((counters.usage().memory_bytes, other.memory_used), (130, 30));
         drop(l);
         assert_eq!(
             counters.usage().memory_bytes,

@@ -47,7 +47,7 @@ pub fn latency_bucket(ms: f64) -> usize {
 /// [`IngressServiceStats::latency_buckets`]), interpolated within its bucket as Prometheus'
 /// `histogram_quantile` does; `None` without requests. Above the last bound, the last bound.
 pub fn latency_quantile(buckets: &[u64], q: f64) -> Option<f64> {
-    let total: u64 = buckets.iter().sum();
+    let total = buckets.iter().fold(0u64, |a, n| a.saturating_add(*n));
     if total == 0 {
         return None;
     }
@@ -56,7 +56,7 @@ pub fn latency_quantile(buckets: &[u64], q: f64) -> Option<f64> {
     let mut below = 0u64;
     for (i, &n) in buckets.iter().enumerate() {
         #[allow(clippy::cast_precision_loss)]
-        if n > 0 && (below + n) as f64 >= rank {
+        if n > 0 && below.saturating_add(n) as f64 >= rank {
             let Some(&upper) = LATENCY_BOUNDS_MS.get(i) else {
                 return LATENCY_BOUNDS_MS.last().copied();
             };
@@ -64,7 +64,7 @@ pub fn latency_quantile(buckets: &[u64], q: f64) -> Option<f64> {
             let within = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
             return Some(lower + (upper - lower) * within);
         }
-        below += n;
+        below = below.saturating_add(n);
     }
     LATENCY_BOUNDS_MS.last().copied()
 }

@@ -183,7 +183,6 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
     eprintln!("Function status.metrics after the burst: {summary:?}");
     let (p50, p99) = (summary.p50_ms.context("p50")?, summary.p99_ms.context("p99")?);
     assert!(p50 > 0.0 && p50 <= p99 && p99 <= 30_000.0, "{summary:?}");
-    assert!(summary.window_seconds <= 61, "{summary:?}");
     let (ok, listed, err) = w.cli(&["get", "functions"])?;
     assert!(
         ok && listed.contains("REQ/S") && listed.contains("P99"),

@@ -193,18 +193,21 @@ async fn top_shows_a_containers_cpu_and_a_wasm_pods_memory_as_the_os_does() -> a
         Ok(get("/alloc?mb=1").await?.0 == 200)
     })
     .await?;
-    let name = pods
-        .list(&wisp_client::ListParams {
-            label_selector: Some("wisp.dev/function=alloc".into()),
-            field_selector: None,
-        })
-        .await?
-        .items
-        .into_iter()
-        .find(|p| p.is_ready())
-        .context("the function's pod")?
-        .metadata
-        .name;
+    // The ingress may answer before the pod's Ready status reaches the API.
+    let mut name = String::new();
+    until("the function's pod ready", 30, async || {
+        let ready = pods
+            .list(&wisp_client::ListParams {
+                label_selector: Some("wisp.dev/function=alloc".into()),
+                field_selector: None,
+            })
+            .await?
+            .items
+            .into_iter()
+            .find(|p| p.is_ready());
+        Ok(ready.map(|p| name = p.metadata.name).is_some())
+    })
+    .await?;
     let server = w.pid().context("the server's pid")?;
     // The metrics API answers from a gathering of the last 2 s: the new pod shows soon.
     let mut idle = 0;
