@@ -44,7 +44,7 @@ start_wisp() {
   port="$(free_port)"
   mkdir -p "$dir"
   WISP_CONFIG="$dir/config" WISP_LOG=warn "$bin" up --listen 127.0.0.1:0 --data-dir "$dir/data" \
-    --node-name "bench-$2" --ingress-listen "127.0.0.1:$port" --docker false $extra >"$dir/wisp.out" 2>"$dir/wisp.err" &
+    --node-name "bench-$2" --ingress-listen "127.0.0.1:$port" --ingress-tls-listen 127.0.0.1:0 --docker false $extra >"$dir/wisp.out" 2>"$dir/wisp.err" &
   pids+=($!)
   for _ in $(seq 100); do [ -s "$dir/config" ] && break; sleep 0.1; done
   sed -e 's/minScale: 0/minScale: 1/' -e "s|wasm: .*|wasm: $hello|" examples/hello/function.yaml >"$dir/function.yaml"

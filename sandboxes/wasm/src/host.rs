@@ -191,10 +191,23 @@ pub(crate) struct Limiter {
 }
 
 impl Limiter {
-    /// Adds (or takes back) `bytes` to the sandbox's memory, never past 0 or `u64::MAX`.
+    /// Adds (or takes back) `bytes` to the sandbox's memory, never past 0 or `u64::MAX`
+    /// (one `fetch_add`/`fetch_sub` for any real size; a compare-and-swap loop only for the
+    /// sizes a 64-bit memory could ask for).
     fn add(&self, bytes: usize, up: bool) {
         let Some(c) = &self.sandbox else { return };
         let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        if bytes < 1 << 48 {
+            // Taken back only what was added: no underflow.
+            if up {
+                c.memory_bytes
+                    .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                c.memory_bytes
+                    .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+            }
+            return;
+        }
         let _ = c.memory_bytes.fetch_update(
             std::sync::atomic::Ordering::Relaxed,
             std::sync::atomic::Ordering::Relaxed,
