@@ -532,6 +532,28 @@ pub fn apply_hello_function(w: &Wisp, edit: impl FnOnce(String) -> String) -> an
     Ok(())
 }
 
+/// Waits (up to 30 s) until node `node` is Ready, reports its ingress and says its Docker
+/// runtime is ready (`DockerReady=True`).
+pub async fn docker_node_ready(client: &wisp_client::Client, node: &str) -> anyhow::Result<()> {
+    until("the node with Docker ready", 30, async || {
+        Ok(client
+            .api::<wisp_api::Node>(None)
+            .get_opt(node)
+            .await?
+            .is_some_and(|n| {
+                n.is_ready()
+                    && n.status.is_some_and(|s| {
+                        s.ingress_url.is_some()
+                            && s.conditions
+                                .iter()
+                                .any(|c| c.type_ == wisp_api::NODE_DOCKER_READY && c.status == "True")
+                    })
+            }))
+    })
+    .await?;
+    Ok(())
+}
+
 /// `wisp up` flags for short autoscaler windows (6 s stable, 2 s panic), so that scaling
 /// down does not take a minute.
 pub fn fast_autoscaler() -> Vec<String> {

@@ -77,18 +77,7 @@ async fn containers_and_wasm_side_by_side_through_the_ingress() -> anyhow::Resul
         ..Options::default()
     })?;
     let client = w.client();
-    until("the node with Docker ready", 30, async || {
-        Ok(client.api::<Node>(None).get_opt(&node).await?.is_some_and(|n| {
-            n.is_ready()
-                && n.status.is_some_and(|s| {
-                    s.ingress_url.is_some()
-                        && s.conditions
-                            .iter()
-                            .any(|c| c.type_ == wisp_api::NODE_DOCKER_READY && c.status == "True")
-                })
-        }))
-    })
-    .await?;
+    wisp_e2e::docker_node_ready(&client, &node).await?;
     let ingress = client
         .api::<Node>(None)
         .get(&node)

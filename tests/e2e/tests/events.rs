@@ -181,6 +181,16 @@ async fn failed_scheduling_back_off_and_cold_start_are_events_bounded_under_a_cr
         "{described}"
     );
 
+    // Deleted: the node stops its container and says so, about the pod that is gone.
+    pods.delete("crash").await?;
+    until("a Killing event of the deleted pod", 30, async || {
+        Ok(has(
+            &events_of(&client, "default", "Pod", "crash").await?,
+            "Killing",
+        ))
+    })
+    .await?;
+
     // A tenant reads the events of its namespace only.
     client
         .api::<Namespace>(None)

@@ -113,16 +113,7 @@ async fn top_shows_a_containers_cpu_and_a_wasm_pods_memory_as_the_os_does() -> a
         ..Options::default()
     })?;
     let client = w.client();
-    until("the node with Docker ready", 30, async || {
-        Ok(client.api::<Node>(None).get_opt(&node).await?.is_some_and(|n| {
-            n.status.is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == wisp_api::NODE_DOCKER_READY && c.status == "True")
-            })
-        }))
-    })
-    .await?;
+    wisp_e2e::docker_node_ready(&client, &node).await?;
     let pods = client.api::<Pod>(Some("default"));
 
     // A container that keeps one core busy.
