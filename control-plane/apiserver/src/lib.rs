@@ -482,6 +482,16 @@ impl ApiServer {
             ["apis", "wisp.dev", "v1", "whoami"] if method == Method::GET => {
                 Ok(json_response(StatusCode::OK, &WhoAmI::from(&principal)))
             }
+            ["apis", "metrics.wisp.dev", "v1", ..]
+                if method == Method::GET
+                    && !matches!(principal, Principal::Admin | Principal::Namespace { .. }) =>
+            {
+                Err(ApiError::Forbidden(format!(
+                    "{} cannot read the metrics API: it is for the admin and namespace tokens (a node reports \
+                     its usage, it does not read the cluster's)",
+                    principal.scope()
+                )))
+            }
             ["apis", "metrics.wisp.dev", "v1", rest @ ..] if method == Method::GET => {
                 let kind = |plural: &str| {
                     wisp_api::kind_by_plural(plural)

@@ -302,7 +302,37 @@ async fn a_tenant_sees_the_usage_of_its_namespace_only() -> anyhow::Result<()> {
     ] {
         assert_eq!(code, Some(403), "a tenant reading the usage of {what}");
     }
-    // The node's own port answers the metrics API's ticket, never a tenant's token.
+    // Without a token, or with a node's credential: refused too.
+    let anonymous = w.client_as("");
+    assert_eq!(
+        anonymous
+            .pod_usage(Some("team-b"))
+            .await
+            .err()
+            .and_then(|e| e.code()),
+        Some(401),
+        "no token"
+    );
+    let node_token = client
+        .issue_token(&wisp_client::TokenRequest {
+            node: Some("intruder".into()),
+            ..wisp_client::TokenRequest::default()
+        })
+        .await?
+        .token;
+    let as_node = w.client_as(&node_token);
+    for code in [
+        as_node
+            .pod_usage(Some("default"))
+            .await
+            .err()
+            .and_then(|e| e.code()),
+        as_node.pod_usage(None).await.err().and_then(|e| e.code()),
+        as_node.node_usage().await.err().and_then(|e| e.code()),
+    ] {
+        assert_eq!(code, Some(403), "a node credential reading the metrics API");
+    }
+    // The node's own port answers the metrics API's ticket, never a tenant's or a node's.
     let nodes = client.node_usage().await?;
     assert_eq!(nodes.items.len(), 1, "{nodes:?}");
     let node = client.api::<Node>(None).get(&nodes.items[0].name).await?;
@@ -310,14 +340,14 @@ async fn a_tenant_sees_the_usage_of_its_namespace_only() -> anyhow::Result<()> {
     let connector = wisp_client::node_connector(ca)?;
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, Empty<Bytes>>(connector);
-    for token in [client.create_token("team-b").await?, String::new()] {
+    for token in [client.create_token("team-b").await?, node_token, String::new()] {
         let req = http::Request::get(format!("https://{addr}/.wisp/usage"))
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
             .body(Empty::new())?;
         let code = http.request(req).await?.status().as_u16();
         assert!(
             matches!(code, 401 | 403),
-            "a node's usage to a tenant token: {code}"
+            "a node's usage to a tenant's, a node's or no token: {code}"
         );
     }
     Ok(())
