@@ -5,7 +5,6 @@
 //! own ingress (the pod in process), and at `bench`'s ingress, which forwards each request to
 //! the second node's port over TLS (its own CA, `Node.status.agentCa`) on pooled connections.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,23 +14,7 @@ use wisp_api::{Container, ObjectMeta, Pod, Resource};
 use wisp_client::Client;
 
 use crate::fanout::Up;
-use crate::https::{alternate, expose_hello, measure, median};
-
-#[derive(clap::Args, Debug)]
-pub struct ForwardArgs {
-    /// The `wisp` binary to measure (a release build).
-    #[arg(long, env = "WISP_BIN")]
-    wisp: PathBuf,
-    /// Keep-alive connections.
-    #[arg(long, default_value_t = 16)]
-    connections: usize,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 5)]
-    seconds: u64,
-    /// Rounds (local and forwarded once each per round).
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-}
+use crate::https::{AlternatingArgs, alternate, expose_hello, measure, median};
 
 /// The second node's process (stopped on drop) and its data directory.
 struct NodeProcess {
@@ -63,7 +46,7 @@ async fn ingress_of(client: &Client, name: &str) -> anyhow::Result<String> {
     }
 }
 
-pub async fn run(args: &ForwardArgs) -> anyhow::Result<String> {
+pub async fn run(args: &AlternatingArgs) -> anyhow::Result<String> {
     let up = Up::start_with(&args.wisp, "127.0.0.1:0")?;
     let client = Client::with_ca(&up.url, &up.token, up.ca.as_deref())?;
     let token = client

@@ -18,20 +18,21 @@ use wisp_client::Client;
 
 use crate::fanout::Up;
 
+/// The options of a bench that alternates two setups on one binary (`https`, `forward`).
 #[derive(clap::Args, Debug)]
-pub struct HttpsArgs {
+pub struct AlternatingArgs {
     /// The `wisp` binary to measure (a release build).
     #[arg(long, env = "WISP_BIN")]
-    wisp: PathBuf,
+    pub(crate) wisp: PathBuf,
     /// Keep-alive connections.
     #[arg(long, default_value_t = 16)]
-    connections: usize,
+    pub(crate) connections: usize,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
-    seconds: u64,
-    /// Rounds (HTTP and HTTPS once each per round).
+    pub(crate) seconds: u64,
+    /// Rounds (each of the two setups measured once per round).
     #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    pub(crate) rounds: usize,
 }
 
 pub(crate) const HOST: &str = "bench.default.localhost";
@@ -166,7 +167,7 @@ pub(crate) async fn expose_hello(client: &Client, tls: Option<RouteTls>) -> anyh
     Ok(())
 }
 
-pub async fn run(args: &HttpsArgs) -> anyhow::Result<String> {
+pub async fn run(args: &AlternatingArgs) -> anyhow::Result<String> {
     let tls_port = wisp_store::testutil::free_port()?;
     let tls_addr = format!("127.0.0.1:{tls_port}");
     let up = Up::start_with(&args.wisp, &tls_addr)?;

@@ -49,9 +49,9 @@ enum Command {
     /// What one write costs a whole `wisp up` process (every watch of its kind), per binary.
     WriteFanout(fanout::FanoutArgs),
     /// Warm throughput through a node's HTTPS listener beside its HTTP one.
-    Https(https::HttpsArgs),
+    Https(https::AlternatingArgs),
     /// Warm throughput to a pod on another node (forwarded over TLS) beside its own node's.
-    Forward(forward::ForwardArgs),
+    Forward(https::AlternatingArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
