@@ -13,6 +13,12 @@
 #                                  baseline; an A/B of one flag on one binary, e.g. busy polling:
 #   WISP_BENCH_BASELINE=target/release/wisp WISP_BENCH_BASELINE_ARGS="--ingress-busy-poll-us 0" \
 #     WISP_BENCH_SERVE=false tests/bench/warm.sh
+#   WISP_BENCH_VARIANT_ARGS="..."  # also the new build with these flags, in the same rounds
+#                                  # (variant ÷ baseline, or ÷ the new build without a baseline);
+#                                  # `{otlp}` in them is the URL of an OTLP/HTTP sink this script
+#                                  # starts (tests/bench/otlp-sink.py), e.g. traces exported:
+#   WISP_BENCH_BASELINE=/old/wisp WISP_BENCH_VARIANT_ARGS="--otlp-endpoint {otlp}" \
+#     WISP_BENCH_SERVE=false tests/bench/warm.sh
 #
 # Needs wrk (apt) and wasmtime-cli (installed with cargo when missing). Prints a Markdown table.
 set -euo pipefail
@@ -23,6 +29,7 @@ rounds="${WISP_BENCH_ROUNDS:-3}"
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 baseline="${WISP_BENCH_BASELINE:-}"
 serve="${WISP_BENCH_SERVE:-true}"
+variant="${WISP_BENCH_VARIANT_ARGS:-}"
 [ "$serve" = true ] || [ -n "$baseline" ] || { echo "WISP_BENCH_SERVE=false needs WISP_BENCH_BASELINE" >&2; exit 2; }
 
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
@@ -62,6 +69,17 @@ start_wisp() {
 ingress_port="$(start_wisp "$target/release/wisp" new "${WISP_BENCH_ARGS:-}")"
 base_port=""
 [ -n "$baseline" ] && base_port="$(start_wisp "$baseline" base "${WISP_BENCH_BASELINE_ARGS:-}")"
+var_port=""
+if [ -n "$variant" ]; then
+  if [[ "$variant" == *"{otlp}"* ]]; then
+    sink_port="$(free_port)"
+    python3 tests/bench/otlp-sink.py "$sink_port" >"$tmp/sink.out" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 50); do curl -s -o /dev/null -X POST "http://127.0.0.1:$sink_port/v1/traces" && break; sleep 0.1; done
+    variant="${variant//\{otlp\}/http://127.0.0.1:$sink_port}"
+  fi
+  var_port="$(start_wisp "$target/release/wisp" var "${WISP_BENCH_ARGS:-} $variant")"
+fi
 
 # wasmtime serve.
 serve_port=""
@@ -85,8 +103,39 @@ median() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:]]
 
 peer="no wasmtime serve"
 [ "$serve" = true ] && peer="$(wasmtime --version)"
-echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); cpus: $(nproc); wrk -t1 -d${secs}s; $peer; wisp up --wasm-pagemap-reset=${WISP_WASM_PAGEMAP_RESET:-true}${WISP_BENCH_ARGS:+ $WISP_BENCH_ARGS}${baseline:+; baseline: $baseline ${WISP_BENCH_BASELINE_ARGS:-}}"
+echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); cpus: $(nproc); wrk -t1 -d${secs}s; $peer; wisp up --wasm-pagemap-reset=${WISP_WASM_PAGEMAP_RESET:-true}${WISP_BENCH_ARGS:+ $WISP_BENCH_ARGS}${baseline:+; baseline: $baseline ${WISP_BENCH_BASELINE_ARGS:-}}${variant:+; variant: $variant}"
 echo
+if [ -n "$variant" ]; then
+  # The variant's own table: new, variant (and baseline), rotating who goes first.
+  echo "| connections | round | wisp req/s | variant req/s | p50 | p99 |${baseline:+ baseline req/s |} wisp ÷ ${baseline:+baseline}${baseline:-wisp} | variant ÷ ${baseline:+baseline}${baseline:-wisp} |"
+  echo "| ---: | ---: | ---: | ---: | ---: | ---: |${baseline:+ ---: |} ---: | ---: |"
+  summary=()
+  for c in $conns; do
+    a=(); b=()
+    for r in $(seq "$rounds"); do
+      order=(new var)
+      [ -n "$baseline" ] && order+=(base)
+      shift_by=$(((r - 1) % ${#order[@]}))
+      order=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
+      for who in "${order[@]}"; do
+        case "$who" in
+          new) read -r w_rps w_p50 w_p99 <<<"$(run_wrk "http://127.0.0.1:$ingress_port/" "$c")" ;;
+          var) read -r v_rps v_p50 v_p99 <<<"$(run_wrk "http://127.0.0.1:$var_port/" "$c")" ;;
+          base) read -r b_rps b_p50 b_p99 <<<"$(run_wrk "http://127.0.0.1:$base_port/" "$c")" ;;
+        esac
+      done
+      ref="${b_rps:-$w_rps}"
+      a+=("$(ratio "$w_rps" "$ref")"); b+=("$(ratio "$v_rps" "$ref")")
+      echo "| $c | $r | $w_rps | $v_rps | $v_p50 | $v_p99 |${baseline:+ $b_rps |} ${a[-1]}× | ${b[-1]}× |"
+    done
+    summary+=("| $c | $(median "${a[@]}") | $(median "${b[@]}") |")
+  done
+  echo
+  echo "| connections | wisp ÷ ${baseline:+baseline}${baseline:-wisp}, median of $rounds rounds (range) | variant ÷ ${baseline:+baseline}${baseline:-wisp} |"
+  echo "| ---: | ---: | ---: |"
+  printf '%s\n' "${summary[@]}"
+  exit 0
+fi
 if [ -n "$baseline" ]; then
   echo "| connections | round | wisp req/s | p50 | p99 | baseline req/s | p50 | p99 | wasmtime serve req/s | wisp ÷ wasmtime | wisp ÷ baseline |"
   echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"

@@ -300,12 +300,15 @@ async fn check_condition(
                     .and_then(|s| s.get("replicas"))
                     .and_then(Value::as_i64)
             };
+            // With the replicas, the cold start's trace context may be set (a well-formed
+            // `traceparent`) or removed.
             let without = |o: &DynamicObject| {
                 let mut o = o.clone();
                 if let Some(spec) = o.body.get_mut("spec").and_then(Value::as_object_mut) {
                     spec.remove("replicas");
                 }
                 o.metadata.generation = None;
+                o.metadata.annotations.remove(wisp_api::TRACEPARENT_ANNOTATION);
                 o
             };
             if replicas(existing) != Some(0)
@@ -313,9 +316,17 @@ async fn check_condition(
                 || without(existing) != without(next)
             {
                 return deny(
-                    "a node's activator only wakes a Deployment from zero (spec.replicas 0 to 1, nothing else)"
+                    "a node's activator only wakes a Deployment from zero (spec.replicas 0 to 1 and its wisp.dev/traceparent annotation, nothing else)"
                         .into(),
                 );
+            }
+            if let Some(tp) = next.metadata.annotations.get(wisp_api::TRACEPARENT_ANNOTATION)
+                && !wisp_api::is_traceparent(tp)
+            {
+                return deny(format!(
+                    "metadata.annotations[{}]: not a W3C traceparent",
+                    wisp_api::TRACEPARENT_ANNOTATION
+                ));
             }
             Ok(())
         }

@@ -541,8 +541,32 @@ async fn a_node_reads_its_pods_secrets_and_only_wakes_deployments() {
         403,
         "more than one"
     );
+    let mut labelled = d.clone();
+    labelled.spec.replicas = 1;
+    labelled.metadata.annotations.insert("other".into(), "x".into());
+    assert_eq!(
+        code(n1.api::<Deployment>(Some("team-a")).replace(&labelled).await),
+        403,
+        "an annotation other than the cold start's trace context"
+    );
+    let mut forged = d.clone();
+    forged.spec.replicas = 1;
+    forged.metadata.annotations.insert(
+        wisp_api::TRACEPARENT_ANNOTATION.into(),
+        "00-xyz\r\nset-cookie: a-b-01".into(),
+    );
+    assert_eq!(
+        code(n1.api::<Deployment>(Some("team-a")).replace(&forged).await),
+        403,
+        "a trace context that is not a W3C traceparent"
+    );
+    // The wake-up, with the request's trace context for the controllers to continue.
     let mut wake = d.clone();
     wake.spec.replicas = 1;
+    wake.metadata.annotations.insert(
+        wisp_api::TRACEPARENT_ANNOTATION.into(),
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+    );
     n1.api::<Deployment>(Some("team-a"))
         .replace(&wake)
         .await

@@ -162,9 +162,11 @@ pub fn plan(
 }
 
 /// Sets `rs` to `replicas` (and `revision`), with the Deployment's `minReadySeconds`.
+/// `waking`: every ReplicaSet of `d` is at zero (a cold start, not a rollout).
 async fn scale(
     ctx: &Context,
     d: &Deployment,
+    waking: bool,
     rs: &ReplicaSet,
     replicas: i32,
     revision: Option<i64>,
@@ -180,8 +182,33 @@ async fn scale(
     if let Some(r) = revision {
         next.metadata.annotations.insert(REVISION.into(), r.to_string());
     }
+    // The Deployment waking from zero carries its cold-start trace on to the ReplicaSet's
+    // pods; a scale to zero ends it.
+    let span = if waking && rs.spec.replicas == 0 && replicas > 0 {
+        let span = tracing::info_span!(
+            target: wisp_telemetry::TARGET,
+            "deployment.scale",
+            wisp.namespace = rs.metadata.namespace.as_deref().unwrap_or_default(),
+            wisp.replicaset = %rs.metadata.name,
+            wisp.replicas = replicas,
+        );
+        let incoming = d.metadata.annotations.get(wisp_api::TRACEPARENT_ANNOTATION);
+        match wisp_telemetry::carried(&span, incoming.map(String::as_str)) {
+            Some(tp) => next
+                .metadata
+                .annotations
+                .insert(wisp_api::TRACEPARENT_ANNOTATION.into(), tp),
+            None => next.metadata.annotations.remove(wisp_api::TRACEPARENT_ANNOTATION),
+        };
+        span
+    } else {
+        if replicas == 0 {
+            next.metadata.annotations.remove(wisp_api::TRACEPARENT_ANNOTATION);
+        }
+        tracing::Span::none()
+    };
     let api = ctx.client.api::<ReplicaSet>(rs.metadata.namespace.as_deref());
-    match api.replace(&next).await {
+    match tracing::Instrument::instrument(api.replace(&next), span).await {
         Ok(_) => {
             if rs.spec.replicas != replicas {
                 let dir = if replicas > rs.spec.replicas { "up" } else { "down" };
@@ -205,6 +232,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
     let mut sets = owned(&ctx, &d);
     sets.sort_by_key(|rs| (revision_of(rs), rs.metadata.name.clone()));
     let hash = template_hash(&d);
+    let waking = sets.iter().all(|rs| rs.spec.replicas == 0);
     let max_revision = sets.iter().map(|rs| revision_of(rs)).max().unwrap_or(0);
     let desired = d.spec.replicas.max(0);
     let rs_api = ctx.client.api::<ReplicaSet>(d.metadata.namespace.as_deref());
@@ -216,7 +244,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         Some(rs) => {
             // A template seen before (rollback): it becomes the newest revision again.
             if revision_of(&rs) != max_revision {
-                scale(&ctx, &d, &rs, rs.spec.replicas, Some(max_revision + 1)).await?;
+                scale(&ctx, &d, waking, &rs, rs.spec.replicas, Some(max_revision + 1)).await?;
                 return Ok(Action::requeue(Duration::from_millis(100)));
             }
             rs
@@ -252,10 +280,10 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
                     .map(|rs| rs.status.as_ref().map_or(0, |s| s.replicas))
                     .sum();
                 for rs in &olds {
-                    scale(&ctx, &d, rs, 0, None).await?;
+                    scale(&ctx, &d, waking, rs, 0, None).await?;
                 }
                 if old_running == 0 {
-                    scale(&ctx, &d, &new, desired, None).await?;
+                    scale(&ctx, &d, waking, &new, desired, None).await?;
                 }
             }
             DeploymentStrategyType::RollingUpdate => {
@@ -271,9 +299,9 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
                     (new.spec.replicas, plannable(&new, true)),
                     &old_counts,
                 );
-                scale(&ctx, &d, &new, new_replicas, None).await?;
+                scale(&ctx, &d, waking, &new, new_replicas, None).await?;
                 for (rs, n) in olds.iter().zip(old_replicas) {
-                    scale(&ctx, &d, rs, n, None).await?;
+                    scale(&ctx, &d, waking, rs, n, None).await?;
                 }
             }
         }

@@ -164,10 +164,42 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
         // not millions, and never holds them all in memory.
         let mut missing = (want - active.len()).min(MAX_BURST);
         let mut batch = 1;
+        // Pods made from none carry the cold-start trace the ReplicaSet was scaled in.
+        let incoming = rs.metadata.annotations.get(wisp_api::TRACEPARENT_ANNOTATION);
+        let span = if active.is_empty() && incoming.is_some() {
+            tracing::info_span!(
+                target: wisp_telemetry::TARGET,
+                "replicaset.create",
+                wisp.namespace = ns.as_deref().unwrap_or_default(),
+                wisp.replicaset = %rs.metadata.name,
+                wisp.pods = missing,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let traceparent = if active.is_empty() {
+            wisp_telemetry::carried(&span, incoming.map(String::as_str))
+        } else {
+            None
+        };
         while missing > 0 {
             let n = batch.min(missing);
-            let new: Vec<Pod> = (0..n).map(|_| pod_for(&rs)).collect();
-            let results = join_all(new.iter().map(|p| pods_api.create(p))).await;
+            let new: Vec<Pod> = (0..n)
+                .map(|_| {
+                    let mut p = pod_for(&rs);
+                    if let Some(tp) = &traceparent {
+                        p.metadata
+                            .annotations
+                            .insert(wisp_api::TRACEPARENT_ANNOTATION.into(), tp.clone());
+                    }
+                    p
+                })
+                .collect();
+            let results = tracing::Instrument::instrument(
+                join_all(new.iter().map(|p| pods_api.create(p))),
+                span.clone(),
+            )
+            .await;
             let mut failed = false;
             for (pod, r) in new.iter().zip(results) {
                 match r {

@@ -314,10 +314,24 @@ impl Scheduler {
                     let was_unschedulable = scheduled_condition(&pod).is_some_and(|c| !c.is_true());
                     let api = pod_api(&self.client, &key);
                     let span = tracing::debug_span!("bind", pod = %key, node = %node);
+                    // A pod made for a cold start: its binding is part of that trace.
+                    let traced = match pod.metadata.annotations.get(wisp_api::TRACEPARENT_ANNOTATION) {
+                        Some(tp) => {
+                            let s = tracing::info_span!(
+                                target: wisp_telemetry::TARGET,
+                                "scheduler.bind",
+                                wisp.pod = %key,
+                                wisp.node = %node,
+                            );
+                            wisp_telemetry::follow_traceparent(&s, tp);
+                            s
+                        }
+                        None => tracing::Span::none(),
+                    };
                     let task_key = key.clone();
                     self.tasks.spawn(
                         async move {
-                            let outcome = bind(api, pod, node.clone()).await;
+                            let outcome = bind(api, pod, node.clone()).instrument(traced).await;
                             TaskResult::Bind {
                                 key: task_key,
                                 node,

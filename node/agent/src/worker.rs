@@ -160,6 +160,8 @@ pub(crate) struct Worker {
     ended_elsewhere: bool,
     /// The API says the pod is gone.
     deleted: bool,
+    /// A pod made for a cold start: its start, in that trace, until it is first ready.
+    starting: tracing::Span,
 }
 
 fn stamp(t: SystemTime) -> Option<String> {
@@ -198,6 +200,7 @@ impl Worker {
             status_retry_at: None,
             ended_elsewhere: false,
             deleted: false,
+            starting: tracing::Span::none(),
         }
     }
 
@@ -226,6 +229,25 @@ impl Worker {
     ) {
         let span =
             tracing::info_span!("pod", pod = %self.pod.metadata.name, ns = ?self.pod.metadata.namespace);
+        // A pod made for a cold start and not started yet (an agent that restarts and adopts
+        // it does not add to that trace).
+        let unstarted = self.pod.status.as_ref().is_none_or(|s| s.start_time.is_none());
+        if let Some(tp) = self
+            .pod
+            .metadata
+            .annotations
+            .get(wisp_api::TRACEPARENT_ANNOTATION)
+            && unstarted
+        {
+            self.starting = tracing::info_span!(
+                target: wisp_telemetry::TARGET,
+                "node.start",
+                wisp.namespace = self.pod.metadata.namespace.as_deref().unwrap_or_default(),
+                wisp.pod = %self.pod.metadata.name,
+                wisp.node = %self.ctx.node,
+            );
+            wisp_telemetry::follow_traceparent(&self.starting, tp);
+        }
         async move {
             loop {
                 // `changed()` below marks the value seen, so read it on every pass.
@@ -282,7 +304,13 @@ impl Worker {
         }
         let now = Instant::now();
         if self.life.should_prepare(now) {
-            self.prepare(shutdown).await;
+            // Steps of a traced start only (a span with no parent would start a trace).
+            let preparing = if self.starting.is_none() {
+                tracing::Span::none()
+            } else {
+                tracing::info_span!(target: wisp_telemetry::TARGET, parent: &self.starting, "prepare")
+            };
+            self.prepare(shutdown).instrument(preparing).await;
             tracing::debug!(took_us = now.elapsed().as_micros(), "prepared");
             if shutdown.is_cancelled() || self.deleted {
                 return;
@@ -290,7 +318,12 @@ impl Worker {
         }
         let now = Instant::now();
         for name in self.life.due_starts(now) {
-            self.start_container(&name).await;
+            let starting = if self.starting.is_none() {
+                tracing::Span::none()
+            } else {
+                tracing::info_span!(target: wisp_telemetry::TARGET, parent: &self.starting, "container.start", container = %name)
+            };
+            self.start_container(&name).instrument(starting).await;
             tracing::debug!(container = %name, took_us = now.elapsed().as_micros(), "started");
         }
         self.run_probes().await;
@@ -302,6 +335,8 @@ impl Worker {
                 .readiness
                 .is_ready(self.pod.metadata.uid.as_deref().unwrap_or_default())
         {
+            // Started: the cold start's node span ends here.
+            self.starting = tracing::Span::none();
             // Just became ready: a request held for this pod was woken by that, onto this
             // worker thread's next-task slot. Give it the thread before the status write,
             // whose API call (in process under `wisp up`) would otherwise run first and keep it

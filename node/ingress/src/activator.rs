@@ -68,6 +68,7 @@ pub(crate) async fn wait(
             .is_ok()
     {
         woke = Some(tokio::time::Instant::now());
+        tracing::Span::current().record("wisp.activated", true);
         svc.cold_starts.fetch_add(1, Ordering::Relaxed);
         ingress
             .inner
@@ -79,12 +80,22 @@ pub(crate) async fn wait(
         let client = ingress.inner.client.clone();
         let (ns, name) = (svc.namespace.clone(), svc.name.clone());
         let stopping = ingress.inner.stopping.clone();
-        ingress.inner.tasks.spawn(async move {
-            tokio::select! {
-                () = activate(&client, &ns, &name) => {}
-                () = stopping.cancelled() => {}
-            }
-        });
+        // The cold start's trace goes on from here through the Deployment it scales.
+        let span = tracing::info_span!(
+            target: wisp_telemetry::TARGET,
+            "activate",
+            wisp.namespace = %svc.namespace,
+            wisp.deployment = %svc.name,
+        );
+        ingress.inner.tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                tokio::select! {
+                    () = activate(&client, &ns, &name) => {}
+                    () = stopping.cancelled() => {}
+                }
+            },
+            span,
+        ));
     }
     // The node agent's word that one of its pods is ready wakes this request directly: it
     // admits the pod as a backend itself rather than wait for the table's next rebuild; so
@@ -174,8 +185,11 @@ impl Drop for Dequeue<'_> {
 }
 
 /// Scales the Service's Deployment from zero to one replica (compare-and-swap; nothing when
-/// it is not at zero or there is none).
+/// it is not at zero or there is none), with the cold start's trace context in its
+/// [`wisp_api::TRACEPARENT_ANNOTATION`] (removed when this start is not traced, so an
+/// old trace is not continued).
 async fn activate(client: &Client, namespace: &str, name: &str) {
+    let traceparent = wisp_telemetry::traceparent(&tracing::Span::current());
     let api = client.api::<Deployment>(Some(namespace));
     for _ in 0..10 {
         let mut d = match api.get_opt(name).await {
@@ -188,6 +202,17 @@ async fn activate(client: &Client, namespace: &str, name: &str) {
             }
         };
         d.spec.replicas = 1;
+        // This start's trace, or none: never an earlier start's.
+        match &traceparent {
+            Some(tp) => {
+                d.metadata
+                    .annotations
+                    .insert(wisp_api::TRACEPARENT_ANNOTATION.into(), tp.clone());
+            }
+            None => {
+                d.metadata.annotations.remove(wisp_api::TRACEPARENT_ANNOTATION);
+            }
+        }
         match api.replace(&d).await {
             Ok(_) => return,
             Err(e) if e.code() == Some(409) => {}

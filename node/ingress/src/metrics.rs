@@ -1,10 +1,12 @@
 //! Prometheus metrics of the ingress, served on `/.wisp/metrics`: requests by Service and
 //! status code, latency to the response head, cold starts and how long their requests
 //! waited, and per Service the requests in flight, those held by the activator and the ready
-//! endpoints.
+//! endpoints. A request that was traced leaves its trace id as the exemplar of its latency
+//! bucket (OpenMetrics), to go from a slow bucket to a trace of it.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -25,6 +27,12 @@ pub struct ServiceLabels {
     pub service: String,
 }
 
+/// An exemplar's labels: the trace a request was recorded in.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabels {
+    pub trace_id: String,
+}
+
 impl ServiceLabels {
     pub fn of(s: &ServiceState) -> Self {
         Self {
@@ -37,7 +45,7 @@ impl ServiceLabels {
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<CodeLabels, Counter>,
-    pub latency: Family<ServiceLabels, Histogram>,
+    pub latency: Family<ServiceLabels, HistogramWithExemplars<TraceLabels>>,
     pub cold_starts: Family<ServiceLabels, Counter>,
     pub cold_start_wait: Family<ServiceLabels, Histogram>,
     pub queued: Family<ServiceLabels, Gauge>,
@@ -49,9 +57,10 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("wisp_ingress");
         let requests = Family::<CodeLabels, Counter>::default();
-        let latency = Family::<ServiceLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
-        });
+        let latency =
+            Family::<ServiceLabels, HistogramWithExemplars<TraceLabels>>::new_with_constructor(|| {
+                HistogramWithExemplars::new(exponential_buckets(0.000_05, 2.0, 20))
+            });
         let cold_starts = Family::<ServiceLabels, Counter>::default();
         let cold_start_wait = Family::<ServiceLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 16))

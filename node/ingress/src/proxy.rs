@@ -14,6 +14,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::Ingress;
 use crate::table::{Backend, ServiceState, Target};
@@ -87,11 +89,13 @@ impl Drop for InFlight {
 }
 
 /// A response body that keeps the request in flight at its Service and its backend until
-/// the body is done (a streaming response is in flight until its last byte).
+/// the body is done (a streaming response is in flight until its last byte), and its trace
+/// span open.
 struct Tracked {
     inner: Body,
     _in_flight: InFlight,
     _outstanding: Outstanding,
+    _span: tracing::Span,
 }
 
 impl hyper::body::Body for Tracked {
@@ -227,12 +231,28 @@ impl Ingress {
         };
         let timeout = route.timeout.unwrap_or(inner.config.request_timeout);
         drop(table);
+        // The request's trace (when traces are exported): a child of the caller's
+        // `traceparent`, if it sent one.
+        let span = tracing::info_span!(
+            target: wisp_telemetry::TARGET,
+            "ingress",
+            otel.kind = "server",
+            http.request.method = %req.method(),
+            server.address = wisp_telemetry::bounded(&host),
+            url.path = wisp_telemetry::bounded(&path),
+            wisp.namespace = %svc.namespace,
+            wisp.service = %svc.name,
+            http.response.status_code = Empty,
+            otel.status_code = Empty,
+        );
+        wisp_telemetry::follow(&span, req.headers());
         svc.requests.fetch_add(1, Ordering::Relaxed);
         svc.last_request_ms.store(now_ms(), Ordering::Relaxed);
         let started = Instant::now();
         let in_flight = InFlight::enter(&svc);
         let limit = inner.config.body_limit;
         let req = req.map(|b| Limited::new(b, limit).boxed_unsync());
+        let body_span = span.clone();
         let work = async {
             let mut req = req;
             let mut waited = None;
@@ -244,7 +264,16 @@ impl Ingress {
                     self.usable(b, gateway) && !tried.contains(&b.pod_uid)
                 }) {
                     Some(b) => b,
-                    None => match crate::activator::wait(self, &svc, local_only, gateway).await {
+                    None => match crate::activator::wait(self, &svc, local_only, gateway)
+                        .instrument(tracing::info_span!(
+                            target: wisp_telemetry::TARGET,
+                            "activator",
+                            wisp.namespace = %svc.namespace,
+                            wisp.service = %svc.name,
+                            wisp.activated = Empty,
+                        ))
+                        .await
+                    {
                         Ok(b) => {
                             waited = Some(started.elapsed());
                             b
@@ -278,17 +307,19 @@ impl Ingress {
                 }
             }
             drop(backend);
-            // The counts now travel with the body.
+            // The counts (and the span) now travel with the body.
+            let span = body_span;
             resp.map(|inner| {
                 Tracked {
                     inner,
                     _in_flight: in_flight,
                     _outstanding: outstanding,
+                    _span: span,
                 }
                 .boxed_unsync()
             })
         };
-        let resp = match tokio::time::timeout(timeout, work).await {
+        let resp = match tokio::time::timeout(timeout, work.instrument(span.clone())).await {
             Ok(r) => r,
             Err(_) => text(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -301,11 +332,19 @@ impl Ingress {
         let labels = crate::metrics::ServiceLabels::of(&svc);
         let took = started.elapsed();
         svc.answered(took, resp.status().as_u16());
+        if !span.is_disabled() {
+            span.record("http.response.status_code", resp.status().as_u16());
+            if resp.status().is_server_error() {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        let exemplar =
+            wisp_telemetry::trace_id(&span).map(|trace_id| crate::metrics::TraceLabels { trace_id });
         inner
             .metrics
             .latency
             .get_or_create(&labels)
-            .observe(took.as_secs_f64());
+            .observe(took.as_secs_f64(), exemplar, None);
         inner
             .metrics
             .requests
@@ -417,8 +456,39 @@ impl Ingress {
         }
     }
 
-    /// One call to one backend.
+    /// One call to one backend, in its `sandbox` span: the request carries that span's
+    /// `traceparent` to the guest or the container.
     async fn call(&self, backend: &Backend, req: Request<Body>) -> Result<Response<Body>, Failed> {
+        let span = tracing::info_span!(
+            target: wisp_telemetry::TARGET,
+            "sandbox",
+            otel.kind = if matches!(backend.target, Target::Local(_)) { "internal" } else { "client" },
+            wisp.pod = %backend.pod,
+            wisp.backend = match backend.target {
+                Target::Local(_) => "in-process",
+                Target::Addr(_) => "address",
+                Target::Node(_) => "node",
+            },
+            http.response.status_code = Empty,
+            otel.status_code = Empty,
+        );
+        let mut req = req;
+        wisp_telemetry::inject(&span, req.headers_mut());
+        let result = self.call_in(backend, req).instrument(span.clone()).await;
+        if !span.is_disabled() {
+            let code = match &result {
+                Ok(r) => r.status(),
+                Err(f) => f.response.status(),
+            };
+            span.record("http.response.status_code", code.as_u16());
+            if code.is_server_error() {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        result
+    }
+
+    async fn call_in(&self, backend: &Backend, req: Request<Body>) -> Result<Response<Body>, Failed> {
         let fail = |response| Failed {
             retry: false,
             response,
@@ -759,6 +829,86 @@ mod tests {
             assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
             assert_eq!(&body[..], b"ok");
         }
+    }
+
+    /// A container's request carries the trace context of the ingress's `sandbox` span: the
+    /// caller's trace, a span of the ingress's own. With no traces made, the caller's header
+    /// passes on as it came.
+    #[tokio::test]
+    async fn a_containers_request_carries_the_sandbox_spans_traceparent() {
+        const CALLER: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((io, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let echo = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| {
+                        let tp = req.headers().get("traceparent").cloned();
+                        async move {
+                            let tp = tp
+                                .map(|v| Bytes::copy_from_slice(v.as_bytes()))
+                                .unwrap_or_default();
+                            Ok::<_, Infallible>(Response::new(Full::new(tp)))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(io), echo)
+                        .await;
+                });
+            }
+        });
+        let ingress = Ingress::new(
+            wisp_client::Client::new("http://127.0.0.1:9", "t"),
+            crate::IngressConfig::new("n"),
+            None,
+        );
+        let svc = Arc::new(crate::table::ServiceState::new("default", "web"));
+        svc.set_backends(vec![Arc::new(crate::table::Backend {
+            pod_uid: "u".into(),
+            pod: "web-1".into(),
+            node: None,
+            target: Target::Addr(addr),
+            outstanding: std::sync::atomic::AtomicUsize::new(0),
+        })]);
+        ingress.inner.table.store(Arc::new(Table::new(vec![RouteEntry {
+            namespace: "default".into(),
+            name: "web".into(),
+            host: Some("web.example".into()),
+            prefix: "/".into(),
+            backends: vec![(svc, 1)],
+            timeout: None,
+            gateway_only: false,
+            created: String::new(),
+        }])));
+        let seen = async || {
+            let req = Request::get("/")
+                .header(header::HOST, "web.example")
+                .header("traceparent", CALLER)
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let body = ingress
+                .handle(req)
+                .await
+                .into_body()
+                .collect()
+                .await
+                .expect("body");
+            String::from_utf8(body.to_bytes().to_vec()).expect("utf-8")
+        };
+        let traced = {
+            // One thread (a current-thread runtime): every task sees this subscriber.
+            let _traces = tracing::subscriber::set_default(wisp_telemetry::unexported());
+            seen().await
+        };
+        let parts: Vec<&str> = traced.split('-').collect();
+        assert_eq!(parts.len(), 4, "{traced:?}");
+        assert_eq!(parts[1], "0af7651916cd43dd8448eb211c80319c", "the caller's trace");
+        assert_ne!(parts[2], "b7ad6b7169203331", "the ingress's own span");
+        assert_eq!(
+            seen().await,
+            CALLER,
+            "without traces the header passes on untouched"
+        );
     }
 
     #[tokio::test]

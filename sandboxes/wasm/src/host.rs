@@ -325,7 +325,59 @@ type SendFuture = Box<
 >;
 
 impl WasiHttpHooks for Outbound {
+    /// A guest's outgoing request, in a `guest.http` span (a child of the request the guest
+    /// is serving) whose `traceparent` the request carries unless the guest set its own.
     fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> SendFuture {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            target: wisp_telemetry::TARGET,
+            "guest.http",
+            otel.kind = "client",
+            http.request.method = %request.method(),
+            server.address = wisp_telemetry::bounded(request.uri().host().unwrap_or_default()),
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return self.send(request, options, fut);
+        }
+        let mut request = request;
+        // A guest that carries its own trace context keeps it (its own instrumentation).
+        if !request.headers().contains_key("traceparent") && !request.headers().contains_key("tracestate") {
+            wisp_telemetry::inject(&span, request.headers_mut());
+        }
+        let sending = Box::into_pin(self.send(request, options, fut));
+        let recording = span.clone();
+        Box::new(
+            async move {
+                let r = sending.await;
+                match &r {
+                    Ok((resp, _)) => {
+                        recording.record("http.response.status_code", resp.status().as_u16());
+                        if resp.status().is_server_error() {
+                            recording.record("otel.status_code", "ERROR");
+                        }
+                    }
+                    Err(e) => {
+                        recording.record("error.type", wisp_telemetry::bounded(&format!("{e:?}")));
+                        recording.record("otel.status_code", "ERROR");
+                    }
+                }
+                r
+            }
+            .instrument(span),
+        )
+    }
+}
+
+impl Outbound {
+    fn send(
         &mut self,
         request: http::Request<WasiBody>,
         options: Option<wasmtime_wasi_http::RequestOptions>,

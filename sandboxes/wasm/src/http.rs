@@ -198,47 +198,57 @@ where
     // The guest keeps running after it has sent the response head, to stream the body, so the
     // call lives in a task tracked by the sandbox.
     let tasks = r.tasks.clone();
-    let task = r.tasks.spawn(async move {
-        let outcome = {
-            let call = wisp_sandbox::usage::cpu_timed(&counters.cpu_ns, async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, incoming, out)
-                    .await
-            });
-            tokio::select! {
-                r = tokio::time::timeout(deadline, call) => match r {
-                    Ok(Ok(())) => Outcome::Done,
-                    Ok(Err(e)) => match e.downcast_ref::<wasmtime::Trap>() {
-                        Some(wasmtime::Trap::Interrupt) => Outcome::Deadline,
-                        _ if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => {
-                            Outcome::PoolFull(format!("{e:#}"))
-                        }
-                        _ => Outcome::Failed(format!("{e:#}")),
+    // The guest runs in the caller's span when traces are made: its outgoing requests are
+    // children of it.
+    let span = if tracing::enabled!(target: wisp_telemetry::TARGET, tracing::Level::INFO) {
+        tracing::Span::current()
+    } else {
+        tracing::Span::none()
+    };
+    let task = r.tasks.spawn(tracing::Instrument::instrument(
+        async move {
+            let outcome = {
+                let call = wisp_sandbox::usage::cpu_timed(&counters.cpu_ns, async {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, incoming, out)
+                        .await
+                });
+                tokio::select! {
+                    r = tokio::time::timeout(deadline, call) => match r {
+                        Ok(Ok(())) => Outcome::Done,
+                        Ok(Err(e)) => match e.downcast_ref::<wasmtime::Trap>() {
+                            Some(wasmtime::Trap::Interrupt) => Outcome::Deadline,
+                            _ if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => {
+                                Outcome::PoolFull(format!("{e:#}"))
+                            }
+                            _ => Outcome::Failed(format!("{e:#}")),
+                        },
+                        Err(_) => Outcome::Deadline,
                     },
-                    Err(_) => Outcome::Deadline,
-                },
-                () = cancel.cancelled() => Outcome::Cancelled,
-                () = gone.cancelled() => Outcome::Cancelled,
+                    () = cancel.cancelled() => Outcome::Cancelled,
+                    () = gone.cancelled() => Outcome::Cancelled,
+                }
+            };
+            // The namespace's slot is free again once the guest is done.
+            drop(slot);
+            let denied = store.data().limiter.denied;
+            // The only request in flight in this sandbox, answered: give the woken handler a
+            // chance to send the response before the store is dropped — which resets the
+            // instance's memory for the pool (the pages it dirtied, or a `memset` of up to
+            // `keep_resident` without the pagemap scan) and would otherwise run first, on this
+            // worker thread. A hint to the scheduler, not a guarantee (a yielded task runs after
+            // the worker's ready ones). With other requests in flight the reset runs at once:
+            // yielding would keep slots busy under load.
+            if matches!(outcome, Outcome::Done) && tasks.len() <= 1 {
+                tokio::task::yield_now().await;
             }
-        };
-        // The namespace's slot is free again once the guest is done.
-        drop(slot);
-        let denied = store.data().limiter.denied;
-        // The only request in flight in this sandbox, answered: give the woken handler a
-        // chance to send the response before the store is dropped — which resets the
-        // instance's memory for the pool (the pages it dirtied, or a `memset` of up to
-        // `keep_resident` without the pagemap scan) and would otherwise run first, on this
-        // worker thread. A hint to the scheduler, not a guarantee (a yielded task runs after
-        // the worker's ready ones). With other requests in flight the reset runs at once:
-        // yielding would keep slots busy under load.
-        if matches!(outcome, Outcome::Done) && tasks.len() <= 1 {
-            tokio::task::yield_now().await;
-        }
-        drop(store);
-        (outcome, denied)
-    });
+            drop(store);
+            (outcome, denied)
+        },
+        span,
+    ));
     match rx.await {
         Ok(Ok(response)) => {
             let armed = CancelOnDrop(guard.0.take());

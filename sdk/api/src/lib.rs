@@ -24,7 +24,7 @@ pub mod validation;
 pub use envelope::{DynamicObject, EventType, List, WatchEvent};
 pub use ingress::{IngressServiceStats, LATENCY_BOUNDS_MS, latency_bucket, latency_quantile};
 pub use kinds::{KINDS, KindInfo, Resource, kind_by_name, kind_by_plural};
-pub use meta::{Condition, ListMeta, ObjectMeta, OwnerReference};
+pub use meta::{Condition, ListMeta, ObjectMeta, OwnerReference, TRACEPARENT_ANNOTATION, is_traceparent};
 pub use quantity::{Quantity, QuantityError, QuantityFormat};
 pub use resources::*;
 pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorError, SelectorOperator};

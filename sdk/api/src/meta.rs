@@ -3,6 +3,25 @@
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
+
+/// The annotation that carries a cold start's W3C trace context (a `traceparent`) from the
+/// Deployment the activator wakes to the ReplicaSet and pods made for it, so the controllers,
+/// the scheduler and the node record their part of the start in the request's trace.
+pub const TRACEPARENT_ANNOTATION: &str = "wisp.dev/traceparent";
+
+/// Whether `v` is a W3C `traceparent` of version `00`: `00-<32 hex>-<16 hex>-<2 hex>`, lower
+/// case, ids not all zero.
+pub fn is_traceparent(v: &str) -> bool {
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let parts: Vec<&str> = v.split('-').collect();
+    matches!(parts.as_slice(), ["00", trace, span, flags]
+        if trace.len() == 32 && span.len() == 16 && flags.len() == 2
+            && hex(trace) && hex(span) && hex(flags)
+            && trace.bytes().any(|b| b != b'0') && span.bytes().any(|b| b != b'0'))
+}
 use serde::{Deserialize, Serialize};
 
 /// Metadata every persisted object carries. The server owns `uid`, `resourceVersion`,
@@ -176,6 +195,25 @@ pub struct ListMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traceparents_are_w3c_version_00_only() {
+        assert!(is_traceparent(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        ));
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333g-01",
+        ] {
+            assert!(!is_traceparent(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn meta_skips_empty_fields() {

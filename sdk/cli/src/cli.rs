@@ -302,6 +302,24 @@ pub struct UpArgs {
     /// The node agent that `wisp up` runs in this process (`wisp server` runs none).
     #[command(flatten)]
     pub node: NodeOptions,
+    #[command(flatten)]
+    pub traces: TraceArgs,
+}
+
+/// Where a server or node exports its traces.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TraceArgs {
+    /// Export traces (a request through the ingress, activator, sandbox and the guest's
+    /// outgoing calls; a cold start through the controllers, scheduler and node) to this
+    /// OTLP/HTTP receiver, as protobuf: `http://collector:4318` (`/v1/traces` is added to a
+    /// URL with no path). Without it no trace spans are made; `traceparent` headers pass
+    /// through untouched.
+    #[arg(long, env = "WISP_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of traces started here that are exported, 0 to 1; a request that comes with
+    /// a sampled `traceparent` is always exported.
+    #[arg(long, env = "WISP_OTLP_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub otlp_sample_ratio: f64,
 }
 
 /// A node agent's own settings (`wisp node`, and the agent inside `wisp up`).
@@ -396,6 +414,8 @@ pub struct NodeArgs {
     pub ca_cert_hash: Option<String>,
     #[command(flatten)]
     pub node: NodeOptions,
+    #[command(flatten)]
+    pub traces: TraceArgs,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -23,15 +23,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WISP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.global.log_format {
-        cli::LogFormat::Text => logs.init(),
-        cli::LogFormat::Json => logs.json().with_current_span(true).with_span_list(true).init(),
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -42,7 +33,31 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let format = match cli.global.log_format {
+        cli::LogFormat::Text => wisp_telemetry::LogFormat::Text,
+        cli::LogFormat::Json => wisp_telemetry::LogFormat::Json,
+    };
+    // Only the long-running commands export traces.
+    let otlp = match &cli.command {
+        Command::Up(a) => otlp(&a.traces, "up"),
+        Command::Server(a) => otlp(&a.up.traces, "server"),
+        Command::Node(a) => otlp(&a.traces, a.node.node_name.as_deref().unwrap_or("node")),
+        _ => None,
+    };
+    let guard = match wisp_telemetry::init(format, otlp.as_ref(), runtime.handle()) {
+        Ok(g) => g,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("error: {e}");
+            }
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // The spans still queued go out while the runtime their sender uses still runs.
+    drop(guard);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             #[allow(clippy::print_stderr)]
@@ -55,6 +70,15 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The exporter's settings for a long-running command started with `--otlp-endpoint`.
+fn otlp(args: &cli::TraceArgs, instance: &str) -> Option<wisp_telemetry::Otlp> {
+    Some(wisp_telemetry::Otlp {
+        endpoint: args.otlp_endpoint.clone()?,
+        sample_ratio: args.otlp_sample_ratio,
+        instance: instance.to_owned(),
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
