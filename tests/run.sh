@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of Wisp on a fresh Debian machine (cgroup v1 or v2): installs what
 # is missing (etcd-server for the etcd store tests, protobuf-compiler and libprotobuf-dev for
-# the etcd client, docker-registry for the image pull tests, schemathesis from PyPI in a venv
+# the etcd client, docker-registry for the image pull tests, chromium and chromium-driver for
+# the dashboard's browser test, schemathesis from PyPI in a venv
 # for the API fuzz test and componentize-py for the Python template, in venvs; cargo-deny and
 # cargo-machete under the target directory), builds the
 # guest components and the example container image, then: wasmtime resolves to the vendored,
@@ -37,6 +38,9 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 # The API fuzz test's schemathesis lives in a venv: python3 -m venv needs ensurepip (python3-venv).
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# The dashboard's browser test: Chromium, driven over WebDriver by chromedriver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo

@@ -30,6 +30,7 @@ mod quota;
 pub mod resources;
 #[cfg(feature = "test-util")]
 pub mod testutil;
+mod ui;
 mod usage;
 
 use std::collections::HashMap;
@@ -171,6 +172,8 @@ pub struct State {
     /// report stopping their containers (`Killing`).
     pub(crate) deleted_pods:
         std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+    /// The dashboard's sessions.
+    ui: ui::Sessions,
 }
 
 /// The API server, cheap to clone.
@@ -199,7 +202,7 @@ struct TokenResponse {
 }
 
 /// `GET /apis/wisp.dev/v1/whoami`: who the caller's token speaks for.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WhoAmI {
     /// `admin`, `namespace`, `node`, `scraper` or `podLogs`.
@@ -265,6 +268,7 @@ impl ApiServer {
             quota_locks: quota::Locks::default(),
             usage: usage::Cache::default(),
             deleted_pods: std::sync::Mutex::default(),
+            ui: ui::Sessions::default(),
             config,
         };
         Self {
@@ -430,6 +434,8 @@ impl ApiServer {
         // Health and readiness say nothing about the cluster: no token needed.
         match (req.method(), segments.as_slice()) {
             (&Method::GET, ["healthz"]) => return Ok(text(StatusCode::OK, "ok")),
+            // The dashboard: its own login (a session cookie), then API requests as that token.
+            (_, ["ui", rest @ ..]) => return Ok(self.ui(req, rest).await),
             (&Method::GET, ["readyz"]) => {
                 return match self.state.store.revision().await {
                     Ok(_) => Ok(text(StatusCode::OK, "ok")),

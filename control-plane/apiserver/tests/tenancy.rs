@@ -549,6 +549,18 @@ async fn a_node_reads_its_pods_secrets_and_only_wakes_deployments() {
         403,
         "an annotation other than the cold start's trace context"
     );
+    let mut relabelled = d.clone();
+    relabelled.spec.replicas = 1;
+    relabelled.metadata.labels.insert("app".into(), "evil".into());
+    relabelled.metadata.annotations.insert(
+        wisp_api::TRACEPARENT_ANNOTATION.into(),
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+    );
+    assert_eq!(
+        code(n1.api::<Deployment>(Some("team-a")).replace(&relabelled).await),
+        403,
+        "a label changed beside a well-formed trace context"
+    );
     let mut forged = d.clone();
     forged.spec.replicas = 1;
     forged.metadata.annotations.insert(
@@ -571,6 +583,17 @@ async fn a_node_reads_its_pods_secrets_and_only_wakes_deployments() {
         .replace(&wake)
         .await
         .expect("woken from zero");
+    let stored = s
+        .admin
+        .api::<Deployment>(Some("team-a"))
+        .get("fn")
+        .await
+        .expect("get");
+    assert_eq!(
+        stored.metadata.annotations.get(wisp_api::TRACEPARENT_ANNOTATION),
+        wake.metadata.annotations.get(wisp_api::TRACEPARENT_ANNOTATION),
+        "the trace context is kept for the controllers"
+    );
     let mut again = wake.clone();
     again.metadata.resource_version = None;
     again.spec.replicas = 1;

@@ -579,8 +579,9 @@ async fn tick(
             tracing::info!(function = %f.metadata.name, revision = %name, namespace = %ns, from = inputs.current,
                 to = desired, in_flight, concurrency, "scaling");
             d.spec.replicas = i32::try_from(desired).unwrap_or(i32::MAX);
-            if inputs.current == 0 {
-                // Woken here, not by a traced request: no earlier start's trace goes on.
+            if inputs.current == 0 || desired == 0 {
+                // Woken here, not by a traced request, or back to zero: no earlier start's
+                // trace goes on.
                 d.metadata.annotations.remove(wisp_api::TRACEPARENT_ANNOTATION);
             }
             match deployments.replace(&d).await {

@@ -184,7 +184,8 @@ async fn scale(
     }
     // The Deployment waking from zero carries its cold-start trace on to the ReplicaSet's
     // pods; a scale to zero ends it.
-    let span = if waking && rs.spec.replicas == 0 && replicas > 0 {
+    let incoming = d.metadata.annotations.get(wisp_api::TRACEPARENT_ANNOTATION);
+    let span = if waking && incoming.is_some() && rs.spec.replicas == 0 && replicas > 0 {
         let span = tracing::info_span!(
             target: wisp_telemetry::TARGET,
             "deployment.scale",
@@ -192,7 +193,6 @@ async fn scale(
             wisp.replicaset = %rs.metadata.name,
             wisp.replicas = replicas,
         );
-        let incoming = d.metadata.annotations.get(wisp_api::TRACEPARENT_ANNOTATION);
         match wisp_telemetry::carried(&span, incoming.map(String::as_str)) {
             Some(tp) => next
                 .metadata
@@ -232,7 +232,10 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
     let mut sets = owned(&ctx, &d);
     sets.sort_by_key(|rs| (revision_of(rs), rs.metadata.name.clone()));
     let hash = template_hash(&d);
-    let waking = sets.iter().all(|rs| rs.spec.replicas == 0);
+    // Every set at zero, in spec and in fact: a wake-up, not a rollout between sets.
+    let waking = sets
+        .iter()
+        .all(|rs| rs.spec.replicas == 0 && rs.status.as_ref().is_none_or(|s| s.replicas == 0));
     let max_revision = sets.iter().map(|rs| revision_of(rs)).max().unwrap_or(0);
     let desired = d.spec.replicas.max(0);
     let rs_api = ctx.client.api::<ReplicaSet>(d.metadata.namespace.as_deref());

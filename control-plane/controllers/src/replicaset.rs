@@ -114,6 +114,8 @@ pub fn pod_for(rs: &ReplicaSet) -> Pod {
     let mut meta = ObjectMeta::namespaced(ns, format!("{}-{suffix}", rs.metadata.name));
     meta.labels = rs.spec.template.metadata.labels.clone();
     meta.annotations = rs.spec.template.metadata.annotations.clone();
+    // A cold start's trace context is the controllers' to give (below), not the template's.
+    meta.annotations.remove(wisp_api::TRACEPARENT_ANNOTATION);
     meta.owner_references.push(OwnerReference {
         api_version: wisp_api::API_VERSION.into(),
         kind: ReplicaSet::KIND.into(),

@@ -230,8 +230,9 @@ impl Worker {
         let span =
             tracing::info_span!("pod", pod = %self.pod.metadata.name, ns = ?self.pod.metadata.namespace);
         // A pod made for a cold start and not started yet (an agent that restarts and adopts
-        // it does not add to that trace).
-        let unstarted = self.pod.status.as_ref().is_none_or(|s| s.start_time.is_none());
+        // its sandboxes does not add to that trace).
+        let unstarted =
+            self.adopted.is_empty() && self.pod.status.as_ref().is_none_or(|s| s.start_time.is_none());
         if let Some(tp) = self
             .pod
             .metadata
@@ -290,6 +291,10 @@ impl Worker {
 impl Worker {
     /// One pass: react to the pod's state, prepare, start what is due, probe, report.
     async fn step(&mut self, shutdown: &CancellationToken) {
+        if self.pod.phase().is_terminal() {
+            // Ended without being ready: the start's span ends too.
+            self.starting = tracing::Span::none();
+        }
         if self.pod.phase().is_terminal() && !matches!(self.life.stage(), Stage::Done(_)) {
             if !self.ended_elsewhere {
                 tracing::info!(phase = ?self.pod.phase(), reason = ?self.pod.status.as_ref().and_then(|s| s.reason.clone()),

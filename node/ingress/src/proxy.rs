@@ -781,32 +781,29 @@ mod tests {
         addr
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn requests_to_a_backend_that_went_away_go_to_another() {
+    /// An ingress (no API server behind it) routing `web.example` to Service default/web,
+    /// whose backends are these (pod, address) pairs, tried in order.
+    fn web_ingress(backends: &[(&str, std::net::SocketAddr)]) -> Ingress {
         let ingress = Ingress::new(
             wisp_client::Client::new("http://127.0.0.1:9", "t"),
             crate::IngressConfig::new("n"),
             None,
         );
-        let refused = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr")
-        };
         let svc = Arc::new(crate::table::ServiceState::new("default", "web"));
-        let backend = |uid: &str, addr: std::net::SocketAddr| {
-            Arc::new(crate::table::Backend {
-                pod_uid: uid.into(),
-                pod: uid.into(),
-                node: None,
-                target: Target::Addr(addr),
-                outstanding: std::sync::atomic::AtomicUsize::new(0),
-            })
-        };
-        svc.set_backends(vec![
-            backend("refused", refused),
-            backend("closing", closing_server().await),
-            backend("alive", ok_server().await),
-        ]);
+        svc.set_backends(
+            backends
+                .iter()
+                .map(|(pod, addr)| {
+                    Arc::new(crate::table::Backend {
+                        pod_uid: (*pod).into(),
+                        pod: (*pod).into(),
+                        node: None,
+                        target: Target::Addr(*addr),
+                        outstanding: std::sync::atomic::AtomicUsize::new(0),
+                    })
+                })
+                .collect(),
+        );
         let route = RouteEntry {
             namespace: "default".into(),
             name: "web".into(),
@@ -818,6 +815,20 @@ mod tests {
             created: String::new(),
         };
         ingress.inner.table.store(Arc::new(Table::new(vec![route])));
+        ingress
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_to_a_backend_that_went_away_go_to_another() {
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let ingress = web_ingress(&[
+            ("refused", refused),
+            ("closing", closing_server().await),
+            ("alive", ok_server().await),
+        ]);
         for _ in 0..30 {
             let req = Request::get("/")
                 .header(header::HOST, "web.example")
@@ -857,29 +868,7 @@ mod tests {
                 });
             }
         });
-        let ingress = Ingress::new(
-            wisp_client::Client::new("http://127.0.0.1:9", "t"),
-            crate::IngressConfig::new("n"),
-            None,
-        );
-        let svc = Arc::new(crate::table::ServiceState::new("default", "web"));
-        svc.set_backends(vec![Arc::new(crate::table::Backend {
-            pod_uid: "u".into(),
-            pod: "web-1".into(),
-            node: None,
-            target: Target::Addr(addr),
-            outstanding: std::sync::atomic::AtomicUsize::new(0),
-        })]);
-        ingress.inner.table.store(Arc::new(Table::new(vec![RouteEntry {
-            namespace: "default".into(),
-            name: "web".into(),
-            host: Some("web.example".into()),
-            prefix: "/".into(),
-            backends: vec![(svc, 1)],
-            timeout: None,
-            gateway_only: false,
-            created: String::new(),
-        }])));
+        let ingress = web_ingress(&[("web-1", addr)]);
         let seen = async || {
             let req = Request::get("/")
                 .header(header::HOST, "web.example")

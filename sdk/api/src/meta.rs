@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// The annotation that carries a cold start's W3C trace context (a `traceparent`) from the
 /// Deployment the activator wakes to the ReplicaSet and pods made for it, so the controllers,
@@ -22,7 +23,6 @@ pub fn is_traceparent(v: &str) -> bool {
             && hex(trace) && hex(span) && hex(flags)
             && trace.bytes().any(|b| b != b'0') && span.bytes().any(|b| b != b'0'))
 }
-use serde::{Deserialize, Serialize};
 
 /// Metadata every persisted object carries. The server owns `uid`, `resourceVersion`,
 /// `generation`, `creationTimestamp` and `deletionTimestamp`.

@@ -41,7 +41,10 @@ fn main() -> std::process::ExitCode {
     let otlp = match &cli.command {
         Command::Up(a) => otlp(&a.traces, "up"),
         Command::Server(a) => otlp(&a.up.traces, "server"),
-        Command::Node(a) => otlp(&a.traces, a.node.node_name.as_deref().unwrap_or("node")),
+        Command::Node(a) => otlp(
+            &a.traces,
+            &a.node.node_name.clone().unwrap_or_else(wisp_node::node::hostname),
+        ),
         _ => None,
     };
     let guard = match wisp_telemetry::init(format, otlp.as_ref(), runtime.handle()) {

@@ -56,7 +56,7 @@ pub struct Otlp {
     /// with a sampled `traceparent` is recorded whatever this says (parent-based sampling).
     pub sample_ratio: f64,
     /// `service.instance.id` of the exported spans (which process: `up`, `server`, a node's
-    /// name). `service.name` is `wisp` unless `OTEL_SERVICE_NAME` says otherwise.
+    /// name as given, else the host's). `service.name` is `wisp` unless `OTEL_SERVICE_NAME` says otherwise.
     pub instance: String,
 }
 

@@ -107,6 +107,9 @@ fn without_an_exporter_nothing_is_written_and_the_callers_context_passes_on() {
         assert_eq!(h.get("traceparent").unwrap(), PARENT);
         assert_eq!(traceparent(&span), None);
         assert_eq!(trace_id(&span), None);
+        // A process exporting nothing passes a cold start's trace on as it came.
+        assert_eq!(carried(&span, Some(PARENT)).as_deref(), Some(PARENT));
+        assert_eq!(carried(&span, None), None);
     });
 }
 

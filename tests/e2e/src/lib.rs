@@ -514,6 +514,22 @@ pub async fn ingress_stat(
         .unwrap_or(0))
 }
 
+/// Waits until the ingress knows Service `name` (it shows in `/.wisp/stats`, read with the
+/// admin's `token`): its Route is in the ingress's table. Sends it no request.
+pub async fn until_ingress_knows(http: &Http, ingress: &str, token: &str, name: &str) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let want = format!("\"name\":\"{name}\"");
+    until(&format!("{name} in the ingress"), 30, async || {
+        let req = http::Request::get(format!("{ingress}/.wisp/stats"))
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(http_body_util::Empty::new())?;
+        let body = http.request(req).await?.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8_lossy(&body).contains(&want))
+    })
+    .await
+    .map(|_| ())
+}
+
 /// Applies `examples/hello/function.yaml` through the CLI, its component the built `hello`
 /// guest and its text changed by `edit` first (e.g. a shorter `scaleToZeroAfter`).
 pub fn apply_hello_function(w: &Wisp, edit: impl FnOnce(String) -> String) -> anyhow::Result<()> {

@@ -92,14 +92,7 @@ async fn function_scales_from_and_to_zero_through_the_ingress() -> anyhow::Resul
         "minScale 0: no pod before a request"
     );
     // The Function controller writes the Route; the ingress knows it once its Service shows.
-    until("the route in the ingress", 30, async || {
-        let req = http::Request::get(format!("{ingress}/.wisp/stats"))
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", w.token))
-            .body(Empty::<Bytes>::new())?;
-        let body = http.request(req).await?.into_body().collect().await?.to_bytes();
-        Ok(String::from_utf8_lossy(&body).contains("\"name\":\"hello-00001\""))
-    })
-    .await?;
+    wisp_e2e::until_ingress_knows(&http, &ingress, &w.token, "hello-00001").await?;
 
     // First request: a cold start, answered.
     let t = Instant::now();

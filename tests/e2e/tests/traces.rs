@@ -189,14 +189,7 @@ async fn a_cold_request_and_its_guests_outgoing_call_make_one_trace() -> anyhow:
         ..Container::default()
     }];
     client.api::<Function>(Some("default")).create(&f).await?;
-    until("the route in the ingress", 30, async || {
-        let req = http::Request::get(format!("{ingress}/.wisp/stats"))
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", w.token))
-            .body(Empty::<Bytes>::new())?;
-        let body = http.request(req).await?.into_body().collect().await?.to_bytes();
-        Ok(String::from_utf8_lossy(&body).contains("\"name\":\"traced-00001\""))
-    })
-    .await?;
+    wisp_e2e::until_ingress_knows(&http, &ingress, &w.token, "traced-00001").await?;
 
     // The caller's own trace: the ingress continues it.
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
