@@ -317,14 +317,16 @@ impl ApiServer {
         blobs::collect(&self.state, self.state.config.blob_grace).await
     }
 
-    /// The server's background work until `shutdown`: blob garbage collection and the
-    /// rate limiter's housekeeping.
+    /// The server's background work until `shutdown`: blob garbage collection, the rate
+    /// limiter's housekeeping and the dashboard's chart samples.
     pub async fn background(&self, shutdown: CancellationToken) {
         let mut gc = tokio::time::interval(self.state.config.blob_gc_interval);
         let mut shrink = tokio::time::interval(Fairness::SHRINK_EVERY);
+        let mut charts = tokio::time::interval(ui::SAMPLE_EVERY);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                _ = charts.tick() => ui::sample(&self.state).await,
                 _ = gc.tick() => {
                     if let Err(e) = self.collect_blobs().await {
                         tracing::warn!(error = %e, "blob garbage collection failed");

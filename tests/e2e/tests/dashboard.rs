@@ -283,6 +283,29 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
         .await?;
     assert!(text_of(&b, "h1").await?.contains("team-a/shop"));
     assert_accessible(&b, "function detail").await?;
+    // Its charts of the last 15 minutes: the samples so far, drawn as lines.
+    until("the requests/s chart", 40, async || {
+        let drawn = b
+            .execute(
+                "const l = document.querySelector('svg.chart polyline'); return l ? l.getAttribute('points') : null;",
+                vec![],
+            )
+            .await?;
+        Ok(drawn.as_str().is_some_and(|p| p.split(' ').count() >= 2))
+    })
+    .await?;
+    let label = b
+        .execute(
+            "return document.querySelector('svg.chart').getAttribute('aria-label')",
+            vec![],
+        )
+        .await?;
+    assert!(
+        label
+            .as_str()
+            .is_some_and(|l| l.starts_with("Requests per second")),
+        "{label}"
+    );
     shot(&b, "function").await?;
     b.find(Locator::Css("#pods tbody a")).await?.click().await?;
     b.wait()

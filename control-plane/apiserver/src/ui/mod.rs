@@ -10,7 +10,7 @@
 
 mod pages;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -45,10 +45,84 @@ struct Session {
     created: Instant,
 }
 
-/// The dashboard's sessions.
+/// The dashboard's sessions, and the history its charts draw.
 #[derive(Default)]
 pub(crate) struct Sessions {
     map: Mutex<HashMap<String, Session>>,
+    history: History,
+}
+
+/// How often each Function's figures are kept for the charts, and how many (15 minutes).
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+const SAMPLES: usize = 90;
+
+/// Each Function's requests/s and p99 (its status's last-minute summary), every
+/// [`SAMPLE_EVERY`] for the last 15 minutes, by `namespace/name`.
+#[derive(Default)]
+struct History {
+    map: Mutex<HashMap<String, VecDeque<Sample>>>,
+}
+
+/// Requests/s and p99 (ms) at one moment.
+type Sample = (f64, Option<f64>);
+
+impl History {
+    fn of(&self, ns: &str, name: &str) -> Vec<Sample> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&format!("{ns}/{name}"))
+            .map(|q| q.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Keeps one point of every Function's figures (read from the store: the charts are drawn
+/// only for Functions the viewer's own API requests return).
+pub(crate) async fn sample(state: &crate::State) {
+    let Some(kind) = wisp_api::kind_by_plural("functions") else {
+        return;
+    };
+    let target = crate::resources::Target {
+        kind,
+        namespace: None,
+        name: None,
+    };
+    let listing = match state.store.list(&target.prefix()).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the Functions for the dashboard's charts");
+            return;
+        }
+    };
+    let mut seen = HashMap::new();
+    for kv in &listing.items {
+        let Ok(f) = serde_json::from_slice::<wisp_api::Function>(&kv.value) else {
+            continue;
+        };
+        let m = f.status.as_ref().and_then(|s| s.metrics.as_ref());
+        let point = (m.map_or(0.0, |m| m.requests_per_second), m.and_then(|m| m.p99_ms));
+        let key = format!(
+            "{}/{}",
+            f.metadata.namespace.as_deref().unwrap_or_default(),
+            f.metadata.name
+        );
+        seen.insert(key, point);
+    }
+    let mut map = state
+        .ui
+        .history
+        .map
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    map.retain(|k, _| seen.contains_key(k));
+    for (k, p) in seen {
+        let q = map.entry(k).or_default();
+        if q.len() >= SAMPLES {
+            q.pop_front();
+        }
+        q.push_back(p);
+    }
 }
 
 fn random_hex() -> String {

@@ -173,6 +173,39 @@ fn short_time(t: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
+/// A sparkline of `values` (oldest first) as inline SVG, `w`×`h`, with a text alternative.
+fn chart(values: &[f64], w: u32, h: u32, label: &str) -> Markup {
+    let max = values.iter().copied().fold(0.0_f64, f64::max);
+    let n = values.len().max(2) - 1;
+    let points: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            #[allow(clippy::cast_precision_loss)] // at most 90 points
+            let x = f64::from(w) * i as f64 / n as f64;
+            let y = f64::from(h)
+                - 1.0
+                - if max > 0.0 {
+                    (f64::from(h) - 2.0) * v / max
+                } else {
+                    0.0
+                };
+            format!("{x:.1},{y:.1}")
+        })
+        .collect();
+    let alt = format!(
+        "{label}, last {} minutes: now {:.1}, highest {max:.1}",
+        values.len().div_ceil(6),
+        values.last().copied().unwrap_or(0.0)
+    );
+    html! {
+        svg.chart role="img" aria-label=(alt) width=(w) height=(h) viewBox=(format!("0 0 {w} {h}")) {
+            title { (alt) }
+            @if values.len() > 1 { polyline fill="none" stroke="currentColor" stroke-width="1.5" points=(points.join(" ")) {} }
+        }
+    }
+}
+
 fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "–".into(), |v| format!("{v:.1} ms"))
 }
@@ -314,7 +347,7 @@ async fn functions(viewer: &Viewer<'_>) -> Result<Markup, ApiError> {
         @if fs.is_empty() { p.muted { "No functions yet: " code { "wisp new" } " then " code { "wisp deploy" } "." } } @else {
             table #functions {
                 caption { "Functions, their replicas and their traffic over the last minute" }
-                thead { tr { th scope="col" { "Namespace" } th scope="col" { "Name" } th scope="col" { "URL" } th scope="col" { "Ready" } th scope="col" { "Requests/s" } th scope="col" { "p50" } th scope="col" { "p99" } th scope="col" { "Cold starts" } } }
+                thead { tr { th scope="col" { "Namespace" } th scope="col" { "Name" } th scope="col" { "URL" } th scope="col" { "Ready" } th scope="col" { "Requests/s" } th scope="col" { "15 min" } th scope="col" { "p50" } th scope="col" { "p99" } th scope="col" { "Cold starts" } } }
                 tbody {
                     @for f in &fs {
                         @let ns = f.metadata.namespace.as_deref().unwrap_or_default();
@@ -326,6 +359,7 @@ async fn functions(viewer: &Viewer<'_>) -> Result<Markup, ApiError> {
                             td { @if let Some(u) = url_of(f) { a href=(u) rel="noopener noreferrer" { (u) } } }
                             td { (ready) " / " (desired) }
                             td.rps { (m.map_or_else(|| "0.0".into(), |m| format!("{:.1}", m.requests_per_second))) }
+                            td { (chart(&viewer.server.state.ui.history.of(ns, &f.metadata.name).iter().map(|p| p.0).collect::<Vec<_>>(), 90, 20, "Requests per second")) }
                             td { (ms(m.and_then(|m| m.p50_ms))) }
                             td { (ms(m.and_then(|m| m.p99_ms))) }
                             td { (m.map_or(0, |m| m.cold_starts)) }
@@ -375,6 +409,9 @@ async fn function(viewer: &Viewer<'_>, ns: &str, name: &str) -> Result<Markup, A
     let evs = events_of(viewer, "Function", ns, name).await?;
     let m = f.status.as_ref().and_then(|s| s.metrics.as_ref());
     let (ready, desired) = ready_of(&f);
+    let history = viewer.server.state.ui.history.of(ns, name);
+    let rps: Vec<f64> = history.iter().map(|p| p.0).collect();
+    let p99: Vec<f64> = history.iter().map(|p| p.1.unwrap_or(0.0)).collect();
     Ok(html! {
         h1 { "Function " (ns) "/" (name) }
         dl.tiles {
@@ -384,6 +421,13 @@ async fn function(viewer: &Viewer<'_>, ns: &str, name: &str) -> Result<Markup, A
             div { dt { "p50 / p99" } dd { (ms(m.and_then(|m| m.p50_ms))) " / " (ms(m.and_then(|m| m.p99_ms))) } }
             div { dt { "Cold starts (last minute)" } dd { (m.map_or(0, |m| m.cold_starts)) } }
             div { dt { "Latest revision" } dd { (f.status.as_ref().and_then(|s| s.latest_ready_revision.as_deref()).unwrap_or("–")) } }
+        }
+        section aria-labelledby="charts" {
+            h2 #charts { "Last 15 minutes" }
+            div.charts {
+                figure { (chart(&rps, 320, 80, "Requests per second")) figcaption { "Requests/s" } }
+                figure { (chart(&p99, 320, 80, "p99 latency in ms")) figcaption { "p99 (ms)" } }
+            }
         }
         @let traffic = f.status.as_ref().map(|s| s.traffic.as_slice()).unwrap_or_default();
         @if !traffic.is_empty() {
