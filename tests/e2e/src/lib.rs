@@ -236,6 +236,22 @@ impl Wisp {
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
     }
 
+    /// [`Wisp::api_http`] for requests with a body.
+    pub fn api_http_full(
+        &self,
+    ) -> hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        http_body_util::Full<bytes::Bytes>,
+    > {
+        let tls = wisp_tls::client_config(self.ca.as_deref()).expect("the cluster CA is a PEM certificate");
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
+    }
+
     /// A TLS connection to the API server, handshake done (for tests that write raw bytes).
     pub async fn api_tls_stream(
         &self,

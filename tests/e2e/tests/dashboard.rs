@@ -212,15 +212,40 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
     // The forms' CSRF checks, without a browser: a login without the form's cookie is
     // refused, and so is a logout without the session's token.
     let api_http = w.api_http();
-    let req = http::Request::post(format!("{}/ui/login", w.url))
-        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .header(http::header::COOKIE, "wisp_login_csrf=aaaa")
-        .body(Empty::<Bytes>::new())?;
-    assert_eq!(
-        api_http.request(req).await?.status(),
-        403,
-        "a login without the form's token"
-    );
+    for (cookie, form, what) in [
+        (
+            "",
+            format!("token={}&csrf=aaaa", w.token),
+            "the form's cookie missing",
+        ),
+        (
+            "__Host-wisp_login_csrf=aaaa",
+            format!("token={}&csrf=bbbb", w.token),
+            "a form token unlike its cookie",
+        ),
+        (
+            "__Host-wisp_login_csrf=aaaa",
+            format!("token={}", w.token),
+            "no form token",
+        ),
+    ] {
+        let req = http::Request::post(format!("{}/ui/login", w.url))
+            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(http::header::COOKIE, cookie)
+            .body(http_body_util::Full::new(Bytes::from(form)))?;
+        let resp = w.api_http_full().request(req).await?;
+        assert_eq!(resp.status(), 403, "a login with {what}");
+        let cookies: Vec<&str> = resp
+            .headers()
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .filter_map(|c| c.to_str().ok())
+            .collect();
+        assert!(
+            cookies.iter().all(|c| !c.contains("wisp_session")),
+            "{what}: {cookies:?}"
+        );
+    }
 
     let d = driver().await?;
     let b = browser(&d).await?;
@@ -245,6 +270,7 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
         .await?;
     assert_accessible(&b, "functions").await?;
     let before = text_of(&b, "tr[data-function=shop] td.rps").await?;
+    let before_n: f64 = before.parse().unwrap_or(0.0);
     let stop = tokio_util::sync::CancellationToken::new();
     let traffic = {
         let (http, ingress, stop) = (http.clone(), ingress.clone(), stop.clone());
@@ -263,7 +289,7 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
     let mut after = before.clone();
     let updated = until("the live requests/s to rise", 90, async || {
         after = text_of(&b, "tr[data-function=shop] td.rps").await?;
-        Ok(after.parse::<f64>().unwrap_or(0.0) > 0.0)
+        Ok(after.parse::<f64>().unwrap_or(0.0) > before_n)
     })
     .await;
     let live = b.find(Locator::Css("main")).await?.attr("data-updated").await?;
@@ -345,10 +371,22 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
             vec![],
         )
         .await?;
-    assert!(theme.as_str().is_some(), "a theme was chosen: {theme}");
+    assert!(
+        matches!(theme.as_str(), Some("dark" | "light")),
+        "a theme was chosen: {theme}"
+    );
+    let dark_bg = b
+        .execute("return getComputedStyle(document.body).backgroundColor", vec![])
+        .await?;
+    eprintln!("theme {theme}: background {dark_bg}");
     shot(&b, "functions-themed").await?;
 
     // Log out (the form carries the CSRF token), then in as team-a: its namespace only.
+    let admin_session = b
+        .get_named_cookie("__Host-wisp_session")
+        .await?
+        .value()
+        .to_owned();
     b.find(Locator::Css("form[action='/ui/logout'] button"))
         .await?
         .click()
@@ -357,6 +395,14 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
         .at_most(Duration::from_secs(30))
         .for_element(Locator::Css("#token"))
         .await?;
+    // The logged-out session is gone: its cookie gets the login page.
+    let req = http::Request::get(format!("{}/ui/functions", w.url))
+        .header(
+            http::header::COOKIE,
+            format!("__Host-wisp_session={admin_session}"),
+        )
+        .body(Empty::<Bytes>::new())?;
+    assert_eq!(api_http.request(req).await?.status(), 303, "a logged-out session");
     log_in(&b, &w.url, &team_a).await?;
     assert!(text_of(&b, ".scope").await?.contains("namespace team-a"));
     b.goto(&format!("{}/ui/functions", w.url)).await?;
@@ -385,9 +431,14 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
         );
     }
     // A page that is not a name goes nowhere else in the API.
-    b.goto(&format!("{}/ui/functions/team-a/..%2F..%2Fnodes", w.url))
-        .await?;
-    assert!(text_of(&b, "main").await?.contains("Cannot show this"));
+    for path in [
+        "/ui/functions/team-a/..%2F..%2Fnodes",
+        "/ui/functions/team-b/-x",
+        "/ui/pods/team-a/.x",
+    ] {
+        b.goto(&format!("{}{path}", w.url)).await?;
+        assert!(text_of(&b, "main").await?.contains("Cannot show this"), "{path}");
+    }
 
     // The session cookie is HttpOnly: the page's script cannot read it.
     let cookies = b.execute("return document.cookie", vec![]).await?;
@@ -396,10 +447,34 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
         "{cookies}"
     );
     // Without the session's CSRF token a logout form is refused.
-    let session = b.get_named_cookie("wisp_session").await?.value().to_owned();
+    let session = b
+        .get_named_cookie("__Host-wisp_session")
+        .await?
+        .value()
+        .to_owned();
+    // Nor do the streams of another namespace answer: 204, the page's EventSource stops.
+    let other_pod = admin
+        .api::<wisp_api::Pod>(Some("team-b"))
+        .list(&wisp_client::ListParams::default())
+        .await?
+        .items
+        .first()
+        .map(|p| p.metadata.name.clone())
+        .context("team-b's pod")?;
+    for path in [
+        "/ui/live/functions/team-b/secret-b".to_owned(),
+        format!("/ui/logs/team-b/{other_pod}"),
+        "/ui/live/nodes".to_owned(),
+    ] {
+        let req = http::Request::get(format!("{}{path}", w.url))
+            .header(http::header::COOKIE, format!("__Host-wisp_session={session}"))
+            .body(Empty::<Bytes>::new())?;
+        let resp = api_http.request(req).await?;
+        assert_eq!(resp.status(), 204, "{path}");
+    }
     let req = http::Request::post(format!("{}/ui/logout", w.url))
         .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .header(http::header::COOKIE, format!("wisp_session={session}"))
+        .header(http::header::COOKIE, format!("__Host-wisp_session={session}"))
         .body(Empty::<Bytes>::new())?;
     let resp = api_http.request(req).await?;
     assert_eq!(resp.status(), 403, "a form without the CSRF token");

@@ -6,6 +6,8 @@
   try { saved = localStorage.getItem("wisp-theme"); } catch (e) { /* storage off */ }
   if (saved === "light" || saved === "dark") { root.setAttribute("data-theme", saved); }
 
+  // The log panel: lines as text (never HTML), the last 2000; an `end` event (the log ended)
+  // closes the stream rather than reconnecting (which would repeat the last lines).
   function follow(pre) {
     var es = new EventSource(pre.getAttribute("data-stream"));
     es.onmessage = function (ev) {
@@ -13,6 +15,7 @@
       while (pre.childNodes.length > 2000) { pre.removeChild(pre.firstChild); }
       pre.scrollTop = pre.scrollHeight;
     };
+    es.addEventListener("end", function () { es.close(); });
   }
 
   document.addEventListener("DOMContentLoaded", function () {
@@ -30,9 +33,15 @@
     if (logs && logs.getAttribute("data-stream")) { follow(logs); }
     var main = document.getElementById("main");
     var live = main && main.getAttribute("data-live");
-    if (live) {
-      var es = new EventSource(live);
+    if (!live) { return; }
+    var es = null;
+    function open() {
+      if (es) { return; }
+      es = new EventSource(live);
       es.addEventListener("main", function (ev) {
+        // Not while the keyboard is in the page's content: the focused control would go.
+        var focused = document.activeElement;
+        if (focused && focused !== document.body && main.contains(focused)) { return; }
         // The log panel keeps its stream and its lines.
         var kept = document.getElementById("logs");
         if (kept) { kept.parentNode.removeChild(kept); }
@@ -42,5 +51,10 @@
         main.setAttribute("data-updated", String(Date.now()));
       });
     }
+    // A hidden tab holds no stream (browsers allow few connections per server).
+    document.addEventListener("visibilitychange", function () {
+      if (document.hidden) { if (es) { es.close(); es = null; } } else { open(); }
+    });
+    if (!document.hidden) { open(); }
   });
 })();

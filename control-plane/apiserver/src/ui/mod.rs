@@ -23,8 +23,13 @@ use crate::ApiServer;
 use crate::body::{ApiBody, full};
 use crate::error::ApiError;
 
-const SESSION_COOKIE: &str = "wisp_session";
-const LOGIN_CSRF_COOKIE: &str = "wisp_login_csrf";
+/// `__Host-`: set by this host only, over TLS, for every path (a sibling host cannot plant it).
+const SESSION_COOKIE: &str = "__Host-wisp_session";
+const LOGIN_CSRF_COOKIE: &str = "__Host-wisp_login_csrf";
+/// At most this many sessions per token; a further login ends its oldest.
+const SESSIONS_PER_TOKEN: usize = 8;
+/// A log stream lasts at most this long (the page's script starts another).
+const LOGS_FOR: Duration = Duration::from_secs(1800);
 /// A session lasts this long after its login.
 const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// At most this many sessions are kept; a login past it drops the oldest.
@@ -143,8 +148,20 @@ impl Sessions {
         }
         let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.retain(|_, s| s.created.elapsed() < SESSION_TTL);
+        // One token's logins end its own oldest sessions, never another's.
+        let oldest_of = |map: &HashMap<String, Session>, token: Option<&str>| {
+            map.iter()
+                .filter(|(_, s)| token.is_none_or(|t| s.token == t))
+                .min_by_key(|(_, s)| s.created)
+                .map(|(k, _)| k.clone())
+        };
+        if map.values().filter(|s| s.token == token).count() >= SESSIONS_PER_TOKEN
+            && let Some(oldest) = oldest_of(&map, Some(&token))
+        {
+            map.remove(&oldest);
+        }
         if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| k.clone())
+            && let Some(oldest) = oldest_of(&map, None)
         {
             map.remove(&oldest);
         }
@@ -165,6 +182,10 @@ impl Sessions {
         map.get(id)
             .filter(|s| s.created.elapsed() < SESSION_TTL)
             .map(|s| (s.token.clone(), s.csrf.clone()))
+    }
+
+    fn live(&self, id: &str) -> bool {
+        self.get(id).is_some()
     }
 
     fn remove(&self, id: &str) {
@@ -240,23 +261,22 @@ fn asset(body: &'static str, kind: &'static str) -> Response<ApiBody> {
 }
 
 fn set_cookie(resp: &mut Response<ApiBody>, name: &str, value: &str, max_age: u64) {
-    let c = format!("{name}={value}; Path=/ui; HttpOnly; SameSite=Strict; Secure; Max-Age={max_age}");
+    let c = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age={max_age}");
     if let Ok(v) = HeaderValue::from_str(&c) {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
 }
 
-/// Reads an `application/x-www-form-urlencoded` body (bounded).
-async fn form<B>(body: B) -> Result<HashMap<String, String>, ApiError>
+/// Reads an `application/x-www-form-urlencoded` body: bounded in size and in time, as every
+/// body the server reads (a client that trickles it is cut off).
+async fn form<B>(server: &ApiServer, req: Request<B>) -> Result<HashMap<String, String>, ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let bytes = http_body_util::Limited::new(body, MAX_FORM)
-        .collect()
-        .await
-        .map_err(|e| ApiError::BadRequest(format!("cannot read the form: {e}")))?
-        .to_bytes();
+    let (parts, body) = req.into_parts();
+    let bytes =
+        crate::body::read_limited(&parts.headers, body, MAX_FORM, server.state.config.body_timeouts).await?;
     Ok(form_urlencoded::parse(&bytes).into_owned().collect())
 }
 
@@ -275,7 +295,7 @@ impl Viewer<'_> {
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
             .body(http_body_util::Empty::<Bytes>::new())
             .map_err(|e| ApiError::Internal(format!("{path}: {e}")))?;
-        let resp = Box::pin(self.server.handle(req)).await;
+        let resp = self.call(req).await;
         let status = resp.status();
         let body = resp
             .into_body()
@@ -291,10 +311,24 @@ impl Viewer<'_> {
                 401 => ApiError::Unauthorized(message),
                 403 => ApiError::Forbidden(message),
                 404 => ApiError::NotFound(message),
+                429 => ApiError::TooManyRequests {
+                    message,
+                    retry_after_secs: 1,
+                },
+                503 => ApiError::Unavailable(message),
                 _ => ApiError::Internal(format!("{path}: {status}: {message}")),
             });
         }
         serde_json::from_slice(&body).map_err(|e| ApiError::Internal(format!("{path}: {e}")))
+    }
+
+    /// The server's handler, as a boxed `Send` future (the handler's future holds this one: the
+    /// box ends the cycle).
+    pub(crate) fn call(
+        &self,
+        req: Request<http_body_util::Empty<Bytes>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ApiBody>> + Send + '_>> {
+        Box::pin(self.server.handle(req))
     }
 
     /// The namespace the viewer's pages show: its own for a namespace token, all for the
@@ -339,7 +373,7 @@ impl ApiServer {
         };
         if method == Method::POST {
             // Every form carries the session's CSRF token.
-            let fields = match form(req.into_body()).await {
+            let fields = match form(self, req).await {
                 Ok(f) => f,
                 Err(e) => return html(StatusCode::BAD_REQUEST, pages::error_page(&e.to_string())),
             };
@@ -385,16 +419,31 @@ impl ApiServer {
                 );
             }
             // The token was revoked (or its namespace deleted) since the login.
-            Err(_) => {
+            Err(ApiError::Unauthorized(_)) => {
                 if let Some(id) = &session {
                     self.state.ui.remove(id);
                 }
                 return redirect("/ui/login");
             }
+            Err(e) => {
+                return html(
+                    StatusCode::from_u16(e.code()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                    pages::error_page(&e.to_string()),
+                );
+            }
         }
+        let session = session.unwrap_or_default();
         match segments {
-            ["live", rest @ ..] => live(self, viewer, rest.iter().map(|s| (*s).to_owned()).collect()),
-            ["logs", ns, pod] => pages::log_stream(&viewer, ns, pod).await,
+            ["live", rest @ ..] => {
+                live(
+                    self,
+                    viewer,
+                    session,
+                    rest.iter().map(|s| (*s).to_owned()).collect(),
+                )
+                .await
+            }
+            ["logs", ns, pod] => pages::log_stream(&viewer, &session, ns, pod).await,
             _ => match pages::page(&viewer, segments).await {
                 Ok(markup) => html(StatusCode::OK, markup),
                 Err(e) => html(
@@ -411,7 +460,7 @@ impl ApiServer {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let expected = cookie(&req, LOGIN_CSRF_COOKIE).map(str::to_owned);
-        let fields = match form(req.into_body()).await {
+        let fields = match form(self, req).await {
             Ok(f) => f,
             Err(e) => return html(StatusCode::BAD_REQUEST, pages::error_page(&e.to_string())),
         };
@@ -472,26 +521,60 @@ impl ApiServer {
     }
 }
 
-/// `text/event-stream` of a page's `<main>`, rendered again every [`LIVE_EVERY`] (an `main`
-/// event with the HTML) for [`LIVE_FOR`]; the script swaps it in and reconnects.
-fn live(server: &ApiServer, viewer: Viewer<'_>, segments: Vec<String>) -> Response<ApiBody> {
+/// One server-sent event named `name` with `html` as its data, a `data:` field per line (a
+/// carriage return would end a line too: it is dropped).
+fn event(name: &str, html: &str) -> Bytes {
+    let mut out = format!("event: {name}\n");
+    for line in html.replace('\r', "").split('\n') {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+/// 204: tells the page's `EventSource` to stop reconnecting.
+fn no_stream() -> Response<ApiBody> {
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    secured(r)
+}
+
+/// `text/event-stream` of a page's `<main>`, rendered again every [`LIVE_EVERY`] (a `main`
+/// event with the HTML) for [`LIVE_FOR`] while the session lasts; the script swaps it in and
+/// reconnects. A page that cannot be rendered now (a pod gone, a refusal) answers 204, which
+/// stops the reconnecting.
+async fn live(
+    server: &ApiServer,
+    viewer: Viewer<'_>,
+    session: String,
+    segments: Vec<String>,
+) -> Response<ApiBody> {
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let Ok(first) = pages::main_of(&viewer, &seg).await else {
+        return no_stream();
+    };
+    let first = event("main", &first.into_string());
     let server = server.clone();
     let Viewer { token, csrf, who, .. } = viewer;
     let stopping = server.state.shutdown.clone();
     let started = Instant::now();
-    let stream = futures::stream::unfold(true, move |first| {
+    let stream = futures::stream::unfold(Some(first), move |ready| {
         let server = server.clone();
         let (token, csrf, who) = (token.clone(), csrf.clone(), who.clone());
-        let segments = segments.clone();
+        let (segments, session) = (segments.clone(), session.clone());
         let stopping = stopping.clone();
         async move {
-            if !first {
-                tokio::select! {
-                    () = tokio::time::sleep(LIVE_EVERY) => {}
-                    () = stopping.cancelled() => return None,
-                }
+            if let Some(first) = ready {
+                return Some((Ok::<_, std::io::Error>(hyper::body::Frame::data(first)), None));
             }
-            if started.elapsed() > LIVE_FOR {
+            tokio::select! {
+                () = tokio::time::sleep(LIVE_EVERY) => {}
+                () = stopping.cancelled() => return None,
+            }
+            // Logged out or expired: the stream ends with the session.
+            if started.elapsed() > LIVE_FOR || !server.state.ui.live(&session) {
                 return None;
             }
             let viewer = Viewer {
@@ -501,21 +584,10 @@ fn live(server: &ApiServer, viewer: Viewer<'_>, segments: Vec<String>) -> Respon
                 who,
             };
             let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
-            let main = match pages::main_of(&viewer, &seg).await {
-                Ok(m) => m.into_string(),
-                // The session's token stopped working: the stream ends (the page reloads).
-                Err(_) => return None,
-            };
-            let mut event = String::from("event: main\n");
-            for line in main.lines() {
-                event.push_str("data: ");
-                event.push_str(line);
-                event.push('\n');
-            }
-            event.push('\n');
+            let main = pages::main_of(&viewer, &seg).await.ok()?;
             Some((
-                Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(event))),
-                false,
+                Ok(hyper::body::Frame::data(event("main", &main.into_string()))),
+                None,
             ))
         }
     });

@@ -115,6 +115,7 @@ pub(super) fn error_page(message: &str) -> Markup {
         html lang="en" {
             head {
                 meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
                 title { "Error · Wisp" }
                 link rel="stylesheet" href="/ui/style.css";
             }
@@ -467,7 +468,7 @@ async fn pod(viewer: &Viewer<'_>, ns: &str, name: &str) -> Result<Markup, ApiErr
         section aria-labelledby="logs-h" {
             h2 #logs-h { "Logs" }
             // Filled by the script from the log stream (it stays when the rest is updated).
-            pre #logs data-stream=(format!("/ui/logs/{ns}/{name}")) aria-live="polite" aria-label="Live logs" tabindex="0" {}
+            pre #logs data-stream=(format!("/ui/logs/{ns}/{name}")) aria-label="Live logs" tabindex="0" {}
         }
     })
 }
@@ -501,66 +502,74 @@ async fn namespaces(viewer: &Viewer<'_>) -> Result<Markup, ApiError> {
 }
 
 /// `text/event-stream` of a pod's log lines (its first container's, the last 200 then new
-/// ones), read from the API as the viewer.
-pub(super) async fn log_stream(viewer: &Viewer<'_>, ns: &str, pod: &str) -> Response<ApiBody> {
+/// ones), read from the API as the viewer, while the session lasts and for at most
+/// [`super::LOGS_FOR`]; an `end` event when the log ends (the script stops: reconnecting would
+/// repeat the last 200 lines). A pod that cannot be read answers 204.
+pub(super) async fn log_stream(viewer: &Viewer<'_>, session: &str, ns: &str, pod: &str) -> Response<ApiBody> {
+    use futures::StreamExt;
+    /// A line longer than this is sent in pieces.
+    const MAX_LINE: usize = 64 * 1024;
     let (Ok(ns), Ok(pod)) = (name_ok(ns), name_ok(pod)) else {
-        return super::html(http::StatusCode::NOT_FOUND, error_page("no such pod"));
+        return super::no_stream();
     };
-    let p: Result<Pod, _> = viewer
-        .get(&format!("/apis/wisp.dev/v1/namespaces/{ns}/pods/{pod}"))
-        .await;
-    let container = match p {
-        Ok(p) => p
-            .spec
-            .containers
-            .first()
-            .map(|c| c.name.clone())
-            .unwrap_or_default(),
-        Err(e) => {
-            return super::html(
-                http::StatusCode::from_u16(e.code()).unwrap_or_default(),
-                error_page(&e.to_string()),
-            );
-        }
+    let Ok(p) = viewer
+        .get::<Pod>(&format!("/apis/wisp.dev/v1/namespaces/{ns}/pods/{pod}"))
+        .await
+    else {
+        return super::no_stream();
     };
+    let container = p
+        .spec
+        .containers
+        .first()
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
     let container: String = form_urlencoded::byte_serialize(container.as_bytes()).collect();
     let path = format!(
         "/apis/wisp.dev/v1/namespaces/{ns}/pods/{pod}/log?follow=true&tailLines=200&container={container}"
     );
-    let req = match Request::get(&path)
+    let Ok(req) = Request::get(&path)
         .header(header::AUTHORIZATION, format!("Bearer {}", viewer.token))
         .body(http_body_util::Empty::<Bytes>::new())
-    {
-        Ok(r) => r,
-        Err(e) => {
-            return super::html(
-                http::StatusCode::INTERNAL_SERVER_ERROR,
-                error_page(&e.to_string()),
-            );
-        }
+    else {
+        return super::no_stream();
     };
-    let resp = Box::pin(viewer.server.handle(req)).await;
+    let resp = viewer.call(req).await;
     if !resp.status().is_success() {
-        return super::html(resp.status(), error_page("the logs cannot be read"));
+        return super::no_stream();
     }
-    // Each line a `data:` of one event; a line split across chunks waits for its end.
-    let mut partial = Vec::new();
-    let body = resp.into_body().map_frame(move |frame| {
-        let Ok(data) = frame.into_data() else {
-            return hyper::body::Frame::data(Bytes::new());
-        };
-        partial.extend_from_slice(&data);
-        let mut out = String::new();
-        while let Some(i) = partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = partial.drain(..=i).collect();
-            let line = String::from_utf8_lossy(&line[..line.len() - 1]).replace('\r', "");
-            out.push_str("data: ");
-            out.push_str(&line);
-            out.push_str("\n\n");
-        }
-        hyper::body::Frame::data(Bytes::from(out))
-    });
-    let mut r = Response::new(body.boxed_unsync());
+    let server = viewer.server.clone();
+    let session = session.to_owned();
+    let mut partial: Vec<u8> = Vec::new();
+    let lines = http_body_util::BodyStream::new(resp.into_body())
+        .take_until(tokio::time::sleep(super::LOGS_FOR))
+        .take_while(|frame| futures::future::ready(frame.is_ok()))
+        // Logged out or expired: the stream ends with the session.
+        .take_while(move |_| futures::future::ready(server.state.ui.live(&session)))
+        .map(move |frame| {
+            let data = frame.ok().and_then(|f| f.into_data().ok()).unwrap_or_default();
+            partial.extend_from_slice(&data);
+            let mut out = String::new();
+            loop {
+                let end = match partial.iter().position(|b| *b == b'\n') {
+                    Some(i) => i + 1,
+                    None if partial.len() > MAX_LINE => partial.len(),
+                    None => break,
+                };
+                let line: Vec<u8> = partial.drain(..end).collect();
+                let line = String::from_utf8_lossy(&line).replace(['\r', '\n'], "");
+                out.push_str("data: ");
+                out.push_str(&line);
+                out.push_str("\n\n");
+            }
+            Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(out)))
+        })
+        .chain(futures::stream::once(async {
+            Ok(hyper::body::Frame::data(Bytes::from_static(
+                b"event: end\ndata: \n\n",
+            )))
+        }));
+    let mut r = Response::new(http_body_util::StreamBody::new(lines).boxed_unsync());
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
