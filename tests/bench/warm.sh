@@ -107,7 +107,9 @@ echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); cpus: $(nproc); wrk -t1 -d${secs
 echo
 if [ -n "$variant" ]; then
   # The variant's own table: new, variant (and baseline), rotating who goes first.
-  echo "| connections | round | wisp req/s | variant req/s | p50 | p99 |${baseline:+ baseline req/s |} wisp ÷ ${baseline:+baseline}${baseline:-wisp} | variant ÷ ${baseline:+baseline}${baseline:-wisp} |"
+  ref_name=wisp
+  [ -n "$baseline" ] && ref_name=baseline
+  echo "| connections | round | wisp req/s | variant req/s | p50 | p99 |${baseline:+ baseline req/s |} wisp ÷ $ref_name | variant ÷ $ref_name |"
   echo "| ---: | ---: | ---: | ---: | ---: | ---: |${baseline:+ ---: |} ---: | ---: |"
   summary=()
   for c in $conns; do
@@ -131,7 +133,7 @@ if [ -n "$variant" ]; then
     summary+=("| $c | $(median "${a[@]}") | $(median "${b[@]}") |")
   done
   echo
-  echo "| connections | wisp ÷ ${baseline:+baseline}${baseline:-wisp}, median of $rounds rounds (range) | variant ÷ ${baseline:+baseline}${baseline:-wisp} |"
+  echo "| connections | wisp ÷ $ref_name, median of $rounds rounds (range) | variant ÷ $ref_name |"
   echo "| ---: | ---: | ---: |"
   printf '%s\n' "${summary[@]}"
   exit 0

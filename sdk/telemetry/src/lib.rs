@@ -70,7 +70,7 @@ pub enum Error {
     #[error("cannot build the OTLP exporter")]
     Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
     #[error("a tracing subscriber is already installed")]
-    AlreadyInstalled(#[source] tracing_subscriber::util::TryInitError),
+    AlreadyInstalled(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Keeps the exporter running; dropping it sends the spans still queued (for at most a few
@@ -105,6 +105,23 @@ pub fn init(
                 .parse()
                 .unwrap_or_else(|_| tracing_subscriber::filter::Directive::from(tracing::Level::ERROR)),
         );
+    let Some(otlp) = otlp else {
+        // Log lines only: one global filter over the fmt subscriber, as concrete types — a
+        // disabled call site (every trace span) costs one cached load, nothing else.
+        let logs = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match format {
+            LogFormat::Text => logs.try_init(),
+            LogFormat::Json => logs
+                .json()
+                .with_current_span(true)
+                .with_span_list(true)
+                .try_init(),
+        }
+        .map_err(Error::AlreadyInstalled)?;
+        return Ok(Guard { provider: None });
+    };
     let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let lines = match format {
         LogFormat::Text => lines.boxed(),
@@ -112,10 +129,6 @@ pub fn init(
     }
     .with_filter(filter);
     let registry = tracing_subscriber::registry().with(lines);
-    let Some(otlp) = otlp else {
-        registry.try_init().map_err(Error::AlreadyInstalled)?;
-        return Ok(Guard { provider: None });
-    };
     let provider = export::provider(otlp, runtime)?;
     let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "wisp");
     let spans = tracing_opentelemetry::layer()
@@ -128,7 +141,10 @@ pub fn init(
         .with_level(false)
         .with_tracked_inactivity(false)
         .with_filter(tracing_subscriber::filter::Targets::new().with_target(TARGET, tracing::Level::TRACE));
-    registry.with(spans).try_init().map_err(Error::AlreadyInstalled)?;
+    registry
+        .with(spans)
+        .try_init()
+        .map_err(|e| Error::AlreadyInstalled(e.into()))?;
     Ok(Guard {
         provider: Some(provider),
     })
