@@ -168,6 +168,13 @@ fn ready_of(f: &Function) -> (i32, i32) {
         .map_or((0, 0), |s| (s.ready_replicas, s.desired_replicas))
 }
 
+/// Bytes as GiB with one decimal.
+fn gib(bytes: i64) -> String {
+    #[allow(clippy::cast_precision_loss)] // a display of memory sizes
+    let g = bytes as f64 / f64::from(1u32 << 30);
+    format!("{g:.1} GiB")
+}
+
 /// An RFC 3339 time as `YYYY-MM-DD HH:MM:SS` (UTC, as stored).
 fn short_time(t: Option<&str>) -> String {
     t.map(|t| t.get(..19).unwrap_or(t).replace('T', " "))
@@ -284,6 +291,8 @@ async fn overview(viewer: &Viewer<'_>) -> Result<Markup, ApiError> {
         .filter_map(|f| f.status.as_ref()?.metrics.as_ref())
         .map(|m| m.requests_per_second)
         .sum();
+    // (A sum of no floats is -0.0.)
+    let rps = if rps > 0.0 { rps } else { 0.0 };
     Ok(html! {
         h1 { "Overview" }
         section aria-labelledby="totals" {
@@ -321,7 +330,7 @@ fn nodes_table(nodes: &[Node]) -> Markup {
                         td { @if n.is_ready() { "Ready" } @else { strong { "Not ready" } } }
                         td { (n.status.as_ref().map(|s| s.runtimes.join(", ")).unwrap_or_default()) }
                         td { (cap.and_then(|c| c.get("cpu")).map(ToString::to_string).unwrap_or_default()) }
-                        td { (cap.and_then(|c| c.get("memory")).map(ToString::to_string).unwrap_or_default()) }
+                        td { (cap.and_then(|c| c.get("memory")).map(|q| gib(q.value())).unwrap_or_default()) }
                         td { (cap.and_then(|c| c.get("pods")).map(ToString::to_string).unwrap_or_default()) }
                     }
                 }

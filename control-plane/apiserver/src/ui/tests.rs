@@ -3,13 +3,18 @@ use super::*;
 #[test]
 fn cookies_are_found_by_name_among_several() {
     let req = Request::get("/ui")
-        .header(header::COOKIE, "a=1; wisp_session=abc")
+        .header(header::COOKIE, format!("a=1; {SESSION_COOKIE}=abc"))
         .header(header::COOKIE, "b=2")
         .body(())
         .expect("request");
     assert_eq!(cookie(&req, SESSION_COOKIE), Some("abc"));
     assert_eq!(cookie(&req, "b"), Some("2"));
     assert_eq!(cookie(&req, "wisp"), None);
+    assert_eq!(
+        cookie(&req, "wisp_session"),
+        None,
+        "only the __Host- cookie counts"
+    );
 }
 
 #[test]
