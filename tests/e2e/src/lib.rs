@@ -227,13 +227,8 @@ impl Wisp {
 
     /// A raw HTTP client of the API server (HTTPS trusting the cluster CA, or plain HTTP).
     pub fn api_http(&self) -> ApiHttp {
-        let tls = wisp_tls::client_config(self.ca.as_deref()).expect("the cluster CA is a PEM certificate");
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(self.api_connector())
     }
 
     /// [`Wisp::api_http`] for requests with a body.
@@ -243,13 +238,19 @@ impl Wisp {
         hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
         http_body_util::Full<bytes::Bytes>,
     > {
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(self.api_connector())
+    }
+
+    fn api_connector(
+        &self,
+    ) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
         let tls = wisp_tls::client_config(self.ca.as_deref()).expect("the cluster CA is a PEM certificate");
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .build();
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
+            .build()
     }
 
     /// A TLS connection to the API server, handshake done (for tests that write raw bytes).

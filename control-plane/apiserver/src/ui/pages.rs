@@ -25,6 +25,19 @@ fn name_ok(s: &str) -> Result<&str, ApiError> {
     }
 }
 
+/// A page's `<head>`: `title` · Wisp, the stylesheet and the script.
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · Wisp" }
+            link rel="stylesheet" href="/ui/style.css";
+            script src="/ui/app.js" defer {}
+        }
+    }
+}
+
 fn layout(viewer: &Viewer<'_>, title: &str, live: &str, main: Markup) -> Markup {
     let scope = viewer
         .namespace()
@@ -48,13 +61,7 @@ fn layout(viewer: &Viewer<'_>, title: &str, live: &str, main: Markup) -> Markup 
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Wisp" }
-                link rel="stylesheet" href="/ui/style.css";
-                script src="/ui/app.js" defer {}
-            }
+            (head(title))
             body {
                 header {
                     a.brand href="/ui" { "Wisp" }
@@ -85,13 +92,7 @@ pub(super) fn login(csrf: &str, error: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Log in · Wisp" }
-                link rel="stylesheet" href="/ui/style.css";
-                script src="/ui/app.js" defer {}
-            }
+            (head("Log in"))
             body {
                 main #main.login {
                     h1 { "Wisp" }
@@ -113,12 +114,7 @@ pub(super) fn error_page(message: &str) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Error · Wisp" }
-                link rel="stylesheet" href="/ui/style.css";
-            }
+            (head("Error"))
             body { main #main { h1 { "Cannot show this" } p.error role="alert" { (message) } p { a href="/ui" { "Back to the overview" } } } }
         }
     }
