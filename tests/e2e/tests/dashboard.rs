@@ -247,6 +247,49 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
         );
     }
 
+    // Anonymous: every page and stream sends to the login page; nothing is rendered.
+    for path in [
+        "/ui",
+        "/ui/functions",
+        "/ui/live/functions",
+        "/ui/logs/team-a/x",
+        "/ui/nodes",
+    ] {
+        let req = http::Request::get(format!("{}{path}", w.url)).body(Empty::<Bytes>::new())?;
+        let resp = api_http.request(req).await?;
+        assert_eq!(resp.status(), 303, "{path} anonymously");
+        assert_eq!(
+            resp.headers()
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok()),
+            Some("/ui/login"),
+            "{path}"
+        );
+    }
+    // A node's credential cannot log in (the dashboard is for people: admin or namespace).
+    let node = admin
+        .issue_token(&wisp_client::TokenRequest {
+            node: Some("local".into()),
+            ..wisp_client::TokenRequest::default()
+        })
+        .await?;
+    let req = http::Request::post(format!("{}/ui/login", w.url))
+        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(http::header::COOKIE, "__Host-wisp_login_csrf=aaaa")
+        .body(http_body_util::Full::new(Bytes::from(format!(
+            "token={}&csrf=aaaa",
+            node.token
+        ))))?;
+    let resp = w.api_http_full().request(req).await?;
+    assert_eq!(resp.status(), 403, "a node's credential at the login");
+    assert!(
+        resp.headers()
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .all(|c| !c.to_str().unwrap_or("").contains("wisp_session")),
+        "no session for a node"
+    );
+
     let d = driver().await?;
     let b = browser(&d).await?;
     log_in(&b, &w.url, &w.token).await?;
