@@ -383,20 +383,22 @@ impl Outbound {
         options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> SendFuture {
+        use crate::outbound::refuse;
+        use wasmtime_wasi_http::Error;
         if !self.allows(request.uri()) {
             tracing::debug!(uri = %request.uri(), "outbound request denied");
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+            return Box::new(refuse(request.into_body(), Error::HttpRequestDenied));
         }
         let mut request = request;
         let host = request.uri().host().unwrap_or_default().to_owned();
         let host = host.as_str();
         if is_service_host(host) && !self.own_service(host) {
             tracing::debug!(uri = %request.uri(), "outbound request to another namespace's Service denied");
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+            return Box::new(refuse(request.into_body(), Error::HttpRequestDenied));
         }
         if is_service_host(host) {
             let Some(gateway) = self.gateway else {
-                return Box::new(async { Err(wasmtime_wasi_http::Error::DestinationNotFound) });
+                return Box::new(refuse(request.into_body(), Error::DestinationNotFound));
             };
             // A Service is reached through the node's ingress; the Host header the host
             // already set (`<service>.<namespace>.svc`) selects it there.
@@ -412,7 +414,7 @@ impl Outbound {
                 .build()
             {
                 Ok(uri) => *request.uri_mut() = uri,
-                Err(_) => return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestUriInvalid) }),
+                Err(_) => return Box::new(refuse(request.into_body(), Error::HttpRequestUriInvalid)),
             }
             return Box::new(async move {
                 use http_body_util::BodyExt;
@@ -434,11 +436,13 @@ impl Outbound {
                 _ => 80,
             });
         Box::new(async move {
-            let addrs = crate::outbound::resolve(&egress, &host, port)
-                .await
-                .inspect_err(|_| {
+            let addrs = match crate::outbound::resolve(&egress, &host, port).await {
+                Ok(a) => a,
+                Err(e) => {
                     tracing::debug!(host, port, "outbound request refused by the node's egress policy");
-                })?;
+                    return refuse(request.into_body(), e).await;
+                }
+            };
             let (connect, first_byte) =
                 options.map_or((None, None), |o| (o.connect_timeout, o.first_byte_timeout));
             crate::outbound::send(request, addrs, connect, first_byte).await
@@ -465,6 +469,54 @@ mod tests {
         assert!(!is_service_host("backend.svc"));
         assert!(!is_service_host("a.b.c.svc"));
         assert!(!is_service_host("example.com"));
+    }
+
+    /// A request's body as a guest writes it: frames sent on the returned channel.
+    fn guest_body() -> (
+        tokio::sync::mpsc::Sender<Result<hyper::body::Frame<bytes::Bytes>, wasmtime_wasi_http::Error>>,
+        WasiBody,
+    ) {
+        use http_body_util::BodyExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        (tx, body.boxed_unsync())
+    }
+
+    /// Every refusal (not listed, another namespace's Service, an address the egress policy
+    /// refuses) is answered once the guest has written its body, so the guest learns why
+    /// instead of finding its body's stream closed under it.
+    #[tokio::test]
+    async fn a_refused_request_keeps_the_guests_body_until_it_ends_then_says_why() {
+        let outbound = || Outbound {
+            allowed: Arc::from(vec!["127.0.0.1:9".to_owned(), "db.team-b.svc".to_owned()]),
+            gateway: None,
+            egress: Arc::default(),
+            namespace: Some(Arc::from("team-a")),
+        };
+        for (url, why) in [
+            ("http://example.com/", "HttpRequestDenied"),
+            ("http://db.team-b.svc/", "HttpRequestDenied"),
+            ("http://127.0.0.1:9/", "DestinationIpProhibited"),
+        ] {
+            let (tx, body) = guest_body();
+            let request = http::Request::builder().uri(url).body(body).expect("request");
+            let mut o = outbound();
+            let answer = tokio::spawn(async move {
+                Box::into_pin(o.send(request, None, Box::new(async { Ok(()) })))
+                    .await
+                    .map(|_| ())
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            assert!(!answer.is_finished(), "{url}: answered before the body ended");
+            tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+                b"payload",
+            ))))
+            .await
+            .unwrap_or_else(|_| panic!("{url}: the body was dropped while the guest wrote it"));
+            drop(tx);
+            let err = answer.await.expect("task").expect_err(url);
+            assert_eq!(format!("{err:?}"), why, "{url}");
+        }
     }
 
     #[test]

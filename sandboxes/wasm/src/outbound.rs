@@ -21,6 +21,29 @@ pub(crate) type Io = Box<dyn Future<Output = Result<(), Error>> + Send>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much of a request's body is waited for before its refusal is answered.
+const REFUSED_BODY_LIMIT: usize = 1 << 20;
+const REFUSED_BODY_WAIT: Duration = Duration::from_secs(2);
+
+/// Answers a request that was never sent with `error`, once the guest has finished writing
+/// its body (read and dropped: at most 1 MiB, 2 s). A guest that writes the body while it
+/// awaits the response (wstd does) would otherwise see the body's stream closed under it
+/// ("connection reset") instead of why the request went nowhere, whichever it noticed first.
+pub(crate) async fn refuse(body: WasiBody, error: Error) -> Result<(http::Response<WasiBody>, Io), Error> {
+    let drain = async move {
+        let mut body = body;
+        let mut read = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, bytes::Bytes::len);
+            if read > REFUSED_BODY_LIMIT {
+                break;
+            }
+        }
+    };
+    // Past the wait the body is dropped anyway: the guest then sees its stream closed.
+    let _ = tokio::time::timeout(REFUSED_BODY_WAIT, drain).await;
+    Err(error)
+}
 
 /// The addresses of `host:port` the policy allows, or why there are none.
 pub(crate) async fn resolve(policy: &EgressPolicy, host: &str, port: u16) -> Result<Vec<SocketAddr>, Error> {
@@ -72,6 +95,41 @@ fn tls_config() -> Arc<tokio_rustls::rustls::ClientConfig> {
         .clone()
 }
 
+/// A connection to the first of `addrs` that answers, in TLS to `host` when `tls`.
+async fn connect(
+    addrs: &[SocketAddr],
+    host: &str,
+    tls: bool,
+    timeout: Duration,
+) -> Result<Box<dyn Stream>, Error> {
+    let mut last = Error::ConnectionRefused;
+    let mut tcp = None;
+    for &addr in addrs {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                tcp = Some(s);
+                break;
+            }
+            Ok(Err(e)) => last = Error::Connect(e),
+            Err(_) => last = Error::ConnectionTimeout,
+        }
+    }
+    let tcp = tcp.ok_or(last)?;
+    if !tls {
+        return Ok(Box::new(tcp));
+    }
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(
+        host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+    )
+    .map_err(|_| Error::HttpRequestUriInvalid)?;
+    let connector = tokio_rustls::TlsConnector::from(tls_config());
+    let s = tokio::time::timeout(timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| Error::ConnectionTimeout)?
+        .map_err(Error::Tls)?;
+    Ok(Box::new(s))
+}
+
 /// Sends `request` to one of `addrs` (checked already), speaking TLS for `https` with the
 /// URI's host as the server name.
 pub(crate) async fn send(
@@ -83,32 +141,9 @@ pub(crate) async fn send(
     let tls = request.uri().scheme() == Some(&Scheme::HTTPS);
     let host = request.uri().host().unwrap_or_default().to_owned();
     let connect_timeout = connect_timeout.unwrap_or(CONNECT_TIMEOUT);
-    let mut last = Error::ConnectionRefused;
-    let mut tcp = None;
-    for addr in addrs {
-        match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
-                tcp = Some(s);
-                break;
-            }
-            Ok(Err(e)) => last = Error::Connect(e),
-            Err(_) => last = Error::ConnectionTimeout,
-        }
-    }
-    let tcp = tcp.ok_or(last)?;
-    let stream: Box<dyn Stream> = if tls {
-        let name = tokio_rustls::rustls::pki_types::ServerName::try_from(
-            host.trim_start_matches('[').trim_end_matches(']').to_owned(),
-        )
-        .map_err(|_| Error::HttpRequestUriInvalid)?;
-        let connector = tokio_rustls::TlsConnector::from(tls_config());
-        let s = tokio::time::timeout(connect_timeout, connector.connect(name, tcp))
-            .await
-            .map_err(|_| Error::ConnectionTimeout)?
-            .map_err(Error::Tls)?;
-        Box::new(s)
-    } else {
-        Box::new(tcp)
+    let stream = match connect(&addrs, &host, tls, connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => return refuse(request.into_body(), e).await,
     };
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(hyper_util::rt::TokioIo::new(stream))
@@ -152,6 +187,42 @@ pub(crate) async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refusal waits for the body's end, but not past 1 MiB of it or 2 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_waits_for_the_body_within_bounds() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let body =
+            http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed_unsync();
+        let started = tokio::time::Instant::now();
+        let answer = tokio::spawn(refuse(body, Error::ConnectionRefused));
+        // A body that never ends: answered after the wait, with the refusal.
+        assert!(matches!(
+            answer.await.expect("task"),
+            Err(Error::ConnectionRefused)
+        ));
+        assert!(started.elapsed() >= REFUSED_BODY_WAIT);
+        drop(tx);
+
+        // A body past the limit: answered as soon as it is past, without waiting for the rest.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let body =
+            http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed_unsync();
+        let started = tokio::time::Instant::now();
+        let answer = tokio::spawn(refuse(body, Error::ConnectionRefused));
+        let chunk = bytes::Bytes::from(vec![0u8; 64 * 1024]);
+        for _ in 0..=REFUSED_BODY_LIMIT / chunk.len() {
+            tx.send(Ok(hyper::body::Frame::data(chunk.clone())))
+                .await
+                .expect("read");
+        }
+        assert!(matches!(
+            answer.await.expect("task"),
+            Err(Error::ConnectionRefused)
+        ));
+        assert!(started.elapsed() < REFUSED_BODY_WAIT);
+        assert!(tx.is_closed(), "the body is dropped, not read to its end");
+    }
 
     #[tokio::test]
     async fn names_and_addresses_are_checked_after_resolution() {
