@@ -90,12 +90,14 @@ async fn shot(b: &Browser, name: &str) -> anyhow::Result<()> {
 }
 
 /// Accessibility basics of the page in the browser: a language, one `h1`, a `main` landmark,
-/// a labelled navigation, a name for every control, a header cell per table column, and no
-/// horizontal scrolling of the page. The list of what fails.
+/// a labelled navigation, a name for every control, a header cell per table column, no
+/// horizontal scrolling of the page, and text that stands out from what is behind it (WCAG
+/// AA contrast: 4.5:1, 3:1 for large text; colours as the browser renders them, whatever the
+/// CSS wrote them as). The list of what fails.
 async fn accessibility(b: &Browser) -> anyhow::Result<Vec<String>> {
     let found = b
         .execute(
-            r#"
+            r##"
             const problems = [];
             if (!document.documentElement.lang) problems.push("html has no lang");
             if (document.querySelectorAll("h1").length !== 1) problems.push("not exactly one h1");
@@ -113,8 +115,49 @@ async fn accessibility(b: &Browser) -> anyhow::Result<Vec<String>> {
             }
             if (document.documentElement.scrollWidth > window.innerWidth + 1)
               problems.push("the page scrolls sideways: " + document.documentElement.scrollWidth + " > " + window.innerWidth);
+            // Contrast: each element with text of its own, against the first opaque background
+            // behind it (translucent ones composed over it).
+            const ctx = Object.assign(document.createElement("canvas"), { width: 1, height: 1 })
+              .getContext("2d", { willReadFrequently: true });
+            const rgba = (css) => {
+              ctx.clearRect(0, 0, 1, 1);
+              ctx.fillStyle = "#000"; ctx.fillStyle = css; ctx.fillRect(0, 0, 1, 1);
+              const [r, g, b, a] = ctx.getImageData(0, 0, 1, 1).data;
+              return [r, g, b, a / 255];
+            };
+            const over = (top, under) => top.slice(0, 3).map((c, i) => c * top[3] + under[i] * (1 - top[3])).concat(1);
+            const behind = (el) => {
+              const layers = [];
+              for (let e = el; e; e = e.parentElement) {
+                const c = rgba(getComputedStyle(e).backgroundColor);
+                if (c[3] > 0) { layers.push(c); if (c[3] === 1) break; }
+              }
+              return layers.reduceRight((under, top) => over(top, under), [255, 255, 255, 1]);
+            };
+            const luminance = (c) => {
+              const [r, g, b] = c.slice(0, 3).map((v) => { v /= 255; return v <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+              return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+            };
+            let checked = 0;
+            for (const el of document.body.querySelectorAll("*")) {
+              if (!(el instanceof HTMLElement) || el.closest("svg")) continue;
+              const own = [...el.childNodes].some((n) => n.nodeType === Node.TEXT_NODE && n.textContent.trim());
+              if (!own || el.getClientRects().length === 0) continue;
+              const style = getComputedStyle(el);
+              if (style.visibility !== "visible" || Number(style.opacity) === 0) continue;
+              const bg = behind(el);
+              const fg = over(rgba(style.color), bg);
+              const [hi, lo] = [luminance(fg), luminance(bg)].sort((x, y) => y - x);
+              const ratio = (hi + 0.05) / (lo + 0.05);
+              const size = parseFloat(style.fontSize);
+              const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
+              checked++;
+              if (ratio < (large ? 3 : 4.5))
+                problems.push(`contrast ${ratio.toFixed(2)}:1 of ${el.tagName.toLowerCase()} "${el.textContent.trim().slice(0, 40)}": ${style.color} on rgb(${bg.slice(0, 3).map(Math.round)})`);
+            }
+            if (checked === 0) problems.push("no text checked for contrast");
             return problems;
-            "#,
+            "##,
             vec![],
         )
         .await?;
@@ -422,7 +465,18 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
         .execute("return getComputedStyle(document.body).backgroundColor", vec![])
         .await?;
     eprintln!("theme {theme}: background {dark_bg}");
+    assert_accessible(&b, &format!("functions in the {theme} theme")).await?;
     shot(&b, "functions-themed").await?;
+    // And the other one.
+    b.find(Locator::Css("#theme")).await?.click().await?;
+    let other = b
+        .execute(
+            "return document.documentElement.getAttribute('data-theme')",
+            vec![],
+        )
+        .await?;
+    assert_ne!(theme, other, "the switch changes the theme");
+    assert_accessible(&b, &format!("functions in the {other} theme")).await?;
 
     // Log out (the form carries the CSRF token), then in as team-a: its namespace only.
     let admin_session = b
