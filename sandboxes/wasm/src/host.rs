@@ -400,8 +400,8 @@ impl Outbound {
             let Some(gateway) = self.gateway else {
                 return Box::new(refuse(request.into_body(), Error::DestinationNotFound));
             };
-            // A Service is reached through the node's ingress; the Host header the host
-            // already set (`<service>.<namespace>.svc`) selects it there.
+            // A Service is reached through the node's ingress, in plain HTTP on loopback; the
+            // Host header the host already set (`<service>.<namespace>.svc`) selects it there.
             let path = request
                 .uri()
                 .path_and_query()
@@ -416,14 +416,7 @@ impl Outbound {
                 Ok(uri) => *request.uri_mut() = uri,
                 Err(_) => return Box::new(refuse(request.into_body(), Error::HttpRequestUriInvalid)),
             }
-            return Box::new(async move {
-                use http_body_util::BodyExt;
-                let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-                Ok((
-                    res.map(BodyExt::boxed_unsync),
-                    Box::new(io) as Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                ))
-            });
+            return Box::new(crate::outbound::send(request, vec![gateway], options));
         }
         // Anything else: resolved here and sent to an address the egress policy allows.
         let egress = self.egress.clone();
@@ -443,9 +436,7 @@ impl Outbound {
                     return refuse(request.into_body(), e).await;
                 }
             };
-            let (connect, first_byte) =
-                options.map_or((None, None), |o| (o.connect_timeout, o.first_byte_timeout));
-            crate::outbound::send(request, addrs, connect, first_byte).await
+            crate::outbound::send(request, addrs, options).await
         })
     }
 }
@@ -471,24 +462,17 @@ mod tests {
         assert!(!is_service_host("example.com"));
     }
 
-    /// A request's body as a guest writes it: frames sent on the returned channel.
-    fn guest_body() -> (
-        tokio::sync::mpsc::Sender<Result<hyper::body::Frame<bytes::Bytes>, wasmtime_wasi_http::Error>>,
-        WasiBody,
-    ) {
-        use http_body_util::BodyExt;
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        (tx, body.boxed_unsync())
-    }
-
-    /// Every refusal (not listed, another namespace's Service, an address the egress policy
-    /// refuses) is answered once the guest has written its body, so the guest learns why
-    /// instead of finding its body's stream closed under it.
-    #[tokio::test]
+    /// Every refusal (not listed, another namespace's Service, no way to Services, an address
+    /// the egress policy refuses) is answered as soon as the guest has written its body, so
+    /// the guest learns why instead of finding its body's stream closed under it.
+    #[tokio::test(start_paused = true)]
     async fn a_refused_request_keeps_the_guests_body_until_it_ends_then_says_why() {
         let outbound = || Outbound {
-            allowed: Arc::from(vec!["127.0.0.1:9".to_owned(), "db.team-b.svc".to_owned()]),
+            allowed: Arc::from(vec![
+                "127.0.0.1:9".to_owned(),
+                "db.team-b.svc".to_owned(),
+                "db.team-a.svc".to_owned(),
+            ]),
             gateway: None,
             egress: Arc::default(),
             namespace: Some(Arc::from("team-a")),
@@ -496,9 +480,10 @@ mod tests {
         for (url, why) in [
             ("http://example.com/", "HttpRequestDenied"),
             ("http://db.team-b.svc/", "HttpRequestDenied"),
+            ("http://db.team-a.svc/", "DestinationNotFound"),
             ("http://127.0.0.1:9/", "DestinationIpProhibited"),
         ] {
-            let (tx, body) = guest_body();
+            let (tx, body) = crate::outbound::tests::guest_body();
             let request = http::Request::builder().uri(url).body(body).expect("request");
             let mut o = outbound();
             let answer = tokio::spawn(async move {
@@ -514,8 +499,14 @@ mod tests {
             .await
             .unwrap_or_else(|_| panic!("{url}: the body was dropped while the guest wrote it"));
             drop(tx);
+            let ended = tokio::time::Instant::now();
             let err = answer.await.expect("task").expect_err(url);
             assert_eq!(format!("{err:?}"), why, "{url}");
+            assert_eq!(
+                ended.elapsed(),
+                std::time::Duration::ZERO,
+                "{url}: answered as the body ended"
+            );
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use http::uri::Scheme;
 use http_body_util::BodyExt;
 use tokio::net::TcpStream;
-use wasmtime_wasi_http::{Error, WasiBody};
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 use wisp_sandbox::EgressPolicy;
 
 /// The connection's I/O, driven by wasi-http after the response head arrived.
@@ -21,24 +21,18 @@ pub(crate) type Io = Box<dyn Future<Output = Result<(), Error>> + Send>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How much of a request's body is waited for before its refusal is answered.
-const REFUSED_BODY_LIMIT: usize = 1 << 20;
+/// How long a refusal waits for the end of the request's body.
 const REFUSED_BODY_WAIT: Duration = Duration::from_secs(2);
 
 /// Answers a request that was never sent with `error`, once the guest has finished writing
-/// its body (read and dropped: at most 1 MiB, 2 s). A guest that writes the body while it
+/// its body (read and dropped; for at most 2 s). A guest that writes the body while it
 /// awaits the response (wstd does) would otherwise see the body's stream closed under it
 /// ("connection reset") instead of why the request went nowhere, whichever it noticed first.
+/// A guest that waits for the response before it ends the body learns why after the 2 s.
 pub(crate) async fn refuse(body: WasiBody, error: Error) -> Result<(http::Response<WasiBody>, Io), Error> {
     let drain = async move {
         let mut body = body;
-        let mut read = 0;
-        while let Some(Ok(frame)) = body.frame().await {
-            read += frame.data_ref().map_or(0, bytes::Bytes::len);
-            if read > REFUSED_BODY_LIMIT {
-                break;
-            }
-        }
+        while let Some(Ok(_)) = body.frame().await {}
     };
     // Past the wait the body is dropped anyway: the guest then sees its stream closed.
     let _ = tokio::time::timeout(REFUSED_BODY_WAIT, drain).await;
@@ -131,34 +125,43 @@ async fn connect(
 }
 
 /// Sends `request` to one of `addrs` (checked already), speaking TLS for `https` with the
-/// URI's host as the server name.
+/// URI's host as the server name. Until the request is handed to the connection, a failure
+/// is answered as a refusal ([`refuse`]); after, the body is the connection's.
 pub(crate) async fn send(
     mut request: http::Request<WasiBody>,
     addrs: Vec<SocketAddr>,
-    connect_timeout: Option<Duration>,
-    first_byte_timeout: Option<Duration>,
+    options: Option<RequestOptions>,
 ) -> Result<(http::Response<WasiBody>, Io), Error> {
+    let (connect_timeout, first_byte_timeout, between_bytes_timeout) = options
+        .map_or((None, None, None), |o| {
+            (o.connect_timeout, o.first_byte_timeout, o.between_bytes_timeout)
+        });
     let tls = request.uri().scheme() == Some(&Scheme::HTTPS);
     let host = request.uri().host().unwrap_or_default().to_owned();
     let connect_timeout = connect_timeout.unwrap_or(CONNECT_TIMEOUT);
-    let stream = match connect(&addrs, &host, tls, connect_timeout).await {
-        Ok(s) => s,
-        Err(e) => return refuse(request.into_body(), e).await,
-    };
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(Error::from)?;
     // The request line carries the path only (not a proxy request).
     let pq = request
         .uri()
         .path_and_query()
         .map_or("/", http::uri::PathAndQuery::as_str)
         .to_owned();
-    *request.uri_mut() = http::Uri::builder()
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| Error::HttpRequestUriInvalid)?;
+    let handshake = async {
+        let stream = connect(&addrs, &host, tls, connect_timeout).await?;
+        let uri = http::Uri::builder()
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| Error::HttpRequestUriInvalid)?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(Error::from)?;
+        Ok::<_, Error>((uri, sender, conn))
+    };
+    let (uri, mut sender, conn) = match handshake.await {
+        Ok(h) => h,
+        Err(e) => return refuse(request.into_body(), e).await,
+    };
+    *request.uri_mut() = uri;
     let mut conn = Box::pin(conn);
     let mut conn_done = false;
     let send = tokio::time::timeout(
@@ -181,47 +184,167 @@ pub(crate) async fn send(
         }
         conn.await.map_err(Error::from)
     });
-    Ok((response.map(|b| b.map_err(Error::from).boxed_unsync()), io))
+    let response = response.map(|b| b.map_err(Error::from).boxed_unsync());
+    let response = match between_bytes_timeout {
+        Some(gap) => response.map(|body| BetweenBytes::new(body, gap).boxed_unsync()),
+        None => response,
+    };
+    Ok((response, io))
+}
+
+/// The guest's `between-bytes-timeout`: a response body that fails with
+/// `ConnectionReadTimeout` when its next frame takes longer than `gap`.
+struct BetweenBytes {
+    body: WasiBody,
+    gap: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl BetweenBytes {
+    fn new(body: WasiBody, gap: Duration) -> Self {
+        Self {
+            body,
+            gap,
+            timer: Box::pin(tokio::time::sleep(gap)),
+        }
+    }
+}
+
+impl hyper::body::Body for BetweenBytes {
+    type Data = bytes::Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.gap;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(frame)
+            }
+            Poll::Pending if this.timer.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Some(Err(Error::ConnectionReadTimeout)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// A refusal waits for the body's end, but not past 1 MiB of it or 2 s.
-    #[tokio::test(start_paused = true)]
-    async fn a_refusal_waits_for_the_body_within_bounds() {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let body =
-            http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed_unsync();
-        let started = tokio::time::Instant::now();
-        let answer = tokio::spawn(refuse(body, Error::ConnectionRefused));
-        // A body that never ends: answered after the wait, with the refusal.
-        assert!(matches!(
-            answer.await.expect("task"),
-            Err(Error::ConnectionRefused)
-        ));
-        assert!(started.elapsed() >= REFUSED_BODY_WAIT);
-        drop(tx);
+    /// A request's body as a guest writes it: frames sent on the returned channel.
+    pub(crate) fn guest_body() -> (
+        tokio::sync::mpsc::Sender<Result<hyper::body::Frame<bytes::Bytes>, Error>>,
+        WasiBody,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        (tx, body.boxed_unsync())
+    }
 
-        // A body past the limit: answered as soon as it is past, without waiting for the rest.
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let body =
-            http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed_unsync();
+    /// A refusal is answered when the body ends, or after 2 s of a body that does not.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_waits_for_the_body_at_most_two_seconds() {
+        let (tx, body) = guest_body();
+        let started = tokio::time::Instant::now();
+        let answer = refuse(body, Error::ConnectionRefused).await;
+        assert!(matches!(answer, Err(Error::ConnectionRefused)));
+        assert!(started.elapsed() >= REFUSED_BODY_WAIT);
+        assert!(tx.is_closed(), "the body is dropped after the wait");
+
+        let (tx, body) = guest_body();
         let started = tokio::time::Instant::now();
         let answer = tokio::spawn(refuse(body, Error::ConnectionRefused));
-        let chunk = bytes::Bytes::from(vec![0u8; 64 * 1024]);
-        for _ in 0..=REFUSED_BODY_LIMIT / chunk.len() {
-            tx.send(Ok(hyper::body::Frame::data(chunk.clone())))
-                .await
-                .expect("read");
-        }
+        tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"x"))))
+            .await
+            .expect("read");
+        drop(tx);
         assert!(matches!(
             answer.await.expect("task"),
             Err(Error::ConnectionRefused)
         ));
-        assert!(started.elapsed() < REFUSED_BODY_WAIT);
-        assert!(tx.is_closed(), "the body is dropped, not read to its end");
+        assert_eq!(started.elapsed(), Duration::ZERO, "answered as the body ended");
+    }
+
+    /// An address that does not answer: the guest's body is read to its end, then the
+    /// connect error is the answer.
+    #[tokio::test]
+    async fn a_failed_connection_is_answered_after_the_body() {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = closed.local_addr().expect("addr");
+        drop(closed);
+        let (tx, body) = guest_body();
+        let request = http::Request::builder()
+            .uri(format!("http://{addr}/"))
+            .body(body)
+            .expect("request");
+        let answer = tokio::spawn(send(request, vec![addr], None));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!answer.is_finished(), "answered before the body ended");
+        tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+            b"payload",
+        ))))
+        .await
+        .expect("the body is still read");
+        drop(tx);
+        let answer = answer.await.expect("task");
+        assert!(matches!(answer, Err(Error::Connect(_))), "{:?}", answer.err());
+    }
+
+    /// The guest's between-bytes timeout ends a response body that stalls.
+    #[tokio::test]
+    async fn a_stalled_response_body_fails_after_the_between_bytes_timeout() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut head = [0u8; 1024];
+            let _ = s.read(&mut head).await.expect("read");
+            s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                .await
+                .expect("write");
+            // Then nothing, until the test ends.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let request = http::Request::builder()
+            .uri(format!("http://{addr}/"))
+            .body(
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .expect("request");
+        let options = RequestOptions {
+            between_bytes_timeout: Some(Duration::from_millis(200)),
+            ..RequestOptions::default()
+        };
+        let (response, io) = send(request, vec![addr], Some(options)).await.expect("response");
+        let io = tokio::spawn(Box::into_pin(io));
+        let mut body = response.into_body();
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.data_ref().map(|d| &d[..]), Some(&b"hello"[..]));
+        let stalled = body.frame().await.expect("an end");
+        assert!(
+            matches!(stalled, Err(Error::ConnectionReadTimeout)),
+            "{stalled:?}"
+        );
+        server.abort();
+        io.abort();
     }
 
     #[tokio::test]
