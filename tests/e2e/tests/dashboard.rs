@@ -129,10 +129,18 @@ async fn accessibility(b: &Browser) -> anyhow::Result<Vec<String>> {
             const behind = (el) => {
               const layers = [];
               for (let e = el; e; e = e.parentElement) {
-                const c = rgba(getComputedStyle(e).backgroundColor);
+                const style = getComputedStyle(e);
+                if (style.backgroundImage !== "none") problems.push("contrast not checked over a background image: " + e.tagName.toLowerCase());
+                const c = rgba(style.backgroundColor);
                 if (c[3] > 0) { layers.push(c); if (c[3] === 1) break; }
               }
               return layers.reduceRight((under, top) => over(top, under), [255, 255, 255, 1]);
+            };
+            // The opacity an element is drawn with: its own and its ancestors'.
+            const opacity = (el) => {
+              let o = 1;
+              for (let e = el; e; e = e.parentElement) o *= Number(getComputedStyle(e).opacity);
+              return o;
             };
             const luminance = (c) => {
               const [r, g, b] = c.slice(0, 3).map((v) => { v /= 255; return v <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
@@ -144,9 +152,11 @@ async fn accessibility(b: &Browser) -> anyhow::Result<Vec<String>> {
               const own = [...el.childNodes].some((n) => n.nodeType === Node.TEXT_NODE && n.textContent.trim());
               if (!own || el.getClientRects().length === 0) continue;
               const style = getComputedStyle(el);
-              if (style.visibility !== "visible" || Number(style.opacity) === 0) continue;
+              const seen = opacity(el);
+              if (style.visibility !== "visible" || seen === 0) continue;
               const bg = behind(el);
-              const fg = over(rgba(style.color), bg);
+              const color = rgba(style.color);
+              const fg = over([color[0], color[1], color[2], color[3] * seen], bg);
               const [hi, lo] = [luminance(fg), luminance(bg)].sort((x, y) => y - x);
               const ratio = (hi + 0.05) / (lo + 0.05);
               const size = parseFloat(style.fontSize);
@@ -395,6 +405,7 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
         .await?;
     assert!(text_of(&b, "h1").await?.contains("team-a/shop"));
     assert_accessible(&b, "function detail").await?;
+    let function_url = b.current_url().await?.to_string();
     // Its charts of the last 15 minutes: the samples so far, drawn as lines.
     until("the requests/s chart", 40, async || {
         let drawn = b
@@ -434,6 +445,7 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
     })
     .await?;
     assert_accessible(&b, "pod").await?;
+    let pod_url = b.current_url().await?.to_string();
     shot(&b, "logs").await?;
     stop.cancel();
     traffic.await?;
@@ -449,34 +461,49 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
     shot(&b, "functions-phone").await?;
     b.set_window_size(1280, 900).await?;
 
-    // The dark theme, by the switch.
-    b.find(Locator::Css("#theme")).await?.click().await?;
-    let theme = b
-        .execute(
-            "return document.documentElement.getAttribute('data-theme')",
-            vec![],
-        )
-        .await?;
-    assert!(
-        matches!(theme.as_str(), Some("dark" | "light")),
-        "a theme was chosen: {theme}"
-    );
-    let dark_bg = b
-        .execute("return getComputedStyle(document.body).backgroundColor", vec![])
-        .await?;
-    eprintln!("theme {theme}: background {dark_bg}");
-    assert_accessible(&b, &format!("functions in the {theme} theme")).await?;
-    shot(&b, "functions-themed").await?;
-    // And the other one.
-    b.find(Locator::Css("#theme")).await?.click().await?;
-    let other = b
-        .execute(
-            "return document.documentElement.getAttribute('data-theme')",
-            vec![],
-        )
-        .await?;
-    assert_ne!(theme, other, "the switch changes the theme");
-    assert_accessible(&b, &format!("functions in the {other} theme")).await?;
+    // Each theme, by the switch (kept across pages), on each kind of page.
+    let mut themes = Vec::new();
+    for _ in 0..2 {
+        b.goto(&format!("{}/ui/functions", w.url)).await?;
+        b.wait()
+            .at_most(Duration::from_secs(30))
+            .for_element(Locator::Css("#theme"))
+            .await?
+            .click()
+            .await?;
+        let theme = b
+            .execute(
+                "return document.documentElement.getAttribute('data-theme')",
+                vec![],
+            )
+            .await?;
+        let theme = theme.as_str().unwrap_or_default().to_owned();
+        assert!(
+            matches!(theme.as_str(), "dark" | "light"),
+            "a theme was chosen: {theme}"
+        );
+        for (page, url) in [
+            ("overview", format!("{}/ui", w.url)),
+            ("functions", format!("{}/ui/functions", w.url)),
+            ("function detail", function_url.clone()),
+            ("pod", pod_url.clone()),
+        ] {
+            b.goto(&url).await?;
+            b.wait()
+                .at_most(Duration::from_secs(30))
+                .for_element(Locator::Css("main h1"))
+                .await?;
+            assert_accessible(&b, &format!("{page} in the {theme} theme")).await?;
+        }
+        let bg = b
+            .execute("return getComputedStyle(document.body).backgroundColor", vec![])
+            .await?;
+        eprintln!("theme {theme}: background {bg}");
+        shot(&b, &format!("pod-{theme}")).await?;
+        themes.push(theme);
+    }
+    assert_ne!(themes[0], themes[1], "the switch changes the theme");
+    b.goto(&format!("{}/ui/functions", w.url)).await?;
 
     // Log out (the form carries the CSRF token), then in as team-a: its namespace only.
     let admin_session = b
