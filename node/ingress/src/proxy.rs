@@ -146,20 +146,21 @@ fn replayable(req: &Request<Body>) -> Option<Request<()>> {
     Some(r)
 }
 
-fn host_of<B>(req: &Request<B>) -> String {
-    let raw = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
-        .unwrap_or_default();
-    // Strip the port (an IPv6 literal keeps its brackets).
-    let host = match raw.rfind(':') {
-        Some(i) if !raw[i..].contains(']') => &raw[..i],
-        _ => raw.as_str(),
+/// The host a request names (lower case, without its port; an IPv6 literal keeps its
+/// brackets): `""` with none, `None` when what it names is not a host — user information
+/// (`a@b`) included, which would let the part read here differ from the part a sender checked.
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.headers().get(header::HOST) {
+        Some(h) => h.to_str().ok()?,
+        None => req.uri().authority().map_or("", http::uri::Authority::as_str),
     };
-    host.to_ascii_lowercase()
+    if raw.is_empty() {
+        return Some(String::new());
+    }
+    match raw.parse::<http::uri::Authority>() {
+        Ok(a) if !a.as_str().contains('@') => Some(a.host().to_ascii_lowercase()),
+        _ => None,
+    }
 }
 
 impl Ingress {
@@ -208,7 +209,9 @@ impl Ingress {
                 format!("request body over {} bytes", inner.config.body_limit),
             );
         }
-        let host = host_of(&req);
+        let Some(host) = host_of(&req) else {
+            return text(StatusCode::BAD_REQUEST, "the Host header is not a host name");
+        };
         let path = req.uri().path().to_owned();
         let local_only = req.headers().contains_key(FORWARDED);
         let table = inner.table.load();
@@ -937,5 +940,70 @@ mod tests {
         // Another host does reach its Route (which has no backends here: 503).
         let resp = ingress.handle(request("example.com")).await;
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let resp = ingress.handle(request("EXAMPLE.com:8080")).await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "any case, any port"
+        );
+    }
+
+    /// A Host with user information, or one that is no host at all, reaches no Route, on the
+    /// gateway or the public listener: a guest that got `db.team-b.svc:x@db.team-a.svc` past
+    /// a check of `db.team-a.svc` would otherwise reach team-b's Service.
+    #[tokio::test]
+    async fn a_host_header_that_is_not_a_host_is_refused() {
+        let ingress = Ingress::new(
+            wisp_client::Client::new("http://127.0.0.1:9", "t"),
+            crate::IngressConfig::new("n"),
+            None,
+        );
+        let entry = |ns: &str, host: &str, gateway_only: bool| RouteEntry {
+            namespace: ns.into(),
+            name: "db".into(),
+            host: Some(host.into()),
+            prefix: "/".into(),
+            backends: Vec::new(),
+            timeout: None,
+            gateway_only,
+            created: String::new(),
+        };
+        ingress.inner.table.store(Arc::new(Table::new(vec![
+            entry("team-b", "db.team-b.svc", true),
+            entry("team-a", "db.team-a.svc", true),
+            entry("web", "*", false),
+        ])));
+        for host in [
+            "db.team-b.svc:x@db.team-a.svc",
+            "x@db.team-b.svc",
+            "db.team-b.svc/x",
+            "db team-b",
+        ] {
+            for gateway in [true, false] {
+                let mut req = Request::get("/")
+                    .header(header::HOST, host)
+                    .body(Empty::<Bytes>::new())
+                    .expect("request");
+                if gateway {
+                    req.extensions_mut().insert(Gateway);
+                }
+                let resp = ingress.handle(req).await;
+                assert_eq!(
+                    resp.status(),
+                    StatusCode::BAD_REQUEST,
+                    "{host} (gateway {gateway})"
+                );
+            }
+        }
+        // The Service's own name reaches it (no backends here: 503).
+        let mut req = Request::get("/")
+            .header(header::HOST, "db.team-b.svc")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        req.extensions_mut().insert(Gateway);
+        assert_eq!(
+            ingress.handle(req).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

@@ -312,6 +312,10 @@ impl Outbound {
     }
 }
 
+/// How long a call to a Service waits for its first byte unless the guest says otherwise:
+/// longer than the ingress waits for the Service (it answers 504 then).
+const SERVICE_FIRST_BYTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 type SendFuture = Box<
     dyn Future<
             Output = Result<
@@ -385,6 +389,16 @@ impl Outbound {
     ) -> SendFuture {
         use crate::outbound::refuse;
         use wasmtime_wasi_http::Error;
+        // A URI with user information (`user@host`) is refused, as `fetch()` refuses one: the
+        // Host header wasi-http writes from it would name more than the host checked here.
+        if request
+            .uri()
+            .authority()
+            .is_some_and(|a| a.as_str().contains('@'))
+        {
+            tracing::debug!("outbound request with user information in its URI refused");
+            return Box::new(refuse(request.into_body(), Error::HttpRequestUriInvalid));
+        }
         if !self.allows(request.uri()) {
             tracing::debug!(uri = %request.uri(), "outbound request denied");
             return Box::new(refuse(request.into_body(), Error::HttpRequestDenied));
@@ -400,8 +414,8 @@ impl Outbound {
             let Some(gateway) = self.gateway else {
                 return Box::new(refuse(request.into_body(), Error::DestinationNotFound));
             };
-            // A Service is reached through the node's ingress, in plain HTTP on loopback; the
-            // Host header the host already set (`<service>.<namespace>.svc`) selects it there.
+            // A Service is reached through the node's ingress, in plain HTTP on loopback, by
+            // a Host header that is the name checked above and nothing else.
             let path = request
                 .uri()
                 .path_and_query()
@@ -416,7 +430,21 @@ impl Outbound {
                 Ok(uri) => *request.uri_mut() = uri,
                 Err(_) => return Box::new(refuse(request.into_body(), Error::HttpRequestUriInvalid)),
             }
-            return Box::new(crate::outbound::send(request, vec![gateway], options));
+            match http::HeaderValue::from_str(&host.to_ascii_lowercase()) {
+                Ok(v) => {
+                    request.headers_mut().insert(http::header::HOST, v);
+                }
+                Err(_) => return Box::new(refuse(request.into_body(), Error::HttpRequestUriInvalid)),
+            }
+            // The ingress bounds the wait for a Service's answer (504 past it); the guest's
+            // own first-byte timeout still holds.
+            let options = wasmtime_wasi_http::RequestOptions {
+                first_byte_timeout: options
+                    .and_then(|o| o.first_byte_timeout)
+                    .or(Some(SERVICE_FIRST_BYTE_TIMEOUT)),
+                ..options.unwrap_or_default()
+            };
+            return Box::new(crate::outbound::send(request, vec![gateway], Some(options)));
         }
         // Anything else: resolved here and sent to an address the egress policy allows.
         let egress = self.egress.clone();
@@ -481,6 +509,8 @@ mod tests {
             ("http://example.com/", "HttpRequestDenied"),
             ("http://db.team-b.svc/", "HttpRequestDenied"),
             ("http://db.team-a.svc/", "DestinationNotFound"),
+            // User information that would make the Host header name team-b's Service.
+            ("http://db.team-b.svc:x@db.team-a.svc/", "HttpRequestUriInvalid"),
             ("http://127.0.0.1:9/", "DestinationIpProhibited"),
         ] {
             let (tx, body) = crate::outbound::tests::guest_body();
@@ -508,6 +538,57 @@ mod tests {
                 "{url}: answered as the body ended"
             );
         }
+    }
+
+    /// A call to a Service goes to the node's gateway as an origin-form request whose Host is
+    /// the name checked (in lower case), whatever Host the request carried.
+    #[tokio::test]
+    async fn a_service_call_reaches_the_gateway_by_the_checked_name_only() {
+        use http_body_util::BodyExt as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let gateway = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .expect("write");
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        let mut o = Outbound {
+            allowed: Arc::from(vec!["db.team-a.svc".to_owned()]),
+            gateway: Some(gateway),
+            egress: Arc::default(),
+            namespace: Some(Arc::from("team-a")),
+        };
+        let request = http::Request::builder()
+            .uri("https://DB.team-a.svc/p?q=1")
+            .header(http::header::HOST, "db.team-b.svc")
+            .body(
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .expect("request");
+        let (response, io) = Box::into_pin(o.send(request, None, Box::new(async { Ok(()) })))
+            .await
+            .expect("answered");
+        let io = tokio::spawn(Box::into_pin(io));
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let head = server.await.expect("server").to_ascii_lowercase();
+        assert!(head.starts_with("get /p?q=1 http/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nhost: db.team-a.svc\r\n"), "{head}");
+        assert!(!head.contains("team-b"), "{head}");
+        io.abort();
     }
 
     #[test]

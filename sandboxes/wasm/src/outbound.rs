@@ -266,12 +266,16 @@ pub(crate) mod tests {
         assert!(started.elapsed() >= REFUSED_BODY_WAIT);
         assert!(tx.is_closed(), "the body is dropped after the wait");
 
+        // However large the body: 4 MiB, read to its end.
         let (tx, body) = guest_body();
         let started = tokio::time::Instant::now();
         let answer = tokio::spawn(refuse(body, Error::ConnectionRefused));
-        tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"x"))))
-            .await
-            .expect("read");
+        let chunk = bytes::Bytes::from(vec![0u8; 64 * 1024]);
+        for _ in 0..64 {
+            tx.send(Ok(hyper::body::Frame::data(chunk.clone())))
+                .await
+                .expect("read");
+        }
         drop(tx);
         assert!(matches!(
             answer.await.expect("task"),
@@ -305,6 +309,68 @@ pub(crate) mod tests {
         assert!(matches!(answer, Err(Error::Connect(_))), "{:?}", answer.err());
     }
 
+    /// A TLS handshake that fails is answered after the body, as the connect error is.
+    #[tokio::test]
+    async fn a_failed_tls_handshake_is_answered_after_the_body() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // Accepts and hangs up at once.
+        let server = tokio::spawn(async move {
+            loop {
+                let _ = listener.accept().await;
+            }
+        });
+        let (tx, body) = guest_body();
+        let request = http::Request::builder()
+            .uri(format!("https://localhost:{}/", addr.port()))
+            .body(body)
+            .expect("request");
+        let answer = tokio::spawn(send(request, vec![addr], None));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!answer.is_finished(), "answered before the body ended");
+        tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+            b"payload",
+        ))))
+        .await
+        .expect("the body is still read");
+        drop(tx);
+        let answer = answer.await.expect("task");
+        assert!(matches!(answer, Err(Error::Tls(_))), "{:?}", answer.err());
+        server.abort();
+    }
+
+    /// The between-bytes timeout: each frame within the gap restarts it, a stall past it
+    /// ends the body with `ConnectionReadTimeout`, exactly one gap after the last frame.
+    #[tokio::test(start_paused = true)]
+    async fn between_bytes_restarts_with_each_frame_and_ends_a_stall() {
+        let gap = Duration::from_millis(200);
+        let (tx, body) = guest_body();
+        let mut body = BetweenBytes::new(body, gap);
+        let sender = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"x"))))
+                    .await
+                    .expect("read");
+            }
+            // Then nothing, with the body still open.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(tx);
+        });
+        for _ in 0..5 {
+            let frame = body.frame().await.expect("a frame").expect("data within the gap");
+            assert!(frame.is_data());
+        }
+        let last = tokio::time::Instant::now();
+        let stalled = body.frame().await.expect("an answer");
+        assert!(
+            matches!(stalled, Err(Error::ConnectionReadTimeout)),
+            "{stalled:?}"
+        );
+        assert_eq!(last.elapsed(), gap, "one gap after the last frame");
+        sender.abort();
+    }
+
     /// The guest's between-bytes timeout ends a response body that stalls.
     #[tokio::test]
     async fn a_stalled_response_body_fails_after_the_between_bytes_timeout() {
@@ -330,7 +396,7 @@ pub(crate) mod tests {
             )
             .expect("request");
         let options = RequestOptions {
-            between_bytes_timeout: Some(Duration::from_millis(200)),
+            between_bytes_timeout: Some(Duration::from_millis(500)),
             ..RequestOptions::default()
         };
         let (response, io) = send(request, vec![addr], Some(options)).await.expect("response");
@@ -338,7 +404,11 @@ pub(crate) mod tests {
         let mut body = response.into_body();
         let first = body.frame().await.expect("a frame").expect("data");
         assert_eq!(first.data_ref().map(|d| &d[..]), Some(&b"hello"[..]));
-        let stalled = body.frame().await.expect("an end");
+        // Without the timeout this waits for the server's 60 s: 10 s is the test's limit.
+        let stalled = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the body ended before the test's limit")
+            .expect("an end");
         assert!(
             matches!(stalled, Err(Error::ConnectionReadTimeout)),
             "{stalled:?}"

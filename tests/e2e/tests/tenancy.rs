@@ -414,6 +414,8 @@ async fn a_hostile_tenant_is_refused_or_contained_and_the_victim_keeps_answering
         format!("localhost:{}", secret.addr.port()),
         api_addr.clone(),
         "169.254.169.254".to_owned(),
+        // Its own Service (the Function's first revision).
+        "egress-00001.team-b.svc".to_owned(),
     ];
     let mut egress = function("team-b", "egress", wasm_container(&digest_b, &outbound));
     egress.spec.template.spec.containers[0].timeout_ms = Some(10_000);
@@ -439,6 +441,37 @@ async fn a_hostile_tenant_is_refused_or_contained_and_the_victim_keeps_answering
         // here to answer 169.254.169.254 anyway).
         assert!(body.contains("DestinationIpProhibited"), "{url}: {body}");
     }
+    // The victim's Service by its name, or behind user information in the URI of the
+    // attacker's own Service (whose Host header would then name the victim's).
+    for (url, why) in [
+        ("http://hello-00001.team-a.svc/", "HttpRequestDenied"),
+        (
+            "http://hello-00001.team-a.svc:x@egress-00001.team-b.svc/",
+            "HttpRequestUriInvalid",
+        ),
+    ] {
+        let (c, body) = get(
+            &http,
+            &ingress,
+            "egress.team-b.localhost",
+            &format!("/fetch?url={url}"),
+            None,
+        )
+        .await?;
+        assert_eq!(c, 502, "{url}: {body}");
+        assert!(body.contains(why), "{url}: {body}");
+    }
+    // Its own Service it does reach (the same guest answers there).
+    let own = "http://egress-00001.team-b.svc/";
+    let (c, body) = get(
+        &http,
+        &ingress,
+        "egress.team-b.localhost",
+        &format!("/fetch?url={own}"),
+        None,
+    )
+    .await?;
+    assert_eq!((c, body.as_str()), (200, "upstream 200: fault ok"), "{own}");
 
     // --- Quotas: past the limit, a 403 naming the quota and what is used.
     let mut quota = ResourceQuota::new(ObjectMeta::namespaced("team-b", "small"));
