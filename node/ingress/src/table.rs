@@ -331,12 +331,13 @@ impl Table {
         Self { routes }
     }
 
-    /// The Route for `host` (without port) and `path`; gateway-only routes only for
-    /// requests through the gateway.
+    /// The Route for `host` (without port) and `path`: through the gateway only the Services'
+    /// own names (gateway-only routes), elsewhere only the others — so no Route, whatever its
+    /// host, answers a guest's call to a Service.
     pub fn lookup(&self, host: &str, path: &str, gateway: bool) -> Option<&RouteEntry> {
         self.routes
             .iter()
-            .find(|r| (gateway || !r.gateway_only) && r.host_matches(host) && r.prefix_matches(path))
+            .find(|r| r.gateway_only == gateway && r.host_matches(host) && r.prefix_matches(path))
     }
 
     pub fn len(&self) -> usize {
@@ -462,12 +463,22 @@ mod tests {
         // A Service name answers only through the gateway.
         let mut svc = route("svc", Some("web.default.svc"), "");
         svc.gateway_only = true;
-        let t = Table::new(vec![svc]);
+        // And a Route (refused at admission; held here whatever the store says) never
+        // answers through the gateway, even with a longer prefix or for any host.
+        let mut longer = route("hijack", Some("web.default.svc"), "/api");
+        longer.namespace = "other".into();
+        let t = Table::new(vec![svc, longer, route("any", None, "/")]);
         assert!(t.lookup("web.default.svc", "/", false).is_none());
         assert_eq!(
             t.lookup("web.default.svc", "/", true).map(|r| r.name.as_str()),
             Some("svc")
         );
+        assert_eq!(
+            t.lookup("web.default.svc", "/api/x", true)
+                .map(|r| r.name.as_str()),
+            Some("svc")
+        );
+        assert!(t.lookup("other.default.svc", "/", true).is_none(), "no catch-all");
     }
 
     fn backend(uid: &str, outstanding: usize) -> Arc<Backend> {

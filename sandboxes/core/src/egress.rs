@@ -126,12 +126,14 @@ impl EgressPolicy {
         Self { allow, listeners }
     }
 
-    /// Whether `addr` is one of the node's own listeners.
+    /// Whether `addr` is one of the node's own listeners. The unspecified address (`0.0.0.0`,
+    /// `::`) is this host to a connecting socket, so it reaches a listener of any address.
     pub fn is_listener(&self, addr: SocketAddr) -> bool {
         let ip = canonical(addr.ip());
-        self.listeners
-            .iter()
-            .any(|l| l.port() == addr.port() && (l.ip().is_unspecified() || canonical(l.ip()) == ip))
+        self.listeners.iter().any(|l| {
+            l.port() == addr.port()
+                && (ip.is_unspecified() || l.ip().is_unspecified() || canonical(l.ip()) == ip)
+        })
     }
 
     /// May tenant code (or the ingress, for a backend) connect to `addr`?
@@ -223,6 +225,22 @@ mod tests {
             p.check(sa("127.0.0.2:7700")).is_ok(),
             "another address, same port"
         );
+        // Even where the admin allows every address, the unspecified address is this host:
+        // it reaches the listeners.
+        let open = EgressPolicy::new(
+            vec![
+                parse_cidr("0.0.0.0/0").expect("cidr"),
+                parse_cidr("::/0").expect("cidr"),
+            ],
+            vec![sa("127.0.0.1:7700")],
+        );
+        for addr in ["0.0.0.0:7700", "[::]:7700", "[::ffff:0.0.0.0]:7700"] {
+            assert!(
+                matches!(open.check(sa(addr)), Err(EgressDenied::NodeListener { .. })),
+                "{addr}"
+            );
+        }
+        assert_eq!(open.check(sa("0.0.0.0:9000")), Ok(()), "not a listener's port");
     }
 
     #[test]

@@ -406,11 +406,14 @@ impl Outbound {
         let mut request = request;
         let host = request.uri().host().unwrap_or_default().to_owned();
         let host = host.as_str();
-        if is_service_host(host) && !self.own_service(host) {
+        // Service names as the ingress reads them: in any case, with or without a final dot.
+        // Anything under `.svc` is the guest's own Service or nothing.
+        let name = host.trim_end_matches('.').to_ascii_lowercase();
+        if name.ends_with(".svc") && !(is_service_host(&name) && self.own_service(&name)) {
             tracing::debug!(uri = %request.uri(), "outbound request to another namespace's Service denied");
             return Box::new(refuse(request.into_body(), Error::HttpRequestDenied));
         }
-        if is_service_host(host) {
+        if is_service_host(&name) {
             let Some(gateway) = self.gateway else {
                 return Box::new(refuse(request.into_body(), Error::DestinationNotFound));
             };
@@ -430,7 +433,7 @@ impl Outbound {
                 Ok(uri) => *request.uri_mut() = uri,
                 Err(_) => return Box::new(refuse(request.into_body(), Error::HttpRequestUriInvalid)),
             }
-            match http::HeaderValue::from_str(&host.to_ascii_lowercase()) {
+            match http::HeaderValue::from_str(&name) {
                 Ok(v) => {
                     request.headers_mut().insert(http::header::HOST, v);
                 }
@@ -499,6 +502,8 @@ mod tests {
             allowed: Arc::from(vec![
                 "127.0.0.1:9".to_owned(),
                 "db.team-b.svc".to_owned(),
+                "db.team-b.svc.".to_owned(),
+                "a.db.team-b.svc".to_owned(),
                 "db.team-a.svc".to_owned(),
             ]),
             gateway: None,
@@ -511,6 +516,10 @@ mod tests {
             ("http://db.team-a.svc/", "DestinationNotFound"),
             // User information that would make the Host header name team-b's Service.
             ("http://db.team-b.svc:x@db.team-a.svc/", "HttpRequestUriInvalid"),
+            // Other spellings of team-b's Service name, and names under .svc that are none.
+            ("http://DB.TEAM-B.SVC/", "HttpRequestDenied"),
+            ("http://db.team-b.svc./", "HttpRequestDenied"),
+            ("http://a.db.team-b.svc/", "HttpRequestDenied"),
             ("http://127.0.0.1:9/", "DestinationIpProhibited"),
         ] {
             let (tx, body) = crate::outbound::tests::guest_body();
