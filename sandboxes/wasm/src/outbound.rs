@@ -284,18 +284,14 @@ pub(crate) mod tests {
         assert_eq!(started.elapsed(), Duration::ZERO, "answered as the body ended");
     }
 
-    /// An address that does not answer: the guest's body is read to its end, then the
-    /// connect error is the answer.
-    #[tokio::test]
-    async fn a_failed_connection_is_answered_after_the_body() {
-        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = closed.local_addr().expect("addr");
-        drop(closed);
+    /// Sends to `uri` at `addr` a body the test keeps open for a while: no answer comes
+    /// before the body ends (the body is still read then); the answer after.
+    async fn answer_after_the_body(
+        uri: String,
+        addr: SocketAddr,
+    ) -> Result<(http::Response<WasiBody>, Io), Error> {
         let (tx, body) = guest_body();
-        let request = http::Request::builder()
-            .uri(format!("http://{addr}/"))
-            .body(body)
-            .expect("request");
+        let request = http::Request::builder().uri(uri).body(body).expect("request");
         let answer = tokio::spawn(send(request, vec![addr], None));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!answer.is_finished(), "answered before the body ended");
@@ -305,7 +301,17 @@ pub(crate) mod tests {
         .await
         .expect("the body is still read");
         drop(tx);
-        let answer = answer.await.expect("task");
+        answer.await.expect("task")
+    }
+
+    /// An address that does not answer: the guest's body is read to its end, then the
+    /// connect error is the answer.
+    #[tokio::test]
+    async fn a_failed_connection_is_answered_after_the_body() {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = closed.local_addr().expect("addr");
+        drop(closed);
+        let answer = answer_after_the_body(format!("http://{addr}/"), addr).await;
         assert!(matches!(answer, Err(Error::Connect(_))), "{:?}", answer.err());
     }
 
@@ -320,21 +326,7 @@ pub(crate) mod tests {
                 let _ = listener.accept().await;
             }
         });
-        let (tx, body) = guest_body();
-        let request = http::Request::builder()
-            .uri(format!("https://localhost:{}/", addr.port()))
-            .body(body)
-            .expect("request");
-        let answer = tokio::spawn(send(request, vec![addr], None));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!answer.is_finished(), "answered before the body ended");
-        tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
-            b"payload",
-        ))))
-        .await
-        .expect("the body is still read");
-        drop(tx);
-        let answer = answer.await.expect("task");
+        let answer = answer_after_the_body(format!("https://localhost:{}/", addr.port()), addr).await;
         assert!(matches!(answer, Err(Error::Tls(_))), "{:?}", answer.err());
         server.abort();
     }

@@ -421,20 +421,24 @@ async fn a_hostile_tenant_is_refused_or_contained_and_the_victim_keeps_answering
     egress.spec.template.spec.containers[0].timeout_ms = Some(10_000);
     tb.api::<Function>(Some("team-b")).create(&egress).await?;
     answering(&http, &ingress, "egress.team-b.localhost").await?;
-    for url in [
-        format!("http://{}/", secret.addr),
-        format!("http://localhost:{}/", secret.addr.port()),
-        format!("http://{api_addr}/apis/wisp.dev/v1/namespaces"),
-        "http://169.254.169.254/latest/meta-data/".to_owned(),
-    ] {
-        let (c, body) = get(
+    // What the guest got fetching `url`.
+    let fetch = async |url: &str| {
+        get(
             &http,
             &ingress,
             "egress.team-b.localhost",
             &format!("/fetch?url={url}"),
             None,
         )
-        .await?;
+        .await
+    };
+    for url in [
+        format!("http://{}/", secret.addr),
+        format!("http://localhost:{}/", secret.addr.port()),
+        format!("http://{api_addr}/apis/wisp.dev/v1/namespaces"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+    ] {
+        let (c, body) = fetch(&url).await?;
         assert_eq!(c, 502, "{url}: {body}");
         assert!(!body.contains(&secret.text), "{url}: {body}");
         // Refused by the node's policy, not merely unanswered (there is no metadata server
@@ -450,27 +454,13 @@ async fn a_hostile_tenant_is_refused_or_contained_and_the_victim_keeps_answering
             "HttpRequestUriInvalid",
         ),
     ] {
-        let (c, body) = get(
-            &http,
-            &ingress,
-            "egress.team-b.localhost",
-            &format!("/fetch?url={url}"),
-            None,
-        )
-        .await?;
+        let (c, body) = fetch(url).await?;
         assert_eq!(c, 502, "{url}: {body}");
         assert!(body.contains(why), "{url}: {body}");
     }
     // Its own Service it does reach (the same guest answers there).
     let own = "http://egress-00001.team-b.svc/";
-    let (c, body) = get(
-        &http,
-        &ingress,
-        "egress.team-b.localhost",
-        &format!("/fetch?url={own}"),
-        None,
-    )
-    .await?;
+    let (c, body) = fetch(own).await?;
     assert_eq!((c, body.as_str()), (200, "upstream 200: fault ok"), "{own}");
 
     // --- Quotas: past the limit, a 403 naming the quota and what is used.
