@@ -183,10 +183,7 @@ async fn assert_accessible(b: &Browser, page: &str) -> anyhow::Result<()> {
 async fn log_in(b: &Browser, api: &str, token: &str) -> anyhow::Result<()> {
     b.goto(&format!("{api}/ui")).await?;
     // Not logged in: the login form.
-    b.wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css("#token"))
-        .await?;
+    shown(b, "#token").await?;
     assert!(b.current_url().await?.path().ends_with("/ui/login"));
     assert_accessible(b, "login").await?;
     b.find(Locator::Css("#token")).await?.send_keys(token).await?;
@@ -194,11 +191,16 @@ async fn log_in(b: &Browser, api: &str, token: &str) -> anyhow::Result<()> {
         .await?
         .click()
         .await?;
-    b.wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css("nav"))
-        .await?;
+    shown(b, "nav").await?;
     Ok(())
+}
+
+/// The element `css` finds once the page shows it (within 30 s).
+async fn shown(b: &Browser, css: &str) -> anyhow::Result<fantoccini::elements::Element> {
+    Ok(b.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(css))
+        .await?)
 }
 
 /// The text of the first element `css` selects, read in the page (a live update may replace
@@ -347,10 +349,7 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
     let b = browser(&d).await?;
     log_in(&b, &w.url, &w.token).await?;
     assert!(text_of(&b, ".scope").await?.contains("cluster admin"));
-    b.wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css("#functions-count"))
-        .await?;
+    shown(&b, "#functions-count").await?;
     assert_accessible(&b, "overview").await?;
     assert!(
         text_of(&b, "main").await?.contains("local"),
@@ -360,10 +359,7 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
 
     // The functions page updates itself while traffic flows.
     b.goto(&format!("{}/ui/functions", w.url)).await?;
-    b.wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css("tr[data-function=shop] td.rps"))
-        .await?;
+    shown(&b, "tr[data-function=shop] td.rps").await?;
     assert_accessible(&b, "functions").await?;
     let before = text_of(&b, "tr[data-function=shop] td.rps").await?;
     let before_n: f64 = before.parse().unwrap_or(0.0);
@@ -399,10 +395,7 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
 
     // Click through: the Function, then its pod and the pod's live logs.
     b.find(Locator::LinkText("shop")).await?.click().await?;
-    b.wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css("#rps"))
-        .await?;
+    shown(&b, "#rps").await?;
     assert!(text_of(&b, "h1").await?.contains("team-a/shop"));
     assert_accessible(&b, "function detail").await?;
     let function_url = b.current_url().await?.to_string();
@@ -431,10 +424,7 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
     );
     shot(&b, "function").await?;
     b.find(Locator::Css("#pods tbody a")).await?.click().await?;
-    b.wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css("#logs"))
-        .await?;
+    shown(&b, "#logs").await?;
     until("marked lines in the live logs", 30, async || {
         Ok(text_of(&b, "#logs").await?.contains("marked"))
     })
@@ -453,10 +443,7 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
     // A phone's width: nothing scrolls sideways, the table scrolls in itself.
     b.set_window_size(390, 844).await?;
     b.goto(&format!("{}/ui/functions", w.url)).await?;
-    b.wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css("#functions"))
-        .await?;
+    shown(&b, "#functions").await?;
     assert_accessible(&b, "functions on a phone").await?;
     shot(&b, "functions-phone").await?;
     b.set_window_size(1280, 900).await?;
@@ -465,12 +452,7 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
     let mut themes = Vec::new();
     for _ in 0..2 {
         b.goto(&format!("{}/ui/functions", w.url)).await?;
-        b.wait()
-            .at_most(Duration::from_secs(30))
-            .for_element(Locator::Css("#theme"))
-            .await?
-            .click()
-            .await?;
+        shown(&b, "#theme").await?.click().await?;
         let theme = b
             .execute(
                 "return document.documentElement.getAttribute('data-theme')",
@@ -489,10 +471,7 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
             ("pod", pod_url.clone()),
         ] {
             b.goto(&url).await?;
-            b.wait()
-                .at_most(Duration::from_secs(30))
-                .for_element(Locator::Css("main h1"))
-                .await?;
+            shown(&b, "main h1").await?;
             assert_accessible(&b, &format!("{page} in the {theme} theme")).await?;
         }
         let bg = b
@@ -515,10 +494,7 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
         .await?
         .click()
         .await?;
-    b.wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css("#token"))
-        .await?;
+    shown(&b, "#token").await?;
     // The logged-out session is gone: its cookie gets the login page.
     let req = http::Request::get(format!("{}/ui/functions", w.url))
         .header(
@@ -530,10 +506,7 @@ async fn the_dashboard_in_a_browser() -> anyhow::Result<()> {
     log_in(&b, &w.url, &team_a).await?;
     assert!(text_of(&b, ".scope").await?.contains("namespace team-a"));
     b.goto(&format!("{}/ui/functions", w.url)).await?;
-    b.wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css("#functions"))
-        .await?;
+    shown(&b, "#functions").await?;
     let listed = text_of(&b, "#functions").await?;
     assert!(listed.contains("shop"), "{listed}");
     assert!(
